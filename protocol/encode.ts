@@ -1,0 +1,286 @@
+import { ProtocolError } from './errors.ts';
+import {
+  type AcceptConfMessage,
+  type Encoding,
+  ID_LENGTH,
+  MAX_ERROR_CODE_LENGTH,
+  MAX_NAME_LENGTH,
+  type Message,
+  MessageType,
+  type Payload,
+  type SpecialReplyKind,
+} from './types.ts';
+
+/**
+ * A request id: 8 raw bytes, or a non-negative safe integer written as uint64 little-endian
+ * (what the reference Go client does with its counter).
+ */
+export type RequestIdInput = Uint8Array | number;
+
+const utf8Encoder = new TextEncoder();
+
+const SIGNAL_TYPE: Readonly<Record<Encoding, number>> = {
+  binary: MessageType.SignalBinary,
+  utf8: MessageType.SignalUtf8,
+  utf16: MessageType.SignalUtf16,
+};
+const REQUEST_TYPE: Readonly<Record<Encoding, number>> = {
+  binary: MessageType.RequestBinary,
+  utf8: MessageType.RequestUtf8,
+  utf16: MessageType.RequestUtf16,
+};
+const REPLY_TYPE: Readonly<Record<Encoding, number>> = {
+  binary: MessageType.ReplyBinary,
+  utf8: MessageType.ReplyUtf8,
+  utf16: MessageType.ReplyUtf16,
+};
+const SPECIAL_REPLY_TYPE: Readonly<Record<SpecialReplyKind, number>> = {
+  shutdown: MessageType.ReplyShutdown,
+  'internal-error': MessageType.ReplyInternalError,
+  'session-not-found': MessageType.ReplySessionNotFound,
+  'max-session-connections': MessageType.ReplyMaxSessionConnections,
+  'sessions-disabled': MessageType.ReplySessionsDisabled,
+};
+
+/** True when every character of `text` is printable ASCII (32..126). */
+function isPrintableAscii(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 32 || c > 126) return false;
+  }
+  return true;
+}
+
+/**
+ * Throws unless `name` may be sent: at most 255 characters, each printable ASCII. The empty name
+ * is legal (a message without a name).
+ */
+export function assertValidName(name: string): void {
+  if (name.length > MAX_NAME_LENGTH) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_NAME', `name is ${name.length} bytes long; the limit is 255`);
+  }
+  if (!isPrintableAscii(name)) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_NAME', 'name must be printable ASCII (32..126)');
+  }
+}
+
+/** Throws unless `code` may be sent as a ReplyError code: 1..255 printable ASCII characters. */
+export function assertValidErrorCode(code: string): void {
+  if (code.length < 1 || code.length > MAX_ERROR_CODE_LENGTH) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_ERROR_CODE', `error code must be 1..255 bytes, got ${code.length}`);
+  }
+  if (!isPrintableAscii(code)) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_ERROR_CODE', 'error code must be printable ASCII (32..126)');
+  }
+}
+
+function assertUtf16Even(payload: Payload): void {
+  if (payload.encoding === 'utf16' && (payload.data.length & 1) !== 0) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 payload must have an even number of bytes');
+  }
+}
+
+function writeId(out: Uint8Array, offset: number, id: RequestIdInput): void {
+  if (typeof id === 'number') {
+    if (!Number.isSafeInteger(id) || id < 0) {
+      throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'a numeric request id must be a non-negative safe integer');
+    }
+    const lo = id % 0x1_0000_0000;
+    const hi = (id - lo) / 0x1_0000_0000;
+    writeUint32(out, offset, lo);
+    writeUint32(out, offset + 4, hi);
+    return;
+  }
+  if (id.length !== ID_LENGTH) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', `a request id is 8 bytes, got ${id.length}`);
+  }
+  out.set(id, offset);
+}
+
+function writeUint32(out: Uint8Array, offset: number, value: number): void {
+  out[offset] = value & 0xff;
+  out[offset + 1] = (value >>> 8) & 0xff;
+  out[offset + 2] = (value >>> 16) & 0xff;
+  out[offset + 3] = (value >>> 24) & 0xff;
+}
+
+function writeAscii(out: Uint8Array, offset: number, text: string): void {
+  for (let i = 0; i < text.length; i++) out[offset + i] = text.charCodeAt(i);
+}
+
+/**
+ * Shared layout of signals and requests: `prefix` bytes (type, and the id for requests), the name
+ * length, the name, a padding byte for UTF-16 after an odd-length name (even with no payload, so
+ * the message length stays even), then the payload.
+ */
+function encodeNamed(prefix: number, type: number, id: RequestIdInput | null, name: string, payload: Payload): Uint8Array {
+  assertValidName(name);
+  assertUtf16Even(payload);
+  if (name.length === 0 && payload.data.length === 0) {
+    throw new ProtocolError('ERR_PROTOCOL_NO_NAME_NO_PAYLOAD', 'a message needs a name, a payload or both');
+  }
+  const pad = payload.encoding === 'utf16' ? name.length & 1 : 0;
+  const start = prefix + 1 + name.length + pad;
+  const out = new Uint8Array(start + payload.data.length);
+  out[0] = type;
+  if (id !== null) writeId(out, 1, id);
+  out[prefix] = name.length;
+  writeAscii(out, prefix + 1, name);
+  out.set(payload.data, start);
+  return out;
+}
+
+/** Request (127/128/129): type, id, name length, name, [pad], payload. */
+export function encodeRequest(id: RequestIdInput, name: string, payload: Payload): Uint8Array {
+  return encodeNamed(1 + ID_LENGTH, REQUEST_TYPE[payload.encoding], id, name, payload);
+}
+
+/** Signal (63/64/65): type, name length, name, [pad], payload. A UTF-16 signal needs a payload. */
+export function encodeSignal(name: string, payload: Payload): Uint8Array {
+  if (payload.encoding === 'utf16' && payload.data.length === 0) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 signal must carry at least one code unit');
+  }
+  return encodeNamed(1, SIGNAL_TYPE[payload.encoding], null, name, payload);
+}
+
+/** Reply (191/192/193): type, id, [pad at offset 9 for UTF-16], payload. Empty payloads are legal. */
+export function encodeReply(id: RequestIdInput, payload: Payload): Uint8Array {
+  assertUtf16Even(payload);
+  const start = payload.encoding === 'utf16' ? 10 : 9;
+  const out = new Uint8Array(start + payload.data.length);
+  out[0] = REPLY_TYPE[payload.encoding];
+  writeId(out, 1, id);
+  out.set(payload.data, start);
+  return out;
+}
+
+/** ReplyError (0): type, id, code length, code, UTF-8 message. */
+export function encodeReplyError(id: RequestIdInput, code: string, message: string): Uint8Array {
+  assertValidErrorCode(code);
+  const text = utf8Encoder.encode(message);
+  const out = new Uint8Array(10 + code.length + text.length);
+  out[0] = MessageType.ReplyError;
+  writeId(out, 1, id);
+  out[9] = code.length;
+  writeAscii(out, 10, code);
+  out.set(text, 10 + code.length);
+  return out;
+}
+
+/** One of the id-only replies (types 1 to 5). */
+export function encodeSpecialReply(id: RequestIdInput, reason: SpecialReplyKind): Uint8Array {
+  return encodeIdOnly(SPECIAL_REPLY_TYPE[reason], id);
+}
+
+function encodeIdOnly(type: number, id: RequestIdInput): Uint8Array {
+  const out = new Uint8Array(1 + ID_LENGTH);
+  out[0] = type;
+  writeId(out, 1, id);
+  return out;
+}
+
+/** NotifySessionCreated (21): type, UTF-8 JSON of the session. */
+export function encodeSessionCreated(sessionJson: string): Uint8Array {
+  const text = utf8Encoder.encode(sessionJson);
+  if (text.length === 0) throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'the session JSON must not be empty');
+  const out = new Uint8Array(1 + text.length);
+  out[0] = MessageType.NotifySessionCreated;
+  out.set(text, 1);
+  return out;
+}
+
+/** NotifySessionClosed (22): the type byte alone. */
+export function encodeSessionClosed(): Uint8Array {
+  return Uint8Array.of(MessageType.NotifySessionClosed);
+}
+
+function assertUint32(value: number, what: string): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', `${what} must be an integer in 0..2^32-1`);
+  }
+}
+
+function assertByte(value: number, what: string): void {
+  if (!Number.isInteger(value) || value < 0 || value > 255) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', `${what} must be an integer in 0..255`);
+  }
+}
+
+/** AcceptConf (23): type, major, minor, read timeout (uint32 LE), max message size (uint32 LE), sub-protocol. */
+export function encodeAcceptConf(conf: Omit<AcceptConfMessage, 'kind'>): Uint8Array {
+  assertByte(conf.major, 'major');
+  assertByte(conf.minor, 'minor');
+  assertUint32(conf.readTimeout, 'readTimeout');
+  assertUint32(conf.maxMessageSize, 'maxMessageSize');
+  const out = new Uint8Array(11 + conf.subProtocol.length);
+  out[0] = MessageType.AcceptConf;
+  out[1] = conf.major;
+  out[2] = conf.minor;
+  writeUint32(out, 3, conf.readTimeout);
+  writeUint32(out, 7, conf.maxMessageSize);
+  out.set(conf.subProtocol, 11);
+  return out;
+}
+
+/** RequestCloseSession (31): type, id. */
+export function encodeCloseSession(id: RequestIdInput): Uint8Array {
+  return encodeIdOnly(MessageType.RequestCloseSession, id);
+}
+
+/** RequestRestoreSession (32): type, id, key. The key must not be empty. */
+export function encodeRestoreSession(id: RequestIdInput, key: Uint8Array): Uint8Array {
+  if (key.length === 0) throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'the session key must not be empty');
+  const out = new Uint8Array(1 + ID_LENGTH + key.length);
+  out[0] = MessageType.RequestRestoreSession;
+  writeId(out, 1, id);
+  out.set(key, 9);
+  return out;
+}
+
+/** Heartbeat (33): the type byte alone. */
+export function encodeHeartbeat(): Uint8Array {
+  return Uint8Array.of(MessageType.Heartbeat);
+}
+
+/** ClientConf (34, v2.1): type, minor. */
+export function encodeClientConf(minor: number): Uint8Array {
+  assertByte(minor, 'minor');
+  return Uint8Array.of(MessageType.ClientConf, minor);
+}
+
+/** CancelRequest (35, v2.1): type, id. */
+export function encodeCancel(id: RequestIdInput): Uint8Array {
+  return encodeIdOnly(MessageType.CancelRequest, id);
+}
+
+/** Encodes any message. Throws `ProtocolError` for anything illegal to send. */
+export function encode(message: Message): Uint8Array {
+  switch (message.kind) {
+    case 'request':
+      return encodeRequest(message.id, message.name, message.payload);
+    case 'reply':
+      return encodeReply(message.id, message.payload);
+    case 'signal':
+      return encodeSignal(message.name, message.payload);
+    case 'reply-error':
+      return encodeReplyError(message.id, message.code, message.message);
+    case 'special-reply':
+      return encodeSpecialReply(message.id, message.reason);
+    case 'session-created':
+      return encodeSessionCreated(message.session);
+    case 'session-closed':
+      return encodeSessionClosed();
+    case 'accept-conf':
+      return encodeAcceptConf(message);
+    case 'close-session':
+      return encodeCloseSession(message.id);
+    case 'restore-session':
+      return encodeRestoreSession(message.id, message.key);
+    case 'heartbeat':
+      return encodeHeartbeat();
+    case 'client-conf':
+      return encodeClientConf(message.minor);
+    case 'cancel':
+      return encodeCancel(message.id);
+  }
+}

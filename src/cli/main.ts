@@ -1,0 +1,125 @@
+#!/usr/bin/env node
+/**
+ * The `duplexwire` command.
+ *
+ *   duplexwire demo [--host 127.0.0.1] [--port 8080]   a small echo + signals server
+ *   duplexwire request <url> <name> [text]              one request, prints the reply
+ */
+import { parseArgs } from 'node:util';
+import { payloadText, utf8 } from '../../protocol/payload.ts';
+import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
+import { Client } from '../client/client.ts';
+import { DuplexwireError } from '../errors.ts';
+import { Server } from '../server/server.ts';
+
+const USAGE = `usage:
+  duplexwire demo [--host 127.0.0.1] [--port 8080]
+      Runs a demo server: request "echo" returns its payload, request "time" the server time;
+      a signal "broadcast" is sent on to every client, any other signal is echoed back.
+  duplexwire request <url> <name> [text] [--timeout ms]
+      Sends one UTF-8 request and prints the reply, e.g.
+      duplexwire request ws://127.0.0.1:8080/ echo hello
+`;
+
+async function demo(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8080' } },
+  });
+  const port = Number(values.port);
+  const server = new Server({
+    transport: wsTransport({ host: values.host, port }),
+    onRequest: (_conn, msg) => {
+      switch (msg.name) {
+        case 'echo':
+          return msg.payload;
+        case 'time':
+          return utf8(new Date().toISOString());
+        default:
+          return utf8(`unknown request ${JSON.stringify(msg.name)}; try "echo" or "time"`);
+      }
+    },
+    onSignal: (conn, msg) => {
+      if (msg.name === 'broadcast') {
+        for (const other of server.connections) other.signal('broadcast', msg.payload);
+      } else {
+        conn.signal(msg.name || 'echo', msg.payload);
+      }
+    },
+    onClientConnected: (conn) => console.log(`connected    ${conn.id} from ${conn.remoteAddress}`),
+    onClientDisconnected: (conn, info) => console.log(`disconnected ${conn.id} (${info.code})`),
+  });
+  await server.listen();
+  const address = server.address();
+  const url = `ws://${address?.host ?? values.host}:${address?.port ?? port}/`;
+  console.log(`duplexwire demo server on ${url}
+Talk to it:
+  npx duplexwire request ${url} echo hello
+  npx duplexwire request ${url} time
+or from code:
+  const client = new Client('${url}');
+  console.log(payloadText(await client.request('echo', utf8('hi'))));
+Ctrl-C stops it gracefully.`);
+  const stop = (): void => {
+    console.log('shutting down...');
+    server.shutdown({ timeout: 5_000 }).then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error(error);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
+
+async function request(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { timeout: { type: 'string', default: '10000' } },
+  });
+  const [url, name, text = ''] = positionals;
+  if (url === undefined || name === undefined) {
+    process.stderr.write(USAGE);
+    process.exitCode = 2;
+    return;
+  }
+  const client = new Client(url, {
+    transport: wsClientTransport(),
+    reconnect: false,
+    requestTimeout: Number(values.timeout),
+  });
+  try {
+    const reply = await client.request(name, utf8(text));
+    console.log(payloadText(reply));
+  } finally {
+    await client.close();
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'demo':
+      return demo(rest);
+    case 'request':
+      return request(rest);
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}`);
+      process.exitCode = 2;
+  }
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  if (error instanceof DuplexwireError) console.error(`duplexwire: ${error.code}: ${error.message}`);
+  else console.error(error);
+  process.exitCode = 1;
+});

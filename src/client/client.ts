@@ -1,0 +1,602 @@
+/**
+ * The client: the shared peer engine plus the dial side's concerns (AcceptConf checks, ClientConf,
+ * reconnect loop, heartbeat, requests waiting for a connection). Isomorphic: no Node imports.
+ */
+import { decode } from '../../protocol/decode.ts';
+import { encodeClientConf, encodeHeartbeat, encodeRequest } from '../../protocol/encode.ts';
+import { ProtocolError } from '../../protocol/errors.ts';
+import { CloseCode, type Message, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
+import type { ClientTransport, ConnectFailure, SocketHandlers, TransportSocket } from '../../transports/types.ts';
+import {
+  CanceledError,
+  ConnectError,
+  DisconnectedError,
+  IncompatibleServerError,
+  InvalidArgumentError,
+  QueueFullError,
+  TimeoutError,
+} from '../errors.ts';
+import { consoleLogger, type Logger } from '../logger.ts';
+import {
+  type IncomingMessage,
+  Peer,
+  type ReplyValue,
+  type RequestContext,
+  type RequestOptions,
+} from '../peer/peer.ts';
+import { Emitter } from '../util/emitter.ts';
+import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
+import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
+import { loadDefaultTransport } from './default-transport.ts';
+
+/** @default 10 s */
+export const DEFAULT_REQUEST_TIMEOUT = 10_000;
+/** @default 10 s */
+export const DEFAULT_CONNECT_TIMEOUT = 10_000;
+/** Requests that may wait for a connection while the client (re)connects. @default 1024 */
+export const DEFAULT_MAX_QUEUED_REQUESTS = 1024;
+/** Largest message accepted from the server. @default 1 MiB */
+export const DEFAULT_CLIENT_MAX_MESSAGE_SIZE = 1024 * 1024;
+
+export interface ClientOptions {
+  /** How to reach the server. @default the `ws` transport in Node */
+  readonly transport?: ClientTransport;
+  /** Extra HTTP headers of the upgrade request (Node only; browsers cannot set them). */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Default timeout of `request()`, in ms; 0 waits forever. @default 10000 */
+  readonly requestTimeout?: number;
+  /** Time allowed for one connection attempt including the AcceptConf, in ms. @default 10000 */
+  readonly connectTimeout?: number;
+  /** Reconnect after a lost connection; `false` disables, an object tunes the backoff. @default true */
+  readonly reconnect?: boolean | ReconnectOptions;
+  /** Requests that may wait for a connection; one more fails with QueueFullError. @default 1024 */
+  readonly maxQueuedRequests?: number;
+  /** Connect from the constructor. @default true */
+  readonly autoConnect?: boolean;
+  /** Sub-protocol the server must announce. @default none */
+  readonly subProtocol?: string | Uint8Array;
+  /** Largest message accepted from the server. @default 1 MiB */
+  readonly maxMessageSize?: number;
+  /** Handlers (server requests and signals) running at once. @default 32 */
+  readonly concurrency?: number;
+  /** Requests from the server not yet answered; over it the client closes 1008. @default 4096 */
+  readonly maxInflightRequests?: number;
+  /** Outgoing bytes queued; over it the client closes 1008. @default 8 MiB */
+  readonly maxBufferedBytes?: number;
+  /**
+   * Protocol minor version spoken: 1 announces duplexwire v2.1 to servers that offer it (the
+   * server may then send requests and cancels); 0 behaves as a WebWire v2.0 client. @default 1
+   */
+  readonly protocolMinor?: 0 | 1;
+  /** Answers requests the server sends (v2.1). Without it they get an internal-error reply. */
+  readonly onRequest?: (message: IncomingMessage, context: RequestContext) => ReplyValue | Promise<ReplyValue>;
+  /** @default logs warnings and errors to the console */
+  readonly logger?: Logger;
+}
+
+/** Where the client is. */
+export type ClientState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'disconnected' | 'closed';
+
+/** What the server announced in its AcceptConf. */
+export interface ServerInfo {
+  readonly major: number;
+  readonly minor: number;
+  readonly readTimeout: number;
+  readonly maxMessageSize: number;
+}
+
+export interface ClientEvents {
+  /** Connected and the handshake done. */
+  connect: (info: ServerInfo) => void;
+  /** The connection was lost (or closed). */
+  disconnect: (info: { code: number; reason: string }) => void;
+  /** A reconnect attempt is scheduled. */
+  reconnecting: (info: { attempt: number; delay: number }) => void;
+  /** A signal from the server. */
+  signal: (message: IncomingMessage) => void;
+  /** A connection attempt failed, or the client gave up. */
+  error: (error: Error) => void;
+  /** The client reached a state. */
+  state: (state: ClientState) => void;
+}
+
+interface WaitingRequest {
+  readonly name: string;
+  readonly payload: Payload;
+  readonly deadline: number;
+  readonly signal: AbortSignal | undefined;
+  readonly resolve: (payload: Payload) => void;
+  readonly reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+interface ResolvedClientOptions {
+  readonly headers: Readonly<Record<string, string>>;
+  readonly requestTimeout: number;
+  readonly connectTimeout: number;
+  readonly reconnect: ReconnectPolicy | null;
+  readonly maxQueuedRequests: number;
+  readonly subProtocol: Uint8Array;
+  readonly maxMessageSize: number;
+  readonly concurrency: number;
+  readonly maxInflightRequests: number;
+  readonly maxBufferedBytes: number;
+  readonly protocolMinor: 0 | 1;
+  readonly onRequest: ClientOptions['onRequest'];
+  readonly logger: Logger;
+}
+
+function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
+  checkFunction('onRequest', options.onRequest);
+  const protocolMinor = options.protocolMinor ?? 1;
+  if (protocolMinor !== 0 && protocolMinor !== 1) throw new InvalidArgumentError('option protocolMinor must be 0 or 1');
+  const reconnect = options.reconnect ?? true;
+  return Object.freeze({
+    headers: { ...options.headers },
+    requestTimeout: checkInteger('requestTimeout', options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT, 0, 2 ** 31 - 1),
+    connectTimeout: checkInteger('connectTimeout', options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT, 1, 2 ** 31 - 1),
+    reconnect: reconnect === false ? null : reconnectPolicy(reconnect === true ? {} : reconnect),
+    maxQueuedRequests: checkInteger('maxQueuedRequests', options.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS, 0, 1e9),
+    subProtocol: subProtocolBytes(options.subProtocol),
+    maxMessageSize: checkInteger('maxMessageSize', options.maxMessageSize ?? DEFAULT_CLIENT_MAX_MESSAGE_SIZE, 16, 0xffff_ffff),
+    concurrency: checkInteger('concurrency', options.concurrency ?? 32, 1, 1_000_000),
+    maxInflightRequests: checkInteger('maxInflightRequests', options.maxInflightRequests ?? 4096, 1, Number.MAX_SAFE_INTEGER),
+    maxBufferedBytes: checkInteger('maxBufferedBytes', options.maxBufferedBytes ?? 8 * 1024 * 1024, 1024, Number.MAX_SAFE_INTEGER),
+    protocolMinor,
+    onRequest: options.onRequest,
+    logger: options.logger ?? consoleLogger,
+  });
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** A 4xx refusal other than timeouts and rate limits will not change by retrying. */
+function isPermanent(error: unknown): boolean {
+  if (error instanceof IncompatibleServerError) return true;
+  const status = error instanceof ConnectError ? error.status : undefined;
+  return status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429;
+}
+
+/**
+ * A duplexwire client (Node and browsers). Requests settle exactly once: with the reply or a
+ * typed error.
+ *
+ * @example
+ * const client = new Client('ws://127.0.0.1:8080/');
+ * const reply = await client.request('echo', utf8('hi'));
+ * client.on('signal', (msg) => console.log(msg.name));
+ * await client.close();
+ */
+export class Client extends Emitter<ClientEvents> {
+  readonly url: string;
+  private readonly options: ResolvedClientOptions;
+  private transport: ClientTransport | undefined;
+  private currentState: ClientState = 'idle';
+  private peer: Peer | undefined;
+  private server: ServerInfo | undefined;
+  private readonly waiting = new Set<WaitingRequest>();
+  private loopRunning = false;
+  private connectWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  private wakeLoop: (() => void) | undefined;
+  private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(url: string, options: ClientOptions = {}) {
+    super();
+    if (typeof url !== 'string' || !/^wss?:\/\//i.test(url)) {
+      throw new InvalidArgumentError(`url must start with ws:// or wss://, got ${String(url)}`);
+    }
+    this.url = url;
+    this.options = resolveClientOptions(options);
+    this.transport = options.transport;
+    if (options.autoConnect ?? true) {
+      // Errors reach 'error' listeners and waiting requests; nobody awaits this promise.
+      this.connect().catch(() => {});
+    }
+  }
+
+  /** Where the client is. */
+  get state(): ClientState {
+    return this.currentState;
+  }
+
+  /** True when connected and the handshake is done. */
+  get isConnected(): boolean {
+    return this.currentState === 'connected';
+  }
+
+  /** What the server announced, while connected. */
+  get serverInfo(): ServerInfo | undefined {
+    return this.server;
+  }
+
+  /** True when both ends speak v2.1 on the current connection. */
+  get supportsV21(): boolean {
+    return this.peer?.v21 ?? false;
+  }
+
+  /**
+   * Connects (or waits for the running connection attempt). Resolves once connected; rejects when
+   * the client gives up (reconnect off or exhausted, incompatible server, refused upgrade) or is
+   * closed.
+   */
+  connect(): Promise<void> {
+    if (this.currentState === 'closed') return Promise.reject(new DisconnectedError('the client is closed'));
+    if (this.currentState === 'connected') return Promise.resolve();
+    const promise = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
+    if (!this.loopRunning) void this.runLoop();
+    return promise;
+  }
+
+  /**
+   * Sends a request and resolves with the reply's payload. While the client (re)connects the
+   * request waits, up to its timeout; with reconnect off and no connection it fails at once.
+   */
+  request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
+    const timeout = options.timeout ?? this.options.requestTimeout;
+    const peer = this.peer;
+    if (this.currentState === 'connected' && peer !== undefined) {
+      return peer.request(JSON.stringify(name), (id) => encodeRequest(id, name, payload), {
+        timeout,
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      });
+    }
+    return this.enqueue(name, payload, timeout, options.signal);
+  }
+
+  /** Sends a signal. Returns false when not connected (the signal is not sent). */
+  signal(name: string, payload: Payload): boolean {
+    const peer = this.peer;
+    if (this.currentState !== 'connected' || peer === undefined) return false;
+    return peer.signal(name, payload);
+  }
+
+  /**
+   * Closes the client for good: no more reconnects; pending and waiting requests are rejected with
+   * DisconnectedError. Resolves when the connection is closed.
+   */
+  async close(code: number = CloseCode.Normal, reason = 'client closed'): Promise<void> {
+    if (this.currentState === 'closed') return;
+    this.setState('closed');
+    this.failWaiting(new DisconnectedError('the client was closed'));
+    this.failConnectWaiters(new DisconnectedError('the client was closed'));
+    this.wakeLoop?.();
+    const peer = this.peer;
+    if (peer !== undefined && !peer.isClosed) {
+      const closed = new Promise<void>((resolve) => this.once('disconnect', () => resolve()));
+      peer.close(code, reason);
+      await closed;
+    }
+  }
+
+  // ---------------------------------------------------------------- connection loop
+
+  /** A method rather than a comparison: the state changes across awaits, which narrowing ignores. */
+  private closedForGood(): boolean {
+    return this.currentState === 'closed';
+  }
+
+  private setState(state: ClientState): void {
+    if (this.currentState === state) return;
+    this.currentState = state;
+    this.emit('state', state);
+  }
+
+  private async runLoop(): Promise<void> {
+    this.loopRunning = true;
+    let attempt = 0;
+    try {
+      while (this.currentState !== 'closed') {
+        this.setState(attempt === 0 ? 'connecting' : 'reconnecting');
+        let lost: Promise<{ code: number; reason: string }>;
+        try {
+          ({ lost } = await this.connectOnce());
+        } catch (error) {
+          const err = error instanceof Error ? error : new Error(String(error));
+          if (this.closedForGood()) break;
+          this.options.logger.debug('connection attempt failed', { url: this.url, error: err });
+          this.emit('error', err);
+          const policy = this.options.reconnect;
+          attempt++;
+          if (policy === null || isPermanent(err) || attempt >= policy.maxAttempts) {
+            this.giveUp(err);
+            break;
+          }
+          await this.pause(policy.delay(attempt), attempt);
+          continue;
+        }
+        attempt = 0;
+        const info = await lost;
+        this.emit('disconnect', info);
+        if (this.closedForGood()) break;
+        const policy = this.options.reconnect;
+        if (policy === null) {
+          this.giveUp(new DisconnectedError(`the connection closed (${info.code})`, { closeCode: info.code }));
+          break;
+        }
+        attempt = 1;
+        this.setState('reconnecting');
+        await this.pause(policy.delay(attempt), attempt);
+      }
+    } finally {
+      this.loopRunning = false;
+    }
+  }
+
+  private giveUp(error: Error): void {
+    this.setState('disconnected');
+    this.failWaiting(error instanceof DisconnectedError ? error : new DisconnectedError(error.message, { cause: error }));
+    this.failConnectWaiters(error);
+  }
+
+  private pause(delay: number, attempt: number): Promise<void> {
+    if (this.currentState === 'closed') return Promise.resolve();
+    this.emit('reconnecting', { attempt, delay });
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, delay);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeLoop = done;
+    });
+  }
+
+  /**
+   * One attempt: open the socket, wait for AcceptConf, check it, send ClientConf when both speak
+   * v2.1. Resolves with a promise of the connection's end.
+   */
+  private async connectOnce(): Promise<{ lost: Promise<{ code: number; reason: string }> }> {
+    this.transport ??= await loadDefaultTransport();
+    const { options } = this;
+    let peer: Peer | undefined;
+    let peerHandlers: SocketHandlers | undefined;
+    let socket: TransportSocket | undefined;
+    // Messages can arrive before `connect` resolves (same TCP packet as the handshake): keep them.
+    const early: Array<[Uint8Array, boolean]> = [];
+    let earlyClose: [number, string] | undefined;
+    let handshake: { resolve: (info: ServerInfo) => void; reject: (error: Error) => void } | undefined;
+    let accepted = false;
+    let resolveLost!: (info: { code: number; reason: string }) => void;
+    const lost = new Promise<{ code: number; reason: string }>((resolve) => {
+      resolveLost = resolve;
+    });
+
+    const onFirstMessage = (data: Uint8Array, binary: boolean): void => {
+      // The first message must be AcceptConf; anything else means this is not a duplexwire server.
+      let message: Message | undefined;
+      try {
+        if (binary) message = decode(data);
+      } catch {}
+      if (message?.kind !== 'accept-conf') {
+        fail(new IncompatibleServerError('the server did not open with AcceptConf'), CloseCode.ProtocolError);
+        return;
+      }
+      if (message.major !== PROTOCOL_MAJOR) {
+        fail(new IncompatibleServerError(`the server speaks protocol ${message.major}.${message.minor}, not 2.x`), CloseCode.ProtocolError);
+        return;
+      }
+      if (!sameBytes(message.subProtocol, options.subProtocol)) {
+        fail(new IncompatibleServerError('the server announced a different sub-protocol'), CloseCode.ProtocolError);
+        return;
+      }
+      accepted = true;
+      const info: ServerInfo = {
+        major: message.major,
+        minor: message.minor,
+        readTimeout: message.readTimeout,
+        maxMessageSize: message.maxMessageSize,
+      };
+      if (message.minor >= 1 && options.protocolMinor >= 1 && peer !== undefined) {
+        peer.sendRaw(encodeClientConf(1));
+        peer.v21 = true;
+      }
+      handshake?.resolve(info);
+    };
+
+    const fail = (error: Error, code: number): void => {
+      handshake?.reject(error);
+      peer?.close(code, error.message.slice(0, 100));
+    };
+
+    const handlers: SocketHandlers = {
+      onMessage: (data, binary) => {
+        if (peerHandlers === undefined) early.push([data, binary]);
+        else if (accepted) peerHandlers.onMessage(data, binary);
+        else if (peer?.isOpen) onFirstMessage(data, binary);
+      },
+      onDrain: () => peerHandlers?.onDrain(),
+      onPing: () => peerHandlers?.onPing(),
+      onClose: (code, reason) => {
+        if (peerHandlers === undefined) earlyClose = [code, reason];
+        else peerHandlers.onClose(code, reason);
+      },
+    };
+
+    try {
+      socket = await this.transport.connect(
+        this.url,
+        { headers: options.headers, maxMessageSize: options.maxMessageSize, connectTimeout: options.connectTimeout },
+        handlers,
+      );
+    } catch (error) {
+      const failure = error as ConnectFailure;
+      throw new ConnectError(`cannot connect to ${this.url}: ${failure?.message ?? String(error)}`, {
+        cause: error,
+        ...(failure?.status === undefined ? {} : { status: failure.status }),
+      });
+    }
+    if (this.closedForGood()) {
+      socket.close(CloseCode.Normal, 'client closed');
+      throw new DisconnectedError('the client was closed');
+    }
+
+    peer = new Peer(
+      socket,
+      {
+        concurrency: options.concurrency,
+        maxInflightRequests: options.maxInflightRequests,
+        maxBufferedBytes: options.maxBufferedBytes,
+        maxMessageSize: options.maxMessageSize,
+        logger: options.logger,
+      },
+      {
+        handleRequest: (message, context) => {
+          if (options.onRequest === undefined) {
+            throw new Error(`no onRequest handler for server request ${JSON.stringify(message.name)}`);
+          }
+          return options.onRequest(message, context);
+        },
+        handleSignal: (message) => this.emit('signal', message),
+        // Heartbeats and session notifications are not this engine's business (sessions come later).
+        handleControl: () => {},
+        closed: (code, reason) => {
+          if (this.peer === peer) {
+            this.peer = undefined;
+            this.server = undefined;
+            clearTimeout(this.heartbeatTimer);
+          }
+          handshake?.reject(new ConnectError(`the connection closed during the handshake (${code})`));
+          resolveLost({ code, reason });
+        },
+      },
+    );
+    peerHandlers = peer.socketHandlers();
+
+    const handshakeDone = new Promise<ServerInfo>((resolve, reject) => {
+      handshake = { resolve, reject };
+    });
+    const timer = setTimeout(
+      () => fail(new ConnectError(`no AcceptConf within ${options.connectTimeout} ms`), CloseCode.ProtocolError),
+      options.connectTimeout,
+    );
+    for (const [data, binary] of early) handlers.onMessage(data, binary);
+    early.length = 0;
+    if (earlyClose !== undefined) peerHandlers.onClose(...earlyClose);
+
+    let info: ServerInfo;
+    try {
+      info = await handshakeDone;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.closedForGood()) {
+      peer.close(CloseCode.Normal, 'client closed');
+      throw new DisconnectedError('the client was closed');
+    }
+    this.peer = peer;
+    this.server = info;
+    this.setState('connected');
+    this.armHeartbeat(peer, info.readTimeout * 0.75);
+    this.emit('connect', info);
+    const waiters = this.connectWaiters;
+    this.connectWaiters = [];
+    for (const waiter of waiters) waiter.resolve();
+    this.flushWaiting(peer);
+    return { lost };
+  }
+
+  /** A heartbeat whenever nothing was sent for 0.75 x the server's read timeout. */
+  private armHeartbeat(peer: Peer, interval: number): void {
+    if (!(interval >= 1)) return;
+    const due = peer.lastSentAt + interval - performance.now();
+    this.heartbeatTimer = setTimeout(
+      () => {
+        if (this.peer !== peer || !peer.isOpen) return;
+        if (performance.now() - peer.lastSentAt >= interval) peer.sendRaw(encodeHeartbeat());
+        this.armHeartbeat(peer, interval);
+      },
+      Math.max(1, due),
+    );
+    (this.heartbeatTimer as { unref?: () => void }).unref?.();
+  }
+
+  // ---------------------------------------------------------------- requests waiting for a connection
+
+  private enqueue(name: string, payload: Payload, timeout: number, signal: AbortSignal | undefined): Promise<Payload> {
+    const state = this.currentState;
+    const willConnect = state === 'connecting' || state === 'reconnecting' || state === 'idle';
+    if (!willConnect) {
+      return Promise.reject(new DisconnectedError(state === 'closed' ? 'the client is closed' : 'not connected'));
+    }
+    if (signal?.aborted) return Promise.reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`));
+    if (this.waiting.size >= this.options.maxQueuedRequests) {
+      return Promise.reject(new QueueFullError(`${this.waiting.size} requests already wait for a connection`));
+    }
+    try {
+      // Refuse what can never be sent now, not after the wait.
+      encodeRequest(0, name, payload);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return new Promise<Payload>((resolve, reject) => {
+      const entry: WaitingRequest = {
+        name,
+        payload,
+        deadline: timeout > 0 ? performance.now() + timeout : Number.POSITIVE_INFINITY,
+        signal,
+        resolve,
+        reject,
+        timer: undefined,
+        onAbort: undefined,
+      };
+      if (timeout > 0) {
+        entry.timer = setTimeout(() => {
+          this.unqueue(entry);
+          reject(new TimeoutError(`request ${JSON.stringify(name)} got no connection within ${timeout} ms`));
+        }, timeout);
+      }
+      if (signal !== undefined) {
+        entry.onAbort = () => {
+          this.unqueue(entry);
+          reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`, { cause: signal.reason }));
+        };
+        signal.addEventListener('abort', entry.onAbort, { once: true });
+      }
+      this.waiting.add(entry);
+      if (state === 'idle' && !this.loopRunning) this.connect().catch(() => {});
+    });
+  }
+
+  private unqueue(entry: WaitingRequest): void {
+    this.waiting.delete(entry);
+    clearTimeout(entry.timer);
+    if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
+  }
+
+  private flushWaiting(peer: Peer): void {
+    for (const entry of [...this.waiting]) {
+      this.unqueue(entry);
+      const remaining = entry.deadline === Number.POSITIVE_INFINITY ? 0 : Math.max(1, entry.deadline - performance.now());
+      peer
+        .request(JSON.stringify(entry.name), (id) => encodeRequest(id, entry.name, entry.payload), {
+          timeout: Math.ceil(remaining),
+          ...(entry.signal === undefined ? {} : { signal: entry.signal }),
+        })
+        .then(entry.resolve, entry.reject);
+    }
+  }
+
+  private failWaiting(error: Error): void {
+    for (const entry of [...this.waiting]) {
+      this.unqueue(entry);
+      entry.reject(error);
+    }
+  }
+
+  private failConnectWaiters(error: Error): void {
+    const waiters = this.connectWaiters;
+    this.connectWaiters = [];
+    for (const waiter of waiters) waiter.reject(error);
+  }
+
+  protected override onListenerError(event: keyof ClientEvents, error: unknown): void {
+    this.options.logger.error(`a '${String(event)}' listener threw`, { error });
+  }
+}
+
+export { ProtocolError };

@@ -1,0 +1,9 @@
+/**
+ * `duplexwire/client`: the client alone, without the server or anything Node-only.
+ */
+export { DEFAULT_RECONNECT, type ReconnectOptions } from './backoff.ts';
+export { Client, type ClientEvents, type ClientOptions, type ClientState, type ServerInfo } from './client.ts';
+export * from '../errors.ts';
+export { consoleLogger, type Logger, silentLogger } from '../logger.ts';
+export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
+export { binary, EMPTY_PAYLOAD, type Encoding, type Payload, payloadText, utf8, utf16 } from '../../protocol/payload.ts';

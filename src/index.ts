@@ -1,0 +1,40 @@
+/**
+ * duplexwire: duplex request-reply and signals over WebSocket, byte-compatible with WebWire v2.
+ *
+ * Transports live behind their own subpaths (`duplexwire/transports/ws`, ...), the codec behind
+ * `duplexwire/protocol`.
+ */
+export { Client, type ClientEvents, type ClientOptions, type ClientState, type ServerInfo } from './client/client.ts';
+export {
+  DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+  DEFAULT_CONNECT_TIMEOUT,
+  DEFAULT_MAX_QUEUED_REQUESTS,
+  DEFAULT_REQUEST_TIMEOUT,
+} from './client/client.ts';
+export { DEFAULT_RECONNECT, type ReconnectOptions } from './client/backoff.ts';
+export * from './errors.ts';
+export { consoleLogger, type Logger, silentLogger } from './logger.ts';
+export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from './peer/peer.ts';
+export { Connection } from './server/connection.ts';
+export {
+  DEFAULT_CONCURRENCY,
+  DEFAULT_MAX_BUFFERED_BYTES,
+  DEFAULT_MAX_INFLIGHT_REQUESTS,
+  DEFAULT_MAX_MESSAGE_SIZE,
+  DEFAULT_READ_TIMEOUT,
+  DEFAULT_SHUTDOWN_TIMEOUT,
+  type DisconnectInfo,
+  type ServerOptions,
+  type UpgradeVerdict,
+} from './server/options.ts';
+export { Server, type ShutdownOptions } from './server/server.ts';
+export {
+  binary,
+  EMPTY_PAYLOAD,
+  type Encoding,
+  type Payload,
+  payloadText,
+  utf8,
+  utf16,
+} from '../protocol/payload.ts';
+export type { UpgradeRequest } from '../transports/types.ts';

@@ -1,0 +1,538 @@
+/**
+ * The engine both ends share: one per WebSocket connection. It decodes what arrives, runs request
+ * and signal handlers under a concurrency limit, answers requests, matches replies to the requests
+ * it sent, forwards cancels, enforces the limits a peer controls, and settles everything when the
+ * connection ends. The server's Connection and the Client add their side's concerns on top
+ * through `PeerHooks`; neither re-implements this.
+ */
+import { decode, idToNumber } from '../../protocol/decode.ts';
+import { encodeCancel, encodeReply, encodeReplyError, encodeSignal, encodeSpecialReply } from '../../protocol/encode.ts';
+import { ProtocolError } from '../../protocol/errors.ts';
+import { toPayload } from '../../protocol/payload.ts';
+import {
+  CloseCode,
+  type Message,
+  type Payload,
+  type ReplyErrorMessage,
+  type RequestId,
+  type SpecialReplyMessage,
+} from '../../protocol/types.ts';
+import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
+import {
+  CanceledError,
+  DisconnectedError,
+  InternalError,
+  MaxSessionConnectionsError,
+  RequestError,
+  SessionNotFoundError,
+  SessionsDisabledError,
+  ShutdownError,
+  TimeoutError,
+} from '../errors.ts';
+import type { Logger } from '../logger.ts';
+
+/** A request or signal as handlers see it. `payload.data` is owned by the handler. */
+export interface IncomingMessage {
+  /** The name (namespace); empty when the sender gave none. */
+  readonly name: string;
+  readonly payload: Payload;
+}
+
+/** What a request handler may return: a Payload, bytes (binary), a string (UTF-8), or nothing. */
+export type ReplyValue = Payload | Uint8Array | string | null | undefined | void;
+
+/** Per-request context given to request handlers. */
+export interface RequestContext {
+  /** Aborted when the requester cancels (v2.1), the connection closes or shutdown times out. */
+  readonly signal: AbortSignal;
+}
+
+/** Options of one outgoing request. */
+export interface RequestOptions {
+  /** Milliseconds to wait for the reply; 0 waits forever. */
+  readonly timeout?: number;
+  /** Aborting it rejects the request with `CanceledError` and tells the peer to cancel. */
+  readonly signal?: AbortSignal;
+}
+
+/** Limits and settings of one peer engine, already validated by its owner. */
+export interface PeerSettings {
+  /** Handlers (requests and signals) running at once; with all busy, reading stops. */
+  readonly concurrency: number;
+  /** Requests received and not yet answered (running or waiting); over it the connection closes 1008. */
+  readonly maxInflightRequests: number;
+  /** Outgoing bytes buffered for a slow peer; over it the connection closes 1008. */
+  readonly maxBufferedBytes: number;
+  /** Largest message accepted; over it the connection closes 1009. */
+  readonly maxMessageSize: number;
+  readonly logger: Logger;
+}
+
+/** What the owner of a peer engine (server Connection, Client) plugs in. */
+export interface PeerHooks {
+  handleRequest(message: IncomingMessage, context: RequestContext): ReplyValue | Promise<ReplyValue>;
+  handleSignal(message: IncomingMessage): void | Promise<void>;
+  /** Messages the engine does not handle itself (handshake, heartbeat, sessions). */
+  handleControl(message: Message): void;
+  /** The connection is gone; every pending request was already rejected. */
+  closed(code: number, reason: string): void;
+}
+
+interface PendingRequest {
+  readonly resolve: (payload: Payload) => void;
+  readonly reject: (error: Error) => void;
+  readonly describe: string;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+interface RunningRequest {
+  readonly controller: AbortController;
+  /** Set when the requester cancelled: the reply is then not sent. */
+  canceled: boolean;
+}
+
+type State = 'open' | 'closing' | 'closed';
+
+/** How long a closing handshake may take before the socket is dropped. */
+const CLOSE_GRACE = 2_000;
+
+/** Key of a peer-chosen request id in the map of running requests. */
+function inboundKey(id: RequestId): number | string {
+  const n = idToNumber(id);
+  return n >= 0 ? n : Array.prototype.join.call(id, ',');
+}
+
+export class Peer {
+  readonly socket: TransportSocket;
+  readonly settings: PeerSettings;
+  private readonly hooks: PeerHooks;
+
+  private state: State = 'open';
+  /** Set by the owner once both ends speak v2.1: requests toward a client and cancels may be sent. */
+  v21 = false;
+  /** While draining, new requests get ReplyShutdown and signals are dropped. */
+  private draining = false;
+
+  private nextId = 1;
+  private readonly pending = new Map<number, PendingRequest>();
+  private readonly running = new Map<number | string, RunningRequest>();
+  private active = 0;
+  private inflightRequests = 0;
+  private readonly queue: Message[] = [];
+  private readingPaused = false;
+  private sendBlocked = false;
+  private idleWaiters: Array<() => void> = [];
+  private closeCode = 0;
+  private graceTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** `performance.now()` of the last message received (read timeout). */
+  lastReceivedAt: number = performance.now();
+  /** `performance.now()` of the last message sent (heartbeat). */
+  lastSentAt: number = performance.now();
+
+  constructor(socket: TransportSocket, settings: PeerSettings, hooks: PeerHooks) {
+    this.socket = socket;
+    this.settings = settings;
+    this.hooks = hooks;
+  }
+
+  /** Handlers to install on the transport socket. */
+  socketHandlers(): SocketHandlers {
+    return {
+      onMessage: (data, binary) => this.receive(data, binary),
+      onDrain: () => {
+        this.sendBlocked = false;
+        this.updateReading();
+      },
+      onPing: () => {
+        this.lastReceivedAt = performance.now();
+      },
+      onClose: (code, reason) => this.finish(code, reason),
+    };
+  }
+
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  get isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Requests sent and not yet answered. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Handlers running or waiting for a slot. */
+  get busy(): boolean {
+    return this.active > 0 || this.queue.length > 0;
+  }
+
+  // ---------------------------------------------------------------- receiving
+
+  private receive(data: Uint8Array, binary: boolean): void {
+    if (this.state !== 'open') return;
+    this.lastReceivedAt = performance.now();
+    if (!binary) {
+      this.violation(new ProtocolError('ERR_PROTOCOL_TEXT_MESSAGE', 'text messages are not part of the protocol'));
+      return;
+    }
+    if (data.length > this.settings.maxMessageSize) {
+      this.violation(
+        new ProtocolError('ERR_PROTOCOL_MESSAGE_TOO_BIG', `message of ${data.length} bytes over the limit`),
+      );
+      return;
+    }
+    let message: Message;
+    try {
+      message = decode(data);
+    } catch (error) {
+      if (error instanceof ProtocolError) {
+        this.violation(error);
+        return;
+      }
+      throw error;
+    }
+    switch (message.kind) {
+      case 'request':
+        if (this.draining) {
+          this.sendRaw(encodeSpecialReply(message.id, 'shutdown'));
+          return;
+        }
+        if (++this.inflightRequests > this.settings.maxInflightRequests) {
+          this.close(CloseCode.PolicyViolation, 'too many requests in flight');
+          return;
+        }
+        this.dispatch(message);
+        return;
+      case 'signal':
+        // Signals during shutdown are dropped: they must neither run nor disturb accounting.
+        if (this.draining) return;
+        this.dispatch(message);
+        return;
+      case 'reply':
+        this.settle(message.id, (p) => p.resolve(message.payload));
+        return;
+      case 'reply-error':
+        this.settle(message.id, (p) => p.reject(replyErrorToError(message)));
+        return;
+      case 'special-reply':
+        this.settle(message.id, (p) => p.reject(specialReplyToError(message, p.describe)));
+        return;
+      case 'cancel':
+        this.cancelInbound(message.id);
+        return;
+      default:
+        this.hooks.handleControl(message);
+    }
+  }
+
+  /** Closes the connection for a malformed or forbidden message. */
+  violation(error: ProtocolError): void {
+    this.settings.logger.debug('protocol violation, closing', { code: error.code, reason: error.message });
+    this.close(error.closeCode, error.message);
+  }
+
+  private dispatch(message: Message): void {
+    if (this.active < this.settings.concurrency && this.queue.length === 0) {
+      this.run(message);
+    } else {
+      this.queue.push(message);
+      this.updateReading();
+    }
+  }
+
+  private run(message: Message): void {
+    this.active++;
+    if (message.kind === 'request') {
+      const key = inboundKey(message.id);
+      const entry: RunningRequest = { controller: new AbortController(), canceled: false };
+      this.running.set(key, entry);
+      const incoming: IncomingMessage = { name: message.name, payload: message.payload };
+      callAsync(() => this.hooks.handleRequest(incoming, { signal: entry.controller.signal })).then(
+        // The reply goes out before the next waiting message starts: in-order mode stays in order.
+        (value) => {
+          if (!entry.canceled) this.reply(message.id, value);
+          this.release(key, entry);
+        },
+        (error: unknown) => {
+          if (!entry.canceled) this.replyError(message.id, message.name, error);
+          this.release(key, entry);
+        },
+      );
+    } else if (message.kind === 'signal') {
+      const incoming: IncomingMessage = { name: message.name, payload: message.payload };
+      callAsync(() => this.hooks.handleSignal(incoming)).then(
+        () => this.releaseSlot(),
+        (error: unknown) => {
+          this.settings.logger.error('signal handler failed', { name: message.name, error });
+          this.releaseSlot();
+        },
+      );
+    }
+  }
+
+  private release(key: number | string, entry: RunningRequest): void {
+    if (this.running.get(key) === entry) this.running.delete(key);
+    this.inflightRequests--;
+    this.releaseSlot();
+  }
+
+  private releaseSlot(): void {
+    this.active--;
+    if (this.state === 'closed') return;
+    while (this.active < this.settings.concurrency && this.queue.length > 0) {
+      this.run(this.queue.shift()!);
+    }
+    this.updateReading();
+    if (!this.busy) this.notifyIdle();
+  }
+
+  private reply(id: RequestId, value: ReplyValue): void {
+    if (this.state === 'closed') return;
+    let bytes: Uint8Array;
+    try {
+      bytes = encodeReply(id, toPayload(value));
+    } catch (error) {
+      // An illegal reply (odd UTF-16, ...) must not become an empty frame, as in the reference.
+      this.settings.logger.error('request handler returned a reply that cannot be sent', { error });
+      bytes = encodeSpecialReply(id, 'internal-error');
+    }
+    this.sendRaw(bytes);
+  }
+
+  private replyError(id: RequestId, name: string, error: unknown): void {
+    if (this.state === 'closed') return;
+    let bytes: Uint8Array | undefined;
+    if (error instanceof RequestError) {
+      try {
+        bytes = encodeReplyError(id, error.code, error.message);
+      } catch (invalid) {
+        this.settings.logger.error('request handler threw a RequestError with an invalid code', {
+          name,
+          error: invalid,
+        });
+      }
+    } else {
+      // Anything but a RequestError stays on this side: logged, answered with type 2.
+      this.settings.logger.error('request handler failed', { name, error });
+    }
+    this.sendRaw(bytes ?? encodeSpecialReply(id, 'internal-error'));
+  }
+
+  private cancelInbound(id: RequestId): void {
+    const entry = this.running.get(inboundKey(id));
+    if (entry === undefined || entry.canceled) return;
+    entry.canceled = true;
+    entry.controller.abort(new CanceledError('the requester canceled the request'));
+  }
+
+  private updateReading(): void {
+    if (this.state === 'closed') return;
+    const pause = this.queue.length > 0 || this.sendBlocked;
+    if (pause !== this.readingPaused) {
+      this.readingPaused = pause;
+      if (pause) this.socket.pause();
+      else this.socket.resume();
+    }
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  /**
+   * Sends one encoded message. A send that leaves more than `maxBufferedBytes` queued for a slow
+   * peer closes the connection (1008): memory stays bounded whatever the peer does.
+   */
+  sendRaw(bytes: Uint8Array): SendResult {
+    if (this.state === 'closed') return 'dropped';
+    const result = this.socket.send(bytes);
+    this.lastSentAt = performance.now();
+    if (result === 'backpressure') {
+      if (this.socket.bufferedAmount > this.settings.maxBufferedBytes) {
+        this.close(CloseCode.PolicyViolation, 'send buffer limit exceeded');
+        return 'dropped';
+      }
+      if (!this.sendBlocked) {
+        // Stop reading new work from a peer that does not read what we send it.
+        this.sendBlocked = true;
+        this.updateReading();
+      }
+    }
+    return result;
+  }
+
+  /** Sends a signal. Returns false when the connection is not open (nothing was sent). */
+  signal(name: string, payload: Payload): boolean {
+    const bytes = encodeSignal(name, payload);
+    if (this.state !== 'open') return false;
+    return this.sendRaw(bytes) !== 'dropped';
+  }
+
+  /**
+   * Sends a request built by `build(id)` and waits for its reply. Used for application requests
+   * and for the session requests of the client. Settles exactly once.
+   */
+  request(describe: string, build: (id: number) => Uint8Array, options: RequestOptions = {}): Promise<Payload> {
+    if (this.state !== 'open') {
+      return Promise.reject(new DisconnectedError('the connection is closed', { closeCode: this.closeCode }));
+    }
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(new CanceledError(`request ${describe} was aborted`));
+    const id = this.nextId++;
+    let bytes: Uint8Array;
+    try {
+      bytes = build(id);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return new Promise<Payload>((resolve, reject) => {
+      const entry: PendingRequest = { resolve, reject, describe, timer: undefined, signal, onAbort: undefined };
+      this.pending.set(id, entry);
+      const timeout = options.timeout ?? 0;
+      if (timeout > 0) {
+        entry.timer = setTimeout(() => {
+          if (this.takePending(id) === undefined) return;
+          this.sendCancel(id);
+          reject(new TimeoutError(`request ${describe} got no reply within ${timeout} ms`));
+        }, timeout);
+      }
+      if (signal !== undefined) {
+        entry.onAbort = () => {
+          if (this.takePending(id) === undefined) return;
+          this.sendCancel(id);
+          reject(new CanceledError(`request ${describe} was aborted`, { cause: signal.reason }));
+        };
+        signal.addEventListener('abort', entry.onAbort, { once: true });
+      }
+      if (this.sendRaw(bytes) === 'dropped' && this.takePending(id) !== undefined) {
+        reject(new DisconnectedError(`request ${describe} could not be sent: the connection is closed`));
+      }
+    });
+  }
+
+  private sendCancel(id: number): void {
+    if (this.v21 && this.state === 'open') this.sendRaw(encodeCancel(id));
+  }
+
+  /** Removes a pending request and releases its timer and abort listener. */
+  private takePending(id: number): PendingRequest | undefined {
+    const entry = this.pending.get(id);
+    if (entry === undefined) return undefined;
+    this.pending.delete(id);
+    if (entry.timer !== undefined) clearTimeout(entry.timer);
+    if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
+    return entry;
+  }
+
+  private settle(id: RequestId, action: (entry: PendingRequest) => void): void {
+    const n = idToNumber(id);
+    if (n < 0) return;
+    const entry = this.takePending(n);
+    // A reply to nothing we wait for (late after a timeout or cancel) is ignored.
+    if (entry !== undefined) action(entry);
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /**
+   * Stops taking new work: requests get ReplyShutdown, signals are dropped. Work already received
+   * runs to its end. Replies to our own requests are still delivered.
+   */
+  drain(): void {
+    this.draining = true;
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Resolves when no handler runs or waits (at once if none does, or once the connection closed). */
+  whenIdle(): Promise<void> {
+    if (!this.busy || this.state === 'closed') return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    if (waiters.length === 0) return;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  /** Aborts the signals of every running handler (shutdown timeout). */
+  abortHandlers(reason: Error): void {
+    for (const entry of this.running.values()) entry.controller.abort(reason);
+  }
+
+  /**
+   * Starts the closing handshake. Pending requests are rejected once the socket reports the close;
+   * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped.
+   */
+  close(code: number, reason: string): void {
+    if (this.state !== 'open') return;
+    this.state = 'closing';
+    this.closeCode = code;
+    this.socket.close(code, reason);
+    this.graceTimer = setTimeout(() => this.socket.terminate(), CLOSE_GRACE);
+    (this.graceTimer as { unref?: () => void }).unref?.();
+  }
+
+  /** Drops the connection at once. */
+  terminate(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closing';
+    this.socket.terminate();
+  }
+
+  /** The transport reported the close: settle everything. Runs once. */
+  private finish(code: number, reason: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.closeCode = code;
+    clearTimeout(this.graceTimer);
+    const error = new DisconnectedError(
+      reason ? `the connection closed (${code}: ${reason})` : `the connection closed (${code})`,
+      { closeCode: code },
+    );
+    const pending = [...this.pending.keys()];
+    for (const id of pending) this.takePending(id)?.reject(error);
+    for (const entry of this.running.values()) entry.controller.abort(error);
+    this.running.clear();
+    // Waiting messages have nobody left to answer to.
+    this.inflightRequests -= this.queue.filter((m) => m.kind === 'request').length;
+    this.queue.length = 0;
+    this.notifyIdle();
+    this.hooks.closed(code, reason);
+  }
+}
+
+/** Runs `fn` and always returns a promise, turning a synchronous throw into a rejection. */
+function callAsync<T>(fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
+
+function replyErrorToError(message: ReplyErrorMessage): Error {
+  return new RequestError(message.code, message.message);
+}
+
+function specialReplyToError(message: SpecialReplyMessage, describe: string): Error {
+  switch (message.reason) {
+    case 'shutdown':
+      return new ShutdownError(`request ${describe} refused: the peer is shutting down`);
+    case 'internal-error':
+      return new InternalError(`request ${describe} failed on the peer`);
+    case 'session-not-found':
+      return new SessionNotFoundError('no session with that key');
+    case 'max-session-connections':
+      return new MaxSessionConnectionsError('the session has reached its maximum number of connections');
+    case 'sessions-disabled':
+      return new SessionsDisabledError('sessions are disabled on the server');
+  }
+}

@@ -1,0 +1,153 @@
+import type { UpgradeRequest } from '../../transports/types.ts';
+import type { ServerTransport } from '../../transports/types.ts';
+import { InvalidArgumentError } from '../errors.ts';
+import { consoleLogger, type Logger } from '../logger.ts';
+import type { IncomingMessage, ReplyValue, RequestContext } from '../peer/peer.ts';
+import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
+import type { Connection } from './connection.ts';
+
+/** @default 1 MiB */
+export const DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024;
+/** @default 60 s */
+export const DEFAULT_READ_TIMEOUT = 60_000;
+/** Handlers running at once per connection. @default 32 */
+export const DEFAULT_CONCURRENCY = 32;
+/** Requests received and not yet answered per connection. @default 4096 */
+export const DEFAULT_MAX_INFLIGHT_REQUESTS = 4096;
+/** Outgoing bytes queued for one connection before it is closed as too slow. @default 8 MiB */
+export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+/** @default 30 s */
+export const DEFAULT_SHUTDOWN_TIMEOUT = 30_000;
+
+/** What `beforeUpgrade` decides for one connection attempt. */
+export type UpgradeVerdict =
+  | boolean
+  | undefined
+  | void
+  | {
+      readonly accept: true;
+      /** Handlers running at once on this connection (1 = strictly in order). */
+      readonly concurrency?: number;
+      /** Anything the application wants to keep with the connection (`conn.info`). */
+      readonly info?: unknown;
+    }
+  | {
+      readonly accept: false;
+      /** HTTP status of the refusal. @default 403 */
+      readonly status?: number;
+      /** Short plain-text body of the refusal. @default the status text */
+      readonly reason?: string;
+    };
+
+/** Why a connection ended. */
+export interface DisconnectInfo {
+  /** WebSocket close code (1006 when the connection dropped without a close frame). */
+  readonly code: number;
+  readonly reason: string;
+}
+
+export interface ServerOptions {
+  /** Where connections come from, e.g. `wsTransport({ host: '127.0.0.1', port: 8080 })`. */
+  readonly transport: ServerTransport;
+  /**
+   * Answers a request. Return a Payload, bytes (binary), a string (UTF-8) or nothing (an empty
+   * reply); throw `RequestError(code, message)` to send an error the client sees. Any other
+   * error is logged and the client gets an internal-error reply without details.
+   */
+  readonly onRequest?: (conn: Connection, message: IncomingMessage, context: RequestContext) => ReplyValue | Promise<ReplyValue>;
+  /** Receives a signal from a client. Errors are logged. */
+  readonly onSignal?: (conn: Connection, message: IncomingMessage) => void | Promise<void>;
+  /** A connection is open and its AcceptConf sent. */
+  readonly onClientConnected?: (conn: Connection) => void | Promise<void>;
+  /** A connection ended; its pending work is settled. */
+  readonly onClientDisconnected?: (conn: Connection, info: DisconnectInfo) => void | Promise<void>;
+  /**
+   * Decides on an upgrade before the WebSocket exists: authentication, origin checks,
+   * per-connection settings. Returning `false` (or `{ accept: false }`) refuses with 403.
+   * A throw refuses with 500 and is logged.
+   */
+  readonly beforeUpgrade?: (request: UpgradeRequest) => UpgradeVerdict | Promise<UpgradeVerdict>;
+  /** Largest message accepted, announced in AcceptConf. @default 1 MiB */
+  readonly maxMessageSize?: number;
+  /** A connection that sends nothing for this long is closed; announced in AcceptConf. @default 60000 */
+  readonly readTimeout?: number;
+  /** Handlers running at once per connection; 1 handles messages strictly in order. @default 32 */
+  readonly concurrency?: number;
+  /** Requests received and not yet answered per connection; over it: close 1008. @default 4096 */
+  readonly maxInflightRequests?: number;
+  /** Outgoing bytes queued for a connection; over it: close 1008. @default 8 MiB */
+  readonly maxBufferedBytes?: number;
+  /** Sub-protocol announced in AcceptConf; clients must use the same. @default none */
+  readonly subProtocol?: string | Uint8Array;
+  /** Time `shutdown()` waits for in-flight work before aborting it. @default 30000 */
+  readonly shutdownTimeout?: number;
+  /**
+   * Protocol minor version offered: 1 enables duplexwire v2.1 (server-to-client requests,
+   * cancel); 0 behaves exactly as a WebWire v2.0 server. @default 1
+   */
+  readonly protocolMinor?: 0 | 1;
+  /** @default logs warnings and errors to the console */
+  readonly logger?: Logger;
+}
+
+export interface ResolvedServerOptions {
+  readonly transport: ServerTransport;
+  readonly onRequest: ServerOptions['onRequest'];
+  readonly onSignal: ServerOptions['onSignal'];
+  readonly onClientConnected: ServerOptions['onClientConnected'];
+  readonly onClientDisconnected: ServerOptions['onClientDisconnected'];
+  readonly beforeUpgrade: ServerOptions['beforeUpgrade'];
+  readonly maxMessageSize: number;
+  readonly readTimeout: number;
+  readonly concurrency: number;
+  readonly maxInflightRequests: number;
+  readonly maxBufferedBytes: number;
+  readonly subProtocol: Uint8Array;
+  readonly shutdownTimeout: number;
+  readonly protocolMinor: 0 | 1;
+  readonly logger: Logger;
+}
+
+const MAX_UINT32 = 0xffff_ffff;
+
+/** Merges defaults, validates and freezes. Throws InvalidArgumentError for anything wrong. */
+export function resolveServerOptions(options: ServerOptions): ResolvedServerOptions {
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options are required');
+  const { transport } = options;
+  if (typeof transport?.start !== 'function' || typeof transport.stop !== 'function') {
+    throw new InvalidArgumentError('option transport must be a ServerTransport, e.g. wsTransport({ port: 8080 })');
+  }
+  for (const name of ['onRequest', 'onSignal', 'onClientConnected', 'onClientDisconnected', 'beforeUpgrade'] as const) {
+    checkFunction(name, options[name]);
+  }
+  const protocolMinor = options.protocolMinor ?? 1;
+  if (protocolMinor !== 0 && protocolMinor !== 1) throw new InvalidArgumentError('option protocolMinor must be 0 or 1');
+  return Object.freeze({
+    transport,
+    onRequest: options.onRequest,
+    onSignal: options.onSignal,
+    onClientConnected: options.onClientConnected,
+    onClientDisconnected: options.onClientDisconnected,
+    beforeUpgrade: options.beforeUpgrade,
+    // A message must at least hold a request header; AcceptConf carries the size as uint32.
+    maxMessageSize: checkInteger('maxMessageSize', options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE, 16, MAX_UINT32),
+    readTimeout: checkInteger('readTimeout', options.readTimeout ?? DEFAULT_READ_TIMEOUT, 100, MAX_UINT32),
+    concurrency: checkInteger('concurrency', options.concurrency ?? DEFAULT_CONCURRENCY, 1, 1_000_000),
+    maxInflightRequests: checkInteger(
+      'maxInflightRequests',
+      options.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS,
+      1,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    maxBufferedBytes: checkInteger(
+      'maxBufferedBytes',
+      options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES,
+      1024,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    subProtocol: subProtocolBytes(options.subProtocol),
+    shutdownTimeout: checkInteger('shutdownTimeout', options.shutdownTimeout ?? DEFAULT_SHUTDOWN_TIMEOUT, 0, 2 ** 31 - 1),
+    protocolMinor,
+    logger: options.logger ?? consoleLogger,
+  });
+}

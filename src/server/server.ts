@@ -1,0 +1,205 @@
+import { STATUS_CODES } from 'node:http';
+import { nanoid } from 'nanoid';
+import { encodeAcceptConf } from '../../protocol/encode.ts';
+import { CloseCode, PROTOCOL_MAJOR } from '../../protocol/types.ts';
+import type { TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
+import { InvalidArgumentError, InvalidStateError } from '../errors.ts';
+import { checkInteger } from '../util/validate.ts';
+import { Connection } from './connection.ts';
+import { type DisconnectInfo, type ResolvedServerOptions, resolveServerOptions, type ServerOptions } from './options.ts';
+
+type ServerState = 'new' | 'starting' | 'listening' | 'shutting-down' | 'stopped';
+
+/** Options of `shutdown()`. */
+export interface ShutdownOptions {
+  /** Overrides the server's `shutdownTimeout` for this call. */
+  readonly timeout?: number;
+}
+
+/**
+ * A duplexwire server on any transport.
+ *
+ * @example
+ * const server = new Server({
+ *   transport: wsTransport({ host: '127.0.0.1', port: 8080 }),
+ *   onRequest: async (conn, msg) => msg.payload, // echo
+ * });
+ * await server.listen();
+ * // ...
+ * await server.shutdown();
+ */
+export class Server {
+  private readonly options: ResolvedServerOptions;
+  private readonly acceptConf: Uint8Array;
+  private readonly live = new Set<Connection>();
+  private state: ServerState = 'new';
+  private stopping: Promise<void> | undefined;
+
+  constructor(options: ServerOptions) {
+    this.options = resolveServerOptions(options);
+    const { protocolMinor, readTimeout, maxMessageSize, subProtocol } = this.options;
+    // The same bytes open every connection: encode them once.
+    this.acceptConf = encodeAcceptConf({
+      major: PROTOCOL_MAJOR,
+      minor: protocolMinor,
+      readTimeout,
+      maxMessageSize,
+      subProtocol,
+    });
+  }
+
+  /** Starts the transport. Resolves once it accepts connections. */
+  async listen(): Promise<void> {
+    if (this.state !== 'new') throw new InvalidStateError(`listen() called on a server that is ${this.state}`);
+    this.state = 'starting';
+    try {
+      await this.options.transport.start(
+        {
+          upgrade: (request) => this.decideUpgrade(request),
+          connection: (socket, request) => this.accept(socket, request),
+        },
+        { maxMessageSize: this.options.maxMessageSize },
+      );
+    } catch (error) {
+      this.state = 'stopped';
+      throw error;
+    }
+    this.state = 'listening';
+  }
+
+  /** Where the transport listens (`port` is the real one when 0 was asked for). */
+  address(): { readonly host: string; readonly port: number } | null {
+    return this.options.transport.address();
+  }
+
+  /** The open connections. */
+  get connections(): ReadonlySet<Connection> {
+    return this.live;
+  }
+
+  /** True from `shutdown()` on. */
+  get isShuttingDown(): boolean {
+    return this.state === 'shutting-down' || this.state === 'stopped';
+  }
+
+  /**
+   * Shuts down gracefully: new connections get HTTP 503, new requests the shutdown reply, signals
+   * are dropped; requests in flight finish and their replies are delivered; then every
+   * connection closes with 1001 and the transport stops. After `timeout` ms, handlers still
+   * running are aborted (their AbortSignal fires) and connections close anyway.
+   */
+  shutdown(options: ShutdownOptions = {}): Promise<void> {
+    const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, 2 ** 31 - 1);
+    this.stopping ??= this.runShutdown(timeout);
+    return this.stopping;
+  }
+
+  private async runShutdown(timeout: number): Promise<void> {
+    const wasListening = this.state === 'listening' || this.state === 'starting';
+    this.state = 'shutting-down';
+    const connections = [...this.live];
+    for (const conn of connections) conn.drain();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = await Promise.race([
+      Promise.all(connections.map((conn) => conn.whenIdle())).then(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(true), timeout);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) {
+      this.options.logger.warn('shutdown timed out; aborting handlers still running', { timeout });
+      for (const conn of connections) conn.abortHandlers();
+    }
+    for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, 'server shutting down');
+    await Promise.all([...this.live].map((conn) => conn.closed));
+    if (wasListening) await this.options.transport.stop();
+    this.state = 'stopped';
+  }
+
+  private async decideUpgrade(request: UpgradeRequest): Promise<UpgradeDecision> {
+    if (this.state !== 'listening') return refuse(503, 'server shutting down');
+    const { beforeUpgrade } = this.options;
+    if (beforeUpgrade === undefined) return { accept: true };
+    let verdict: Awaited<ReturnType<typeof beforeUpgrade>>;
+    try {
+      verdict = await beforeUpgrade(request);
+    } catch (error) {
+      this.options.logger.error('beforeUpgrade failed; refusing the connection', { error });
+      return refuse(500);
+    }
+    // The server may have begun shutting down while the hook ran.
+    if (this.state !== 'listening') return refuse(503, 'server shutting down');
+    if (verdict === undefined || verdict === true) return { accept: true };
+    if (verdict === false) return refuse(403);
+    if (verdict.accept) {
+      pendingVerdicts.set(request, verdict);
+      return { accept: true };
+    }
+    const status = verdict.status ?? 403;
+    if (!Number.isInteger(status) || status < 400 || status > 599) {
+      this.options.logger.error('beforeUpgrade refused with an invalid status; using 500', { status });
+      return refuse(500);
+    }
+    return refuse(status, verdict.reason);
+  }
+
+  private accept(socket: TransportSocket, request: UpgradeRequest) {
+    const verdict = pendingVerdicts.get(request);
+    pendingVerdicts.delete(request);
+    let concurrency = this.options.concurrency;
+    if (verdict?.concurrency !== undefined) {
+      try {
+        concurrency = checkInteger('concurrency', verdict.concurrency, 1, 1_000_000);
+      } catch (error) {
+        this.options.logger.error('beforeUpgrade returned an invalid concurrency; using the default', { error });
+      }
+    }
+    const conn = new Connection(socket, request, {
+      id: nanoid(),
+      options: this.options,
+      concurrency,
+      info: verdict?.info,
+      acceptConf: this.acceptConf,
+      closed: (closedConn, info) => this.forget(closedConn, info),
+    });
+    this.live.add(conn);
+    const handlers = conn.start();
+    const { onClientConnected } = this.options;
+    if (onClientConnected !== undefined) {
+      // Runs after the transport installed the handlers, so the hook may already send.
+      queueMicrotask(() => this.runHook('onClientConnected', () => onClientConnected(conn)));
+    }
+    return handlers;
+  }
+
+  private forget(conn: Connection, info: DisconnectInfo): void {
+    if (!this.live.delete(conn)) return;
+    const { onClientDisconnected } = this.options;
+    if (onClientDisconnected !== undefined) {
+      this.runHook('onClientDisconnected', () => onClientDisconnected(conn, info));
+    }
+  }
+
+  private runHook(name: string, hook: () => void | Promise<void>): void {
+    try {
+      const result = hook();
+      if (result instanceof Promise) {
+        result.catch((error: unknown) => this.options.logger.error(`${name} failed`, { error }));
+      }
+    } catch (error) {
+      this.options.logger.error(`${name} failed`, { error });
+    }
+  }
+}
+
+/**
+ * Verdicts of `beforeUpgrade` between the decision and the connection, keyed by the request
+ * object the transport hands to both calls.
+ */
+const pendingVerdicts = new WeakMap<UpgradeRequest, { readonly concurrency?: number; readonly info?: unknown }>();
+
+function refuse(status: number, reason?: string): UpgradeDecision {
+  if (!Number.isInteger(status)) throw new InvalidArgumentError('status must be an integer');
+  return { accept: false, status, body: reason ?? STATUS_CODES[status] ?? 'refused' };
+}

@@ -1,0 +1,24 @@
+import { InvalidArgumentError } from '../errors.ts';
+
+/** Throws InvalidArgumentError unless `value` is an integer within [min, max]. */
+export function checkInteger(name: string, value: number, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(`option ${name} must be an integer in ${min}..${max}, got ${String(value)}`);
+  }
+  return value;
+}
+
+/** Throws InvalidArgumentError unless `value` is undefined or a function. */
+export function checkFunction(name: string, value: unknown): void {
+  if (value !== undefined && typeof value !== 'function') {
+    throw new InvalidArgumentError(`option ${name} must be a function`);
+  }
+}
+
+const encoder = new TextEncoder();
+
+/** A sub-protocol option as raw bytes (empty for none). */
+export function subProtocolBytes(value: string | Uint8Array | undefined): Uint8Array {
+  if (value === undefined) return new Uint8Array(0);
+  return typeof value === 'string' ? encoder.encode(value) : value;
+}

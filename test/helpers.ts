@@ -1,0 +1,134 @@
+/**
+ * Helpers shared by the end-to-end tests: a server on 127.0.0.1 port 0 over the ws transport, a
+ * client with a recording logger, and a raw WebSocket peer for scripted (mis)behaviour.
+ */
+import type { TestContext } from 'node:test';
+import { WebSocket } from 'ws';
+import { Client, type ClientOptions } from '../src/client/client.ts';
+import type { Logger } from '../src/logger.ts';
+import type { ServerOptions } from '../src/server/options.ts';
+import { Server } from '../src/server/server.ts';
+import { wsClientTransport, wsTransport } from '../transports/ws.ts';
+
+export interface LogEntry {
+  readonly level: 'error' | 'warn' | 'info' | 'debug';
+  readonly message: string;
+  readonly context: Record<string, unknown> | undefined;
+}
+
+/** A logger that keeps what it is given, for assertions. */
+export function recordingLogger(): Logger & { entries: LogEntry[] } {
+  const entries: LogEntry[] = [];
+  const at =
+    (level: LogEntry['level']) =>
+    (message: string, context?: Record<string, unknown>): void => {
+      entries.push({ level, message, context });
+    };
+  return { entries, error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') };
+}
+
+export interface TestServer {
+  readonly server: Server;
+  readonly url: string;
+  readonly port: number;
+  readonly logger: ReturnType<typeof recordingLogger>;
+}
+
+/** Starts a Server on 127.0.0.1:0 over ws; shut down after the test. */
+export async function startServer(
+  t: TestContext,
+  options: Omit<ServerOptions, 'transport'> & { path?: string } = {},
+): Promise<TestServer> {
+  const logger = recordingLogger();
+  const { path, ...rest } = options;
+  const server = new Server({
+    transport: wsTransport({ host: '127.0.0.1', port: 0, ...(path === undefined ? {} : { path }) }),
+    logger,
+    ...rest,
+  });
+  await server.listen();
+  t.after(() => server.shutdown({ timeout: 200 }));
+  const port = server.address()!.port;
+  return { server, url: `ws://127.0.0.1:${port}${path ?? '/'}`, port, logger };
+}
+
+/** A client over ws, closed after the test. Waits until connected unless `autoConnect` is false. */
+export async function connectClient(t: TestContext, url: string, options: ClientOptions = {}): Promise<Client> {
+  const client = new Client(url, {
+    transport: wsClientTransport(),
+    logger: recordingLogger(),
+    reconnect: false,
+    ...options,
+  });
+  t.after(() => client.close());
+  if (options.autoConnect !== false) await client.connect();
+  return client;
+}
+
+/** A WebSocket peer driven byte by byte: what a v2.0 client or a hostile one would do. */
+export interface RawPeer {
+  readonly ws: WebSocket;
+  readonly messages: Uint8Array[];
+  /** The next binary message not yet taken (waits up to `timeout` ms). */
+  next(timeout?: number): Promise<Uint8Array>;
+  send(bytes: Uint8Array | string): void;
+  /** Resolves with the close code and reason. */
+  readonly closed: Promise<{ code: number; reason: string }>;
+}
+
+export async function rawPeer(t: TestContext, url: string, headers: Record<string, string> = {}): Promise<RawPeer> {
+  const ws = new WebSocket(url, { headers });
+  const messages: Uint8Array[] = [];
+  let taken = 0;
+  let wake: (() => void) | undefined;
+  ws.on('message', (data: Buffer) => {
+    messages.push(new Uint8Array(data));
+    wake?.();
+  });
+  ws.on('error', () => {});
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => {
+    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+  });
+  t.after(() => ws.terminate());
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  return {
+    ws,
+    messages,
+    closed,
+    async next(timeout = 2_000) {
+      const deadline = Date.now() + timeout;
+      while (taken >= messages.length) {
+        if (Date.now() >= deadline) throw new Error(`no message within ${timeout} ms`);
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, 20);
+        });
+      }
+      return messages[taken++]!;
+    },
+    send(bytes) {
+      ws.send(bytes, { binary: typeof bytes !== 'string' });
+    },
+  };
+}
+
+/** Waits until `predicate()` holds, polling; fails after `timeout` ms. */
+export async function waitFor(predicate: () => boolean, timeout = 2_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeout;
+  while (!predicate()) {
+    if (Date.now() >= deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Hex of bytes, for readable assertions. */
+export function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,50 @@
+/**
+ * Close-frame and refusal-body rules shared by the transport adapters, so that every adapter
+ * accepts and rejects the same close codes and cuts text at the same places. Internal: not part
+ * of any subpath export.
+ */
+
+/** A close frame's payload is at most 125 bytes, 2 of which are the code (RFC 6455 §5.5). */
+export const MAX_CLOSE_REASON_BYTES = 123;
+
+/** How much of a refused upgrade's body a client keeps ({@link ConnectFailure.body}). */
+export const MAX_REFUSAL_BODY_BYTES = 512;
+
+/**
+ * Whether `code` may be sent in a close frame (RFC 6455 §7.4.1; 1004-1006 and 1015 are reserved
+ * for local use, 1016-2999 for future standards, 3000-4999 for libraries and applications).
+ * Same rule as `ws` `lib/validation.js` `isValidStatusCode`, so both adapters agree.
+ */
+export function isSendableCloseCode(code: number): boolean {
+  return (
+    Number.isInteger(code) &&
+    ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) ||
+      (code >= 3000 && code <= 4999))
+  );
+}
+
+/** Throws the `RangeError` a caller gets for a code no peer would accept: a bug, not a runtime event. */
+export function assertSendableCloseCode(code: number): void {
+  if (!isSendableCloseCode(code)) {
+    throw new RangeError(`invalid WebSocket close code: ${code}`);
+  }
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * Cuts `text` to at most `maxBytes` bytes of UTF-8 without splitting a character, so that the
+ * receiver's UTF-8 validation (RFC 6455 §8.1) never fails on a reason we shortened.
+ */
+export function truncateUtf8(text: string, maxBytes: number): string {
+  // Fast path: each UTF-16 unit is at most 3 bytes of UTF-8.
+  if (text.length * 3 <= maxBytes) return text;
+  const bytes = encoder.encode(text);
+  if (bytes.length <= maxBytes) return text;
+  let end = maxBytes;
+  // Back off to the lead byte of the character that straddles the limit (continuation bytes
+  // are 0b10xxxxxx).
+  while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--;
+  return decoder.decode(bytes.subarray(0, end));
+}

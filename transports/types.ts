@@ -1,0 +1,151 @@
+/**
+ * The transport contract: what duplexwire's core needs from a WebSocket implementation, and
+ * nothing more. One adapter per file (`ws.ts`, `memory.ts`, later `uws.ts` and `browser.ts`),
+ * each behind its own subpath export so nobody loads a WebSocket library they do not use.
+ *
+ * The contract carries whole WebSocket messages (binary and text), close codes with reasons,
+ * upgrade requests and backpressure. It is runtime-neutral: no Node types appear here, so the
+ * browser adapter implements the same client side.
+ *
+ * Ownership rule: the `Uint8Array` handed to `SocketHandlers.onMessage` belongs to the receiver
+ * and stays valid after the callback returns (adapters whose runtime reuses buffers, such as
+ * uWebSockets.js, copy before delivering).
+ */
+
+/**
+ * Result of a send, after uWebSockets.js `send()` (1 / 0 / 2):
+ * - `ok`: written or buffered within the adapter's high-water mark;
+ * - `backpressure`: accepted but the outgoing buffer is above the high-water mark; wait for
+ *   `onDrain` before sending more;
+ * - `dropped`: not sent (socket closing or closed, or the runtime refused it). Never silent: the
+ *   caller must treat the connection as broken.
+ */
+export type SendResult = 'ok' | 'backpressure' | 'dropped';
+
+/** Callbacks a transport socket delivers to its owner. Set once, when the socket is created. */
+export interface SocketHandlers {
+  /** One whole WebSocket message. `binary` is false for text frames. */
+  onMessage(data: Uint8Array, binary: boolean): void;
+  /** The outgoing buffer went back below the high-water mark after a `backpressure` result. */
+  onDrain(): void;
+  /** A ping or pong arrived (the adapter answers pings itself): the peer is alive. */
+  onPing(): void;
+  /**
+   * The connection is gone. Called exactly once, whoever closed it. `code` is the WebSocket close
+   * code (1006 when the connection dropped without a close frame).
+   */
+  onClose(code: number, reason: string): void;
+}
+
+/** One open WebSocket connection, either end. */
+export interface TransportSocket {
+  /** Sends one binary message. */
+  send(data: Uint8Array): SendResult;
+  /** Sends one text message (used by applications that forward raw WebSocket traffic). */
+  sendText(data: string): SendResult;
+  /** Bytes accepted by `send` and not yet handed to the operating system. */
+  readonly bufferedAmount: number;
+  /** Stops reading from the peer (TCP backpressure); messages already read may still arrive. */
+  pause(): void;
+  /** Resumes reading after `pause`. */
+  resume(): void;
+  /** Starts the closing handshake. Safe to call more than once and after the socket closed. */
+  close(code: number, reason: string): void;
+  /** Destroys the connection at once, without a closing handshake. Safe to call at any time. */
+  terminate(): void;
+  /** Sends a WebSocket ping (keep-alive through proxies). */
+  ping(): void;
+  /** The peer's address as the transport sees it (IPv4, IPv6, or a label for in-process pairs). */
+  readonly remoteAddress: string;
+}
+
+/** What a server transport knows of an upgrade request before it is accepted. */
+export interface UpgradeRequest {
+  /** Path and query exactly as requested, e.g. `/ws?token=abc`. */
+  readonly url: string;
+  /** Path without the query. */
+  readonly path: string;
+  /** The raw query string without the leading `?` (empty when there is none). */
+  readonly query: string;
+  /** Request headers with lower-case names; repeated headers are joined by the adapter as Node does. */
+  readonly headers: Readonly<Record<string, string | undefined>>;
+  readonly remoteAddress: string;
+}
+
+/** The owner's answer to an upgrade request. */
+export type UpgradeDecision =
+  | { readonly accept: true }
+  | {
+      readonly accept: false;
+      /** HTTP status sent instead of the upgrade, e.g. 401, 403, 503. */
+      readonly status: number;
+      /** Short plain-text body. */
+      readonly body?: string;
+      readonly headers?: Readonly<Record<string, string>>;
+    };
+
+/** Callbacks from a server transport to its owner (the duplexwire Server). */
+export interface ServerTransportHandlers {
+  /**
+   * Decide on an upgrade. May be async; the adapter keeps the request valid meanwhile and
+   * drops it quietly if the client goes away first.
+   */
+  upgrade(request: UpgradeRequest): UpgradeDecision | Promise<UpgradeDecision>;
+  /**
+   * A connection was accepted. Returns the socket's handlers; no message is delivered before this
+   * returns.
+   */
+  connection(socket: TransportSocket, request: UpgradeRequest): SocketHandlers;
+}
+
+/** Options the server passes to its transport when it starts. */
+export interface ServerTransportStartOptions {
+  /** Largest message accepted; a larger one closes the connection with 1009. */
+  readonly maxMessageSize: number;
+}
+
+/** The server side of a transport: listens (or attaches to an existing HTTP server) and accepts. */
+export interface ServerTransport {
+  /** Starts accepting upgrades. Resolves once the transport is listening. */
+  start(handlers: ServerTransportHandlers, options: ServerTransportStartOptions): Promise<void>;
+  /**
+   * Where the transport listens, once started (`port` is the real one when 0 was asked for).
+   * `null` when it is attached to a server it does not own and that is not listening.
+   */
+  address(): { readonly host: string; readonly port: number } | null;
+  /**
+   * Stops accepting and releases what the transport owns (its listening socket). Connections the
+   * owner has not closed by then are terminated.
+   */
+  stop(): Promise<void>;
+}
+
+/** Options for one client connection attempt. */
+export interface ClientConnectOptions {
+  /** Extra HTTP headers on the upgrade request (ignored by runtimes that cannot set them). */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Largest message accepted from the server; a larger one closes with 1009. */
+  readonly maxMessageSize: number;
+  /** Gives up the attempt after this many milliseconds. */
+  readonly connectTimeout: number;
+}
+
+/**
+ * Why a connection attempt failed. Transports reject `connect` with an `Error` carrying these
+ * optional fields, so the core can tell "refused with 403" from "nothing listens there".
+ */
+export interface ConnectFailure extends Error {
+  /** HTTP status of a refused upgrade. */
+  status?: number;
+  /** The body of a refused upgrade, cut to a short length. */
+  body?: string;
+}
+
+/** The client side of a transport. */
+export interface ClientTransport {
+  /**
+   * Opens a WebSocket to `url`. `handlers` are installed before the first message can arrive.
+   * Rejects with a `ConnectFailure` when the connection cannot be made.
+   */
+  connect(url: string, options: ClientConnectOptions, handlers: SocketHandlers): Promise<TransportSocket>;
+}

@@ -1,0 +1,712 @@
+/**
+ * The Node adapter over the `ws` package: a server transport that listens on its own HTTP(S)
+ * server or attaches to one the application owns, and a client transport.
+ *
+ * @example
+ * ```ts
+ * import { wsTransport, wsClientTransport } from 'duplexwire/transports/ws';
+ *
+ * const server = wsTransport({ port: 0, path: '/ws' });
+ * await server.start(handlers, { maxMessageSize: 1 << 20 });
+ * const { port } = server.address()!;
+ * const socket = await wsClientTransport().connect(
+ *   `ws://127.0.0.1:${port}/ws`,
+ *   { maxMessageSize: 1 << 20, connectTimeout: 5000 },
+ *   socketHandlers,
+ * );
+ * ```
+ */
+
+import { createServer as createHttpServer, type IncomingMessage, STATUS_CODES, type Server as HttpServer, type ServerResponse, validateHeaderName, validateHeaderValue } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type ClientOptions, type RawData, WebSocket, WebSocketServer } from 'ws';
+import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, MAX_REFUSAL_BODY_BYTES, truncateUtf8 } from './close-frame.ts';
+import type {
+  ClientConnectOptions,
+  ClientTransport,
+  ConnectFailure,
+  SendResult,
+  ServerTransport,
+  ServerTransportHandlers,
+  ServerTransportStartOptions,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from './types.ts';
+
+/**
+ * Bytes a socket may have queued before `send` answers `backpressure`. Matches the 64 KiB
+ * uWebSockets.js uses by default, so the core sees the same pacing whichever adapter runs.
+ */
+export const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
+/** @see WsListenOptions.host */
+export const DEFAULT_HOST = '127.0.0.1';
+/** @see WsListenOptions.port */
+export const DEFAULT_PORT = 8080;
+
+/** Options both server modes share. */
+export interface WsCommonServerOptions {
+  /**
+   * Only upgrades to exactly this path (query ignored) are handled. When the transport owns its
+   * HTTP server other paths are answered 404; when attached, they are left to other listeners.
+   * @default undefined (every path)
+   */
+  path?: string;
+  /**
+   * Queued outgoing bytes above which `send` answers `backpressure`. Node only announces `drain`
+   * once its own socket buffer went over the socket's high-water mark (16 KiB for `net.Socket`),
+   * so a smaller value behaves as that one.
+   * @default DEFAULT_HIGH_WATER_MARK (64 KiB)
+   */
+  highWaterMark?: number;
+}
+
+/** TLS material for a transport that owns an HTTPS server. */
+export interface WsServerTlsOptions {
+  key: string | Buffer;
+  cert: string | Buffer;
+}
+
+/** Listen on an HTTP (or HTTPS) server the transport creates, owns and closes. */
+export interface WsListenOptions extends WsCommonServerOptions {
+  /** @default DEFAULT_HOST ('127.0.0.1'; use '0.0.0.0' or '::' to accept remote peers) */
+  host?: string;
+  /** @default DEFAULT_PORT (8080; 0 picks a free port, see `address()`) */
+  port?: number;
+  /** Serve `wss:` with these. @default undefined (plain `ws:`) */
+  tls?: WsServerTlsOptions;
+  server?: never;
+}
+
+/**
+ * Attach to an HTTP(S) server the application owns and listens with. The transport only adds and
+ * removes its own `'upgrade'` listener; it never listens on or closes that server.
+ */
+export interface WsAttachOptions extends WsCommonServerOptions {
+  server: HttpServer | HttpsServer;
+}
+
+/** Options of {@link wsTransport}: either listen, or attach to an existing server. */
+export type WsServerTransportOptions = WsListenOptions | WsAttachOptions;
+
+/** Options of {@link wsClientTransport}. */
+export interface WsClientTransportOptions {
+  /** @default DEFAULT_HIGH_WATER_MARK (64 KiB), see {@link WsCommonServerOptions.highWaterMark} */
+  highWaterMark?: number;
+  /** For `wss:` URLs. @default undefined (the system's trusted CAs, certificates verified) */
+  tls?: WsClientTlsOptions;
+}
+
+/** TLS settings for `wss:` connections. */
+export interface WsClientTlsOptions {
+  /** Trusted CA certificates, e.g. a test CA. @default undefined (Node's bundled CAs) */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** @default true */
+  rejectUnauthorized?: boolean;
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Socket adapter                                                                              */
+/* ------------------------------------------------------------------------------------------- */
+
+/** ws reports a protocol violation it detected itself (`lib/receiver.js` `createError`) with these codes. */
+const RECEIVER_ERROR_CLOSE_CODES: ReadonlyMap<string, number> = new Map([
+  ['WS_ERR_UNSUPPORTED_MESSAGE_LENGTH', 1009],
+  ['WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH', 1009],
+  ['WS_ERR_INVALID_UTF8', 1007],
+  ['WS_ERR_TOO_MANY_BUFFERED_PARTS', 1008],
+]);
+
+function receiverErrorCloseCode(err: unknown): number | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !code.startsWith('WS_ERR_')) return undefined;
+  return RECEIVER_ERROR_CLOSE_CODES.get(code) ?? 1002;
+}
+
+/**
+ * Hands out a plain `Uint8Array` view over what ws delivered.
+ *
+ * No copy is needed: with the default `binaryType` ('nodebuffer') ws delivers either a view of
+ * the chunk the socket read (Node allocates a fresh chunk per read and never writes to it
+ * again; the server unmasks in place *before* emitting) or a buffer `concat` allocated for a
+ * fragmented message. Nothing writes into those bytes after the event, so they stay valid for
+ * the receiver (the ownership rule of `types.ts`). A `Buffer` is not passed through as is because
+ * its `slice()` returns a view where `Uint8Array#slice()` copies: the core must see the same
+ * semantics from every adapter.
+ */
+function toUint8Array(data: RawData): Uint8Array {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (Array.isArray(data)) {
+    const out = new Uint8Array(data.reduce((n, b) => n + b.byteLength, 0));
+    let offset = 0;
+    for (const part of data) {
+      out.set(part, offset);
+      offset += part.byteLength;
+    }
+    return out;
+  }
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** {@link TransportSocket} over a `ws` WebSocket; the same class serves both ends. */
+class WsTransportSocket implements TransportSocket {
+  readonly #ws: WebSocket;
+  readonly #highWaterMark: number;
+  #effectiveHighWaterMark: number;
+  #remoteAddress = '';
+  #handlers: SocketHandlers | undefined;
+  /** A send answered `backpressure`; the next `drain` is owed to the owner. */
+  #drainOwed = false;
+  /** Set once the connection is established: a client must not see `onClose` before that. */
+  #open: boolean;
+  #closeReported = false;
+  /** The close code ws sent itself after a protocol violation by the peer. */
+  #violationCode: number | undefined;
+
+  constructor(ws: WebSocket, highWaterMark: number, open: boolean) {
+    this.#ws = ws;
+    this.#highWaterMark = highWaterMark;
+    this.#effectiveHighWaterMark = highWaterMark;
+    this.#open = open;
+  }
+
+  get remoteAddress(): string {
+    return this.#remoteAddress;
+  }
+
+  get bufferedAmount(): number {
+    return this.#ws.bufferedAmount;
+  }
+
+  /** The TCP/TLS socket under the WebSocket, whose `'drain'` ws does not forward. */
+  setNetSocket(net: Duplex): void {
+    this.#remoteAddress = (net as Partial<Socket>).remoteAddress ?? '';
+    // Node emits 'drain' only after a write() returned false, i.e. after its own buffer passed
+    // the socket's writableHighWaterMark; above that value a 'backpressure' answer guarantees a
+    // later 'drain'.
+    this.#effectiveHighWaterMark = Math.max(this.#highWaterMark, net.writableHighWaterMark);
+    net.on('drain', () => {
+      if (!this.#drainOwed || this.#closeReported) return;
+      this.#drainOwed = false;
+      this.#handlers?.onDrain();
+    });
+  }
+
+  markOpen(): void {
+    this.#open = true;
+  }
+
+  /** Installs the owner's handlers and starts forwarding ws events to them. */
+  wire(handlers: SocketHandlers): void {
+    this.#handlers = handlers;
+    const ws = this.#ws;
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      handlers.onMessage(toUint8Array(data), isBinary);
+    });
+    // ws answers pings itself; both directions prove the peer is alive.
+    ws.on('ping', () => handlers.onPing());
+    ws.on('pong', () => handlers.onPing());
+    // Without a listener an 'error' event would throw. ws follows every error with 'close'.
+    ws.on('error', (err: Error) => {
+      this.#violationCode ??= receiverErrorCloseCode(err);
+    });
+    ws.on('close', (code: number, reason: Buffer) => {
+      if (this.#closeReported) return;
+      this.#closeReported = true;
+      if (!this.#open) return;
+      if (this.#violationCode !== undefined) {
+        // After a violation ws sends its close frame and stops reading, so the code it reports
+        // locally is 1006; the owner should see the code the peer was told.
+        handlers.onClose(this.#violationCode, '');
+      } else {
+        handlers.onClose(code, reason.toString('utf8'));
+      }
+    });
+  }
+
+  send(data: Uint8Array): SendResult {
+    if (this.#ws.readyState !== WebSocket.OPEN) return 'dropped';
+    // No callback: this is the hot path and failures surface as 'error' + 'close' anyway.
+    this.#ws.send(data, { binary: true });
+    return this.#afterSend();
+  }
+
+  sendText(data: string): SendResult {
+    if (this.#ws.readyState !== WebSocket.OPEN) return 'dropped';
+    this.#ws.send(data, { binary: false });
+    return this.#afterSend();
+  }
+
+  #afterSend(): SendResult {
+    if (this.#ws.bufferedAmount > this.#effectiveHighWaterMark) {
+      this.#drainOwed = true;
+      return 'backpressure';
+    }
+    return 'ok';
+  }
+
+  pause(): void {
+    this.#ws.pause();
+  }
+
+  resume(): void {
+    this.#ws.resume();
+  }
+
+  close(code: number, reason: string): void {
+    // An invalid code is the caller's bug; ws would throw too, but later and less clearly.
+    assertSendableCloseCode(code);
+    const state = this.#ws.readyState;
+    if (state === WebSocket.CLOSING || state === WebSocket.CLOSED) return;
+    this.#ws.close(code, truncateUtf8(reason, MAX_CLOSE_REASON_BYTES));
+  }
+
+  terminate(): void {
+    this.#ws.terminate();
+  }
+
+  ping(): void {
+    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.ping();
+  }
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Options                                                                                     */
+/* ------------------------------------------------------------------------------------------- */
+
+function checkHighWaterMark(value: number | undefined): number {
+  if (value === undefined) return DEFAULT_HIGH_WATER_MARK;
+  if (!(Number.isFinite(value) && value >= 0)) {
+    throw new RangeError(`highWaterMark must be a finite number >= 0, got ${value}`);
+  }
+  return value;
+}
+
+function checkMaxMessageSize(value: number): void {
+  // ws reads maxPayload 0 as "unlimited", the opposite of what a limit of 0 means.
+  if (!(value > 0)) throw new RangeError(`maxMessageSize must be > 0, got ${value}`);
+}
+
+interface ResolvedServerOptions {
+  readonly path: string | undefined;
+  readonly highWaterMark: number;
+  readonly attach: HttpServer | HttpsServer | undefined;
+  readonly host: string;
+  readonly port: number;
+  readonly tls: WsServerTlsOptions | undefined;
+}
+
+function resolveServerOptions(options: WsServerTransportOptions): Readonly<ResolvedServerOptions> {
+  const listen = options.server === undefined ? options : undefined;
+  const port = listen?.port ?? DEFAULT_PORT;
+  if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) {
+    throw new RangeError(`port must be an integer in 0..65535, got ${port}`);
+  }
+  if (options.path !== undefined && !options.path.startsWith('/')) {
+    throw new RangeError(`path must start with '/', got ${JSON.stringify(options.path)}`);
+  }
+  return Object.freeze({
+    path: options.path,
+    highWaterMark: checkHighWaterMark(options.highWaterMark),
+    attach: options.server,
+    host: listen?.host ?? DEFAULT_HOST,
+    port,
+    tls: listen?.tls,
+  });
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Server                                                                                      */
+/* ------------------------------------------------------------------------------------------- */
+
+function buildUpgradeRequest(req: IncomingMessage, url: string, path: string): UpgradeRequest {
+  const queryStart = url.indexOf('?');
+  // Null prototype: header names are chosen by the peer (`__proto__`, `constructor`).
+  const headers: Record<string, string | undefined> = Object.create(null);
+  for (const [name, value] of Object.entries(req.headers)) {
+    headers[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return {
+    url,
+    path,
+    query: queryStart === -1 ? '' : url.slice(queryStart + 1),
+    headers,
+    remoteAddress: req.socket.remoteAddress ?? '',
+  };
+}
+
+/** Headers the refusal writer controls itself: an owner's copy would break the framing. */
+const RESERVED_REFUSAL_HEADERS = new Set(['connection', 'content-length', 'content-type', 'transfer-encoding']);
+
+/**
+ * Writes a complete HTTP/1.1 response instead of the upgrade and closes the socket once it is
+ * flushed. Invalid owner input (status, header names or values with CR/LF) becomes a bare 500:
+ * a decision must never be able to inject bytes into the response.
+ */
+function refuse(socket: Duplex, status: number, body = '', headers?: Readonly<Record<string, string>>): void {
+  let extra = '';
+  let ok = Number.isInteger(status) && status >= 200 && status <= 599;
+  if (ok && headers !== undefined) {
+    try {
+      for (const [name, value] of Object.entries(headers)) {
+        if (RESERVED_REFUSAL_HEADERS.has(name.toLowerCase())) continue;
+        validateHeaderName(name);
+        validateHeaderValue(name, value);
+        extra += `${name}: ${value}\r\n`;
+      }
+    } catch {
+      ok = false;
+    }
+  }
+  if (!ok) {
+    status = 500;
+    body = '';
+    extra = '';
+  }
+  const bodyBytes = Buffer.from(body, 'utf8');
+  const head =
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n` +
+    'Connection: close\r\n' +
+    'Content-Type: text/plain; charset=utf-8\r\n' +
+    `Content-Length: ${bodyBytes.length}\r\n` +
+    `${extra}\r\n`;
+  if (socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  // Same sequence as ws `abortHandshake`: end() flushes, 'finish' then tears the socket down.
+  socket.once('finish', () => socket.destroy());
+  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), bodyBytes]));
+}
+
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
+}
+
+/** Listener on an owned server's plain HTTP requests: this server only speaks WebSocket. */
+function answerUpgradeRequired(_req: IncomingMessage, res: ServerResponse): void {
+  const body = STATUS_CODES[426] ?? '';
+  res.writeHead(426, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/**
+ * A server transport over `ws`.
+ *
+ * Either listens on its own HTTP server (`{ host, port, tls }`) or attaches to one the application
+ * runs (`{ server }`), optionally limited to one `path`. Upgrades go through
+ * `handlers.upgrade` first (async allowed); refused ones get a plain-text HTTP response.
+ *
+ * @example
+ * ```ts
+ * const transport = wsTransport({ server: app, path: '/ws' });
+ * await transport.start(handlers, { maxMessageSize: 1 << 20 });
+ * ```
+ */
+export function wsTransport(options: WsServerTransportOptions = {}): ServerTransport {
+  const opts = resolveServerOptions(options);
+
+  type State =
+    | { kind: 'idle' }
+    | { kind: 'starting' | 'started'; run: Run; ready: Promise<void> }
+    | { kind: 'stopping'; done: Promise<void> };
+  interface Run {
+    readonly http: HttpServer | HttpsServer;
+    readonly owned: boolean;
+    readonly onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+    /** Sockets whose upgrade decision is pending. */
+    readonly pending: Set<Duplex>;
+    /** Accepted WebSockets not closed yet. */
+    readonly live: Set<WebSocket>;
+    stopped: boolean;
+  }
+  let state: State = { kind: 'idle' };
+
+  function startRun(handlers: ServerTransportHandlers, startOptions: ServerTransportStartOptions): { run: Run; ready: Promise<void> } {
+    checkMaxMessageSize(startOptions.maxMessageSize);
+    const wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: startOptions.maxMessageSize,
+      perMessageDeflate: false,
+      clientTracking: false,
+    });
+    const owned = opts.attach === undefined;
+    const http = opts.attach ?? (opts.tls === undefined ? createHttpServer() : createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }));
+    const pending = new Set<Duplex>();
+    const live = new Set<WebSocket>();
+
+    const accept = (req: IncomingMessage, socket: Duplex, head: Buffer, request: UpgradeRequest): void => {
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        if (run.stopped) {
+          ws.terminate();
+          return;
+        }
+        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true);
+        adapter.setNetSocket(socket);
+        live.add(ws);
+        ws.once('close', () => live.delete(ws));
+        let socketHandlers: SocketHandlers;
+        try {
+          socketHandlers = handlers.connection(adapter, request);
+        } catch (err) {
+          ws.terminate();
+          throw err;
+        }
+        // ws reads the socket from the next tick on, so nothing is missed by wiring now.
+        adapter.wire(socketHandlers);
+      });
+    };
+
+    const decide = (decision: UpgradeDecision, req: IncomingMessage, socket: Duplex, head: Buffer, request: UpgradeRequest): void => {
+      if (run.stopped || socket.destroyed) {
+        socket.destroy();
+        return;
+      }
+      if (decision.accept) accept(req, socket, head, request);
+      else refuse(socket, decision.status, decision.body, decision.headers);
+    };
+
+    const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      const url = req.url ?? '/';
+      const queryStart = url.indexOf('?');
+      const path = queryStart === -1 ? url : url.slice(0, queryStart);
+      if (opts.path !== undefined && path !== opts.path) {
+        // On a foreign server another 'upgrade' listener may own this path.
+        if (owned) {
+          socket.on('error', noop);
+          refuse(socket, 404, STATUS_CODES[404]);
+        }
+        return;
+      }
+      // Node removed its own 'error' listener when it handed the socket over: an error while we
+      // wait for the decision would otherwise crash the process.
+      socket.on('error', noop);
+      if (run.stopped) {
+        socket.destroy();
+        return;
+      }
+      const request = buildUpgradeRequest(req, url, path);
+      let result: UpgradeDecision | PromiseLike<UpgradeDecision>;
+      try {
+        result = handlers.upgrade(request);
+      } catch {
+        result = { accept: false, status: 500 };
+      }
+      if (!isPromiseLike(result)) {
+        decide(result, req, socket, head, request);
+        return;
+      }
+      pending.add(socket);
+      const forget = (): void => {
+        pending.delete(socket);
+      };
+      socket.once('close', forget);
+      Promise.resolve(result)
+        .catch((): UpgradeDecision => ({ accept: false, status: 500 }))
+        .then((decision) => {
+          forget();
+          socket.off('close', forget);
+          decide(decision, req, socket, head, request);
+        });
+    };
+
+    const run: Run = { http, owned, onUpgrade, pending, live, stopped: false };
+    http.on('upgrade', onUpgrade);
+    if (!owned) return { run, ready: Promise.resolve() };
+
+    http.on('request', answerUpgradeRequired);
+    const ready = new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => {
+        http.off('listening', onListening);
+        http.off('upgrade', onUpgrade);
+        run.stopped = true;
+        reject(err);
+      };
+      const onListening = (): void => {
+        http.off('error', onError);
+        // Once listening, the errors a net.Server still emits (accept failing with EMFILE) are
+        // transient: Node keeps accepting, and an unhandled 'error' would crash the process.
+        http.on('error', noop);
+        resolve();
+      };
+      http.once('error', onError);
+      http.once('listening', onListening);
+      http.listen(opts.port, opts.host);
+    });
+    return { run, ready };
+  }
+
+  async function stopRun(run: Run, ready: Promise<void>): Promise<void> {
+    run.stopped = true;
+    run.http.off('upgrade', run.onUpgrade);
+    for (const socket of run.pending) socket.destroy();
+    run.pending.clear();
+    // Wait for the terminated sockets' 'close' so that every onClose ran when stop() resolves.
+    const closed = [...run.live].map((ws) => new Promise<void>((resolve) => ws.once('close', () => resolve())));
+    for (const ws of run.live) ws.terminate();
+    await Promise.all(closed);
+    if (!run.owned) return;
+    // A stop() during start() must not leave the server listening once listen() completes.
+    const listened = await ready.then(
+      () => true,
+      () => false,
+    );
+    if (listened) {
+      await new Promise<void>((resolve) => {
+        run.http.close(() => resolve());
+        run.http.closeAllConnections();
+      });
+    }
+    run.http.off('request', answerUpgradeRequired);
+    run.http.off('error', noop);
+  }
+
+  const transport: ServerTransport = {
+    start(handlers, startOptions) {
+      if (state.kind === 'starting' || state.kind === 'started') return state.ready;
+      if (state.kind === 'stopping') {
+        return state.done.then(() => transport.start(handlers, startOptions));
+      }
+      let started: { run: Run; ready: Promise<void> };
+      try {
+        started = startRun(handlers, startOptions);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      const current: State = { kind: 'starting', ...started };
+      state = current;
+      // Registered before the caller's handlers, so the state is settled when they run.
+      started.ready.then(
+        () => {
+          if (state === current) state = { kind: 'started', ...started };
+        },
+        () => {
+          if (state === current) state = { kind: 'idle' };
+        },
+      );
+      return started.ready;
+    },
+
+    address() {
+      if (state.kind !== 'started' && state.kind !== 'starting') return null;
+      const address = state.run.http.address();
+      if (address === null) return null;
+      if (typeof address === 'string') return { host: address, port: 0 };
+      return { host: (address satisfies AddressInfo).address, port: address.port };
+    },
+
+    stop() {
+      if (state.kind === 'idle') return Promise.resolve();
+      if (state.kind === 'stopping') return state.done;
+      const done = stopRun(state.run, state.ready).finally(() => {
+        if (state.kind === 'stopping' && state.done === done) state = { kind: 'idle' };
+      });
+      state = { kind: 'stopping', done };
+      return done;
+    },
+  };
+  return transport;
+}
+
+function noop(): void {}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Client                                                                                      */
+/* ------------------------------------------------------------------------------------------- */
+
+function connectError(message: string, code: string): Error & { code: string } {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
+ * A client transport over `ws`.
+ *
+ * `connect` resolves once the WebSocket is open. It rejects with the socket error (its `code`,
+ * e.g. `ECONNREFUSED`, preserved), with `ETIMEDOUT` after `connectTimeout` ms, or with a
+ * {@link ConnectFailure} carrying `status` and the first 512 bytes of `body` when the server
+ * answered the upgrade with an HTTP response. A failed attempt never calls `onClose`.
+ *
+ * @example
+ * ```ts
+ * const socket = await wsClientTransport().connect(
+ *   'ws://127.0.0.1:8080/ws',
+ *   { headers: { authorization: 'Bearer t' }, maxMessageSize: 1 << 20, connectTimeout: 5000 },
+ *   handlers,
+ * );
+ * ```
+ */
+export function wsClientTransport(options: WsClientTransportOptions = {}): ClientTransport {
+  const highWaterMark = checkHighWaterMark(options.highWaterMark);
+  const tls = options.tls;
+
+  return {
+    connect(url: string, connectOptions: ClientConnectOptions, handlers: SocketHandlers): Promise<TransportSocket> {
+      return new Promise<TransportSocket>((resolve, reject) => {
+        checkMaxMessageSize(connectOptions.maxMessageSize);
+        const wsOptions: ClientOptions = {
+          maxPayload: connectOptions.maxMessageSize,
+          perMessageDeflate: false,
+          followRedirects: false,
+          // No handshakeTimeout: in ws it is an idle timeout on the HTTP request; the timer below
+          // is a deadline for the whole attempt, refusal body included.
+        };
+        if (connectOptions.headers !== undefined) wsOptions.headers = { ...connectOptions.headers };
+        if (tls?.ca !== undefined) wsOptions.ca = tls.ca;
+        if (tls?.rejectUnauthorized !== undefined) wsOptions.rejectUnauthorized = tls.rejectUnauthorized;
+
+        // Throws synchronously on a malformed URL: turned into a rejection by the executor.
+        const ws = new WebSocket(url, wsOptions);
+        const adapter = new WsTransportSocket(ws, highWaterMark, false);
+        // Wired before 'open': the first server message can share a TCP packet with the 101.
+        adapter.wire(handlers);
+
+        let settled = false;
+        const fail = (err: Error): void => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          // Aborts the request; the 'error' and 'close' ws emits for it are ignored (settled,
+          // and the adapter reports no close before open).
+          ws.terminate();
+          reject(err);
+        };
+        const timer = setTimeout(() => {
+          fail(connectError(`connect timed out after ${connectOptions.connectTimeout} ms`, 'ETIMEDOUT'));
+        }, connectOptions.connectTimeout);
+
+        ws.once('upgrade', (res: IncomingMessage) => adapter.setNetSocket(res.socket));
+        ws.once('open', () => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          adapter.markOpen();
+          resolve(adapter);
+        });
+        // After open, errors are followed by 'close', which the adapter reports.
+        ws.on('error', fail);
+        ws.once('unexpected-response', (_req, res: IncomingMessage) => {
+          const status = res.statusCode ?? 0;
+          const chunks: Buffer[] = [];
+          let size = 0;
+          const finish = (): void => {
+            const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY_BYTES).toString('utf8');
+            const err: ConnectFailure = Object.assign(new Error(`upgrade refused with HTTP ${status}`), { status, body });
+            fail(err);
+          };
+          res.on('data', (chunk: Buffer) => {
+            chunks.push(chunk);
+            size += chunk.length;
+            // Enough for a diagnostic; the rest of a large body is not worth waiting for.
+            if (size >= MAX_REFUSAL_BODY_BYTES) finish();
+          });
+          res.once('end', finish);
+          res.once('error', finish);
+          res.once('close', finish);
+        });
+      });
+    },
+  };
+}
