@@ -481,6 +481,15 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         }
         return;
       }
+      // Other protocols (h2c) are not ours to decide on; ws checks the rest of the handshake
+      // (key, version) after the owner accepted.
+      if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
+        if (owned) {
+          socket.on('error', noop);
+          refuse(socket, 400, STATUS_CODES[400]);
+        }
+        return;
+      }
       // Node removed its own 'error' listener when it handed the socket over: an error while we
       // wait for the decision would otherwise crash the process.
       socket.on('error', noop);

@@ -383,6 +383,24 @@ test('send answers backpressure when the peer stops reading, then onDrain once i
   assert.equal(remote.rec.drains, 1);
 });
 
+test('the client side sees backpressure and onDrain too', async (t) => {
+  const server = await startServer(t, { onConnection: (socket) => socket.pause() });
+  const { socket, rec } = await connect(t, server.url);
+  await until(() => server.accepted.length === 1, 'connection');
+  const remote = server.accepted[0]!;
+  const chunk = new Uint8Array(64 * 1024);
+  let sent = 0;
+  let result: string = 'ok';
+  for (; sent < 2000 && result === 'ok'; ) {
+    result = socket.send(chunk);
+    sent++;
+  }
+  assert.equal(result, 'backpressure');
+  remote.socket.resume();
+  await until(() => rec.drains === 1, 'drain');
+  await until(() => remote.rec.messages.length === sent, 'all messages', 5000);
+});
+
 test('attach mode: only the configured path is handled; the server is left running', async (t) => {
   const http: Server = createServer((_req, res) => res.end('app'));
   // Another upgrade listener, as a second library on the same server would be.
@@ -418,7 +436,7 @@ test('attach mode: only the configured path is handled; the server is left runni
   assert.equal(server.transport.address(), null);
 });
 
-test('owned server: other paths get 404, plain HTTP gets 426', async (t) => {
+test('owned server: other paths get 404, plain HTTP 426, other upgrades 400', async (t) => {
   const server = await startServer(t, { transport: { path: '/ws' } });
   await assert.rejects(wsClientTransport().connect(`${server.url}/nope`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
     status: 404,
@@ -427,6 +445,17 @@ test('owned server: other paths get 404, plain HTTP gets 426', async (t) => {
   const res = await fetch(server.url.replace('ws:', 'http:'));
   assert.equal(res.status, 426);
   await res.text();
+  const h2c = await new Promise<number>((resolve, reject) => {
+    const port = server.transport.address()!.port;
+    const req = httpRequest({ host: '127.0.0.1', port, path: '/ws', headers: { connection: 'Upgrade', upgrade: 'h2c' } });
+    req.on('response', (r) => {
+      r.resume();
+      resolve(r.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  assert.equal(h2c, 400);
   await connect(t, `${server.url}/ws`);
 });
 
