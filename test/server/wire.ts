@@ -1,0 +1,62 @@
+/**
+ * Byte-building helpers for the server tests that script a raw peer. Not a test file itself.
+ */
+import assert from 'node:assert/strict';
+import type { Server } from '../../src/server/server.ts';
+import type { Connection } from '../../src/server/connection.ts';
+import { hex, type RawPeer, waitFor } from '../helpers.ts';
+
+/** Concatenates numbers (one byte each), byte arrays and ASCII strings. */
+export function bytes(...parts: Array<number | Uint8Array | string>): Uint8Array {
+  const chunks: number[] = [];
+  for (const part of parts) {
+    if (typeof part === 'number') chunks.push(part);
+    else if (typeof part === 'string') for (let i = 0; i < part.length; i++) chunks.push(part.charCodeAt(i));
+    else chunks.push(...part);
+  }
+  return Uint8Array.from(chunks);
+}
+
+/** A request id as 8 bytes: a number as uint64 LE, or 8 explicit bytes. */
+export function id(value: number | readonly number[]): Uint8Array {
+  if (typeof value !== 'number') {
+    assert.equal(value.length, 8);
+    return Uint8Array.from(value);
+  }
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, BigInt(value), true);
+  return out;
+}
+
+/** Reads the AcceptConf every raw peer gets first, checking its type byte. */
+export async function takeAcceptConf(peer: RawPeer): Promise<Uint8Array> {
+  const first = await peer.next();
+  assert.equal(first[0], 0x17, `first message should be AcceptConf, got ${hex(first)}`);
+  return first;
+}
+
+/** A gate handlers can wait on; `open()` releases every waiter at once. */
+export function gate(): { readonly wait: Promise<void>; open(): void } {
+  let open!: () => void;
+  const wait = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { wait, open };
+}
+
+/** The newest connection on `server`, once it has exactly `count` open. */
+export async function newestConnection(server: Server, count = 1): Promise<Connection> {
+  await waitFor(() => server.connections.size === count, 2_000, `${count} server connection(s)`);
+  return [...server.connections].at(-1)!;
+}
+
+/** Rejects if `promise` does not settle within `ms`: keeps every wait bounded. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+    }),
+  ]);
+}
