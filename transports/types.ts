@@ -39,7 +39,10 @@ export interface SocketHandlers {
 
 /** One open WebSocket connection, either end. */
 export interface TransportSocket {
-  /** Sends one binary message. */
+  /**
+   * Sends one binary message. Adapters may queue `data` without copying it: the caller must not
+   * modify it afterwards (encoding once and sending the same bytes to many sockets is fine).
+   */
   send(data: Uint8Array): SendResult;
   /** Sends one text message (used by applications that forward raw WebSocket traffic). */
   sendText(data: string): SendResult;
@@ -49,7 +52,10 @@ export interface TransportSocket {
   pause(): void;
   /** Resumes reading after `pause`. */
   resume(): void;
-  /** Starts the closing handshake. Safe to call more than once and after the socket closed. */
+  /**
+   * Starts the closing handshake. Safe to call more than once and after the socket closed. `code`
+   * must be a sendable close code (1000, 1001, 1002, 1003, 1007-1014, 3000-4999), else RangeError.
+   */
   close(code: number, reason: string): void;
   /** Destroys the connection at once, without a closing handshake. Safe to call at any time. */
   terminate(): void;
@@ -100,7 +106,7 @@ export interface ServerTransportHandlers {
 
 /** Options the server passes to its transport when it starts. */
 export interface ServerTransportStartOptions {
-  /** Largest message accepted; a larger one closes the connection with 1009. */
+  /** Largest message accepted (> 0); a larger one closes the connection with 1009. */
   readonly maxMessageSize: number;
 }
 
@@ -145,7 +151,8 @@ export interface ConnectFailure extends Error {
 export interface ClientTransport {
   /**
    * Opens a WebSocket to `url`. `handlers` are installed before the first message can arrive.
-   * Rejects with a `ConnectFailure` when the connection cannot be made.
+   * Rejects with a `ConnectFailure` when the connection cannot be made; `onClose` is then never
+   * called.
    */
   connect(url: string, options: ClientConnectOptions, handlers: SocketHandlers): Promise<TransportSocket>;
 }
