@@ -44,7 +44,8 @@ export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
   return {
     maxAttempts,
     delay(attempt: number): number {
-      if (custom !== undefined) return Math.max(0, custom(attempt));
+      // Clamped: Node runs a timer over 2^31 - 1 ms after 1 ms (a tight retry loop), and NaN as 1 ms.
+      if (custom !== undefined) return Math.min(2 ** 31 - 1, Math.max(0, custom(attempt) || 0));
       const base = Math.min(maxDelay, initialDelay * factor ** (attempt - 1));
       return Math.round(base * (1 - jitter * Math.random()));
     },

@@ -240,7 +240,7 @@ export class Client extends Emitter<ClientEvents> {
     const timeout = options.timeout ?? this.options.requestTimeout;
     const peer = this.peer;
     if (this.currentState === 'connected' && peer !== undefined) {
-      return peer.request(JSON.stringify(name), (id) => encodeRequest(id, name, payload), {
+      return peer.request(name, (id) => encodeRequest(id, name, payload), {
         timeout,
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
@@ -289,6 +289,9 @@ export class Client extends Emitter<ClientEvents> {
   private async runLoop(): Promise<void> {
     this.loopRunning = true;
     let attempt = 0;
+    // Failed attempts in a row. Not `attempt`: after a lost connection that starts at 1 (the
+    // first retry), which cost one attempt of maxAttempts.
+    let failures = 0;
     try {
       while (this.currentState !== 'closed') {
         this.setState(attempt === 0 ? 'connecting' : 'reconnecting');
@@ -302,7 +305,8 @@ export class Client extends Emitter<ClientEvents> {
           this.emit('error', err);
           const policy = this.options.reconnect;
           attempt++;
-          if (policy === null || isPermanent(err) || attempt >= policy.maxAttempts) {
+          failures++;
+          if (policy === null || isPermanent(err) || failures >= policy.maxAttempts) {
             this.giveUp(err);
             break;
           }
@@ -310,6 +314,7 @@ export class Client extends Emitter<ClientEvents> {
           continue;
         }
         attempt = 0;
+        failures = 0;
         const info = await lost;
         this.emit('disconnect', info);
         if (this.closedForGood()) break;
@@ -573,7 +578,7 @@ export class Client extends Emitter<ClientEvents> {
       this.unqueue(entry);
       const remaining = entry.deadline === Number.POSITIVE_INFINITY ? 0 : Math.max(1, entry.deadline - performance.now());
       peer
-        .request(JSON.stringify(entry.name), (id) => encodeRequest(id, entry.name, entry.payload), {
+        .request(entry.name, (id) => encodeRequest(id, entry.name, entry.payload), {
           timeout: Math.ceil(remaining),
           ...(entry.signal === undefined ? {} : { signal: entry.signal }),
         })

@@ -81,16 +81,36 @@ export interface PeerHooks {
 interface PendingRequest {
   readonly resolve: (payload: Payload) => void;
   readonly reject: (error: Error) => void;
-  readonly describe: string;
+  /** The request's name, quoted into error messages only when one is made. */
+  readonly name: string;
   timer: ReturnType<typeof setTimeout> | undefined;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
 }
 
-interface RunningRequest {
-  readonly controller: AbortController;
+/**
+ * A request whose handler runs; also its handler's context. The AbortController is made only when
+ * the handler reads `signal`: most handlers never do, and this is the hot path.
+ */
+class RunningRequest implements RequestContext {
+  private controller: AbortController | undefined;
+  private abortReason: Error | undefined;
   /** Set when the requester cancelled: the reply is then not sent. */
-  canceled: boolean;
+  canceled = false;
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.abortReason !== undefined) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: Error): void {
+    if (this.abortReason !== undefined) return;
+    this.abortReason = reason;
+    this.controller?.abort(reason);
+  }
 }
 
 type State = 'open' | 'closing' | 'closed';
@@ -125,6 +145,7 @@ export class Peer {
   private sendBlocked = false;
   private idleWaiters: Array<() => void> = [];
   private closeCode = 0;
+  private closeReason = '';
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** `performance.now()` of the last message received (read timeout). */
@@ -220,7 +241,7 @@ export class Peer {
         this.settle(message.id, (p) => p.reject(replyErrorToError(message)));
         return;
       case 'special-reply':
-        this.settle(message.id, (p) => p.reject(specialReplyToError(message, p.describe)));
+        this.settle(message.id, (p) => p.reject(specialReplyToError(message, p.name)));
         return;
       case 'cancel':
         this.cancelInbound(message.id);
@@ -249,10 +270,10 @@ export class Peer {
     this.active++;
     if (message.kind === 'request') {
       const key = inboundKey(message.id);
-      const entry: RunningRequest = { controller: new AbortController(), canceled: false };
+      const entry = new RunningRequest();
       this.running.set(key, entry);
       const incoming: IncomingMessage = { name: message.name, payload: message.payload };
-      callAsync(() => this.hooks.handleRequest(incoming, { signal: entry.controller.signal })).then(
+      callAsync(() => this.hooks.handleRequest(incoming, entry)).then(
         // The reply goes out before the next waiting message starts: in-order mode stays in order.
         (value) => {
           if (!entry.canceled) this.reply(message.id, value);
@@ -284,7 +305,9 @@ export class Peer {
   private releaseSlot(): void {
     this.active--;
     if (this.state === 'closed') return;
-    while (this.active < this.settings.concurrency && this.queue.length > 0) {
+    // A closing connection starts no new handler: its reply could not be sent. `finish` drops
+    // what still waits.
+    while (this.state === 'open' && this.active < this.settings.concurrency && this.queue.length > 0) {
       this.run(this.queue.shift()!);
     }
     this.updateReading();
@@ -327,12 +350,14 @@ export class Peer {
     const entry = this.running.get(inboundKey(id));
     if (entry === undefined || entry.canceled) return;
     entry.canceled = true;
-    entry.controller.abort(new CanceledError('the requester canceled the request'));
+    entry.abort(new CanceledError('the requester canceled the request'));
   }
 
   private updateReading(): void {
     if (this.state === 'closed') return;
-    const pause = this.queue.length > 0 || this.sendBlocked;
+    // Once closing, keep reading: the peer's close frame must get through for the closing
+    // handshake to complete (what else arrives is ignored by `receive`).
+    const pause = this.state === 'open' && (this.queue.length > 0 || this.sendBlocked);
     if (pause !== this.readingPaused) {
       this.readingPaused = pause;
       if (pause) this.socket.pause();
@@ -375,12 +400,12 @@ export class Peer {
    * Sends a request built by `build(id)` and waits for its reply. Used for application requests
    * and for the session requests of the client. Settles exactly once.
    */
-  request(describe: string, build: (id: number) => Uint8Array, options: RequestOptions = {}): Promise<Payload> {
+  request(name: string, build: (id: number) => Uint8Array, options: RequestOptions = {}): Promise<Payload> {
     if (this.state !== 'open') {
       return Promise.reject(new DisconnectedError('the connection is closed', { closeCode: this.closeCode }));
     }
     const signal = options.signal;
-    if (signal?.aborted) return Promise.reject(new CanceledError(`request ${describe} was aborted`));
+    if (signal?.aborted) return Promise.reject(new CanceledError(`request ${quote(name)} was aborted`));
     const id = this.nextId++;
     let bytes: Uint8Array;
     try {
@@ -389,26 +414,26 @@ export class Peer {
       return Promise.reject(error);
     }
     return new Promise<Payload>((resolve, reject) => {
-      const entry: PendingRequest = { resolve, reject, describe, timer: undefined, signal, onAbort: undefined };
+      const entry: PendingRequest = { resolve, reject, name, timer: undefined, signal, onAbort: undefined };
       this.pending.set(id, entry);
       const timeout = options.timeout ?? 0;
       if (timeout > 0) {
         entry.timer = setTimeout(() => {
           if (this.takePending(id) === undefined) return;
           this.sendCancel(id);
-          reject(new TimeoutError(`request ${describe} got no reply within ${timeout} ms`));
+          reject(new TimeoutError(`request ${quote(name)} got no reply within ${timeout} ms`));
         }, timeout);
       }
       if (signal !== undefined) {
         entry.onAbort = () => {
           if (this.takePending(id) === undefined) return;
           this.sendCancel(id);
-          reject(new CanceledError(`request ${describe} was aborted`, { cause: signal.reason }));
+          reject(new CanceledError(`request ${quote(name)} was aborted`, { cause: signal.reason }));
         };
         signal.addEventListener('abort', entry.onAbort, { once: true });
       }
       if (this.sendRaw(bytes) === 'dropped' && this.takePending(id) !== undefined) {
-        reject(new DisconnectedError(`request ${describe} could not be sent: the connection is closed`));
+        reject(new DisconnectedError(`request ${quote(name)} could not be sent: the connection is closed`));
       }
     });
   }
@@ -464,7 +489,7 @@ export class Peer {
 
   /** Aborts the signals of every running handler (shutdown timeout). */
   abortHandlers(reason: Error): void {
-    for (const entry of this.running.values()) entry.controller.abort(reason);
+    for (const entry of this.running.values()) entry.abort(reason);
   }
 
   /**
@@ -475,7 +500,9 @@ export class Peer {
     if (this.state !== 'open') return;
     this.state = 'closing';
     this.closeCode = code;
+    this.closeReason = reason;
     this.socket.close(code, reason);
+    this.updateReading();
     this.graceTimer = setTimeout(() => this.socket.terminate(), CLOSE_GRACE);
     (this.graceTimer as { unref?: () => void }).unref?.();
   }
@@ -490,6 +517,12 @@ export class Peer {
   /** The transport reported the close: settle everything. Runs once. */
   private finish(code: number, reason: string): void {
     if (this.state === 'closed') return;
+    if (code === CloseCode.Abnormal && this.state === 'closing' && this.closeCode !== 0) {
+      // We closed and the peer never completed the handshake (a slow consumer, CLOSE_GRACE ran
+      // out): the connection still ended for the reason we gave, not for an unknown one.
+      code = this.closeCode;
+      reason = this.closeReason;
+    }
     this.state = 'closed';
     this.closeCode = code;
     clearTimeout(this.graceTimer);
@@ -499,7 +532,7 @@ export class Peer {
     );
     const pending = [...this.pending.keys()];
     for (const id of pending) this.takePending(id)?.reject(error);
-    for (const entry of this.running.values()) entry.controller.abort(error);
+    for (const entry of this.running.values()) entry.abort(error);
     this.running.clear();
     // Waiting messages have nobody left to answer to.
     this.inflightRequests -= this.queue.filter((m) => m.kind === 'request').length;
@@ -522,12 +555,16 @@ function replyErrorToError(message: ReplyErrorMessage): Error {
   return new RequestError(message.code, message.message);
 }
 
-function specialReplyToError(message: SpecialReplyMessage, describe: string): Error {
+function quote(name: string): string {
+  return JSON.stringify(name);
+}
+
+function specialReplyToError(message: SpecialReplyMessage, name: string): Error {
   switch (message.reason) {
     case 'shutdown':
-      return new ShutdownError(`request ${describe} refused: the peer is shutting down`);
+      return new ShutdownError(`request ${quote(name)} refused: the peer is shutting down`);
     case 'internal-error':
-      return new InternalError(`request ${describe} failed on the peer`);
+      return new InternalError(`request ${quote(name)} failed on the peer`);
     case 'session-not-found':
       return new SessionNotFoundError('no session with that key');
     case 'max-session-connections':

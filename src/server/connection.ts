@@ -115,7 +115,7 @@ export class Connection {
         new PeerUnsupportedError('the client speaks protocol v2.0 and cannot receive requests'),
       );
     }
-    return this.peer.request(JSON.stringify(name), (id) => encodeRequest(id, name, payload), options);
+    return this.peer.request(name, (id) => encodeRequest(id, name, payload), options);
   }
 
   /**

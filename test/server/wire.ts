@@ -60,3 +60,22 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
     }),
   ]);
 }
+
+/**
+ * Client-to-server WebSocket binary frames (masked with a zero key, so the payload is unchanged)
+ * for messages under 126 bytes. Written to the socket in one go, they reach the server in one
+ * read, which ws parses in one synchronous pass: a deterministic pipelined burst.
+ */
+export function maskedFrames(...messages: Uint8Array[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const message of messages) {
+    assert.ok(message.length < 126, 'short frames only');
+    parts.push(Buffer.from([0x82, 0x80 | message.length, 0, 0, 0, 0]), Buffer.from(message));
+  }
+  return Buffer.concat(parts);
+}
+
+/** Writes raw bytes to a raw peer's TCP socket, under ws. */
+export function writeRaw(peer: RawPeer, data: Buffer): void {
+  (peer.ws as unknown as { _socket: import('node:net').Socket })._socket.write(data);
+}

@@ -1,0 +1,130 @@
+/**
+ * The read timeout: a silent peer is closed with 1001; any message, a heartbeat (33) or a
+ * WebSocket ping keeps it open; the Client's automatic heartbeat does so by itself.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { payloadText, utf8 } from '../../protocol/payload.ts';
+import { connectClient, delay, rawPeer, startServer, waitFor } from '../helpers.ts';
+import { bytes, newestConnection, takeAcceptConf, within } from './wire.ts';
+
+/** Runs `tick` every `period` ms, `count` times at most; returns a stop function. */
+function every(period: number, count: number, tick: () => void): () => void {
+  let n = 0;
+  const timer = setInterval(() => {
+    if (++n > count) clearInterval(timer);
+    else tick();
+  }, period);
+  return () => clearInterval(timer);
+}
+
+test('readTimeout 300: a silent raw peer is closed with 1001 "read timeout" within ~1 s', async (t) => {
+  const disconnects: Array<{ code: number; reason: string }> = [];
+  const { url } = await startServer(t, {
+    readTimeout: 300,
+    onClientDisconnected: (_conn, info) => {
+      disconnects.push(info);
+    },
+  });
+  const started = performance.now();
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  const closed = await within(peer.closed, 1_000, 'the read-timeout close');
+  const elapsed = performance.now() - started;
+  assert.deepEqual(closed, { code: 1001, reason: 'read timeout' });
+  assert.ok(elapsed >= 250, `closed too early, after ${elapsed.toFixed(0)} ms`);
+  await waitFor(() => disconnects.length > 0, 500, 'onClientDisconnected');
+  assert.deepEqual(disconnects, [{ code: 1001, reason: 'read timeout' }]);
+});
+
+test('a raw peer sending a heartbeat every 100 ms stays open for 1 s, then times out once it stops', async (t) => {
+  const { url, server } = await startServer(t, { readTimeout: 300 });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  const conn = await newestConnection(server);
+  const stop = every(100, 10, () => peer.send(bytes(0x21)));
+  t.after(stop);
+  await delay(1_000);
+  assert.equal(conn.isOpen, true);
+  assert.equal(peer.ws.readyState, peer.ws.OPEN);
+  stop();
+  const stoppedAt = performance.now();
+  const closed = await within(peer.closed, 800, 'the read-timeout close');
+  assert.equal(closed.code, 1001);
+  assert.ok(performance.now() - stoppedAt < 700);
+});
+
+test('any message resets the read timeout, not only heartbeats', async (t) => {
+  const { url, server } = await startServer(t, { readTimeout: 300, onSignal: () => {} });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  const conn = await newestConnection(server);
+  const stop = every(100, 8, () => peer.send(bytes(0x40, 0x01, 's')));
+  t.after(stop);
+  await delay(800);
+  stop();
+  assert.equal(conn.isOpen, true);
+});
+
+test('a raw peer sending WebSocket pings every 100 ms stays open for 1 s', async (t) => {
+  const { url, server } = await startServer(t, { readTimeout: 300 });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  const conn = await newestConnection(server);
+  const stop = every(100, 10, () => peer.ws.ping());
+  t.after(stop);
+  await delay(1_000);
+  stop();
+  assert.equal(conn.isOpen, true);
+  assert.equal(peer.ws.readyState, peer.ws.OPEN);
+});
+
+test('a Client idle against readTimeout 400 stays connected for 1.5 s thanks to its heartbeat', async (t) => {
+  const disconnects: unknown[] = [];
+  const { url, server } = await startServer(t, {
+    readTimeout: 400,
+    onRequest: () => 'awake',
+    onClientDisconnected: (_conn, info) => {
+      disconnects.push(info);
+    },
+  });
+  const client = await connectClient(t, url);
+  const lost: unknown[] = [];
+  client.on('disconnect', (info) => lost.push(info));
+  const conn = await newestConnection(server);
+  await delay(1_500);
+  assert.equal(client.isConnected, true);
+  assert.deepEqual(lost, []);
+  assert.deepEqual(disconnects, []);
+  assert.equal(conn.isOpen, true);
+  assert.equal(server.connections.size, 1);
+  assert.equal(payloadText(await client.request('still', utf8(''))), 'awake');
+});
+
+test('a raw ping gets a pong with the same data', async (t) => {
+  const { url } = await startServer(t);
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  const pong = new Promise<Buffer>((resolve) => peer.ws.once('pong', resolve));
+  peer.ws.ping(Buffer.from('are you there'));
+  const data = await within(pong, 1_000, 'the pong');
+  assert.equal(data.toString(), 'are you there');
+});
+
+test('a request is answered, and the peer that then stays silent is closed', async (t) => {
+  // The read timeout counts from the last message received; sending a reply does not reset it.
+  const { url } = await startServer(t, {
+    readTimeout: 300,
+    onRequest: async () => {
+      await delay(200);
+      return 'slow';
+    },
+  });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  peer.send(bytes(0x7f, 1, 0, 0, 0, 0, 0, 0, 0, 0x01, 'n'));
+  const reply = await peer.next(1_000);
+  assert.equal(Buffer.from(reply.subarray(9)).toString(), 'slow');
+  const closed = await within(peer.closed, 1_000, 'the read-timeout close');
+  assert.equal(closed.code, 1001);
+});
