@@ -117,6 +117,10 @@ type State = 'open' | 'closing' | 'closed';
 
 /** How long a closing handshake may take before the socket is dropped. */
 const CLOSE_GRACE = 2_000;
+/** Messages waiting for a handler slot before reading stops. */
+const QUEUE_HIGH_WATER_COUNT = 256;
+/** Payload bytes waiting for a handler slot before reading stops. */
+const QUEUE_HIGH_WATER_BYTES = 1024 * 1024;
 
 /** Key of a peer-chosen request id in the map of running requests. */
 function inboundKey(id: RequestId): number | string {
@@ -141,6 +145,8 @@ export class Peer {
   private active = 0;
   private inflightRequests = 0;
   private readonly queue: Message[] = [];
+  /** Bytes of the messages in `queue` (their payloads). */
+  private queuedBytes = 0;
   private readingPaused = false;
   private sendBlocked = false;
   private idleWaiters: Array<() => void> = [];
@@ -262,6 +268,7 @@ export class Peer {
       this.run(message);
     } else {
       this.queue.push(message);
+      this.queuedBytes += (message as { payload: Payload }).payload.data.length;
       this.updateReading();
     }
   }
@@ -308,7 +315,9 @@ export class Peer {
     // A closing connection starts no new handler: its reply could not be sent. `finish` drops
     // what still waits.
     while (this.state === 'open' && this.active < this.settings.concurrency && this.queue.length > 0) {
-      this.run(this.queue.shift()!);
+      const next = this.queue.shift()!;
+      this.queuedBytes -= (next as { payload: Payload }).payload.data.length;
+      this.run(next);
     }
     this.updateReading();
     if (!this.busy) this.notifyIdle();
@@ -347,17 +356,37 @@ export class Peer {
   }
 
   private cancelInbound(id: RequestId): void {
-    const entry = this.running.get(inboundKey(id));
-    if (entry === undefined || entry.canceled) return;
+    const key = inboundKey(id);
+    const entry = this.running.get(key);
+    if (entry === undefined) {
+      this.dropQueuedRequest(key);
+      return;
+    }
+    if (entry.canceled) return;
     entry.canceled = true;
     entry.abort(new CanceledError('the requester canceled the request'));
+  }
+
+  /** A request canceled before its handler started never runs. */
+  private dropQueuedRequest(key: number | string): void {
+    const index = this.queue.findIndex((m) => m.kind === 'request' && inboundKey(m.id) === key);
+    if (index < 0) return;
+    const [dropped] = this.queue.splice(index, 1) as [Message & { payload: Payload }];
+    this.queuedBytes -= dropped.payload.data.length;
+    this.inflightRequests--;
+    this.updateReading();
+    if (!this.busy) this.notifyIdle();
   }
 
   private updateReading(): void {
     if (this.state === 'closed') return;
     // Once closing, keep reading: the peer's close frame must get through for the closing
     // handshake to complete (what else arrives is ignored by `receive`).
-    const pause = this.state === 'open' && (this.queue.length > 0 || this.sendBlocked);
+    // Reading stops once a backlog has built up behind busy handlers, not at the first waiting
+    // message: replies and cancels must still get through, or a handler awaiting a request to the
+    // same peer (or a cancel for itself) would deadlock behind the message that waits for its slot.
+    const backlog = this.queue.length >= QUEUE_HIGH_WATER_COUNT || this.queuedBytes >= QUEUE_HIGH_WATER_BYTES;
+    const pause = this.state === 'open' && (backlog || this.sendBlocked);
     if (pause !== this.readingPaused) {
       this.readingPaused = pause;
       if (pause) this.socket.pause();
@@ -537,6 +566,7 @@ export class Peer {
     // Waiting messages have nobody left to answer to.
     this.inflightRequests -= this.queue.filter((m) => m.kind === 'request').length;
     this.queue.length = 0;
+    this.queuedBytes = 0;
     this.notifyIdle();
     this.hooks.closed(code, reason);
   }

@@ -1,0 +1,291 @@
+/**
+ * Helpers of the client and lifecycle tests: a scriptable raw WebSocket server (to craft what a
+ * server says during the handshake), a server on a chosen port (restart tests), a free port with
+ * nothing listening, a child-process server, and small promise utilities.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { WebSocket, WebSocketServer } from 'ws';
+import { encodeAcceptConf } from '../../protocol/encode.ts';
+import { encodeUtf8 } from '../../protocol/payload.ts';
+import type { ServerOptions } from '../../src/server/options.ts';
+import { Server } from '../../src/server/server.ts';
+import { wsTransport } from '../../transports/ws.ts';
+import { recordingLogger } from '../helpers.ts';
+
+/** The package root, as the working directory of child processes. */
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+export interface Deferred<T> {
+  readonly promise: Promise<T>;
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
+
+export function deferred<T = void>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** Resolves when `signal` aborts (at once if it already did). */
+export function aborted(signal: AbortSignal): Promise<unknown> {
+  if (signal.aborted) return Promise.resolve(signal.reason);
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(signal.reason), { once: true }));
+}
+
+/**
+ * Resolves with the abort reason when `signal` fires, or with `fallback` after `ms` (the timer
+ * is cleared on abort, so nothing lingers after the test).
+ */
+export function abortedWithin(signal: AbortSignal, ms: number, fallback: unknown = undefined): Promise<unknown> {
+  if (signal.aborted) return Promise.resolve(signal.reason);
+  return new Promise((resolve) => {
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve(fallback);
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** How a promise settled and how long it took, in ms from `since`. */
+export interface Outcome<T> {
+  readonly ok: boolean;
+  readonly value: T | undefined;
+  readonly error: unknown;
+  readonly ms: number;
+}
+
+/** Never rejects: records the outcome, so no rejection goes unhandled while the test waits. */
+export function outcome<T>(promise: Promise<T>, since = performance.now()): Promise<Outcome<T>> {
+  return promise.then(
+    (value) => ({ ok: true, value, error: undefined, ms: performance.now() - since }),
+    (error: unknown) => ({ ok: false, value: undefined, error, ms: performance.now() - since }),
+  );
+}
+
+/** AcceptConf bytes as a (possibly odd) server would send them. */
+export function acceptConf(
+  conf: { major?: number; minor?: number; readTimeout?: number; maxMessageSize?: number; subProtocol?: string } = {},
+): Uint8Array {
+  return encodeAcceptConf({
+    major: conf.major ?? 2,
+    minor: conf.minor ?? 1,
+    readTimeout: conf.readTimeout ?? 60_000,
+    maxMessageSize: conf.maxMessageSize ?? 1024 * 1024,
+    subProtocol: encodeUtf8(conf.subProtocol ?? ''),
+  });
+}
+
+/** A bounded queue of binary messages with an awaiting `next()`. */
+class Inbox {
+  readonly all: Uint8Array[] = [];
+  private taken = 0;
+  private wake: (() => void) | undefined;
+  private ended = false;
+
+  push(bytes: Uint8Array): void {
+    this.all.push(bytes);
+    this.wake?.();
+  }
+
+  /** The connection closed: waiting for more fails at once. */
+  end(): void {
+    this.ended = true;
+    this.wake?.();
+  }
+
+  async next(timeout = 2_000): Promise<Uint8Array> {
+    const deadline = Date.now() + timeout;
+    while (this.taken >= this.all.length) {
+      if (this.ended) throw new Error('the connection closed');
+      if (Date.now() >= deadline) throw new Error(`no message within ${timeout} ms`);
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        setTimeout(resolve, 20);
+      });
+    }
+    return this.all[this.taken++]!;
+  }
+}
+
+/** One connection accepted by a raw server. */
+export interface RawConnection {
+  readonly ws: WebSocket;
+  /** Every binary message received, in order. */
+  readonly received: Uint8Array[];
+  /** Text frames received. */
+  readonly texts: string[];
+  next(timeout?: number): Promise<Uint8Array>;
+  send(bytes: Uint8Array | string): void;
+  readonly closed: Promise<{ code: number; reason: string }>;
+}
+
+export interface RawServer {
+  readonly url: string;
+  readonly port: number;
+  readonly connections: RawConnection[];
+  /** Upgrade requests seen (accepted or not). */
+  readonly attempts: number;
+}
+
+/**
+ * A bare `ws` server on 127.0.0.1:0 that runs `script` for every connection: a scriptable
+ * server for what the duplexwire Server would never send. Closed after the test.
+ */
+export async function rawServer(t: TestContext, script: (conn: RawConnection) => void | Promise<void>): Promise<RawServer> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((resolve, reject) => {
+    wss.once('listening', resolve);
+    wss.once('error', reject);
+  });
+  const connections: RawConnection[] = [];
+  let attempts = 0;
+  wss.on('headers', () => {
+    attempts++;
+  });
+  wss.on('connection', (ws) => {
+    const inbox = new Inbox();
+    const texts: string[] = [];
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      if (isBinary) inbox.push(new Uint8Array(data));
+      else texts.push(data.toString('utf8'));
+    });
+    ws.on('error', () => {});
+    const closed = new Promise<{ code: number; reason: string }>((resolve) => {
+      ws.on('close', (code, reason) => {
+        inbox.end();
+        resolve({ code, reason: reason.toString() });
+      });
+    });
+    const conn: RawConnection = {
+      ws,
+      received: inbox.all,
+      texts,
+      closed,
+      next: (timeout) => inbox.next(timeout),
+      send(bytes) {
+        if (ws.readyState === WebSocket.OPEN) ws.send(bytes, { binary: typeof bytes !== 'string' });
+      },
+    };
+    connections.push(conn);
+    Promise.resolve()
+      .then(() => script(conn))
+      .catch(() => ws.terminate());
+  });
+  t.after(async () => {
+    for (const client of wss.clients) client.terminate();
+    await new Promise<void>((resolve) => wss.close(() => resolve()));
+  });
+  const port = (wss.address() as { port: number }).port;
+  return {
+    url: `ws://127.0.0.1:${port}/`,
+    port,
+    connections,
+    get attempts() {
+      return attempts;
+    },
+  };
+}
+
+/** A port on 127.0.0.1 with nothing listening (it was free a moment ago). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/**
+ * Starts a Server on 127.0.0.1:`port`, retrying briefly while the port is still taken (a server
+ * that just stopped there). Shut down after the test.
+ */
+export async function startServerOnPort(
+  t: TestContext,
+  port: number,
+  options: Omit<ServerOptions, 'transport'> = {},
+): Promise<Server> {
+  const deadline = Date.now() + 1_500;
+  for (;;) {
+    const server = new Server({ transport: wsTransport({ host: '127.0.0.1', port }), logger: recordingLogger(), ...options });
+    try {
+      await server.listen();
+      t.after(() => server.shutdown({ timeout: 200 }));
+      return server;
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== 'EADDRINUSE' || Date.now() >= deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+}
+
+export interface ChildServer {
+  readonly child: ChildProcess;
+  readonly port: number;
+  /** Lines the child printed on stdout after its port. */
+  readonly lines: string[];
+  /** Resolves when the child exited. */
+  readonly exited: Promise<void>;
+}
+
+/**
+ * Spawns `node --import tsx test/fixtures/<name>` that prints its port as the first line of
+ * stdout. Killed (SIGKILL) after the test.
+ */
+export async function spawnServer(t: TestContext, name: string): Promise<ChildServer> {
+  const child = spawn(process.execPath, ['--import', 'tsx', `test/fixtures/${name}`], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+  });
+  const lines: string[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString('utf8');
+  });
+  let buffer = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} printed no port within 5 s: ${stderr}`)), 5_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited (${code}) before printing its port: ${stderr}`));
+    });
+    let gotPort = false;
+    child.stdout!.on('data', (chunk: Buffer) => {
+      buffer += chunk.toString('utf8');
+      let newline = buffer.indexOf('\n');
+      while (newline >= 0) {
+        const line = buffer.slice(0, newline).trim();
+        buffer = buffer.slice(newline + 1);
+        if (!gotPort) {
+          gotPort = true;
+          clearTimeout(timer);
+          resolve(Number(line));
+        } else {
+          lines.push(line);
+        }
+        newline = buffer.indexOf('\n');
+      }
+    });
+  });
+  return { child, port, lines, exited };
+}

@@ -1,0 +1,184 @@
+/**
+ * Graceful shutdown as a client sees it, over real sockets: server.shutdown() and conn.close().
+ * Timeline checked: in-flight requests get their replies, later requests get ShutdownError, new
+ * connections get HTTP 503, signals are dropped without ending the drain early, and connections
+ * close with 1001 (shutdown) or 1000 (conn.close()).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { payloadText, utf8 } from '../../protocol/payload.ts';
+import { Client } from '../../src/client/client.ts';
+import { ConnectError, DisconnectedError, ShutdownError } from '../../src/errors.ts';
+import type { Connection } from '../../src/server/connection.ts';
+import { wsClientTransport } from '../../transports/ws.ts';
+import { connectClient, delay, recordingLogger, startServer, waitFor } from '../helpers.ts';
+import { aborted, deferred, outcome } from './helpers.ts';
+
+test('shutdown timeline: in-flight reply delivered, new requests refused, 503, signals dropped, 1001', async (t) => {
+  const gate = deferred();
+  const started: string[] = [];
+  const signals: string[] = [];
+  let handlerFinishedAt = 0;
+  const { server, url } = await startServer(t, {
+    onRequest: async (_conn, msg) => {
+      started.push(msg.name);
+      if (msg.name !== 'slow') return msg.payload;
+      await gate.promise;
+      handlerFinishedAt = performance.now();
+      return utf8('slow done');
+    },
+    onSignal: (_conn, msg) => {
+      signals.push(msg.name);
+    },
+  });
+  const a = await connectClient(t, url);
+  const b = await connectClient(t, url);
+  const codes: Record<string, number[]> = { a: [], b: [] };
+  a.on('disconnect', ({ code }) => codes.a!.push(code));
+  b.on('disconnect', ({ code }) => codes.b!.push(code));
+
+  // Signals before the shutdown are handled: the check below is not vacuous.
+  assert.equal(a.signal('before', utf8('x')), true);
+  await waitFor(() => signals.length === 1, 1_000, 'the signal before shutdown');
+
+  const inFlight = outcome(a.request('slow', utf8('x')));
+  await waitFor(() => started.includes('slow'), 1_000, 'the slow handler to start');
+
+  let shutdownDoneAt = 0;
+  const shutdown = server.shutdown({ timeout: 5_000 }).then(() => {
+    shutdownDoneAt = performance.now();
+  });
+
+  // A request after shutdown began, on either connection: refused with the shutdown reply.
+  await assert.rejects(a.request('late', utf8('x')), ShutdownError);
+  await assert.rejects(b.request('late', utf8('x')), ShutdownError);
+  assert.deepEqual(started, ['slow'], 'no handler ran for the refused requests');
+
+  // A new connection: refused over HTTP with 503.
+  const fresh = new Client(url, { transport: wsClientTransport(), logger: recordingLogger(), reconnect: false, autoConnect: false });
+  t.after(() => fresh.close());
+  const refused = await outcome(fresh.connect());
+  assert.ok(refused.error instanceof ConnectError, String(refused.error));
+  assert.equal(refused.error.status, 503);
+
+  // A signal during shutdown: dropped. The request behind it on the same socket is answered
+  // (refused) only after the server read the signal, so the signal was seen by then.
+  assert.equal(b.signal('during', utf8('x')), true);
+  await assert.rejects(b.request('after-signal', utf8('x')), ShutdownError);
+  assert.deepEqual(signals, ['before'], 'onSignal must not run during shutdown');
+
+  // The signal did not end the drain early: the slow handler still holds the shutdown.
+  await delay(100);
+  assert.equal(shutdownDoneAt, 0, 'shutdown must wait for the in-flight request');
+  assert.equal(a.isConnected && b.isConnected, true, 'connections stay open while draining');
+
+  gate.resolve();
+  const reply = await inFlight;
+  assert.equal(reply.ok, true, String(reply.error));
+  assert.equal(payloadText(reply.value!), 'slow done');
+  await shutdown;
+  assert.ok(handlerFinishedAt > 0 && shutdownDoneAt >= handlerFinishedAt, 'shutdown resolved after the handler');
+
+  await waitFor(() => codes.a!.length === 1 && codes.b!.length === 1, 1_000, 'both clients to see the close');
+  assert.deepEqual(codes, { a: [1001], b: [1001] });
+  assert.equal(server.connections.size, 0);
+});
+
+test('shutdown({timeout}) aborts a handler that never finishes and still resolves', async (t) => {
+  let handlerSignal: AbortSignal | undefined;
+  const { server, url } = await startServer(t, {
+    onRequest: (_conn, _msg, ctx) => {
+      handlerSignal = ctx.signal;
+      // Ignores its signal on purpose: shutdown must not hang on it.
+      return new Promise<never>(() => {});
+    },
+  });
+  const client = await connectClient(t, url);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  const pending = outcome(client.request('forever', utf8('x'), { timeout: 5_000 }));
+  await waitFor(() => handlerSignal !== undefined, 1_000, 'the handler to start');
+
+  const started = performance.now();
+  await server.shutdown({ timeout: 150 });
+  const took = performance.now() - started;
+  assert.ok(took >= 140 && took < 1_500, `shutdown took ${Math.round(took)} ms`);
+  assert.equal(handlerSignal!.aborted, true, 'the handler signal fired');
+
+  const result = await pending;
+  assert.ok(result.error instanceof DisconnectedError, String(result.error));
+  assert.equal(result.error.closeCode, 1001);
+  await waitFor(() => codes.length === 1, 1_000, 'the disconnect event');
+  assert.deepEqual(codes, [1001]);
+});
+
+test('shutdown timeout aborts with a ShutdownError reason; the request settles once', async (t) => {
+  let reason: unknown;
+  const { server, url } = await startServer(t, {
+    onRequest: async (_conn, _msg, ctx) => {
+      reason = await aborted(ctx.signal);
+      return 'aborted';
+    },
+  });
+  const client = await connectClient(t, url);
+  const pending = outcome(client.request('wait', utf8('x'), { timeout: 5_000 }));
+  await delay(50);
+  await server.shutdown({ timeout: 100 });
+  assert.ok(reason instanceof ShutdownError, `abort reason: ${String(reason)}`);
+  // The reply written right after the abort races the 1001 close; either is a settled outcome.
+  const result = await pending;
+  if (result.ok) assert.equal(payloadText(result.value!), 'aborted');
+  else assert.ok(result.error instanceof DisconnectedError, String(result.error));
+});
+
+test('conn.close(): in-flight request finishes, new request gets ShutdownError, then 1000', async (t) => {
+  const gate = deferred();
+  const signals: string[] = [];
+  let conn: Connection | undefined;
+  const { server, url } = await startServer(t, {
+    onClientConnected: (c) => {
+      conn = c;
+    },
+    onRequest: async (_c, msg) => {
+      if (msg.name !== 'slow') return msg.payload;
+      await gate.promise;
+      return 'slow done';
+    },
+    onSignal: (_c, msg) => {
+      signals.push(msg.name);
+    },
+  });
+  const client = await connectClient(t, url);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  await waitFor(() => conn !== undefined, 1_000, 'onClientConnected');
+
+  const inFlight = outcome(client.request('slow', utf8('x')));
+  await delay(30);
+  let closedAt = 0;
+  const closing = conn!.close().then(() => {
+    closedAt = performance.now();
+  });
+  await assert.rejects(client.request('late', utf8('x')), ShutdownError);
+  client.signal('dropped', utf8('x'));
+  await assert.rejects(client.request('later', utf8('x')), ShutdownError);
+  assert.deepEqual(signals, []);
+  await delay(50);
+  assert.equal(closedAt, 0, 'close() waits for the in-flight handler');
+  assert.equal(client.isConnected, true);
+
+  const releasedAt = performance.now();
+  gate.resolve();
+  const reply = await inFlight;
+  assert.equal(reply.ok, true, String(reply.error));
+  assert.equal(payloadText(reply.value!), 'slow done');
+  await closing;
+  assert.ok(closedAt >= releasedAt);
+  await waitFor(() => codes.length === 1, 1_000, 'the disconnect event');
+  assert.deepEqual(codes, [1000]);
+
+  // Only that connection closed: the server still serves others.
+  assert.equal(server.isShuttingDown, false);
+  const other = await connectClient(t, url);
+  assert.equal(payloadText(await other.request('echo', utf8('still up'))), 'still up');
+});
