@@ -127,7 +127,7 @@ export class InvalidStateError extends DuplexwireError {
  * Every error class of the catalogue with a fixed code, for documentation and its test.
  * RequestError is left out: its code is the application's.
  */
-export const ERROR_CLASSES = [
+export const ERROR_CLASSES: ReadonlyArray<new (message: string) => DuplexwireError> = [
   TimeoutError,
   CanceledError,
   DisconnectedError,
@@ -142,4 +142,4 @@ export const ERROR_CLASSES = [
   QueueFullError,
   InvalidArgumentError,
   InvalidStateError,
-] as const;
+];

@@ -12,6 +12,9 @@ export {
   DEFAULT_REQUEST_TIMEOUT,
 } from './client/client.ts';
 export { DEFAULT_RECONNECT, type ReconnectOptions } from './client/backoff.ts';
+export { localStorageKeyStore, memoryKeyStore, type SessionKeyStore } from './client/session-key-store.ts';
+export { fileKeyStore } from './session/file-key-store.ts';
+export * from './session/index.ts';
 export * from './errors.ts';
 export { consoleLogger, type Logger, silentLogger } from './logger.ts';
 export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from './peer/peer.ts';
@@ -22,6 +25,7 @@ export {
   DEFAULT_MAX_INFLIGHT_REQUESTS,
   DEFAULT_MAX_MESSAGE_SIZE,
   DEFAULT_READ_TIMEOUT,
+  DEFAULT_SESSION_DIR,
   DEFAULT_SHUTDOWN_TIMEOUT,
   type DisconnectInfo,
   type ServerOptions,

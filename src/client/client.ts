@@ -3,7 +3,14 @@
  * reconnect loop, heartbeat, requests waiting for a connection). Isomorphic: no Node imports.
  */
 import { decode } from '../../protocol/decode.ts';
-import { encodeClientConf, encodeHeartbeat, encodeRequest } from '../../protocol/encode.ts';
+import {
+  encodeClientConf,
+  encodeCloseSession,
+  encodeHeartbeat,
+  encodeRequest,
+  encodeRestoreSession,
+} from '../../protocol/encode.ts';
+import { encodeUtf8, payloadText } from '../../protocol/payload.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { CloseCode, type Message, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { ClientTransport, ConnectFailure, SocketHandlers, TransportSocket } from '../../transports/types.ts';
@@ -14,8 +21,11 @@ import {
   IncompatibleServerError,
   InvalidArgumentError,
   QueueFullError,
+  SessionNotFoundError,
+  SessionsDisabledError,
   TimeoutError,
 } from '../errors.ts';
+import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
 import {
   type IncomingMessage,
@@ -28,6 +38,7 @@ import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
 import { loadDefaultTransport } from './default-transport.ts';
+import { memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';
 
 /** @default 10 s */
 export const DEFAULT_REQUEST_TIMEOUT = 10_000;
@@ -68,6 +79,14 @@ export interface ClientOptions {
    * server may then send requests and cancels); 0 behaves as a WebWire v2.0 client. @default 1
    */
   readonly protocolMinor?: 0 | 1;
+  /**
+   * Keeps the session key between connections and runs: the session is restored after every
+   * reconnect, and on the first connection when the store holds a key.
+   * @default memoryKeyStore() (use localStorageKeyStore() in browsers, fileKeyStore(path) in Node)
+   */
+  readonly sessionKeyStore?: SessionKeyStore;
+  /** Turns the session info received from the server into the application's shape. */
+  readonly parseSessionInfo?: (info: Readonly<Record<string, unknown>>) => Readonly<Record<string, unknown>>;
   /** Answers requests the server sends (v2.1). Without it they get an internal-error reply. */
   readonly onRequest?: (message: IncomingMessage, context: RequestContext) => ReplyValue | Promise<ReplyValue>;
   /** @default logs warnings and errors to the console */
@@ -98,6 +117,12 @@ export interface ClientEvents {
   error: (error: Error) => void;
   /** The client reached a state. */
   state: (state: ClientState) => void;
+  /** The server created a session for this client (type 21). */
+  sessionCreated: (session: Session) => void;
+  /** The session was restored (after a reconnect or by `restoreSession`). */
+  sessionRestored: (session: Session) => void;
+  /** The session ended (closed by either side, or not found on restore). */
+  sessionClosed: () => void;
 }
 
 interface WaitingRequest {
@@ -124,11 +149,14 @@ interface ResolvedClientOptions {
   readonly maxBufferedBytes: number;
   readonly protocolMinor: 0 | 1;
   readonly onRequest: ClientOptions['onRequest'];
+  readonly sessionKeyStore: SessionKeyStore;
+  readonly parseSessionInfo: ClientOptions['parseSessionInfo'];
   readonly logger: Logger;
 }
 
 function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
   checkFunction('onRequest', options.onRequest);
+  checkFunction('parseSessionInfo', options.parseSessionInfo);
   const protocolMinor = options.protocolMinor ?? 1;
   if (protocolMinor !== 0 && protocolMinor !== 1) throw new InvalidArgumentError('option protocolMinor must be 0 or 1');
   const reconnect = options.reconnect ?? true;
@@ -145,6 +173,8 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
     maxBufferedBytes: checkInteger('maxBufferedBytes', options.maxBufferedBytes ?? 8 * 1024 * 1024, 1024, Number.MAX_SAFE_INTEGER),
     protocolMinor,
     onRequest: options.onRequest,
+    sessionKeyStore: options.sessionKeyStore ?? memoryKeyStore(),
+    parseSessionInfo: options.parseSessionInfo,
     logger: options.logger ?? consoleLogger,
   });
 }
@@ -184,6 +214,7 @@ export class Client extends Emitter<ClientEvents> {
   private connectWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
   private wakeLoop: (() => void) | undefined;
   private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+  private currentSession: Session | null = null;
 
   constructor(url: string, options: ClientOptions = {}) {
     super();
@@ -253,6 +284,103 @@ export class Client extends Emitter<ClientEvents> {
     const peer = this.peer;
     if (this.currentState !== 'connected' || peer === undefined) return false;
     return peer.signal(name, payload);
+  }
+
+  /** The session this client holds, or null. Kept in sync with the server. */
+  get session(): Session | null {
+    return this.currentSession;
+  }
+
+  /**
+   * Restores the session `key` on this connection. Rejects with SessionNotFoundError,
+   * MaxSessionConnectionsError, SessionsDisabledError, InternalError (store failure) or
+   * DisconnectedError.
+   */
+  async restoreSession(key: string): Promise<Session> {
+    const peer = this.peer;
+    if (this.currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
+    return this.restoreOn(peer, key);
+  }
+
+  /**
+   * Closes the session: the server deletes it when this was its last connection. Does nothing
+   * without a session.
+   */
+  async closeSession(): Promise<void> {
+    if (this.currentSession === null) return;
+    const peer = this.peer;
+    if (this.currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
+    await peer.request('closeSession', (id) => encodeCloseSession(id), { timeout: this.options.requestTimeout });
+    await this.forgetSession();
+  }
+
+  private async restoreOn(peer: Peer, key: string): Promise<Session> {
+    const reply = await peer.request('restoreSession', (id) => encodeRestoreSession(id, encodeUtf8(key)), {
+      timeout: this.options.requestTimeout,
+    });
+    const session = this.parseSession(payloadText(reply));
+    this.currentSession = session;
+    await this.options.sessionKeyStore.save(session.key);
+    this.emit('sessionRestored', session);
+    return session;
+  }
+
+  private parseSession(json: string): Session {
+    const session = sessionFromJson(json);
+    const parse = this.options.parseSessionInfo;
+    return parse === undefined || session.info === undefined ? session : { ...session, info: parse(session.info) };
+  }
+
+  /** The server told us of a new session (type 21). */
+  private sessionCreated(json: string): void {
+    let session: Session;
+    try {
+      session = this.parseSession(json);
+    } catch (error) {
+      this.options.logger.error('the server sent a session that cannot be read', { error });
+      return;
+    }
+    this.currentSession = session;
+    this.persist(() => this.options.sessionKeyStore.save(session.key));
+    this.emit('sessionCreated', session);
+  }
+
+  /** Drops the session and its stored key; 'sessionClosed' when there was a session. */
+  private async forgetSession(): Promise<void> {
+    const had = this.currentSession !== null;
+    this.currentSession = null;
+    await this.options.sessionKeyStore.clear();
+    if (had) this.emit('sessionClosed');
+  }
+
+  /** Runs a key-store write; a failure is reported, never thrown into the message path. */
+  private persist(write: () => void | Promise<void>): void {
+    try {
+      Promise.resolve(write()).catch((error: unknown) => this.emit('error', toError(error)));
+    } catch (error) {
+      this.emit('error', toError(error));
+    }
+  }
+
+  /** After every (re)connection: restore the session we hold, or the one the key store remembers. */
+  private async restoreAfterConnect(peer: Peer): Promise<void> {
+    let key: string | null = this.currentSession?.key ?? null;
+    try {
+      key ??= await this.options.sessionKeyStore.load();
+    } catch (error) {
+      this.emit('error', toError(error));
+    }
+    if (key === null) return;
+    try {
+      await this.restoreOn(peer, key);
+    } catch (error) {
+      if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
+        // Gone for good: forget it.
+        await this.forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
+      } else {
+        this.emit('error', toError(error));
+      }
+    }
   }
 
   /**
@@ -457,8 +585,10 @@ export class Client extends Emitter<ClientEvents> {
           return options.onRequest(message, context);
         },
         handleSignal: (message) => this.emit('signal', message),
-        // Heartbeats and session notifications are not this engine's business (sessions come later).
-        handleControl: () => {},
+        handleControl: (message) => {
+          if (message.kind === 'session-created') this.sessionCreated(message.session);
+          else if (message.kind === 'session-closed') this.persist(() => this.forgetSession());
+        },
         closed: (code, reason) => {
           if (this.peer === peer) {
             this.peer = undefined;
@@ -495,6 +625,11 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.peer = peer;
     this.server = info;
+    // The session comes back before anything else is sent, so waiting requests run inside it.
+    await this.restoreAfterConnect(peer);
+    if (this.closedForGood() || !peer.isOpen) {
+      throw new DisconnectedError('the connection closed while restoring the session');
+    }
     this.setState('connected');
     this.armHeartbeat(peer, info.readTimeout * 0.75);
     this.emit('connect', info);
@@ -602,6 +737,10 @@ export class Client extends Emitter<ClientEvents> {
   protected override onListenerError(event: keyof ClientEvents, error: unknown): void {
     this.options.logger.error(`a '${String(event)}' listener threw`, { error });
   }
+}
+
+function toError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
 }
 
 export { ProtocolError };

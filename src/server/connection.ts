@@ -1,10 +1,27 @@
-import { encodeRequest, encodeSpecialReply } from '../../protocol/encode.ts';
+import {
+  encodeReply,
+  encodeReplyError,
+  encodeRequest,
+  encodeSessionClosed,
+  encodeSessionCreated,
+  encodeSpecialReply,
+} from '../../protocol/encode.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
-import { CloseCode, type Message, type Payload } from '../../protocol/types.ts';
+import { EMPTY_PAYLOAD, utf8 } from '../../protocol/payload.ts';
+import { CloseCode, type Message, type Payload, type RequestId } from '../../protocol/types.ts';
 import type { SocketHandlers, TransportSocket, UpgradeRequest } from '../../transports/types.ts';
-import { PeerUnsupportedError, ShutdownError } from '../errors.ts';
+import {
+  DisconnectedError,
+  InvalidArgumentError,
+  InvalidStateError,
+  PeerUnsupportedError,
+  SessionsDisabledError,
+  ShutdownError,
+} from '../errors.ts';
 import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
+import { type Session, sessionToJson } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
+import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 
 /** What the Server gives each connection. */
 export interface ConnectionContext {
@@ -14,6 +31,9 @@ export interface ConnectionContext {
   readonly info: unknown;
   readonly acceptConf: Uint8Array;
   readonly closed: (conn: Connection, info: DisconnectInfo) => void;
+  /** Null when sessions are disabled. */
+  readonly sessions: SessionSettings | null;
+  readonly registry: SessionRegistry<Connection>;
 }
 
 /**
@@ -36,6 +56,13 @@ export class Connection {
   private readTimer: ReturnType<typeof setTimeout> | undefined;
   private closing: Promise<void> | undefined;
   private resolveClosed!: (info: DisconnectInfo) => void;
+  private currentSession: Session | null = null;
+  /** Whether the client speaks v2.1, once its first message (or its leaving) told. */
+  private version: boolean | undefined;
+  private versionKnown: ((v21: boolean) => void) | undefined;
+  private versionPromise: Promise<boolean> | undefined;
+  /** A session operation (create, restore, close) is under way: they never overlap on one connection. */
+  private sessionBusy = false;
 
   /** @internal Created by the Server. */
   constructor(socket: TransportSocket, request: UpgradeRequest, context: ConnectionContext) {
@@ -57,9 +84,18 @@ export class Connection {
         logger: options.logger,
       },
       {
-        handleRequest: (message, ctx) => this.handleRequest(message, ctx),
-        handleSignal: (message) => options.onSignal?.(this, message),
-        handleControl: (message) => this.handleControl(message),
+        handleRequest: (message, ctx) => {
+          this.settleVersion(false);
+          return this.handleRequest(message, ctx);
+        },
+        handleSignal: (message) => {
+          this.settleVersion(false);
+          return options.onSignal?.(this, message);
+        },
+        handleControl: (message) => {
+          if (message.kind !== 'client-conf') this.settleVersion(false);
+          this.handleControl(message);
+        },
         closed: (code, reason) => this.handleClosed(code, reason),
       },
     );
@@ -89,6 +125,30 @@ export class Connection {
    */
   get supportsRequests(): boolean {
     return this.peer.v21;
+  }
+
+  /**
+   * Resolves once the client's protocol version is known: true when it announced v2.1 (its first
+   * message is ClientConf), false when its first message was anything else or it left. A v2.1
+   * client sends ClientConf right after the handshake, so in `onClientConnected` use
+   * `if (await conn.negotiated()) await conn.request(...)`.
+   */
+  negotiated(): Promise<boolean> {
+    if (this.version !== undefined) return Promise.resolve(this.version);
+    if (!this.peer.isOpen) return Promise.resolve(false);
+    this.versionPromise ??= new Promise((resolve) => {
+      this.versionKnown = resolve;
+    });
+    return this.versionPromise;
+  }
+
+  private settleVersion(v21: boolean): void {
+    if (this.version !== undefined) return;
+    this.version = v21;
+    const resolve = this.versionKnown;
+    if (resolve === undefined) return;
+    this.versionKnown = undefined;
+    resolve(v21);
   }
 
   /** Outgoing bytes queued for this client. */
@@ -137,6 +197,155 @@ export class Connection {
     this.peer.terminate();
   }
 
+  /** The session this connection holds, or null. */
+  get session(): Session | null {
+    return this.currentSession;
+  }
+
+  /**
+   * Creates a session for this connection, usually inside a request handler: the store keeps it,
+   * then the client is told (type 21, before the reply of the request that created it). `info`
+   * is JSON-serialisable application data the client sees too.
+   *
+   * Rejects with SessionsDisabledError, DisconnectedError, InvalidStateError (the connection
+   * already has a session: its key is kept) or the store's error.
+   */
+  async createSession(info?: Readonly<Record<string, unknown>>): Promise<Session> {
+    const settings = this.requireSessions();
+    if (!this.peer.isOpen) throw new DisconnectedError('the connection is closed');
+    if (this.currentSession !== null || this.sessionBusy) {
+      throw new InvalidStateError('this connection already has a session');
+    }
+    const key = settings.keyGenerator.generate();
+    if (typeof key !== 'string' || key.length === 0) {
+      throw new InvalidArgumentError('the session key generator returned an empty key');
+    }
+    const now = new Date();
+    const session: Session = { key, creation: now, lastLookup: now, info };
+    const notification = encodeSessionCreated(sessionToJson(session));
+    this.sessionBusy = true;
+    try {
+      // Stored first: a client is never told of a session the store does not have.
+      await settings.manager.onSessionCreated(session);
+    } finally {
+      this.sessionBusy = false;
+    }
+    if (!this.peer.isOpen) {
+      // Nobody was told this key, so nobody could restore or close it: without this delete it
+      // would stay in the store (in a MemorySessionManager, for the life of the process).
+      await settings.manager.onSessionClosed(key).catch((error: unknown) => {
+        this.context.options.logger.error('session store failed to delete an unannounced session', { error });
+      });
+      throw new DisconnectedError('the connection closed while the session was created');
+    }
+    this.context.registry.tryRegister(key, this);
+    this.currentSession = session;
+    this.peer.sendRaw(notification);
+    return session;
+  }
+
+  /**
+   * Closes this connection's session: the client is told (type 22) and, when this was the
+   * session's last connection, the store deletes it. Nothing happens without a session.
+   */
+  async closeSession(): Promise<void> {
+    this.requireSessions();
+    const session = this.currentSession;
+    if (session === null) return;
+    await this.detachSession(session, true);
+    if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
+  }
+
+  /** @internal Used by `Server.closeSession(key)`: tell the client, no store call. */
+  dropSession(key: string): boolean {
+    if (this.currentSession?.key !== key) return false;
+    this.currentSession = null;
+    this.context.registry.unregister(key, this);
+    if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
+    return true;
+  }
+
+  private requireSessions(): SessionSettings {
+    const settings = this.context.sessions;
+    if (settings === null) throw new SessionsDisabledError('sessions are disabled on this server');
+    return settings;
+  }
+
+  /** Unregisters this connection from `session`; deletes it from the store when it was the last. */
+  private async detachSession(session: Session, deleteIfLast: boolean): Promise<void> {
+    this.currentSession = null;
+    const last = this.context.registry.unregister(session.key, this);
+    if (last && deleteIfLast) await this.context.sessions!.manager.onSessionClosed(session.key);
+  }
+
+  /** Client asked to close its session (type 31): empty reply, no type 22. */
+  private async clientCloseSession(id: RequestId): Promise<void> {
+    const session = this.currentSession;
+    if (session === null || this.sessionBusy) {
+      this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      return;
+    }
+    this.sessionBusy = true;
+    try {
+      await this.detachSession(session, true);
+      this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+    } catch (error) {
+      this.context.options.logger.error('session store failed to close a session', { error });
+      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
+    } finally {
+      this.sessionBusy = false;
+    }
+  }
+
+  /** Client asked to restore a session (type 32). */
+  private async clientRestoreSession(id: RequestId, keyBytes: Uint8Array): Promise<void> {
+    const settings = this.context.sessions!;
+    const key = keyBytes.length <= MAX_SESSION_KEY_BYTES ? latin1(keyBytes) : '';
+    if (this.currentSession !== null || this.sessionBusy) {
+      this.peer.sendRaw(encodeReplyError(id, 'SESSION_ACTIVE', 'this connection already has a session'));
+      return;
+    }
+    // A key the generator could not have made is simply unknown: no store call at all.
+    if (!settings.keyGenerator.isValid(key)) {
+      this.peer.sendRaw(encodeSpecialReply(id, 'session-not-found'));
+      return;
+    }
+    // Check-and-register in one synchronous step: the limit holds under any number of racing restores.
+    if (!this.context.registry.tryRegister(key, this)) {
+      this.peer.sendRaw(encodeSpecialReply(id, 'max-session-connections'));
+      return;
+    }
+    this.sessionBusy = true;
+    let session: Session | null;
+    try {
+      session = await settings.manager.onSessionLookup(key);
+      const parse = settings.parseInfo;
+      if (session !== null && parse !== undefined && session.info !== undefined) {
+        session = { ...session, info: parse(session.info) };
+      }
+    } catch (error) {
+      this.context.registry.unregister(key, this);
+      this.context.options.logger.error('session store failed to look up a session', { error });
+      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
+      return;
+    } finally {
+      this.sessionBusy = false;
+    }
+    if (session === null || !this.peer.isOpen) {
+      this.context.registry.unregister(key, this);
+      this.peer.sendRaw(encodeSpecialReply(id, 'session-not-found'));
+      return;
+    }
+    this.currentSession = session;
+    this.peer.sendRaw(encodeReply(id, utf8(sessionToJson(session))));
+  }
+
+  /** Last resort for a session request that failed unexpectedly: logged, internal-error reply. */
+  private sessionFailure(id: RequestId, error: unknown): void {
+    this.context.options.logger.error('session request failed', { error });
+    this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
+  }
+
   /** @internal Shutdown, step 1: refuse new work. */
   drain(): void {
     this.peer.drain();
@@ -176,12 +385,23 @@ export class Connection {
         } else {
           this.clientConfReceived = true;
           this.peer.v21 = message.minor >= 1;
+          this.settleVersion(this.peer.v21);
         }
         return;
       case 'close-session':
       case 'restore-session':
-        // Sessions are not enabled on this server (they come with a SessionManager).
-        this.peer.sendRaw(encodeSpecialReply(message.id, this.peer.isDraining ? 'shutdown' : 'sessions-disabled'));
+        if (this.peer.isDraining) {
+          this.peer.sendRaw(encodeSpecialReply(message.id, 'shutdown'));
+        } else if (this.context.sessions === null) {
+          // Disabled: answered at once, and no store hook is called.
+          this.peer.sendRaw(encodeSpecialReply(message.id, 'sessions-disabled'));
+        } else if (message.kind === 'close-session') {
+          this.clientCloseSession(message.id).catch((error: unknown) => this.sessionFailure(message.id, error));
+        } else {
+          this.clientRestoreSession(message.id, message.key).catch((error: unknown) =>
+            this.sessionFailure(message.id, error),
+          );
+        }
         return;
       default:
         // Heartbeats only reset the read timeout, which every message does. Types meant for
@@ -206,8 +426,24 @@ export class Connection {
 
   private handleClosed(code: number, reason: string): void {
     clearTimeout(this.readTimer);
+    // A disconnect keeps the session in the store, to be restored later.
+    if (this.currentSession !== null) {
+      this.context.registry.unregister(this.currentSession.key, this);
+      this.currentSession = null;
+    }
     const info: DisconnectInfo = { code, reason };
+    this.settleVersion(false);
     this.resolveClosed(info);
     this.context.closed(this, info);
   }
+}
+
+/** Longer keys are not read at all: no generator makes them. */
+const MAX_SESSION_KEY_BYTES = 1024;
+
+/** Keys are sent as raw bytes; the default alphabet is ASCII, and any other byte makes them invalid. */
+function latin1(bytes: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < bytes.length; i++) out += String.fromCharCode(bytes[i]!);
+  return out;
 }

@@ -3,7 +3,10 @@ import type { ServerTransport } from '../../transports/types.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
 import type { IncomingMessage, ReplyValue, RequestContext } from '../peer/peer.ts';
+import { FileSessionManager } from '../session/file-store.ts';
+import { defaultKeyGenerator, type SessionKeyGenerator, type SessionManager } from '../session/session.ts';
 import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
+import type { SessionSettings } from './session-registry.ts';
 import type { Connection } from './connection.ts';
 
 /** @default 1 MiB */
@@ -18,6 +21,8 @@ export const DEFAULT_MAX_INFLIGHT_REQUESTS = 4096;
 export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** @default 30 s */
 export const DEFAULT_SHUTDOWN_TIMEOUT = 30_000;
+/** Where `sessions: true` keeps sessions (relative to the working directory). */
+export const DEFAULT_SESSION_DIR = '.duplexwire/sessions';
 
 /** What `beforeUpgrade` decides for one connection attempt. */
 export type UpgradeVerdict =
@@ -86,6 +91,23 @@ export interface ServerOptions {
    * cancel); 0 behaves exactly as a WebWire v2.0 server. @default 1
    */
   readonly protocolMinor?: 0 | 1;
+  /**
+   * Enables sessions with this store. `MemorySessionManager`, `FileSessionManager`,
+   * `RedisSessionManager` or your own. @default none (sessions disabled, unless `sessions: true`)
+   */
+  readonly sessionManager?: SessionManager;
+  /**
+   * `true` enables sessions with the embedded default store, a `FileSessionManager` in
+   * `.duplexwire/sessions` under the working directory. Ignored when `sessionManager` is given.
+   * @default false
+   */
+  readonly sessions?: boolean;
+  /** Makes and checks session keys. @default 48 CSPRNG bytes, base64url (64 characters) */
+  readonly sessionKeyGenerator?: SessionKeyGenerator;
+  /** Connections one session may have at once; more restores get reply type 4. 0 = unlimited. @default 0 */
+  readonly maxSessionConnections?: number;
+  /** Turns the info a store returns into the application's shape when a session is restored. */
+  readonly parseSessionInfo?: (info: Readonly<Record<string, unknown>>) => Readonly<Record<string, unknown>>;
   /** @default logs warnings and errors to the console */
   readonly logger?: Logger;
 }
@@ -106,6 +128,33 @@ export interface ResolvedServerOptions {
   readonly shutdownTimeout: number;
   readonly protocolMinor: 0 | 1;
   readonly logger: Logger;
+  /** Null when sessions are disabled. */
+  readonly sessions: SessionSettings | null;
+  /** True when the server made the store and must close it. */
+  readonly ownsSessionManager: boolean;
+}
+
+function resolveSessions(options: ServerOptions, logger: Logger): { sessions: SessionSettings | null; owns: boolean } {
+  const keyGenerator = options.sessionKeyGenerator ?? defaultKeyGenerator;
+  if (typeof keyGenerator.generate !== 'function' || typeof keyGenerator.isValid !== 'function') {
+    throw new InvalidArgumentError('option sessionKeyGenerator must have generate() and isValid()');
+  }
+  const maxConnections = checkInteger('maxSessionConnections', options.maxSessionConnections ?? 0, 0, 1e9);
+  let manager = options.sessionManager;
+  let owns = false;
+  if (manager === undefined) {
+    if (options.sessions !== true) return { sessions: null, owns: false };
+    manager = new FileSessionManager({ dir: DEFAULT_SESSION_DIR, logger });
+    owns = true;
+  }
+  for (const hook of ['onSessionCreated', 'onSessionLookup', 'onSessionClosed'] as const) {
+    if (typeof manager[hook] !== 'function') throw new InvalidArgumentError(`option sessionManager lacks ${hook}()`);
+  }
+  checkFunction('parseSessionInfo', options.parseSessionInfo);
+  return {
+    sessions: Object.freeze({ manager, keyGenerator, maxConnections, parseInfo: options.parseSessionInfo }),
+    owns,
+  };
 }
 
 const MAX_UINT32 = 0xffff_ffff;
@@ -122,6 +171,8 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
   }
   const protocolMinor = options.protocolMinor ?? 1;
   if (protocolMinor !== 0 && protocolMinor !== 1) throw new InvalidArgumentError('option protocolMinor must be 0 or 1');
+  const logger = options.logger ?? consoleLogger;
+  const { sessions, owns } = resolveSessions(options, logger);
   return Object.freeze({
     transport,
     onRequest: options.onRequest,
@@ -148,6 +199,8 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
     subProtocol: subProtocolBytes(options.subProtocol),
     shutdownTimeout: checkInteger('shutdownTimeout', options.shutdownTimeout ?? DEFAULT_SHUTDOWN_TIMEOUT, 0, 2 ** 31 - 1),
     protocolMinor,
-    logger: options.logger ?? consoleLogger,
+    logger,
+    sessions,
+    ownsSessionManager: owns,
   });
 }

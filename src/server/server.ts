@@ -3,9 +3,10 @@ import { nanoid } from 'nanoid';
 import { encodeAcceptConf } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR } from '../../protocol/types.ts';
 import type { TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
-import { InvalidArgumentError, InvalidStateError } from '../errors.ts';
+import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
 import { checkInteger } from '../util/validate.ts';
 import { Connection } from './connection.ts';
+import { SessionRegistry } from './session-registry.ts';
 import { type DisconnectInfo, type ResolvedServerOptions, resolveServerOptions, type ServerOptions } from './options.ts';
 
 type ServerState = 'new' | 'starting' | 'listening' | 'shutting-down' | 'stopped';
@@ -32,11 +33,13 @@ export class Server {
   private readonly options: ResolvedServerOptions;
   private readonly acceptConf: Uint8Array;
   private readonly live = new Set<Connection>();
+  private readonly registry: SessionRegistry<Connection>;
   private state: ServerState = 'new';
   private stopping: Promise<void> | undefined;
 
   constructor(options: ServerOptions) {
     this.options = resolveServerOptions(options);
+    this.registry = new SessionRegistry(this.options.sessions?.maxConnections ?? 0);
     const { protocolMinor, readTimeout, maxMessageSize, subProtocol } = this.options;
     // The same bytes open every connection: encode them once.
     this.acceptConf = encodeAcceptConf({
@@ -77,6 +80,34 @@ export class Server {
     return this.live;
   }
 
+  /** True when sessions are enabled. */
+  get sessionsEnabled(): boolean {
+    return this.options.sessions !== null;
+  }
+
+  /** Number of sessions with at least one connection to this server. */
+  get activeSessionCount(): number {
+    return this.registry.size;
+  }
+
+  /** The connections holding the session `key` on this server. */
+  sessionConnections(key: string): Connection[] {
+    return this.registry.connections(key);
+  }
+
+  /**
+   * Closes the session `key` everywhere on this server: each of its connections is told (type 22)
+   * and the store deletes it. Resolves with the number of connections that held it.
+   */
+  async closeSession(key: string): Promise<number> {
+    const settings = this.options.sessions;
+    if (settings === null) throw new SessionsDisabledError('sessions are disabled on this server');
+    let count = 0;
+    for (const conn of this.registry.connections(key)) if (conn.dropSession(key)) count++;
+    await settings.manager.onSessionClosed(key);
+    return count;
+  }
+
   /** True from `shutdown()` on. */
   get isShuttingDown(): boolean {
     return this.state === 'shutting-down' || this.state === 'stopped';
@@ -114,6 +145,7 @@ export class Server {
     for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, 'server shutting down');
     await Promise.all([...this.live].map((conn) => conn.closed));
     if (wasListening) await this.options.transport.stop();
+    if (this.options.ownsSessionManager) await this.options.sessions?.manager.close?.();
     this.state = 'stopped';
   }
 
@@ -162,6 +194,8 @@ export class Server {
       info: verdict?.info,
       acceptConf: this.acceptConf,
       closed: (closedConn, info) => this.forget(closedConn, info),
+      sessions: this.options.sessions,
+      registry: this.registry,
     });
     this.live.add(conn);
     const handlers = conn.start();

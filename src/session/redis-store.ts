@@ -1,0 +1,193 @@
+/**
+ * Sessions in Redis, shared by any number of server processes. No Redis package is imported: the
+ * store sends raw commands through whatever client the application already has.
+ *
+ * Each session is a hash at `prefix + sha256(key)` (the key itself is never part of a Redis key:
+ * a listing of keys reveals no session key, and no key can reach outside the prefix) with fields
+ * `k` (key), `c` (creation), `l` (last lookup), both RFC 3339 as in the JSON form, and `i`: the
+ * info as its own JSON text, absent when there is none. Info never goes through Lua's cjson,
+ * which would rewrite it (`{}` and `[]` both become `{}`, big integers lose digits).
+ *
+ * Writes are Lua scripts, each a single atomic command. Not MULTI/EXEC: through a shared,
+ * pipelined connection, other callers' commands sent between MULTI and EXEC would become part of
+ * the transaction.
+ */
+import { createHash } from 'node:crypto';
+import { InvalidArgumentError } from '../errors.ts';
+import { consoleLogger, type Logger } from '../logger.ts';
+import { checkInteger } from '../util/validate.ts';
+import { sessionKeyHash } from './key-hash.ts';
+import {
+  formatSessionTime,
+  type Session,
+  type SessionManager,
+  sessionFromJsonValue,
+  sessionToJsonValue,
+} from './session.ts';
+
+/** Anything that can send a raw Redis command: node-redis v4+ `client` as is ({ sendCommand(args) }), or ioredis via `{ sendCommand: (args) => ioredis.call(args[0], ...args.slice(1)) }`. */
+export interface RedisCommandClient {
+  sendCommand(args: string[]): Promise<unknown>;
+}
+
+/** Prefix of the Redis keys of sessions. @default 'duplexwire:session:' */
+export const DEFAULT_REDIS_PREFIX = 'duplexwire:session:';
+
+export interface RedisSessionManagerOptions {
+  /**
+   * Sends commands. node-redis: the client itself. ioredis:
+   * `{ sendCommand: (args) => redis.call(args[0]!, ...args.slice(1)) }`. Cluster clients work
+   * when wrapped the same way, since every command touches exactly one key: `args[1]` for `DEL`,
+   * `args[3]` for `EVALSHA`/`EVAL` (node-redis:
+   * `{ sendCommand: (args) => cluster.sendCommand(args[0] === 'DEL' ? args[1] : args[3], false, args) }`).
+   */
+  readonly client: RedisCommandClient;
+  /** Prepended to the SHA-256 hex of each key. @default DEFAULT_REDIS_PREFIX ('duplexwire:session:') */
+  readonly prefix?: string;
+  /**
+   * Milliseconds a session lives after its creation or its last lookup (sliding: every lookup
+   * restarts it); Redis deletes it when it runs out.
+   * @default undefined (sessions live until closed)
+   */
+  readonly ttl?: number;
+  /** Where corrupt session hashes are reported. @default consoleLogger */
+  readonly logger?: Logger;
+}
+
+/**
+ * KEYS[1] session hash; ARGV k, c, l, ttl ('' for none), [i]. DEL first: a stale `i` must not
+ * survive a (theoretical) re-creation under the same key.
+ */
+const CREATE_SCRIPT = `
+redis.call('DEL', KEYS[1])
+if ARGV[5] then
+  redis.call('HSET', KEYS[1], 'k', ARGV[1], 'c', ARGV[2], 'l', ARGV[3], 'i', ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'k', ARGV[1], 'c', ARGV[2], 'l', ARGV[3])
+end
+if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return 1
+`;
+
+/**
+ * KEYS[1] session hash; ARGV now (RFC 3339, 24 characters), ttl ('' for none). Returns nil, or
+ * {k, c, l, i} after moving l to now unless it is later already: with several processes and their
+ * clocks, lastLookup never goes backwards. A malformed l is left alone (the session is reported
+ * as corrupt and treated as absent, as the file store does). Times are compared as numbers (YYYYMMDD, HHMMSSmmm:
+ * both below 2^53), because Lua compares strings with strcoll, in the Redis server's locale.
+ */
+const LOOKUP_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local function parts(t)
+  if type(t) ~= 'string' or #t ~= 24 then return nil, nil end
+  return tonumber(t:sub(1, 4) .. t:sub(6, 7) .. t:sub(9, 10)),
+    tonumber(t:sub(12, 13) .. t:sub(15, 16) .. t:sub(18, 19) .. t:sub(21, 23))
+end
+local v = redis.call('HMGET', KEYS[1], 'k', 'c', 'l', 'i')
+local nd, nt = parts(ARGV[1])
+local od, ot = parts(v[3])
+if od ~= nil and ot ~= nil and (nd > od or (nd == od and nt > ot)) then
+  redis.call('HSET', KEYS[1], 'l', ARGV[1])
+  v[3] = ARGV[1]
+end
+if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v
+`;
+
+interface Script {
+  readonly source: string;
+  readonly sha: string;
+}
+
+function script(source: string): Script {
+  return { source, sha: createHash('sha1').update(source).digest('hex') };
+}
+
+const CREATE = script(CREATE_SCRIPT);
+const LOOKUP = script(LOOKUP_SCRIPT);
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/** A bulk-string reply as text: clients return strings, or Buffers when told to. */
+function replyText(value: unknown): string | null {
+  if (typeof value === 'string') return value;
+  if (value instanceof Uint8Array) return decoder.decode(value);
+  return null;
+}
+
+/**
+ * A `SessionManager` over Redis: atomic lookups (existence check, last-lookup update, TTL
+ * refresh and read in one script), so any number of server processes can share the sessions.
+ *
+ * @example
+ * import { createClient } from 'redis';
+ * const client = await createClient({ url: 'redis://127.0.0.1:6379' }).connect();
+ * const sessions = new RedisSessionManager({ client, ttl: 7 * 86_400_000 });
+ */
+export class RedisSessionManager implements SessionManager {
+  readonly #client: RedisCommandClient;
+  readonly #prefix: string;
+  readonly #ttl: string;
+  readonly #logger: Logger;
+
+  constructor(options: RedisSessionManagerOptions) {
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
+    const { client, prefix, ttl, logger } = options;
+    if (client === null || typeof client !== 'object' || typeof client.sendCommand !== 'function') {
+      throw new InvalidArgumentError('option client must have a sendCommand(args) method');
+    }
+    if (prefix !== undefined && typeof prefix !== 'string') throw new InvalidArgumentError('option prefix must be a string');
+    this.#client = client;
+    this.#prefix = prefix ?? DEFAULT_REDIS_PREFIX;
+    this.#ttl = ttl === undefined ? '' : String(checkInteger('ttl', ttl, 1, Number.MAX_SAFE_INTEGER));
+    this.#logger = logger ?? consoleLogger;
+  }
+
+  /** The Redis key of a session key's hash: prefix + SHA-256 hex. Undefined for a key no session can have. */
+  redisKey(key: string): string | undefined {
+    const hash = sessionKeyHash(key);
+    return hash === undefined ? undefined : this.#prefix + hash;
+  }
+
+  async onSessionCreated(session: Session): Promise<void> {
+    const json = sessionToJsonValue(session); // validates the session, key included
+    const args = [json.k, json.c, json.l, this.#ttl];
+    if (json.i !== undefined) args.push(JSON.stringify(json.i));
+    await this.#eval(CREATE, this.redisKey(session.key)!, args);
+  }
+
+  async onSessionLookup(key: string): Promise<Session | null> {
+    const redisKey = this.redisKey(key);
+    if (redisKey === undefined) return null;
+    const now = formatSessionTime(new Date());
+    const reply = await this.#eval(LOOKUP, redisKey, [now, this.#ttl]);
+    if (reply === null || reply === undefined) return null;
+    try {
+      if (!Array.isArray(reply) || reply.length !== 4) throw new InvalidArgumentError('unexpected reply to the lookup script');
+      const [k, c, l, i] = reply.map(replyText);
+      const session = sessionFromJsonValue({ k, c, l, i: i === null || i === undefined ? undefined : JSON.parse(i) });
+      if (session.key !== key) throw new InvalidArgumentError('session key does not match the Redis key');
+      return session;
+    } catch (error) {
+      // Logged by Redis key only: the session key is a credential.
+      this.#logger.error('ignoring a corrupt session in Redis', { key: redisKey, error });
+      return null;
+    }
+  }
+
+  async onSessionClosed(key: string): Promise<void> {
+    const redisKey = this.redisKey(key);
+    if (redisKey === undefined) return;
+    await this.#client.sendCommand(['DEL', redisKey]);
+  }
+
+  /** EVALSHA, falling back to EVAL (which also caches the script) when Redis does not know it yet. */
+  async #eval(s: Script, key: string, args: string[]): Promise<unknown> {
+    try {
+      return await this.#client.sendCommand(['EVALSHA', s.sha, '1', key, ...args]);
+    } catch (error) {
+      if (!String((error as Error | null)?.message).startsWith('NOSCRIPT')) throw error;
+      return this.#client.sendCommand(['EVAL', s.source, '1', key, ...args]);
+    }
+  }
+}

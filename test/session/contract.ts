@@ -1,0 +1,277 @@
+/**
+ * The SessionManager conformance suite: one function, called once per store by
+ * `contract.test.ts` (the shape of crossws `test/tests.ts`). Any SessionManager should pass it.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { describe, it, type TestContext } from 'node:test';
+import { InvalidArgumentError } from '../../src/errors.ts';
+import { defaultKeyGenerator, type Session, type SessionManager, sessionToJson } from '../../src/session/session.ts';
+
+export interface ManagerFixture {
+  readonly manager: SessionManager;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Keys an attacker might send: traversal, encodings, NUL, absolute paths, length, Unicode, empty.
+ * The server rejects them all before the store (`isValid`), but a store must be safe on its own.
+ */
+export const HOSTILE_KEYS: readonly string[] = [
+  '../x',
+  '..\\x',
+  '%2e%2e/',
+  '%2e%2e%2fx',
+  'a\u0000b',
+  '/etc/passwd',
+  'C:\\Windows',
+  '\\\\server\\share',
+  '.',
+  '..',
+  '*',
+  'duplexwire:session:*',
+  'a'.repeat(300),
+  'ключ',
+  '🔑',
+  'x\ny',
+  '__proto__',
+  'constructor',
+  '',
+  '\ud800', // a lone surrogate: not well-formed, cannot be a stored key
+];
+
+/** Hostile keys that are nonetheless well-formed, so a store can hold a session under them. */
+export const STORABLE_HOSTILE_KEYS = HOSTILE_KEYS.filter((key) => key !== '' && key !== '\ud800');
+
+/** A Date at millisecond precision `offset` ms from now. */
+function at(offset: number): Date {
+  return new Date(Date.now() + offset);
+}
+
+export function newSession(info?: Record<string, unknown>, key = defaultKeyGenerator.generate()): Session {
+  const now = at(0);
+  return { key, creation: now, lastLookup: now, info };
+}
+
+/** Info values that JSON keeps exactly, and so must every store. */
+export const INFO_SAMPLES: readonly (readonly [string, Record<string, unknown>])[] = [
+  ['flat', { user: 'ada', admin: false, age: 36, score: 0.1, nothing: null }],
+  ['nested', { a: { b: { c: [1, { d: [true, null, 'x'] }, [[], [{}]]] } } }],
+  ['unicode', { 'ключ': 'значение', emoji: '🔑👩‍👩‍👧', rtl: 'שלום', controls: '\u0000\u0001\n\t"\\', separators: '\u2028\u2029', bom: '\ufeff' }],
+  ['empty object', {}],
+  ['empty members', { o: {}, a: [], s: '' }],
+  ['numbers', { max: Number.MAX_SAFE_INTEGER, min: Number.MIN_SAFE_INTEGER, big: 1e308, tiny: 5e-324, neg: -1.5e-7 }],
+  ['special names', JSON.parse('{"__proto__":{"polluted":true},"constructor":{"prototype":1},"":"empty name","toString":"no"}')],
+  ['long string', { s: 'é'.repeat(50_000) }],
+  ['array of objects', { list: Array.from({ length: 100 }, (_, i) => ({ i, s: String(i) })) }],
+];
+
+export function sessionManagerContract(name: string, make: () => Promise<ManagerFixture>): void {
+  describe(`${name}: SessionManager contract`, () => {
+    async function setup(t: TestContext): Promise<SessionManager> {
+      const fixture = await make();
+      t.after(() => fixture.cleanup());
+      return fixture.manager;
+    }
+
+    it('returns a created session on lookup, with lastLookup updated and persisted', async (t) => {
+      const manager = await setup(t);
+      const created: Session = {
+        key: defaultKeyGenerator.generate(),
+        creation: at(-120_000),
+        lastLookup: at(-60_000),
+        info: { user: 'ada', roles: ['admin'] },
+      };
+      await manager.onSessionCreated(created);
+
+      const before = Date.now();
+      const first = await manager.onSessionLookup(created.key);
+      const after = Date.now();
+      assert.ok(first);
+      assert.equal(first.key, created.key);
+      assert.equal(first.creation.getTime(), created.creation.getTime());
+      assert.deepEqual(first.info, created.info);
+      assert.ok(first.lastLookup instanceof Date && first.creation instanceof Date);
+      assert.ok(first.lastLookup.getTime() >= before && first.lastLookup.getTime() <= after, 'lastLookup is the lookup time');
+
+      const second = await manager.onSessionLookup(created.key);
+      assert.ok(second);
+      assert.ok(second.lastLookup.getTime() >= first.lastLookup.getTime(), 'the first lookup time was kept');
+      assert.equal(second.creation.getTime(), created.creation.getTime());
+      assert.deepEqual(second.info, created.info);
+    });
+
+    it('never moves lastLookup backwards (a later time already stored is kept)', async (t) => {
+      const manager = await setup(t);
+      const future = at(3_600_000);
+      const created: Session = { key: defaultKeyGenerator.generate(), creation: at(0), lastLookup: future, info: undefined };
+      await manager.onSessionCreated(created);
+      const found = await manager.onSessionLookup(created.key);
+      assert.equal(found?.lastLookup.getTime(), future.getTime());
+    });
+
+    it('returns null for an unknown key, and closing one is harmless', async (t) => {
+      const manager = await setup(t);
+      assert.equal(await manager.onSessionLookup(defaultKeyGenerator.generate()), null);
+      await manager.onSessionClosed(defaultKeyGenerator.generate());
+    });
+
+    it('returns null once a session is closed, and only that session', async (t) => {
+      const manager = await setup(t);
+      const a = newSession({ n: 1 });
+      const b = newSession({ n: 2 });
+      await manager.onSessionCreated(a);
+      await manager.onSessionCreated(b);
+      await manager.onSessionClosed(a.key);
+      assert.equal(await manager.onSessionLookup(a.key), null);
+      await manager.onSessionClosed(a.key); // twice: still fine
+      assert.equal(await manager.onSessionLookup(a.key), null);
+      assert.deepEqual((await manager.onSessionLookup(b.key))?.info, { n: 2 });
+    });
+
+    it('round-trips a session without info (no "i")', async (t) => {
+      const manager = await setup(t);
+      const created = newSession();
+      await manager.onSessionCreated(created);
+      const found = await manager.onSessionLookup(created.key);
+      assert.ok(found);
+      assert.ok('info' in found);
+      assert.equal(found.info, undefined);
+      assert.ok(!sessionToJson(found).includes('"i"'));
+    });
+
+    for (const [label, info] of INFO_SAMPLES) {
+      it(`round-trips info exactly: ${label}`, async (t) => {
+        const manager = await setup(t);
+        const created = newSession(info);
+        await manager.onSessionCreated(created);
+        for (let i = 0; i < 2; i++) {
+          const found = await manager.onSessionLookup(created.key);
+          assert.deepStrictEqual(found?.info, info);
+        }
+        assert.equal(({} as Record<string, unknown>).polluted, undefined, 'Object.prototype untouched');
+      });
+    }
+
+    it('keeps stored state apart from the objects passed in and handed out', async (t) => {
+      const manager = await setup(t);
+      const info = { list: [1, 2], inner: { x: 1 } };
+      const created = newSession(info);
+      await manager.onSessionCreated(created);
+      info.list.push(3);
+      info.inner.x = 2;
+      const found = await manager.onSessionLookup(created.key);
+      assert.deepEqual(found?.info, { list: [1, 2], inner: { x: 1 } });
+      assert.ok(found);
+      (found.info!.list as number[]).push(99);
+      found.creation.setTime(0);
+      const again = await manager.onSessionLookup(created.key);
+      assert.deepEqual(again?.info, { list: [1, 2], inner: { x: 1 } });
+      assert.equal(again?.creation.getTime(), created.creation.getTime());
+    });
+
+    it('refuses a session it could not store faithfully (InvalidArgumentError)', async (t) => {
+      const manager = await setup(t);
+      const cyclic: Record<string, unknown> = {};
+      cyclic.self = cyclic;
+      const bad: Session[] = [
+        newSession(undefined, ''),
+        newSession({ when: new Date() }),
+        newSession({ missing: undefined }),
+        newSession({ n: Number.NaN }),
+        newSession({ n: Number.POSITIVE_INFINITY }),
+        newSession({ f: () => 1 }),
+        newSession({ b: 1n }),
+        newSession({ m: new Map() }),
+        newSession(cyclic),
+        newSession([1, 2] as unknown as Record<string, unknown>),
+        { key: defaultKeyGenerator.generate(), creation: new Date(Number.NaN), lastLookup: at(0), info: undefined },
+      ];
+      for (const session of bad) {
+        await assert.rejects(manager.onSessionCreated(session), InvalidArgumentError);
+        assert.equal(await manager.onSessionLookup(session.key), null);
+      }
+    });
+
+    it('stays consistent under 200 concurrent creations then lookups', async (t) => {
+      const manager = await setup(t);
+      const sessions = Array.from({ length: 200 }, (_, i) => newSession({ i, tag: `s${i}` }));
+      await Promise.all(sessions.map((s) => manager.onSessionCreated(s)));
+      const found = await Promise.all(sessions.map((s) => manager.onSessionLookup(s.key)));
+      found.forEach((f, i) => {
+        assert.equal(f?.key, sessions[i]!.key);
+        assert.deepEqual(f?.info, { i, tag: `s${i}` });
+      });
+    });
+
+    it('never resurrects a session closed during concurrent lookups', async (t) => {
+      const manager = await setup(t);
+      for (let round = 0; round < 3; round++) {
+        const sessions = Array.from({ length: 50 }, (_, i) => newSession({ i }));
+        await Promise.all(sessions.map((s) => manager.onSessionCreated(s)));
+        const results = await Promise.all(
+          sessions.flatMap((s, i) =>
+            i % 2 === 0
+              ? [manager.onSessionLookup(s.key), manager.onSessionClosed(s.key), manager.onSessionLookup(s.key)]
+              : [manager.onSessionClosed(s.key), manager.onSessionLookup(s.key), manager.onSessionLookup(s.key)],
+          ),
+        );
+        for (const result of results) {
+          if (result) assert.ok(sessions.some((s) => s.key === result.key));
+        }
+        for (const s of sessions) assert.equal(await manager.onSessionLookup(s.key), null, `round ${round}: closed stays closed`);
+      }
+    });
+
+    it('treats keys as opaque: near misses and the key hash are unknown keys', async (t) => {
+      const manager = await setup(t);
+      const created = newSession({ ok: true });
+      await manager.onSessionCreated(created);
+      const key = created.key;
+      const lastChar = key.at(-1)!;
+      const nearMisses = [
+        defaultKeyGenerator.generate(),
+        key.slice(0, -1) + (lastChar === 'A' ? 'B' : 'A'),
+        key.slice(0, -1),
+        `${key}x`,
+        ` ${key}`,
+        key.toUpperCase() === key ? key.toLowerCase() : key.toUpperCase(),
+        createHash('sha256').update(key).digest('hex'),
+        `${createHash('sha256').update(key).digest('hex')}.json`,
+      ];
+      for (const miss of nearMisses) {
+        if (miss === key) continue;
+        assert.equal(await manager.onSessionLookup(miss), null, `lookup ${JSON.stringify(miss)}`);
+        await manager.onSessionClosed(miss);
+      }
+      assert.deepEqual((await manager.onSessionLookup(key))?.info, { ok: true }, 'closing near misses left it alone');
+    });
+
+    it('treats hostile keys as unknown keys', async (t) => {
+      const manager = await setup(t);
+      const bystander = newSession({ bystander: true });
+      await manager.onSessionCreated(bystander);
+      for (const key of HOSTILE_KEYS) {
+        assert.equal(await manager.onSessionLookup(key), null, `lookup ${JSON.stringify(key)}`);
+        await manager.onSessionClosed(key);
+      }
+      assert.deepEqual((await manager.onSessionLookup(bystander.key))?.info, { bystander: true });
+    });
+
+    it('stores sessions under hostile but well-formed keys as opaque strings', async (t) => {
+      const manager = await setup(t);
+      for (const key of STORABLE_HOSTILE_KEYS) {
+        await manager.onSessionCreated(newSession({ key }, key));
+      }
+      for (const key of STORABLE_HOSTILE_KEYS) {
+        const found = await manager.onSessionLookup(key);
+        assert.equal(found?.key, key);
+        assert.deepEqual(found?.info, { key });
+      }
+      for (const key of STORABLE_HOSTILE_KEYS) {
+        await manager.onSessionClosed(key);
+        assert.equal(await manager.onSessionLookup(key), null);
+      }
+    });
+  });
+}
