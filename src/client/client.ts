@@ -378,6 +378,9 @@ export class Client extends Emitter<ClientEvents> {
         // Gone for good: forget it.
         await this.forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
       } else {
+        // Not attached on this connection (connection limit, store failure): no session now, but
+        // the stored key stays for the next reconnect to try again.
+        this.currentSession = null;
         this.emit('error', toError(error));
       }
     }

@@ -310,21 +310,19 @@ export class Connection {
       this.peer.sendRaw(encodeSpecialReply(id, 'session-not-found'));
       return;
     }
-    // Check-and-register in one synchronous step: the limit holds under any number of racing restores.
-    if (!this.context.registry.tryRegister(key, this)) {
-      this.peer.sendRaw(encodeSpecialReply(id, 'max-session-connections'));
-      return;
-    }
     this.sessionBusy = true;
     let session: Session | null;
+    let json = '';
     try {
       session = await settings.manager.onSessionLookup(key);
       const parse = settings.parseInfo;
       if (session !== null && parse !== undefined && session.info !== undefined) {
         session = { ...session, info: parse(session.info) };
       }
+      // Serialised before any state changes: parsed info JSON cannot hold (a Date, a class
+      // instance) must fail the restore here, not after the session was attached to this connection.
+      if (session !== null) json = sessionToJson(session);
     } catch (error) {
-      this.context.registry.unregister(key, this);
       this.context.options.logger.error('session store failed to look up a session', { error });
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
       return;
@@ -332,12 +330,18 @@ export class Connection {
       this.sessionBusy = false;
     }
     if (session === null || !this.peer.isOpen) {
-      this.context.registry.unregister(key, this);
       this.peer.sendRaw(encodeSpecialReply(id, 'session-not-found'));
       return;
     }
+    // The limit is checked and the connection registered in one synchronous step after the lookup
+    // (the reference checked, awaited, then registered): racing restores cannot pass the limit,
+    // and a key that does not exist is "not found" for every one of them.
+    if (!this.context.registry.tryRegister(key, this)) {
+      this.peer.sendRaw(encodeSpecialReply(id, 'max-session-connections'));
+      return;
+    }
     this.currentSession = session;
-    this.peer.sendRaw(encodeReply(id, utf8(sessionToJson(session))));
+    this.peer.sendRaw(encodeReply(id, utf8(json)));
   }
 
   /** Last resort for a session request that failed unexpectedly: logged, internal-error reply. */

@@ -1,0 +1,182 @@
+/**
+ * The client's side of sessions over real sockets: the automatic restore after every reconnect
+ * (dropped connection, server restarted in process on the same port with the same store), and
+ * key persistence with fileKeyStore across Client objects (as after a process restart).
+ */
+import assert from 'node:assert/strict';
+import { access, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type TestContext, test } from 'node:test';
+import { payloadText, utf8 } from '../../protocol/payload.ts';
+import type { Client } from '../../src/client/client.ts';
+import { MaxSessionConnectionsError } from '../../src/errors.ts';
+import { fileKeyStore } from '../../src/session/file-key-store.ts';
+import type { Session } from '../../src/session/session.ts';
+import { login, SpyManager, sessionApp, sessionServer, whoami } from '../fixtures/session-helpers.ts';
+import { connectClient, startServer, waitFor } from '../helpers.ts';
+import { startServerOnPort } from '../client/helpers.ts';
+import { newestConnection, within } from '../server/wire.ts';
+
+const FAST_RECONNECT = { initialDelay: 20, maxDelay: 60 } as const;
+
+/** The next `event` of `client`, within `ms`. */
+function nextEvent<E extends 'sessionRestored' | 'sessionClosed' | 'connect' | 'disconnect' | 'error'>(
+  client: Client,
+  event: E,
+  ms = 2_000,
+): Promise<unknown> {
+  return within(new Promise((resolve) => client.once(event, resolve as never)), ms, `'${event}'`);
+}
+
+async function tempDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'duplexwire-e2e-keys-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+test('after a dropped connection the client reconnects and restores its session before anything else', async (t) => {
+  const { url, server, spy } = await sessionServer(t);
+  const client = await connectClient(t, url, { reconnect: FAST_RECONNECT });
+  const session = await login(client, 'ada');
+  const firstConn = await newestConnection(server);
+  const events: string[] = [];
+  for (const event of ['sessionCreated', 'sessionRestored', 'sessionClosed', 'connect', 'disconnect'] as const) {
+    client.on(event, () => events.push(event));
+  }
+  const restored = nextEvent(client, 'sessionRestored') as Promise<Session>;
+
+  const lost = nextEvent(client, 'disconnect');
+  firstConn.terminate();
+  await lost;
+  // Sent while disconnected: waits, and runs once the session is back.
+  const asked = client.request('whoami', utf8(''), { timeout: 2_000 });
+  const again = await restored;
+  assert.equal(again.key, session.key);
+  assert.deepEqual(again.info, { user: 'ada' });
+  assert.equal(again.creation.getTime(), session.creation.getTime());
+  assert.deepEqual(JSON.parse(payloadText(await asked)), { key: session.key, info: { user: 'ada' } });
+
+  await waitFor(() => client.isConnected, 1_000, 'connected');
+  assert.deepEqual(events, ['disconnect', 'sessionRestored', 'connect'], 'restored before connect; never closed');
+  assert.equal(client.session, again);
+  const secondConn = await newestConnection(server);
+  assert.notEqual(secondConn, firstConn);
+  assert.equal(secondConn.session?.key, session.key);
+  assert.deepEqual(server.sessionConnections(session.key), [secondConn]);
+  assert.equal(spy.count('lookup'), 1);
+});
+
+test('after an in-process server restart on the same port (same store), the session is restored', async (t) => {
+  const spy = new SpyManager(); // one store for both server generations
+  const { url, server, port } = await startServer(t, { sessionManager: spy, onRequest: sessionApp });
+  const client = await connectClient(t, url, { reconnect: FAST_RECONNECT });
+  const session = await login(client, 'ada');
+
+  const restored = nextEvent(client, 'sessionRestored', 3_000) as Promise<Session>;
+  await server.shutdown({ timeout: 200 });
+  const next = await startServerOnPort(t, port, { sessionManager: spy, onRequest: sessionApp });
+  const again = await restored;
+  assert.equal(again.key, session.key);
+  assert.deepEqual(again.info, { user: 'ada' });
+  await waitFor(() => client.isConnected, 1_000, 'connected');
+  assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'ada' } });
+  assert.equal(next.activeSessionCount, 1);
+  assert.equal(spy.count('closed'), 0, 'a shutdown closes connections, not sessions');
+});
+
+test('fileKeyStore: a new Client with the same key store restores the session on its first connect', async (t) => {
+  const { url, spy } = await sessionServer(t);
+  const path = join(await tempDir(t), 'nested', 'session-key');
+
+  const first = await connectClient(t, url, { sessionKeyStore: fileKeyStore(path) });
+  const session = await login(first, 'ada');
+  // The key is saved in the background: poll the file.
+  const deadline = Date.now() + 1_000;
+  while ((await readFile(path, 'utf8').catch(() => '')) !== session.key) {
+    assert.ok(Date.now() < deadline, 'the key file was not written');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  if (process.platform !== 'win32') assert.equal((await stat(path)).mode & 0o777, 0o600);
+  await first.close();
+  assert.equal(await readFile(path, 'utf8'), session.key, 'closing the client keeps the key');
+
+  // As after a process restart: a fresh Client object, only the file in common.
+  const second = await connectClient(t, url, { sessionKeyStore: fileKeyStore(path), autoConnect: false });
+  const events: string[] = [];
+  second.on('sessionRestored', () => events.push('sessionRestored'));
+  second.on('connect', () => events.push('connect'));
+  await second.connect();
+  assert.deepEqual(events, ['sessionRestored', 'connect']);
+  assert.equal(second.session?.key, session.key);
+  assert.deepEqual(second.session?.info, { user: 'ada' });
+  assert.deepEqual(await whoami(second), { key: session.key, info: { user: 'ada' } });
+
+  await second.closeSession();
+  assert.equal(await exists(path), false, 'closeSession removes the key file');
+  assert.equal(await spy.has(session.key), false);
+
+  // Nothing to restore now: a third Client connects without a session and without a lookup.
+  const lookups = spy.count('lookup');
+  const third = await connectClient(t, url, { sessionKeyStore: fileKeyStore(path) });
+  assert.equal(third.session, null);
+  assert.equal(spy.count('lookup'), lookups);
+});
+
+test('fileKeyStore holding a key the server does not know: cleared on connect, no session, no sessionClosed', async (t) => {
+  const { url, spy } = await sessionServer(t);
+  const path = join(await tempDir(t), 'session-key');
+  const store = fileKeyStore(path);
+  const stale = 'A'.repeat(64);
+  await store.save(stale);
+  const client = await connectClient(t, url, { sessionKeyStore: store, autoConnect: false });
+  let closedEvents = 0;
+  client.on('sessionClosed', () => closedEvents++);
+  await client.connect();
+  assert.equal(client.session, null);
+  assert.equal(closedEvents, 0, 'there was no session to close');
+  assert.deepEqual(spy.calls, [{ hook: 'lookup', key: stale }]);
+  assert.equal(await exists(path), false, 'the stale key is forgotten');
+  assert.deepEqual(await whoami(client), null);
+});
+
+test('the server lost the session while the client was away: the restore fails, sessionClosed fires', async (t) => {
+  const first = await sessionServer(t);
+  const client = await connectClient(t, first.url, { reconnect: FAST_RECONNECT });
+  await login(client, 'ada');
+  const closed = nextEvent(client, 'sessionClosed', 3_000);
+  await first.server.shutdown({ timeout: 200 });
+  // A new server on the same port with an empty store.
+  const next = await startServerOnPort(t, first.port, { sessionManager: new SpyManager(), onRequest: sessionApp });
+  await closed;
+  assert.equal(client.session, null);
+  await waitFor(() => client.isConnected, 1_000, 'connected');
+  assert.deepEqual(await whoami(client), null);
+  assert.equal(next.activeSessionCount, 0);
+});
+
+test('a reconnect whose restore hits maxSessionConnections: error event, connected without a server-side session', async (t) => {
+  const { url, server } = await sessionServer(t, { maxSessionConnections: 1 });
+  const client = await connectClient(t, url, { reconnect: { initialDelay: 150, maxDelay: 150, jitter: 0 } });
+  const { key } = await login(client, 'ada');
+  const errors: unknown[] = [];
+  client.on('error', (error) => errors.push(error));
+  (await newestConnection(server)).terminate();
+  await waitFor(() => server.activeSessionCount === 0, 1_000, 'the slot to free');
+  // Someone else takes the only slot before the client is back.
+  const other = await connectClient(t, url);
+  await other.restoreSession(key);
+  await waitFor(() => client.isConnected, 2_000, 'the client to reconnect');
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof MaxSessionConnectionsError);
+  assert.deepEqual(await whoami(client), null, 'the server did not attach the session');
+  assert.deepEqual(await whoami(other), { key, info: { user: 'ada' } });
+  assert.equal(client.session, null, 'the client follows the server: no session on this connection');
+});
