@@ -4,6 +4,7 @@
  * Transports live behind their own subpaths (`duplexwire/transports/ws`, ...), the codec behind
  * `duplexwire/protocol`.
  */
+import './client/node-default.ts';
 export { Client, type ClientEvents, type ClientOptions, type ClientState, type ServerInfo } from './client/client.ts';
 export {
   DEFAULT_CLIENT_MAX_MESSAGE_SIZE,

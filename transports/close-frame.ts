@@ -48,3 +48,51 @@ export function truncateUtf8(text: string, maxBytes: number): string {
   while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--;
   return decoder.decode(bytes.subarray(0, end));
 }
+
+/** Headers a refusal writer sets itself: an owner's copy would break the response's framing. */
+const RESERVED_REFUSAL_HEADERS: ReadonlySet<string> = new Set(['connection', 'content-length', 'content-type', 'transfer-encoding']);
+
+/** RFC 9110 §5.6.2 `token`, the header names Node's `validateHeaderName` accepts. */
+const HTTP_TOKEN = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
+
+/**
+ * A character outside RFC 9110 §5.5 `field-value` (HTAB, SP, VCHAR, obs-text), as Node's
+ * `validateHeaderValue` checks: CR and LF are among them, so a value cannot start a new header.
+ */
+const INVALID_HEADER_VALUE_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
+
+/** What a server transport writes instead of the upgrade once the owner's decision is checked. */
+export interface RefusalResponse {
+  /** 200-599. */
+  readonly status: number;
+  readonly body: string;
+  /**
+   * The owner's extra headers, validated, without the ones the writer sets itself (`Connection`,
+   * `Content-Length`, `Content-Type`, `Transfer-Encoding`). Values are meant to be written as
+   * latin1, as Node writes header strings.
+   */
+  readonly headers: ReadonlyArray<readonly [name: string, value: string]>;
+}
+
+const BARE_500: RefusalResponse = Object.freeze({ status: 500, body: '', headers: Object.freeze([]) });
+
+/**
+ * Checks a refusal decision. Invalid owner input (a status outside 200-599, a header name that is
+ * not a token, a value with CR/LF or another forbidden character) becomes a bare 500: a decision
+ * must never be able to inject bytes into the response. Shared so that every server adapter
+ * answers the same decision with the same response.
+ */
+export function refusalResponse(status: number, body = '', headers?: Readonly<Record<string, string>>): RefusalResponse {
+  if (!(Number.isInteger(status) && status >= 200 && status <= 599)) return BARE_500;
+  const extra: Array<readonly [string, string]> = [];
+  if (headers !== undefined) {
+    for (const [name, value] of Object.entries(headers)) {
+      if (RESERVED_REFUSAL_HEADERS.has(name.toLowerCase())) continue;
+      // `value` is typed string, but owners write JavaScript too: Node stringifies a number and
+      // rejects undefined, and so do we.
+      if (!HTTP_TOKEN.test(name) || value === undefined || INVALID_HEADER_VALUE_CHAR.test(String(value))) return BARE_500;
+      extra.push([name, String(value)]);
+    }
+  }
+  return { status, body, headers: extra };
+}

@@ -17,12 +17,12 @@
  * ```
  */
 
-import { createServer as createHttpServer, type IncomingMessage, STATUS_CODES, type Server as HttpServer, type ServerResponse, validateHeaderName, validateHeaderValue } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, STATUS_CODES, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type ClientOptions, type RawData, WebSocket, WebSocketServer } from 'ws';
-import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, MAX_REFUSAL_BODY_BYTES, truncateUtf8 } from './close-frame.ts';
+import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, MAX_REFUSAL_BODY_BYTES, refusalResponse, truncateUtf8 } from './close-frame.ts';
 import type {
   ClientConnectOptions,
   ClientTransport,
@@ -338,34 +338,14 @@ function buildUpgradeRequest(req: IncomingMessage, url: string, path: string): U
   };
 }
 
-/** Headers the refusal writer controls itself: an owner's copy would break the framing. */
-const RESERVED_REFUSAL_HEADERS = new Set(['connection', 'content-length', 'content-type', 'transfer-encoding']);
-
 /**
  * Writes a complete HTTP/1.1 response instead of the upgrade and closes the socket once it is
- * flushed. Invalid owner input (status, header names or values with CR/LF) becomes a bare 500:
- * a decision must never be able to inject bytes into the response.
+ * flushed. The decision is checked by `refusalResponse` (invalid input becomes a bare 500).
  */
-function refuse(socket: Duplex, status: number, body = '', headers?: Readonly<Record<string, string>>): void {
+function refuse(socket: Duplex, decidedStatus: number, decidedBody?: string, decidedHeaders?: Readonly<Record<string, string>>): void {
+  const { status, body, headers } = refusalResponse(decidedStatus, decidedBody, decidedHeaders);
   let extra = '';
-  let ok = Number.isInteger(status) && status >= 200 && status <= 599;
-  if (ok && headers !== undefined) {
-    try {
-      for (const [name, value] of Object.entries(headers)) {
-        if (RESERVED_REFUSAL_HEADERS.has(name.toLowerCase())) continue;
-        validateHeaderName(name);
-        validateHeaderValue(name, value);
-        extra += `${name}: ${value}\r\n`;
-      }
-    } catch {
-      ok = false;
-    }
-  }
-  if (!ok) {
-    status = 500;
-    body = '';
-    extra = '';
-  }
+  for (const [name, value] of headers) extra += `${name}: ${value}\r\n`;
   const bodyBytes = Buffer.from(body, 'utf8');
   const head =
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n` +

@@ -37,7 +37,7 @@ import {
 import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
-import { loadDefaultTransport } from './default-transport.ts';
+import { defaultClientTransport } from './default-transport.ts';
 import { memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';
 
 /** @default 10 s */
@@ -487,7 +487,7 @@ export class Client extends Emitter<ClientEvents> {
    * v2.1. Resolves with a promise of the connection's end.
    */
   private async connectOnce(): Promise<{ lost: Promise<{ code: number; reason: string }> }> {
-    this.transport ??= await loadDefaultTransport();
+    this.transport ??= await defaultClientTransport();
     const { options } = this;
     let peer: Peer | undefined;
     let peerHandlers: SocketHandlers | undefined;

@@ -1,11 +1,24 @@
 import type { ClientTransport } from '../../transports/types.ts';
+import { InvalidArgumentError } from '../errors.ts';
+
+type TransportFactory = () => ClientTransport | Promise<ClientTransport>;
+
+let factory: TransportFactory | undefined;
 
 /**
- * The transport a Client uses when none is given: in Node, the `ws` adapter, loaded on first use
- * so that code passing its own transport never loads `ws`. (The browser build gets a sibling of
- * this file that returns the standard-WebSocket adapter.)
+ * Sets the transport a Client uses when none is given. The package entry points set it: the Node
+ * entries to the `ws` adapter (loaded on first use, so code passing its own transport never loads
+ * `ws`), the browser entry to the standard-WebSocket adapter. This keeps the client itself free of
+ * any runtime-specific import.
  */
-export async function loadDefaultTransport(): Promise<ClientTransport> {
-  const { wsClientTransport } = await import('../../transports/ws.ts');
-  return wsClientTransport();
+export function setDefaultClientTransport(next: TransportFactory): void {
+  factory = next;
+}
+
+/** The default client transport, or a clear error when no entry point has set one. */
+export async function defaultClientTransport(): Promise<ClientTransport> {
+  if (factory === undefined) {
+    throw new InvalidArgumentError('no default transport here: pass options.transport, e.g. wsClientTransport()');
+  }
+  return factory();
 }

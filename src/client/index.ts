@@ -1,6 +1,7 @@
 /**
  * `duplexwire/client`: the client alone, without the server or anything Node-only.
  */
+import './node-default.ts';
 export { DEFAULT_RECONNECT, type ReconnectOptions } from './backoff.ts';
 export { Client, type ClientEvents, type ClientOptions, type ClientState, type ServerInfo } from './client.ts';
 export { localStorageKeyStore, memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';

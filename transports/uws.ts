@@ -1,0 +1,868 @@
+/**
+ * The server transport over uWebSockets.js, with the observable behaviour of the `ws` server
+ * transport (`ws.ts`): same upgrade requests, refusals, close codes, backpressure and lifetime
+ * rules, so the core cannot tell which one runs. Where uWS cannot match, the difference is listed
+ * on {@link uwsTransport}.
+ *
+ * uWebSockets.js is an optional peer dependency, loaded when this module is imported (the subpath
+ * `duplexwire/transports/uws`); importing `duplexwire` itself never loads it.
+ *
+ * @example
+ * ```ts
+ * import { Server } from 'duplexwire';
+ * import { uwsTransport } from 'duplexwire/transports/uws';
+ *
+ * const server = new Server({ transport: uwsTransport({ port: 8080, path: '/ws' }), onRequest });
+ * ```
+ */
+
+import { STATUS_CODES } from 'node:http';
+import { createRequire } from 'node:module';
+import { SocketAddress } from 'node:net';
+import type * as UWS from 'uWebSockets.js';
+import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, type RefusalResponse, refusalResponse, truncateUtf8 } from './close-frame.ts';
+import type {
+  SendResult,
+  ServerTransport,
+  ServerTransportHandlers,
+  ServerTransportStartOptions,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from './types.ts';
+
+/**
+ * Loaded with `require` in a try/catch rather than a static import, so that a missing optional
+ * peer dependency (or a binary built for another Node ABI) fails with an error that says what to
+ * install instead of a bare `ERR_MODULE_NOT_FOUND`.
+ */
+const uWS: typeof UWS = loadUws();
+
+function loadUws(): typeof UWS {
+  try {
+    return createRequire(import.meta.url)('uWebSockets.js') as typeof UWS;
+  } catch (cause) {
+    throw new Error(
+      'duplexwire/transports/uws needs the optional peer dependency uWebSockets.js: ' +
+        'npm install uNetworking/uWebSockets.js#semver:^20 ' +
+        '(or the alias "uWebSockets.js": "npm:@trufflesuite/uws-js-unofficial@20.30.0-unofficial.0"); ' +
+        `loading it failed with: ${(cause instanceof Error ? cause.message : String(cause)).split('\n', 1)[0]}`,
+      { cause },
+    );
+  }
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Options                                                                                     */
+/* ------------------------------------------------------------------------------------------- */
+
+/** @see UwsServerTransportOptions.host */
+export const DEFAULT_HOST = '127.0.0.1';
+/** @see UwsServerTransportOptions.port */
+export const DEFAULT_PORT = 8080;
+/** Same value as the `ws` transport and as uWS's own default `maxBackpressure`. */
+export const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
+/** @see UwsServerTransportOptions.idleTimeout */
+export const DEFAULT_IDLE_TIMEOUT = 0;
+/** @see UwsServerTransportOptions.maxBackpressure */
+export const DEFAULT_MAX_BACKPRESSURE = 64 * 1024 * 1024;
+/** @see UwsServerTransportOptions.maxPausedBytes */
+export const DEFAULT_MAX_PAUSED_BYTES = 8 * 1024 * 1024;
+
+/** TLS material for `wss:`, as files uWS reads itself (it takes paths, not PEM contents). */
+export interface UwsServerTlsOptions {
+  /** Path of the PEM private key. */
+  key: string;
+  /** Path of the PEM certificate (chain). */
+  cert: string;
+  /** For an encrypted key. @default undefined */
+  passphrase?: string;
+}
+
+/** Options of {@link uwsTransport}. */
+export interface UwsServerTransportOptions {
+  /** @default DEFAULT_HOST ('127.0.0.1'; use '0.0.0.0' or '::' to accept remote peers) */
+  host?: string;
+  /** @default DEFAULT_PORT (8080; 0 picks a free port, see `address()`) */
+  port?: number;
+  /**
+   * Only upgrades to exactly this path (query ignored) are handled; others are answered 404.
+   * @default undefined (every path)
+   */
+  path?: string;
+  /** Serve `wss:` with these files. @default undefined (plain `ws:`) */
+  tls?: UwsServerTlsOptions;
+  /**
+   * Queued outgoing bytes above which `send` answers `backpressure`.
+   * @default DEFAULT_HIGH_WATER_MARK (64 KiB)
+   */
+  highWaterMark?: number;
+  /**
+   * uWS closes a connection silent for this many seconds (0, or 8 to 960: uWS aborts the process
+   * on other values, so they are rejected here). The core runs its own read timeout.
+   * @default DEFAULT_IDLE_TIMEOUT (0, off)
+   */
+  idleTimeout?: number;
+  /**
+   * Hard cap on a socket's queued outgoing bytes (uWS `maxBackpressure`): a send that finds more
+   * queued is not written and the connection is closed with 1008. The core closes a slow consumer
+   * itself (`maxBufferedBytes`) well before this in its default configuration. Must be above
+   * `highWaterMark`.
+   * @default DEFAULT_MAX_BACKPRESSURE (64 MiB)
+   */
+  maxBackpressure?: number;
+  /**
+   * uWebSockets.js cannot stop reading one WebSocket alone, so `pause()` is emulated: messages that
+   * arrive meanwhile wait in the adapter. Once this many bytes wait (each message counted with
+   * 64 bytes of overhead), the next message closes the connection with 1008. `ws` stops reading
+   * TCP instead, which a peer feels as a stalled send rather than a close.
+   * @default DEFAULT_MAX_PAUSED_BYTES (8 MiB, about what TCP buffers would hold)
+   */
+  maxPausedBytes?: number;
+}
+
+interface ResolvedOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly path: string | undefined;
+  readonly tls: Readonly<UwsServerTlsOptions> | undefined;
+  readonly highWaterMark: number;
+  readonly idleTimeout: number;
+  readonly maxBackpressure: number;
+  readonly maxPausedBytes: number;
+}
+
+/** uWS stores these limits as C++ `unsigned int`. */
+const MAX_UINT32 = 2 ** 32 - 1;
+
+function resolveOptions(options: UwsServerTransportOptions): ResolvedOptions {
+  const host = options.host ?? DEFAULT_HOST;
+  if (typeof host !== 'string' || host === '') throw new RangeError(`host must be a non-empty string, got ${JSON.stringify(host)}`);
+  const port = options.port ?? DEFAULT_PORT;
+  if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) {
+    throw new RangeError(`port must be an integer in 0..65535, got ${port}`);
+  }
+  if (options.path !== undefined && !options.path.startsWith('/')) {
+    throw new RangeError(`path must start with '/', got ${JSON.stringify(options.path)}`);
+  }
+  const tls = options.tls;
+  if (tls !== undefined && !(typeof tls.key === 'string' && tls.key !== '' && typeof tls.cert === 'string' && tls.cert !== '')) {
+    throw new TypeError('tls.key and tls.cert must be file paths (uWebSockets.js reads the PEM files itself)');
+  }
+  const highWaterMark = options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK;
+  if (!(Number.isFinite(highWaterMark) && highWaterMark >= 0)) {
+    throw new RangeError(`highWaterMark must be a finite number >= 0, got ${highWaterMark}`);
+  }
+  const idleTimeout = options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT;
+  // uWS calls std::terminate() for 1-7 and above 960: the whole process dies, not the call.
+  if (!(Number.isInteger(idleTimeout) && (idleTimeout === 0 || (idleTimeout >= 8 && idleTimeout <= 960)))) {
+    throw new RangeError(`idleTimeout must be 0 (off) or an integer number of seconds in 8..960, got ${idleTimeout}`);
+  }
+  const maxBackpressure = options.maxBackpressure ?? DEFAULT_MAX_BACKPRESSURE;
+  if (!(Number.isInteger(maxBackpressure) && maxBackpressure <= MAX_UINT32)) {
+    throw new RangeError(`maxBackpressure must be an integer <= ${MAX_UINT32}, got ${maxBackpressure}`);
+  }
+  if (!(maxBackpressure > highWaterMark)) {
+    throw new RangeError(`maxBackpressure (${maxBackpressure}) must be above highWaterMark (${highWaterMark}), or sends are dropped before backpressure shows`);
+  }
+  const maxPausedBytes = options.maxPausedBytes ?? DEFAULT_MAX_PAUSED_BYTES;
+  if (!(Number.isFinite(maxPausedBytes) && maxPausedBytes >= 0)) {
+    throw new RangeError(`maxPausedBytes must be a finite number >= 0, got ${maxPausedBytes}`);
+  }
+  return Object.freeze({
+    host,
+    port,
+    path: options.path,
+    tls: tls === undefined ? undefined : Object.freeze({ ...tls }),
+    highWaterMark,
+    idleTimeout,
+    maxBackpressure,
+    maxPausedBytes,
+  });
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Socket adapter                                                                              */
+/* ------------------------------------------------------------------------------------------- */
+
+/** What `res.upgrade` attaches to the uWS WebSocket (uWS copies it onto `getUserData()`). */
+interface UserData {
+  readonly socket: UwsTransportSocket;
+}
+
+type UwsWebSocket = UWS.WebSocket<UserData>;
+
+/** `ws.send()` results (uWS `WebSocket::SendStatus`). */
+const SEND_DROPPED = 2;
+
+/**
+ * uWS closes on a protocol violation without a close frame and reports 1006 with one of these
+ * reasons (`WebSocketProtocol.h`). The owner gets the code `ws` would have sent, as `ws.ts` does;
+ * see uNetworking/uWebSockets#1321 for why uWS itself keeps 1006.
+ */
+const UWS_ERROR_CLOSE_CODES: ReadonlyMap<string, number> = new Map([
+  ['Received too big message', 1009],
+  ['Received too big message, or other inflation error', 1009],
+  ['Received invalid UTF-8', 1007],
+  ['Received invalid WebSocket frame', 1002],
+  ['Received invalid close payload', 1002],
+]);
+
+/** Each message waiting during a pause counts this much beyond its bytes, so empty ones are bounded too. */
+const PAUSED_MESSAGE_OVERHEAD = 64;
+
+interface Received {
+  readonly data: Uint8Array;
+  readonly binary: boolean;
+}
+
+/**
+ * {@link TransportSocket} over one uWS WebSocket.
+ *
+ * Lifetime: a uWS WebSocket may not be touched once its close callback ran (every method throws
+ * "Invalid access of closed uWS.WebSocket"). `#ws` is cleared in that callback and every method
+ * checks it, and each call into uWS is also wrapped, so no such error can reach the owner.
+ */
+class UwsTransportSocket implements TransportSocket {
+  readonly request: UpgradeRequest;
+  /** Resolves once `onClose` was delivered (or there was nobody to deliver it to). */
+  readonly closed: Promise<void>;
+  readonly #highWaterMark: number;
+  readonly #maxPausedBytes: number;
+  #ws: UwsWebSocket | undefined;
+  #handlers: SocketHandlers | undefined;
+  /** A send answered `backpressure`; the next drain below the high-water mark is owed. */
+  #drainOwed = false;
+  #paused = false;
+  /** Messages read while paused (or not yet flushed after `resume`), oldest at `#queueHead`. */
+  #queue: Received[] = [];
+  #queueHead = 0;
+  #queuedBytes = 0;
+  #flushScheduled = false;
+  #closeReported = false;
+  #resolveClosed!: () => void;
+
+  constructor(request: UpgradeRequest, highWaterMark: number, maxPausedBytes: number) {
+    this.request = request;
+    this.#highWaterMark = highWaterMark;
+    this.#maxPausedBytes = maxPausedBytes;
+    this.closed = new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+  }
+
+  get remoteAddress(): string {
+    return this.request.remoteAddress;
+  }
+
+  get bufferedAmount(): number {
+    const ws = this.#ws;
+    if (ws === undefined) return 0;
+    try {
+      return ws.getBufferedAmount();
+    } catch {
+      return 0;
+    }
+  }
+
+  /* ---- from uWS callbacks ---- */
+
+  /** The `open` callback. */
+  attach(ws: UwsWebSocket): void {
+    this.#ws = ws;
+  }
+
+  /** Installs the owner's handlers, still inside `open`: nothing was delivered before. */
+  wire(handlers: SocketHandlers): void {
+    this.#handlers = handlers;
+  }
+
+  /** The `message` callback, with bytes the adapter already copied. */
+  received(data: Uint8Array, binary: boolean): void {
+    const handlers = this.#handlers;
+    if (this.#ws === undefined || handlers === undefined) return;
+    if (!this.#paused && this.#queueLength() === 0) {
+      handlers.onMessage(data, binary);
+      return;
+    }
+    if (this.#queuedBytes >= this.#maxPausedBytes) {
+      // The peer kept sending while we could not read: what TCP would have pushed back on.
+      this.close(1008, 'read buffer limit exceeded');
+      return;
+    }
+    this.#queue.push({ data, binary });
+    this.#queuedBytes += data.byteLength + PAUSED_MESSAGE_OVERHEAD;
+    if (!this.#paused) this.#scheduleFlush();
+  }
+
+  /** The `drain` callback: uWS wrote some of its buffer. */
+  drained(): void {
+    const handlers = this.#handlers;
+    if (!this.#drainOwed || this.#ws === undefined || handlers === undefined) return;
+    if (this.bufferedAmount > this.#highWaterMark) return;
+    this.#drainOwed = false;
+    handlers.onDrain();
+  }
+
+  /** The `ping` and `pong` callbacks (uWS answers pings itself). */
+  pinged(): void {
+    if (this.#ws !== undefined) this.#handlers?.onPing();
+  }
+
+  /**
+   * The `close` callback. uWS calls it synchronously from `end()` and `close()`, so the owner is
+   * told on a microtask: `socket.close()` never re-enters the owner, as with `ws`.
+   */
+  closedByUws(code: number, reason: string): void {
+    if (this.#ws === undefined) return;
+    this.#ws = undefined;
+    queueMicrotask(() => this.#reportClose(code, reason));
+  }
+
+  #reportClose(code: number, reason: string): void {
+    if (this.#closeReported) return;
+    this.#closeReported = true;
+    const handlers = this.#handlers;
+    try {
+      // Messages read before the close are still owed to an owner that reads; a paused owner
+      // loses them with the connection (it rejects everything pending on close anyway).
+      if (handlers !== undefined) this.#deliverQueued(handlers);
+    } finally {
+      this.#queue = [];
+      this.#queueHead = 0;
+      this.#queuedBytes = 0;
+      try {
+        handlers?.onClose(code, reason);
+      } finally {
+        this.#resolveClosed();
+      }
+    }
+  }
+
+  /* ---- pause emulation ---- */
+
+  #queueLength(): number {
+    return this.#queue.length - this.#queueHead;
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    // Asynchronous like `ws` resume(): the owner calls resume() from inside its own handlers.
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      const handlers = this.#handlers;
+      if (this.#ws === undefined || handlers === undefined) return;
+      try {
+        this.#deliverQueued(handlers);
+      } finally {
+        // An owner that threw leaves the rest for the next turn, not stuck behind it.
+        if (!this.#paused && this.#queueLength() > 0) this.#scheduleFlush();
+      }
+    });
+  }
+
+  #deliverQueued(handlers: SocketHandlers): void {
+    while (!this.#paused && this.#queueLength() > 0) {
+      const next = this.#queue[this.#queueHead]!;
+      this.#queueHead++;
+      this.#queuedBytes -= next.data.byteLength + PAUSED_MESSAGE_OVERHEAD;
+      if (this.#queueHead === this.#queue.length) {
+        this.#queue = [];
+        this.#queueHead = 0;
+      } else if (this.#queueHead >= 1024 && this.#queueHead * 2 >= this.#queue.length) {
+        this.#queue = this.#queue.slice(this.#queueHead);
+        this.#queueHead = 0;
+      }
+      handlers.onMessage(next.data, next.binary);
+    }
+  }
+
+  /* ---- TransportSocket ---- */
+
+  /**
+   * Sends at once, without `ws.cork()`. Measured on loopback (20k sends of 32 bytes from outside
+   * any uWS callback): 19 ms uncorked, 22 ms with one cork per send, 2 ms for one cork around all
+   * of them. A cork per send coalesces nothing and costs ~15%; only batching several sends in one
+   * cork would pay, which the one-message-at-a-time contract cannot express. Inside uWS callbacks
+   * the socket is corked by uWS already.
+   *
+   * `dropped` is never silent: uWS refuses a send when more than `maxBackpressure` bytes are
+   * queued (result 2), and the adapter then closes with 1008, so the core sees the connection end
+   * rather than a hole in the message stream.
+   */
+  send(data: Uint8Array): SendResult {
+    return this.#send(data, true);
+  }
+
+  sendText(data: string): SendResult {
+    return this.#send(data, false);
+  }
+
+  #send(data: Uint8Array | string, binary: boolean): SendResult {
+    const ws = this.#ws;
+    if (ws === undefined) return 'dropped';
+    let status: number;
+    try {
+      status = ws.send(data, binary, false);
+    } catch {
+      return 'dropped';
+    }
+    if (status === SEND_DROPPED) {
+      this.close(1008, 'send buffer limit exceeded');
+      return 'dropped';
+    }
+    if (this.bufferedAmount > this.#highWaterMark) {
+      this.#drainOwed = true;
+      return 'backpressure';
+    }
+    return 'ok';
+  }
+
+  pause(): void {
+    if (this.#ws !== undefined) this.#paused = true;
+  }
+
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    if (this.#ws !== undefined && this.#queueLength() > 0) this.#scheduleFlush();
+  }
+
+  close(code: number, reason: string): void {
+    // An invalid code is the caller's bug, reported even on a closed socket (as `ws.ts` does).
+    assertSendableCloseCode(code);
+    const ws = this.#ws;
+    if (ws === undefined) return;
+    try {
+      // uWS sends the close frame (after what is queued) and runs the close callback at once; it
+      // does not wait for the peer's close frame.
+      ws.end(code, truncateUtf8(reason, MAX_CLOSE_REASON_BYTES));
+    } catch {
+      // Already closed by uWS: its close callback ran or is running.
+    }
+  }
+
+  terminate(): void {
+    const ws = this.#ws;
+    if (ws === undefined) return;
+    try {
+      ws.close();
+    } catch {
+      // As in close().
+    }
+  }
+
+  ping(): void {
+    const ws = this.#ws;
+    if (ws === undefined) return;
+    try {
+      ws.ping();
+    } catch {
+      // As in close().
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Upgrade requests                                                                            */
+/* ------------------------------------------------------------------------------------------- */
+
+/**
+ * Node keeps the first of these when a request repeats them instead of joining the values
+ * (`lib/_http_incoming.js` `matchKnownFields`); `cookie` is joined with '; ', the rest with ', '.
+ */
+const SINGLE_VALUE_HEADERS: ReadonlySet<string> = new Set([
+  'age',
+  'authorization',
+  'content-length',
+  'content-type',
+  'etag',
+  'expires',
+  'from',
+  'host',
+  'if-modified-since',
+  'if-unmodified-since',
+  'last-modified',
+  'location',
+  'max-forwards',
+  'proxy-authorization',
+  'referer',
+  'retry-after',
+  'server',
+  'user-agent',
+]);
+
+/** Request headers as `ws.ts` sees them through Node: lower-case names, repeats joined like Node. */
+function readHeaders(req: UWS.HttpRequest): Record<string, string | undefined> {
+  // Null prototype: header names are chosen by the peer (`__proto__`, `constructor`).
+  const headers: Record<string, string | undefined> = Object.create(null);
+  req.forEach((name, value) => {
+    const previous = headers[name];
+    if (previous === undefined) headers[name] = value;
+    else if (!SINGLE_VALUE_HEADERS.has(name)) headers[name] = `${previous}${name === 'cookie' ? '; ' : ', '}${value}`;
+  });
+  return headers;
+}
+
+/** A 16-byte nonce in base64 (RFC 6455 §4.1), the check `ws` makes. */
+const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/;
+
+/** `ws` picks the first subprotocol the client offers when no other choice is configured. */
+function firstProtocol(header: string): string {
+  const comma = header.indexOf(',');
+  return (comma === -1 ? header : header.slice(0, comma)).trim();
+}
+
+/**
+ * The peer's address in Node's notation. uWS writes IPv6 in full (`0000:...:0001`, IPv4-mapped as
+ * `...:ffff:7f00:0001`); Node's `socket.remoteAddress` uses inet_ntop's (`::1`,
+ * `::ffff:127.0.0.1`), which `SocketAddress` also produces. Applications compare these strings.
+ */
+function remoteAddressOf(res: UWS.HttpResponse): string {
+  const text = Buffer.from(res.getRemoteAddressAsText()).toString();
+  if (!text.includes(':')) return text;
+  try {
+    return new SocketAddress({ address: text, family: 'ipv6' }).address;
+  } catch {
+    return text;
+  }
+}
+
+/** Writes a refusal (already checked by `refusalResponse`) and closes the connection after it. */
+function respond(res: UWS.HttpResponse, refusal: RefusalResponse): void {
+  // Outside the route handler (after an await) uWS needs the writes corked.
+  res.cork(() => {
+    res.writeStatus(`${refusal.status} ${STATUS_CODES[refusal.status] ?? 'Unknown'}`);
+    res.writeHeader('Content-Type', 'text/plain; charset=utf-8');
+    // latin1, as Node writes header strings; uWS would encode a JS string as UTF-8.
+    for (const [name, value] of refusal.headers) res.writeHeader(name, Buffer.from(value, 'latin1'));
+    // `true`: uWS adds `Connection: close` and closes once the response is written. It adds
+    // Content-Length itself (and its own Date and `uWebSockets: 20` headers).
+    res.end(refusal.body, true);
+  });
+}
+
+function statusRefusal(status: number): RefusalResponse {
+  return refusalResponse(status, STATUS_CODES[status]);
+}
+
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
+}
+
+/* ------------------------------------------------------------------------------------------- */
+/* Server                                                                                      */
+/* ------------------------------------------------------------------------------------------- */
+
+/** How long `stop()` waits for the terminated connections' `onClose` (they normally run at once). */
+const STOP_TIMEOUT_MS = 2000;
+
+/**
+ * A server transport over uWebSockets.js.
+ *
+ * Upgrades go through `handlers.upgrade` first (async allowed: the request is read in full before
+ * and the response is guarded by `onAborted`, so a client leaving meanwhile is dropped quietly);
+ * refused ones get a plain-text HTTP response. Plain HTTP requests get 426, other upgrades 400,
+ * upgrades to another path than `path` 404.
+ *
+ * Behaviour that differs from the `ws` transport, and why:
+ * - A message over `maxMessageSize`: the owner sees 1009 as with `ws`, but the peer sees 1006,
+ *   because uWS drops the connection without a close frame (uNetworking/uWebSockets#1321).
+ *   Likewise invalid UTF-8 (owner 1007) and invalid frames (owner 1002).
+ * - `close()` does not wait for the peer's close frame: uWS sends ours and reports the close at
+ *   once, so `onClose` carries the code and reason we sent (`ws` reports the peer's echo, which a
+ *   conforming peer makes identical).
+ * - `pause()` is emulated: uWS v20.30 has no per-WebSocket pause, and its author notes that uWS
+ *   can only pause reads and writes together (uNetworking/uWebSockets.js#661), which would
+ *   withhold the drain the core waits for while it pauses on a blocked send. Messages wait in the
+ *   adapter up to `maxPausedBytes`, then the connection closes with 1008.
+ * - A send while more than `maxBackpressure` bytes are queued is `dropped` and closes with 1008
+ *   (the peer sees 1006: uWS drops the close frame too, being over the same limit).
+ * - Frames a client sends before it got the 101 are dropped by uWS (RFC 6455 §4.1 tells clients
+ *   to wait; browsers and `ws` do; uNetworking/uWebSockets#213).
+ * - uWS's HTTP parser closes the connection, without a response, on a header name with `_`.
+ * - Refusals and 426/404/400 answers carry `Connection: close` and uWS's own `Date` and
+ *   `uWebSockets` headers; plain HTTP connections are closed after the 426 (`ws` keeps them).
+ * - The upgrade URL has no trailing `?` when the query is empty (uWS does not report it).
+ * - The key and version of the handshake are checked before `handlers.upgrade` runs (`ws` checks
+ *   them after an accept); both answer 400.
+ * - `stop()` terminates accepted connections and pending upgrades; an idle keep-alive HTTP
+ *   connection (never upgraded) is closed by uWS's own HTTP timeout (10 s), uWS v20 offering no
+ *   way to close it from here.
+ *
+ * @example
+ * ```ts
+ * const transport = uwsTransport({ port: 0, path: '/ws' });
+ * await transport.start(handlers, { maxMessageSize: 1 << 20 });
+ * console.log(transport.address()); // { host: '127.0.0.1', port: 41234 }
+ * ```
+ */
+export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTransport {
+  const opts = resolveOptions(options);
+
+  type State =
+    | { kind: 'idle' }
+    | { kind: 'starting' | 'started'; run: Run; ready: Promise<void> }
+    | { kind: 'stopping'; done: Promise<void> };
+  interface Run {
+    listenSocket: UWS.us_listen_socket | undefined;
+    port: number;
+    /** Upgrades whose decision is pending. */
+    readonly pending: Set<UWS.HttpResponse>;
+    /** Accepted connections whose close callback has not run. */
+    readonly live: Set<UwsTransportSocket>;
+    stopped: boolean;
+  }
+  let state: State = { kind: 'idle' };
+
+  function createApp(): UWS.TemplatedApp {
+    if (opts.tls === undefined) return uWS.App();
+    const appOptions: UWS.AppOptions = { key_file_name: opts.tls.key, cert_file_name: opts.tls.cert };
+    if (opts.tls.passphrase !== undefined) appOptions.passphrase = opts.tls.passphrase;
+    try {
+      return uWS.SSLApp(appOptions);
+    } catch (cause) {
+      // uWS only says "App construction failed".
+      throw new Error(`uWebSockets.js could not load the TLS key ${JSON.stringify(opts.tls.key)} or certificate ${JSON.stringify(opts.tls.cert)} (missing, unreadable, or a wrong passphrase)`, {
+        cause,
+      });
+    }
+  }
+
+  function startRun(handlers: ServerTransportHandlers, startOptions: ServerTransportStartOptions): { run: Run; ready: Promise<void> } {
+    if (!(startOptions.maxMessageSize > 0)) throw new RangeError(`maxMessageSize must be > 0, got ${startOptions.maxMessageSize}`);
+    const app = createApp();
+    const run: Run = { listenSocket: undefined, port: 0, pending: new Set(), live: new Set(), stopped: false };
+
+    const accept = (res: UWS.HttpResponse, request: UpgradeRequest, key: string, protocol: string, extensions: string, context: UWS.us_socket_context_t): void => {
+      const socket = new UwsTransportSocket(request, opts.highWaterMark, opts.maxPausedBytes);
+      // uWS runs `open` synchronously inside upgrade().
+      res.cork(() => res.upgrade<UserData>({ socket }, key, protocol, extensions, context));
+    };
+
+    const upgrade = (res: UWS.HttpResponse, req: UWS.HttpRequest, context: UWS.us_socket_context_t): void => {
+      // `req` lives on uWS's stack until this handler returns: read all of it first.
+      const path = req.getUrl();
+      // getQuery() is undefined (not '') without a query, despite its typings.
+      const query = (req.getQuery() as string | undefined) ?? '';
+      const headers = readHeaders(req);
+      const key = headers['sec-websocket-key'] ?? '';
+      const version = headers['sec-websocket-version'];
+      const protocol = firstProtocol(headers['sec-websocket-protocol'] ?? '');
+      const extensions = headers['sec-websocket-extensions'] ?? '';
+      const remoteAddress = remoteAddressOf(res);
+      // Before any async step: a response used after its client left is a crash in uWS.
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+        run.pending.delete(res);
+      });
+
+      if (opts.path !== undefined && path !== opts.path) {
+        respond(res, statusRefusal(404));
+        return;
+      }
+      // Other protocols (h2c) are not ours; a bad key or version would fail the handshake.
+      if (headers.upgrade?.toLowerCase() !== 'websocket' || !WEBSOCKET_KEY.test(key) || (version !== '13' && version !== '8')) {
+        respond(res, statusRefusal(400));
+        return;
+      }
+      if (run.stopped) {
+        res.close();
+        return;
+      }
+      const request: UpgradeRequest = { url: query === '' ? path : `${path}?${query}`, path, query, headers, remoteAddress };
+
+      const decide = (decision: UpgradeDecision): void => {
+        if (aborted) return;
+        if (run.stopped) {
+          res.close();
+          return;
+        }
+        // Owners write JavaScript too: anything but an explicit accept is a refusal, and a
+        // malformed one becomes a bare 500.
+        if ((decision as Partial<UpgradeDecision> | null)?.accept === true) {
+          accept(res, request, key, protocol, extensions, context);
+        } else {
+          const refusal = decision as Partial<Extract<UpgradeDecision, { accept: false }>> | null;
+          respond(res, refusalResponse(refusal?.status ?? 500, refusal?.body, refusal?.headers));
+        }
+      };
+
+      let result: UpgradeDecision | PromiseLike<UpgradeDecision>;
+      try {
+        result = handlers.upgrade(request);
+      } catch {
+        result = { accept: false, status: 500 };
+      }
+      if (!isPromiseLike(result)) {
+        decide(result);
+        return;
+      }
+      run.pending.add(res);
+      Promise.resolve(result)
+        .catch((): UpgradeDecision => ({ accept: false, status: 500 }))
+        .then((decision) => {
+          run.pending.delete(res);
+          try {
+            decide(decision);
+          } catch (err) {
+            // An owner's connection() threw: surface it as `ws.ts` does, as an uncaught exception
+            // rather than a rejection nobody handles.
+            process.nextTick(() => {
+              throw err;
+            });
+          }
+        });
+    };
+
+    app
+      .ws<UserData>('/*', {
+        compression: uWS.DISABLED,
+        // uWS compares lengths against an unsigned int.
+        maxPayloadLength: Math.min(Math.floor(startOptions.maxMessageSize), MAX_UINT32),
+        maxBackpressure: opts.maxBackpressure,
+        idleTimeout: opts.idleTimeout,
+        sendPingsAutomatically: false,
+        upgrade,
+        open(ws) {
+          const socket = ws.getUserData().socket;
+          socket.attach(ws);
+          run.live.add(socket);
+          let socketHandlers: SocketHandlers;
+          try {
+            socketHandlers = handlers.connection(socket, socket.request);
+          } catch (err) {
+            socket.terminate();
+            throw err;
+          }
+          socket.wire(socketHandlers);
+        },
+        message(ws, message, isBinary) {
+          // uWS neuters `message` when this callback returns: the owner gets its own copy.
+          ws.getUserData().socket.received(new Uint8Array(message.slice(0)), isBinary);
+        },
+        drain(ws) {
+          ws.getUserData().socket.drained();
+        },
+        ping(ws) {
+          ws.getUserData().socket.pinged();
+        },
+        pong(ws) {
+          ws.getUserData().socket.pinged();
+        },
+        close(ws, code, message) {
+          const socket = ws.getUserData().socket;
+          run.live.delete(socket);
+          const reason = Buffer.from(message).toString('utf8');
+          if (code === 1006) socket.closedByUws(UWS_ERROR_CLOSE_CODES.get(reason) ?? 1006, '');
+          else socket.closedByUws(code, reason);
+        },
+      })
+      .any('/*', (res, req) => {
+        // Requests that are not WebSocket upgrades (uWS routes only those with a 24-character
+        // key to `upgrade`), answered as the `ws` transport's own HTTP server does.
+        const upgradeHeader = req.getHeader('upgrade');
+        const path = req.getUrl();
+        if (upgradeHeader === '') respond(res, statusRefusal(426));
+        else respond(res, statusRefusal(opts.path !== undefined && path !== opts.path ? 404 : 400));
+      });
+
+    const ready = new Promise<void>((resolve, reject) => {
+      app.listen(opts.host, opts.port, (listenSocket) => {
+        if (listenSocket === false) {
+          run.stopped = true;
+          // uWS does not say why; a taken port is by far the usual reason.
+          const err = new Error(`listen EADDRINUSE: address already in use, or not available: ${opts.host}:${opts.port}`);
+          reject(Object.assign(err, { code: 'EADDRINUSE', address: opts.host, port: opts.port }));
+          return;
+        }
+        if (run.stopped) {
+          // stop() ran while listen() was in progress: do not stay listening.
+          uWS.us_listen_socket_close(listenSocket);
+          resolve();
+          return;
+        }
+        run.listenSocket = listenSocket;
+        run.port = uWS.us_socket_local_port(listenSocket as unknown as UWS.us_socket);
+        resolve();
+      });
+    });
+    return { run, ready };
+  }
+
+  async function stopRun(run: Run): Promise<void> {
+    run.stopped = true;
+    if (run.listenSocket !== undefined) {
+      uWS.us_listen_socket_close(run.listenSocket);
+      run.listenSocket = undefined;
+    }
+    // close() runs onAborted, which removes the response from `pending`.
+    for (const res of [...run.pending]) {
+      try {
+        res.close();
+      } catch {
+        // Already gone.
+      }
+    }
+    run.pending.clear();
+    const sockets = [...run.live];
+    for (const socket of sockets) socket.terminate();
+    // uWS runs the close callbacks inside terminate(); the owners hear of it on a microtask.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all(sockets.map((socket) => socket.closed)),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, STOP_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  const transport: ServerTransport = {
+    start(handlers, startOptions) {
+      if (state.kind === 'starting' || state.kind === 'started') return state.ready;
+      if (state.kind === 'stopping') {
+        return state.done.then(() => transport.start(handlers, startOptions));
+      }
+      let started: { run: Run; ready: Promise<void> };
+      try {
+        started = startRun(handlers, startOptions);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      const current: State = { kind: 'starting', ...started };
+      state = current;
+      // Registered before the caller's handlers, so the state is settled when they run.
+      started.ready.then(
+        () => {
+          if (state === current) state = { kind: 'started', ...started };
+        },
+        () => {
+          if (state === current) state = { kind: 'idle' };
+        },
+      );
+      return started.ready;
+    },
+
+    address() {
+      if (state.kind !== 'started' && state.kind !== 'starting') return null;
+      if (state.run.listenSocket === undefined) return null;
+      return { host: opts.host, port: state.run.port };
+    },
+
+    stop() {
+      if (state.kind === 'idle') return Promise.resolve();
+      if (state.kind === 'stopping') return state.done;
+      const done = stopRun(state.run).finally(() => {
+        if (state.kind === 'stopping' && state.done === done) state = { kind: 'idle' };
+      });
+      state = { kind: 'stopping', done };
+      return done;
+    },
+  };
+  return transport;
+}
