@@ -8,7 +8,7 @@ import { Client, type ClientOptions } from '../src/client/client.ts';
 import type { Logger } from '../src/logger.ts';
 import type { ServerOptions } from '../src/server/options.ts';
 import { Server } from '../src/server/server.ts';
-import { wsClientTransport, wsTransport } from '../transports/ws.ts';
+import { transportUnderTest } from './transport-under-test.ts';
 
 export interface LogEntry {
   readonly level: 'error' | 'warn' | 'info' | 'debug';
@@ -34,7 +34,7 @@ export interface TestServer {
   readonly logger: ReturnType<typeof recordingLogger>;
 }
 
-/** Starts a Server on 127.0.0.1:0 over ws; shut down after the test. */
+/** Starts a Server on 127.0.0.1:0 over the transport under test; shut down after the test. */
 export async function startServer(
   t: TestContext,
   options: Omit<ServerOptions, 'transport'> & { path?: string } = {},
@@ -42,20 +42,20 @@ export async function startServer(
   const logger = recordingLogger();
   const { path, ...rest } = options;
   const server = new Server({
-    transport: wsTransport({ host: '127.0.0.1', port: 0, ...(path === undefined ? {} : { path }) }),
+    transport: transportUnderTest().server(path === undefined ? {} : { path }),
     logger,
     ...rest,
   });
   await server.listen();
   t.after(() => server.shutdown({ timeout: 200 }));
-  const port = server.address()!.port;
+  const port = server.address()?.port ?? 0;
   return { server, url: `ws://127.0.0.1:${port}${path ?? '/'}`, port, logger };
 }
 
-/** A client over ws, closed after the test. Waits until connected unless `autoConnect` is false. */
+/** A client over the transport under test, closed after the test. Waits until connected unless `autoConnect` is false. */
 export async function connectClient(t: TestContext, url: string, options: ClientOptions = {}): Promise<Client> {
   const client = new Client(url, {
-    transport: wsClientTransport(),
+    transport: transportUnderTest().client(),
     logger: recordingLogger(),
     reconnect: false,
     ...options,

@@ -568,9 +568,9 @@ const STOP_TIMEOUT_MS = 2000;
  * upgrades to another path than `path` 404.
  *
  * Behaviour that differs from the `ws` transport, and why:
- * - A message over `maxMessageSize`: the owner sees 1009 as with `ws`, but the peer sees 1006,
- *   because uWS drops the connection without a close frame (uNetworking/uWebSockets#1321).
- *   Likewise invalid UTF-8 (owner 1007) and invalid frames (owner 1002).
+ * - A message over `maxMessageSize` closes with 1009 as with `ws`; but one over twice the limit
+ *   is cut off by uWS itself without a close frame (uNetworking/uWebSockets#1321): the owner
+ *   sees 1009, the peer 1006. Likewise invalid UTF-8 (owner 1007) and invalid frames (owner 1002).
  * - `close()` does not wait for the peer's close frame: uWS sends ours and reports the close at
  *   once, so `onClose` carries the code and reason we sent (`ws` reports the peer's echo, which a
  *   conforming peer makes identical).
@@ -721,8 +721,12 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     app
       .ws<UserData>('/*', {
         compression: uWS.DISABLED,
-        // uWS compares lengths against an unsigned int.
-        maxPayloadLength: Math.min(Math.floor(startOptions.maxMessageSize), MAX_UINT32),
+        // uWS drops a connection whose message is over maxPayloadLength without a close frame
+        // (the peer sees 1006). Its cap is set at twice the limit, and messages between the two
+        // are refused here with a real 1009 close frame, as the ws transport does; only a peer
+        // sending more than twice the limit is cut off by uWS itself. (uWS compares lengths
+        // against an unsigned int.)
+        maxPayloadLength: Math.min(Math.floor(startOptions.maxMessageSize) * 2, MAX_UINT32),
         maxBackpressure: opts.maxBackpressure,
         idleTimeout: opts.idleTimeout,
         sendPingsAutomatically: false,
@@ -741,8 +745,13 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
           socket.wire(socketHandlers);
         },
         message(ws, message, isBinary) {
+          const socket = ws.getUserData().socket;
+          if (message.byteLength > startOptions.maxMessageSize) {
+            socket.close(1009, 'message too big');
+            return;
+          }
           // uWS neuters `message` when this callback returns: the owner gets its own copy.
-          ws.getUserData().socket.received(new Uint8Array(message.slice(0)), isBinary);
+          socket.received(new Uint8Array(message.slice(0)), isBinary);
         },
         drain(ws) {
           ws.getUserData().socket.drained();

@@ -12,7 +12,7 @@ import type { ServerOptions } from '../../src/server/options.ts';
 import { Server } from '../../src/server/server.ts';
 import { memoryTransport } from '../../transports/memory.ts';
 import { hex, recordingLogger, waitFor } from '../helpers.ts';
-import { deferred, outcome } from './helpers.ts';
+import { deferred, outcome } from '../conformance/client/helpers.ts';
 
 async function memoryPair(
   t: TestContext,

@@ -379,7 +379,7 @@ test('a client that leaves during an async decision is dropped quietly, accepted
   await until(() => server.accepted[0]?.rec.messages.length === 1, 'message');
 });
 
-test('a message over maxMessageSize: the owner sees 1009, the peer 1006 (uWS sends no close frame)', async (t) => {
+test('a message over maxMessageSize closes with 1009 on both ends, with a reason', async (t) => {
   const server = await startServer(t, { maxMessageSize: 1000 });
   const { socket, rec } = await connect(t, server.url);
   await until(() => server.accepted.length === 1, 'connection');
@@ -388,6 +388,17 @@ test('a message over maxMessageSize: the owner sees 1009, the peer 1006 (uWS sen
   const remote = server.accepted[0]!;
   await until(() => remote.rec.closes.length === 1 && rec.closes.length === 1, 'both closes');
   assert.equal(remote.rec.messages.length, 1);
+  assert.deepEqual(remote.rec.closes, [{ code: 1009, reason: 'message too big' }]);
+  assert.deepEqual(rec.closes, [{ code: 1009, reason: 'message too big' }]);
+});
+
+test('a message over twice maxMessageSize is cut off by uWS: the owner sees 1009, the peer 1006', async (t) => {
+  const server = await startServer(t, { maxMessageSize: 1000 });
+  const { socket, rec } = await connect(t, server.url);
+  await until(() => server.accepted.length === 1, 'connection');
+  assert.equal(socket.send(new Uint8Array(2001)), 'ok');
+  const remote = server.accepted[0]!;
+  await until(() => remote.rec.closes.length === 1 && rec.closes.length === 1, 'both closes');
   assert.deepEqual(remote.rec.closes, [{ code: 1009, reason: '' }]);
   assert.deepEqual(rec.closes, [{ code: 1006, reason: '' }]);
 });

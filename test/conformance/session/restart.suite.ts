@@ -12,13 +12,13 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, type TestContext, test } from 'node:test';
-import type { Client } from '../../src/client/client.ts';
-import type { Session } from '../../src/session/session.ts';
+import type { Client } from '../../../src/client/client.ts';
+import type { Session } from '../../../src/session/session.ts';
 import { ROOT } from '../client/helpers.ts';
-import { login, whoami } from '../fixtures/session-helpers.ts';
-import { connectClient, waitFor } from '../helpers.ts';
+import { login, whoami } from '../../fixtures/session-helpers.ts';
+import { connectClient, waitFor } from '../../helpers.ts';
 import { within } from '../server/wire.ts';
-import { connectRedis, deletePrefix, keysWithPrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from './redis.ts';
+import { connectRedis, deletePrefix, keysWithPrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../../session/redis.ts';
 
 interface Child {
   readonly child: ChildProcess;

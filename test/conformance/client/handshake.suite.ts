@@ -6,11 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decode } from '../../protocol/decode.ts';
-import { encodeReply, encodeSignal } from '../../protocol/encode.ts';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { ConnectError, IncompatibleServerError } from '../../src/errors.ts';
-import { connectClient, delay, hex, waitFor } from '../helpers.ts';
+import { decode } from '../../../protocol/decode.ts';
+import { encodeReply, encodeSignal } from '../../../protocol/encode.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { ConnectError, IncompatibleServerError } from '../../../src/errors.ts';
+import { connectClient, delay, hex, waitFor } from '../../helpers.ts';
 import { acceptConf, outcome, type RawConnection, rawServer } from './helpers.ts';
 
 const lazy = { autoConnect: false, reconnect: { initialDelay: 20, maxDelay: 50 } } as const;

@@ -5,9 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { utf8 } from '../../protocol/payload.ts';
-import { DisconnectedError } from '../../src/errors.ts';
-import { connectClient, waitFor } from '../helpers.ts';
+import { utf8 } from '../../../protocol/payload.ts';
+import { DisconnectedError } from '../../../src/errors.ts';
+import { connectClient, waitFor } from '../../helpers.ts';
 import { outcome, spawnServer } from './helpers.ts';
 
 const REQUESTS = 20;

@@ -5,19 +5,19 @@
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import { binary, payloadText, utf8, utf16 } from '../../protocol/payload.ts';
-import type { Payload } from '../../protocol/types.ts';
-import type { ClientOptions } from '../../src/client/client.ts';
+import { binary, payloadText, utf8, utf16 } from '../../../protocol/payload.ts';
+import type { Payload } from '../../../protocol/types.ts';
+import type { ClientOptions } from '../../../src/client/client.ts';
 import {
   CanceledError,
   InternalError,
   PeerUnsupportedError,
   RequestError,
   TimeoutError,
-} from '../../src/errors.ts';
-import type { ServerOptions } from '../../src/server/options.ts';
-import type { Connection } from '../../src/server/connection.ts';
-import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../helpers.ts';
+} from '../../../src/errors.ts';
+import type { ServerOptions } from '../../../src/server/options.ts';
+import type { Connection } from '../../../src/server/connection.ts';
+import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { abortedWithin, outcome } from './helpers.ts';
 
 /** A server and one client; resolves with the server side of that client's connection. */

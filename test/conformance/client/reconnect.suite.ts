@@ -5,19 +5,19 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { Client, type ClientOptions } from '../../src/client/client.ts';
-import { ConnectError, DisconnectedError, QueueFullError, TimeoutError } from '../../src/errors.ts';
-import type { Connection } from '../../src/server/connection.ts';
-import { wsClientTransport } from '../../transports/ws.ts';
-import { connectClient, delay, recordingLogger, startServer, waitFor } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { Client, type ClientOptions } from '../../../src/client/client.ts';
+import { ConnectError, DisconnectedError, QueueFullError, TimeoutError } from '../../../src/errors.ts';
+import type { Connection } from '../../../src/server/connection.ts';
+import { transportUnderTest } from '../../transport-under-test.ts';
+import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { aborted, freePort, outcome, startServerOnPort } from './helpers.ts';
 
 const echo = { onRequest: (_conn: Connection, msg: { payload: ReturnType<typeof utf8> }) => msg.payload };
 
 /** A client that is not awaited: for tests where no server answers. Closed after the test. */
 function looseClient(t: { after(fn: () => unknown): void }, url: string, options: ClientOptions): Client {
-  const client = new Client(url, { transport: wsClientTransport(), logger: recordingLogger(), ...options });
+  const client = new Client(url, { transport: transportUnderTest().client(), logger: recordingLogger(), ...options });
   t.after(() => client.close());
   return client;
 }

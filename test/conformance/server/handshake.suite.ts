@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { connectClient, hex, rawPeer, startServer } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { connectClient, hex, rawPeer, startServer } from '../../helpers.ts';
 import { bytes, id, newestConnection, takeAcceptConf, within } from './wire.ts';
 
 test('AcceptConf with the defaults: v2.1, 60000 ms, 1 MiB, no sub-protocol', async (t) => {

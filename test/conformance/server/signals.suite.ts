@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { binary, encodeUtf16le, payloadText, utf16, utf8 } from '../../protocol/payload.ts';
-import type { Payload } from '../../protocol/types.ts';
-import type { IncomingMessage } from '../../src/peer/peer.ts';
-import { connectClient, hex, rawPeer, startServer, waitFor } from '../helpers.ts';
+import { binary, encodeUtf16le, payloadText, utf16, utf8 } from '../../../protocol/payload.ts';
+import type { Payload } from '../../../protocol/types.ts';
+import type { IncomingMessage } from '../../../src/peer/peer.ts';
+import { connectClient, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { bytes, newestConnection, takeAcceptConf, within } from './wire.ts';
 
 const SIGNALS: ReadonlyArray<readonly [string, Payload]> = [

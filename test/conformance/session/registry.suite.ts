@@ -6,9 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
-import type { Client } from '../../src/client/client.ts';
-import { MaxSessionConnectionsError } from '../../src/errors.ts';
-import { defaultKeyGenerator } from '../../src/session/session.ts';
+import type { Client } from '../../../src/client/client.ts';
+import { MaxSessionConnectionsError } from '../../../src/errors.ts';
+import { defaultKeyGenerator } from '../../../src/session/session.ts';
 import {
   login,
   sendRestore,
@@ -17,8 +17,8 @@ import {
   skipAcceptConf,
   typeAndId,
   whoami,
-} from '../fixtures/session-helpers.ts';
-import { connectClient, hex, type RawPeer, rawPeer, waitFor } from '../helpers.ts';
+} from '../../fixtures/session-helpers.ts';
+import { connectClient, hex, type RawPeer, rawPeer, waitFor } from '../../helpers.ts';
 import { newestConnection } from '../server/wire.ts';
 
 test('activeSessionCount and sessionConnections follow creates, restores, closes and departures', async (t) => {

@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { connectClient, rawPeer, startServer } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { connectClient, rawPeer, startServer } from '../../helpers.ts';
 import { bytes, id, newestConnection, takeAcceptConf, within } from './wire.ts';
 
 async function expectViolation(t: TestContext, message: Uint8Array | string, expectedCode: number): Promise<void> {

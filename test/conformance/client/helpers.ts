@@ -8,15 +8,15 @@ import { createServer } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket, WebSocketServer } from 'ws';
-import { encodeAcceptConf } from '../../protocol/encode.ts';
-import { encodeUtf8 } from '../../protocol/payload.ts';
-import type { ServerOptions } from '../../src/server/options.ts';
-import { Server } from '../../src/server/server.ts';
-import { wsTransport } from '../../transports/ws.ts';
-import { recordingLogger } from '../helpers.ts';
+import { encodeAcceptConf } from '../../../protocol/encode.ts';
+import { encodeUtf8 } from '../../../protocol/payload.ts';
+import type { ServerOptions } from '../../../src/server/options.ts';
+import { Server } from '../../../src/server/server.ts';
+import { transportUnderTest } from '../../transport-under-test.ts';
+import { recordingLogger } from '../../helpers.ts';
 
 /** The package root, as the working directory of child processes. */
-export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
 export interface Deferred<T> {
   readonly promise: Promise<T>;
@@ -222,7 +222,7 @@ export async function startServerOnPort(
 ): Promise<Server> {
   const deadline = Date.now() + 1_500;
   for (;;) {
-    const server = new Server({ transport: wsTransport({ host: '127.0.0.1', port }), logger: recordingLogger(), ...options });
+    const server = new Server({ transport: transportUnderTest().server({ port }), logger: recordingLogger(), ...options });
     try {
       await server.listen();
       t.after(() => server.shutdown({ timeout: 200 }));

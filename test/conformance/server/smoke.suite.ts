@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { connectClient, startServer } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { connectClient, startServer } from '../../helpers.ts';
 
 test('echo request over ws', async (t) => {
   const { url } = await startServer(t, { onRequest: (_c, msg) => msg.payload });

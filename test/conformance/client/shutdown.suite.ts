@@ -6,12 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { Client } from '../../src/client/client.ts';
-import { ConnectError, DisconnectedError, ShutdownError } from '../../src/errors.ts';
-import type { Connection } from '../../src/server/connection.ts';
-import { wsClientTransport } from '../../transports/ws.ts';
-import { connectClient, delay, recordingLogger, startServer, waitFor } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { Client } from '../../../src/client/client.ts';
+import { ConnectError, DisconnectedError, ShutdownError } from '../../../src/errors.ts';
+import type { Connection } from '../../../src/server/connection.ts';
+import { transportUnderTest } from '../../transport-under-test.ts';
+import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { aborted, deferred, outcome } from './helpers.ts';
 
 test('shutdown timeline: in-flight reply delivered, new requests refused, 503, signals dropped, 1001', async (t) => {
@@ -55,7 +55,7 @@ test('shutdown timeline: in-flight reply delivered, new requests refused, 503, s
   assert.deepEqual(started, ['slow'], 'no handler ran for the refused requests');
 
   // A new connection: refused over HTTP with 503.
-  const fresh = new Client(url, { transport: wsClientTransport(), logger: recordingLogger(), reconnect: false, autoConnect: false });
+  const fresh = new Client(url, { transport: transportUnderTest().client(), logger: recordingLogger(), reconnect: false, autoConnect: false });
   t.after(() => fresh.close());
   const refused = await outcome(fresh.connect());
   assert.ok(refused.error instanceof ConnectError, String(refused.error));

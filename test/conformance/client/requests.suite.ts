@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { binary, EMPTY_PAYLOAD, payloadText, utf8, utf16 } from '../../protocol/payload.ts';
-import { Client } from '../../src/client/client.ts';
+import { binary, EMPTY_PAYLOAD, payloadText, utf8, utf16 } from '../../../protocol/payload.ts';
+import { Client } from '../../../src/client/client.ts';
 import {
   CanceledError,
   DisconnectedError,
@@ -14,10 +14,10 @@ import {
   ProtocolError,
   RequestError,
   TimeoutError,
-} from '../../src/errors.ts';
-import type { Connection } from '../../src/server/connection.ts';
-import { wsClientTransport } from '../../transports/ws.ts';
-import { connectClient, delay, hex, recordingLogger, startServer, waitFor } from '../helpers.ts';
+} from '../../../src/errors.ts';
+import type { Connection } from '../../../src/server/connection.ts';
+import { transportUnderTest } from '../../transport-under-test.ts';
+import { connectClient, delay, hex, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { abortedWithin, freePort, outcome, startServerOnPort } from './helpers.ts';
 
 test('echo in the three encodings, empty payloads and name-only requests', async (t) => {
@@ -186,7 +186,7 @@ test('every pending request settles exactly once, with mixed outcomes', async (t
 test('requests waiting for the connection settle exactly once too (connect, timeout, abort, close)', async (t) => {
   const port = await freePort();
   const client = new Client(`ws://127.0.0.1:${port}/`, {
-    transport: wsClientTransport(),
+    transport: transportUnderTest().client(),
     logger: recordingLogger(),
     reconnect: { delay: () => 30 },
   });

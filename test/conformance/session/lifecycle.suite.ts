@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { utf8 } from '../../protocol/payload.ts';
+import { utf8 } from '../../../protocol/payload.ts';
 import {
   DisconnectedError,
   InternalError,
@@ -16,8 +16,8 @@ import {
   RequestError,
   SessionNotFoundError,
   SessionsDisabledError,
-} from '../../src/errors.ts';
-import { defaultKeyGenerator, type Session, type SessionKeyGenerator } from '../../src/session/session.ts';
+} from '../../../src/errors.ts';
+import { defaultKeyGenerator, type Session, type SessionKeyGenerator } from '../../../src/session/session.ts';
 import {
   countingGenerator,
   login,
@@ -32,8 +32,8 @@ import {
   skipAcceptConf,
   typeAndId,
   whoami,
-} from '../fixtures/session-helpers.ts';
-import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../helpers.ts';
+} from '../../fixtures/session-helpers.ts';
+import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { newestConnection } from '../server/wire.ts';
 
 test('type 21 arrives before the reply of the request that created the session, JSON k,c,l,i', async (t) => {

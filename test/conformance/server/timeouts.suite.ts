@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { connectClient, delay, rawPeer, startServer, waitFor } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { connectClient, delay, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { bytes, newestConnection, takeAcceptConf, within } from './wire.ts';
 
 /** Runs `tick` every `period` ms, `count` times at most; returns a stop function. */

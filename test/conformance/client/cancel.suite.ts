@@ -5,11 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decode } from '../../protocol/decode.ts';
-import { encodeReply } from '../../protocol/encode.ts';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { CanceledError, TimeoutError } from '../../src/errors.ts';
-import { connectClient, delay, hex, startServer, waitFor } from '../helpers.ts';
+import { decode } from '../../../protocol/decode.ts';
+import { encodeReply } from '../../../protocol/encode.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { CanceledError, TimeoutError } from '../../../src/errors.ts';
+import { connectClient, delay, hex, startServer, waitFor } from '../../helpers.ts';
 import { abortedWithin, acceptConf, outcome, rawServer } from './helpers.ts';
 
 /** A server whose 'slow' handler waits for its signal and records what it saw. */

@@ -2,9 +2,9 @@
  * Byte-building helpers for the server tests that script a raw peer. Not a test file itself.
  */
 import assert from 'node:assert/strict';
-import type { Server } from '../../src/server/server.ts';
-import type { Connection } from '../../src/server/connection.ts';
-import { hex, type RawPeer, waitFor } from '../helpers.ts';
+import type { Server } from '../../../src/server/server.ts';
+import type { Connection } from '../../../src/server/connection.ts';
+import { hex, type RawPeer, waitFor } from '../../helpers.ts';
 
 /** Concatenates numbers (one byte each), byte arrays and ASCII strings. */
 export function bytes(...parts: Array<number | Uint8Array | string>): Uint8Array {

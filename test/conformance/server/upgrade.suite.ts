@@ -6,11 +6,11 @@ import assert from 'node:assert/strict';
 import type { IncomingMessage } from 'node:http';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
-import { payloadText, utf8 } from '../../protocol/payload.ts';
-import { ConnectError } from '../../src/errors.ts';
-import type { Connection } from '../../src/server/connection.ts';
-import type { UpgradeRequest } from '../../transports/types.ts';
-import { connectClient, delay, startServer } from '../helpers.ts';
+import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { ConnectError } from '../../../src/errors.ts';
+import type { Connection } from '../../../src/server/connection.ts';
+import type { UpgradeRequest } from '../../../transports/types.ts';
+import { connectClient, delay, startServer } from '../../helpers.ts';
 import { newestConnection, within } from './wire.ts';
 
 interface Refusal {

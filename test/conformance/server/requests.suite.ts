@@ -4,11 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { binary, decodeUtf16le, encodeUtf16le, payloadText, utf16, utf8 } from '../../protocol/payload.ts';
-import type { Encoding, Payload } from '../../protocol/types.ts';
-import { InternalError, RequestError } from '../../src/errors.ts';
-import type { IncomingMessage } from '../../src/peer/peer.ts';
-import { connectClient, hex, rawPeer, startServer } from '../helpers.ts';
+import { binary, decodeUtf16le, encodeUtf16le, payloadText, utf16, utf8 } from '../../../protocol/payload.ts';
+import type { Encoding, Payload } from '../../../protocol/types.ts';
+import { InternalError, RequestError } from '../../../src/errors.ts';
+import type { IncomingMessage } from '../../../src/peer/peer.ts';
+import { connectClient, hex, rawPeer, startServer } from '../../helpers.ts';
 import { bytes, id, takeAcceptConf } from './wire.ts';
 
 const ENCODINGS: readonly Encoding[] = ['binary', 'utf8', 'utf16'];

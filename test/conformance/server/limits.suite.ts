@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
-import { binary, payloadText, utf8 } from '../../protocol/payload.ts';
-import { connectClient, delay, rawPeer, startServer } from '../helpers.ts';
+import { binary, payloadText, utf8 } from '../../../protocol/payload.ts';
+import { connectClient, delay, rawPeer, startServer } from '../../helpers.ts';
 import { bytes, gate, id, maskedFrames, newestConnection, takeAcceptConf, within, writeRaw } from './wire.ts';
 
 test('maxInflightRequests 4: four pending requests are fine, a fifth closes 1008', async (t) => {

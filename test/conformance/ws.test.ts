@@ -1,0 +1,4 @@
+import { wsUnderTest } from '../transport-under-test.ts';
+import { runConformance } from './suite.ts';
+
+await runConformance(wsUnderTest);
