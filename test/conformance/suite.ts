@@ -25,6 +25,7 @@ const SUITES: readonly SuiteFile[] = [
   { file: 'server/violations', network: true },
   { file: 'server/limits', network: true },
   { file: 'server/timeouts', network: true },
+  { file: 'server/stress', network: true },
   { file: 'client/requests', network: true },
   { file: 'client/cancel', network: true },
   { file: 'client/server-requests', network: true },
