@@ -122,3 +122,36 @@ test('a Client with the same sub-protocol connects', async (t) => {
   const client = await connectClient(t, url, { subProtocol: 'chat.v1' });
   assert.equal(payloadText(await client.request('x', utf8(''))), 'ok');
 });
+
+test('conn.negotiated(): true for a v2.1 client, even when asked in onClientConnected', async (t) => {
+  const verdicts: boolean[] = [];
+  const { url } = await startServer(t, {
+    onClientConnected: async (conn) => {
+      verdicts.push(await conn.negotiated());
+      if (conn.supportsRequests) conn.signal('ready', utf8('yes'));
+    },
+  });
+  const client = await connectClient(t, url, { autoConnect: false });
+  const ready = new Promise<string>((resolve) => client.once('signal', (msg) => resolve(payloadText(msg.payload))));
+  await client.connect();
+  assert.equal(await within(ready, 2_000, 'the ready signal'), 'yes');
+  assert.deepEqual(verdicts, [true]);
+});
+
+test('conn.negotiated(): false when the first message is not ClientConf, and when the peer leaves', async (t) => {
+  const { url, server } = await startServer(t, { onRequest: (_c, msg) => msg.payload });
+  const v20 = await rawPeer(t, url);
+  await takeAcceptConf(v20);
+  const first = await newestConnection(server);
+  const verdict = first.negotiated();
+  v20.send(bytes(0x7f, id(1), 1, 'e', 'x'));
+  assert.equal(await within(verdict, 2_000, 'the verdict'), false);
+  assert.equal(await first.negotiated(), false, 'asked again after the fact');
+
+  const silent = await rawPeer(t, url);
+  await takeAcceptConf(silent);
+  const second = await newestConnection(server, 2);
+  const pending = second.negotiated();
+  silent.ws.terminate();
+  assert.equal(await within(pending, 2_000, 'the verdict after leaving'), false);
+});
