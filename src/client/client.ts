@@ -37,8 +37,8 @@ import {
 import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
-import { defaultClientTransport } from './default-transport.ts';
-import { memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';
+import { defaultClientTransport, defaultSessionKeyStore } from './default-transport.ts';
+import type { SessionKeyStore } from './session-key-store.ts';
 
 /** @default 10 s */
 export const DEFAULT_REQUEST_TIMEOUT = 10_000;
@@ -82,7 +82,8 @@ export interface ClientOptions {
   /**
    * Keeps the session key between connections and runs: the session is restored after every
    * reconnect, and on the first connection when the store holds a key.
-   * @default memoryKeyStore() (use localStorageKeyStore() in browsers, fileKeyStore(path) in Node)
+   * @default memoryKeyStore() in Node (fileKeyStore(path) survives a restart), localStorageKeyStore()
+   * in browsers
    */
   readonly sessionKeyStore?: SessionKeyStore;
   /** Turns the session info received from the server into the application's shape. */
@@ -173,7 +174,7 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
     maxBufferedBytes: checkInteger('maxBufferedBytes', options.maxBufferedBytes ?? 8 * 1024 * 1024, 1024, Number.MAX_SAFE_INTEGER),
     protocolMinor,
     onRequest: options.onRequest,
-    sessionKeyStore: options.sessionKeyStore ?? memoryKeyStore(),
+    sessionKeyStore: options.sessionKeyStore ?? defaultSessionKeyStore(),
     parseSessionInfo: options.parseSessionInfo,
     logger: options.logger ?? consoleLogger,
   });

@@ -1,5 +1,6 @@
 import type { ClientTransport } from '../../transports/types.ts';
 import { InvalidArgumentError } from '../errors.ts';
+import { memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';
 
 type TransportFactory = () => ClientTransport | Promise<ClientTransport>;
 
@@ -21,4 +22,16 @@ export async function defaultClientTransport(): Promise<ClientTransport> {
     throw new InvalidArgumentError('no default transport here: pass options.transport, e.g. wsClientTransport()');
   }
   return factory();
+}
+
+let keyStoreFactory: () => SessionKeyStore = memoryKeyStore;
+
+/** Sets the session key store a Client uses when none is given (browsers: localStorage). */
+export function setDefaultSessionKeyStore(next: () => SessionKeyStore): void {
+  keyStoreFactory = next;
+}
+
+/** A new default session key store: in memory, unless an entry point chose otherwise. */
+export function defaultSessionKeyStore(): SessionKeyStore {
+  return keyStoreFactory();
 }

@@ -1,0 +1,35 @@
+/**
+ * Bundles the browser client (`duplexwire/client` under the `browser` condition) into one file a
+ * plain `<script type="module">` can import: dist/browser/duplexwire-client.js, ESM, minified,
+ * ES2020. Runs after `tsc` (npm run build) and bundles the compiled JavaScript, so the bundle is
+ * made of exactly what the package ships. `test/browser/size.test.ts` keeps its min+gzip size in
+ * budget, reading the metafile written next to it for a breakdown.
+ *
+ * esbuild fails the build on any import of a Node built-in (platform 'browser'), and
+ * `test/browser/imports.test.ts` checks the import graph itself.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const entry = join(root, 'dist/src/client/index.browser.js');
+const outfile = join(root, 'dist/browser/duplexwire-client.js');
+
+const result = await build({
+  entryPoints: [entry],
+  outfile,
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: 'es2020',
+  minify: true,
+  legalComments: 'none',
+  // Non-ASCII text stays as is instead of \u escapes: smaller, and the page serves it as UTF-8.
+  charset: 'utf8',
+  metafile: true,
+  logLevel: 'warning',
+});
+await mkdir(dirname(outfile), { recursive: true });
+await writeFile(join(root, 'dist/browser/duplexwire-client.meta.json'), JSON.stringify(result.metafile));
