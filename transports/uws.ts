@@ -21,6 +21,7 @@ import { createRequire } from 'node:module';
 import { SocketAddress } from 'node:net';
 import type * as UWS from 'uWebSockets.js';
 import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, type RefusalResponse, refusalResponse, truncateUtf8 } from './close-frame.ts';
+import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   SendResult,
   ServerTransport,
@@ -602,10 +603,6 @@ const STOP_TIMEOUT_MS = 2000;
 export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTransport {
   const opts = resolveOptions(options);
 
-  type State =
-    | { kind: 'idle' }
-    | { kind: 'starting' | 'started'; run: Run; ready: Promise<void> }
-    | { kind: 'stopping'; done: Promise<void> };
   interface Run {
     listenSocket: UWS.us_listen_socket | undefined;
     port: number;
@@ -615,7 +612,6 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     readonly live: Set<UwsTransportSocket>;
     stopped: boolean;
   }
-  let state: State = { kind: 'idle' };
 
   function createApp(): UWS.TemplatedApp {
     if (opts.tls === undefined) return uWS.App();
@@ -831,47 +827,17 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     clearTimeout(timer);
   }
 
+  const lifecycle = serverLifecycle(startRun, stopRun);
   const transport: ServerTransport = {
-    start(handlers, startOptions) {
-      if (state.kind === 'starting' || state.kind === 'started') return state.ready;
-      if (state.kind === 'stopping') {
-        return state.done.then(() => transport.start(handlers, startOptions));
-      }
-      let started: { run: Run; ready: Promise<void> };
-      try {
-        started = startRun(handlers, startOptions);
-      } catch (err) {
-        return Promise.reject(err);
-      }
-      const current: State = { kind: 'starting', ...started };
-      state = current;
-      // Registered before the caller's handlers, so the state is settled when they run.
-      started.ready.then(
-        () => {
-          if (state === current) state = { kind: 'started', ...started };
-        },
-        () => {
-          if (state === current) state = { kind: 'idle' };
-        },
-      );
-      return started.ready;
-    },
+    start: lifecycle.start,
+    stop: lifecycle.stop,
 
     address() {
-      if (state.kind !== 'started' && state.kind !== 'starting') return null;
-      if (state.run.listenSocket === undefined) return null;
-      return { host: opts.host, port: state.run.port };
+      const run = lifecycle.current();
+      if (run?.listenSocket === undefined) return null;
+      return { host: opts.host, port: run.port };
     },
 
-    stop() {
-      if (state.kind === 'idle') return Promise.resolve();
-      if (state.kind === 'stopping') return state.done;
-      const done = stopRun(state.run).finally(() => {
-        if (state.kind === 'stopping' && state.done === done) state = { kind: 'idle' };
-      });
-      state = { kind: 'stopping', done };
-      return done;
-    },
   };
   return transport;
 }

@@ -23,6 +23,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type ClientOptions, type RawData, WebSocket, WebSocketServer } from 'ws';
 import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, MAX_REFUSAL_BODY_BYTES, refusalResponse, truncateUtf8 } from './close-frame.ts';
+import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   ClientConnectOptions,
   ClientTransport,
@@ -389,10 +390,6 @@ function answerUpgradeRequired(_req: IncomingMessage, res: ServerResponse): void
 export function wsTransport(options: WsServerTransportOptions = {}): ServerTransport {
   const opts = resolveServerOptions(options);
 
-  type State =
-    | { kind: 'idle' }
-    | { kind: 'starting' | 'started'; run: Run; ready: Promise<void> }
-    | { kind: 'stopping'; done: Promise<void> };
   interface Run {
     readonly http: HttpServer | HttpsServer;
     readonly owned: boolean;
@@ -403,7 +400,6 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     readonly live: Set<WebSocket>;
     stopped: boolean;
   }
-  let state: State = { kind: 'idle' };
 
   function startRun(handlers: ServerTransportHandlers, startOptions: ServerTransportStartOptions): { run: Run; ready: Promise<void> } {
     checkMaxMessageSize(startOptions.maxMessageSize);
@@ -553,49 +549,20 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     run.http.off('error', noop);
   }
 
+  const lifecycle = serverLifecycle(startRun, stopRun);
   const transport: ServerTransport = {
-    start(handlers, startOptions) {
-      if (state.kind === 'starting' || state.kind === 'started') return state.ready;
-      if (state.kind === 'stopping') {
-        return state.done.then(() => transport.start(handlers, startOptions));
-      }
-      let started: { run: Run; ready: Promise<void> };
-      try {
-        started = startRun(handlers, startOptions);
-      } catch (err) {
-        return Promise.reject(err);
-      }
-      const current: State = { kind: 'starting', ...started };
-      state = current;
-      // Registered before the caller's handlers, so the state is settled when they run.
-      started.ready.then(
-        () => {
-          if (state === current) state = { kind: 'started', ...started };
-        },
-        () => {
-          if (state === current) state = { kind: 'idle' };
-        },
-      );
-      return started.ready;
-    },
+    start: lifecycle.start,
+    stop: lifecycle.stop,
 
     address() {
-      if (state.kind !== 'started' && state.kind !== 'starting') return null;
-      const address = state.run.http.address();
+      const run = lifecycle.current();
+      if (run === undefined) return null;
+      const address = run.http.address();
       if (address === null) return null;
       if (typeof address === 'string') return { host: address, port: 0 };
       return { host: (address satisfies AddressInfo).address, port: address.port };
     },
 
-    stop() {
-      if (state.kind === 'idle') return Promise.resolve();
-      if (state.kind === 'stopping') return state.done;
-      const done = stopRun(state.run, state.ready).finally(() => {
-        if (state.kind === 'stopping' && state.done === done) state = { kind: 'idle' };
-      });
-      state = { kind: 'stopping', done };
-      return done;
-    },
   };
   return transport;
 }

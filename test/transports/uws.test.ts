@@ -870,7 +870,7 @@ test('end to end: the duplexwire Server over uWS with the ws Client', async (t) 
 test('loading: a clear error without uWebSockets.js; importing duplexwire never loads it', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'duplexwire-uws-missing-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  for (const file of ['uws.ts', 'close-frame.ts', 'types.ts']) copyFileSync(join(ROOT, 'transports', file), join(dir, file));
+  for (const file of ['uws.ts', 'close-frame.ts', 'server-lifecycle.ts', 'types.ts']) copyFileSync(join(ROOT, 'transports', file), join(dir, file));
   // Outside the package, so `uWebSockets.js` cannot be resolved.
   const missing = `
     try { await import(${JSON.stringify(join(dir, 'uws.ts'))}); console.log('loaded'); }
