@@ -1,7 +1,7 @@
 /**
  * Bundles the browser client (`duplexwire/client` under the `browser` condition) into one file a
  * plain `<script type="module">` can import: dist/browser/duplexwire-client.js, ESM, minified,
- * ES2020. Runs after `tsc` (npm run build) and bundles the compiled JavaScript, so the bundle is
+ * ES2022. Runs after `tsc` (npm run build) and bundles the compiled JavaScript, so the bundle is
  * made of exactly what the package ships. `test/browser/size.test.ts` keeps its min+gzip size in
  * budget, reading the metafile written next to it for a breakdown.
  *
@@ -23,7 +23,7 @@ const result = await build({
   bundle: true,
   format: 'esm',
   platform: 'browser',
-  target: 'es2020',
+  target: 'es2022',
   minify: true,
   legalComments: 'none',
   // Non-ASCII text stays as is instead of \u escapes: smaller, and the page serves it as UTF-8.

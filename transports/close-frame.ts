@@ -74,7 +74,8 @@ export interface RefusalResponse {
   readonly headers: ReadonlyArray<readonly [name: string, value: string]>;
 }
 
-const BARE_500: RefusalResponse = Object.freeze({ status: 500, body: '', headers: Object.freeze([]) });
+// Pure: a client bundle, which never refuses an upgrade, drops it.
+const BARE_500: RefusalResponse = /* @__PURE__ */ Object.freeze({ status: 500, body: '', headers: Object.freeze([]) });
 
 /**
  * Checks a refusal decision. Invalid owner input (a status outside 200-599, a header name that is

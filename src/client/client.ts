@@ -205,17 +205,17 @@ function isPermanent(error: unknown): boolean {
  */
 export class Client extends Emitter<ClientEvents> {
   readonly url: string;
-  private readonly options: ResolvedClientOptions;
-  private transport: ClientTransport | undefined;
-  private currentState: ClientState = 'idle';
-  private peer: Peer | undefined;
-  private server: ServerInfo | undefined;
-  private readonly waiting = new Set<WaitingRequest>();
-  private loopRunning = false;
-  private connectWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
-  private wakeLoop: (() => void) | undefined;
-  private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
-  private currentSession: Session | null = null;
+  readonly #options: ResolvedClientOptions;
+  #transport: ClientTransport | undefined;
+  #currentState: ClientState = 'idle';
+  #peer: Peer | undefined;
+  #server: ServerInfo | undefined;
+  readonly #waiting = new Set<WaitingRequest>();
+  #loopRunning = false;
+  #connectWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  #wakeLoop: (() => void) | undefined;
+  #heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+  #currentSession: Session | null = null;
 
   constructor(url: string, options: ClientOptions = {}) {
     super();
@@ -223,8 +223,8 @@ export class Client extends Emitter<ClientEvents> {
       throw new InvalidArgumentError(`url must start with ws:// or wss://, got ${String(url)}`);
     }
     this.url = url;
-    this.options = resolveClientOptions(options);
-    this.transport = options.transport;
+    this.#options = resolveClientOptions(options);
+    this.#transport = options.transport;
     if (options.autoConnect ?? true) {
       // Errors reach 'error' listeners and waiting requests; nobody awaits this promise.
       this.connect().catch(() => {});
@@ -233,22 +233,22 @@ export class Client extends Emitter<ClientEvents> {
 
   /** Where the client is. */
   get state(): ClientState {
-    return this.currentState;
+    return this.#currentState;
   }
 
   /** True when connected and the handshake is done. */
   get isConnected(): boolean {
-    return this.currentState === 'connected';
+    return this.#currentState === 'connected';
   }
 
   /** What the server announced, while connected. */
   get serverInfo(): ServerInfo | undefined {
-    return this.server;
+    return this.#server;
   }
 
   /** True when both ends speak v2.1 on the current connection. */
   get supportsV21(): boolean {
-    return this.peer?.v21 ?? false;
+    return this.#peer?.v21 ?? false;
   }
 
   /**
@@ -257,10 +257,10 @@ export class Client extends Emitter<ClientEvents> {
    * closed.
    */
   connect(): Promise<void> {
-    if (this.currentState === 'closed') return Promise.reject(new DisconnectedError('the client is closed'));
-    if (this.currentState === 'connected') return Promise.resolve();
-    const promise = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
-    if (!this.loopRunning) void this.runLoop();
+    if (this.#currentState === 'closed') return Promise.reject(new DisconnectedError('the client is closed'));
+    if (this.#currentState === 'connected') return Promise.resolve();
+    const promise = new Promise<void>((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+    if (!this.#loopRunning) void this.#runLoop();
     return promise;
   }
 
@@ -269,27 +269,27 @@ export class Client extends Emitter<ClientEvents> {
    * request waits, up to its timeout; with reconnect off and no connection it fails at once.
    */
   request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
-    const timeout = options.timeout ?? this.options.requestTimeout;
-    const peer = this.peer;
-    if (this.currentState === 'connected' && peer !== undefined) {
+    const timeout = options.timeout ?? this.#options.requestTimeout;
+    const peer = this.#peer;
+    if (this.#currentState === 'connected' && peer !== undefined) {
       return peer.request(name, (id) => encodeRequest(id, name, payload), {
         timeout,
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
     }
-    return this.enqueue(name, payload, timeout, options.signal);
+    return this.#enqueue(name, payload, timeout, options.signal);
   }
 
   /** Sends a signal. Returns false when not connected (the signal is not sent). */
   signal(name: string, payload: Payload): boolean {
-    const peer = this.peer;
-    if (this.currentState !== 'connected' || peer === undefined) return false;
+    const peer = this.#peer;
+    if (this.#currentState !== 'connected' || peer === undefined) return false;
     return peer.signal(name, payload);
   }
 
   /** The session this client holds, or null. Kept in sync with the server. */
   get session(): Session | null {
-    return this.currentSession;
+    return this.#currentSession;
   }
 
   /**
@@ -298,9 +298,9 @@ export class Client extends Emitter<ClientEvents> {
    * DisconnectedError.
    */
   async restoreSession(key: string): Promise<Session> {
-    const peer = this.peer;
-    if (this.currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
-    return this.restoreOn(peer, key);
+    const peer = this.#peer;
+    if (this.#currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
+    return this.#restoreOn(peer, key);
   }
 
   /**
@@ -308,54 +308,54 @@ export class Client extends Emitter<ClientEvents> {
    * without a session.
    */
   async closeSession(): Promise<void> {
-    if (this.currentSession === null) return;
-    const peer = this.peer;
-    if (this.currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
-    await peer.request('closeSession', (id) => encodeCloseSession(id), { timeout: this.options.requestTimeout });
-    await this.forgetSession();
+    if (this.#currentSession === null) return;
+    const peer = this.#peer;
+    if (this.#currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
+    await peer.request('closeSession', (id) => encodeCloseSession(id), { timeout: this.#options.requestTimeout });
+    await this.#forgetSession();
   }
 
-  private async restoreOn(peer: Peer, key: string): Promise<Session> {
+  async #restoreOn(peer: Peer, key: string): Promise<Session> {
     const reply = await peer.request('restoreSession', (id) => encodeRestoreSession(id, encodeUtf8(key)), {
-      timeout: this.options.requestTimeout,
+      timeout: this.#options.requestTimeout,
     });
-    const session = this.parseSession(payloadText(reply));
-    this.currentSession = session;
-    await this.options.sessionKeyStore.save(session.key);
+    const session = this.#parseSession(payloadText(reply));
+    this.#currentSession = session;
+    await this.#options.sessionKeyStore.save(session.key);
     this.emit('sessionRestored', session);
     return session;
   }
 
-  private parseSession(json: string): Session {
+  #parseSession(json: string): Session {
     const session = sessionFromJson(json);
-    const parse = this.options.parseSessionInfo;
+    const parse = this.#options.parseSessionInfo;
     return parse === undefined || session.info === undefined ? session : { ...session, info: parse(session.info) };
   }
 
   /** The server told us of a new session (type 21). */
-  private sessionCreated(json: string): void {
+  #sessionCreated(json: string): void {
     let session: Session;
     try {
-      session = this.parseSession(json);
+      session = this.#parseSession(json);
     } catch (error) {
-      this.options.logger.error('the server sent a session that cannot be read', { error });
+      this.#options.logger.error('the server sent a session that cannot be read', { error });
       return;
     }
-    this.currentSession = session;
-    this.persist(() => this.options.sessionKeyStore.save(session.key));
+    this.#currentSession = session;
+    this.#persist(() => this.#options.sessionKeyStore.save(session.key));
     this.emit('sessionCreated', session);
   }
 
   /** Drops the session and its stored key; 'sessionClosed' when there was a session. */
-  private async forgetSession(): Promise<void> {
-    const had = this.currentSession !== null;
-    this.currentSession = null;
-    await this.options.sessionKeyStore.clear();
+  async #forgetSession(): Promise<void> {
+    const had = this.#currentSession !== null;
+    this.#currentSession = null;
+    await this.#options.sessionKeyStore.clear();
     if (had) this.emit('sessionClosed');
   }
 
   /** Runs a key-store write; a failure is reported, never thrown into the message path. */
-  private persist(write: () => void | Promise<void>): void {
+  #persist(write: () => void | Promise<void>): void {
     try {
       Promise.resolve(write()).catch((error: unknown) => this.emit('error', toError(error)));
     } catch (error) {
@@ -364,24 +364,24 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /** After every (re)connection: restore the session we hold, or the one the key store remembers. */
-  private async restoreAfterConnect(peer: Peer): Promise<void> {
-    let key: string | null = this.currentSession?.key ?? null;
+  async #restoreAfterConnect(peer: Peer): Promise<void> {
+    let key: string | null = this.#currentSession?.key ?? null;
     try {
-      key ??= await this.options.sessionKeyStore.load();
+      key ??= await this.#options.sessionKeyStore.load();
     } catch (error) {
       this.emit('error', toError(error));
     }
     if (key === null) return;
     try {
-      await this.restoreOn(peer, key);
+      await this.#restoreOn(peer, key);
     } catch (error) {
       if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
         // Gone for good: forget it.
-        await this.forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
+        await this.#forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
       } else {
         // Not attached on this connection (connection limit, store failure): no session now, but
         // the stored key stays for the next reconnect to try again.
-        this.currentSession = null;
+        this.#currentSession = null;
         this.emit('error', toError(error));
       }
     }
@@ -392,12 +392,12 @@ export class Client extends Emitter<ClientEvents> {
    * DisconnectedError. Resolves when the connection is closed.
    */
   async close(code: number = CloseCode.Normal, reason = 'client closed'): Promise<void> {
-    if (this.currentState === 'closed') return;
-    this.setState('closed');
-    this.failWaiting(new DisconnectedError('the client was closed'));
-    this.failConnectWaiters(new DisconnectedError('the client was closed'));
-    this.wakeLoop?.();
-    const peer = this.peer;
+    if (this.#currentState === 'closed') return;
+    this.#setState('closed');
+    this.#failWaiting(new DisconnectedError('the client was closed'));
+    this.#failConnectWaiters(new DisconnectedError('the client was closed'));
+    this.#wakeLoop?.();
+    const peer = this.#peer;
     if (peer !== undefined && !peer.isClosed) {
       const closed = new Promise<void>((resolve) => this.once('disconnect', () => resolve()));
       peer.close(code, reason);
@@ -408,70 +408,70 @@ export class Client extends Emitter<ClientEvents> {
   // ---------------------------------------------------------------- connection loop
 
   /** A method rather than a comparison: the state changes across awaits, which narrowing ignores. */
-  private closedForGood(): boolean {
-    return this.currentState === 'closed';
+  #closedForGood(): boolean {
+    return this.#currentState === 'closed';
   }
 
-  private setState(state: ClientState): void {
-    if (this.currentState === state) return;
-    this.currentState = state;
+  #setState(state: ClientState): void {
+    if (this.#currentState === state) return;
+    this.#currentState = state;
     this.emit('state', state);
   }
 
-  private async runLoop(): Promise<void> {
-    this.loopRunning = true;
+  async #runLoop(): Promise<void> {
+    this.#loopRunning = true;
     let attempt = 0;
     // Failed attempts in a row. Not `attempt`: after a lost connection that starts at 1 (the
     // first retry), which cost one attempt of maxAttempts.
     let failures = 0;
     try {
-      while (this.currentState !== 'closed') {
-        this.setState(attempt === 0 ? 'connecting' : 'reconnecting');
+      while (this.#currentState !== 'closed') {
+        this.#setState(attempt === 0 ? 'connecting' : 'reconnecting');
         let lost: Promise<{ code: number; reason: string }>;
         try {
-          ({ lost } = await this.connectOnce());
+          ({ lost } = await this.#connectOnce());
         } catch (error) {
           const err = error instanceof Error ? error : new Error(String(error));
-          if (this.closedForGood()) break;
-          this.options.logger.debug('connection attempt failed', { url: this.url, error: err });
+          if (this.#closedForGood()) break;
+          this.#options.logger.debug('connection attempt failed', { url: this.url, error: err });
           this.emit('error', err);
-          const policy = this.options.reconnect;
+          const policy = this.#options.reconnect;
           attempt++;
           failures++;
           if (policy === null || isPermanent(err) || failures >= policy.maxAttempts) {
-            this.giveUp(err);
+            this.#giveUp(err);
             break;
           }
-          await this.pause(policy.delay(attempt), attempt);
+          await this.#pause(policy.delay(attempt), attempt);
           continue;
         }
         attempt = 0;
         failures = 0;
         const info = await lost;
         this.emit('disconnect', info);
-        if (this.closedForGood()) break;
-        const policy = this.options.reconnect;
+        if (this.#closedForGood()) break;
+        const policy = this.#options.reconnect;
         if (policy === null) {
-          this.giveUp(new DisconnectedError(`the connection closed (${info.code})`, { closeCode: info.code }));
+          this.#giveUp(new DisconnectedError(`the connection closed (${info.code})`, { closeCode: info.code }));
           break;
         }
         attempt = 1;
-        this.setState('reconnecting');
-        await this.pause(policy.delay(attempt), attempt);
+        this.#setState('reconnecting');
+        await this.#pause(policy.delay(attempt), attempt);
       }
     } finally {
-      this.loopRunning = false;
+      this.#loopRunning = false;
     }
   }
 
-  private giveUp(error: Error): void {
-    this.setState('disconnected');
-    this.failWaiting(error instanceof DisconnectedError ? error : new DisconnectedError(error.message, { cause: error }));
-    this.failConnectWaiters(error);
+  #giveUp(error: Error): void {
+    this.#setState('disconnected');
+    this.#failWaiting(error instanceof DisconnectedError ? error : new DisconnectedError(error.message, { cause: error }));
+    this.#failConnectWaiters(error);
   }
 
-  private pause(delay: number, attempt: number): Promise<void> {
-    if (this.currentState === 'closed') return Promise.resolve();
+  #pause(delay: number, attempt: number): Promise<void> {
+    if (this.#currentState === 'closed') return Promise.resolve();
     this.emit('reconnecting', { attempt, delay });
     return new Promise((resolve) => {
       const timer = setTimeout(done, delay);
@@ -479,7 +479,7 @@ export class Client extends Emitter<ClientEvents> {
         clearTimeout(timer);
         resolve();
       }
-      this.wakeLoop = done;
+      this.#wakeLoop = done;
     });
   }
 
@@ -487,9 +487,9 @@ export class Client extends Emitter<ClientEvents> {
    * One attempt: open the socket, wait for AcceptConf, check it, send ClientConf when both speak
    * v2.1. Resolves with a promise of the connection's end.
    */
-  private async connectOnce(): Promise<{ lost: Promise<{ code: number; reason: string }> }> {
-    this.transport ??= await defaultClientTransport();
-    const { options } = this;
+  async #connectOnce(): Promise<{ lost: Promise<{ code: number; reason: string }> }> {
+    this.#transport ??= await defaultClientTransport();
+    const options = this.#options;
     let peer: Peer | undefined;
     let peerHandlers: SocketHandlers | undefined;
     let socket: TransportSocket | undefined;
@@ -555,7 +555,7 @@ export class Client extends Emitter<ClientEvents> {
     };
 
     try {
-      socket = await this.transport.connect(
+      socket = await this.#transport.connect(
         this.url,
         { headers: options.headers, maxMessageSize: options.maxMessageSize, connectTimeout: options.connectTimeout },
         handlers,
@@ -567,7 +567,7 @@ export class Client extends Emitter<ClientEvents> {
         ...(failure?.status === undefined ? {} : { status: failure.status }),
       });
     }
-    if (this.closedForGood()) {
+    if (this.#closedForGood()) {
       socket.close(CloseCode.Normal, 'client closed');
       throw new DisconnectedError('the client was closed');
     }
@@ -590,14 +590,14 @@ export class Client extends Emitter<ClientEvents> {
         },
         handleSignal: (message) => this.emit('signal', message),
         handleControl: (message) => {
-          if (message.kind === 'session-created') this.sessionCreated(message.session);
-          else if (message.kind === 'session-closed') this.persist(() => this.forgetSession());
+          if (message.kind === 'session-created') this.#sessionCreated(message.session);
+          else if (message.kind === 'session-closed') this.#persist(() => this.#forgetSession());
         },
         closed: (code, reason) => {
-          if (this.peer === peer) {
-            this.peer = undefined;
-            this.server = undefined;
-            clearTimeout(this.heartbeatTimer);
+          if (this.#peer === peer) {
+            this.#peer = undefined;
+            this.#server = undefined;
+            clearTimeout(this.#heartbeatTimer);
           }
           handshake?.reject(new ConnectError(`the connection closed during the handshake (${code})`));
           resolveLost({ code, reason });
@@ -623,53 +623,53 @@ export class Client extends Emitter<ClientEvents> {
     } finally {
       clearTimeout(timer);
     }
-    if (this.closedForGood()) {
+    if (this.#closedForGood()) {
       peer.close(CloseCode.Normal, 'client closed');
       throw new DisconnectedError('the client was closed');
     }
-    this.peer = peer;
-    this.server = info;
+    this.#peer = peer;
+    this.#server = info;
     // The session comes back before anything else is sent, so waiting requests run inside it.
-    await this.restoreAfterConnect(peer);
-    if (this.closedForGood() || !peer.isOpen) {
+    await this.#restoreAfterConnect(peer);
+    if (this.#closedForGood() || !peer.isOpen) {
       throw new DisconnectedError('the connection closed while restoring the session');
     }
-    this.setState('connected');
-    this.armHeartbeat(peer, info.readTimeout * 0.75);
+    this.#setState('connected');
+    this.#armHeartbeat(peer, info.readTimeout * 0.75);
     this.emit('connect', info);
-    const waiters = this.connectWaiters;
-    this.connectWaiters = [];
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
     for (const waiter of waiters) waiter.resolve();
-    this.flushWaiting(peer);
+    this.#flushWaiting(peer);
     return { lost };
   }
 
   /** A heartbeat whenever nothing was sent for 0.75 x the server's read timeout. */
-  private armHeartbeat(peer: Peer, interval: number): void {
+  #armHeartbeat(peer: Peer, interval: number): void {
     if (!(interval >= 1)) return;
     const due = peer.lastSentAt + interval - performance.now();
-    this.heartbeatTimer = setTimeout(
+    this.#heartbeatTimer = setTimeout(
       () => {
-        if (this.peer !== peer || !peer.isOpen) return;
+        if (this.#peer !== peer || !peer.isOpen) return;
         if (performance.now() - peer.lastSentAt >= interval) peer.sendRaw(encodeHeartbeat());
-        this.armHeartbeat(peer, interval);
+        this.#armHeartbeat(peer, interval);
       },
       Math.max(1, due),
     );
-    (this.heartbeatTimer as { unref?: () => void }).unref?.();
+    (this.#heartbeatTimer as { unref?: () => void }).unref?.();
   }
 
   // ---------------------------------------------------------------- requests waiting for a connection
 
-  private enqueue(name: string, payload: Payload, timeout: number, signal: AbortSignal | undefined): Promise<Payload> {
-    const state = this.currentState;
+  #enqueue(name: string, payload: Payload, timeout: number, signal: AbortSignal | undefined): Promise<Payload> {
+    const state = this.#currentState;
     const willConnect = state === 'connecting' || state === 'reconnecting' || state === 'idle';
     if (!willConnect) {
       return Promise.reject(new DisconnectedError(state === 'closed' ? 'the client is closed' : 'not connected'));
     }
     if (signal?.aborted) return Promise.reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`));
-    if (this.waiting.size >= this.options.maxQueuedRequests) {
-      return Promise.reject(new QueueFullError(`${this.waiting.size} requests already wait for a connection`));
+    if (this.#waiting.size >= this.#options.maxQueuedRequests) {
+      return Promise.reject(new QueueFullError(`${this.#waiting.size} requests already wait for a connection`));
     }
     try {
       // Refuse what can never be sent now, not after the wait.
@@ -690,31 +690,31 @@ export class Client extends Emitter<ClientEvents> {
       };
       if (timeout > 0) {
         entry.timer = setTimeout(() => {
-          this.unqueue(entry);
+          this.#unqueue(entry);
           reject(new TimeoutError(`request ${JSON.stringify(name)} got no connection within ${timeout} ms`));
         }, timeout);
       }
       if (signal !== undefined) {
         entry.onAbort = () => {
-          this.unqueue(entry);
+          this.#unqueue(entry);
           reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`, { cause: signal.reason }));
         };
         signal.addEventListener('abort', entry.onAbort, { once: true });
       }
-      this.waiting.add(entry);
-      if (state === 'idle' && !this.loopRunning) this.connect().catch(() => {});
+      this.#waiting.add(entry);
+      if (state === 'idle' && !this.#loopRunning) this.connect().catch(() => {});
     });
   }
 
-  private unqueue(entry: WaitingRequest): void {
-    this.waiting.delete(entry);
+  #unqueue(entry: WaitingRequest): void {
+    this.#waiting.delete(entry);
     clearTimeout(entry.timer);
     if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
   }
 
-  private flushWaiting(peer: Peer): void {
-    for (const entry of [...this.waiting]) {
-      this.unqueue(entry);
+  #flushWaiting(peer: Peer): void {
+    for (const entry of [...this.#waiting]) {
+      this.#unqueue(entry);
       const remaining = entry.deadline === Number.POSITIVE_INFINITY ? 0 : Math.max(1, entry.deadline - performance.now());
       peer
         .request(entry.name, (id) => encodeRequest(id, entry.name, entry.payload), {
@@ -725,21 +725,21 @@ export class Client extends Emitter<ClientEvents> {
     }
   }
 
-  private failWaiting(error: Error): void {
-    for (const entry of [...this.waiting]) {
-      this.unqueue(entry);
+  #failWaiting(error: Error): void {
+    for (const entry of [...this.#waiting]) {
+      this.#unqueue(entry);
       entry.reject(error);
     }
   }
 
-  private failConnectWaiters(error: Error): void {
-    const waiters = this.connectWaiters;
-    this.connectWaiters = [];
+  #failConnectWaiters(error: Error): void {
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
     for (const waiter of waiters) waiter.reject(error);
   }
 
   protected override onListenerError(event: keyof ClientEvents, error: unknown): void {
-    this.options.logger.error(`a '${String(event)}' listener threw`, { error });
+    this.#options.logger.error(`a '${String(event)}' listener threw`, { error });
   }
 }
 

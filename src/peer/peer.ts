@@ -93,23 +93,23 @@ interface PendingRequest {
  * the handler reads `signal`: most handlers never do, and this is the hot path.
  */
 class RunningRequest implements RequestContext {
-  private controller: AbortController | undefined;
-  private abortReason: Error | undefined;
+  #controller: AbortController | undefined;
+  #abortReason: Error | undefined;
   /** Set when the requester cancelled: the reply is then not sent. */
   canceled = false;
 
   get signal(): AbortSignal {
-    if (this.controller === undefined) {
-      this.controller = new AbortController();
-      if (this.abortReason !== undefined) this.controller.abort(this.abortReason);
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#abortReason !== undefined) this.#controller.abort(this.#abortReason);
     }
-    return this.controller.signal;
+    return this.#controller.signal;
   }
 
   abort(reason: Error): void {
-    if (this.abortReason !== undefined) return;
-    this.abortReason = reason;
-    this.controller?.abort(reason);
+    if (this.#abortReason !== undefined) return;
+    this.#abortReason = reason;
+    this.#controller?.abort(reason);
   }
 }
 
@@ -131,28 +131,28 @@ function inboundKey(id: RequestId): number | string {
 export class Peer {
   readonly socket: TransportSocket;
   readonly settings: PeerSettings;
-  private readonly hooks: PeerHooks;
+  readonly #hooks: PeerHooks;
 
-  private state: State = 'open';
+  #state: State = 'open';
   /** Set by the owner once both ends speak v2.1: requests toward a client and cancels may be sent. */
   v21 = false;
   /** While draining, new requests get ReplyShutdown and signals are dropped. */
-  private draining = false;
+  #draining = false;
 
-  private nextId = 1;
-  private readonly pending = new Map<number, PendingRequest>();
-  private readonly running = new Map<number | string, RunningRequest>();
-  private active = 0;
-  private inflightRequests = 0;
-  private readonly queue: Message[] = [];
+  #nextId = 1;
+  readonly #pending = new Map<number, PendingRequest>();
+  readonly #running = new Map<number | string, RunningRequest>();
+  #active = 0;
+  #inflightRequests = 0;
+  readonly #queue: Message[] = [];
   /** Bytes of the messages in `queue` (their payloads). */
-  private queuedBytes = 0;
-  private readingPaused = false;
-  private sendBlocked = false;
-  private idleWaiters: Array<() => void> = [];
-  private closeCode = 0;
-  private closeReason = '';
-  private graceTimer: ReturnType<typeof setTimeout> | undefined;
+  #queuedBytes = 0;
+  #readingPaused = false;
+  #sendBlocked = false;
+  #idleWaiters: Array<() => void> = [];
+  #closeCode = 0;
+  #closeReason = '';
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** `performance.now()` of the last message received (read timeout). */
   lastReceivedAt: number = performance.now();
@@ -162,46 +162,46 @@ export class Peer {
   constructor(socket: TransportSocket, settings: PeerSettings, hooks: PeerHooks) {
     this.socket = socket;
     this.settings = settings;
-    this.hooks = hooks;
+    this.#hooks = hooks;
   }
 
   /** Handlers to install on the transport socket. */
   socketHandlers(): SocketHandlers {
     return {
-      onMessage: (data, binary) => this.receive(data, binary),
+      onMessage: (data, binary) => this.#receive(data, binary),
       onDrain: () => {
-        this.sendBlocked = false;
-        this.updateReading();
+        this.#sendBlocked = false;
+        this.#updateReading();
       },
       onPing: () => {
         this.lastReceivedAt = performance.now();
       },
-      onClose: (code, reason) => this.finish(code, reason),
+      onClose: (code, reason) => this.#finish(code, reason),
     };
   }
 
   get isOpen(): boolean {
-    return this.state === 'open';
+    return this.#state === 'open';
   }
 
   get isClosed(): boolean {
-    return this.state === 'closed';
+    return this.#state === 'closed';
   }
 
   /** Requests sent and not yet answered. */
   get pendingCount(): number {
-    return this.pending.size;
+    return this.#pending.size;
   }
 
   /** Handlers running or waiting for a slot. */
   get busy(): boolean {
-    return this.active > 0 || this.queue.length > 0;
+    return this.#active > 0 || this.#queue.length > 0;
   }
 
   // ---------------------------------------------------------------- receiving
 
-  private receive(data: Uint8Array, binary: boolean): void {
-    if (this.state !== 'open') return;
+  #receive(data: Uint8Array, binary: boolean): void {
+    if (this.#state !== 'open') return;
     this.lastReceivedAt = performance.now();
     if (!binary) {
       this.violation(new ProtocolError('ERR_PROTOCOL_TEXT_MESSAGE', 'text messages are not part of the protocol'));
@@ -225,35 +225,35 @@ export class Peer {
     }
     switch (message.kind) {
       case 'request':
-        if (this.draining) {
+        if (this.#draining) {
           this.sendRaw(encodeSpecialReply(message.id, 'shutdown'));
           return;
         }
-        if (++this.inflightRequests > this.settings.maxInflightRequests) {
+        if (++this.#inflightRequests > this.settings.maxInflightRequests) {
           this.close(CloseCode.PolicyViolation, 'too many requests in flight');
           return;
         }
-        this.dispatch(message);
+        this.#dispatch(message);
         return;
       case 'signal':
         // Signals during shutdown are dropped: they must neither run nor disturb accounting.
-        if (this.draining) return;
-        this.dispatch(message);
+        if (this.#draining) return;
+        this.#dispatch(message);
         return;
       case 'reply':
-        this.settle(message.id, (p) => p.resolve(message.payload));
+        this.#settle(message.id, (p) => p.resolve(message.payload));
         return;
       case 'reply-error':
-        this.settle(message.id, (p) => p.reject(replyErrorToError(message)));
+        this.#settle(message.id, (p) => p.reject(replyErrorToError(message)));
         return;
       case 'special-reply':
-        this.settle(message.id, (p) => p.reject(specialReplyToError(message, p.name)));
+        this.#settle(message.id, (p) => p.reject(specialReplyToError(message, p.name)));
         return;
       case 'cancel':
-        this.cancelInbound(message.id);
+        this.#cancelInbound(message.id);
         return;
       default:
-        this.hooks.handleControl(message);
+        this.#hooks.handleControl(message);
     }
   }
 
@@ -263,68 +263,68 @@ export class Peer {
     this.close(error.closeCode, error.message);
   }
 
-  private dispatch(message: Message): void {
-    if (this.active < this.settings.concurrency && this.queue.length === 0) {
-      this.run(message);
+  #dispatch(message: Message): void {
+    if (this.#active < this.settings.concurrency && this.#queue.length === 0) {
+      this.#run(message);
     } else {
-      this.queue.push(message);
-      this.queuedBytes += (message as { payload: Payload }).payload.data.length;
-      this.updateReading();
+      this.#queue.push(message);
+      this.#queuedBytes += (message as { payload: Payload }).payload.data.length;
+      this.#updateReading();
     }
   }
 
-  private run(message: Message): void {
-    this.active++;
+  #run(message: Message): void {
+    this.#active++;
     if (message.kind === 'request') {
       const key = inboundKey(message.id);
       const entry = new RunningRequest();
-      this.running.set(key, entry);
+      this.#running.set(key, entry);
       const incoming: IncomingMessage = { name: message.name, payload: message.payload };
-      callAsync(() => this.hooks.handleRequest(incoming, entry)).then(
+      callAsync(() => this.#hooks.handleRequest(incoming, entry)).then(
         // The reply goes out before the next waiting message starts: in-order mode stays in order.
         (value) => {
-          if (!entry.canceled) this.reply(message.id, value);
-          this.release(key, entry);
+          if (!entry.canceled) this.#reply(message.id, value);
+          this.#release(key, entry);
         },
         (error: unknown) => {
-          if (!entry.canceled) this.replyError(message.id, message.name, error);
-          this.release(key, entry);
+          if (!entry.canceled) this.#replyError(message.id, message.name, error);
+          this.#release(key, entry);
         },
       );
     } else if (message.kind === 'signal') {
       const incoming: IncomingMessage = { name: message.name, payload: message.payload };
-      callAsync(() => this.hooks.handleSignal(incoming)).then(
-        () => this.releaseSlot(),
+      callAsync(() => this.#hooks.handleSignal(incoming)).then(
+        () => this.#releaseSlot(),
         (error: unknown) => {
           this.settings.logger.error('signal handler failed', { name: message.name, error });
-          this.releaseSlot();
+          this.#releaseSlot();
         },
       );
     }
   }
 
-  private release(key: number | string, entry: RunningRequest): void {
-    if (this.running.get(key) === entry) this.running.delete(key);
-    this.inflightRequests--;
-    this.releaseSlot();
+  #release(key: number | string, entry: RunningRequest): void {
+    if (this.#running.get(key) === entry) this.#running.delete(key);
+    this.#inflightRequests--;
+    this.#releaseSlot();
   }
 
-  private releaseSlot(): void {
-    this.active--;
-    if (this.state === 'closed') return;
+  #releaseSlot(): void {
+    this.#active--;
+    if (this.#state === 'closed') return;
     // A closing connection starts no new handler: its reply could not be sent. `finish` drops
     // what still waits.
-    while (this.state === 'open' && this.active < this.settings.concurrency && this.queue.length > 0) {
-      const next = this.queue.shift()!;
-      this.queuedBytes -= (next as { payload: Payload }).payload.data.length;
-      this.run(next);
+    while (this.#state === 'open' && this.#active < this.settings.concurrency && this.#queue.length > 0) {
+      const next = this.#queue.shift()!;
+      this.#queuedBytes -= (next as { payload: Payload }).payload.data.length;
+      this.#run(next);
     }
-    this.updateReading();
-    if (!this.busy) this.notifyIdle();
+    this.#updateReading();
+    if (!this.busy) this.#notifyIdle();
   }
 
-  private reply(id: RequestId, value: ReplyValue): void {
-    if (this.state === 'closed') return;
+  #reply(id: RequestId, value: ReplyValue): void {
+    if (this.#state === 'closed') return;
     let bytes: Uint8Array;
     try {
       bytes = encodeReply(id, toPayload(value));
@@ -336,8 +336,8 @@ export class Peer {
     this.sendRaw(bytes);
   }
 
-  private replyError(id: RequestId, name: string, error: unknown): void {
-    if (this.state === 'closed') return;
+  #replyError(id: RequestId, name: string, error: unknown): void {
+    if (this.#state === 'closed') return;
     let bytes: Uint8Array | undefined;
     if (error instanceof RequestError) {
       try {
@@ -355,11 +355,11 @@ export class Peer {
     this.sendRaw(bytes ?? encodeSpecialReply(id, 'internal-error'));
   }
 
-  private cancelInbound(id: RequestId): void {
+  #cancelInbound(id: RequestId): void {
     const key = inboundKey(id);
-    const entry = this.running.get(key);
+    const entry = this.#running.get(key);
     if (entry === undefined) {
-      this.dropQueuedRequest(key);
+      this.#dropQueuedRequest(key);
       return;
     }
     if (entry.canceled) return;
@@ -368,27 +368,27 @@ export class Peer {
   }
 
   /** A request canceled before its handler started never runs. */
-  private dropQueuedRequest(key: number | string): void {
-    const index = this.queue.findIndex((m) => m.kind === 'request' && inboundKey(m.id) === key);
+  #dropQueuedRequest(key: number | string): void {
+    const index = this.#queue.findIndex((m) => m.kind === 'request' && inboundKey(m.id) === key);
     if (index < 0) return;
-    const [dropped] = this.queue.splice(index, 1) as [Message & { payload: Payload }];
-    this.queuedBytes -= dropped.payload.data.length;
-    this.inflightRequests--;
-    this.updateReading();
-    if (!this.busy) this.notifyIdle();
+    const [dropped] = this.#queue.splice(index, 1) as [Message & { payload: Payload }];
+    this.#queuedBytes -= dropped.payload.data.length;
+    this.#inflightRequests--;
+    this.#updateReading();
+    if (!this.busy) this.#notifyIdle();
   }
 
-  private updateReading(): void {
-    if (this.state === 'closed') return;
+  #updateReading(): void {
+    if (this.#state === 'closed') return;
     // Once closing, keep reading: the peer's close frame must get through for the closing
     // handshake to complete (what else arrives is ignored by `receive`).
     // Reading stops once a backlog has built up behind busy handlers, not at the first waiting
     // message: replies and cancels must still get through, or a handler awaiting a request to the
     // same peer (or a cancel for itself) would deadlock behind the message that waits for its slot.
-    const backlog = this.queue.length >= QUEUE_HIGH_WATER_COUNT || this.queuedBytes >= QUEUE_HIGH_WATER_BYTES;
-    const pause = this.state === 'open' && (backlog || this.sendBlocked);
-    if (pause !== this.readingPaused) {
-      this.readingPaused = pause;
+    const backlog = this.#queue.length >= QUEUE_HIGH_WATER_COUNT || this.#queuedBytes >= QUEUE_HIGH_WATER_BYTES;
+    const pause = this.#state === 'open' && (backlog || this.#sendBlocked);
+    if (pause !== this.#readingPaused) {
+      this.#readingPaused = pause;
       if (pause) this.socket.pause();
       else this.socket.resume();
     }
@@ -401,7 +401,7 @@ export class Peer {
    * peer closes the connection (1008): memory stays bounded whatever the peer does.
    */
   sendRaw(bytes: Uint8Array): SendResult {
-    if (this.state === 'closed') return 'dropped';
+    if (this.#state === 'closed') return 'dropped';
     const result = this.socket.send(bytes);
     this.lastSentAt = performance.now();
     if (result === 'backpressure') {
@@ -409,10 +409,10 @@ export class Peer {
         this.close(CloseCode.PolicyViolation, 'send buffer limit exceeded');
         return 'dropped';
       }
-      if (!this.sendBlocked) {
+      if (!this.#sendBlocked) {
         // Stop reading new work from a peer that does not read what we send it.
-        this.sendBlocked = true;
-        this.updateReading();
+        this.#sendBlocked = true;
+        this.#updateReading();
       }
     }
     return result;
@@ -421,7 +421,7 @@ export class Peer {
   /** Sends a signal. Returns false when the connection is not open (nothing was sent). */
   signal(name: string, payload: Payload): boolean {
     const bytes = encodeSignal(name, payload);
-    if (this.state !== 'open') return false;
+    if (this.#state !== 'open') return false;
     return this.sendRaw(bytes) !== 'dropped';
   }
 
@@ -430,12 +430,12 @@ export class Peer {
    * and for the session requests of the client. Settles exactly once.
    */
   request(name: string, build: (id: number) => Uint8Array, options: RequestOptions = {}): Promise<Payload> {
-    if (this.state !== 'open') {
-      return Promise.reject(new DisconnectedError('the connection is closed', { closeCode: this.closeCode }));
+    if (this.#state !== 'open') {
+      return Promise.reject(new DisconnectedError('the connection is closed', { closeCode: this.#closeCode }));
     }
     const signal = options.signal;
     if (signal?.aborted) return Promise.reject(new CanceledError(`request ${quote(name)} was aborted`));
-    const id = this.nextId++;
+    const id = this.#nextId++;
     let bytes: Uint8Array;
     try {
       bytes = build(id);
@@ -444,47 +444,47 @@ export class Peer {
     }
     return new Promise<Payload>((resolve, reject) => {
       const entry: PendingRequest = { resolve, reject, name, timer: undefined, signal, onAbort: undefined };
-      this.pending.set(id, entry);
+      this.#pending.set(id, entry);
       const timeout = options.timeout ?? 0;
       if (timeout > 0) {
         entry.timer = setTimeout(() => {
-          if (this.takePending(id) === undefined) return;
-          this.sendCancel(id);
+          if (this.#takePending(id) === undefined) return;
+          this.#sendCancel(id);
           reject(new TimeoutError(`request ${quote(name)} got no reply within ${timeout} ms`));
         }, timeout);
       }
       if (signal !== undefined) {
         entry.onAbort = () => {
-          if (this.takePending(id) === undefined) return;
-          this.sendCancel(id);
+          if (this.#takePending(id) === undefined) return;
+          this.#sendCancel(id);
           reject(new CanceledError(`request ${quote(name)} was aborted`, { cause: signal.reason }));
         };
         signal.addEventListener('abort', entry.onAbort, { once: true });
       }
-      if (this.sendRaw(bytes) === 'dropped' && this.takePending(id) !== undefined) {
+      if (this.sendRaw(bytes) === 'dropped' && this.#takePending(id) !== undefined) {
         reject(new DisconnectedError(`request ${quote(name)} could not be sent: the connection is closed`));
       }
     });
   }
 
-  private sendCancel(id: number): void {
-    if (this.v21 && this.state === 'open') this.sendRaw(encodeCancel(id));
+  #sendCancel(id: number): void {
+    if (this.v21 && this.#state === 'open') this.sendRaw(encodeCancel(id));
   }
 
   /** Removes a pending request and releases its timer and abort listener. */
-  private takePending(id: number): PendingRequest | undefined {
-    const entry = this.pending.get(id);
+  #takePending(id: number): PendingRequest | undefined {
+    const entry = this.#pending.get(id);
     if (entry === undefined) return undefined;
-    this.pending.delete(id);
+    this.#pending.delete(id);
     if (entry.timer !== undefined) clearTimeout(entry.timer);
     if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
     return entry;
   }
 
-  private settle(id: RequestId, action: (entry: PendingRequest) => void): void {
+  #settle(id: RequestId, action: (entry: PendingRequest) => void): void {
     const n = idToNumber(id);
     if (n < 0) return;
-    const entry = this.takePending(n);
+    const entry = this.#takePending(n);
     // A reply to nothing we wait for (late after a timeout or cancel) is ignored.
     if (entry !== undefined) action(entry);
   }
@@ -496,29 +496,29 @@ export class Peer {
    * runs to its end. Replies to our own requests are still delivered.
    */
   drain(): void {
-    this.draining = true;
+    this.#draining = true;
   }
 
   get isDraining(): boolean {
-    return this.draining;
+    return this.#draining;
   }
 
   /** Resolves when no handler runs or waits (at once if none does, or once the connection closed). */
   whenIdle(): Promise<void> {
-    if (!this.busy || this.state === 'closed') return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    if (!this.busy || this.#state === 'closed') return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
-  private notifyIdle(): void {
-    const waiters = this.idleWaiters;
+  #notifyIdle(): void {
+    const waiters = this.#idleWaiters;
     if (waiters.length === 0) return;
-    this.idleWaiters = [];
+    this.#idleWaiters = [];
     for (const resolve of waiters) resolve();
   }
 
   /** Aborts the signals of every running handler (shutdown timeout). */
   abortHandlers(reason: Error): void {
-    for (const entry of this.running.values()) entry.abort(reason);
+    for (const entry of this.#running.values()) entry.abort(reason);
   }
 
   /**
@@ -526,49 +526,49 @@ export class Peer {
    * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped.
    */
   close(code: number, reason: string): void {
-    if (this.state !== 'open') return;
-    this.state = 'closing';
-    this.closeCode = code;
-    this.closeReason = reason;
+    if (this.#state !== 'open') return;
+    this.#state = 'closing';
+    this.#closeCode = code;
+    this.#closeReason = reason;
     this.socket.close(code, reason);
-    this.updateReading();
-    this.graceTimer = setTimeout(() => this.socket.terminate(), CLOSE_GRACE);
-    (this.graceTimer as { unref?: () => void }).unref?.();
+    this.#updateReading();
+    this.#graceTimer = setTimeout(() => this.socket.terminate(), CLOSE_GRACE);
+    (this.#graceTimer as { unref?: () => void }).unref?.();
   }
 
   /** Drops the connection at once. */
   terminate(): void {
-    if (this.state === 'closed') return;
-    this.state = 'closing';
+    if (this.#state === 'closed') return;
+    this.#state = 'closing';
     this.socket.terminate();
   }
 
   /** The transport reported the close: settle everything. Runs once. */
-  private finish(code: number, reason: string): void {
-    if (this.state === 'closed') return;
-    if (code === CloseCode.Abnormal && this.state === 'closing' && this.closeCode !== 0) {
+  #finish(code: number, reason: string): void {
+    if (this.#state === 'closed') return;
+    if (code === CloseCode.Abnormal && this.#state === 'closing' && this.#closeCode !== 0) {
       // We closed and the peer never completed the handshake (a slow consumer, CLOSE_GRACE ran
       // out): the connection still ended for the reason we gave, not for an unknown one.
-      code = this.closeCode;
-      reason = this.closeReason;
+      code = this.#closeCode;
+      reason = this.#closeReason;
     }
-    this.state = 'closed';
-    this.closeCode = code;
-    clearTimeout(this.graceTimer);
+    this.#state = 'closed';
+    this.#closeCode = code;
+    clearTimeout(this.#graceTimer);
     const error = new DisconnectedError(
       reason ? `the connection closed (${code}: ${reason})` : `the connection closed (${code})`,
       { closeCode: code },
     );
-    const pending = [...this.pending.keys()];
-    for (const id of pending) this.takePending(id)?.reject(error);
-    for (const entry of this.running.values()) entry.abort(error);
-    this.running.clear();
+    const pending = [...this.#pending.keys()];
+    for (const id of pending) this.#takePending(id)?.reject(error);
+    for (const entry of this.#running.values()) entry.abort(error);
+    this.#running.clear();
     // Waiting messages have nobody left to answer to.
-    this.inflightRequests -= this.queue.filter((m) => m.kind === 'request').length;
-    this.queue.length = 0;
-    this.queuedBytes = 0;
-    this.notifyIdle();
-    this.hooks.closed(code, reason);
+    this.#inflightRequests -= this.#queue.filter((m) => m.kind === 'request').length;
+    this.#queue.length = 0;
+    this.#queuedBytes = 0;
+    this.#notifyIdle();
+    this.#hooks.closed(code, reason);
   }
 }
 

@@ -84,7 +84,8 @@ function base64url(bytes: Uint8Array): string {
  * defaultKeyGenerator.isValid(key);           // true
  * defaultKeyGenerator.isValid('../etc/passwd'); // false
  */
-export const defaultKeyGenerator: SessionKeyGenerator = Object.freeze({
+// Marked pure so bundles that never use it (the browser client) drop it and base64url.
+export const defaultKeyGenerator: SessionKeyGenerator = /* @__PURE__ */ Object.freeze({
   generate(): string {
     return base64url(globalThis.crypto.getRandomValues(new Uint8Array(DEFAULT_SESSION_KEY_BYTES)));
   },

@@ -4,14 +4,14 @@
  * through the promises of the calls that failed.
  */
 export class Emitter<Events extends { [K in keyof Events]: (...args: never[]) => void }> {
-  private readonly listeners = new Map<keyof Events, Set<Events[keyof Events]>>();
+  readonly #listeners = new Map<keyof Events, Set<Events[keyof Events]>>();
 
   /** Adds a listener. Returns a function that removes it. */
   on<K extends keyof Events>(event: K, listener: Events[K]): () => void {
-    let set = this.listeners.get(event);
+    let set = this.#listeners.get(event);
     if (set === undefined) {
       set = new Set();
-      this.listeners.set(event, set);
+      this.#listeners.set(event, set);
     }
     set.add(listener);
     return () => this.off(event, listener);
@@ -28,12 +28,12 @@ export class Emitter<Events extends { [K in keyof Events]: (...args: never[]) =>
   }
 
   off<K extends keyof Events>(event: K, listener: Events[K]): void {
-    this.listeners.get(event)?.delete(listener);
+    this.#listeners.get(event)?.delete(listener);
   }
 
   /** Calls every listener; a listener that throws is reported to `onListenerError`, not rethrown. */
   protected emit<K extends keyof Events>(event: K, ...args: Parameters<Events[K]>): void {
-    const set = this.listeners.get(event);
+    const set = this.#listeners.get(event);
     if (set === undefined || set.size === 0) return;
     for (const listener of [...set]) {
       try {
@@ -45,7 +45,7 @@ export class Emitter<Events extends { [K in keyof Events]: (...args: never[]) =>
   }
 
   protected listenerCount(event: keyof Events): number {
-    return this.listeners.get(event)?.size ?? 0;
+    return this.#listeners.get(event)?.size ?? 0;
   }
 
   protected onListenerError(_event: keyof Events, _error: unknown): void {}
