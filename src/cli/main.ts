@@ -4,6 +4,7 @@
  *
  *   duplexwire demo [--host 127.0.0.1] [--port 8080]   a small echo + signals server
  *   duplexwire request <url> <name> [text]              one request, prints the reply
+ *   duplexwire tunnel proxy|agent|token ...             the HTTP tunnel (src/cli/tunnel.ts)
  */
 import { parseArgs } from 'node:util';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
@@ -19,6 +20,8 @@ const USAGE = `usage:
   duplexwire request <url> <name> [text] [--timeout ms]
       Sends one UTF-8 request and prints the reply, e.g.
       duplexwire request ws://127.0.0.1:8080/ echo hello
+  duplexwire tunnel proxy|agent|token ...
+      The HTTP tunnel (duplexwire tunnel --help for its options).
 `;
 
 async function demo(args: string[]): Promise<void> {
@@ -106,6 +109,9 @@ async function main(argv: string[]): Promise<void> {
       return demo(rest);
     case 'request':
       return request(rest);
+    case 'tunnel':
+      // Loaded on demand: the tunnel's dependencies (prom-client, msgpack) are not the demo's.
+      return (await import('./tunnel.ts')).tunnel(rest);
     case undefined:
     case '-h':
     case '--help':

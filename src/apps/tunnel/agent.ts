@@ -1,0 +1,363 @@
+/**
+ * The private side of the tunnel: dials out to the proxy (a duplexwire Client: reconnect with
+ * exponential backoff and jitter, heartbeat), authenticates with its id and token, and performs
+ * each request the proxy sends against its target: a URL, an in-process Node `(req, res)`
+ * handler, or a fetch-style `(Request) => Response` handler.
+ */
+import { Agent as HttpAgent, createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  Client,
+  type IncomingMessage as DuplexwireMessage,
+  InvalidArgumentError,
+  InvalidStateError,
+  type Logger,
+  type Payload,
+  type ReconnectOptions,
+  RequestError,
+} from '../../index.ts';
+import { type WsClientTlsOptions, wsClientTransport } from '../../../transports/ws.ts';
+import { FetchExchange, type FetchHandler } from './agent-fetch.ts';
+import { type HttpTarget, HttpExchange } from './agent-http.ts';
+import { ResponseSender } from './agent-relay.ts';
+import { CreditWindow, maxMessages } from './flow.ts';
+import { errorBody, TunnelErrorCode } from './http-errors.ts';
+import { jsonLogger } from './log.ts';
+import { AGENT_ID_HEADER, DEFAULT_CHUNK_SIZE, DEFAULT_CONNECTION_WINDOW, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STREAM_WINDOW } from './constants.ts';
+import { durationOption } from './timeout.ts';
+import { isValidClientId } from './tokens.ts';
+import { AgentErrorCode, decodeHttpHead, encodeHttpReply, MSG_BODY, MSG_HTTP, parseChunk, SIGNAL_DRAINING, WireError } from './wire.ts';
+
+/** A Node request listener, as given to `http.createServer`. */
+export type NodeHandler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+
+export interface TunnelAgentOptions {
+  /** The proxy's agents endpoint, e.g. `wss://tunnel.example.com/_tunnel`. */
+  readonly proxyUrl: string;
+  /** The client id this agent serves. */
+  readonly id: string;
+  /** This id's token (see `duplexwire tunnel token`). */
+  readonly token: string;
+  /** Where requests go: `http://127.0.0.1:3000` (a path is prefixed to every request path). */
+  readonly target?: string | URL;
+  /**
+   * An in-process handler instead of a target URL: a Node `(req, res)` listener or a fetch-style
+   * `(request) => response`. Told apart by arity (2 = Node) unless `handlerType` says.
+   */
+  readonly handler?: NodeHandler | FetchHandler;
+  readonly handlerType?: 'node' | 'fetch';
+  /** The Host header the target sees: the user's (`preserve`) or the target's (`rewrite`). @default 'preserve' */
+  readonly hostHeader?: 'preserve' | 'rewrite';
+  /** Reconnect policy of the connection to the proxy. @default exponential backoff with jitter, forever */
+  readonly reconnect?: boolean | ReconnectOptions;
+  /** TLS settings for a `wss:` proxy URL. */
+  readonly tls?: WsClientTlsOptions;
+  /** TLS settings for an `https:` target (e.g. `{ rejectUnauthorized: false }` for a self-signed one). */
+  readonly targetTls?: { readonly ca?: string | Buffer; readonly rejectUnauthorized?: boolean };
+  /** How long `close()` lets requests in flight finish. @default 30 s */
+  readonly drainTimeout?: number | string;
+  /** @default JSON lines on stderr, level info */
+  readonly logger?: Logger;
+  /** Advanced: bytes per body chunk. @default 64 KiB */
+  readonly chunkSize?: number;
+  /** Advanced: unacked response bytes per stream. @default 2 MiB */
+  readonly streamWindow?: number;
+  /** Advanced: unacked response bytes per connection. @default 4 MiB */
+  readonly connectionWindow?: number;
+}
+
+type Exchange = HttpExchange | FetchExchange;
+
+type Target =
+  | { readonly kind: 'http'; readonly http: HttpTarget }
+  | { readonly kind: 'fetch'; readonly handler: FetchHandler }
+  | { readonly kind: 'node'; readonly handler: NodeHandler };
+
+function httpTarget(url: URL, hostHeader: 'preserve' | 'rewrite', agent: HttpAgent): HttpTarget {
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new InvalidArgumentError(`target must be an http: or https: URL, got ${url.protocol}`);
+  }
+  const port = url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
+  return {
+    protocol: url.protocol,
+    hostname: url.hostname.replace(/^\[|\]$/g, ''),
+    port,
+    basePath: url.pathname.replace(/\/+$/, ''),
+    host: url.host,
+    hostHeader,
+    agent,
+  };
+}
+
+/**
+ * A tunnel agent.
+ *
+ * @example
+ * const agent = new TunnelAgent({
+ *   proxyUrl: 'ws://127.0.0.1:8080/_tunnel', id: '4711', token, target: 'http://127.0.0.1:3000',
+ * });
+ * await agent.start();
+ * // ... later
+ * await agent.close();
+ *
+ * @example In-process
+ * new TunnelAgent({ proxyUrl, id, token, handler: (req: Request) => new Response('hi') });
+ */
+export class TunnelAgent {
+  readonly id: string;
+  /** The duplexwire client under the agent, for its events (`connect`, `disconnect`, ...). */
+  readonly client: Client;
+  private readonly target: Target;
+  private readonly logger: Logger;
+  private readonly exchanges = new Map<string, Exchange>();
+  private readonly chunkSize: number;
+  private readonly streamWindow: number;
+  private readonly connectionWindow: number;
+  private readonly drainTimeout: number;
+  private readonly hostHeader: 'preserve' | 'rewrite';
+  private readonly targetAgent: HttpAgent;
+  private window: CreditWindow;
+  private draining = false;
+  private closing: Promise<void> | undefined;
+  private nodeServer: { server: HttpServer; dir: string | undefined; target: HttpTarget } | undefined;
+  private nodeServerStarting: Promise<HttpTarget> | undefined;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(options: TunnelAgentOptions) {
+    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options are required');
+    if (typeof options.id !== 'string' || !isValidClientId(options.id)) {
+      throw new InvalidArgumentError('option id must be a client id: letters, digits, _ . - (up to 63)');
+    }
+    if (typeof options.token !== 'string' || options.token.length === 0) throw new InvalidArgumentError('option token is required');
+    if ((options.target === undefined) === (options.handler === undefined)) {
+      throw new InvalidArgumentError('give exactly one of target (a URL) and handler');
+    }
+    this.id = options.id;
+    this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-agent', id: options.id } });
+    this.hostHeader = options.hostHeader ?? 'preserve';
+    if (this.hostHeader !== 'preserve' && this.hostHeader !== 'rewrite') {
+      throw new InvalidArgumentError("option hostHeader must be 'preserve' or 'rewrite'");
+    }
+    this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    this.streamWindow = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    this.connectionWindow = options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW;
+    if (!(this.chunkSize >= 1 && this.chunkSize <= 512 * 1024)) throw new InvalidArgumentError('option chunkSize must be 1..512 KiB');
+    this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
+    this.window = new CreditWindow(this.connectionWindow);
+    const url = options.target === undefined ? undefined : new URL(String(options.target));
+    this.targetAgent =
+      url?.protocol === 'https:'
+        ? new HttpsAgent({
+            keepAlive: true,
+            ...(options.targetTls?.ca === undefined ? {} : { ca: options.targetTls.ca }),
+            ...(options.targetTls?.rejectUnauthorized === undefined ? {} : { rejectUnauthorized: options.targetTls.rejectUnauthorized }),
+          })
+        : new HttpAgent({ keepAlive: true });
+    if (url !== undefined) {
+      this.target = { kind: 'http', http: httpTarget(url, this.hostHeader, this.targetAgent) };
+    } else {
+      const handler = options.handler!;
+      if (typeof handler !== 'function') throw new InvalidArgumentError('option handler must be a function');
+      const kind = options.handlerType ?? (handler.length >= 2 ? 'node' : 'fetch');
+      this.target =
+        kind === 'node' ? { kind: 'node', handler: handler as NodeHandler } : { kind: 'fetch', handler: handler as FetchHandler };
+    }
+    this.client = new Client(options.proxyUrl, {
+      transport: wsClientTransport(options.tls === undefined ? {} : { tls: options.tls }),
+      headers: { [AGENT_ID_HEADER]: options.id, authorization: `Bearer ${options.token}` },
+      reconnect: options.reconnect ?? true,
+      autoConnect: false,
+      // Every exchange and every body chunk runs at once: a slow target must never hold another.
+      concurrency: 65_536,
+      maxInflightRequests: 65_536,
+      logger: this.logger,
+      onRequest: (message, context) => this.onRequest(message, context.signal),
+    });
+    this.client.on('connect', () => {
+      // Credit belongs to one connection: the acks of the previous one will never come.
+      this.window = new CreditWindow(this.connectionWindow);
+      this.logger.info('connected to the proxy', { url: this.client.url });
+    });
+    this.client.on('disconnect', ({ code, reason }) => this.logger.warn('disconnected from the proxy', { code, reason }));
+    this.client.on('reconnecting', ({ attempt, delay }) => this.logger.info('reconnecting', { attempt, delay }));
+    this.client.on('error', (error) => this.logger.warn('connection to the proxy failed', { error }));
+  }
+
+  /**
+   * Connects. Resolves once connected (the agent then reconnects by itself whenever the
+   * connection drops); rejects when the proxy refuses the credentials (401) or the agent is closed.
+   */
+  async start(): Promise<void> {
+    if (this.closing !== undefined) throw new InvalidStateError('the agent is closed');
+    if (this.target.kind === 'node') await this.nodeTarget();
+    await this.client.connect();
+  }
+
+  /** True while connected to the proxy. */
+  get connected(): boolean {
+    return this.client.isConnected;
+  }
+
+  /** Requests being performed. */
+  get inflight(): number {
+    return this.exchanges.size;
+  }
+
+  /**
+   * Drains and closes: the proxy is told to route nothing new here, new requests are refused
+   * (the proxy retries them on another agent), requests in flight finish (up to `timeout`),
+   * then the connection closes.
+   */
+  close(timeout: number = this.drainTimeout): Promise<void> {
+    this.closing ??= this.runClose(timeout);
+    return this.closing;
+  }
+
+  private async runClose(timeout: number): Promise<void> {
+    this.draining = true;
+    this.client.signal(SIGNAL_DRAINING, { encoding: 'binary', data: new Uint8Array(0) });
+    if (this.exchanges.size > 0 && timeout > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, timeout);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    await this.client.close(1001, 'agent closing');
+    this.targetAgent.destroy();
+    const node = this.nodeServer;
+    if (node !== undefined) {
+      await new Promise<void>((resolve) => {
+        node.server.close(() => resolve());
+        node.server.closeAllConnections();
+      });
+      if (node.dir !== undefined) await rm(node.dir, { recursive: true, force: true });
+    }
+  }
+
+  /** The private socket in front of a Node handler, started once. */
+  private nodeTarget(): Promise<HttpTarget> {
+    if (this.nodeServer !== undefined) return Promise.resolve(this.nodeServer.target);
+    this.nodeServerStarting ??= (async () => {
+      const target = this.target as { kind: 'node'; handler: NodeHandler };
+      const logger = this.logger;
+      const server = createServer({ requestTimeout: 0 }, (req, res) => {
+        // A throwing handler must not take the agent down: the user gets a 500.
+        const failed = (error: unknown): void => {
+          logger.error('handler failed', { error });
+          if (res.headersSent) {
+            res.destroy();
+            return;
+          }
+          const body = errorBody(TunnelErrorCode.AgentHandlerFailed);
+          res.writeHead(500, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+          res.end(body);
+        };
+        try {
+          const result = target.handler(req, res);
+          if (result instanceof Promise) result.catch(failed);
+        } catch (error) {
+          failed(error);
+        }
+      });
+      // A private socket: a directory only this user can enter (named pipes on Windows).
+      let dir: string | undefined;
+      let socketPath: string;
+      if (process.platform === 'win32') {
+        socketPath = `\\\\?\\pipe\\duplexwire-tunnel-${randomBytes(12).toString('hex')}`;
+      } else {
+        dir = await mkdtemp(join(tmpdir(), 'duplexwire-tunnel-'));
+        socketPath = join(dir, 'handler.sock');
+      }
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(socketPath, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      const http: HttpTarget = {
+        protocol: 'http:',
+        socketPath,
+        basePath: '',
+        host: 'localhost',
+        hostHeader: this.hostHeader,
+        agent: this.targetAgent,
+      };
+      this.nodeServer = { server, dir, target: http };
+      return http;
+    })();
+    return this.nodeServerStarting;
+  }
+
+  // ------------------------------------------------------------------ requests from the proxy
+
+  private onRequest(message: DuplexwireMessage, signal: AbortSignal): Promise<Payload> | Promise<void> | undefined {
+    try {
+      const chunk = parseChunk(message.name, message.payload);
+      if (chunk !== undefined) {
+        if (chunk.kind !== MSG_BODY) throw new RequestError(AgentErrorCode.BadMessage, 'agents take body chunks only');
+        const exchange = this.exchanges.get(chunk.sid);
+        if (exchange === undefined) throw new RequestError(AgentErrorCode.UnknownStream, 'no such stream');
+        return exchange.body(chunk.seq, chunk.data, chunk.fin);
+      }
+      if (message.name === MSG_HTTP) return this.onHttp(message.payload, signal);
+    } catch (error) {
+      if (error instanceof WireError) throw new RequestError(AgentErrorCode.BadMessage, error.message);
+      throw error;
+    }
+    throw new RequestError('UNKNOWN_REQUEST', `unknown request ${JSON.stringify(message.name)}`);
+  }
+
+  private onHttp(payload: Payload, signal: AbortSignal): Promise<Payload> {
+    if (this.draining) throw new RequestError(AgentErrorCode.Draining, 'the agent is draining');
+    const head = decodeHttpHead(payload);
+    if (this.exchanges.has(head.sid)) throw new RequestError(AgentErrorCode.BadMessage, 'stream id in use');
+    const window = this.window;
+    const sender = (): ResponseSender => {
+      // Every unacked chunk listens to the signal: a window's worth (MIN_MESSAGE_COST bounds the
+      // count). Set only for streamed responses: it costs, and most responses go inline.
+      setMaxListeners(maxMessages(this.streamWindow), signal);
+      return new ResponseSender(this.client, head.sid, signal, window, this.streamWindow, this.chunkSize);
+    };
+    const target = this.target;
+    let exchange: Exchange;
+    if (target.kind === 'fetch') {
+      exchange = new FetchExchange(head, target.handler, signal, sender, this.logger);
+    } else {
+      // The Node handler's socket exists from start() on.
+      const http = target.kind === 'http' ? target.http : this.nodeServer?.target;
+      if (http === undefined) throw new RequestError(AgentErrorCode.HandlerFailed, 'the agent is not started');
+      exchange = new HttpExchange(head, http, signal, sender);
+    }
+    // Registered before anything is awaited: the body chunks that follow must find it.
+    this.exchanges.set(head.sid, exchange);
+    return exchange.run().then(
+      (reply) => {
+        this.forget(head.sid);
+        return encodeHttpReply(reply);
+      },
+      (error: unknown) => {
+        this.forget(head.sid);
+        throw error;
+      },
+    );
+  }
+
+  private forget(sid: string): void {
+    this.exchanges.delete(sid);
+    if (this.exchanges.size === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const resolve of waiters) resolve();
+    }
+  }
+}

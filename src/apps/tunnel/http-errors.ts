@@ -1,0 +1,64 @@
+/**
+ * The answers the proxy gives itself, each a short JSON body with a stable code:
+ * `{"code":"NO_AGENT","message":"..."}`. Codes are part of the public contract (README).
+ */
+
+export const TunnelErrorCode = {
+  MissingClientId: 'MISSING_CLIENT_ID',
+  InvalidClientId: 'INVALID_CLIENT_ID',
+  InvalidTimeout: 'INVALID_TIMEOUT',
+  BadRequest: 'BAD_REQUEST',
+  UpgradeNotSupported: 'UPGRADE_NOT_SUPPORTED',
+  BodyTooLarge: 'BODY_TOO_LARGE',
+  NoAgent: 'NO_AGENT',
+  AgentsBusy: 'AGENTS_BUSY',
+  ShuttingDown: 'SHUTTING_DOWN',
+  AgentTimeout: 'AGENT_TIMEOUT',
+  AgentLost: 'AGENT_LOST',
+  TargetUnreachable: 'TARGET_UNREACHABLE',
+  BadAgentResponse: 'BAD_AGENT_RESPONSE',
+  AgentHandlerFailed: 'AGENT_HANDLER_FAILED',
+  UpgradeUnsupportedByAgent: 'UPGRADE_UNSUPPORTED_BY_AGENT',
+} as const;
+export type TunnelErrorCode = (typeof TunnelErrorCode)[keyof typeof TunnelErrorCode];
+
+/** HTTP status of each code. */
+export const TUNNEL_ERROR_STATUS: Readonly<Record<TunnelErrorCode, number>> = {
+  MISSING_CLIENT_ID: 400,
+  INVALID_CLIENT_ID: 400,
+  INVALID_TIMEOUT: 400,
+  BAD_REQUEST: 400,
+  UPGRADE_NOT_SUPPORTED: 400,
+  BODY_TOO_LARGE: 413,
+  NO_AGENT: 503,
+  AGENTS_BUSY: 503,
+  SHUTTING_DOWN: 503,
+  AGENT_TIMEOUT: 504,
+  AGENT_LOST: 502,
+  TARGET_UNREACHABLE: 502,
+  BAD_AGENT_RESPONSE: 502,
+  AGENT_HANDLER_FAILED: 500,
+  UPGRADE_UNSUPPORTED_BY_AGENT: 501,
+};
+
+const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
+  MISSING_CLIENT_ID: 'the request names no client id',
+  INVALID_CLIENT_ID: 'the client id is not valid',
+  INVALID_TIMEOUT: 'the request timeout must be a positive duration such as 12s or 1500ms',
+  BAD_REQUEST: 'the request cannot be forwarded',
+  UPGRADE_NOT_SUPPORTED: 'only WebSocket upgrades are forwarded',
+  BODY_TOO_LARGE: 'the request body is over the limit',
+  NO_AGENT: 'no agent is connected for this client id',
+  AGENTS_BUSY: 'every agent for this client id is at its limit of requests in flight',
+  SHUTTING_DOWN: 'the proxy is shutting down',
+  AGENT_TIMEOUT: 'the agent did not answer in time',
+  AGENT_LOST: 'the agent was lost during the request',
+  TARGET_UNREACHABLE: "the agent could not reach its target",
+  BAD_AGENT_RESPONSE: 'the agent sent an invalid response',
+  AGENT_HANDLER_FAILED: "the agent's handler failed",
+  UPGRADE_UNSUPPORTED_BY_AGENT: "the agent's target cannot upgrade connections",
+};
+
+export function errorBody(code: TunnelErrorCode): string {
+  return JSON.stringify({ code, message: MESSAGES[code] });
+}

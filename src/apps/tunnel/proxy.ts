@@ -1,0 +1,668 @@
+/**
+ * The public side of the tunnel: users' HTTP requests come in, agents' WebSocket connections
+ * come in, and each request is routed by client id to one of that id's agents.
+ *
+ * Built only on duplexwire's public API: a `Server` over `wsTransport({ server, path })` on the
+ * same `http.Server` as the users' requests; agents answer `tunnel.http` server-to-client
+ * requests (protocol v2.1) and send the response back as client requests.
+ */
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type Connection, InvalidArgumentError, InvalidStateError, type Logger, RequestError, Server } from '../../index.ts';
+import { wsTransport } from '../../../transports/ws.ts';
+import { type AgentEntry, Balancer } from './balancer.ts';
+import {
+  AGENT_ID_HEADER,
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_CONNECTION_WINDOW,
+  DEFAULT_DRAIN_TIMEOUT,
+  DEFAULT_STREAM_WINDOW,
+} from './constants.ts';
+import { CreditWindow } from './flow.ts';
+import { addForwarded, filterHeaders, headerValues, singleHeader } from './headers.ts';
+import { TunnelErrorCode } from './http-errors.ts';
+import { jsonLogger } from './log.ts';
+import { TunnelMetrics } from './metrics.ts';
+import { type ExchangeHost, ProxyExchange } from './proxy-exchange.ts';
+import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';
+import { ResponseSink, type Sink, SocketSink, writeRawError } from './sinks.ts';
+import { renderStatusPage } from './status-page.ts';
+import { chooseTimeout, durationOption } from './timeout.ts';
+import { type AgentAuthenticator, bearerToken, isValidClientId, type TokenEntries, tokenAuthenticator } from './tokens.ts';
+import { AgentErrorCode, BodyMode, decodeResponseHead, MSG_CHUNK, MSG_HEAD, parseChunk, SIGNAL_DRAINING, WireError } from './wire.ts';
+
+/** @default path of the agents' WebSocket endpoint */
+export const DEFAULT_AGENTS_PATH = '/_tunnel';
+/** @default per-request timeout header */
+export const DEFAULT_TIMEOUT_HEADER = 'x-duplexwire-request-timeout';
+/** @default 30 s until the response head */
+export const DEFAULT_REQUEST_TIMEOUT = 30_000;
+/** @default 5 min: the cap of the timeout header */
+export const DEFAULT_MAX_REQUEST_TIMEOUT = 300_000;
+/** @default 10 MiB */
+export const DEFAULT_MAX_REQUEST_BODY = 10 * 1024 * 1024;
+/** @default an agent silent this long (no heartbeat) is dropped: 20 s */
+export const DEFAULT_AGENT_TIMEOUT = 20_000;
+/** @default 1024 requests in flight per agent */
+export const DEFAULT_MAX_INFLIGHT_PER_AGENT = 1024;
+/** Request bodies up to this size (with a Content-Length) travel inside the head message. */
+export const INLINE_BODY_LIMIT = 64 * 1024;
+
+/** Paths of the operational endpoints (served only to requests that route to no client id). */
+export interface OpsPaths {
+  /** Liveness: 200 while the process serves. @default '/healthz' */
+  readonly healthz?: string | false;
+  /** Readiness: 200 while listening and not draining, else 503. @default '/readyz' */
+  readonly readyz?: string | false;
+  /** Prometheus metrics. @default '/metrics' */
+  readonly metrics?: string | false;
+  /** HTML status page. @default '/status' */
+  readonly status?: string | false;
+}
+
+export interface TunnelProxyOptions {
+  /**
+   * Agent credentials: `{ "<id>": "<token or sha256:digest>" | [...] }`, or an authenticator
+   * (`loadTokenFile(path)`, `tokenAuthenticator(entries)`, or your own). Required unless `insecure`.
+   */
+  readonly tokens?: TokenEntries | AgentAuthenticator;
+  /**
+   * Accept agents without credentials (development only); ids listed in `tokens` still need
+   * theirs. @default false
+   */
+  readonly insecure?: boolean;
+  /** Path of the agents' WebSocket endpoint. @default '/_tunnel' */
+  readonly agentsPath?: string;
+  /** How requests find their client id. @default [{ by: 'header' }] (x-duplexwire-client-id) */
+  readonly routing?: RoutingStrategy | readonly RoutingStrategy[];
+  /** Time an agent has to send the response head, in ms or as '30s'. @default 30 s */
+  readonly requestTimeout?: number | string;
+  /** Cap of the per-request timeout header. @default 5 min */
+  readonly maxRequestTimeout?: number | string;
+  /** Header with which a request sets its own timeout (`12s`, `1500ms`). @default 'x-duplexwire-request-timeout' */
+  readonly timeoutHeader?: string;
+  /** Largest request body; a larger one gets 413 (Infinity for none). @default 10 MiB */
+  readonly maxRequestBody?: number;
+  /** X-Forwarded-For: `replace` what users send (edge proxy) or `append` to it (behind a trusted LB). @default 'replace' */
+  readonly forwarded?: 'replace' | 'append';
+  /** Requests in flight per agent; when every agent of an id is full: 503. @default 1024 */
+  readonly maxInflightPerAgent?: number;
+  /** An agent that sends nothing (not even its heartbeat) this long is dropped. @default 20 s */
+  readonly agentTimeout?: number | string;
+  /** Forward WebSocket upgrades to the agents' targets. @default true */
+  readonly upgrades?: boolean;
+  /** Paths of the operational endpoints. @default /healthz, /readyz, /metrics, /status */
+  readonly ops?: OpsPaths;
+  /**
+   * Which of them the users' listener serves: `all`, `health` (healthz and readyz only: serve
+   * the rest on a private listener with `serveOps`), or `none`. @default 'all'
+   */
+  readonly publicOps?: 'all' | 'health' | 'none';
+  /** How long `drain()` lets requests in flight finish. @default 30 s */
+  readonly drainTimeout?: number | string;
+  /** Structured logs. @default JSON lines on stderr, level info */
+  readonly logger?: Logger;
+  /** Also register prom-client's default process metrics. @default true */
+  readonly processMetrics?: boolean;
+  /** Advanced: bytes per body chunk. @default 64 KiB */
+  readonly chunkSize?: number;
+  /** Advanced: unacked bytes per stream. @default 2 MiB */
+  readonly streamWindow?: number;
+  /** Advanced: unacked bytes per agent connection. @default 4 MiB */
+  readonly connectionWindow?: number;
+}
+
+interface ResolvedOps {
+  readonly healthz: string | undefined;
+  readonly readyz: string | undefined;
+  readonly metrics: string | undefined;
+  readonly status: string | undefined;
+}
+
+function opsPath(value: string | false | undefined, fallback: string): string | undefined {
+  if (value === false) return undefined;
+  const path = value ?? fallback;
+  if (!path.startsWith('/')) throw new InvalidArgumentError(`ops paths must start with '/', got ${JSON.stringify(path)}`);
+  return path;
+}
+
+function positiveInteger(name: string, value: number | undefined, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v < 1 || v > max) throw new InvalidArgumentError(`option ${name} must be an integer in 1..${max}`);
+  return v;
+}
+
+type State = 'new' | 'serving' | 'draining' | 'closed';
+
+/**
+ * The tunnel proxy.
+ *
+ * @example
+ * const proxy = new TunnelProxy({ tokens: await loadTokenFile('tokens.json') });
+ * const { port } = await proxy.listen({ host: '127.0.0.1', port: 8080 });
+ * // agents dial ws://127.0.0.1:8080/_tunnel; users:
+ * //   curl -H 'x-duplexwire-client-id: 4711' http://127.0.0.1:8080/any/path
+ * process.on('SIGTERM', () => proxy.drain());
+ *
+ * @example Mounted on an existing server
+ * const server = http.createServer();
+ * await proxy.attach(server);
+ * server.listen(8080);
+ */
+export class TunnelProxy {
+  /** Prometheus registry of this proxy (also served at the metrics path). */
+  readonly metrics: TunnelMetrics;
+  readonly agentsPath: string;
+  private readonly auth: AgentAuthenticator | undefined;
+  private readonly insecure: boolean;
+  private readonly knownIds: ReadonlySet<string>;
+  private readonly router: Router;
+  private readonly logger: Logger;
+  private readonly balancer = new Balancer();
+  private readonly streams = new Map<string, ProxyExchange>();
+  private readonly active = new Set<ProxyExchange>();
+  private readonly entries = new Map<Connection, AgentEntry>();
+  private readonly stripHeaders: ReadonlySet<string>;
+  private readonly timeoutHeader: string;
+  private readonly requestTimeout: number;
+  private readonly maxRequestTimeout: number;
+  private readonly maxRequestBody: number;
+  private readonly forwarded: 'replace' | 'append';
+  private readonly agentTimeout: number;
+  private readonly upgrades: boolean;
+  private readonly ops: ResolvedOps;
+  private readonly publicOps: 'all' | 'health' | 'none';
+  private readonly drainTimeout: number;
+  private readonly connectionWindow: number;
+  private readonly host: ExchangeHost;
+  private readonly startedAt = Date.now();
+  private state: State = 'new';
+  private server: Server | undefined;
+  private http: HttpServer | HttpsServer | undefined;
+  private ownsHttp = false;
+  private detach: (() => void) | undefined;
+  private idleWaiters: Array<() => void> = [];
+  private draining: Promise<void> | undefined;
+
+  constructor(options: TunnelProxyOptions = {}) {
+    if (options.tokens === undefined && options.insecure !== true) {
+      throw new InvalidArgumentError('the proxy needs agent credentials (option tokens), or insecure: true for development');
+    }
+    const tokens = options.tokens;
+    this.auth =
+      tokens === undefined
+        ? undefined
+        : typeof (tokens as AgentAuthenticator).verify === 'function'
+          ? (tokens as AgentAuthenticator)
+          : tokenAuthenticator(tokens as TokenEntries);
+    this.insecure = options.insecure === true;
+    this.knownIds = new Set(this.auth?.ids() ?? []);
+    const routing = options.routing ?? [{ by: 'header' }];
+    this.router = createRouter(Array.isArray(routing) ? routing : [routing as RoutingStrategy]);
+    this.agentsPath = options.agentsPath ?? DEFAULT_AGENTS_PATH;
+    if (!this.agentsPath.startsWith('/')) throw new InvalidArgumentError('option agentsPath must start with /');
+    this.timeoutHeader = (options.timeoutHeader ?? DEFAULT_TIMEOUT_HEADER).toLowerCase();
+    this.stripHeaders = new Set([...this.router.headerNames, this.timeoutHeader, AGENT_ID_HEADER]);
+    this.requestTimeout = durationOption('requestTimeout', options.requestTimeout, DEFAULT_REQUEST_TIMEOUT);
+    this.maxRequestTimeout = durationOption('maxRequestTimeout', options.maxRequestTimeout, DEFAULT_MAX_REQUEST_TIMEOUT);
+    this.agentTimeout = durationOption('agentTimeout', options.agentTimeout, DEFAULT_AGENT_TIMEOUT);
+    this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
+    for (const [name, v] of [
+      ['requestTimeout', this.requestTimeout],
+      ['maxRequestTimeout', this.maxRequestTimeout],
+    ] as const) {
+      if (v < 1 || v > 2 ** 31 - 1) throw new InvalidArgumentError(`option ${name} must be between 1 ms and 24 days`);
+    }
+    this.maxRequestBody = options.maxRequestBody ?? DEFAULT_MAX_REQUEST_BODY;
+    if (!(this.maxRequestBody >= 0)) throw new InvalidArgumentError('option maxRequestBody must be >= 0');
+    this.forwarded = options.forwarded ?? 'replace';
+    this.upgrades = options.upgrades ?? true;
+    this.ops = {
+      healthz: opsPath(options.ops?.healthz, '/healthz'),
+      readyz: opsPath(options.ops?.readyz, '/readyz'),
+      metrics: opsPath(options.ops?.metrics, '/metrics'),
+      status: opsPath(options.ops?.status, '/status'),
+    };
+    this.publicOps = options.publicOps ?? 'all';
+    if (!['all', 'health', 'none'].includes(this.publicOps)) throw new InvalidArgumentError("option publicOps must be 'all', 'health' or 'none'");
+    this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-proxy' } });
+    this.connectionWindow = positiveInteger('connectionWindow', options.connectionWindow, DEFAULT_CONNECTION_WINDOW);
+    this.metrics = new TunnelMetrics(() => this.agentCounts(), { defaultMetrics: options.processMetrics ?? true });
+    for (const id of this.auth?.ids() ?? []) this.metrics.know(id);
+    const chunkSize = positiveInteger('chunkSize', options.chunkSize, DEFAULT_CHUNK_SIZE, 512 * 1024);
+    const streamWindow = positiveInteger('streamWindow', options.streamWindow, DEFAULT_STREAM_WINDOW);
+    const maxInflightPerAgent = positiveInteger('maxInflightPerAgent', options.maxInflightPerAgent, DEFAULT_MAX_INFLIGHT_PER_AGENT, 16_384);
+    this.host = {
+      balancer: this.balancer,
+      metrics: this.metrics,
+      logger: this.logger,
+      chunkSize,
+      streamWindow,
+      maxInflightPerAgent,
+      streams: this.streams,
+      ended: (exchange) => {
+        this.active.delete(exchange);
+        if (this.active.size === 0) this.notifyIdle();
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  /**
+   * Creates an HTTP server, listens on `host`:`port` (0 picks a free port) and serves users and
+   * agents on it. Resolves with the address.
+   */
+  async listen(options: { host?: string; port?: number } = {}): Promise<{ host: string; port: number }> {
+    const http = createServer({ requestTimeout: 0 });
+    await this.attach(http);
+    this.ownsHttp = true;
+    // CONNECT is not forwarded: answer rather than let Node drop the socket without a word.
+    http.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+      socket.on('error', () => {});
+      writeRawError(socket, TunnelErrorCode.BadRequest);
+    });
+    await new Promise<void>((resolve, reject) => {
+      http.once('error', reject);
+      http.listen(options.port ?? 8080, options.host ?? '127.0.0.1', () => {
+        http.off('error', reject);
+        resolve();
+      });
+    });
+    http.on('error', (error) => this.logger.error('http server error', { error }));
+    const address = this.address()!;
+    this.logger.info('listening', { host: address.host, port: address.port, agentsPath: this.agentsPath });
+    return address;
+  }
+
+  /**
+   * Serves on an HTTP(S) server the application owns: agents at `agentsPath`, users' requests
+   * (unless `requests: false`, then call `handleRequest` yourself) and upgrades (unless
+   * `upgrades: false`). The server is never closed by the proxy; after `drain()` its listeners
+   * stay and answer 503.
+   */
+  async attach(server: HttpServer | HttpsServer, options: { requests?: boolean; upgrades?: boolean } = {}): Promise<void> {
+    if (this.state !== 'new') throw new InvalidStateError(`the proxy is ${this.state}`);
+    this.state = 'serving';
+    this.http = server;
+    this.server = new Server({
+      transport: wsTransport({ server, path: this.agentsPath }),
+      beforeUpgrade: (request) => this.authenticate(request.headers, request.remoteAddress),
+      onRequest: (conn, message) => this.onAgentRequest(conn, message.name, message.payload),
+      onSignal: (conn, message) => {
+        if (message.name === SIGNAL_DRAINING) {
+          const entry = this.entries.get(conn);
+          if (entry !== undefined) {
+            entry.draining = true;
+            this.logger.info('agent draining', { id: entry.id, agent: conn.id });
+          }
+        }
+      },
+      onClientConnected: (conn) => this.agentConnected(conn),
+      onClientDisconnected: (conn, info) => this.agentDisconnected(conn, info.code, info.reason),
+      readTimeout: this.agentTimeout,
+      // Every stream's chunks are handled at once: a slow user must never block another stream.
+      concurrency: 65_536,
+      maxInflightRequests: 65_536,
+      logger: this.logger,
+    });
+    await this.server.listen();
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => this.handleRequest(req, res);
+    const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => this.handleUpgrade(req, socket, head);
+    if (options.requests ?? true) server.on('request', onRequest);
+    if (options.upgrades ?? true) server.on('upgrade', onUpgrade);
+    this.detach = () => {
+      server.off('request', onRequest);
+      server.off('upgrade', onUpgrade);
+    };
+  }
+
+  /** Where the proxy listens (its own server, or the attached one once that listens). */
+  address(): { host: string; port: number } | null {
+    const address = this.http?.address();
+    if (address === null || address === undefined || typeof address === 'string') return null;
+    return { host: (address as AddressInfo).address, port: (address as AddressInfo).port };
+  }
+
+  /** True while serving and not draining (what `/readyz` answers). */
+  get ready(): boolean {
+    return this.state === 'serving';
+  }
+
+  /** Connected agents (of `id`, or all). */
+  agents(id?: string): ReadonlyArray<Readonly<AgentEntry>> {
+    return this.balancer.agents(id);
+  }
+
+  /** User requests being served. */
+  get inflight(): number {
+    return this.active.size;
+  }
+
+  /**
+   * Graceful drain: new requests and agents get 503, requests in flight finish (up to `timeout`,
+   * then they are cut off), agents are closed (1001) and, in `listen` mode, the server is closed.
+   */
+  drain(timeout: number = this.drainTimeout): Promise<void> {
+    this.draining ??= this.runDrain(timeout);
+    return this.draining;
+  }
+
+  /** Closes at once: requests in flight are cut off. */
+  close(): Promise<void> {
+    return this.drain(0);
+  }
+
+  private async runDrain(timeout: number): Promise<void> {
+    if (this.state === 'new') {
+      this.state = 'closed';
+      return;
+    }
+    this.state = 'draining';
+    this.logger.info('draining', { inflight: this.active.size, timeout });
+    if (this.active.size > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timedOut = await Promise.race([
+        new Promise<boolean>((resolve) => this.idleWaiters.push(() => resolve(false))),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(true), timeout);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (timedOut) {
+        this.logger.warn('drain timed out; cutting off requests in flight', { inflight: this.active.size });
+        for (const exchange of [...this.active]) exchange.abort();
+      }
+    }
+    await this.server?.shutdown({ timeout: 1000 });
+    const http = this.http;
+    // On a server the application owns, the listeners stay and answer 503 from now on: removed,
+    // they would leave the application's users without any answer.
+    if (this.ownsHttp) this.detach?.();
+    if (this.ownsHttp && http !== undefined) {
+      await new Promise<void>((resolve) => {
+        http.close(() => resolve());
+        http.closeIdleConnections();
+        // Keep-alive connections still open after the drain have nothing left to finish.
+        setTimeout(() => http.closeAllConnections(), 100).unref();
+      });
+    }
+    this.state = 'closed';
+    this.logger.info('closed');
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  // ------------------------------------------------------------------ agents
+
+  private authenticate(headers: Readonly<Record<string, string | undefined>>, remoteAddress: string) {
+    if (this.state !== 'serving') return { accept: false as const, status: 503, reason: 'proxy shutting down' };
+    const id = headers[AGENT_ID_HEADER];
+    if (id === undefined || !isValidClientId(id)) {
+      this.logger.warn('agent refused: no valid id', { remoteAddress });
+      return { accept: false as const, status: 401, reason: 'bad agent credentials' };
+    }
+    // Insecure mode still checks the ids that have credentials: a development proxy must not
+    // let anybody take over those.
+    if (this.auth !== undefined && (!this.insecure || this.knownIds.has(id))) {
+      const token = bearerToken(headers.authorization);
+      if (token === undefined || !this.auth.verify(id, token)) {
+        this.logger.warn('agent refused: bad credentials', { id, remoteAddress });
+        return { accept: false as const, status: 401, reason: 'bad agent credentials' };
+      }
+    }
+    return { accept: true as const, info: { id } };
+  }
+
+  private async agentConnected(conn: Connection): Promise<void> {
+    const id = (conn.info as { id: string }).id;
+    if (!(await conn.negotiated())) {
+      this.logger.warn('agent refused: it does not speak duplexwire v2.1', { id, agent: conn.id });
+      await conn.close(1008, 'agents must speak duplexwire v2.1');
+      return;
+    }
+    if (!conn.isOpen) return;
+    const entry: AgentEntry = {
+      id,
+      conn,
+      connectedAt: Date.now(),
+      window: new CreditWindow(this.connectionWindow),
+      inflight: 0,
+      served: 0,
+      draining: false,
+    };
+    this.entries.set(conn, entry);
+    this.balancer.add(entry);
+    this.metrics.know(id);
+    this.logger.info('agent connected', { id, agent: conn.id, remoteAddress: conn.remoteAddress });
+  }
+
+  private agentDisconnected(conn: Connection, code: number, reason: string): void {
+    const entry = this.entries.get(conn);
+    if (entry === undefined) return;
+    this.entries.delete(conn);
+    this.balancer.remove(entry);
+    this.logger.info('agent disconnected', { id: entry.id, agent: conn.id, code, reason, inflight: entry.inflight });
+  }
+
+  private agentCounts(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const entry of this.balancer.agents()) counts.set(entry.id, (counts.get(entry.id) ?? 0) + 1);
+    return counts;
+  }
+
+  private onAgentRequest(conn: Connection, name: string, payload: import('../../index.ts').Payload): Promise<void> | undefined {
+    try {
+      const chunk = parseChunk(name, payload);
+      if (chunk !== undefined) {
+        if (chunk.kind !== MSG_CHUNK) throw new RequestError(AgentErrorCode.BadMessage, 'the proxy takes response chunks only');
+        return this.exchangeFor(conn, chunk.sid).onChunk(chunk);
+      }
+      if (name === MSG_HEAD) {
+        const head = decodeResponseHead(payload);
+        return this.exchangeFor(conn, head.sid).onHead(head);
+      }
+    } catch (error) {
+      if (error instanceof WireError) throw new RequestError(AgentErrorCode.BadMessage, error.message);
+      throw error;
+    }
+    throw new RequestError('UNKNOWN_REQUEST', `unknown request ${JSON.stringify(name)}`);
+  }
+
+  private exchangeFor(conn: Connection, sid: string): ProxyExchange {
+    const exchange = this.streams.get(sid);
+    // Another agent's stream id is as unknown as one that ended.
+    if (exchange === undefined || exchange.agent?.conn !== conn) {
+      throw new RequestError(AgentErrorCode.UnknownStream, 'no such stream');
+    }
+    return exchange;
+  }
+
+  // ------------------------------------------------------------------ users
+
+  /**
+   * Request listener: routes one user request through the tunnel (or serves an ops endpoint).
+   * Use it directly when the application decides which requests go to the tunnel.
+   */
+  handleRequest(req: IncomingMessage, res: ServerResponse): void {
+    const sink = new ResponseSink(res);
+    if (this.state !== 'serving') {
+      sink.closeConnection = true;
+      if (this.servePublicOps(req, res)) return;
+      sink.fail(TunnelErrorCode.ShuttingDown);
+      return;
+    }
+    const prepared = this.prepare(req, false);
+    if (prepared.kind === 'ops') {
+      if (!this.servePublicOps(req, res)) sink.fail(TunnelErrorCode.MissingClientId);
+      return;
+    }
+    if (prepared.kind === 'error') {
+      this.metrics.answered(this.metrics.label(undefined), 400, 0);
+      sink.fail(prepared.code);
+      return;
+    }
+    const te = req.headers['transfer-encoding'];
+    const cl = req.headers['content-length'];
+    const length = cl === undefined ? undefined : Number(cl);
+    let bodyMode: BodyMode = BodyMode.None;
+    if (te !== undefined) bodyMode = BodyMode.Stream;
+    else if (length !== undefined && length > 0) bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
+    if (length !== undefined && length > this.maxRequestBody) {
+      // Refused before any byte of it is read or anything reaches an agent.
+      this.metrics.answered(this.metrics.label(prepared.id), 413, 0);
+      sink.fail(TunnelErrorCode.BodyTooLarge, true);
+      return;
+    }
+    if (bodyMode === BodyMode.None) req.resume();
+    this.start(prepared, req, sink, bodyMode, length ?? 0, false, this.maxRequestBody);
+  }
+
+  /**
+   * Upgrade listener: agents' upgrades are left to the agents' transport; WebSocket upgrades of
+   * users are forwarded to the agent's target; anything else gets 400.
+   */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => {});
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q < 0 ? url : url.slice(0, q);
+    const isWebSocket = req.headers.upgrade?.toLowerCase() === 'websocket';
+    // While draining, the agents' transport refuses agents itself (503); once closed it is gone.
+    if (path === this.agentsPath && isWebSocket && this.state !== 'closed') return;
+    if (this.state !== 'serving') {
+      writeRawError(socket, TunnelErrorCode.ShuttingDown);
+      return;
+    }
+    if (!isWebSocket || !this.upgrades || path === this.agentsPath) {
+      writeRawError(socket, TunnelErrorCode.UpgradeNotSupported);
+      return;
+    }
+    const prepared = this.prepare(req, true);
+    if (prepared.kind !== 'routed') {
+      writeRawError(socket, prepared.kind === 'ops' ? TunnelErrorCode.MissingClientId : prepared.code);
+      return;
+    }
+    if (head.length > 0) socket.unshift(head);
+    this.start(prepared, socket, new SocketSink(socket), BodyMode.Stream, 0, true, Number.POSITIVE_INFINITY);
+  }
+
+  private prepare(
+    req: IncomingMessage,
+    upgrade: boolean,
+  ):
+    | { kind: 'ops' }
+    | { kind: 'error'; code: TunnelErrorCode }
+    | { kind: 'routed'; id: string; url: string; headers: string[]; timeout: number } {
+    const raw = req.rawHeaders;
+    const target = originForm(req.url ?? '');
+    // Two Host headers: which one the target believes is anybody's guess (RFC 9112 §3.2).
+    if (target === undefined || singleHeader(raw, 'host') === null) return { kind: 'error', code: TunnelErrorCode.BadRequest };
+    const route = this.router.route(target, raw);
+    if (route.kind === 'none') return { kind: 'ops' };
+    if (route.kind === 'invalid') return { kind: 'error', code: TunnelErrorCode.InvalidClientId };
+    const timeoutValues = headerValues(raw, this.timeoutHeader);
+    if (timeoutValues.length > 1) return { kind: 'error', code: TunnelErrorCode.InvalidTimeout };
+    const timeout = chooseTimeout(timeoutValues[0], this.requestTimeout, this.maxRequestTimeout);
+    if (!timeout.ok) return { kind: 'error', code: TunnelErrorCode.InvalidTimeout };
+    const filtered = filterHeaders(raw, { strip: this.stripHeaders, upgrade });
+    const headers = addForwarded(filtered, {
+      remoteAddress: req.socket.remoteAddress ?? '',
+      proto: (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
+      host: req.headers.host,
+      mode: this.forwarded,
+    });
+    return { kind: 'routed', id: route.id, url: route.url, headers, timeout: timeout.ms };
+  }
+
+  private start(
+    prepared: { id: string; url: string; headers: string[]; timeout: number },
+    source: IncomingMessage | Duplex,
+    sink: Sink,
+    bodyMode: BodyMode,
+    inlineLength: number,
+    upgrade: boolean,
+    maxBody: number,
+  ): void {
+    const exchange = new ProxyExchange(this.host, {
+      id: prepared.id,
+      method: (source as IncomingMessage).method ?? 'GET',
+      url: prepared.url,
+      headers: prepared.headers,
+      source,
+      sink,
+      bodyMode,
+      inlineLength,
+      upgrade,
+      timeout: prepared.timeout,
+      maxBody,
+    });
+    this.active.add(exchange);
+    void exchange.run();
+  }
+
+  // ------------------------------------------------------------------ ops
+
+  private servePublicOps(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.publicOps === 'none') return false;
+    return this.serveOps(req, res, this.publicOps === 'all');
+  }
+
+  /**
+   * Serves the operational endpoints (health, readiness, metrics, status page); returns false
+   * when `req` is not for one of them. Use it to serve them on a separate (private) listener:
+   * `http.createServer((req, res) => proxy.serveOps(req, res) || notFound(res))`.
+   */
+  serveOps(req: IncomingMessage, res: ServerResponse, all = true): boolean {
+    const ops = this.ops;
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q < 0 ? url : url.slice(0, q);
+    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+    const send = (status: number, type: string, body: string): void => {
+      res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store', 'Content-Length': Buffer.byteLength(body) });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    };
+    if (path === ops.healthz) {
+      send(200, 'application/json', JSON.stringify({ status: 'ok' }));
+      return true;
+    }
+    if (path === ops.readyz) {
+      const ready = this.ready;
+      send(ready ? 200 : 503, 'application/json', JSON.stringify({ status: ready ? 'ready' : this.state }));
+      return true;
+    }
+    if (!all) return false;
+    if (path === ops.metrics) {
+      this.metrics.registry.metrics().then(
+        (text) => send(200, this.metrics.registry.contentType, text),
+        (error: unknown) => {
+          this.logger.error('metrics failed', { error });
+          send(500, 'text/plain', 'metrics failed');
+        },
+      );
+      return true;
+    }
+    if (path === ops.status) {
+      send(
+        200,
+        'text/html; charset=utf-8',
+        renderStatusPage({
+          agents: this.balancer.agents(),
+          stats: this.metrics.stats,
+          draining: this.state !== 'serving',
+          startedAt: this.startedAt,
+          now: Date.now(),
+        }),
+      );
+      return true;
+    }
+    return false;
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * Where the proxy writes a response: a Node `ServerResponse` for ordinary requests, or the raw
+ * socket of an upgrade request (WebSocket passthrough), behind one small interface so the
+ * exchange logic is the same for both. `write` tells when the user's socket is full, which is
+ * when the proxy holds the agent's ack back: backpressure from the user to the target.
+ */
+import { type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { errorBody, TUNNEL_ERROR_STATUS, type TunnelErrorCode } from './http-errors.ts';
+import { headersAreSafe } from './headers.ts';
+
+export interface Sink {
+  readonly headSent: boolean;
+  /** The response was ended or destroyed. */
+  readonly done: boolean;
+  /** Writes the status and headers. Throws when they are invalid (nothing is written then). */
+  head(status: number, headers: readonly string[]): void;
+  /** Writes body bytes; returns a promise when the user's socket is full (settles on drain or close). */
+  write(data: Uint8Array): Promise<void> | undefined;
+  end(): void;
+  destroy(): void;
+  /** An error answer when no head went out yet; otherwise the response is cut off. */
+  fail(code: TunnelErrorCode, closeConnection?: boolean): void;
+  /** `listener` runs once if the user goes away before the response ended. */
+  onGone(listener: () => void): void;
+}
+
+function jsonHeaders(body: string, close: boolean): string[] {
+  const headers = [
+    'Content-Type',
+    'application/json; charset=utf-8',
+    'Content-Length',
+    String(Buffer.byteLength(body)),
+    'Cache-Control',
+    'no-store',
+  ];
+  if (close) headers.push('Connection', 'close');
+  return headers;
+}
+
+/** A ServerResponse as a sink. */
+export class ResponseSink implements Sink {
+  private readonly res: ServerResponse;
+  private drainPromise: Promise<void> | undefined;
+  private ended = false;
+  /** Adds `Connection: close` to the head (draining proxy, unread request body). */
+  closeConnection = false;
+
+  constructor(res: ServerResponse) {
+    this.res = res;
+  }
+
+  get headSent(): boolean {
+    return this.res.headersSent;
+  }
+
+  get done(): boolean {
+    return this.ended || this.res.destroyed;
+  }
+
+  head(status: number, headers: readonly string[]): void {
+    if (status < 200 || status > 999 || !headersAreSafe(headers)) throw new RangeError('invalid response head');
+    const list = this.closeConnection ? [...headers, 'Connection', 'close'] : (headers as string[]);
+    this.res.writeHead(status, list);
+  }
+
+  write(data: Uint8Array): Promise<void> | undefined {
+    if (this.done || data.length === 0) return undefined;
+    if (this.res.write(data)) return undefined;
+    this.drainPromise ??= new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.res.off('drain', done);
+        this.res.off('close', done);
+        this.drainPromise = undefined;
+        resolve();
+      };
+      this.res.on('drain', done);
+      this.res.on('close', done);
+    });
+    return this.drainPromise;
+  }
+
+  end(): void {
+    if (this.done) return;
+    this.ended = true;
+    this.res.end();
+  }
+
+  destroy(): void {
+    this.ended = true;
+    this.res.destroy();
+  }
+
+  fail(code: TunnelErrorCode, closeConnection = false): void {
+    if (this.done) return;
+    if (this.res.headersSent) {
+      this.destroy();
+      return;
+    }
+    const body = errorBody(code);
+    this.ended = true;
+    this.res.writeHead(TUNNEL_ERROR_STATUS[code], jsonHeaders(body, closeConnection || this.closeConnection));
+    this.res.end(body);
+  }
+
+  onGone(listener: () => void): void {
+    this.res.once('close', () => {
+      if (!this.res.writableFinished) listener();
+    });
+  }
+}
+
+/** Writes a whole HTTP/1.1 response on a raw socket and closes it once flushed. */
+export function writeRawError(socket: Duplex, code: TunnelErrorCode): void {
+  const body = errorBody(code);
+  const status = TUNNEL_ERROR_STATUS[code];
+  writeRawHead(socket, status, jsonHeaders(body, true));
+  socket.end(body);
+}
+
+function writeRawHead(socket: Duplex, status: number, headers: readonly string[]): void {
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  socket.write(Buffer.from(`${head}\r\n`, 'latin1'));
+}
+
+/** The raw socket of an upgrade request as a sink: after a 101 the body is the other protocol's bytes. */
+export class SocketSink implements Sink {
+  private readonly socket: Duplex;
+  private sent = false;
+  private ended = false;
+  private drainPromise: Promise<void> | undefined;
+
+  constructor(socket: Duplex) {
+    this.socket = socket;
+  }
+
+  get headSent(): boolean {
+    return this.sent;
+  }
+
+  get done(): boolean {
+    return this.ended || this.socket.destroyed;
+  }
+
+  head(status: number, headers: readonly string[]): void {
+    if (status < 101 || status > 999 || (status > 101 && status < 200) || !headersAreSafe(headers)) {
+      throw new RangeError('invalid response head');
+    }
+    this.sent = true;
+    // Anything but a switch ends the connection after the body: it is delimited by the close.
+    writeRawHead(this.socket, status, status === 101 ? headers : [...headers, 'Connection', 'close']);
+  }
+
+  write(data: Uint8Array): Promise<void> | undefined {
+    if (this.done || data.length === 0) return undefined;
+    if (this.socket.write(data)) return undefined;
+    this.drainPromise ??= new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        this.drainPromise = undefined;
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+    return this.drainPromise;
+  }
+
+  end(): void {
+    if (this.done) return;
+    this.ended = true;
+    this.socket.end();
+  }
+
+  destroy(): void {
+    this.ended = true;
+    this.socket.destroy();
+  }
+
+  fail(code: TunnelErrorCode): void {
+    if (this.done) return;
+    if (this.sent) {
+      this.destroy();
+      return;
+    }
+    this.sent = true;
+    this.ended = true;
+    writeRawError(this.socket, code);
+  }
+
+  onGone(listener: () => void): void {
+    this.socket.once('close', () => {
+      if (!this.ended) listener();
+    });
+  }
+}

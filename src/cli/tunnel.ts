@@ -1,0 +1,226 @@
+/**
+ * `duplexwire tunnel proxy|agent|token`: the HTTP tunnel from the command line. Logs are JSON
+ * lines on stderr; SIGTERM and SIGINT drain gracefully (refuse new work, finish what runs, close).
+ */
+import { createServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { TunnelAgent } from '../apps/tunnel/agent.ts';
+import { jsonLogger, type LogLevel } from '../apps/tunnel/log.ts';
+import { TunnelProxy } from '../apps/tunnel/proxy.ts';
+import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
+import { durationOption } from '../apps/tunnel/timeout.ts';
+import { generateToken, loadTokenFile, tokenDigest } from '../apps/tunnel/tokens.ts';
+
+export const TUNNEL_USAGE = `usage:
+  duplexwire tunnel proxy [--listen 127.0.0.1:8080] [--agents-path /_tunnel] --tokens tokens.json
+      [--route header | --route host:<domain> | --route path[:/t]]... [--client-id-header name]
+      [--backstream-compat] [--timeout 30s] [--max-timeout 5m] [--max-body 10MiB]
+      [--agent-timeout 20s] [--forwarded replace|append] [--ops-listen host:port] [--no-ops]
+      [--drain-timeout 30s] [--insecure] [--log-level info]
+      The public side: users' HTTP requests are routed by client id to connected agents.
+      tokens.json: { "<id>": "sha256:<hex>" | "<token>" | [...] } (see "tunnel token").
+      --insecure accepts agents without credentials (development only).
+  duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
+      --target http://127.0.0.1:3000 [--host-header preserve|rewrite] [--drain-timeout 30s]
+      [--insecure-tls] [--log-level info]
+      The private side: dials out to the proxy and performs its requests against the target.
+      The token comes from --token-file or the DUPLEXWIRE_TUNNEL_TOKEN environment variable.
+  duplexwire tunnel token [--id 4711]
+      Prints a new random token (256 bits) and the line for the proxy's token file.
+`;
+
+function hostPort(value: string, name: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
+  if (match === null) throw new RangeError(`${name} must be host:port, got ${JSON.stringify(value)}`);
+  const port = Number(match[3]);
+  if (port > 65535) throw new RangeError(`${name}: port out of range`);
+  return { host: match[1] ?? (match[2] || '127.0.0.1'), port };
+}
+
+const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+
+/** `10MiB`, `500kb`, `1048576`, `unlimited`. */
+export function parseSize(value: string): number {
+  if (value === 'unlimited' || value === 'Infinity') return Number.POSITIVE_INFINITY;
+  const match = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim());
+  const unit = SIZE_UNITS[match?.[2]?.toLowerCase() ?? 'x'];
+  if (match === null || unit === undefined) throw new RangeError(`not a size: ${JSON.stringify(value)} (e.g. 10MiB)`);
+  return Math.floor(Number(match[1]) * unit);
+}
+
+function parseRoute(value: string, headerName: string | undefined, backstreamCompat: boolean): RoutingStrategy {
+  if (value === 'header') {
+    return { by: 'header', ...(headerName === undefined ? {} : { name: headerName }), backstreamCompat };
+  }
+  if (value.startsWith('host:')) return { by: 'host', domain: value.slice(5) };
+  if (value === 'path') return { by: 'path' };
+  if (value.startsWith('path:')) return { by: 'path', prefix: value.slice(5) };
+  throw new RangeError(`--route must be header, host:<domain> or path[:/prefix], got ${JSON.stringify(value)}`);
+}
+
+function logLevel(value: string | undefined): LogLevel {
+  const level = value ?? 'info';
+  if (level !== 'error' && level !== 'warn' && level !== 'info' && level !== 'debug') {
+    throw new RangeError('--log-level must be error, warn, info or debug');
+  }
+  return level;
+}
+
+/** Runs `stop` once on SIGTERM or SIGINT, then exits. */
+function onSignals(stop: () => Promise<void>): void {
+  let stopping = false;
+  const handler = (): void => {
+    if (stopping) return;
+    stopping = true;
+    stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error(error);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', handler);
+  process.once('SIGINT', handler);
+}
+
+async function proxyCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      listen: { type: 'string', default: '127.0.0.1:8080' },
+      'agents-path': { type: 'string', default: '/_tunnel' },
+      tokens: { type: 'string' },
+      insecure: { type: 'boolean', default: false },
+      route: { type: 'string', multiple: true },
+      'client-id-header': { type: 'string' },
+      'backstream-compat': { type: 'boolean', default: false },
+      timeout: { type: 'string' },
+      'max-timeout': { type: 'string' },
+      'max-body': { type: 'string' },
+      'agent-timeout': { type: 'string' },
+      forwarded: { type: 'string' },
+      'ops-listen': { type: 'string' },
+      'no-ops': { type: 'boolean', default: false },
+      'drain-timeout': { type: 'string' },
+      'log-level': { type: 'string' },
+    },
+  });
+  const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'tunnel-proxy' } });
+  if (values.tokens === undefined && !values.insecure) {
+    throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
+  }
+  const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
+  const routes = (values.route ?? ['header']).map((r) => parseRoute(r, values['client-id-header'], values['backstream-compat']));
+  if (values.forwarded !== undefined && values.forwarded !== 'replace' && values.forwarded !== 'append') {
+    throw new RangeError('--forwarded must be replace or append');
+  }
+  const opsListen = values['ops-listen'];
+  const proxy = new TunnelProxy({
+    ...(tokens === undefined ? {} : { tokens }),
+    insecure: values.insecure,
+    agentsPath: values['agents-path'],
+    routing: routes,
+    ...(values.timeout === undefined ? {} : { requestTimeout: values.timeout }),
+    ...(values['max-timeout'] === undefined ? {} : { maxRequestTimeout: values['max-timeout'] }),
+    ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
+    ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
+    ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
+    ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
+    // With a separate ops listener the public one keeps only the health checks.
+    publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
+    logger,
+  });
+  const listen = hostPort(values.listen, '--listen');
+  const address = await proxy.listen(listen);
+  // Whatever the log level, say where it is (on stdout: logs go to stderr).
+  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+  process.stdout.write(`tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`);
+  let opsServer: ReturnType<typeof createServer> | undefined;
+  if (opsListen !== undefined && !values['no-ops']) {
+    opsServer = createServer((req, res) => {
+      if (!proxy.serveOps(req, res)) {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'no such endpoint' }));
+      }
+    });
+    const at = hostPort(opsListen, '--ops-listen');
+    await new Promise<void>((resolve, reject) => {
+      opsServer!.once('error', reject);
+      opsServer!.listen(at.port, at.host, () => resolve());
+    });
+    const address = opsServer.address();
+    logger.info('ops listening', typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {});
+  }
+  onSignals(async () => {
+    await proxy.drain();
+    await new Promise<void>((resolve) => (opsServer === undefined ? resolve() : opsServer.close(() => resolve())));
+  });
+}
+
+async function agentCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      proxy: { type: 'string' },
+      id: { type: 'string' },
+      'token-file': { type: 'string' },
+      target: { type: 'string' },
+      'host-header': { type: 'string' },
+      'drain-timeout': { type: 'string' },
+      'insecure-tls': { type: 'boolean', default: false },
+      'log-level': { type: 'string' },
+    },
+  });
+  if (values.proxy === undefined || values.id === undefined || values.target === undefined) {
+    throw new RangeError('tunnel agent needs --proxy, --id and --target');
+  }
+  let token = process.env.DUPLEXWIRE_TUNNEL_TOKEN;
+  if (values['token-file'] !== undefined) token = (await readFile(values['token-file'], 'utf8')).trim();
+  if (token === undefined || token === '') {
+    throw new RangeError('tunnel agent needs --token-file <file> or DUPLEXWIRE_TUNNEL_TOKEN');
+  }
+  const hostHeader = values['host-header'] ?? 'preserve';
+  if (hostHeader !== 'preserve' && hostHeader !== 'rewrite') throw new RangeError('--host-header must be preserve or rewrite');
+  const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'tunnel-agent', id: values.id } });
+  const agent = new TunnelAgent({
+    proxyUrl: values.proxy,
+    id: values.id,
+    token,
+    target: values.target,
+    hostHeader,
+    drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 30_000),
+    ...(values['insecure-tls'] ? { tls: { rejectUnauthorized: false }, targetTls: { rejectUnauthorized: false } } : {}),
+    logger,
+  });
+  onSignals(() => agent.close());
+  await agent.start();
+}
+
+function tokenCommand(args: string[]): void {
+  const { values } = parseArgs({ args, options: { id: { type: 'string', default: '<id>' } } });
+  const token = generateToken();
+  process.stdout.write(`token: ${token}\ntoken file entry: ${JSON.stringify({ [values.id]: tokenDigest(token) })}\n`);
+}
+
+export async function tunnel(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  switch (sub) {
+    case 'proxy':
+      return proxyCommand(rest);
+    case 'agent':
+      return agentCommand(rest);
+    case 'token':
+      return tokenCommand(rest);
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(TUNNEL_USAGE);
+      return;
+    default:
+      process.stderr.write(`unknown tunnel command ${JSON.stringify(sub)}\n${TUNNEL_USAGE}`);
+      process.exitCode = 2;
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * `duplexwire tunnel proxy|agent|token` as real processes: a round trip through both, refusals
+ * at startup, and a graceful drain on SIGTERM that lets the request in flight finish.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
+import { tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
+import { ID, send, spawnCli, startAgent, startTarget, tempFile, TOKEN } from '../fixtures/tunnel-helpers.ts';
+import { recordingLogger } from '../helpers.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const run = promisify(execFile);
+
+function cli(args: string[]) {
+  return run(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: ROOT, timeout: 20_000 });
+}
+
+test('tunnel token prints a 256-bit token and its token-file entry, which the proxy accepts', async () => {
+  const { stdout } = await cli(['tunnel', 'token', '--id', 'svc-1']);
+  const token = /^token: (\S+)$/m.exec(stdout)?.[1];
+  const entry = /^token file entry: (.+)$/m.exec(stdout)?.[1];
+  assert.ok(token !== undefined && entry !== undefined, stdout);
+  assert.equal(Buffer.from(token, 'base64url').length, 32);
+  const parsed = JSON.parse(entry) as Record<string, string>;
+  assert.match(parsed['svc-1']!, /^sha256:[0-9a-f]{64}$/);
+  const auth = tokenAuthenticator(parsed);
+  assert.ok(auth.verify('svc-1', token));
+  assert.ok(!auth.verify('svc-2', token));
+});
+
+test('the proxy refuses to start without credentials unless --insecure; the agent without a token', async () => {
+  await assert.rejects(cli(['tunnel', 'proxy', '--listen', '127.0.0.1:0']), (error: { code: number; stderr: string }) => {
+    assert.equal(error.code, 1);
+    assert.match(error.stderr, /--tokens/);
+    return true;
+  });
+  await assert.rejects(
+    cli(['tunnel', 'agent', '--proxy', 'ws://127.0.0.1:1/_tunnel', '--id', ID, '--target', 'http://127.0.0.1:1']),
+    (error: { code: number; stderr: string }) => {
+      assert.match(error.stderr, /token/);
+      return true;
+    },
+  );
+  const { stderr } = await cli(['tunnel', 'nope']).catch((e: { stderr: string }) => e);
+  assert.match(stderr, /usage/);
+});
+
+test('proxy and agent processes: a request through both; SIGTERM drains, finishing the request in flight', async (t) => {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let arrived!: () => void;
+  const inTarget = new Promise<void>((resolve) => {
+    arrived = resolve;
+  });
+  const target = await startTarget(t, (req, res) => {
+    if (req.url === '/slow') {
+      arrived();
+      held.then(() => res.end('slow done'));
+      return;
+    }
+    res.end(`hello ${req.url} via ${req.headers['x-forwarded-for']}`);
+  });
+  const tokens = await tempFile(t, 'tokens.json', JSON.stringify({ [ID]: TOKEN }));
+  const tokenFile = await tempFile(t, 'token', `${TOKEN}\n`);
+  const proxy = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--agents-path', '/agents']);
+  const port = Number((await proxy.line((l) => l.msg === 'listening')).port);
+  const agent = spawnCli(t, ['tunnel', 'agent', '--proxy', `ws://127.0.0.1:${port}/agents`, '--id', ID, '--token-file', tokenFile, '--target', target.url]);
+  await agent.line((l) => l.msg === 'connected to the proxy');
+  await proxy.line((l) => l.msg === 'agent connected');
+  const reply = await send(port, { path: '/any/path?q=1' });
+  assert.equal(reply.status, 200);
+  assert.equal(reply.text, 'hello /any/path?q=1 via 127.0.0.1');
+  // Every log line is JSON, and none carries the token.
+  assert.ok(proxy.logs.every((l) => l.raw === undefined && typeof l.time === 'string' && typeof l.level === 'string'));
+  assert.ok(!JSON.stringify([...proxy.logs, ...agent.logs]).includes(TOKEN));
+
+  const slow = send(port, { path: '/slow' });
+  await inTarget;
+  proxy.child.kill('SIGTERM');
+  await proxy.line((l) => l.msg === 'draining');
+  // New work is refused while the old one finishes.
+  const refused = await send(port).catch(() => undefined);
+  if (refused !== undefined) assert.equal(refused.status, 503);
+  release();
+  const finished = await slow;
+  assert.equal(finished.status, 200);
+  assert.equal(finished.text, 'slow done');
+  assert.equal(await proxy.exited, 0);
+  await agent.line((l) => l.msg === 'disconnected from the proxy' && l.code === 1001);
+  agent.child.kill('SIGTERM');
+  assert.equal(await agent.exited, 0);
+});
+
+test('mounted on an existing http.Server next to the application’s own routes', async (t) => {
+  const target = await startTarget(t, (req, res) => res.end(`tunneled ${req.url}`));
+  const proxy = new TunnelProxy({ tokens: { [ID]: TOKEN }, logger: recordingLogger(), processMetrics: false });
+  const server = createServer((req, res) => {
+    if (req.url?.startsWith('/app/')) res.end('the app itself');
+    else proxy.handleRequest(req, res);
+  });
+  await proxy.attach(server, { requests: false });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(async () => {
+    await proxy.close();
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const started = { proxy, port, base: `http://127.0.0.1:${port}`, agentsUrl: `ws://127.0.0.1:${port}/_tunnel`, logger: recordingLogger() };
+  await startAgent(t, started, { target: target.url });
+  assert.equal((await send(port, { path: '/app/x' })).text, 'the app itself');
+  assert.equal((await send(port, { path: '/y' })).text, 'tunneled /y');
+  assert.deepEqual(proxy.address(), { host: '127.0.0.1', port });
+});
