@@ -88,6 +88,14 @@ export interface ClientOptions {
   readonly sessionKeyStore?: SessionKeyStore;
   /** Turns the session info received from the server into the application's shape. */
   readonly parseSessionInfo?: (info: Readonly<Record<string, unknown>>) => Readonly<Record<string, unknown>>;
+  /**
+   * Drops the connection (and reconnects) when nothing came from the server for this long: a
+   * server that vanished without closing (a network partition, a frozen process) is otherwise
+   * noticed only when TCP gives up. The client pings the server every third of it, and any
+   * message or pong counts. Browsers cannot send pings: there, use it only with a server that
+   * sends something regularly. 0 = off. @default 0
+   */
+  readonly serverTimeout?: number;
   /** Answers requests the server sends (v2.1). Without it they get an internal-error reply. */
   readonly onRequest?: (message: IncomingMessage, context: RequestContext) => ReplyValue | Promise<ReplyValue>;
   /** @default logs warnings and errors to the console */
@@ -152,6 +160,7 @@ interface ResolvedClientOptions {
   readonly onRequest: ClientOptions['onRequest'];
   readonly sessionKeyStore: SessionKeyStore;
   readonly parseSessionInfo: ClientOptions['parseSessionInfo'];
+  readonly serverTimeout: number;
   readonly logger: Logger;
 }
 
@@ -175,6 +184,7 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
     protocolMinor,
     onRequest: options.onRequest,
     sessionKeyStore: options.sessionKeyStore ?? defaultSessionKeyStore(),
+    serverTimeout: checkInteger('serverTimeout', options.serverTimeout ?? 0, 0, 2 ** 31 - 1),
     parseSessionInfo: options.parseSessionInfo,
     logger: options.logger ?? consoleLogger,
   });
@@ -636,6 +646,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.#setState('connected');
     this.#armHeartbeat(peer, info.readTimeout * 0.75);
+    this.#watchServer(peer, this.#options.serverTimeout);
     this.emit('connect', info);
     const waiters = this.#connectWaiters;
     this.#connectWaiters = [];
@@ -659,7 +670,26 @@ export class Client extends Emitter<ClientEvents> {
     (this.#heartbeatTimer as { unref?: () => void }).unref?.();
   }
 
-  // ---------------------------------------------------------------- requests waiting for a connection
+  /** With `serverTimeout`: ping every third of it, drop the connection after it in silence. */
+  #watchServer(peer: Peer, timeout: number): void {
+    if (timeout === 0) return;
+    const timer = setInterval(() => {
+      if (!peer.isOpen) {
+        clearInterval(timer);
+        return;
+      }
+      if (performance.now() - peer.lastReceivedAt >= timeout) {
+        this.#options.logger.warn('nothing from the server within serverTimeout; reconnecting', { timeout });
+        clearInterval(timer);
+        peer.terminate();
+        return;
+      }
+      peer.socket.ping();
+    }, Math.max(1, Math.floor(timeout / 3)));
+    (timer as { unref?: () => void }).unref?.();
+  }
+
+    // ---------------------------------------------------------------- requests waiting for a connection
 
   #enqueue(name: string, payload: Payload, timeout: number, signal: AbortSignal | undefined): Promise<Payload> {
     const state = this.#currentState;

@@ -171,6 +171,9 @@ export class TunnelAgent {
       transport: wsClientTransport(options.tls === undefined ? {} : { tls: options.tls }),
       headers: { [AGENT_ID_HEADER]: options.id, authorization: `Bearer ${options.token}` },
       reconnect: options.reconnect ?? true,
+      // A proxy that vanished without closing (partition, frozen host) is noticed in 30 s, not
+      // when TCP gives up: the client pings it and reconnects after 30 s of silence.
+      serverTimeout: 30_000,
       autoConnect: false,
       // Every exchange and every body chunk runs at once: a slow target must never hold another.
       concurrency: 65_536,

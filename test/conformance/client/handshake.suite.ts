@@ -166,3 +166,33 @@ test('heartbeat: the client sends 21 after 0.75 x the announced read timeout of 
   }
   assert.ok(heartbeats.length - before <= 1, `heartbeats during traffic: ${heartbeats.length - before}`);
 });
+
+test('serverTimeout: a server that goes silent (no pongs, nothing sent) is dropped and the client reconnects', async (t) => {
+  let connections = 0;
+  const server = await rawServer(t, (conn) => {
+    connections++;
+    conn.send(acceptConf({ minor: 0 }));
+    // The first server freezes: it stops reading, so pings get no pong.
+    if (connections === 1) (conn.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+  });
+  const client = await connectClient(t, server.url, {
+    serverTimeout: 300,
+    reconnect: { initialDelay: 20, maxDelay: 20, jitter: 0 },
+  });
+  const started = performance.now();
+  const lost = await new Promise<number>((resolve) => client.once('disconnect', ({ code }) => resolve(code)));
+  const elapsed = performance.now() - started;
+  assert.equal(lost, 1006);
+  assert.ok(elapsed >= 250 && elapsed < 2_000, `dropped after ${elapsed.toFixed(0)} ms`);
+  await waitFor(() => client.isConnected && connections === 2, 2_000, 'the reconnect');
+});
+
+test('serverTimeout: a quiet server that answers pings keeps the connection', async (t) => {
+  const server = await rawServer(t, (conn) => conn.send(acceptConf({ minor: 0 })));
+  const client = await connectClient(t, server.url, { serverTimeout: 300 });
+  const drops: number[] = [];
+  client.on('disconnect', ({ code }) => drops.push(code));
+  await delay(1_000);
+  assert.deepEqual(drops, []);
+  assert.equal(client.isConnected, true);
+});
