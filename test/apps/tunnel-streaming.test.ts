@@ -97,7 +97,9 @@ function pattern(size: number): Buffer {
 }
 
 test('a large download streams with its bytes intact, and a slow user holds the target back', async (t) => {
-  const total = 48 * 1024 * 1024;
+  // Larger than every buffer on the way, the kernel's included (Linux autotunes a loopback receive
+  // buffer up to tcp_rmem's maximum, 32 MiB here): a target that is held back must stall.
+  const total = 256 * 1024 * 1024;
   const block = pattern(256 * 1024);
   let written = 0;
   const target = await startTarget(t, (_req, res) => {
@@ -118,7 +120,8 @@ test('a large download streams with its bytes intact, and a slow user holds the 
   await startAgent(t, proxy, { target: target.url });
   const hash = createHash('sha256');
   let got = 0;
-  let aheadWhilePaused = 0;
+  let writtenMidPause = 0;
+  let writtenEndPause = 0;
   await new Promise<void>((resolve, reject) => {
     const req = request({ port: proxy.port, host: '127.0.0.1', headers: { 'x-duplexwire-client-id': ID } });
     req.on('error', reject);
@@ -130,11 +133,15 @@ test('a large download streams with its bytes intact, and a slow user holds the 
         if (!paused && got >= 8 * 1024 * 1024) {
           paused = true;
           res.pause();
-          // While the user reads nothing, the target must stop: windows, not buffers.
+          // While the user reads nothing, the target must stop: windows, not buffers. Once the
+          // buffers on the way are full, its writes stall.
           setTimeout(() => {
-            aheadWhilePaused = written - got;
+            writtenMidPause = written;
+          }, 500);
+          setTimeout(() => {
+            writtenEndPause = written;
             res.resume();
-          }, 400);
+          }, 800);
         }
       });
       res.on('end', resolve);
@@ -145,15 +152,18 @@ test('a large download streams with its bytes intact, and a slow user holds the 
   const expected = createHash('sha256');
   for (let n = 0; n < total; n += block.length) expected.update(block);
   assert.equal(hash.digest('hex'), expected.digest('hex'));
-  assert.ok(aheadWhilePaused < 16 * 1024 * 1024, `the target got ${aheadWhilePaused} bytes ahead of a paused user`);
+  assert.ok(writtenEndPause < total, 'the target did not finish while the user was paused');
+  assert.equal(writtenEndPause, writtenMidPause, 'the target stalled while the user was paused');
 });
 
 test('a large upload streams with its bytes intact, and a slow target holds the user back', async (t) => {
-  const total = 48 * 1024 * 1024;
-  const block = pattern(64 * 1024);
+  // Larger than every buffer on the way, the kernel's included: a held-back user must stall.
+  const total = 256 * 1024 * 1024;
+  const block = pattern(256 * 1024);
   let read = 0;
   let sent = 0;
-  let aheadWhilePaused = 0;
+  let writtenMidPause = 0;
+  let writtenEndPause = 0;
   const hash = createHash('sha256');
   const target = await startTarget(t, (req, res) => {
     let paused = false;
@@ -164,9 +174,12 @@ test('a large upload streams with its bytes intact, and a slow target holds the 
         paused = true;
         req.pause();
         setTimeout(() => {
-          aheadWhilePaused = sent - read;
+          writtenMidPause = sent;
+        }, 500);
+        setTimeout(() => {
+          writtenEndPause = sent;
           req.resume();
-        }, 400);
+        }, 800);
       }
     });
     req.on('end', () => res.end(String(read)));
@@ -204,7 +217,8 @@ test('a large upload streams with its bytes intact, and a slow target holds the 
   const expected = createHash('sha256');
   for (let n = 0; n < total; n += block.length) expected.update(block);
   assert.equal(hash.digest('hex'), expected.digest('hex'));
-  assert.ok(aheadWhilePaused < 16 * 1024 * 1024, `the user got ${aheadWhilePaused} bytes ahead of a paused target`);
+  assert.ok(writtenEndPause < total, 'the user did not finish while the target was paused');
+  assert.equal(writtenEndPause, writtenMidPause, 'the user stalled while the target was paused');
 });
 
 test('WebSocket passthrough: subprotocol, text and binary messages both ways, close code and reason', async (t) => {
