@@ -152,6 +152,50 @@ function toUint8Array(data: RawData): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
+/**
+ * Set on the ws WebSocket and on the TCP socket under it, pointing to their adapter: their
+ * listeners are then functions shared by every connection rather than closures made for each,
+ * which an idle connection would otherwise carry (bench/RESULTS.md, memory).
+ */
+const ADAPTER = Symbol('duplexwire ws adapter');
+
+interface Tagged {
+  [ADAPTER]?: WsTransportSocket;
+}
+
+/** Adapters corked in the current turn (see `#cork`); one microtask uncorks them all. */
+let corked: WsTransportSocket[] = [];
+
+function uncorkAll(): void {
+  const batch = corked;
+  corked = [];
+  for (const socket of batch) socket.uncork();
+}
+
+function adapterOf(emitter: object): WsTransportSocket {
+  return (emitter as Tagged)[ADAPTER]!;
+}
+
+function onWsMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  adapterOf(this).received(data, isBinary);
+}
+
+function onWsPing(this: WebSocket): void {
+  adapterOf(this).pinged();
+}
+
+function onWsError(this: WebSocket, err: Error): void {
+  adapterOf(this).failed(err);
+}
+
+function onWsClose(this: WebSocket, code: number, reason: Buffer): void {
+  adapterOf(this).closed(code, reason);
+}
+
+function onNetDrain(this: Duplex): void {
+  (this as Tagged)[ADAPTER]?.netDrained();
+}
+
 /** {@link TransportSocket} over a `ws` WebSocket; the same class serves both ends. */
 class WsTransportSocket implements TransportSocket {
   readonly #ws: WebSocket;
@@ -166,12 +210,21 @@ class WsTransportSocket implements TransportSocket {
   #closeReported = false;
   /** The close code ws sent itself after a protocol violation by the peer. */
   #violationCode: number | undefined;
+  /** The TCP/TLS socket, once known: corked while a batch of sends builds up. */
+  #net: Duplex | undefined;
+  /** `#net` is corked by us and an uncork is queued. */
+  #corked = false;
+  /** Server side: the accepted WebSockets of the transport's run, left on close. */
+  readonly #live: Set<WebSocket> | undefined;
 
-  constructor(ws: WebSocket, highWaterMark: number, open: boolean) {
+  constructor(ws: WebSocket, highWaterMark: number, open: boolean, live?: Set<WebSocket>) {
     this.#ws = ws;
     this.#highWaterMark = highWaterMark;
     this.#effectiveHighWaterMark = highWaterMark;
     this.#open = open;
+    this.#live = live;
+    live?.add(ws);
+    (ws as Tagged)[ADAPTER] = this;
   }
 
   get remoteAddress(): string {
@@ -185,15 +238,20 @@ class WsTransportSocket implements TransportSocket {
   /** The TCP/TLS socket under the WebSocket, whose `'drain'` ws does not forward. */
   setNetSocket(net: Duplex): void {
     this.#remoteAddress = (net as Partial<Socket>).remoteAddress ?? '';
+    this.#net = net;
     // Node emits 'drain' only after a write() returned false, i.e. after its own buffer passed
     // the socket's writableHighWaterMark; above that value a 'backpressure' answer guarantees a
     // later 'drain'.
     this.#effectiveHighWaterMark = Math.max(this.#highWaterMark, net.writableHighWaterMark);
-    net.on('drain', () => {
-      if (!this.#drainOwed || this.#closeReported) return;
-      this.#drainOwed = false;
-      this.#handlers?.onDrain();
-    });
+    (net as Tagged)[ADAPTER] = this;
+    net.on('drain', onNetDrain);
+  }
+
+  /** The TCP socket's 'drain'. */
+  netDrained(): void {
+    if (!this.#drainOwed || this.#closeReported) return;
+    this.#drainOwed = false;
+    this.#handlers?.onDrain();
   }
 
   markOpen(): void {
@@ -204,32 +262,49 @@ class WsTransportSocket implements TransportSocket {
   wire(handlers: SocketHandlers): void {
     this.#handlers = handlers;
     const ws = this.#ws;
-    ws.on('message', (data: RawData, isBinary: boolean) => {
-      handlers.onMessage(toUint8Array(data), isBinary);
-    });
+    ws.on('message', onWsMessage);
     // ws answers pings itself; both directions prove the peer is alive.
-    ws.on('ping', () => handlers.onPing());
-    ws.on('pong', () => handlers.onPing());
+    ws.on('ping', onWsPing);
+    ws.on('pong', onWsPing);
     // Without a listener an 'error' event would throw. ws follows every error with 'close'.
-    ws.on('error', (err: Error) => {
-      this.#violationCode ??= receiverErrorCloseCode(err);
-    });
-    ws.on('close', (code: number, reason: Buffer) => {
-      if (this.#closeReported) return;
-      this.#closeReported = true;
-      if (!this.#open) return;
-      if (this.#violationCode !== undefined) {
-        // After a violation ws sends its close frame and stops reading, so the code it reports
-        // locally is 1006; the owner should see the code the peer was told.
-        handlers.onClose(this.#violationCode, '');
-      } else {
-        handlers.onClose(code, reason.toString('utf8'));
-      }
-    });
+    ws.on('error', onWsError);
+    ws.on('close', onWsClose);
+  }
+
+  /** ws 'message'. */
+  received(data: RawData, isBinary: boolean): void {
+    this.#handlers!.onMessage(toUint8Array(data), isBinary);
+  }
+
+  /** ws 'ping' and 'pong'. */
+  pinged(): void {
+    this.#handlers!.onPing();
+  }
+
+  /** ws 'error'. */
+  failed(err: Error): void {
+    this.#violationCode ??= receiverErrorCloseCode(err);
+  }
+
+  /** ws 'close'. */
+  closed(code: number, reason: Buffer): void {
+    this.#live?.delete(this.#ws);
+    if (this.#closeReported) return;
+    this.#closeReported = true;
+    if (!this.#open) return;
+    const handlers = this.#handlers!;
+    if (this.#violationCode !== undefined) {
+      // After a violation ws sends its close frame and stops reading, so the code it reports
+      // locally is 1006; the owner should see the code the peer was told.
+      handlers.onClose(this.#violationCode, '');
+    } else {
+      handlers.onClose(code, reason.toString('utf8'));
+    }
   }
 
   send(data: Uint8Array): SendResult {
     if (this.#ws.readyState !== WebSocket.OPEN) return 'dropped';
+    this.#cork();
     // No callback: this is the hot path and failures surface as 'error' + 'close' anyway.
     this.#ws.send(data, { binary: true });
     return this.#afterSend();
@@ -237,12 +312,43 @@ class WsTransportSocket implements TransportSocket {
 
   sendText(data: string): SendResult {
     if (this.#ws.readyState !== WebSocket.OPEN) return 'dropped';
+    this.#cork();
     this.#ws.send(data, { binary: false });
     return this.#afterSend();
   }
 
+  /**
+   * Sends made in the same turn go out in one write: the first one corks the TCP socket and
+   * queues the uncork as a microtask, which runs once the code that is sending (a batch of
+   * replies, each resolved in its own microtask) has run. ws writes each frame with a write of
+   * its own, and on loopback that system call costs more than all the JavaScript around it: with
+   * many messages in flight this more than halves the CPU time per message (bench/RESULTS.md).
+   * Order is kept (ws corks and uncorks around each frame; corks nest), and latency gains at most
+   * the rest of the current turn. A batch that reaches the high-water mark is written at once
+   * (`#afterSend`), so corking never shows up as backpressure.
+   */
+  #cork(): void {
+    const net = this.#net;
+    if (this.#corked || net === undefined) return;
+    this.#corked = true;
+    net.cork();
+    if (corked.push(this) === 1) queueMicrotask(uncorkAll);
+  }
+
+  /** Writes what the sends of this turn corked (once; later calls do nothing). */
+  uncork(): void {
+    if (!this.#corked) return;
+    this.#corked = false;
+    this.#net?.uncork();
+  }
+
   #afterSend(): SendResult {
-    if (this.#ws.bufferedAmount > this.#effectiveHighWaterMark) {
+    let buffered = this.#ws.bufferedAmount;
+    if (buffered > this.#effectiveHighWaterMark && this.#corked) {
+      this.uncork();
+      buffered = this.#ws.bufferedAmount;
+    }
+    if (buffered > this.#effectiveHighWaterMark) {
       this.#drainOwed = true;
       return 'backpressure';
     }
@@ -266,6 +372,8 @@ class WsTransportSocket implements TransportSocket {
   }
 
   terminate(): void {
+    // What was sent before goes to the OS first, as it would have without corking.
+    this.uncork();
     this.#ws.terminate();
   }
 
@@ -420,14 +528,14 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
           ws.terminate();
           return;
         }
-        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true);
+        // The adapter adds `ws` to `live` and takes it out on 'close' (wired below).
+        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true, live);
         adapter.setNetSocket(socket);
-        live.add(ws);
-        ws.once('close', () => live.delete(ws));
         let socketHandlers: SocketHandlers;
         try {
           socketHandlers = handlers.connection(adapter, request);
         } catch (err) {
+          live.delete(ws);
           ws.terminate();
           throw err;
         }

@@ -30,6 +30,7 @@ import {
   TimeoutError,
 } from '../errors.ts';
 import type { Logger } from '../logger.ts';
+import { Deadlines } from './deadlines.ts';
 
 /** A request or signal as handlers see it. `payload.data` is owned by the handler. */
 export interface IncomingMessage {
@@ -83,7 +84,8 @@ interface PendingRequest {
   readonly reject: (error: Error) => void;
   /** The request's name, quoted into error messages only when one is made. */
   readonly name: string;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  /** Milliseconds allowed for the reply; 0 waits forever. */
+  readonly timeout: number;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
 }
@@ -140,8 +142,12 @@ export class Peer {
   #draining = false;
 
   #nextId = 1;
-  readonly #pending = new Map<number, PendingRequest>();
-  readonly #running = new Map<number | string, RunningRequest>();
+  // Both maps are made on first use: an idle connection (most of a server's) needs neither, and
+  // an empty Map with its table is ~100 bytes each (bench/RESULTS.md, memory).
+  #pending: Map<number, PendingRequest> | undefined;
+  /** Made with the first request that has a timeout: most server connections never send one. */
+  #deadlines: Deadlines | undefined;
+  #running: Map<number | string, RunningRequest> | undefined;
   #active = 0;
   #inflightRequests = 0;
   readonly #queue: Message[] = [];
@@ -165,19 +171,39 @@ export class Peer {
     this.#hooks = hooks;
   }
 
+  /**
+   * What `socketHandlers()` returns: methods on a prototype, not four closures made for each
+   * connection and kept for its whole life (bench/RESULTS.md, memory). Declared inside Peer so
+   * that it may call Peer's private methods.
+   */
+  static readonly #SocketHandlers = class PeerSocketHandlers implements SocketHandlers {
+    readonly peer: Peer;
+
+    constructor(peer: Peer) {
+      this.peer = peer;
+    }
+
+    onMessage(data: Uint8Array, binary: boolean): void {
+      this.peer.#receive(data, binary);
+    }
+
+    onDrain(): void {
+      this.peer.#sendBlocked = false;
+      this.peer.#updateReading();
+    }
+
+    onPing(): void {
+      this.peer.lastReceivedAt = performance.now();
+    }
+
+    onClose(code: number, reason: string): void {
+      this.peer.#finish(code, reason);
+    }
+  };
+
   /** Handlers to install on the transport socket. */
   socketHandlers(): SocketHandlers {
-    return {
-      onMessage: (data, binary) => this.#receive(data, binary),
-      onDrain: () => {
-        this.#sendBlocked = false;
-        this.#updateReading();
-      },
-      onPing: () => {
-        this.lastReceivedAt = performance.now();
-      },
-      onClose: (code, reason) => this.#finish(code, reason),
-    };
+    return new Peer.#SocketHandlers(this);
   }
 
   get isOpen(): boolean {
@@ -190,7 +216,7 @@ export class Peer {
 
   /** Requests sent and not yet answered. */
   get pendingCount(): number {
-    return this.#pending.size;
+    return this.#pending?.size ?? 0;
   }
 
   /** Handlers running or waiting for a slot. */
@@ -278,6 +304,7 @@ export class Peer {
     if (message.kind === 'request') {
       const key = inboundKey(message.id);
       const entry = new RunningRequest();
+      this.#running ??= new Map();
       this.#running.set(key, entry);
       const incoming: IncomingMessage = { name: message.name, payload: message.payload };
       callAsync(() => this.#hooks.handleRequest(incoming, entry)).then(
@@ -304,7 +331,7 @@ export class Peer {
   }
 
   #release(key: number | string, entry: RunningRequest): void {
-    if (this.#running.get(key) === entry) this.#running.delete(key);
+    if (this.#running?.get(key) === entry) this.#running.delete(key);
     this.#inflightRequests--;
     this.#releaseSlot();
   }
@@ -357,7 +384,7 @@ export class Peer {
 
   #cancelInbound(id: RequestId): void {
     const key = inboundKey(id);
-    const entry = this.#running.get(key);
+    const entry = this.#running?.get(key);
     if (entry === undefined) {
       this.#dropQueuedRequest(key);
       return;
@@ -443,15 +470,13 @@ export class Peer {
       return Promise.reject(error);
     }
     return new Promise<Payload>((resolve, reject) => {
-      const entry: PendingRequest = { resolve, reject, name, timer: undefined, signal, onAbort: undefined };
-      this.#pending.set(id, entry);
       const timeout = options.timeout ?? 0;
+      const entry: PendingRequest = { resolve, reject, name, timeout, signal, onAbort: undefined };
+      this.#pending ??= new Map();
+      this.#pending.set(id, entry);
       if (timeout > 0) {
-        entry.timer = setTimeout(() => {
-          if (this.#takePending(id) === undefined) return;
-          this.#sendCancel(id);
-          reject(new TimeoutError(`request ${quote(name)} got no reply within ${timeout} ms`));
-        }, timeout);
+        this.#deadlines ??= new Deadlines((expired) => this.#timedOut(expired));
+        this.#deadlines.add(id, timeout, performance.now());
       }
       if (signal !== undefined) {
         entry.onAbort = () => {
@@ -467,16 +492,23 @@ export class Peer {
     });
   }
 
+  #timedOut(id: number): void {
+    const entry = this.#takePending(id);
+    if (entry === undefined) return;
+    this.#sendCancel(id);
+    entry.reject(new TimeoutError(`request ${quote(entry.name)} got no reply within ${entry.timeout} ms`));
+  }
+
   #sendCancel(id: number): void {
     if (this.v21 && this.#state === 'open') this.sendRaw(encodeCancel(id));
   }
 
-  /** Removes a pending request and releases its timer and abort listener. */
+  /** Removes a pending request and releases its deadline and abort listener. */
   #takePending(id: number): PendingRequest | undefined {
-    const entry = this.#pending.get(id);
+    const entry = this.#pending?.get(id);
     if (entry === undefined) return undefined;
-    this.#pending.delete(id);
-    if (entry.timer !== undefined) clearTimeout(entry.timer);
+    this.#pending!.delete(id);
+    if (entry.timeout > 0) this.#deadlines?.delete(id, entry.timeout);
     if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
     return entry;
   }
@@ -518,7 +550,7 @@ export class Peer {
 
   /** Aborts the signals of every running handler (shutdown timeout). */
   abortHandlers(reason: Error): void {
-    for (const entry of this.#running.values()) entry.abort(reason);
+    for (const entry of this.#running?.values() ?? []) entry.abort(reason);
   }
 
   /**
@@ -559,10 +591,11 @@ export class Peer {
       reason ? `the connection closed (${code}: ${reason})` : `the connection closed (${code})`,
       { closeCode: code },
     );
-    const pending = [...this.#pending.keys()];
+    const pending = [...(this.#pending?.keys() ?? [])];
     for (const id of pending) this.#takePending(id)?.reject(error);
-    for (const entry of this.#running.values()) entry.abort(error);
-    this.#running.clear();
+    this.#deadlines?.clear();
+    for (const entry of this.#running?.values() ?? []) entry.abort(error);
+    this.#running?.clear();
     // Waiting messages have nobody left to answer to.
     this.#inflightRequests -= this.#queue.filter((m) => m.kind === 'request').length;
     this.#queue.length = 0;

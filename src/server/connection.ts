@@ -18,7 +18,14 @@ import {
   SessionsDisabledError,
   ShutdownError,
 } from '../errors.ts';
-import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
+import {
+  type IncomingMessage,
+  Peer,
+  type PeerHooks,
+  type ReplyValue,
+  type RequestContext,
+  type RequestOptions,
+} from '../peer/peer.ts';
 import { type Session, sessionToJson } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
@@ -83,23 +90,41 @@ export class Connection {
         maxMessageSize: options.maxMessageSize,
         logger: options.logger,
       },
-      {
-        handleRequest: (message, ctx) => {
-          this.settleVersion(false);
-          return this.handleRequest(message, ctx);
-        },
-        handleSignal: (message) => {
-          this.settleVersion(false);
-          return options.onSignal?.(this, message);
-        },
-        handleControl: (message) => {
-          if (message.kind !== 'client-conf') this.settleVersion(false);
-          this.handleControl(message);
-        },
-        closed: (code, reason) => this.handleClosed(code, reason),
-      },
+      new Connection.PeerHooks(this),
     );
   }
+
+  /**
+   * The hooks this connection gives its peer engine: methods on a prototype, not four closures
+   * made for each connection and kept for its whole life (bench/RESULTS.md, memory). Declared
+   * inside Connection so that it may call Connection's private methods.
+   */
+  private static readonly PeerHooks = class ConnectionPeerHooks implements PeerHooks {
+    readonly conn: Connection;
+
+    constructor(conn: Connection) {
+      this.conn = conn;
+    }
+
+    handleRequest(message: IncomingMessage, ctx: RequestContext): ReplyValue | Promise<ReplyValue> {
+      this.conn.settleVersion(false);
+      return this.conn.handleRequest(message, ctx);
+    }
+
+    handleSignal(message: IncomingMessage): void | Promise<void> {
+      this.conn.settleVersion(false);
+      return this.conn.context.options.onSignal?.(this.conn, message);
+    }
+
+    handleControl(message: Message): void {
+      if (message.kind !== 'client-conf') this.conn.settleVersion(false);
+      this.conn.handleControl(message);
+    }
+
+    closed(code: number, reason: string): void {
+      this.conn.handleClosed(code, reason);
+    }
+  };
 
   /** @internal Sends AcceptConf and starts the read timeout. */
   start(): SocketHandlers {
