@@ -33,7 +33,7 @@ export const wsUnderTest: TransportUnderTest = {
 };
 
 /** A port nothing listens on right now (the kernel's pick for port 0). */
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const probe = createNetServer();
   await new Promise<void>((resolve, reject) => {
     probe.once('error', reject);

@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
-import { type AddressInfo, createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
@@ -26,6 +26,7 @@ import { Server } from '../../src/server/server.ts';
 import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import { uwsTransport } from '../../transports/uws.ts';
 import { wsTransport } from '../../transports/ws.ts';
+import { freePort } from '../transport-under-test.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -170,22 +171,6 @@ type Kind = 'ws' | 'uws';
 function recordingLogger(errors: string[]): Logger {
   const ignore = (): void => {};
   return { error: (message) => errors.push(message), warn: ignore, info: ignore, debug: ignore };
-}
-
-/**
- * A port nothing listens on now. uSockets binds a port-0 listener without the address-reuse option
- * it uses for a fixed port, so after that server closed its connections (TIME_WAIT on its side)
- * the port could not be listened on again for a minute: the uWS server gets a fixed port.
- */
-async function freePort(): Promise<number> {
-  const probe = createNetServer();
-  await new Promise<void>((resolve, reject) => {
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
 }
 
 async function startServer(kind: Kind, port: number, sessions: MemorySessionManager, record: ServerRecord): Promise<Server> {
