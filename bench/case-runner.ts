@@ -81,7 +81,10 @@ export async function runLoadCase(item: Case, timing: Timing, options: RunOption
     const serverSyscalls =
       after.syscalls === null || before.syscalls === null
         ? null
-        : { reads: after.syscalls.reads - before.syscalls.reads, writes: after.syscalls.writes - before.syscalls.writes };
+        : {
+            reads: after.syscalls.reads - before.syscalls.reads,
+            writes: after.syscalls.writes - before.syscalls.writes,
+          };
     if (kind === 'signals') {
       const received = after.signals - before.signals;
       const seconds = (after.now - before.now) / 1_000;

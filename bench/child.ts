@@ -98,7 +98,14 @@ export class Child {
     this.ready = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(this.#error(`not ready within ${readyTimeout} ms`)), readyTimeout);
       this.process.on('message', (raw) => {
-        const message = raw as { ready?: boolean; info?: Record<string, unknown>; error?: string; seq?: number; ok?: boolean; result?: unknown };
+        const message = raw as {
+          ready?: boolean;
+          info?: Record<string, unknown>;
+          error?: string;
+          seq?: number;
+          ok?: boolean;
+          result?: unknown;
+        };
         if (message.ready !== undefined) {
           clearTimeout(timer);
           if (message.ready) resolve(message.info ?? {});

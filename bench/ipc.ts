@@ -40,7 +40,11 @@ export function answer(handlers: Readonly<Record<string, OpHandler>>, onExit?: (
       .then(
         (result) => process.send?.({ seq: request.seq, ok: true, result: result ?? null }),
         (error: unknown) =>
-          process.send?.({ seq: request.seq, ok: false, error: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+          process.send?.({
+            seq: request.seq,
+            ok: false,
+            error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+          }),
       );
   });
 }

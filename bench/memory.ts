@@ -27,13 +27,26 @@ export async function runMemoryCase(item: Case, timing: Timing, options: RunOpti
   try {
     const [{ port }] = await Promise.all([server.ready, load.ready]);
     const connect = (clients: number) =>
-      load.call('connect', { stack, url: `ws://127.0.0.1:${String(port)}/`, generator: 'idle', clients, payloadSize: 0, inflight: 0, window: 0 }, 180_000);
+      load.call(
+        'connect',
+        {
+          stack,
+          url: `ws://127.0.0.1:${String(port)}/`,
+          generator: 'idle',
+          clients,
+          payloadSize: 0,
+          inflight: 0,
+          window: 0,
+        },
+        180_000,
+      );
     const waitFor = async (connections: number): Promise<void> => {
       const deadline = performance.now() + CONNECTED_DEADLINE_MS;
       for (;;) {
         const stats = await server.call<ServerStats>('stats');
         if (stats.connections >= connections) return;
-        if (performance.now() > deadline) throw new Error(`server sees ${stats.connections} of ${connections} connections`);
+        if (performance.now() > deadline)
+          throw new Error(`server sees ${stats.connections} of ${connections} connections`);
         await sleep(50);
       }
     };

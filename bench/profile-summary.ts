@@ -30,7 +30,10 @@ export function selfTimes(profile: Profile): Map<string, number> {
     const node = byId.get(profile.samples[i]!);
     if (node === undefined) continue;
     const { functionName, url, lineNumber } = node.callFrame;
-    const where = url === '' ? '' : ` ${url.startsWith('file://') ? relative(process.cwd(), new URL(url).pathname) : url}:${lineNumber + 1}`;
+    const where =
+      url === ''
+        ? ''
+        : ` ${url.startsWith('file://') ? relative(process.cwd(), new URL(url).pathname) : url}:${lineNumber + 1}`;
     const key = `${functionName || '(anonymous)'}${where}`;
     out.set(key, (out.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0));
   }
@@ -58,6 +61,9 @@ for (const file of positionals) {
   const total = [...times.values()].reduce((a, b) => a + b, 0);
   const idle = (times.get('(idle)') ?? 0) + (times.get('(program)') ?? 0);
   console.log(`${file}: ${(total / 1e6).toFixed(2)} s sampled, ${(((total - idle) / total) * 100).toFixed(0)}% busy`);
-  const rows = [...times.entries()].filter(([key]) => key !== '(idle)').sort((a, b) => b[1] - a[1]).slice(0, Number(values.top));
+  const rows = [...times.entries()]
+    .filter(([key]) => key !== '(idle)')
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, Number(values.top));
   for (const [key, us] of rows) console.log(`  ${((us / total) * 100).toFixed(1).padStart(5)}%  ${key}`);
 }

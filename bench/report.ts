@@ -52,7 +52,9 @@ export interface Report {
 }
 
 /** Which metric each kind compares, and whether higher is better. */
-const COMPARED: Readonly<Record<CaseResult['kind'], readonly { metric: string; label: string; higherIsBetter: boolean }[]>> = {
+const COMPARED: Readonly<
+  Record<CaseResult['kind'], readonly { metric: string; label: string; higherIsBetter: boolean }[]>
+> = {
   'request-reply': [
     { metric: 'rate', label: 'round trips/s', higherIsBetter: true },
     { metric: 'p99Us', label: 'p99', higherIsBetter: false },
@@ -84,7 +86,7 @@ export function computeRatios(cases: readonly CaseResult[]): Ratio[] {
         const own = metricOf(cases, group, stack, metric);
         if (own === null) continue;
         for (const peer of STACKS) {
-          if (peer === stack || (peer === 'duplexwire-ws' || peer === 'duplexwire-uws')) continue;
+          if (peer === stack || peer === 'duplexwire-ws' || peer === 'duplexwire-uws') continue;
           const theirs = metricOf(cases, group, peer, metric);
           if (theirs === null) continue;
           out.push({ group, metric, stack, peer, value: theirs === 0 ? null : own / theirs });
@@ -110,32 +112,91 @@ function goalSpecs(): GoalSpec[] {
   const specs: GoalSpec[] = [];
   for (const stack of DUPLEXWIRE_STACKS) {
     const raw = RAW_TRANSPORT[stack];
-    specs.push({ description: '64B, 128 in flight: round trips/s >= 0.85 x raw echo of the same transport', group: 'rr-64B-x128', metric: 'rate', stack, peer: raw, op: '>=', target: 0.85 });
+    specs.push({
+      description: '64B, 128 in flight: round trips/s >= 0.85 x raw echo of the same transport',
+      group: 'rr-64B-x128',
+      metric: 'rate',
+      stack,
+      peer: raw,
+      op: '>=',
+      target: 0.85,
+    });
   }
   for (const stack of DUPLEXWIRE_STACKS) {
-    specs.push({ description: '64B, 128 in flight: round trips/s >= 2.5 x Socket.IO acks', group: 'rr-64B-x128', metric: 'rate', stack, peer: 'socketio', op: '>=', target: 2.5 });
-    specs.push({ description: '64B, 128 in flight: round trips/s >= 1.4 x Socket.IO acks with msgpack', group: 'rr-64B-x128', metric: 'rate', stack, peer: 'socketio-msgpack', op: '>=', target: 1.4 });
+    specs.push({
+      description: '64B, 128 in flight: round trips/s >= 2.5 x Socket.IO acks',
+      group: 'rr-64B-x128',
+      metric: 'rate',
+      stack,
+      peer: 'socketio',
+      op: '>=',
+      target: 2.5,
+    });
+    specs.push({
+      description: '64B, 128 in flight: round trips/s >= 1.4 x Socket.IO acks with msgpack',
+      group: 'rr-64B-x128',
+      metric: 'rate',
+      stack,
+      peer: 'socketio-msgpack',
+      op: '>=',
+      target: 1.4,
+    });
   }
   for (const stack of DUPLEXWIRE_STACKS) {
-    specs.push({ description: '16KiB, 128 in flight: round trips/s >= 0.85 x raw echo of the same transport', group: 'rr-16KiB-x128', metric: 'rate', stack, peer: RAW_TRANSPORT[stack], op: '>=', target: 0.85 });
+    specs.push({
+      description: '16KiB, 128 in flight: round trips/s >= 0.85 x raw echo of the same transport',
+      group: 'rr-16KiB-x128',
+      metric: 'rate',
+      stack,
+      peer: RAW_TRANSPORT[stack],
+      op: '>=',
+      target: 0.85,
+    });
   }
   for (const group of ['rr-64B-x1-awake', 'rr-16KiB-x1-awake']) {
     for (const stack of DUPLEXWIRE_STACKS) {
-      specs.push({ description: `${group.includes('16KiB') ? '16KiB' : '64B'}, 1 in flight, CPUs awake: p99 <= 1.3 x raw echo of the same transport`, group, metric: 'p99Us', stack, peer: RAW_TRANSPORT[stack], op: '<=', target: 1.3 });
+      specs.push({
+        description: `${group.includes('16KiB') ? '16KiB' : '64B'}, 1 in flight, CPUs awake: p99 <= 1.3 x raw echo of the same transport`,
+        group,
+        metric: 'p99Us',
+        stack,
+        peer: RAW_TRANSPORT[stack],
+        op: '<=',
+        target: 1.3,
+      });
     }
   }
   for (const stack of DUPLEXWIRE_STACKS) {
-    specs.push({ description: 'idle memory (live: heap + native) per connection <= 1.3 x the raw transport', group: 'memory-idle', metric: 'livePerConnKiB', stack, peer: RAW_TRANSPORT[stack], op: '<=', target: 1.3 });
+    specs.push({
+      description: 'idle memory (live: heap + native) per connection <= 1.3 x the raw transport',
+      group: 'memory-idle',
+      metric: 'livePerConnKiB',
+      stack,
+      peer: RAW_TRANSPORT[stack],
+      op: '<=',
+      target: 1.3,
+    });
   }
   for (const stack of DUPLEXWIRE_STACKS) {
-    specs.push({ description: 'idle memory (live) per connection far below Socket.IO (read as <= 0.5 x)', group: 'memory-idle', metric: 'livePerConnKiB', stack, peer: 'socketio', op: '<=', target: 0.5 });
+    specs.push({
+      description: 'idle memory (live) per connection far below Socket.IO (read as <= 0.5 x)',
+      group: 'memory-idle',
+      metric: 'livePerConnKiB',
+      stack,
+      peer: 'socketio',
+      op: '<=',
+      target: 0.5,
+    });
   }
   return specs;
 }
 
 export function checkGoals(ratios: readonly Ratio[]): Goal[] {
   return goalSpecs().map((spec) => {
-    const value = ratios.find((r) => r.group === spec.group && r.metric === spec.metric && r.stack === spec.stack && r.peer === spec.peer)?.value ?? null;
+    const value =
+      ratios.find(
+        (r) => r.group === spec.group && r.metric === spec.metric && r.stack === spec.stack && r.peer === spec.peer,
+      )?.value ?? null;
     if (value === null) return { ...spec, value, met: null, shortfall: null };
     const met = spec.op === '>=' ? value >= spec.target : value <= spec.target;
     const shortfall = spec.op === '>=' ? (spec.target - value) / spec.target : (value - spec.target) / spec.target;
@@ -187,10 +248,17 @@ export function renderText(report: Report): string {
   out.push('');
   out.push(`- date: ${meta.date}`);
   out.push(`- commit: ${meta.commit}`);
-  out.push(`- machine: ${meta.machine.cpus} x ${meta.machine.model}, ${meta.machine.memoryGiB} GiB, ${meta.machine.os}`);
+  out.push(
+    `- machine: ${meta.machine.cpus} x ${meta.machine.model}, ${meta.machine.memoryGiB} GiB, ${meta.machine.os}`,
+  );
   out.push(`- node: ${meta.node}`);
-  if (meta.staleBuild.length > 0) out.push(`- WARNING: dist/ was older than ${meta.staleBuild.length} source file(s): these figures are of the previous build`);
-  out.push(`- per case: ${meta.timing.warmupMs} ms warm-up, ${meta.timing.measureMs} ms measured; load average ${meta.loadAverage.start.map((l) => l.toFixed(2)).join(' ')} at start, ${meta.loadAverage.end.map((l) => l.toFixed(2)).join(' ')} at end; ${meta.durationS.toFixed(0)} s in all${meta.only === undefined ? '' : `; only ${meta.only}`}`);
+  if (meta.staleBuild.length > 0)
+    out.push(
+      `- WARNING: dist/ was older than ${meta.staleBuild.length} source file(s): these figures are of the previous build`,
+    );
+  out.push(
+    `- per case: ${meta.timing.warmupMs} ms warm-up, ${meta.timing.measureMs} ms measured; load average ${meta.loadAverage.start.map((l) => l.toFixed(2)).join(' ')} at start, ${meta.loadAverage.end.map((l) => l.toFixed(2)).join(' ')} at end; ${meta.durationS.toFixed(0)} s in all${meta.only === undefined ? '' : `; only ${meta.only}`}`,
+  );
   out.push('');
 
   const rr = casesOf(report, 'request-reply');
@@ -199,7 +267,18 @@ export function renderText(report: Report): string {
     out.push('');
     out.push(
       table(
-        ['case', 'stack', 'round trips/s', 'p50 µs', 'p99 µs', 'CPU µs/rt', 'server µs/rt', 'client µs/rt', 'server CPU %', 'client CPU %'],
+        [
+          'case',
+          'stack',
+          'round trips/s',
+          'p50 µs',
+          'p99 µs',
+          'CPU µs/rt',
+          'server µs/rt',
+          'client µs/rt',
+          'server CPU %',
+          'client CPU %',
+        ],
         rr.map((c) =>
           c.error !== undefined
             ? [c.group, c.stack, ...failedCells(8)]
@@ -237,7 +316,9 @@ export function renderText(report: Report): string {
       ),
     );
     out.push('');
-    out.push('fanout: signals delivered per second, summed over all clients; signals: signals received by the server per second.');
+    out.push(
+      'fanout: signals delivered per second, summed over all clients; signals: signals received by the server per second.',
+    );
     out.push('');
   }
 
@@ -245,11 +326,23 @@ export function renderText(report: Report): string {
   if (memory.length > 0) {
     out.push('## Memory per idle connection (server, after GC)');
     out.push('');
-    out.push('live = heap + native (RSS less the V8 heap, at least 0): what the goals are checked on; RSS alone moves by whole pages.');
+    out.push(
+      'live = heap + native (RSS less the V8 heap, at least 0): what the goals are checked on; RSS alone moves by whole pages.',
+    );
     out.push('');
     out.push(
       table(
-        ['case', 'stack', 'live KiB/conn', 'RSS KiB/conn', 'heap KiB/conn', 'native KiB/conn', 'external KiB/conn', 'baseline RSS MiB', 'connections'],
+        [
+          'case',
+          'stack',
+          'live KiB/conn',
+          'RSS KiB/conn',
+          'heap KiB/conn',
+          'native KiB/conn',
+          'external KiB/conn',
+          'baseline RSS MiB',
+          'connections',
+        ],
         memory.map((c) =>
           c.error !== undefined
             ? [c.group, c.stack, ...failedCells(7)]
@@ -277,7 +370,11 @@ export function renderText(report: Report): string {
     out.push(
       table(
         ['case', 'stack', 'encode msg/s', 'decode msg/s'],
-        codec.map((c) => (c.error !== undefined ? [c.group, c.stack, ...failedCells(2)] : [c.group, c.stack, fmt(c.metrics.encodePerSec), fmt(c.metrics.decodePerSec)])),
+        codec.map((c) =>
+          c.error !== undefined
+            ? [c.group, c.stack, ...failedCells(2)]
+            : [c.group, c.stack, fmt(c.metrics.encodePerSec), fmt(c.metrics.decodePerSec)],
+        ),
       ),
     );
     out.push('');
@@ -295,7 +392,13 @@ export function renderText(report: Report): string {
         ['case', 'stack', 'metric', ...peers.map((p) => `/ ${p}`)],
         keys.map((key) => {
           const [group, metric, stack] = key.split('\u0000') as [string, string, string];
-          const cells = peers.map((peer) => ratio(report.ratios.find((r) => r.group === group && r.metric === metric && r.stack === stack && r.peer === peer)?.value));
+          const cells = peers.map((peer) =>
+            ratio(
+              report.ratios.find(
+                (r) => r.group === group && r.metric === metric && r.stack === stack && r.peer === peer,
+              )?.value,
+            ),
+          );
           return [group, stack, metric, ...cells];
         }),
         3,

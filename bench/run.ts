@@ -30,7 +30,8 @@ import type { CaseResult, Metrics, RunOptions } from './result.ts';
 function commit(): string {
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+    const dirty =
+      execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
     return dirty ? `${head} (with uncommitted changes)` : head;
   } catch {
     return 'unknown';
@@ -41,7 +42,11 @@ async function runCodecCase(item: Case, timing: Timing, options: RunOptions): Pr
   const child = new Child(new URL('./codec.ts', import.meta.url), [], { label: 'codec', nodeFlags: options.nodeFlags });
   try {
     await child.ready;
-    return await child.call<Metrics>('run', { payloadSize: item.group.params.payloadSize ?? 64, ms: timing.codecMs }, 60_000);
+    return await child.call<Metrics>(
+      'run',
+      { payloadSize: item.group.params.payloadSize ?? 64, ms: timing.codecMs },
+      60_000,
+    );
   } finally {
     await child.stop();
   }
@@ -95,11 +100,20 @@ async function main(): Promise<number> {
   process.stderr.write(`duplexwire bench (${timing.mode}): ${list.length} cases\n`);
   for (const [index, item] of list.entries()) {
     const t0 = performance.now();
-    const base = { id: item.id, group: item.group.id, kind: item.group.kind, title: item.group.title, stack: item.stack, params: item.group.params };
+    const base = {
+      id: item.id,
+      group: item.group.id,
+      kind: item.group.kind,
+      title: item.group.title,
+      stack: item.stack,
+      params: item.group.params,
+    };
     try {
       const metrics = await runCase(item, timing, options);
       results.push({ ...base, metrics });
-      process.stderr.write(`[${index + 1}/${list.length}] ${item.id} ${summary(item, metrics)} (${((performance.now() - t0) / 1_000).toFixed(1)} s)\n`);
+      process.stderr.write(
+        `[${index + 1}/${list.length}] ${item.id} ${summary(item, metrics)} (${((performance.now() - t0) / 1_000).toFixed(1)} s)\n`,
+      );
     } catch (error) {
       const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
       results.push({ ...base, metrics: {}, error: message });
@@ -133,7 +147,8 @@ async function main(): Promise<number> {
 }
 
 function summary(item: Case, metrics: Metrics): string {
-  const n = (v: number | null | undefined) => (v === null || v === undefined ? '-' : Math.round(v).toLocaleString('en'));
+  const n = (v: number | null | undefined) =>
+    v === null || v === undefined ? '-' : Math.round(v).toLocaleString('en');
   switch (item.group.kind) {
     case 'request-reply':
       return `${n(metrics.rate)} rt/s, p99 ${n(metrics.p99Us)} µs, ${(metrics.cpuUsPerOp ?? 0).toFixed(1)} µs CPU/rt`;

@@ -4,7 +4,14 @@
  * ends of the stack.
  */
 
-export const STACKS = ['ws-echo', 'duplexwire-ws', 'uws-echo', 'duplexwire-uws', 'socketio', 'socketio-msgpack'] as const;
+export const STACKS = [
+  'ws-echo',
+  'duplexwire-ws',
+  'uws-echo',
+  'duplexwire-uws',
+  'socketio',
+  'socketio-msgpack',
+] as const;
 export type Stack = (typeof STACKS)[number];
 
 /** The duplexwire stacks and the raw echo of the transport each runs on. */

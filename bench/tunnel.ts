@@ -28,7 +28,10 @@ const BIG = Buffer.alloc(1024 * 1024, 0x61);
 async function runTarget(): Promise<void> {
   const server = createServer((req, res) => {
     const body = req.url === '/big' ? BIG : SMALL;
-    res.writeHead(200, { 'content-type': req.url === '/big' ? 'application/octet-stream' : 'application/json', 'content-length': body.length });
+    res.writeHead(200, {
+      'content-type': req.url === '/big' ? 'application/octet-stream' : 'application/json',
+      'content-length': body.length,
+    });
     res.end(body);
   });
   server.keepAliveTimeout = 60_000;
@@ -63,7 +66,8 @@ function start(args: string[]): Child {
       for (;;) {
         const match = pattern.exec(text);
         if (match !== null) return match;
-        if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`no ${pattern} from ${args.join(' ')}: ${text}`);
+        if (Date.now() > deadline || proc.exitCode !== null)
+          throw new Error(`no ${pattern} from ${args.join(' ')}: ${text}`);
         await new Promise<void>((resolve) => {
           waiters.push(resolve);
           setTimeout(resolve, 100);
@@ -82,7 +86,13 @@ interface Result {
 }
 
 /** A closed loop: `concurrency` keep-alive connections, each with one request in flight, for `seconds`. */
-async function load(port: number, path: string, headers: Record<string, string>, concurrency: number, seconds: number): Promise<Result> {
+async function load(
+  port: number,
+  path: string,
+  headers: Record<string, string>,
+  concurrency: number,
+  seconds: number,
+): Promise<Result> {
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   const latencies: number[] = [];
   let bytes = 0;
@@ -112,17 +122,21 @@ async function load(port: number, path: string, headers: Record<string, string>,
     });
   // Warm-up: connections open, JIT settled.
   const warmEnd = performance.now() + 1000;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < warmEnd) await once();
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < warmEnd) await once();
+    }),
+  );
   latencies.length = 0;
   bytes = 0;
   errors = 0;
   const started = performance.now();
   const end = started + seconds * 1000;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < end) await once();
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) await once();
+    }),
+  );
   const elapsed = (performance.now() - started) / 1000;
   agent.destroy();
   const sorted = Float64Array.from(latencies).sort();
@@ -164,19 +178,43 @@ async function main(): Promise<void> {
     await writeFile(tokenFile, token);
     const target = start(['bench/tunnel.ts', '--role', 'target']);
     const targetPort = Number((await target.waitFor(/^(\d+)$/m))[1]);
-    const proxy = start(['src/cli/main.ts', 'tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--log-level', 'warn']);
+    const proxy = start([
+      'src/cli/main.ts',
+      'tunnel',
+      'proxy',
+      '--listen',
+      '127.0.0.1:0',
+      '--tokens',
+      tokens,
+      '--log-level',
+      'warn',
+    ]);
     const proxyPort = Number((await proxy.waitFor(/listening on http:\/\/[^ ]+:(\d+)\//))[1]);
     const agent = start([
-      'src/cli/main.ts', 'tunnel', 'agent', '--proxy', `ws://127.0.0.1:${proxyPort}/_tunnel`, '--id', 'bench',
-      '--token-file', tokenFile, '--target', `http://127.0.0.1:${targetPort}`, '--log-level', 'warn',
+      'src/cli/main.ts',
+      'tunnel',
+      'agent',
+      '--proxy',
+      `ws://127.0.0.1:${proxyPort}/_tunnel`,
+      '--id',
+      'bench',
+      '--token-file',
+      tokenFile,
+      '--target',
+      `http://127.0.0.1:${targetPort}`,
+      '--log-level',
+      'warn',
     ]);
     // Ready once a request goes through.
     for (let i = 0; ; i++) {
       const ok = await new Promise<boolean>((resolve) => {
-        const req = request({ host: '127.0.0.1', port: proxyPort, path: '/small', headers: { 'x-duplexwire-client-id': 'bench' } }, (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode === 200));
-        });
+        const req = request(
+          { host: '127.0.0.1', port: proxyPort, path: '/small', headers: { 'x-duplexwire-client-id': 'bench' } },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode === 200));
+          },
+        );
         req.on('error', () => resolve(false));
         req.end();
       });

@@ -146,7 +146,13 @@ function writeAscii(out: Uint8Array, offset: number, text: string): void {
  * length, the name, a padding byte for UTF-16 after an odd-length name (even with no payload, so
  * the message length stays even), then the payload.
  */
-function encodeNamed(prefix: number, type: number, id: RequestIdInput | null, name: string, payload: Payload): Uint8Array {
+function encodeNamed(
+  prefix: number,
+  type: number,
+  id: RequestIdInput | null,
+  name: string,
+  payload: Payload,
+): Uint8Array {
   assertValidName(name);
   assertUtf16Even(payload);
   if (name.length === 0 && payload.data.length === 0) {

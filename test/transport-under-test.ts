@@ -28,7 +28,8 @@ export interface TransportUnderTest {
 export const wsUnderTest: TransportUnderTest = {
   name: 'ws',
   caps: { network: true },
-  server: ({ port = 0, path } = {}) => wsTransport({ host: '127.0.0.1', port, ...(path === undefined ? {} : { path }) }),
+  server: ({ port = 0, path } = {}) =>
+    wsTransport({ host: '127.0.0.1', port, ...(path === undefined ? {} : { path }) }),
   client: () => wsClientTransport(),
 };
 
@@ -85,7 +86,8 @@ export function memoryUnderTest(): TransportUnderTest {
     },
     client: () => ({
       connect: (url, options, handlers) => {
-        if (latest === undefined) return Promise.reject(Object.assign(new Error('no memory server'), { code: 'ECONNREFUSED' }));
+        if (latest === undefined)
+          return Promise.reject(Object.assign(new Error('no memory server'), { code: 'ECONNREFUSED' }));
         return latest.client.connect(url, options, handlers);
       },
     }),

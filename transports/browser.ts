@@ -34,7 +34,14 @@
  */
 
 import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, truncateUtf8 } from './close-frame.ts';
-import type { ClientConnectOptions, ClientTransport, ConnectFailure, SendResult, SocketHandlers, TransportSocket } from './types.ts';
+import type {
+  ClientConnectOptions,
+  ClientTransport,
+  ConnectFailure,
+  SendResult,
+  SocketHandlers,
+  TransportSocket,
+} from './types.ts';
 
 /** Bytes the browser may have queued before `send` answers `backpressure` (as the other adapters). */
 export const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
@@ -69,7 +76,8 @@ export interface BrowserTransportOptions {
 }
 
 function checkNonNegative(name: string, value: number): number {
-  if (!(Number.isFinite(value) && value >= 0)) throw new RangeError(`${name} must be a finite number >= 0, got ${value}`);
+  if (!(Number.isFinite(value) && value >= 0))
+    throw new RangeError(`${name} must be a finite number >= 0, got ${value}`);
   return value;
 }
 
@@ -137,7 +145,10 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           ws.close();
           reject(connectFailure(message, code));
         };
-        const timer = setTimeout(() => fail(`connect timed out after ${connectTimeout} ms`, 'ETIMEDOUT'), connectTimeout);
+        const timer = setTimeout(
+          () => fail(`connect timed out after ${connectTimeout} ms`, 'ETIMEDOUT'),
+          connectTimeout,
+        );
 
         const report = (code: number, reason: string): void => {
           if (closeReported) return;
@@ -193,7 +204,10 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           if (closing !== undefined || closeReported || ws.readyState !== OPEN) return;
           closing = [code, reason];
           const sendable = code === 1000 || (code >= 3000 && code <= 4999);
-          ws.close(sendable ? code : 1000, truncateUtf8(sendable ? reason : `${code}: ${reason}`, MAX_CLOSE_REASON_BYTES));
+          ws.close(
+            sendable ? code : 1000,
+            truncateUtf8(sendable ? reason : `${code}: ${reason}`, MAX_CLOSE_REASON_BYTES),
+          );
         };
 
         const pollDrain = (): void => {

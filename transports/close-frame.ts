@@ -50,7 +50,12 @@ export function truncateUtf8(text: string, maxBytes: number): string {
 }
 
 /** Headers a refusal writer sets itself: an owner's copy would break the response's framing. */
-const RESERVED_REFUSAL_HEADERS: ReadonlySet<string> = new Set(['connection', 'content-length', 'content-type', 'transfer-encoding']);
+const RESERVED_REFUSAL_HEADERS: ReadonlySet<string> = new Set([
+  'connection',
+  'content-length',
+  'content-type',
+  'transfer-encoding',
+]);
 
 /** RFC 9110 §5.6.2 `token`, the header names Node's `validateHeaderName` accepts. */
 const HTTP_TOKEN = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
@@ -83,7 +88,11 @@ const BARE_500: RefusalResponse = /* @__PURE__ */ Object.freeze({ status: 500, b
  * must never be able to inject bytes into the response. Shared so that every server adapter
  * answers the same decision with the same response.
  */
-export function refusalResponse(status: number, body = '', headers?: Readonly<Record<string, string>>): RefusalResponse {
+export function refusalResponse(
+  status: number,
+  body = '',
+  headers?: Readonly<Record<string, string>>,
+): RefusalResponse {
   if (!(Number.isInteger(status) && status >= 200 && status <= 599)) return BARE_500;
   const extra: Array<readonly [string, string]> = [];
   if (headers !== undefined) {
@@ -91,7 +100,8 @@ export function refusalResponse(status: number, body = '', headers?: Readonly<Re
       if (RESERVED_REFUSAL_HEADERS.has(name.toLowerCase())) continue;
       // `value` is typed string, but owners write JavaScript too: Node stringifies a number and
       // rejects undefined, and so do we.
-      if (!HTTP_TOKEN.test(name) || value === undefined || INVALID_HEADER_VALUE_CHAR.test(String(value))) return BARE_500;
+      if (!HTTP_TOKEN.test(name) || value === undefined || INVALID_HEADER_VALUE_CHAR.test(String(value)))
+        return BARE_500;
       extra.push([name, String(value)]);
     }
   }

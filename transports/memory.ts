@@ -17,7 +17,12 @@
  * ```
  */
 
-import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, MAX_REFUSAL_BODY_BYTES, truncateUtf8 } from './close-frame.ts';
+import {
+  assertSendableCloseCode,
+  MAX_CLOSE_REASON_BYTES,
+  MAX_REFUSAL_BODY_BYTES,
+  truncateUtf8,
+} from './close-frame.ts';
 import type {
   ClientConnectOptions,
   ClientTransport,
@@ -57,7 +62,9 @@ type Item =
 
 // Node's setImmediate lets I/O and timers interleave like real sockets; elsewhere a macrotask.
 const defer: (fn: () => void) => void =
-  typeof globalThis.setImmediate === 'function' ? (fn) => globalThis.setImmediate(fn) : (fn) => globalThis.setTimeout(fn, 0);
+  typeof globalThis.setImmediate === 'function'
+    ? (fn) => globalThis.setImmediate(fn)
+    : (fn) => globalThis.setTimeout(fn, 0);
 
 const encoder = new TextEncoder();
 
@@ -328,7 +335,11 @@ export function memoryTransport(options: MemoryTransportOptions = {}): MemoryTra
   }
 
   const client: ClientTransport = {
-    async connect(url: string, connectOptions: ClientConnectOptions, handlers: SocketHandlers): Promise<TransportSocket> {
+    async connect(
+      url: string,
+      connectOptions: ClientConnectOptions,
+      handlers: SocketHandlers,
+    ): Promise<TransportSocket> {
       checkMaxMessageSize(connectOptions.maxMessageSize);
       const request = buildUpgradeRequest(url, connectOptions.headers);
       const current = run;
@@ -340,7 +351,10 @@ export function memoryTransport(options: MemoryTransportOptions = {}): MemoryTra
         const valid = Number.isInteger(decision.status) && decision.status >= 200 && decision.status <= 599;
         const status = valid ? decision.status : 500;
         const body = valid ? truncateUtf8(decision.body ?? '', MAX_REFUSAL_BODY_BYTES) : '';
-        const failure: ConnectFailure = Object.assign(new Error(`upgrade refused with HTTP ${status}`), { status, body });
+        const failure: ConnectFailure = Object.assign(new Error(`upgrade refused with HTTP ${status}`), {
+          status,
+          body,
+        });
         throw failure;
       }
 

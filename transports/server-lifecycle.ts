@@ -18,7 +18,10 @@ type State<Run> =
   | { kind: 'stopping'; done: Promise<void> };
 
 export function serverLifecycle<Run>(
-  startRun: (handlers: ServerTransportHandlers, options: ServerTransportStartOptions) => { run: Run; ready: Promise<void> },
+  startRun: (
+    handlers: ServerTransportHandlers,
+    options: ServerTransportStartOptions,
+  ) => { run: Run; ready: Promise<void> },
   stopRun: (run: Run, ready: Promise<void>) => Promise<void>,
 ): ServerLifecycle<Run> {
   let state: State<Run> = { kind: 'idle' };

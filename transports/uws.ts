@@ -20,7 +20,13 @@ import { STATUS_CODES } from 'node:http';
 import { createRequire } from 'node:module';
 import { SocketAddress } from 'node:net';
 import type * as UWS from 'uWebSockets.js';
-import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, type RefusalResponse, refusalResponse, truncateUtf8 } from './close-frame.ts';
+import {
+  assertSendableCloseCode,
+  MAX_CLOSE_REASON_BYTES,
+  type RefusalResponse,
+  refusalResponse,
+  truncateUtf8,
+} from './close-frame.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   SendResult,
@@ -139,7 +145,8 @@ const MAX_UINT32 = 2 ** 32 - 1;
 
 function resolveOptions(options: UwsServerTransportOptions): ResolvedOptions {
   const host = options.host ?? DEFAULT_HOST;
-  if (typeof host !== 'string' || host === '') throw new RangeError(`host must be a non-empty string, got ${JSON.stringify(host)}`);
+  if (typeof host !== 'string' || host === '')
+    throw new RangeError(`host must be a non-empty string, got ${JSON.stringify(host)}`);
   const port = options.port ?? DEFAULT_PORT;
   if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) {
     throw new RangeError(`port must be an integer in 0..65535, got ${port}`);
@@ -148,7 +155,10 @@ function resolveOptions(options: UwsServerTransportOptions): ResolvedOptions {
     throw new RangeError(`path must start with '/', got ${JSON.stringify(options.path)}`);
   }
   const tls = options.tls;
-  if (tls !== undefined && !(typeof tls.key === 'string' && tls.key !== '' && typeof tls.cert === 'string' && tls.cert !== '')) {
+  if (
+    tls !== undefined &&
+    !(typeof tls.key === 'string' && tls.key !== '' && typeof tls.cert === 'string' && tls.cert !== '')
+  ) {
     throw new TypeError('tls.key and tls.cert must be file paths (uWebSockets.js reads the PEM files itself)');
   }
   const highWaterMark = options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK;
@@ -165,7 +175,9 @@ function resolveOptions(options: UwsServerTransportOptions): ResolvedOptions {
     throw new RangeError(`maxBackpressure must be an integer <= ${MAX_UINT32}, got ${maxBackpressure}`);
   }
   if (!(maxBackpressure > highWaterMark)) {
-    throw new RangeError(`maxBackpressure (${maxBackpressure}) must be above highWaterMark (${highWaterMark}), or sends are dropped before backpressure shows`);
+    throw new RangeError(
+      `maxBackpressure (${maxBackpressure}) must be above highWaterMark (${highWaterMark}), or sends are dropped before backpressure shows`,
+    );
   }
   const maxPausedBytes = options.maxPausedBytes ?? DEFAULT_MAX_PAUSED_BYTES;
   if (!(Number.isFinite(maxPausedBytes) && maxPausedBytes >= 0)) {
@@ -621,18 +633,32 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       return uWS.SSLApp(appOptions);
     } catch (cause) {
       // uWS only says "App construction failed".
-      throw new Error(`uWebSockets.js could not load the TLS key ${JSON.stringify(opts.tls.key)} or certificate ${JSON.stringify(opts.tls.cert)} (missing, unreadable, or a wrong passphrase)`, {
-        cause,
-      });
+      throw new Error(
+        `uWebSockets.js could not load the TLS key ${JSON.stringify(opts.tls.key)} or certificate ${JSON.stringify(opts.tls.cert)} (missing, unreadable, or a wrong passphrase)`,
+        {
+          cause,
+        },
+      );
     }
   }
 
-  function startRun(handlers: ServerTransportHandlers, startOptions: ServerTransportStartOptions): { run: Run; ready: Promise<void> } {
-    if (!(startOptions.maxMessageSize > 0)) throw new RangeError(`maxMessageSize must be > 0, got ${startOptions.maxMessageSize}`);
+  function startRun(
+    handlers: ServerTransportHandlers,
+    startOptions: ServerTransportStartOptions,
+  ): { run: Run; ready: Promise<void> } {
+    if (!(startOptions.maxMessageSize > 0))
+      throw new RangeError(`maxMessageSize must be > 0, got ${startOptions.maxMessageSize}`);
     const app = createApp();
     const run: Run = { listenSocket: undefined, port: 0, pending: new Set(), live: new Set(), stopped: false };
 
-    const accept = (res: UWS.HttpResponse, request: UpgradeRequest, key: string, protocol: string, extensions: string, context: UWS.us_socket_context_t): void => {
+    const accept = (
+      res: UWS.HttpResponse,
+      request: UpgradeRequest,
+      key: string,
+      protocol: string,
+      extensions: string,
+      context: UWS.us_socket_context_t,
+    ): void => {
       const socket = new UwsTransportSocket(request, opts.highWaterMark, opts.maxPausedBytes);
       // uWS runs `open` synchronously inside upgrade().
       res.cork(() => res.upgrade<UserData>({ socket }, key, protocol, extensions, context));
@@ -661,7 +687,11 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         return;
       }
       // Other protocols (h2c) are not ours; a bad key or version would fail the handshake.
-      if (headers.upgrade?.toLowerCase() !== 'websocket' || !WEBSOCKET_KEY.test(key) || (version !== '13' && version !== '8')) {
+      if (
+        headers.upgrade?.toLowerCase() !== 'websocket' ||
+        !WEBSOCKET_KEY.test(key) ||
+        (version !== '13' && version !== '8')
+      ) {
         respond(res, statusRefusal(400));
         return;
       }
@@ -669,7 +699,13 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         res.close();
         return;
       }
-      const request: UpgradeRequest = { url: query === '' ? path : `${path}?${query}`, path, query, headers, remoteAddress };
+      const request: UpgradeRequest = {
+        url: query === '' ? path : `${path}?${query}`,
+        path,
+        query,
+        headers,
+        remoteAddress,
+      };
 
       const decide = (decision: UpgradeDecision): void => {
         if (aborted) return;
@@ -780,7 +816,9 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         if (listenSocket === false) {
           run.stopped = true;
           // uWS does not say why; a taken port is by far the usual reason.
-          const err = new Error(`listen EADDRINUSE: address already in use, or not available: ${opts.host}:${opts.port}`);
+          const err = new Error(
+            `listen EADDRINUSE: address already in use, or not available: ${opts.host}:${opts.port}`,
+          );
           reject(Object.assign(err, { code: 'EADDRINUSE', address: opts.host, port: opts.port }));
           return;
         }
@@ -837,7 +875,6 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       if (run?.listenSocket === undefined) return null;
       return { host: opts.host, port: run.port };
     },
-
   };
   return transport;
 }

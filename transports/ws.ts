@@ -17,12 +17,24 @@
  * ```
  */
 
-import { createServer as createHttpServer, type IncomingMessage, STATUS_CODES, type Server as HttpServer, type ServerResponse } from 'node:http';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  STATUS_CODES,
+  type Server as HttpServer,
+  type ServerResponse,
+} from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type ClientOptions, type RawData, WebSocket, WebSocketServer } from 'ws';
-import { assertSendableCloseCode, MAX_CLOSE_REASON_BYTES, MAX_REFUSAL_BODY_BYTES, refusalResponse, truncateUtf8 } from './close-frame.ts';
+import {
+  assertSendableCloseCode,
+  MAX_CLOSE_REASON_BYTES,
+  MAX_REFUSAL_BODY_BYTES,
+  refusalResponse,
+  truncateUtf8,
+} from './close-frame.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   ClientConnectOptions,
@@ -451,7 +463,12 @@ function buildUpgradeRequest(req: IncomingMessage, url: string, path: string): U
  * Writes a complete HTTP/1.1 response instead of the upgrade and closes the socket once it is
  * flushed. The decision is checked by `refusalResponse` (invalid input becomes a bare 500).
  */
-function refuse(socket: Duplex, decidedStatus: number, decidedBody?: string, decidedHeaders?: Readonly<Record<string, string>>): void {
+function refuse(
+  socket: Duplex,
+  decidedStatus: number,
+  decidedBody?: string,
+  decidedHeaders?: Readonly<Record<string, string>>,
+): void {
   const { status, body, headers } = refusalResponse(decidedStatus, decidedBody, decidedHeaders);
   let extra = '';
   for (const [name, value] of headers) extra += `${name}: ${value}\r\n`;
@@ -509,7 +526,10 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     stopped: boolean;
   }
 
-  function startRun(handlers: ServerTransportHandlers, startOptions: ServerTransportStartOptions): { run: Run; ready: Promise<void> } {
+  function startRun(
+    handlers: ServerTransportHandlers,
+    startOptions: ServerTransportStartOptions,
+  ): { run: Run; ready: Promise<void> } {
     checkMaxMessageSize(startOptions.maxMessageSize);
     const wss = new WebSocketServer({
       noServer: true,
@@ -518,7 +538,9 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       clientTracking: false,
     });
     const owned = opts.attach === undefined;
-    const http = opts.attach ?? (opts.tls === undefined ? createHttpServer() : createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }));
+    const http =
+      opts.attach ??
+      (opts.tls === undefined ? createHttpServer() : createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }));
     const pending = new Set<Duplex>();
     const live = new Set<WebSocket>();
 
@@ -544,7 +566,13 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       });
     };
 
-    const decide = (decision: UpgradeDecision, req: IncomingMessage, socket: Duplex, head: Buffer, request: UpgradeRequest): void => {
+    const decide = (
+      decision: UpgradeDecision,
+      req: IncomingMessage,
+      socket: Duplex,
+      head: Buffer,
+      request: UpgradeRequest,
+    ): void => {
       if (run.stopped || socket.destroyed) {
         socket.destroy();
         return;
@@ -670,7 +698,6 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       if (typeof address === 'string') return { host: address, port: 0 };
       return { host: (address satisfies AddressInfo).address, port: address.port };
     },
-
   };
   return transport;
 }
@@ -757,7 +784,10 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
           let size = 0;
           const finish = (): void => {
             const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY_BYTES).toString('utf8');
-            const err: ConnectFailure = Object.assign(new Error(`upgrade refused with HTTP ${status}`), { status, body });
+            const err: ConnectFailure = Object.assign(new Error(`upgrade refused with HTTP ${status}`), {
+              status,
+              body,
+            });
             fail(err);
           };
           res.on('data', (chunk: Buffer) => {

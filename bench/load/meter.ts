@@ -62,7 +62,10 @@ export class Meter {
       count: this.count,
       elapsedMs,
       cpuUs: cpu.user + cpu.system,
-      syscalls: now === null || before === null ? null : { reads: now.reads - before.reads, writes: now.writes - before.writes },
+      syscalls:
+        now === null || before === null
+          ? null
+          : { reads: now.reads - before.reads, writes: now.writes - before.writes },
       samples: kept,
       p50Ms: percentile(sorted, 0.5),
       p99Ms: percentile(sorted, 0.99),

@@ -32,7 +32,10 @@ export async function startSocketIo(parser?: ServerOptions['parser']): Promise<B
     buffered: () => {
       let total = 0;
       for (const socket of io.sockets.sockets.values()) {
-        const conn = socket.conn as unknown as { writeBuffer: unknown[]; transport: { socket?: { bufferedAmount?: number } } };
+        const conn = socket.conn as unknown as {
+          writeBuffer: unknown[];
+          transport: { socket?: { bufferedAmount?: number } };
+        };
         // Packets engine.io holds back while the transport is not writable, plus what ws queued.
         total += conn.writeBuffer.length * 128 + (conn.transport.socket?.bufferedAmount ?? 0);
       }

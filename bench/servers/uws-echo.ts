@@ -33,7 +33,9 @@ await serve(async () => {
     },
   });
   const listenSocket = await new Promise<UWS.us_listen_socket>((resolve, reject) => {
-    app.listen('127.0.0.1', 0, (socket) => (socket === false ? reject(new Error('uWS could not listen')) : resolve(socket)));
+    app.listen('127.0.0.1', 0, (socket) =>
+      socket === false ? reject(new Error('uWS could not listen')) : resolve(socket),
+    );
   });
   return {
     port: uWS.us_socket_local_port(listenSocket as unknown as UWS.us_socket),

@@ -38,7 +38,16 @@ function hostPort(value: string, name: string): { host: string; port: number } {
   return { host: match[1] ?? (match[2] || '127.0.0.1'), port };
 }
 
-const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  '': 1,
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+};
 
 /** `10MiB`, `500kb`, `1048576`, `unlimited`. */
 export function parseSize(value: string): number {
@@ -112,7 +121,9 @@ async function proxyCommand(args: string[]): Promise<void> {
     throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
   }
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
-  const routes = (values.route ?? ['header']).map((r) => parseRoute(r, values['client-id-header'], values['backstream-compat']));
+  const routes = (values.route ?? ['header']).map((r) =>
+    parseRoute(r, values['client-id-header'], values['backstream-compat']),
+  );
   if (values.forwarded !== undefined && values.forwarded !== 'replace' && values.forwarded !== 'append') {
     throw new RangeError('--forwarded must be replace or append');
   }
@@ -136,7 +147,9 @@ async function proxyCommand(args: string[]): Promise<void> {
   const address = await proxy.listen(listen);
   // Whatever the log level, say where it is (on stdout: logs go to stderr).
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  process.stdout.write(`tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`);
+  process.stdout.write(
+    `tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`,
+  );
   let opsServer: ReturnType<typeof createServer> | undefined;
   if (opsListen !== undefined && !values['no-ops']) {
     opsServer = createServer((req, res) => {
@@ -151,7 +164,10 @@ async function proxyCommand(args: string[]): Promise<void> {
       opsServer!.listen(at.port, at.host, () => resolve());
     });
     const address = opsServer.address();
-    logger.info('ops listening', typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {});
+    logger.info(
+      'ops listening',
+      typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {},
+    );
   }
   onSignals(async () => {
     await proxy.drain();
@@ -182,8 +198,12 @@ async function agentCommand(args: string[]): Promise<void> {
     throw new RangeError('tunnel agent needs --token-file <file> or DUPLEXWIRE_TUNNEL_TOKEN');
   }
   const hostHeader = values['host-header'] ?? 'preserve';
-  if (hostHeader !== 'preserve' && hostHeader !== 'rewrite') throw new RangeError('--host-header must be preserve or rewrite');
-  const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'tunnel-agent', id: values.id } });
+  if (hostHeader !== 'preserve' && hostHeader !== 'rewrite')
+    throw new RangeError('--host-header must be preserve or rewrite');
+  const logger = jsonLogger({
+    level: logLevel(values['log-level']),
+    fields: { component: 'tunnel-agent', id: values.id },
+  });
   const agent = new TunnelAgent({
     proxyUrl: values.proxy,
     id: values.id,

@@ -32,7 +32,12 @@ export interface ReconnectPolicy {
 
 /** Validates reconnect options and returns the delay policy: exponential backoff with jitter. */
 export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
-  const initialDelay = checkInteger('reconnect.initialDelay', options.initialDelay ?? DEFAULT_RECONNECT.initialDelay, 0, 2 ** 31 - 1);
+  const initialDelay = checkInteger(
+    'reconnect.initialDelay',
+    options.initialDelay ?? DEFAULT_RECONNECT.initialDelay,
+    0,
+    2 ** 31 - 1,
+  );
   const maxDelay = checkInteger('reconnect.maxDelay', options.maxDelay ?? DEFAULT_RECONNECT.maxDelay, 0, 2 ** 31 - 1);
   const factor = options.factor ?? DEFAULT_RECONNECT.factor;
   const jitter = options.jitter ?? DEFAULT_RECONNECT.jitter;

@@ -27,13 +27,7 @@ import {
 } from '../errors.ts';
 import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
-import {
-  type IncomingMessage,
-  Peer,
-  type ReplyValue,
-  type RequestContext,
-  type RequestOptions,
-} from '../peer/peer.ts';
+import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
 import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
@@ -175,12 +169,32 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
     requestTimeout: checkInteger('requestTimeout', options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT, 0, 2 ** 31 - 1),
     connectTimeout: checkInteger('connectTimeout', options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT, 1, 2 ** 31 - 1),
     reconnect: reconnect === false ? null : reconnectPolicy(reconnect === true ? {} : reconnect),
-    maxQueuedRequests: checkInteger('maxQueuedRequests', options.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS, 0, 1e9),
+    maxQueuedRequests: checkInteger(
+      'maxQueuedRequests',
+      options.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS,
+      0,
+      1e9,
+    ),
     subProtocol: subProtocolBytes(options.subProtocol),
-    maxMessageSize: checkInteger('maxMessageSize', options.maxMessageSize ?? DEFAULT_CLIENT_MAX_MESSAGE_SIZE, 16, 0xffff_ffff),
+    maxMessageSize: checkInteger(
+      'maxMessageSize',
+      options.maxMessageSize ?? DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+      16,
+      0xffff_ffff,
+    ),
     concurrency: checkInteger('concurrency', options.concurrency ?? 32, 1, 1_000_000),
-    maxInflightRequests: checkInteger('maxInflightRequests', options.maxInflightRequests ?? 4096, 1, Number.MAX_SAFE_INTEGER),
-    maxBufferedBytes: checkInteger('maxBufferedBytes', options.maxBufferedBytes ?? 8 * 1024 * 1024, 1024, Number.MAX_SAFE_INTEGER),
+    maxInflightRequests: checkInteger(
+      'maxInflightRequests',
+      options.maxInflightRequests ?? 4096,
+      1,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    maxBufferedBytes: checkInteger(
+      'maxBufferedBytes',
+      options.maxBufferedBytes ?? 8 * 1024 * 1024,
+      1024,
+      Number.MAX_SAFE_INTEGER,
+    ),
     protocolMinor,
     onRequest: options.onRequest,
     sessionKeyStore: options.sessionKeyStore ?? defaultSessionKeyStore(),
@@ -476,7 +490,9 @@ export class Client extends Emitter<ClientEvents> {
 
   #giveUp(error: Error): void {
     this.#setState('disconnected');
-    this.#failWaiting(error instanceof DisconnectedError ? error : new DisconnectedError(error.message, { cause: error }));
+    this.#failWaiting(
+      error instanceof DisconnectedError ? error : new DisconnectedError(error.message, { cause: error }),
+    );
     this.#failConnectWaiters(error);
   }
 
@@ -524,7 +540,10 @@ export class Client extends Emitter<ClientEvents> {
         return;
       }
       if (message.major !== PROTOCOL_MAJOR) {
-        fail(new IncompatibleServerError(`the server speaks protocol ${message.major}.${message.minor}, not 2.x`), CloseCode.ProtocolError);
+        fail(
+          new IncompatibleServerError(`the server speaks protocol ${message.major}.${message.minor}, not 2.x`),
+          CloseCode.ProtocolError,
+        );
         return;
       }
       if (!sameBytes(message.subProtocol, options.subProtocol)) {
@@ -673,23 +692,26 @@ export class Client extends Emitter<ClientEvents> {
   /** With `serverTimeout`: ping every third of it, drop the connection after it in silence. */
   #watchServer(peer: Peer, timeout: number): void {
     if (timeout === 0) return;
-    const timer = setInterval(() => {
-      if (!peer.isOpen) {
-        clearInterval(timer);
-        return;
-      }
-      if (performance.now() - peer.lastReceivedAt >= timeout) {
-        this.#options.logger.warn('nothing from the server within serverTimeout; reconnecting', { timeout });
-        clearInterval(timer);
-        peer.terminate();
-        return;
-      }
-      peer.socket.ping();
-    }, Math.max(1, Math.floor(timeout / 3)));
+    const timer = setInterval(
+      () => {
+        if (!peer.isOpen) {
+          clearInterval(timer);
+          return;
+        }
+        if (performance.now() - peer.lastReceivedAt >= timeout) {
+          this.#options.logger.warn('nothing from the server within serverTimeout; reconnecting', { timeout });
+          clearInterval(timer);
+          peer.terminate();
+          return;
+        }
+        peer.socket.ping();
+      },
+      Math.max(1, Math.floor(timeout / 3)),
+    );
     (timer as { unref?: () => void }).unref?.();
   }
 
-    // ---------------------------------------------------------------- requests waiting for a connection
+  // ---------------------------------------------------------------- requests waiting for a connection
 
   #enqueue(name: string, payload: Payload, timeout: number, signal: AbortSignal | undefined): Promise<Payload> {
     const state = this.#currentState;
@@ -745,7 +767,8 @@ export class Client extends Emitter<ClientEvents> {
   #flushWaiting(peer: Peer): void {
     for (const entry of [...this.#waiting]) {
       this.#unqueue(entry);
-      const remaining = entry.deadline === Number.POSITIVE_INFINITY ? 0 : Math.max(1, entry.deadline - performance.now());
+      const remaining =
+        entry.deadline === Number.POSITIVE_INFINITY ? 0 : Math.max(1, entry.deadline - performance.now());
       peer
         .request(entry.name, (id) => encodeRequest(id, entry.name, entry.payload), {
           timeout: Math.ceil(remaining),

@@ -20,5 +20,13 @@ export { type Session, sessionFromJson } from '../session/session.ts';
 export * from '../errors.ts';
 export { consoleLogger, type Logger, silentLogger } from '../logger.ts';
 export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
-export { binary, EMPTY_PAYLOAD, type Encoding, type Payload, payloadText, utf8, utf16 } from '../../protocol/payload.ts';
+export {
+  binary,
+  EMPTY_PAYLOAD,
+  type Encoding,
+  type Payload,
+  payloadText,
+  utf8,
+  utf16,
+} from '../../protocol/payload.ts';
 export { type BrowserTransportOptions, browserTransport } from '../../transports/browser.ts';

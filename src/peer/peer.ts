@@ -6,7 +6,13 @@
  * through `PeerHooks`; neither re-implements this.
  */
 import { decode, idToNumber } from '../../protocol/decode.ts';
-import { encodeCancel, encodeReply, encodeReplyError, encodeSignal, encodeSpecialReply } from '../../protocol/encode.ts';
+import {
+  encodeCancel,
+  encodeReply,
+  encodeReplyError,
+  encodeSignal,
+  encodeSpecialReply,
+} from '../../protocol/encode.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { toPayload } from '../../protocol/payload.ts';
 import {

@@ -196,9 +196,7 @@ export class Connection {
    */
   request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
     if (!this.peer.v21 && this.peer.isOpen) {
-      return Promise.reject(
-        new PeerUnsupportedError('the client speaks protocol v2.0 and cannot receive requests'),
-      );
+      return Promise.reject(new PeerUnsupportedError('the client speaks protocol v2.0 and cannot receive requests'));
     }
     return this.peer.request(name, (id) => encodeRequest(id, name, payload), options);
   }
@@ -441,16 +439,19 @@ export class Connection {
 
   /** One timer per connection, re-armed lazily from the time of the last message received. */
   private armReadTimer(delay: number): void {
-    this.readTimer = setTimeout(() => {
-      const { readTimeout } = this.context.options;
-      const silent = performance.now() - this.peer.lastReceivedAt;
-      if (silent >= readTimeout) {
-        this.context.options.logger.debug('read timeout, closing', { id: this.id });
-        this.closeNow(CloseCode.GoingAway, 'read timeout');
-      } else {
-        this.armReadTimer(readTimeout - silent);
-      }
-    }, Math.max(1, Math.ceil(delay)));
+    this.readTimer = setTimeout(
+      () => {
+        const { readTimeout } = this.context.options;
+        const silent = performance.now() - this.peer.lastReceivedAt;
+        if (silent >= readTimeout) {
+          this.context.options.logger.debug('read timeout, closing', { id: this.id });
+          this.closeNow(CloseCode.GoingAway, 'read timeout');
+        } else {
+          this.armReadTimer(readTimeout - silent);
+        }
+      },
+      Math.max(1, Math.ceil(delay)),
+    );
   }
 
   private handleClosed(code: number, reason: string): void {

@@ -59,7 +59,11 @@ export interface ServerOptions {
    * reply); throw `RequestError(code, message)` to send an error the client sees. Any other
    * error is logged and the client gets an internal-error reply without details.
    */
-  readonly onRequest?: (conn: Connection, message: IncomingMessage, context: RequestContext) => ReplyValue | Promise<ReplyValue>;
+  readonly onRequest?: (
+    conn: Connection,
+    message: IncomingMessage,
+    context: RequestContext,
+  ) => ReplyValue | Promise<ReplyValue>;
   /** Receives a signal from a client. Errors are logged. */
   readonly onSignal?: (conn: Connection, message: IncomingMessage) => void | Promise<void>;
   /** A connection is open and its AcceptConf sent. */
@@ -197,7 +201,12 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
       Number.MAX_SAFE_INTEGER,
     ),
     subProtocol: subProtocolBytes(options.subProtocol),
-    shutdownTimeout: checkInteger('shutdownTimeout', options.shutdownTimeout ?? DEFAULT_SHUTDOWN_TIMEOUT, 0, 2 ** 31 - 1),
+    shutdownTimeout: checkInteger(
+      'shutdownTimeout',
+      options.shutdownTimeout ?? DEFAULT_SHUTDOWN_TIMEOUT,
+      0,
+      2 ** 31 - 1,
+    ),
     protocolMinor,
     logger,
     sessions,

@@ -7,7 +7,12 @@ import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '
 import { checkInteger } from '../util/validate.ts';
 import { Connection } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
-import { type DisconnectInfo, type ResolvedServerOptions, resolveServerOptions, type ServerOptions } from './options.ts';
+import {
+  type DisconnectInfo,
+  type ResolvedServerOptions,
+  resolveServerOptions,
+  type ServerOptions,
+} from './options.ts';
 
 type ServerState = 'new' | 'starting' | 'listening' | 'shutting-down' | 'stopped';
 

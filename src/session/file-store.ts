@@ -284,7 +284,8 @@ export class FileSessionManager implements SessionManager {
     }
     try {
       const session = sessionFromJson(text);
-      if (sessionKeyHash(session.key) !== hash) throw new InvalidArgumentError('session key does not match the file name');
+      if (sessionKeyHash(session.key) !== hash)
+        throw new InvalidArgumentError('session key does not match the file name');
       sessionToJson(session); // the write-back must not fail later (e.g. a year outside 0000..9999)
       return session;
     } catch (error) {

@@ -136,7 +136,8 @@ export class RedisSessionManager implements SessionManager {
     if (client === null || typeof client !== 'object' || typeof client.sendCommand !== 'function') {
       throw new InvalidArgumentError('option client must have a sendCommand(args) method');
     }
-    if (prefix !== undefined && typeof prefix !== 'string') throw new InvalidArgumentError('option prefix must be a string');
+    if (prefix !== undefined && typeof prefix !== 'string')
+      throw new InvalidArgumentError('option prefix must be a string');
     this.#client = client;
     this.#prefix = prefix ?? DEFAULT_REDIS_PREFIX;
     this.#ttl = ttl === undefined ? '' : String(checkInteger('ttl', ttl, 1, Number.MAX_SAFE_INTEGER));
@@ -163,7 +164,8 @@ export class RedisSessionManager implements SessionManager {
     const reply = await this.#eval(LOOKUP, redisKey, [now, this.#ttl]);
     if (reply === null || reply === undefined) return null;
     try {
-      if (!Array.isArray(reply) || reply.length !== 4) throw new InvalidArgumentError('unexpected reply to the lookup script');
+      if (!Array.isArray(reply) || reply.length !== 4)
+        throw new InvalidArgumentError('unexpected reply to the lookup script');
       const [k, c, l, i] = reply.map(replyText);
       const session = sessionFromJsonValue({ k, c, l, i: i === null || i === undefined ? undefined : JSON.parse(i) });
       if (session.key !== key) throw new InvalidArgumentError('session key does not match the Redis key');

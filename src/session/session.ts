@@ -127,7 +127,14 @@ function daysInMonth(year: number, month: number): number {
 export function parseSessionTime(text: string): Date {
   const m = typeof text === 'string' ? RFC3339.exec(text) : null;
   if (m === null) throw new InvalidArgumentError('session time is not an RFC 3339 date-time');
-  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   // Leap seconds (60) are legal RFC 3339 but neither Go nor Date produce them; refuse rather than guess.
   if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month) || hour > 23 || minute > 59 || second > 59) {
     throw new InvalidArgumentError('session time has a field out of range');

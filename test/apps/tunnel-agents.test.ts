@@ -49,7 +49,9 @@ test('an agent dying mid-run loses only its requests in flight, at once', async 
   await startAgent(t, proxy, { target: a.url });
   const child = await spawnAgent(t, proxy, b.url);
   const started = performance.now();
-  const pending = Array.from({ length: 20 }, () => send(proxy.port).then((r) => ({ r, at: performance.now() - started })));
+  const pending = Array.from({ length: 20 }, () =>
+    send(proxy.port).then((r) => ({ r, at: performance.now() - started })),
+  );
   await waitFor(() => proxy.proxy.inflight === 20, 3000, 'all in flight');
   await delay(100);
   child.child.kill('SIGKILL');
@@ -58,7 +60,10 @@ test('an agent dying mid-run loses only its requests in flight, at once', async 
   const ok = results.filter(({ r }) => r.status === 200);
   assert.equal(lost.length + ok.length, 20);
   assert.ok(lost.length >= 7 && lost.length <= 13, `lost ${lost.length}`);
-  assert.ok(ok.every(({ r }) => r.text === 'a'), 'every request that succeeded was the surviving agent’s');
+  assert.ok(
+    ok.every(({ r }) => r.text === 'a'),
+    'every request that succeeded was the surviving agent’s',
+  );
   for (const { r, at } of lost) {
     assert.equal(json(r).code, 'AGENT_LOST');
     assert.ok(at < 1200, `a lost request was answered at ${Math.round(at)} ms, not at once`);
@@ -129,7 +134,9 @@ test('only requests never performed are retried: a draining agent’s refusals g
   await startAgent(t, proxy, { target: target.url });
   await fakeAgent();
   refused = 0;
-  const replies = await Promise.all(Array.from({ length: 10 }, (_, i) => send(proxy.port, { method: 'POST', body: `body ${i}` })));
+  const replies = await Promise.all(
+    Array.from({ length: 10 }, (_, i) => send(proxy.port, { method: 'POST', body: `body ${i}` })),
+  );
   replies.forEach((r, i) => {
     assert.equal(r.status, 200);
     assert.equal(r.text, `real body ${i}`, 'the retried request kept its body');
@@ -151,7 +158,10 @@ test('a draining agent gets nothing new, finishes what it has, then leaves', asy
   const later = await Promise.all(Array.from({ length: 6 }, () => send(proxy.port)));
   assert.ok(later.every((r) => r.status === 200 && r.text === 'a'));
   assert.equal(served.b, 0);
-  assert.ok((await Promise.all(inflight)).every((r) => r.status === 200), 'requests in flight on the draining agent finished');
+  assert.ok(
+    (await Promise.all(inflight)).every((r) => r.status === 200),
+    'requests in flight on the draining agent finished',
+  );
   await closed;
   await waitFor(() => proxy.proxy.agents(ID).length === 1);
 });
@@ -159,7 +169,10 @@ test('a draining agent gets nothing new, finishes what it has, then leaves', asy
 test('the agent reconnects after a proxy restart (backoff with jitter)', async (t) => {
   const target = await startTarget(t, (_req, res) => res.end('back'));
   const first = await startProxy(t);
-  const agent = await startAgent(t, first, { target: target.url, reconnect: { initialDelay: 50, maxDelay: 300, jitter: 0.5 } });
+  const agent = await startAgent(t, first, {
+    target: target.url,
+    reconnect: { initialDelay: 50, maxDelay: 300, jitter: 0.5 },
+  });
   assert.equal((await send(first.port)).text, 'back');
   await first.proxy.drain(1000);
   await waitFor(() => !agent.connected, 2000, 'agent saw the proxy go');

@@ -27,8 +27,22 @@ import { delay, recordingLogger, waitFor } from '../helpers.ts';
 test('round trip: method, raw path and query, headers in order, body, status and response headers', async (t) => {
   const target = await startTarget(t, (req, res) => {
     readBody(req).then((body) => {
-      const out = JSON.stringify({ method: req.method, url: req.url, rawHeaders: req.rawHeaders, body: body.toString() });
-      res.writeHead(201, ['X-Reply', 'yes', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Content-Type', 'application/json']);
+      const out = JSON.stringify({
+        method: req.method,
+        url: req.url,
+        rawHeaders: req.rawHeaders,
+        body: body.toString(),
+      });
+      res.writeHead(201, [
+        'X-Reply',
+        'yes',
+        'Set-Cookie',
+        'a=1',
+        'Set-Cookie',
+        'b=2',
+        'Content-Type',
+        'application/json',
+      ]);
       res.end(out);
     });
   });
@@ -37,7 +51,20 @@ test('round trip: method, raw path and query, headers in order, body, status and
   const reply = await send(proxy.port, {
     method: 'POST',
     path: '/any/a%2Fb/path?q=1&x=%20y',
-    headers: ['Host', `127.0.0.1:${proxy.port}`, 'x-duplexwire-client-id', ID, 'X-Multi', 'one', 'x-multi', 'two', 'Content-Type', 'text/plain', 'Content-Length', '5'],
+    headers: [
+      'Host',
+      `127.0.0.1:${proxy.port}`,
+      'x-duplexwire-client-id',
+      ID,
+      'X-Multi',
+      'one',
+      'x-multi',
+      'two',
+      'Content-Type',
+      'text/plain',
+      'Content-Length',
+      '5',
+    ],
     body: 'hello',
   });
   assert.equal(reply.status, 201);
@@ -298,7 +325,11 @@ test('50 concurrent requests on one agent, answered out of order, each gets its 
     assert.equal(r.status, 200);
     assert.equal(r.text, `answer ${n}`);
   });
-  assert.notDeepEqual(order, [...order].sort((a, b) => a - b), 'answers came out of order');
+  assert.notDeepEqual(
+    order,
+    [...order].sort((a, b) => a - b),
+    'answers came out of order',
+  );
 });
 
 test('agent credentials: wrong token, another id’s token and a missing id get 401 before any frame', async (t) => {

@@ -35,11 +35,14 @@ test('tunnel token prints a 256-bit token and its token-file entry, which the pr
 });
 
 test('the proxy refuses to start without credentials unless --insecure; the agent without a token', async () => {
-  await assert.rejects(cli(['tunnel', 'proxy', '--listen', '127.0.0.1:0']), (error: { code: number; stderr: string }) => {
-    assert.equal(error.code, 1);
-    assert.match(error.stderr, /--tokens/);
-    return true;
-  });
+  await assert.rejects(
+    cli(['tunnel', 'proxy', '--listen', '127.0.0.1:0']),
+    (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 1);
+      assert.match(error.stderr, /--tokens/);
+      return true;
+    },
+  );
   await assert.rejects(
     cli(['tunnel', 'agent', '--proxy', 'ws://127.0.0.1:1/_tunnel', '--id', ID, '--target', 'http://127.0.0.1:1']),
     (error: { code: number; stderr: string }) => {
@@ -70,9 +73,29 @@ test('proxy and agent processes: a request through both; SIGTERM drains, finishi
   });
   const tokens = await tempFile(t, 'tokens.json', JSON.stringify({ [ID]: TOKEN }));
   const tokenFile = await tempFile(t, 'token', `${TOKEN}\n`);
-  const proxy = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--agents-path', '/agents']);
+  const proxy = spawnCli(t, [
+    'tunnel',
+    'proxy',
+    '--listen',
+    '127.0.0.1:0',
+    '--tokens',
+    tokens,
+    '--agents-path',
+    '/agents',
+  ]);
   const port = Number((await proxy.line((l) => l.msg === 'listening')).port);
-  const agent = spawnCli(t, ['tunnel', 'agent', '--proxy', `ws://127.0.0.1:${port}/agents`, '--id', ID, '--token-file', tokenFile, '--target', target.url]);
+  const agent = spawnCli(t, [
+    'tunnel',
+    'agent',
+    '--proxy',
+    `ws://127.0.0.1:${port}/agents`,
+    '--id',
+    ID,
+    '--token-file',
+    tokenFile,
+    '--target',
+    target.url,
+  ]);
   await agent.line((l) => l.msg === 'connected to the proxy');
   await proxy.line((l) => l.msg === 'agent connected');
   const reply = await send(port, { path: '/any/path?q=1' });
@@ -116,7 +139,13 @@ test('mounted on an existing http.Server next to the application’s own routes'
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const started = { proxy, port, base: `http://127.0.0.1:${port}`, agentsUrl: `ws://127.0.0.1:${port}/_tunnel`, logger: recordingLogger() };
+  const started = {
+    proxy,
+    port,
+    base: `http://127.0.0.1:${port}`,
+    agentsUrl: `ws://127.0.0.1:${port}/_tunnel`,
+    logger: recordingLogger(),
+  };
   await startAgent(t, started, { target: target.url });
   assert.equal((await send(port, { path: '/app/x' })).text, 'the app itself');
   assert.equal((await send(port, { path: '/y' })).text, 'tunneled /y');

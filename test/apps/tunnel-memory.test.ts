@@ -39,7 +39,13 @@ function sampler(pids: number[]): { stop(): number[] } {
 
 function download(port: number, size: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: `/down?size=${size}`, headers: { 'x-duplexwire-client-id': ID }, agent: false });
+    const req = request({
+      host: '127.0.0.1',
+      port,
+      path: `/down?size=${size}`,
+      headers: { 'x-duplexwire-client-id': ID },
+      agent: false,
+    });
     req.on('error', reject);
     req.on('response', (res) => {
       let got = 0;
@@ -87,7 +93,9 @@ function upload(port: number, size: number): Promise<string> {
   });
 }
 
-test('1 GiB down and 1 GiB up with proxy and agent RSS growing by less than 64 MB', { skip: process.platform !== 'linux' }, async (t) => {
+test('1 GiB down and 1 GiB up with proxy and agent RSS growing by less than 64 MB', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
   const target = await startTarget(t, (req, res) => {
     if (req.url?.startsWith('/down')) {
       const size = Number(new URL(req.url, 'http://x').searchParams.get('size'));
@@ -115,10 +123,30 @@ test('1 GiB down and 1 GiB up with proxy and agent RSS growing by less than 64 M
   });
   const tokens = await tempFile(t, 'tokens.json', JSON.stringify({ [ID]: tokenDigest(TOKEN) }));
   const tokenFile = await tempFile(t, 'token', TOKEN);
-  const proxyInfo = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--max-body', 'unlimited']);
+  const proxyInfo = spawnCli(t, [
+    'tunnel',
+    'proxy',
+    '--listen',
+    '127.0.0.1:0',
+    '--tokens',
+    tokens,
+    '--max-body',
+    'unlimited',
+  ]);
   const listening = await proxyInfo.line((l) => l.msg === 'listening');
   const port = Number(listening.port);
-  const agent = spawnCli(t, ['tunnel', 'agent', '--proxy', `ws://127.0.0.1:${port}/_tunnel`, '--id', ID, '--token-file', tokenFile, '--target', target.url]);
+  const agent = spawnCli(t, [
+    'tunnel',
+    'agent',
+    '--proxy',
+    `ws://127.0.0.1:${port}/_tunnel`,
+    '--id',
+    ID,
+    '--token-file',
+    tokenFile,
+    '--target',
+    target.url,
+  ]);
   await agent.line((l) => l.msg === 'connected to the proxy');
   await proxyInfo.line((l) => l.msg === 'agent connected');
   const pids = [proxyInfo.child.pid!, agent.child.pid!];

@@ -5,7 +5,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BACKSTREAM_CLIENT_ID_HEADER } from '../../src/apps/tunnel/routing.ts';
-import { echoHandler, ID, json, OTHER_ID, send, startAgent, startProxy, startTarget, TOKEN } from '../fixtures/tunnel-helpers.ts';
+import {
+  echoHandler,
+  ID,
+  json,
+  OTHER_ID,
+  send,
+  startAgent,
+  startProxy,
+  startTarget,
+  TOKEN,
+} from '../fixtures/tunnel-helpers.ts';
 import { waitFor } from '../helpers.ts';
 
 test('routing by host (<id>.<domain>) and by path prefix (/t/<id>/...), tried in order', async (t) => {
@@ -129,7 +139,15 @@ test('logs are JSON-ready records without bodies, tokens, Authorization or Cooki
   });
   await waitFor(() => proxy.logger.entries.some((e) => e.message === 'request'));
   const text = JSON.stringify(proxy.logger.entries);
-  for (const secret of ['QUERY-SECRET', 'AUTH-SECRET', 'COOKIE-SECRET', 'REQUEST-BODY-SECRET', 'RESPONSE-BODY-SECRET', 'SECRET-SET-COOKIE', TOKEN]) {
+  for (const secret of [
+    'QUERY-SECRET',
+    'AUTH-SECRET',
+    'COOKIE-SECRET',
+    'REQUEST-BODY-SECRET',
+    'RESPONSE-BODY-SECRET',
+    'SECRET-SET-COOKIE',
+    TOKEN,
+  ]) {
     assert.ok(!text.includes(secret), `${secret} leaked into the logs`);
   }
   const line = proxy.logger.entries.find((e) => e.message === 'request')!;

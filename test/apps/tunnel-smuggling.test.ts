@@ -35,19 +35,34 @@ function statuses(response: string): number[] {
   return [...response.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
 }
 
-const HOP_BY_HOP = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-connection', 'proxy-authorization'];
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-connection',
+  'proxy-authorization',
+];
 
 function assertClean(seen: Seen, extraForbidden: string[] = []): void {
   const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
   for (const name of names) {
     assert.ok(!extraForbidden.includes(name), `${name} reached the target`);
-    assert.ok(name !== 'x-duplexwire-client-id' && name !== 'x-duplexwire-request-timeout', `${name} reached the target`);
+    assert.ok(
+      name !== 'x-duplexwire-client-id' && name !== 'x-duplexwire-request-timeout',
+      `${name} reached the target`,
+    );
   }
   // Node's own client adds Connection: keep-alive and re-frames the body: those are ours.
   const connection = seen.rawHeaders[seen.rawHeaders.findIndex((h) => h.toLowerCase() === 'connection') + 1];
   if (connection !== undefined) assert.match(connection, /^(keep-alive|close)$/i);
   assert.equal(names.filter((n) => n === 'x-forwarded-for').length, 1);
-  assert.equal(seen.rawHeaders[seen.rawHeaders.findIndex((h) => h.toLowerCase() === 'x-forwarded-for') + 1], '127.0.0.1');
+  assert.equal(
+    seen.rawHeaders[seen.rawHeaders.findIndex((h) => h.toLowerCase() === 'x-forwarded-for') + 1],
+    '127.0.0.1',
+  );
   assert.equal(names.filter((n) => n === 'host').length, 1);
 }
 
@@ -136,7 +151,11 @@ test('smuggling and hop-by-hop matrix over a raw socket', async (t) => {
         `GET /hop HTTP/1.1\r\nHost: a\r\n${id}Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\n` +
         'Proxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\nX-Duplexwire-Request-Timeout: 5s\r\nConnection: close\r\n\r\n',
       expect: 'clean',
-      check: (s) => assertClean(s, HOP_BY_HOP.filter((h) => h !== 'connection')),
+      check: (s) =>
+        assertClean(
+          s,
+          HOP_BY_HOP.filter((h) => h !== 'connection'),
+        ),
     },
     {
       name: 'two Host headers',
@@ -171,7 +190,10 @@ test('smuggling and hop-by-hop matrix over a raw socket', async (t) => {
       assert.deepEqual(codes, [200], `${c.name}: ${JSON.stringify(response.slice(0, 200))}`);
       assert.equal(seen.length, before + 1, `${c.name}: exactly one request at the target`);
       const s = seen[seen.length - 1]!;
-      assertClean(s, HOP_BY_HOP.filter((h) => h !== 'connection' && h !== 'transfer-encoding'));
+      assertClean(
+        s,
+        HOP_BY_HOP.filter((h) => h !== 'connection' && h !== 'transfer-encoding'),
+      );
       c.check?.(s);
     }
   }
@@ -194,5 +216,8 @@ test('pipelined requests on one connection arrive as separate requests; answers 
   assert.deepEqual(statuses(response), [200, 200, 200]);
   // Node's server handles pipelined requests at once; their answers keep the order.
   assert.deepEqual([...urls].sort(), ['/one', '/three', '/two']);
-  assert.deepEqual([...response.matchAll(/\r\n\r\n(\/(?:one|two|three))/g)].map((m) => m[1]), ['/one', '/two', '/three']);
+  assert.deepEqual(
+    [...response.matchAll(/\r\n\r\n(\/(?:one|two|three))/g)].map((m) => m[1]),
+    ['/one', '/two', '/three'],
+  );
 });

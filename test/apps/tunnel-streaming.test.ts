@@ -32,7 +32,12 @@ test('server-sent events arrive as they are produced', async (t) => {
   await startAgent(t, proxy, { target: target.url });
   const events: string[] = [];
   await new Promise<void>((resolve, reject) => {
-    const req = request({ port: proxy.port, host: '127.0.0.1', path: '/events', headers: { 'x-duplexwire-client-id': ID } });
+    const req = request({
+      port: proxy.port,
+      host: '127.0.0.1',
+      path: '/events',
+      headers: { 'x-duplexwire-client-id': ID },
+    });
     req.on('error', reject);
     req.on('response', (res) => {
       assert.equal(res.headers['content-type'], 'text/event-stream');
@@ -223,7 +228,10 @@ test('a large upload streams with its bytes intact, and a slow target holds the 
 
 test('WebSocket passthrough: subprotocol, text and binary messages both ways, close code and reason', async (t) => {
   const target = await startTarget(t, (_req, res) => res.end('plain'));
-  const wss = new WebSocketServer({ server: target.server, handleProtocols: (protocols) => (protocols.has('chat.v2') ? 'chat.v2' : false) });
+  const wss = new WebSocketServer({
+    server: target.server,
+    handleProtocols: (protocols) => (protocols.has('chat.v2') ? 'chat.v2' : false),
+  });
   t.after(() => wss.close());
   wss.on('connection', (ws, req) => {
     ws.send(`hello ${req.url} ${req.headers['x-forwarded-for']}`);
@@ -238,7 +246,9 @@ test('WebSocket passthrough: subprotocol, text and binary messages both ways, cl
     headers: { 'x-duplexwire-client-id': ID },
   });
   const messages: Array<{ data: string; binary: boolean }> = [];
-  ws.on('message', (data: Buffer, binary) => messages.push({ data: binary ? data.toString('hex') : data.toString(), binary }));
+  ws.on('message', (data: Buffer, binary) =>
+    messages.push({ data: binary ? data.toString('hex') : data.toString(), binary }),
+  );
   await new Promise<void>((resolve, reject) => {
     ws.once('open', resolve);
     ws.once('error', reject);
@@ -269,7 +279,12 @@ test('upgrades: h2c refused with 400, a refused WebSocket upgrade passes the tar
   const proxy = await startProxy(t);
   await startAgent(t, proxy, { target: target.url });
   const h2c = await send(proxy.port, {
-    headers: { 'x-duplexwire-client-id': ID, connection: 'Upgrade, HTTP2-Settings', upgrade: 'h2c', 'http2-settings': 'AAMAAABkAARAAAAAAAIAAAAA' },
+    headers: {
+      'x-duplexwire-client-id': ID,
+      connection: 'Upgrade, HTTP2-Settings',
+      upgrade: 'h2c',
+      'http2-settings': 'AAMAAABkAARAAAAAAAIAAAAA',
+    },
   });
   assert.equal(h2c.status, 400);
   const ws = new WebSocket(`ws://127.0.0.1:${proxy.port}/`, { headers: { 'x-duplexwire-client-id': ID } });

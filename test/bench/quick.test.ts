@@ -49,7 +49,14 @@ test('bench quick mode runs every case and prints the table and JSON', { timeout
   clearTimeout(deadline);
 
   assert.equal(code, 0, `bench exited with ${code ?? signal}; stderr:\n${stderr.slice(-4_000)}`);
-  for (const section of ['## Request-reply', '## Signals', '## Memory per idle connection', '## Codec', '## Ratios', '## Goals']) {
+  for (const section of [
+    '## Request-reply',
+    '## Signals',
+    '## Memory per idle connection',
+    '## Codec',
+    '## Ratios',
+    '## Goals',
+  ]) {
     assert.ok(stdout.includes(section), `the output has no "${section}" table:\n${stdout.slice(0, 2_000)}`);
   }
   const report = JSON.parse(readFileSync(jsonPath, 'utf8')) as Report;

@@ -173,8 +173,14 @@ function recordingLogger(errors: string[]): Logger {
   return { error: (message) => errors.push(message), warn: ignore, info: ignore, debug: ignore };
 }
 
-async function startServer(kind: Kind, port: number, sessions: MemorySessionManager, record: ServerRecord): Promise<Server> {
-  const transport = kind === 'ws' ? wsTransport({ host: '127.0.0.1', port }) : uwsTransport({ host: '127.0.0.1', port });
+async function startServer(
+  kind: Kind,
+  port: number,
+  sessions: MemorySessionManager,
+  record: ServerRecord,
+): Promise<Server> {
+  const transport =
+    kind === 'ws' ? wsTransport({ host: '127.0.0.1', port }) : uwsTransport({ host: '127.0.0.1', port });
   const server = new Server({
     transport,
     sessionManager: sessions,
@@ -235,7 +241,11 @@ declare global {
         errors: string[];
       };
       connect(url: string, store: string): Promise<{ state: string; v21: boolean }>;
-      request(name: string, encoding: string, value: string | number[]): Promise<{ encoding: string; text?: string; bytes?: number[] }>;
+      request(
+        name: string,
+        encoding: string,
+        value: string | number[],
+      ): Promise<{ encoding: string; text?: string; bytes?: number[] }>;
       signal(name: string, encoding: string, value: string | number[]): boolean;
       state(): string;
       session(): { key: string; info: Record<string, unknown> | null } | null;
@@ -283,7 +293,9 @@ test('browser client in headless Chromium', { skip, timeout: 180_000 }, async (t
       });
 
       await load(page, pageUrl);
-      const connected = await run('connect', () => page.evaluate(([url, name]) => window.harness.connect(url, name), [wsUrl, store] as const));
+      const connected = await run('connect', () =>
+        page.evaluate(([url, name]) => window.harness.connect(url, name), [wsUrl, store] as const),
+      );
       assert.deepEqual(connected, { state: 'connected', v21: true });
       assert.equal(record.connections.length, 1);
 
@@ -297,12 +309,18 @@ test('browser client in headless Chromium', { skip, timeout: 180_000 }, async (t
           }
         }
         const bytes = [0, 1, 2, 127, 128, 254, 255];
-        const reply = await run('request', () => page.evaluate((v) => window.harness.request('echo', 'binary', v), bytes));
+        const reply = await run('request', () =>
+          page.evaluate((v) => window.harness.request('echo', 'binary', v), bytes),
+        );
         assert.deepEqual(reply, { encoding: 'binary', bytes });
         const big = Array.from({ length: 200_000 }, (_, i) => i & 0xff);
         const bigReply = await run('large request', () =>
           page.evaluate(async (n) => {
-            const reply = await window.harness.request('echo', 'binary', Array.from({ length: n }, (_, i) => i & 0xff));
+            const reply = await window.harness.request(
+              'echo',
+              'binary',
+              Array.from({ length: n }, (_, i) => i & 0xff),
+            );
             return reply.bytes?.length;
           }, big.length),
         );
@@ -393,10 +411,16 @@ test('browser client in headless Chromium', { skip, timeout: 180_000 }, async (t
         assert.deepEqual(await pending, { encoding: 'utf16', text: 'after restart 😀' });
         assert.equal(record.connections.length, before + 1);
         const log = await page.evaluate(() => window.harness.log);
-        assert.ok(log.events.some((e) => e.startsWith('disconnect')), log.events.join(', '));
+        assert.ok(
+          log.events.some((e) => e.startsWith('disconnect')),
+          log.events.join(', '),
+        );
         assert.equal(log.events.filter((e) => e === 'connect').length, 2, log.events.join(', '));
         // Browsers do not expose the refused upgrade's details: a plain ConnectError, retried.
-        assert.match(log.errors[0]!, /^ConnectError: cannot connect to ws:\/\/127\.0\.0\.1:\d+\/: the WebSocket closed before it opened \(code 1006\)$/);
+        assert.match(
+          log.errors[0]!,
+          /^ConnectError: cannot connect to ws:\/\/127\.0\.0\.1:\d+\/: the WebSocket closed before it opened \(code 1006\)$/,
+        );
         assert.equal(await page.evaluate(() => window.harness.state()), 'connected');
         // The session was restored on the new server's connection too.
         const who = await run('whoami', () => page.evaluate(() => window.harness.request('whoami', 'utf8', '')));

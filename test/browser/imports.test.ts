@@ -26,7 +26,9 @@ function walk(entry: string): { files: Set<string>; external: Array<{ from: stri
     if (files.has(file)) continue;
     files.add(file);
     // Comments may show imports as examples; tsc writes them as blocks or on lines of their own.
-    const source = readFileSync(file, 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/^\s*\/\/.*$/gm, '');
+    const source = readFileSync(file, 'utf8')
+      .replace(/\/\*[\s\S]*?\*\//g, '')
+      .replace(/^\s*\/\/.*$/gm, '');
     for (const match of source.matchAll(SPECIFIER)) {
       const specifier = match[2]!;
       if (specifier.startsWith('./') || specifier.startsWith('../')) {
@@ -48,14 +50,24 @@ test('nothing reachable from the browser client entry imports Node, ws or anothe
   const { files, external } = walk(entry);
   const reached = [...files].map((file) => relative(root, file));
   assert.ok(reached.includes('dist/transports/browser.js'), 'the browser transport is the default there');
-  assert.ok(!reached.some((file) => file.includes('node-default') || file.endsWith('transports/ws.js')), reached.join('\n'));
-  assert.deepEqual(external, [], `imports a browser cannot load:\n${external.map((e) => `  ${e.from}: ${e.specifier}`).join('\n')}`);
+  assert.ok(
+    !reached.some((file) => file.includes('node-default') || file.endsWith('transports/ws.js')),
+    reached.join('\n'),
+  );
+  assert.deepEqual(
+    external,
+    [],
+    `imports a browser cannot load:\n${external.map((e) => `  ${e.from}: ${e.specifier}`).join('\n')}`,
+  );
 });
 
 test('the walk does see Node imports (it checks something): the Node entry reaches ws', () => {
   const entry = resolve(root, 'dist/src/client/index.js');
   const { external } = walk(entry);
-  assert.ok(external.some((e) => e.specifier === 'ws'), JSON.stringify(external));
+  assert.ok(
+    external.some((e) => e.specifier === 'ws'),
+    JSON.stringify(external),
+  );
 });
 
 test('package.json maps duplexwire/client to the browser entry under the browser condition', () => {

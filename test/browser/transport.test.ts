@@ -56,7 +56,8 @@ function recorder(): Recorder {
     closes: [],
     drains: 0,
     closed,
-    onMessage: (data, binary) => r.messages.push([binary ? [...data].join(',') : new TextDecoder().decode(data), binary]),
+    onMessage: (data, binary) =>
+      r.messages.push([binary ? [...data].join(',') : new TextDecoder().decode(data), binary]),
     onDrain: () => {
       r.drains++;
     },
@@ -69,7 +70,12 @@ function recorder(): Recorder {
   return r;
 }
 
-async function connect(t: TestContext, url: string, handlers: SocketHandlers, options: Omit<BrowserTransportOptions, 'WebSocket'> = {}) {
+async function connect(
+  t: TestContext,
+  url: string,
+  handlers: SocketHandlers,
+  options: Omit<BrowserTransportOptions, 'WebSocket'> = {},
+) {
   const socket = await transport(options).connect(url, { maxMessageSize: 1024, connectTimeout: 2000 }, handlers);
   t.after(() => socket.terminate());
   return socket;
@@ -85,12 +91,16 @@ function nextConnection(): { onConnection: (ws: WsSocket) => void; accepted: Pro
 }
 
 function closeOf(ws: WsSocket): Promise<[number, string]> {
-  return new Promise((resolve) => ws.once('close', (code: number, reason: Buffer) => resolve([code, reason.toString()])));
+  return new Promise((resolve) =>
+    ws.once('close', (code: number, reason: Buffer) => resolve([code, reason.toString()])),
+  );
 }
 
 function nextMessage(ws: WsSocket): Promise<[string, boolean]> {
   return new Promise((resolve) =>
-    ws.once('message', (data: Buffer, isBinary: boolean) => resolve([isBinary ? [...data].join(',') : data.toString(), isBinary])),
+    ws.once('message', (data: Buffer, isBinary: boolean) =>
+      resolve([isBinary ? [...data].join(',') : data.toString(), isBinary]),
+    ),
   );
 }
 
@@ -143,10 +153,13 @@ test('connect rejects a refused upgrade the same way (a browser sees no status)'
   t.after(() => new Promise<void>((resolve) => wss.close(() => resolve())));
   const r = recorder();
   const url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}/`;
-  await assert.rejects(transport().connect(url, { maxMessageSize: 1024, connectTimeout: 2000 }, r), (e: ConnectFailure) => {
-    assert.equal(e.status, undefined);
-    return true;
-  });
+  await assert.rejects(
+    transport().connect(url, { maxMessageSize: 1024, connectTimeout: 2000 }, r),
+    (e: ConnectFailure) => {
+      assert.equal(e.status, undefined);
+      return true;
+    },
+  );
   assert.deepEqual(r.closes, []);
 });
 
@@ -167,7 +180,11 @@ test('connect times out with ETIMEDOUT and closes the attempt', async (t) => {
   const r = recorder();
   const started = performance.now();
   await assert.rejects(
-    transport().connect(`ws://127.0.0.1:${(silent.address() as AddressInfo).port}/`, { maxMessageSize: 1024, connectTimeout: 100 }, r),
+    transport().connect(
+      `ws://127.0.0.1:${(silent.address() as AddressInfo).port}/`,
+      { maxMessageSize: 1024, connectTimeout: 100 },
+      r,
+    ),
     (e: ConnectFailure & { code?: string }) => {
       assert.equal(e.code, 'ETIMEDOUT');
       assert.match(e.message, /timed out after 100 ms/);
@@ -182,8 +199,14 @@ test('connect times out with ETIMEDOUT and closes the attempt', async (t) => {
 });
 
 test('a malformed URL and bad options are refused', async () => {
-  await assert.rejects(transport().connect('not a url', { maxMessageSize: 1024, connectTimeout: 100 }, recorder()), SyntaxError);
-  await assert.rejects(transport().connect('ws://127.0.0.1:1/', { maxMessageSize: 0, connectTimeout: 100 }, recorder()), RangeError);
+  await assert.rejects(
+    transport().connect('not a url', { maxMessageSize: 1024, connectTimeout: 100 }, recorder()),
+    SyntaxError,
+  );
+  await assert.rejects(
+    transport().connect('ws://127.0.0.1:1/', { maxMessageSize: 0, connectTimeout: 100 }, recorder()),
+    RangeError,
+  );
   assert.throws(() => browserTransport({ highWaterMark: -1 }), RangeError);
   assert.throws(() => browserTransport({ maxPausedBytes: Number.NaN }), RangeError);
 });
@@ -345,7 +368,11 @@ test('send answers backpressure above highWaterMark, then onDrain once the buffe
   const { onConnection, accepted } = nextConnection();
   const url = await rawServer(t, onConnection);
   const r = recorder();
-  const socket = await transport({ highWaterMark: 1024 }).connect(url, { maxMessageSize: 1 << 24, connectTimeout: 2000 }, r);
+  const socket = await transport({ highWaterMark: 1024 }).connect(
+    url,
+    { maxMessageSize: 1 << 24, connectTimeout: 2000 },
+    r,
+  );
   t.after(() => socket.terminate());
   const server = await accepted;
   let received = 0;

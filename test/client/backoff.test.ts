@@ -12,7 +12,10 @@ const delays = (options: ReconnectOptions, attempts: number) =>
   Array.from({ length: attempts }, (_, i) => reconnectPolicy(options).delay(i + 1));
 
 test('without jitter, delays grow by the factor and stop at maxDelay', () => {
-  assert.deepEqual(delays({ initialDelay: 100, maxDelay: 1_000, factor: 2, jitter: 0 }, 7), [100, 200, 400, 800, 1_000, 1_000, 1_000]);
+  assert.deepEqual(
+    delays({ initialDelay: 100, maxDelay: 1_000, factor: 2, jitter: 0 }, 7),
+    [100, 200, 400, 800, 1_000, 1_000, 1_000],
+  );
   assert.deepEqual(delays({ initialDelay: 50, maxDelay: 200, factor: 3, jitter: 0 }, 4), [50, 150, 200, 200]);
   assert.deepEqual(delays({ initialDelay: 10, maxDelay: 100, factor: 1, jitter: 0 }, 3), [10, 10, 10]);
   // Huge attempt numbers do not overflow past the cap.
@@ -21,7 +24,13 @@ test('without jitter, delays grow by the factor and stop at maxDelay', () => {
 });
 
 test('defaults: 500 ms doubling up to 10 s, jitter 0.5, never giving up', () => {
-  assert.deepEqual(DEFAULT_RECONNECT, { initialDelay: 500, maxDelay: 10_000, factor: 2, jitter: 0.5, maxAttempts: Number.POSITIVE_INFINITY });
+  assert.deepEqual(DEFAULT_RECONNECT, {
+    initialDelay: 500,
+    maxDelay: 10_000,
+    factor: 2,
+    jitter: 0.5,
+    maxAttempts: Number.POSITIVE_INFINITY,
+  });
   const policy = reconnectPolicy({});
   assert.equal(policy.maxAttempts, Number.POSITIVE_INFINITY);
   for (let i = 0; i < 200; i++) {
@@ -39,7 +48,10 @@ test('jitter draws each delay from [(1 - jitter) x base, base]', (t) => {
       const base = Math.min(800, 100 * 2 ** (attempt - 1));
       for (let i = 0; i < 200; i++) {
         const d = policy.delay(attempt);
-        assert.ok(d >= Math.floor((1 - jitter) * base) && d <= base, `jitter ${jitter}, attempt ${attempt}: ${d} not in range of ${base}`);
+        assert.ok(
+          d >= Math.floor((1 - jitter) * base) && d <= base,
+          `jitter ${jitter}, attempt ${attempt}: ${d} not in range of ${base}`,
+        );
       }
     }
   }
@@ -52,7 +64,10 @@ test('jitter draws each delay from [(1 - jitter) x base, base]', (t) => {
   random.mock.restore();
   // The draws spread over the range rather than sticking to one end.
   const samples = Array.from({ length: 500 }, () => policy.delay(1));
-  assert.ok(Math.min(...samples) < 600 && Math.max(...samples) > 900, `${Math.min(...samples)}..${Math.max(...samples)}`);
+  assert.ok(
+    Math.min(...samples) < 600 && Math.max(...samples) > 900,
+    `${Math.min(...samples)}..${Math.max(...samples)}`,
+  );
 });
 
 test('a custom delay function replaces the computation; negative results become 0', () => {
@@ -65,7 +80,10 @@ test('a custom delay function replaces the computation; negative results become 
       return attempt === 3 ? -5 : attempt * 7;
     },
   });
-  assert.deepEqual([1, 2, 3, 4].map((a) => policy.delay(a)), [7, 14, 0, 28]);
+  assert.deepEqual(
+    [1, 2, 3, 4].map((a) => policy.delay(a)),
+    [7, 14, 0, 28],
+  );
   assert.deepEqual(seen, [1, 2, 3, 4]);
 });
 
@@ -87,7 +105,10 @@ test('invalid options throw InvalidArgumentError', () => {
   for (const options of invalid) {
     assert.throws(() => reconnectPolicy(options), InvalidArgumentError, JSON.stringify(options));
     // The client validates them up front, before any connection attempt.
-    assert.throws(() => new Client('ws://127.0.0.1:1/', { reconnect: options, autoConnect: false }), InvalidArgumentError);
+    assert.throws(
+      () => new Client('ws://127.0.0.1:1/', { reconnect: options, autoConnect: false }),
+      InvalidArgumentError,
+    );
   }
   for (const options of [{ initialDelay: 0 }, { jitter: 0 }, { jitter: 1 }, { factor: 1 }, { maxAttempts: 1 }]) {
     assert.doesNotThrow(() => reconnectPolicy(options), JSON.stringify(options));

@@ -129,7 +129,12 @@ test('memory: shutdown drains the in-flight request, refuses new ones and closes
   const shutdown = server.shutdown({ timeout: 2_000 });
   await assert.rejects(client.request('late', utf8('x')), ShutdownError);
 
-  const other = new Client('ws://memory/', { transport: transport.client, logger: recordingLogger(), reconnect: false, autoConnect: false });
+  const other = new Client('ws://memory/', {
+    transport: transport.client,
+    logger: recordingLogger(),
+    reconnect: false,
+    autoConnect: false,
+  });
   t.after(() => other.close());
   const refused = await outcome(other.connect());
   assert.ok(refused.error instanceof ConnectError);

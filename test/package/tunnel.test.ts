@@ -34,11 +34,18 @@ test('duplexwire/tunnel works from plain node, by its name', () => {
     await proxy.close();
     console.log(JSON.stringify({ text }));
   `;
-  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, encoding: 'utf8', timeout: 20_000 });
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+    cwd: root,
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
   assert.deepEqual(JSON.parse(out.trim()), { text: '200 built /x' });
 });
 
 test('the CLI runs the tunnel from the build', () => {
-  const out = execFileSync(process.execPath, ['dist/src/cli/main.js', 'tunnel', 'token', '--id', 'x'], { cwd: root, encoding: 'utf8' });
+  const out = execFileSync(process.execPath, ['dist/src/cli/main.js', 'tunnel', 'token', '--id', 'x'], {
+    cwd: root,
+    encoding: 'utf8',
+  });
   assert.match(out, /^token: \S{43}$/m);
 });

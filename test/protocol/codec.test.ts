@@ -125,9 +125,19 @@ describe('round trip', () => {
     { kind: 'special-reply', id: ID, reason: 'session-not-found' },
     { kind: 'special-reply', id: ID, reason: 'max-session-connections' },
     { kind: 'special-reply', id: ID, reason: 'sessions-disabled' },
-    { kind: 'session-created', session: '{"k":"key","c":"2026-11-22T11:41:29.065369494Z","l":"2026-11-22T11:41:29.065369494Z"}' },
+    {
+      kind: 'session-created',
+      session: '{"k":"key","c":"2026-11-22T11:41:29.065369494Z","l":"2026-11-22T11:41:29.065369494Z"}',
+    },
     { kind: 'session-closed' },
-    { kind: 'accept-conf', major: 2, minor: 1, readTimeout: 0xffff_ffff, maxMessageSize: 0, subProtocol: bytesOf('chat.v1') },
+    {
+      kind: 'accept-conf',
+      major: 2,
+      minor: 1,
+      readTimeout: 0xffff_ffff,
+      maxMessageSize: 0,
+      subProtocol: bytesOf('chat.v1'),
+    },
     { kind: 'close-session', id: ID },
     { kind: 'restore-session', id: ID, key: bytesOf('k'.repeat(64)) },
     { kind: 'heartbeat' },
@@ -141,7 +151,13 @@ describe('round trip', () => {
   }
 
   test('special replies use types 1..5', () => {
-    const reasons = ['shutdown', 'internal-error', 'session-not-found', 'max-session-connections', 'sessions-disabled'] as const;
+    const reasons = [
+      'shutdown',
+      'internal-error',
+      'session-not-found',
+      'max-session-connections',
+      'sessions-disabled',
+    ] as const;
     reasons.forEach((reason, index) => {
       assert.equal(encodeSpecialReply(ID, reason)[0], index + 1);
     });
@@ -183,7 +199,12 @@ describe('name-only and payload-only messages', () => {
   for (const encoding of ENCODINGS) {
     test(`name-only request, ${encoding}`, () => {
       for (const size of [1, 2, 3]) {
-        const wire = assertRoundTrip({ kind: 'request', id: ID, name: nameOf(size), payload: { encoding, data: EMPTY } });
+        const wire = assertRoundTrip({
+          kind: 'request',
+          id: ID,
+          name: nameOf(size),
+          payload: { encoding, data: EMPTY },
+        });
         const pad = encoding === 'utf16' ? size & 1 : 0;
         assert.equal(wire.length, 10 + size + pad);
       }
@@ -256,7 +277,10 @@ describe('decode rejects', () => {
       test(`type ${type}: exactly ${length}`, () => {
         assert.doesNotThrow(() => decode(bytes(type, length)));
         expectRejected(bytes(type, length + 1), 'ERR_PROTOCOL_BAD_LENGTH');
-        expectRejected(bytes(type, length - 1), length === 1 ? 'ERR_PROTOCOL_EMPTY_MESSAGE' : 'ERR_PROTOCOL_BAD_LENGTH');
+        expectRejected(
+          bytes(type, length - 1),
+          length === 1 ? 'ERR_PROTOCOL_EMPTY_MESSAGE' : 'ERR_PROTOCOL_BAD_LENGTH',
+        );
       });
     }
   });
@@ -353,7 +377,10 @@ describe('decode rejects', () => {
     expectRejected(cat(0, ID, 2, '41'), 'ERR_PROTOCOL_BAD_ERROR_CODE');
     expectRejected(cat(0, ID, 255, bytesOf('SAMPLE_ERROR')), 'ERR_PROTOCOL_BAD_ERROR_CODE');
     // Exactly filling the message is legal: the text after the code is empty.
-    assert.deepEqual(plain(decode(cat(0, ID, 2, '4142'))), plain({ kind: 'reply-error', id: ID, code: 'AB', message: '' }));
+    assert.deepEqual(
+      plain(decode(cat(0, ID, 2, '4142'))),
+      plain({ kind: 'reply-error', id: ID, code: 'AB', message: '' }),
+    );
   });
 });
 
@@ -462,7 +489,8 @@ describe('ProtocolError catalogue', () => {
       assert.equal(error.code, code);
       assert.equal(error.closeCode, PROTOCOL_ERROR_CLOSE_CODES[code]);
       assert.equal(error.cause, 'test');
-      const expected = code === 'ERR_PROTOCOL_TEXT_MESSAGE' ? 1003 : code === 'ERR_PROTOCOL_MESSAGE_TOO_BIG' ? 1009 : 1002;
+      const expected =
+        code === 'ERR_PROTOCOL_TEXT_MESSAGE' ? 1003 : code === 'ERR_PROTOCOL_MESSAGE_TOO_BIG' ? 1009 : 1002;
       assert.equal(error.closeCode, expected, code);
     }
   });

@@ -76,7 +76,14 @@ function ascii(size: number): string {
 /** Valid frames of every type and shape, the seeds of the mutations. */
 function corpus(): Uint8Array[] {
   const frames: Uint8Array[] = [];
-  const payloads = [binary(Uint8Array.of(1, 2, 3)), utf8('héllo'), utf16('h😀'), binary(new Uint8Array(0)), utf8(''), utf16('')];
+  const payloads = [
+    binary(Uint8Array.of(1, 2, 3)),
+    utf8('héllo'),
+    utf16('h😀'),
+    binary(new Uint8Array(0)),
+    utf8(''),
+    utf16(''),
+  ];
   for (const nameSize of [0, 1, 2, 3, 255]) {
     for (const payload of payloads) {
       const nameless = nameSize === 0 && payload.data.length === 0;
@@ -97,8 +104,20 @@ function corpus(): Uint8Array[] {
     encodeSpecialReply(5, 'sessions-disabled'),
     encodeSessionCreated('{"k":"abc","c":"2026-11-22T11:41:29.065369494Z","l":"2026-11-22T11:41:29.065369494Z"}'),
     encodeSessionClosed(),
-    encodeAcceptConf({ major: 2, minor: 1, readTimeout: 60_000, maxMessageSize: 1 << 20, subProtocol: new Uint8Array(0) }),
-    encodeAcceptConf({ major: 2, minor: 0, readTimeout: 1, maxMessageSize: 8192, subProtocol: Uint8Array.of(0x61, 0x62) }),
+    encodeAcceptConf({
+      major: 2,
+      minor: 1,
+      readTimeout: 60_000,
+      maxMessageSize: 1 << 20,
+      subProtocol: new Uint8Array(0),
+    }),
+    encodeAcceptConf({
+      major: 2,
+      minor: 0,
+      readTimeout: 1,
+      maxMessageSize: 8192,
+      subProtocol: Uint8Array.of(0x61, 0x62),
+    }),
     encodeCloseSession(9),
     encodeRestoreSession(10, new TextEncoder().encode('k'.repeat(64))),
     encodeHeartbeat(),
@@ -206,5 +225,6 @@ test(`fuzz: decode throws only ProtocolError (${FRAMES} frames)`, (t) => {
     'ERR_PROTOCOL_EMPTY_MESSAGE_BODY',
     'ERR_PROTOCOL_BAD_ERROR_CODE',
   ];
-  for (const code of decoderCodes) assert.ok((rejected.get(code) ?? 0) > 0, `seed ${SEED}: never rejected with ${code}`);
+  for (const code of decoderCodes)
+    assert.ok((rejected.get(code) ?? 0) > 0, `seed ${SEED}: never rejected with ${code}`);
 });

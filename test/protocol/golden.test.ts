@@ -85,7 +85,8 @@ const WEBWIRE_V20: readonly Vector[] = [
     title: 'AcceptConf defaults (v2.0, 60000 ms, 8192 bytes)',
     hex: '17 02 00 60 ea 00 00 00 20 00 00',
     message: { kind: 'accept-conf', major: 2, minor: 0, readTimeout: 60_000, maxMessageSize: 8192, subProtocol: EMPTY },
-    direct: () => encodeAcceptConf({ major: 2, minor: 0, readTimeout: 60_000, maxMessageSize: 8192, subProtocol: EMPTY }),
+    direct: () =>
+      encodeAcceptConf({ major: 2, minor: 0, readTimeout: 60_000, maxMessageSize: 8192, subProtocol: EMPTY }),
   },
 ];
 
@@ -105,8 +106,16 @@ const DUPLEXWIRE_V21: readonly Vector[] = [
   {
     title: 'AcceptConf v2.1, 60000 ms, 1 MiB',
     hex: '17 02 01 60ea0000 00001000',
-    message: { kind: 'accept-conf', major: 2, minor: 1, readTimeout: 60_000, maxMessageSize: 1 << 20, subProtocol: EMPTY },
-    direct: () => encodeAcceptConf({ major: 2, minor: 1, readTimeout: 60_000, maxMessageSize: 1 << 20, subProtocol: EMPTY }),
+    message: {
+      kind: 'accept-conf',
+      major: 2,
+      minor: 1,
+      readTimeout: 60_000,
+      maxMessageSize: 1 << 20,
+      subProtocol: EMPTY,
+    },
+    direct: () =>
+      encodeAcceptConf({ major: 2, minor: 1, readTimeout: 60_000, maxMessageSize: 1 << 20, subProtocol: EMPTY }),
   },
   {
     title: 'name-only UTF-16 request "abc", id 2 (pad with no payload)',

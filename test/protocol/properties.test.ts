@@ -104,22 +104,28 @@ const textArb = fc.oneof(
 function payloadArb(encoding: Encoding, minBytes: number): fc.Arbitrary<Payload> {
   switch (encoding) {
     case 'binary':
-      return smallOrFull((size) => fc.uint8Array({ minLength: minBytes, maxLength: 300, size })).map((data) => ({ encoding, data }));
-    case 'utf8':
-      return smallOrFull((size) => fc.string({ unit: 'binary', minLength: minBytes, maxLength: 80, size })).map((text) => ({
+      return smallOrFull((size) => fc.uint8Array({ minLength: minBytes, maxLength: 300, size })).map((data) => ({
         encoding,
-        data: utf8Encoder.encode(text),
+        data,
       }));
+    case 'utf8':
+      return smallOrFull((size) => fc.string({ unit: 'binary', minLength: minBytes, maxLength: 80, size })).map(
+        (text) => ({
+          encoding,
+          data: utf8Encoder.encode(text),
+        }),
+      );
     case 'utf16':
-      return smallOrFull((size) => fc.array(fc.integer({ min: 0, max: 0xffff }), { minLength: Math.ceil(minBytes / 2), maxLength: 150, size }))
-        .map((units) => {
-          const data = new Uint8Array(units.length * 2);
-          units.forEach((unit, i) => {
-            data[2 * i] = unit & 0xff;
-            data[2 * i + 1] = unit >>> 8;
-          });
-          return { encoding, data };
+      return smallOrFull((size) =>
+        fc.array(fc.integer({ min: 0, max: 0xffff }), { minLength: Math.ceil(minBytes / 2), maxLength: 150, size }),
+      ).map((units) => {
+        const data = new Uint8Array(units.length * 2);
+        units.forEach((unit, i) => {
+          data[2 * i] = unit & 0xff;
+          data[2 * i + 1] = unit >>> 8;
         });
+        return { encoding, data };
+      });
   }
 }
 
@@ -142,7 +148,9 @@ const requestArb: fc.Arbitrary<Message> = fc.oneof(
 );
 
 const signalArb: fc.Arbitrary<Message> = fc.oneof(
-  ...ENCODINGS.map((encoding) => namedArb(encoding, true).map(({ name, payload }): Message => ({ kind: 'signal', name, payload }))),
+  ...ENCODINGS.map((encoding) =>
+    namedArb(encoding, true).map(({ name, payload }): Message => ({ kind: 'signal', name, payload })),
+  ),
 );
 
 const replyArb: fc.Arbitrary<Message> = fc.oneof(
@@ -167,7 +175,11 @@ const sessionJsonArb: fc.Arbitrary<string> = fc.oneof(
   fc
     .record(
       {
-        k: fc.string({ unit: fc.constantFrom(...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'), minLength: 64, maxLength: 64 }),
+        k: fc.string({
+          unit: fc.constantFrom(...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'),
+          minLength: 64,
+          maxLength: 64,
+        }),
         c: rfc3339,
         l: rfc3339,
         i: fc.dictionary(fc.string({ maxLength: 10 }), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 4 }),
@@ -179,17 +191,28 @@ const sessionJsonArb: fc.Arbitrary<string> = fc.oneof(
   smallOrFull((size) => fc.string({ unit: 'binary', minLength: 1, maxLength: 80, size })),
 );
 
-const sessionCreatedArb: fc.Arbitrary<Message> = sessionJsonArb.map((session): Message => ({ kind: 'session-created', session }));
+const sessionCreatedArb: fc.Arbitrary<Message> = sessionJsonArb.map(
+  (session): Message => ({ kind: 'session-created', session }),
+);
 
 const uint32 = fc.oneof(fc.constantFrom(0, 0xffff_ffff, 60_000, 8192), fc.integer({ min: 0, max: 0xffff_ffff }));
 const byte = fc.integer({ min: 0, max: 255 });
 
 const acceptConfArb: fc.Arbitrary<Message> = fc
-  .record({ major: byte, minor: byte, readTimeout: uint32, maxMessageSize: uint32, subProtocol: smallOrFull((size) => fc.uint8Array({ maxLength: 40, size })) })
+  .record({
+    major: byte,
+    minor: byte,
+    readTimeout: uint32,
+    maxMessageSize: uint32,
+    subProtocol: smallOrFull((size) => fc.uint8Array({ maxLength: 40, size })),
+  })
   .map((conf): Message => ({ kind: 'accept-conf', ...conf }));
 
 const restoreSessionArb: fc.Arbitrary<Message> = fc
-  .tuple(idArb, smallOrFull((size) => fc.uint8Array({ minLength: 1, maxLength: 120, size })))
+  .tuple(
+    idArb,
+    smallOrFull((size) => fc.uint8Array({ minLength: 1, maxLength: 120, size })),
+  )
   .map(([id, key]): Message => ({ kind: 'restore-session', id, key }));
 
 const closeSessionArb: fc.Arbitrary<Message> = idArb.map((id): Message => ({ kind: 'close-session', id }));
@@ -266,9 +289,7 @@ test(`decode throws only ProtocolError (${runs('decodeArbitrary')} runs)`, () =>
   const anyBytes = smallOrFull((size) => fc.uint8Array({ maxLength: 300, size }));
   const frames = fc.oneof(
     anyBytes,
-    fc
-      .tuple(fc.constantFrom(...KNOWN_TYPES), anyBytes)
-      .map(([type, rest]) => concat([Uint8Array.of(type), rest])),
+    fc.tuple(fc.constantFrom(...KNOWN_TYPES), anyBytes).map(([type, rest]) => concat([Uint8Array.of(type), rest])),
   );
   fc.assert(
     fc.property(frames, (bytes) => {
@@ -363,7 +384,12 @@ const frameArb: fc.Arbitrary<Uint8Array> = fc.oneof(
     .tuple(fc.constantFrom(63, 64, 65), nameBytesArb, padArb, bodyArb)
     .chain(([type, name, pad, body]) =>
       lengthByte(name.length).map((length) =>
-        concat([Uint8Array.of(type, length), name, type === 65 && (name.length & 1) === 1 ? Uint8Array.of(pad) : new Uint8Array(0), body]),
+        concat([
+          Uint8Array.of(type, length),
+          name,
+          type === 65 && (name.length & 1) === 1 ? Uint8Array.of(pad) : new Uint8Array(0),
+          body,
+        ]),
       ),
     ),
   // Requests: type, id, L, name, [pad], payload.
@@ -371,13 +397,22 @@ const frameArb: fc.Arbitrary<Uint8Array> = fc.oneof(
     .tuple(fc.constantFrom(127, 128, 129), idArb, nameBytesArb, padArb, bodyArb)
     .chain(([type, id, name, pad, body]) =>
       lengthByte(name.length).map((length) =>
-        concat([Uint8Array.of(type), id, Uint8Array.of(length), name, type === 129 && (name.length & 1) === 1 ? Uint8Array.of(pad) : new Uint8Array(0), body]),
+        concat([
+          Uint8Array.of(type),
+          id,
+          Uint8Array.of(length),
+          name,
+          type === 129 && (name.length & 1) === 1 ? Uint8Array.of(pad) : new Uint8Array(0),
+          body,
+        ]),
       ),
     ),
   // Replies: type, id, [pad], payload.
   fc
     .tuple(fc.constantFrom(191, 192, 193), idArb, padArb, bodyArb)
-    .map(([type, id, pad, body]) => concat([Uint8Array.of(type), id, type === 193 ? Uint8Array.of(pad) : new Uint8Array(0), body])),
+    .map(([type, id, pad, body]) =>
+      concat([Uint8Array.of(type), id, type === 193 ? Uint8Array.of(pad) : new Uint8Array(0), body]),
+    ),
   // ReplyError: type, id, code length, code, message.
   fc
     .tuple(idArb, nameBytesArb, textBytesArb)
@@ -385,14 +420,20 @@ const frameArb: fc.Arbitrary<Uint8Array> = fc.oneof(
       lengthByte(code.length).map((length) => concat([Uint8Array.of(0), id, Uint8Array.of(length), code, text])),
     ),
   // Special replies, with trailing bytes sometimes.
-  fc.tuple(fc.integer({ min: 1, max: 5 }), idArb, tailArb).map(([type, id, tail]) => concat([Uint8Array.of(type), id, tail])),
+  fc
+    .tuple(fc.integer({ min: 1, max: 5 }), idArb, tailArb)
+    .map(([type, id, tail]) => concat([Uint8Array.of(type), id, tail])),
   // Session created: any bytes, valid UTF-8 mostly.
   textBytesArb.map((text) => concat([Uint8Array.of(21), text])),
   // AcceptConf, restore, and the fixed-length types, with a wrong length sometimes.
   fc.uint8Array({ minLength: 10, maxLength: 40, size: 'max' }).map((rest) => concat([Uint8Array.of(23), rest])),
   fc.tuple(idArb, tailArb).map(([id, key]) => concat([Uint8Array.of(32), id, key])),
   fc
-    .tuple(fc.constantFrom(22, 31, 33, 34, 35), fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.integer({ min: -1, max: 1 }))
+    .tuple(
+      fc.constantFrom(22, 31, 33, 34, 35),
+      fc.uint8Array({ minLength: 8, maxLength: 8 }),
+      fc.integer({ min: -1, max: 1 }),
+    )
     .map(([type, rest, delta]) => {
       const exact = type === 22 || type === 33 ? 1 : type === 34 ? 2 : 9;
       return concat([Uint8Array.of(type), rest]).subarray(0, Math.max(1, exact + delta));

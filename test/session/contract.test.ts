@@ -50,7 +50,12 @@ if (redis instanceof Error) {
   for (const ttl of [undefined, 3_600_000]) {
     sessionManagerContract(`RedisSessionManager${ttl === undefined ? '' : ' with ttl'}`, async () => {
       const prefix = uniquePrefix();
-      const manager = new RedisSessionManager({ client: redis, prefix, logger: silentLogger, ...(ttl === undefined ? {} : { ttl }) });
+      const manager = new RedisSessionManager({
+        client: redis,
+        prefix,
+        logger: silentLogger,
+        ...(ttl === undefined ? {} : { ttl }),
+      });
       return { manager, cleanup: () => deletePrefix(redis, prefix) };
     });
   }

@@ -57,11 +57,24 @@ export function newSession(info?: Record<string, unknown>, key = defaultKeyGener
 export const INFO_SAMPLES: readonly (readonly [string, Record<string, unknown>])[] = [
   ['flat', { user: 'ada', admin: false, age: 36, score: 0.1, nothing: null }],
   ['nested', { a: { b: { c: [1, { d: [true, null, 'x'] }, [[], [{}]]] } } }],
-  ['unicode', { 'ключ': 'значение', emoji: '🔑👩‍👩‍👧', rtl: 'שלום', controls: '\u0000\u0001\n\t"\\', separators: '\u2028\u2029', bom: '\ufeff' }],
+  [
+    'unicode',
+    {
+      ключ: 'значение',
+      emoji: '🔑👩‍👩‍👧',
+      rtl: 'שלום',
+      controls: '\u0000\u0001\n\t"\\',
+      separators: '\u2028\u2029',
+      bom: '\ufeff',
+    },
+  ],
   ['empty object', {}],
   ['empty members', { o: {}, a: [], s: '' }],
   ['numbers', { max: Number.MAX_SAFE_INTEGER, min: Number.MIN_SAFE_INTEGER, big: 1e308, tiny: 5e-324, neg: -1.5e-7 }],
-  ['special names', JSON.parse('{"__proto__":{"polluted":true},"constructor":{"prototype":1},"":"empty name","toString":"no"}')],
+  [
+    'special names',
+    JSON.parse('{"__proto__":{"polluted":true},"constructor":{"prototype":1},"":"empty name","toString":"no"}'),
+  ],
   ['long string', { s: 'é'.repeat(50_000) }],
   ['array of objects', { list: Array.from({ length: 100 }, (_, i) => ({ i, s: String(i) })) }],
 ];
@@ -92,7 +105,10 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
       assert.equal(first.creation.getTime(), created.creation.getTime());
       assert.deepEqual(first.info, created.info);
       assert.ok(first.lastLookup instanceof Date && first.creation instanceof Date);
-      assert.ok(first.lastLookup.getTime() >= before && first.lastLookup.getTime() <= after, 'lastLookup is the lookup time');
+      assert.ok(
+        first.lastLookup.getTime() >= before && first.lastLookup.getTime() <= after,
+        'lastLookup is the lookup time',
+      );
 
       const second = await manager.onSessionLookup(created.key);
       assert.ok(second);
@@ -104,7 +120,12 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
     it('never moves lastLookup backwards (a later time already stored is kept)', async (t) => {
       const manager = await setup(t);
       const future = at(3_600_000);
-      const created: Session = { key: defaultKeyGenerator.generate(), creation: at(0), lastLookup: future, info: undefined };
+      const created: Session = {
+        key: defaultKeyGenerator.generate(),
+        creation: at(0),
+        lastLookup: future,
+        info: undefined,
+      };
       await manager.onSessionCreated(created);
       const found = await manager.onSessionLookup(created.key);
       assert.equal(found?.lastLookup.getTime(), future.getTime());
@@ -219,7 +240,8 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
         for (const result of results) {
           if (result) assert.ok(sessions.some((s) => s.key === result.key));
         }
-        for (const s of sessions) assert.equal(await manager.onSessionLookup(s.key), null, `round ${round}: closed stays closed`);
+        for (const s of sessions)
+          assert.equal(await manager.onSessionLookup(s.key), null, `round ${round}: closed stays closed`);
       }
     });
 

@@ -140,9 +140,14 @@ describe('FileSessionManager: files', () => {
     const { manager, dir } = await setup(t);
     const sessions = Array.from({ length: 200 }, (_, i) => newSession({ i }));
     await Promise.all(sessions.map((s) => manager.onSessionCreated(s)));
-    await Promise.all(sessions.flatMap((s, i) => [manager.onSessionLookup(s.key), i % 3 === 0 ? manager.onSessionClosed(s.key) : null]));
+    await Promise.all(
+      sessions.flatMap((s, i) => [manager.onSessionLookup(s.key), i % 3 === 0 ? manager.onSessionClosed(s.key) : null]),
+    );
     const names = await readdir(dir);
-    assert.ok(names.every((name) => SESSION_FILE.test(name)), `only session files: ${names.filter((n) => !SESSION_FILE.test(n))}`);
+    assert.ok(
+      names.every((name) => SESSION_FILE.test(name)),
+      `only session files: ${names.filter((n) => !SESSION_FILE.test(n))}`,
+    );
     assert.equal(names.length, sessions.filter((_, i) => i % 3 !== 0).length);
   });
 
@@ -161,8 +166,14 @@ describe('FileSessionManager: files', () => {
     await manager.onSessionLookup(defaultKeyGenerator.generate()); // creates dir
     // A directory where the session file should go: the rename fails, even for root.
     await mkdir(join(dir, `${sha256(session.key)}.json`));
-    await assert.rejects(manager.onSessionCreated(session), (error: NodeJS.ErrnoException) => typeof error.code === 'string');
-    await assert.rejects(manager.onSessionLookup(session.key), (error: NodeJS.ErrnoException) => error.code === 'EISDIR');
+    await assert.rejects(
+      manager.onSessionCreated(session),
+      (error: NodeJS.ErrnoException) => typeof error.code === 'string',
+    );
+    await assert.rejects(
+      manager.onSessionLookup(session.key),
+      (error: NodeJS.ErrnoException) => error.code === 'EISDIR',
+    );
     assert.deepEqual(await readdir(dir), [`${sha256(session.key)}.json`], 'no temporary file left');
   });
 
@@ -208,7 +219,10 @@ describe('FileSessionManager: files', () => {
       const entry = logger.entries[before];
       assert.equal(entry?.level, 'error', label);
       assert.equal(entry?.context?.file, file);
-      assert.ok(!JSON.stringify(entry, (_, v) => (v instanceof Error ? v.message : v)).includes(key), 'the key is not logged');
+      assert.ok(
+        !JSON.stringify(entry, (_, v) => (v instanceof Error ? v.message : v)).includes(key),
+        'the key is not logged',
+      );
       assert.equal(await readFile(file, 'utf8'), content, 'left in place');
     }
   });
@@ -231,7 +245,11 @@ describe('FileSessionManager: files', () => {
       { dir: 'x', maxOpenFiles: 0 },
     ];
     for (const options of bad) {
-      assert.throws(() => new FileSessionManager(options as FileSessionManagerOptions), InvalidArgumentError, JSON.stringify(options));
+      assert.throws(
+        () => new FileSessionManager(options as FileSessionManagerOptions),
+        InvalidArgumentError,
+        JSON.stringify(options),
+      );
     }
   });
 });
@@ -241,8 +259,18 @@ describe('FileSessionManager: expiry', () => {
 
   it('treats a session whose lastLookup is older than maxAge as absent, and deletes it', async (t) => {
     const { manager, dir } = await setup(t, { maxAge: 60_000 });
-    const stale: Session = { key: defaultKeyGenerator.generate(), creation: past(200_000), lastLookup: past(61_000), info: undefined };
-    const fresh: Session = { key: defaultKeyGenerator.generate(), creation: past(200_000), lastLookup: past(59_000), info: undefined };
+    const stale: Session = {
+      key: defaultKeyGenerator.generate(),
+      creation: past(200_000),
+      lastLookup: past(61_000),
+      info: undefined,
+    };
+    const fresh: Session = {
+      key: defaultKeyGenerator.generate(),
+      creation: past(200_000),
+      lastLookup: past(59_000),
+      info: undefined,
+    };
     await manager.onSessionCreated(stale);
     await manager.onSessionCreated(fresh);
     assert.equal(await manager.onSessionLookup(stale.key), null);
@@ -265,7 +293,12 @@ describe('FileSessionManager: expiry', () => {
   it('sweep() removes expired files, stale corrupt files and old temp files, nothing else', async (t) => {
     const { manager, dir } = await setup(t, { maxAge: 60_000 });
     const longAgo = (Date.now() - 120_000) / 1000;
-    const stale: Session = { key: defaultKeyGenerator.generate(), creation: past(200_000), lastLookup: past(90_000), info: undefined };
+    const stale: Session = {
+      key: defaultKeyGenerator.generate(),
+      creation: past(200_000),
+      lastLookup: past(90_000),
+      info: undefined,
+    };
     const staleRecentMtime: Session = { ...stale, key: defaultKeyGenerator.generate() };
     const fresh = newSession();
     for (const s of [stale, staleRecentMtime, fresh]) await manager.onSessionCreated(s);
@@ -284,7 +317,8 @@ describe('FileSessionManager: expiry', () => {
       if (name === 'sub') await mkdir(join(dir, name));
       else await writeFile(join(dir, name), 'not ours');
     }
-    for (const path of [corrupt, oldTemp, ...foreign.map((name) => join(dir, name))]) await utimes(path, longAgo, longAgo);
+    for (const path of [corrupt, oldTemp, ...foreign.map((name) => join(dir, name))])
+      await utimes(path, longAgo, longAgo);
 
     assert.deepEqual(await manager.sweep(), { expired: 2, tempFiles: 1 });
     const names = new Set(await readdir(dir));
@@ -302,7 +336,12 @@ describe('FileSessionManager: expiry', () => {
     const { manager, dir } = await setup(t, { maxAge: 1_000, sweepInterval: 20 });
     const longAgo = (Date.now() - 120_000) / 1000;
     const makeStale = async (): Promise<string> => {
-      const s: Session = { key: defaultKeyGenerator.generate(), creation: past(10_000), lastLookup: past(5_000), info: undefined };
+      const s: Session = {
+        key: defaultKeyGenerator.generate(),
+        creation: past(10_000),
+        lastLookup: past(5_000),
+        info: undefined,
+      };
       await manager.onSessionCreated(s);
       const path = join(dir, `${sha256(s.key)}.json`);
       await utimes(path, longAgo, longAgo);

@@ -79,7 +79,9 @@ describe('sessionToJson', () => {
       );
     });
     // Shared (not circular) references are fine: JSON writes them twice.
-    assert.doesNotThrow(() => sessionToJson({ key: KEY, creation: T1, lastLookup: T1, info: { a: shared, b: shared } }));
+    assert.doesNotThrow(() =>
+      sessionToJson({ key: KEY, creation: T1, lastLookup: T1, info: { a: shared, b: shared } }),
+    );
     assert.doesNotThrow(() => sessionToJson({ key: KEY, creation: T1, lastLookup: T1, info: Object.create(null) }));
   });
 
@@ -186,8 +188,16 @@ describe('sessionFromJson', () => {
     fc.assert(
       fc.property(
         fc.string({ minLength: 1, unit: 'grapheme' }),
-        fc.date({ min: new Date('0000-01-01T00:00:00Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }),
-        fc.date({ min: new Date('0000-01-01T00:00:00Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }),
+        fc.date({
+          min: new Date('0000-01-01T00:00:00Z'),
+          max: new Date('9999-12-31T23:59:59.999Z'),
+          noInvalidDate: true,
+        }),
+        fc.date({
+          min: new Date('0000-01-01T00:00:00Z'),
+          max: new Date('9999-12-31T23:59:59.999Z'),
+          noInvalidDate: true,
+        }),
         fc.option(jsonObject, { nil: undefined }),
         (key, creation, lastLookup, info) => {
           const session: Session = { key, creation, lastLookup, info };
@@ -206,7 +216,11 @@ describe('sessionFromJson', () => {
   it('parses every formatted time back to itself, with any extra fraction digits (property)', () => {
     fc.assert(
       fc.property(
-        fc.date({ min: new Date('0000-01-01T00:00:00Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }),
+        fc.date({
+          min: new Date('0000-01-01T00:00:00Z'),
+          max: new Date('9999-12-31T23:59:59.999Z'),
+          noInvalidDate: true,
+        }),
         fc.stringMatching(/^[0-9]{0,12}$/),
         (date, extra) => {
           const text = formatSessionTime(date).replace('Z', `${extra}Z`);
@@ -240,7 +254,11 @@ describe('defaultKeyGenerator', () => {
   });
 
   it('encodes the CSPRNG bytes as standard base64url', (t) => {
-    const samples = [new Uint8Array(48), new Uint8Array(48).fill(255), Uint8Array.from({ length: 48 }, (_, i) => i * 5)];
+    const samples = [
+      new Uint8Array(48),
+      new Uint8Array(48).fill(255),
+      Uint8Array.from({ length: 48 }, (_, i) => i * 5),
+    ];
     let next: Uint8Array = samples[0]!;
     t.mock.method(globalThis.crypto, 'getRandomValues', <T extends ArrayBufferView | null>(array: T): T => {
       (array as unknown as Uint8Array).set(next);

@@ -16,7 +16,14 @@ import {
 } from '../../src/session/redis-store.ts';
 import { defaultKeyGenerator, formatSessionTime, type Session } from '../../src/session/session.ts';
 import { newSession } from './contract.ts';
-import { connectRedis, deletePrefix, keysWithPrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from './redis.ts';
+import {
+  connectRedis,
+  deletePrefix,
+  keysWithPrefix,
+  redisUnreachable,
+  type TestRedisClient,
+  uniquePrefix,
+} from './redis.ts';
 
 const sha256 = (key: string): string => createHash('sha256').update(key, 'utf8').digest('hex');
 
@@ -148,7 +155,10 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
       const session = newSession();
       await manager.onSessionCreated(session);
       const deadline = Date.now() + 2_000;
-      while (Date.now() < deadline && Number(await redis.sendCommand(['EXISTS', manager.redisKey(session.key)!])) === 1) {
+      while (
+        Date.now() < deadline &&
+        Number(await redis.sendCommand(['EXISTS', manager.redisKey(session.key)!])) === 1
+      ) {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
       assert.equal(await manager.onSessionLookup(session.key), null);
@@ -175,11 +185,19 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
 
     it('updates l atomically: 50 concurrent lookups through both clients all succeed, l ends at the max', async (t) => {
       const prefix = uniquePrefix();
-      const managers = [setup(t, { prefix, ttl: 60_000 }).manager, setup(t, { prefix, ttl: 60_000 }, otherRedis).manager];
+      const managers = [
+        setup(t, { prefix, ttl: 60_000 }).manager,
+        setup(t, { prefix, ttl: 60_000 }, otherRedis).manager,
+      ];
       const session = newSession({ n: 1 });
       await managers[0]!.onSessionCreated(session);
-      const results = await Promise.all(Array.from({ length: 50 }, (_, i) => managers[i % 2]!.onSessionLookup(session.key)));
-      assert.ok(results.every((r) => r?.key === session.key && r.info?.n === 1), 'all 50 lookups found it');
+      const results = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => managers[i % 2]!.onSessionLookup(session.key)),
+      );
+      assert.ok(
+        results.every((r) => r?.key === session.key && r.info?.n === 1),
+        'all 50 lookups found it',
+      );
       const max = Math.max(...results.map((r) => r!.lastLookup.getTime()));
       const stored = await hgetall(managers[0]!.redisKey(session.key)!);
       assert.equal(stored.l, new Date(max).toISOString());
@@ -244,7 +262,9 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
         assert.equal(await manager.onSessionLookup(key), null, label);
         assert.equal(logger.entries[before]?.level, 'error', label);
         assert.equal(logger.entries[before]?.context?.key, redisKey, label);
-        assert.ok(!JSON.stringify(logger.entries[before], (_, v) => (v instanceof Error ? v.message : v)).includes(key));
+        assert.ok(
+          !JSON.stringify(logger.entries[before], (_, v) => (v instanceof Error ? v.message : v)).includes(key),
+        );
       }
     });
 

@@ -32,14 +32,19 @@ export async function connectRedis(): Promise<TestRedisClient | Error> {
     await Promise.race([
       client.connect(),
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no connection within ${CONNECT_TIMEOUT + 500} ms`)), CONNECT_TIMEOUT + 500);
+        timer = setTimeout(
+          () => reject(new Error(`no connection within ${CONNECT_TIMEOUT + 500} ms`)),
+          CONNECT_TIMEOUT + 500,
+        );
       }),
     ]);
     return client;
   } catch (error) {
     client.destroy();
     const reason = error instanceof Error ? error : (lastError ?? new Error(String(error)));
-    return reason.message ? reason : new Error(`${reason.name} (${(reason as NodeJS.ErrnoException).code ?? 'no code'})`);
+    return reason.message
+      ? reason
+      : new Error(`${reason.name} (${(reason as NodeJS.ErrnoException).code ?? 'no code'})`);
   } finally {
     clearTimeout(timer);
   }
@@ -67,7 +72,10 @@ export async function keysWithPrefix(client: TestRedisClient, prefix: string): P
   const keys: string[] = [];
   let cursor = '0';
   for (let i = 0; i < 10_000; i++) {
-    const [next, batch] = (await client.sendCommand(['SCAN', cursor, 'MATCH', `${prefix}*`, 'COUNT', '1000'])) as [string, string[]];
+    const [next, batch] = (await client.sendCommand(['SCAN', cursor, 'MATCH', `${prefix}*`, 'COUNT', '1000'])) as [
+      string,
+      string[],
+    ];
     keys.push(...batch);
     cursor = next;
     if (cursor === '0') return keys;

@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 import { DEFAULT_HIGH_WATER_MARK, type MemoryTransport, memoryTransport } from '../../transports/memory.ts';
-import type { ConnectFailure, SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
+import type {
+  ConnectFailure,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from '../../transports/types.ts';
 import { bytes, delay, type Recorder, recorder, text, until } from './helpers.ts';
 
 const MAX = 1024 * 1024;
@@ -143,17 +149,22 @@ test('refusals reject with status and body; a throwing decision is a bare 500', 
     await delay(5);
     assert.deepEqual(rec.events, []);
   }
-  await assert.rejects(f.pair.client.connect('memory://x/boom', { maxMessageSize: MAX, connectTimeout: 1000 }, recorder()), {
-    status: 500,
-    body: '',
-  });
+  await assert.rejects(
+    f.pair.client.connect('memory://x/boom', { maxMessageSize: MAX, connectTimeout: 1000 }, recorder()),
+    {
+      status: 500,
+      body: '',
+    },
+  );
   assert.equal(f.accepted.length, 0);
 });
 
 test('a decision slower than connectTimeout rejects with ETIMEDOUT', async (t) => {
   const f = await startPair(t, { upgrade: () => delay(100).then(() => ({ accept: true })) });
   const rec = recorder();
-  await assert.rejects(f.pair.client.connect('memory://x/', { maxMessageSize: MAX, connectTimeout: 20 }, rec), { code: 'ETIMEDOUT' });
+  await assert.rejects(f.pair.client.connect('memory://x/', { maxMessageSize: MAX, connectTimeout: 20 }, rec), {
+    code: 'ETIMEDOUT',
+  });
   await delay(120);
   assert.equal(f.accepted.length, 0);
   assert.deepEqual(rec.events, []);
@@ -304,10 +315,14 @@ test('stop() terminates open connections and is idempotent', async (t) => {
   const a = await f.connect();
   const b = await f.connect();
   await Promise.all([f.pair.server.stop(), f.pair.server.stop()]);
-  for (const side of [a.rec, b.rec, a.remote.rec, b.remote.rec]) assert.deepEqual(side.closes, [{ code: 1006, reason: '' }]);
+  for (const side of [a.rec, b.rec, a.remote.rec, b.remote.rec])
+    assert.deepEqual(side.closes, [{ code: 1006, reason: '' }]);
   await f.pair.server.stop();
   // start() after stop() serves again
-  await f.pair.server.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX });
+  await f.pair.server.start(
+    { upgrade: () => ({ accept: true }), connection: () => recorder() },
+    { maxMessageSize: MAX },
+  );
   const c = await f.pair.client.connect('memory://x/', { maxMessageSize: MAX, connectTimeout: 100 }, recorder());
   assert.equal(c.send(bytes(1)), 'ok');
 });

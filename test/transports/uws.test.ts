@@ -16,7 +16,15 @@ import { WebSocket } from 'ws';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { Client } from '../../src/client/client.ts';
 import { Server } from '../../src/server/server.ts';
-import type { ConnectFailure, SendResult, ServerTransport, SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
+import type {
+  ConnectFailure,
+  SendResult,
+  ServerTransport,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from '../../transports/types.ts';
 import { DEFAULT_HIGH_WATER_MARK, type UwsServerTransportOptions, uwsTransport } from '../../transports/uws.ts';
 import { wsClientTransport } from '../../transports/ws.ts';
 import { bytes, delay, type Recorder, recorder, text, until } from './helpers.ts';
@@ -76,13 +84,22 @@ async function startServer(t: TestContext, options: FixtureOptions = {}): Promis
 async function connect(
   t: TestContext,
   url: string,
-  options: { headers?: Record<string, string>; maxMessageSize?: number; hooks?: Partial<SocketHandlers>; ca?: Buffer } = {},
+  options: {
+    headers?: Record<string, string>;
+    maxMessageSize?: number;
+    hooks?: Partial<SocketHandlers>;
+    ca?: Buffer;
+  } = {},
 ): Promise<{ socket: TransportSocket; rec: Recorder }> {
   const rec = recorder(options.hooks);
   const client = wsClientTransport(options.ca === undefined ? {} : { tls: { ca: options.ca } });
   const socket = await client.connect(
     url,
-    { maxMessageSize: options.maxMessageSize ?? MAX, connectTimeout: 2000, ...(options.headers ? { headers: options.headers } : {}) },
+    {
+      maxMessageSize: options.maxMessageSize ?? MAX,
+      connectTimeout: 2000,
+      ...(options.headers ? { headers: options.headers } : {}),
+    },
     rec,
   );
   t.after(() => socket.terminate());
@@ -99,7 +116,11 @@ async function closedPort(): Promise<number> {
 }
 
 /** Sends a raw upgrade request and returns the plain HTTP response the server answered with. */
-function rawUpgrade(port: number, path: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingMessage['headers']; body: string }> {
+function rawUpgrade(
+  port: number,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: IncomingMessage['headers']; body: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({
       host: '127.0.0.1',
@@ -267,7 +288,11 @@ test('IPv6 remote addresses are written as Node writes them', async (t) => {
 
 test('repeated headers are joined as Node joins them', async (t) => {
   const server = await startServer(t);
-  await rawWebSocket(t, server.port, 'Cookie: a=1\r\nCookie: b=2\r\nX-Multi: 1\r\nX-Multi: 2\r\nUser-Agent: first\r\nUser-Agent: second\r\nConstructor: x\r\n');
+  await rawWebSocket(
+    t,
+    server.port,
+    'Cookie: a=1\r\nCookie: b=2\r\nX-Multi: 1\r\nX-Multi: 2\r\nUser-Agent: first\r\nUser-Agent: second\r\nConstructor: x\r\n',
+  );
   await until(() => server.accepted.length === 1, 'connection');
   const { headers } = server.upgrades[0]!;
   assert.equal(headers.cookie, 'a=1; b=2');
@@ -307,7 +332,12 @@ test('refusal is a well-formed HTTP/1.1 response; invalid headers become a bare 
         ? { accept: false, status: 403, body: 'secret', headers: { 'X-Evil': 'a\r\nSet-Cookie: x=1' } }
         : request.path === '/status'
           ? { accept: false, status: 99 }
-          : { accept: false, status: 503, body: 'busy', headers: { 'Retry-After': '5', 'Content-Length': '999', 'X-Latin': 'caf\u00e9' } },
+          : {
+              accept: false,
+              status: 503,
+              body: 'busy',
+              headers: { 'Retry-After': '5', 'Content-Length': '999', 'X-Latin': 'caf\u00e9' },
+            },
   });
   const busy = await rawUpgrade(server.port, '/');
   assert.equal(busy.status, 503);
@@ -342,14 +372,20 @@ test('an async upgrade decision is awaited; a throwing one answers 500 without d
   await until(() => server.accepted[0]?.rec.messages.length === 1, 'message after async accept');
   assert.equal(server.accepted[0]!.request, server.upgrades[0], 'same request object after an await');
 
-  await assert.rejects(wsClientTransport().connect(`${server.url}/boom`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    status: 500,
-    body: '',
-  });
-  await assert.rejects(wsClientTransport().connect(`${server.url}/no`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    status: 403,
-    body: 'later no',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`${server.url}/boom`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      status: 500,
+      body: '',
+    },
+  );
+  await assert.rejects(
+    wsClientTransport().connect(`${server.url}/no`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      status: 403,
+      body: 'later no',
+    },
+  );
 });
 
 test('a client that leaves during an async decision is dropped quietly, accepted or refused', async (t) => {
@@ -363,7 +399,9 @@ test('a client that leaves during an async decision is dropped quietly, accepted
           }),
   });
   const rec = recorder();
-  await assert.rejects(wsClientTransport().connect(server.url, { maxMessageSize: MAX, connectTimeout: 100 }, rec), { code: 'ETIMEDOUT' });
+  await assert.rejects(wsClientTransport().connect(server.url, { maxMessageSize: MAX, connectTimeout: 100 }, rec), {
+    code: 'ETIMEDOUT',
+  });
   const raw = await rawWebSocket(t, server.port, '', false);
   await until(() => decisions.length === 2, 'both upgrades pending');
   raw.destroy();
@@ -487,7 +525,10 @@ test('closing or terminating inside connection() still reports onClose', async (
   });
   const { rec } = await connect(t, server.url);
   await until(() => rec.closes.length === 1 && server.accepted[0]?.rec.closes.length === 1, 'both closes');
-  assert.deepEqual(rec.messages.map((m) => m.data), [bytes(1)]);
+  assert.deepEqual(
+    rec.messages.map((m) => m.data),
+    [bytes(1)],
+  );
   assert.deepEqual(rec.closes, [{ code: 4009, reason: 'full' }]);
   assert.deepEqual(server.accepted[0]!.rec.closes, [{ code: 4009, reason: 'full' }]);
 });
@@ -536,7 +577,10 @@ test('pause stops delivery; resume delivers the rest in order', async (t) => {
 });
 
 test('a peer that keeps sending while paused is closed with 1008 at maxPausedBytes', async (t) => {
-  const server = await startServer(t, { transport: { maxPausedBytes: 10_000 }, onConnection: (socket) => socket.pause() });
+  const server = await startServer(t, {
+    transport: { maxPausedBytes: 10_000 },
+    onConnection: (socket) => socket.pause(),
+  });
   const { socket, rec } = await connect(t, server.url);
   await until(() => server.accepted.length === 1, 'connection');
   for (let i = 0; i < 20; i++) socket.send(new Uint8Array(1000));
@@ -598,15 +642,23 @@ test('a send beyond maxBackpressure is dropped and closes with 1008, never silen
 
 test('only the configured path is upgraded (404); plain HTTP gets 426, other upgrades 400', async (t) => {
   const server = await startServer(t, { transport: { path: '/ws' } });
-  await assert.rejects(wsClientTransport().connect(`${server.url}/nope`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    status: 404,
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`${server.url}/nope`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      status: 404,
+    },
+  );
   assert.equal(server.upgrades.length, 0);
   const res = await fetch(server.url.replace('ws:', 'http:'));
   assert.equal(res.status, 426);
   assert.equal(await res.text(), 'Upgrade Required');
   const h2c = await new Promise<number>((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/ws', headers: { connection: 'Upgrade', upgrade: 'h2c' } });
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port: server.port,
+      path: '/ws',
+      headers: { connection: 'Upgrade', upgrade: 'h2c' },
+    });
     req.on('response', (r) => {
       r.resume();
       resolve(r.statusCode ?? 0);
@@ -624,9 +676,12 @@ test('only the configured path is upgraded (404); plain HTTP gets 426, other upg
 
 test('connecting to a closed port rejects with ECONNREFUSED', async () => {
   const port = await closedPort();
-  await assert.rejects(wsClientTransport().connect(`ws://127.0.0.1:${port}/`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    code: 'ECONNREFUSED',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`ws://127.0.0.1:${port}/`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      code: 'ECONNREFUSED',
+    },
+  );
 });
 
 test('stop() terminates open connections and pending upgrades, is idempotent, and frees the port', async (t) => {
@@ -641,7 +696,11 @@ test('stop() terminates open connections and pending upgrades, is idempotent, an
   const a = await connect(t, server.url);
   const b = await connect(t, server.url);
   await until(() => server.accepted.length === 2, 'connections');
-  const pendingAttempt = wsClientTransport().connect(`${server.url}/pending`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder());
+  const pendingAttempt = wsClientTransport().connect(
+    `${server.url}/pending`,
+    { maxMessageSize: MAX, connectTimeout: 2000 },
+    recorder(),
+  );
   pendingAttempt.catch(() => {});
   await until(() => pendingDecisions === 1, 'pending upgrade');
 
@@ -658,20 +717,29 @@ test('stop() terminates open connections and pending upgrades, is idempotent, an
   await assert.rejects(pendingAttempt);
   assert.equal(server.transport.address(), null);
   await server.transport.stop();
-  await assert.rejects(wsClientTransport().connect(server.url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    code: 'ECONNREFUSED',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(server.url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      code: 'ECONNREFUSED',
+    },
+  );
 });
 
 test('start() is idempotent and rejects with EADDRINUSE when the port is taken', async (t) => {
   const server = await startServer(t);
-  await server.transport.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX });
+  await server.transport.start(
+    { upgrade: () => ({ accept: true }), connection: () => recorder() },
+    { maxMessageSize: MAX },
+  );
   assert.deepEqual(server.transport.address(), { host: '127.0.0.1', port: server.port });
 
   const other = uwsTransport({ port: server.port });
-  await assert.rejects(other.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }), {
-    code: 'EADDRINUSE',
-  });
+  await assert.rejects(
+    other.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }),
+    {
+      code: 'EADDRINUSE',
+    },
+  );
   assert.equal(other.address(), null);
   await other.stop();
 
@@ -680,11 +748,17 @@ test('start() is idempotent and rejects with EADDRINUSE when the port is taken',
   await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => http.close(() => resolve())));
   const taken = uwsTransport({ port: (http.address() as { port: number }).port });
-  await assert.rejects(taken.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }), {
-    code: 'EADDRINUSE',
-  });
+  await assert.rejects(
+    taken.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }),
+    {
+      code: 'EADDRINUSE',
+    },
+  );
   assert.equal(taken.address(), null);
-  await assert.rejects(taken.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: 0 }), RangeError);
+  await assert.rejects(
+    taken.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: 0 }),
+    RangeError,
+  );
 });
 
 test('stop() during start() leaves nothing listening; start() after stop() listens again', async (t) => {
@@ -811,9 +885,23 @@ test('wss: a TLS app from key and certificate files', async (t) => {
     execFileSync(
       'openssl',
       [
-        'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
-        '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1',
-        '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
       ],
       { stdio: 'ignore' },
     );
@@ -823,13 +911,18 @@ test('wss: a TLS app from key and certificate files', async (t) => {
   }
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const cert = readFileSync(join(dir, 'cert.pem'));
-  const server = await startServer(t, { transport: { tls: { key: join(dir, 'key.pem'), cert: join(dir, 'cert.pem') } } });
+  const server = await startServer(t, {
+    transport: { tls: { key: join(dir, 'key.pem'), cert: join(dir, 'cert.pem') } },
+  });
   const url = server.url.replace('ws:', 'wss:');
 
-  await assert.rejects(wsClientTransport().connect(url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), (err: NodeJS.ErrnoException) => {
-    assert.match(String(err.code), /SELF_SIGNED|UNABLE_TO_VERIFY/);
-    return true;
-  });
+  await assert.rejects(
+    wsClientTransport().connect(url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    (err: NodeJS.ErrnoException) => {
+      assert.match(String(err.code), /SELF_SIGNED|UNABLE_TO_VERIFY/);
+      return true;
+    },
+  );
 
   const { socket, rec } = await connect(t, url, { ca: cert });
   socket.sendText('secure');
@@ -839,20 +932,36 @@ test('wss: a TLS app from key and certificate files', async (t) => {
   await until(() => rec.messages.length === 1, 'reply over TLS');
 
   const missing = uwsTransport({ port: 0, tls: { key: join(dir, 'nope.pem'), cert: join(dir, 'cert.pem') } });
-  await assert.rejects(missing.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }), /could not load the TLS key/);
+  await assert.rejects(
+    missing.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }),
+    /could not load the TLS key/,
+  );
 });
 
 test('end to end: the duplexwire Server over uWS with the ws Client', async (t) => {
-  const server = new Server({ transport: uwsTransport({ port: 0 }), logger: silent, onRequest: (_conn, msg) => msg.payload });
+  const server = new Server({
+    transport: uwsTransport({ port: 0 }),
+    logger: silent,
+    onRequest: (_conn, msg) => msg.payload,
+  });
   await server.listen();
   t.after(() => server.shutdown({ timeout: 200 }));
   const port = server.address()!.port;
-  const client = new Client(`ws://127.0.0.1:${port}/`, { transport: wsClientTransport(), logger: silent, reconnect: false });
+  const client = new Client(`ws://127.0.0.1:${port}/`, {
+    transport: wsClientTransport(),
+    logger: silent,
+    reconnect: false,
+  });
   t.after(() => client.close());
   const disconnects: Array<{ code: number; reason: string }> = [];
   client.on('disconnect', (info) => disconnects.push(info));
   await client.connect();
-  assert.deepEqual(client.serverInfo, { major: 2, minor: client.serverInfo!.minor, readTimeout: client.serverInfo!.readTimeout, maxMessageSize: MAX });
+  assert.deepEqual(client.serverInfo, {
+    major: 2,
+    minor: client.serverInfo!.minor,
+    readTimeout: client.serverInfo!.readTimeout,
+    maxMessageSize: MAX,
+  });
   assert.equal(payloadText(await client.request('echo', utf8('over uWS'))), 'over uWS');
   const big = 'x'.repeat(200_000);
   assert.equal(payloadText(await client.request('echo', utf8(big))), big);
@@ -870,15 +979,23 @@ test('end to end: the duplexwire Server over uWS with the ws Client', async (t) 
 test('loading: a clear error without uWebSockets.js; importing duplexwire never loads it', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'duplexwire-uws-missing-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  for (const file of ['uws.ts', 'close-frame.ts', 'server-lifecycle.ts', 'types.ts']) copyFileSync(join(ROOT, 'transports', file), join(dir, file));
+  for (const file of ['uws.ts', 'close-frame.ts', 'server-lifecycle.ts', 'types.ts'])
+    copyFileSync(join(ROOT, 'transports', file), join(dir, file));
   // Outside the package, so `uWebSockets.js` cannot be resolved.
   const missing = `
     try { await import(${JSON.stringify(join(dir, 'uws.ts'))}); console.log('loaded'); }
     catch (e) { console.log(JSON.stringify({ message: e.message, cause: e.cause?.code })); }
   `;
-  const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', missing], { cwd: ROOT, encoding: 'utf8', timeout: 20_000 });
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', missing], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
   const result = JSON.parse(out.trim()) as { message: string; cause: string };
-  assert.match(result.message, /^duplexwire\/transports\/uws needs the optional peer dependency uWebSockets\.js: npm install /);
+  assert.match(
+    result.message,
+    /^duplexwire\/transports\/uws needs the optional peer dependency uWebSockets\.js: npm install /,
+  );
   assert.equal(result.cause, 'MODULE_NOT_FOUND');
 
   const check = (specifier: string): boolean => {
@@ -889,7 +1006,11 @@ test('loading: a clear error without uWebSockets.js; importing duplexwire never 
       console.log(Object.keys(cache).some((k) => k.includes('uWebSockets.js')));
     `;
     return JSON.parse(
-      execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 20_000 }).trim(),
+      execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        timeout: 20_000,
+      }).trim(),
     ) as boolean;
   };
   assert.equal(check(join(ROOT, 'src/index.ts')), false, 'duplexwire does not load uWS');

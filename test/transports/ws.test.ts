@@ -6,8 +6,20 @@ import { createServer as createNetServer, connect as netConnect, type Socket } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { DEFAULT_HIGH_WATER_MARK, type WsServerTransportOptions, wsClientTransport, wsTransport } from '../../transports/ws.ts';
-import type { ConnectFailure, ServerTransport, SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
+import {
+  DEFAULT_HIGH_WATER_MARK,
+  type WsServerTransportOptions,
+  wsClientTransport,
+  wsTransport,
+} from '../../transports/ws.ts';
+import type {
+  ConnectFailure,
+  ServerTransport,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from '../../transports/types.ts';
 import { bytes, delay, type Recorder, recorder, text, until } from './helpers.ts';
 
 const MAX = 1024 * 1024;
@@ -67,7 +79,11 @@ async function connect(
   const rec = recorder(options.hooks);
   const socket = await wsClientTransport().connect(
     url,
-    { maxMessageSize: options.maxMessageSize ?? MAX, connectTimeout: 2000, ...(options.headers ? { headers: options.headers } : {}) },
+    {
+      maxMessageSize: options.maxMessageSize ?? MAX,
+      connectTimeout: 2000,
+      ...(options.headers ? { headers: options.headers } : {}),
+    },
     rec,
   );
   t.after(() => socket.terminate());
@@ -84,7 +100,10 @@ async function closedPort(): Promise<number> {
 }
 
 /** Sends a raw upgrade request and returns the plain HTTP response the server answered with. */
-function rawUpgrade(port: number, path: string): Promise<{ status: number; headers: IncomingMessage['headers']; body: string }> {
+function rawUpgrade(
+  port: number,
+  path: string,
+): Promise<{ status: number; headers: IncomingMessage['headers']; body: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({
       host: '127.0.0.1',
@@ -242,10 +261,13 @@ test('an async upgrade decision is awaited; a throwing one answers 500 without d
   assert.equal(socket.send(bytes(7)), 'ok');
   await until(() => server.accepted[0]?.rec.messages.length === 1, 'message after async accept');
 
-  await assert.rejects(wsClientTransport().connect(`${server.url}/boom`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    status: 500,
-    body: '',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`${server.url}/boom`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      status: 500,
+      body: '',
+    },
+  );
 });
 
 test('a client that leaves during an async decision is dropped quietly', async (t) => {
@@ -405,7 +427,8 @@ test('attach mode: only the configured path is handled; the server is left runni
   const http: Server = createServer((_req, res) => res.end('app'));
   // Another upgrade listener, as a second library on the same server would be.
   http.on('upgrade', (req, socket) => {
-    if (req.url?.startsWith('/other')) socket.end('HTTP/1.1 418 I am a teapot\r\nContent-Length: 6\r\nConnection: close\r\n\r\nteapot');
+    if (req.url?.startsWith('/other'))
+      socket.end('HTTP/1.1 418 I am a teapot\r\nContent-Length: 6\r\nConnection: close\r\n\r\nteapot');
   });
   await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => http.close(() => resolve())));
@@ -420,10 +443,13 @@ test('attach mode: only the configured path is handled; the server is left runni
   assert.equal(socket.send(bytes(1)), 'ok');
   await until(() => server.accepted[0]?.rec.messages.length === 1, 'message');
 
-  await assert.rejects(wsClientTransport().connect(`${url}/other`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    status: 418,
-    body: 'teapot',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`${url}/other`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      status: 418,
+      body: 'teapot',
+    },
+  );
   assert.equal(server.upgrades.length, 1, 'the transport did not see /other');
 
   const res = await fetch(`http://127.0.0.1:${port}/`);
@@ -438,16 +464,24 @@ test('attach mode: only the configured path is handled; the server is left runni
 
 test('owned server: other paths get 404, plain HTTP 426, other upgrades 400', async (t) => {
   const server = await startServer(t, { transport: { path: '/ws' } });
-  await assert.rejects(wsClientTransport().connect(`${server.url}/nope`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    status: 404,
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`${server.url}/nope`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      status: 404,
+    },
+  );
   assert.equal(server.upgrades.length, 0);
   const res = await fetch(server.url.replace('ws:', 'http:'));
   assert.equal(res.status, 426);
   await res.text();
   const h2c = await new Promise<number>((resolve, reject) => {
     const port = server.transport.address()!.port;
-    const req = httpRequest({ host: '127.0.0.1', port, path: '/ws', headers: { connection: 'Upgrade', upgrade: 'h2c' } });
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port,
+      path: '/ws',
+      headers: { connection: 'Upgrade', upgrade: 'h2c' },
+    });
     req.on('response', (r) => {
       r.resume();
       resolve(r.statusCode ?? 0);
@@ -462,17 +496,26 @@ test('owned server: other paths get 404, plain HTTP 426, other upgrades 400', as
 test('connecting to a closed port rejects with ECONNREFUSED and never calls onClose', async () => {
   const port = await closedPort();
   const rec = recorder();
-  await assert.rejects(wsClientTransport().connect(`ws://127.0.0.1:${port}/`, { maxMessageSize: MAX, connectTimeout: 2000 }, rec), {
-    code: 'ECONNREFUSED',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(`ws://127.0.0.1:${port}/`, { maxMessageSize: MAX, connectTimeout: 2000 }, rec),
+    {
+      code: 'ECONNREFUSED',
+    },
+  );
   await delay(20);
   assert.deepEqual(rec.events, []);
 });
 
 test('a malformed URL or a bad maxMessageSize rejects', async () => {
   const client = wsClientTransport();
-  await assert.rejects(client.connect('not a url', { maxMessageSize: MAX, connectTimeout: 100 }, recorder()), SyntaxError);
-  await assert.rejects(client.connect('ws://127.0.0.1:1/', { maxMessageSize: 0, connectTimeout: 100 }, recorder()), RangeError);
+  await assert.rejects(
+    client.connect('not a url', { maxMessageSize: MAX, connectTimeout: 100 }, recorder()),
+    SyntaxError,
+  );
+  await assert.rejects(
+    client.connect('ws://127.0.0.1:1/', { maxMessageSize: 0, connectTimeout: 100 }, recorder()),
+    RangeError,
+  );
 });
 
 test('stop() terminates open connections, is idempotent, and frees the port', async (t) => {
@@ -493,28 +536,40 @@ test('stop() terminates open connections, is idempotent, and frees the port', as
   assert.equal(a.rec.closes[0]!.code, 1006);
   assert.equal(server.transport.address(), null);
   await server.transport.stop();
-  await assert.rejects(wsClientTransport().connect(server.url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), {
-    code: 'ECONNREFUSED',
-  });
+  await assert.rejects(
+    wsClientTransport().connect(server.url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    {
+      code: 'ECONNREFUSED',
+    },
+  );
 });
 
 test('start() is idempotent and rejects when the port is taken', async (t) => {
   const server = await startServer(t);
   const port = server.transport.address()!.port;
-  await server.transport.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX });
+  await server.transport.start(
+    { upgrade: () => ({ accept: true }), connection: () => recorder() },
+    { maxMessageSize: MAX },
+  );
   assert.equal(server.transport.address()!.port, port);
 
   const other = wsTransport({ port });
-  await assert.rejects(other.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }), {
-    code: 'EADDRINUSE',
-  });
+  await assert.rejects(
+    other.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX }),
+    {
+      code: 'EADDRINUSE',
+    },
+  );
   assert.equal(other.address(), null);
   await other.stop();
 });
 
 test('stop() during start() leaves nothing listening', async () => {
   const transport = wsTransport({ port: 0 });
-  const started = transport.start({ upgrade: () => ({ accept: true }), connection: () => recorder() }, { maxMessageSize: MAX });
+  const started = transport.start(
+    { upgrade: () => ({ accept: true }), connection: () => recorder() },
+    { maxMessageSize: MAX },
+  );
   await transport.stop();
   await started;
   assert.equal(transport.address(), null);
@@ -538,9 +593,23 @@ test('wss: TLS server and client with a test CA', async (t) => {
     execFileSync(
       'openssl',
       [
-        'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
-        '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1',
-        '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
       ],
       { stdio: 'ignore' },
     );
@@ -554,13 +623,20 @@ test('wss: TLS server and client with a test CA', async (t) => {
   const server = await startServer(t, { transport: { tls: { key, cert } } });
   const url = server.url.replace('ws:', 'wss:');
 
-  await assert.rejects(wsClientTransport().connect(url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()), (err: NodeJS.ErrnoException) => {
-    assert.match(String(err.code), /SELF_SIGNED|UNABLE_TO_VERIFY/);
-    return true;
-  });
+  await assert.rejects(
+    wsClientTransport().connect(url, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    (err: NodeJS.ErrnoException) => {
+      assert.match(String(err.code), /SELF_SIGNED|UNABLE_TO_VERIFY/);
+      return true;
+    },
+  );
 
   const rec = recorder();
-  const socket = await wsClientTransport({ tls: { ca: cert } }).connect(url, { maxMessageSize: MAX, connectTimeout: 2000 }, rec);
+  const socket = await wsClientTransport({ tls: { ca: cert } }).connect(
+    url,
+    { maxMessageSize: MAX, connectTimeout: 2000 },
+    rec,
+  );
   t.after(() => socket.terminate());
   socket.sendText('secure');
   await until(() => server.accepted[0]?.rec.messages.length === 1, 'message over TLS');

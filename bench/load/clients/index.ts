@@ -12,7 +12,10 @@ export const CLIENTS: Readonly<Record<Stack, () => Promise<ConnectClient>>> = {
   'duplexwire-uws': async () => (await import('./duplexwire.ts')).connectDuplexwire,
   socketio: async () => (await import('./socketio.ts')).socketIoClient(),
   'socketio-msgpack': async () => {
-    const [{ socketIoClient }, parser] = await Promise.all([import('./socketio.ts'), import('socket.io-msgpack-parser')]);
+    const [{ socketIoClient }, parser] = await Promise.all([
+      import('./socketio.ts'),
+      import('socket.io-msgpack-parser'),
+    ]);
     return socketIoClient(parser.default);
   },
 };

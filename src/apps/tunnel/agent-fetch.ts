@@ -25,7 +25,13 @@ export class FetchExchange {
   private pullWaiters: Array<() => void> = [];
   private bodyClosed = false;
 
-  constructor(head: HttpHead, handler: FetchHandler, signal: AbortSignal, sender: () => ResponseSender, logger: Logger) {
+  constructor(
+    head: HttpHead,
+    handler: FetchHandler,
+    signal: AbortSignal,
+    sender: () => ResponseSender,
+    logger: Logger,
+  ) {
     this.head = head;
     this.handler = handler;
     this.signal = signal;
@@ -106,7 +112,13 @@ export class FetchExchange {
     };
     signal.addEventListener('abort', onAbort, { once: true });
     try {
-      return await relayResponse(this.sender, response.status, filterHeaders(out), iterator, Number.isFinite(known) ? known : undefined);
+      return await relayResponse(
+        this.sender,
+        response.status,
+        filterHeaders(out),
+        iterator,
+        Number.isFinite(known) ? known : undefined,
+      );
     } catch (error) {
       if (signal.aborted) throw signal.reason;
       if (error instanceof RequestError) throw error;

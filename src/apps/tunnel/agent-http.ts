@@ -80,7 +80,9 @@ export class HttpExchange {
         headers: this.requestHeaders(),
         agent: target.agent,
         setHost: false,
-        ...(target.socketPath === undefined ? { hostname: target.hostname, port: target.port } : { socketPath: target.socketPath }),
+        ...(target.socketPath === undefined
+          ? { hostname: target.hostname, port: target.port }
+          : { socketPath: target.socketPath }),
       };
       let req: ClientRequest;
       try {
@@ -133,10 +135,16 @@ export class HttpExchange {
             size += chunk.length;
           });
           res.once('end', () =>
-            done({ kind: 'inline', status, headers: filterHeaders(res.rawHeaders), data: parts.length === 1 ? parts[0]! : Buffer.concat(parts, size) }),
+            done({
+              kind: 'inline',
+              status,
+              headers: filterHeaders(res.rawHeaders),
+              data: parts.length === 1 ? parts[0]! : Buffer.concat(parts, size),
+            }),
           );
           res.once('close', () => {
-            if (!res.complete) fail(new RequestError(AgentErrorCode.HandlerFailed, 'the target broke off the response'));
+            if (!res.complete)
+              fail(new RequestError(AgentErrorCode.HandlerFailed, 'the target broke off the response'));
           });
           return;
         }
@@ -147,7 +155,11 @@ export class HttpExchange {
           res[Symbol.asyncIterator](),
           Number.isFinite(known) ? known : undefined,
         ).then(done, (error: unknown) =>
-          fail(error instanceof RequestError ? error : new RequestError(AgentErrorCode.HandlerFailed, 'the target broke off the response')),
+          fail(
+            error instanceof RequestError
+              ? error
+              : new RequestError(AgentErrorCode.HandlerFailed, 'the target broke off the response'),
+          ),
         );
       });
       req.on('upgrade', (res: IncomingMessage, socket: Socket, upgradeHead: Buffer) => {
@@ -178,7 +190,10 @@ export class HttpExchange {
       // The target dropped the connection: what the user got so far is all there is.
     }
     // The user's direction ends on its own (its last chunk) or with the socket.
-    await Promise.race([bodyEnded, new Promise<void>((resolve) => (socket.destroyed ? resolve() : socket.once('close', resolve)))]);
+    await Promise.race([
+      bodyEnded,
+      new Promise<void>((resolve) => (socket.destroyed ? resolve() : socket.once('close', resolve))),
+    ]);
     socket.destroy();
     return { kind: 'done' };
   }

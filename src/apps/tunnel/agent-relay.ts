@@ -23,7 +23,14 @@ export class ResponseSender {
   private failure: unknown;
   private waiters: Array<() => void> = [];
 
-  constructor(client: Client, sid: string, signal: AbortSignal, connection: CreditWindow, streamWindow: number, chunkSize: number) {
+  constructor(
+    client: Client,
+    sid: string,
+    signal: AbortSignal,
+    connection: CreditWindow,
+    streamWindow: number,
+    chunkSize: number,
+  ) {
     this.client = client;
     this.sid = sid;
     this.signal = signal;
@@ -36,7 +43,8 @@ export class ResponseSender {
   private async credit(bytes: number): Promise<number> {
     const n = messageCost(bytes);
     if (this.failure !== undefined) throw this.failure;
-    if (!tryAcquireBoth(this.stream, this.connection, n)) await acquireBoth(this.stream, this.connection, n, this.signal);
+    if (!tryAcquireBoth(this.stream, this.connection, n))
+      await acquireBoth(this.stream, this.connection, n, this.signal);
     return n;
   }
 
@@ -65,7 +73,11 @@ export class ResponseSender {
   async head(status: number, headers: readonly string[], data?: Uint8Array): Promise<void> {
     const bytes = data?.length ?? 0;
     const cost = await this.credit(bytes);
-    this.send(MSG_HEAD, encodeResponseHead({ sid: this.sid, status, headers, ...(data !== undefined && bytes > 0 ? { data } : {}) }), cost);
+    this.send(
+      MSG_HEAD,
+      encodeResponseHead({ sid: this.sid, status, headers, ...(data !== undefined && bytes > 0 ? { data } : {}) }),
+      cost,
+    );
   }
 
   async chunk(data: Uint8Array): Promise<void> {
@@ -139,7 +151,11 @@ export async function relayResponse(
   const out = sender();
   // The head carries what is there, up to the inline limit; one piece of a fetch handler's body
   // can be any size, and the rest goes in chunks (a message must stay far below 1 MiB).
-  await out.head(status, headers, data.length <= INLINE_RESPONSE_LIMIT ? data : data.subarray(0, INLINE_RESPONSE_LIMIT));
+  await out.head(
+    status,
+    headers,
+    data.length <= INLINE_RESPONSE_LIMIT ? data : data.subarray(0, INLINE_RESPONSE_LIMIT),
+  );
   if (data.length > INLINE_RESPONSE_LIMIT) await out.chunk(data.subarray(INLINE_RESPONSE_LIMIT));
   await streamRest(out, body!, pending);
   return { kind: 'done' };

@@ -4,7 +4,13 @@
  * each request the proxy sends against its target: a URL, an in-process Node `(req, res)`
  * handler, or a fetch-style `(Request) => Response` handler.
  */
-import { Agent as HttpAgent, createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import {
+  Agent as HttpAgent,
+  createServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
@@ -28,10 +34,25 @@ import { ResponseSender } from './agent-relay.ts';
 import { CreditWindow, maxMessages } from './flow.ts';
 import { errorBody, TunnelErrorCode } from './http-errors.ts';
 import { jsonLogger } from './log.ts';
-import { AGENT_ID_HEADER, DEFAULT_CHUNK_SIZE, DEFAULT_CONNECTION_WINDOW, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STREAM_WINDOW } from './constants.ts';
+import {
+  AGENT_ID_HEADER,
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_CONNECTION_WINDOW,
+  DEFAULT_DRAIN_TIMEOUT,
+  DEFAULT_STREAM_WINDOW,
+} from './constants.ts';
 import { durationOption } from './timeout.ts';
 import { isValidClientId } from './tokens.ts';
-import { AgentErrorCode, decodeHttpHead, encodeHttpReply, MSG_BODY, MSG_HTTP, parseChunk, SIGNAL_DRAINING, WireError } from './wire.ts';
+import {
+  AgentErrorCode,
+  decodeHttpHead,
+  encodeHttpReply,
+  MSG_BODY,
+  MSG_HTTP,
+  parseChunk,
+  SIGNAL_DRAINING,
+  WireError,
+} from './wire.ts';
 
 /** A Node request listener, as given to `http.createServer`. */
 export type NodeHandler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
@@ -133,7 +154,8 @@ export class TunnelAgent {
     if (typeof options.id !== 'string' || !isValidClientId(options.id)) {
       throw new InvalidArgumentError('option id must be a client id: letters, digits, _ . - (up to 63)');
     }
-    if (typeof options.token !== 'string' || options.token.length === 0) throw new InvalidArgumentError('option token is required');
+    if (typeof options.token !== 'string' || options.token.length === 0)
+      throw new InvalidArgumentError('option token is required');
     if ((options.target === undefined) === (options.handler === undefined)) {
       throw new InvalidArgumentError('give exactly one of target (a URL) and handler');
     }
@@ -146,7 +168,8 @@ export class TunnelAgent {
     this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     this.streamWindow = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
     this.connectionWindow = options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW;
-    if (!(this.chunkSize >= 1 && this.chunkSize <= 512 * 1024)) throw new InvalidArgumentError('option chunkSize must be 1..512 KiB');
+    if (!(this.chunkSize >= 1 && this.chunkSize <= 512 * 1024))
+      throw new InvalidArgumentError('option chunkSize must be 1..512 KiB');
     this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
     this.window = new CreditWindow(this.connectionWindow);
     const url = options.target === undefined ? undefined : new URL(String(options.target));
@@ -155,7 +178,9 @@ export class TunnelAgent {
         ? new HttpsAgent({
             keepAlive: true,
             ...(options.targetTls?.ca === undefined ? {} : { ca: options.targetTls.ca }),
-            ...(options.targetTls?.rejectUnauthorized === undefined ? {} : { rejectUnauthorized: options.targetTls.rejectUnauthorized }),
+            ...(options.targetTls?.rejectUnauthorized === undefined
+              ? {}
+              : { rejectUnauthorized: options.targetTls.rejectUnauthorized }),
           })
         : new HttpAgent({ keepAlive: true });
     if (url !== undefined) {
@@ -165,7 +190,9 @@ export class TunnelAgent {
       if (typeof handler !== 'function') throw new InvalidArgumentError('option handler must be a function');
       const kind = options.handlerType ?? (handler.length >= 2 ? 'node' : 'fetch');
       this.target =
-        kind === 'node' ? { kind: 'node', handler: handler as NodeHandler } : { kind: 'fetch', handler: handler as FetchHandler };
+        kind === 'node'
+          ? { kind: 'node', handler: handler as NodeHandler }
+          : { kind: 'fetch', handler: handler as FetchHandler };
     }
     this.client = new Client(options.proxyUrl, {
       transport: wsClientTransport(options.tls === undefined ? {} : { tls: options.tls }),
@@ -186,7 +213,9 @@ export class TunnelAgent {
       this.window = new CreditWindow(this.connectionWindow);
       this.logger.info('connected to the proxy', { url: this.client.url });
     });
-    this.client.on('disconnect', ({ code, reason }) => this.logger.warn('disconnected from the proxy', { code, reason }));
+    this.client.on('disconnect', ({ code, reason }) =>
+      this.logger.warn('disconnected from the proxy', { code, reason }),
+    );
     this.client.on('reconnecting', ({ attempt, delay }) => this.logger.info('reconnecting', { attempt, delay }));
     this.client.on('error', (error) => this.logger.warn('connection to the proxy failed', { error }));
   }
@@ -261,7 +290,10 @@ export class TunnelAgent {
             return;
           }
           const body = errorBody(TunnelErrorCode.AgentHandlerFailed);
-          res.writeHead(500, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+          res.writeHead(500, {
+            'content-type': 'application/json; charset=utf-8',
+            'content-length': Buffer.byteLength(body),
+          });
           res.end(body);
         };
         try {

@@ -53,7 +53,7 @@ const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
   SHUTTING_DOWN: 'the proxy is shutting down',
   AGENT_TIMEOUT: 'the agent did not answer in time',
   AGENT_LOST: 'the agent was lost during the request',
-  TARGET_UNREACHABLE: "the agent could not reach its target",
+  TARGET_UNREACHABLE: 'the agent could not reach its target',
   BAD_AGENT_RESPONSE: 'the agent sent an invalid response',
   AGENT_HANDLER_FAILED: "the agent's handler failed",
   UPGRADE_UNSUPPORTED_BY_AGENT: "the agent's target cannot upgrade connections",

@@ -79,7 +79,8 @@ export class TunnelMetrics {
         for (const [id, n] of agentsConnected()) this.set({ client_id: id }, n);
       },
     });
-    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'duplexwire_tunnel_' });
+    if (options.defaultMetrics ?? true)
+      collectDefaultMetrics({ register: this.registry, prefix: 'duplexwire_tunnel_' });
   }
 
   /** Makes `id` a label value of its own (known ids: token store, connected agents). */

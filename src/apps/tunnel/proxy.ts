@@ -10,7 +10,14 @@ import { createServer, type IncomingMessage, type Server as HttpServer, type Ser
 import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type Connection, InvalidArgumentError, InvalidStateError, type Logger, RequestError, Server } from '../../index.ts';
+import {
+  type Connection,
+  InvalidArgumentError,
+  InvalidStateError,
+  type Logger,
+  RequestError,
+  Server,
+} from '../../index.ts';
 import { wsTransport } from '../../../transports/ws.ts';
 import { type AgentEntry, Balancer } from './balancer.ts';
 import {
@@ -30,8 +37,23 @@ import { createRouter, originForm, type Router, type RoutingStrategy } from './r
 import { ResponseSink, type Sink, SocketSink, writeRawError } from './sinks.ts';
 import { renderStatusPage } from './status-page.ts';
 import { chooseTimeout, durationOption } from './timeout.ts';
-import { type AgentAuthenticator, bearerToken, isValidClientId, type TokenEntries, tokenAuthenticator } from './tokens.ts';
-import { AgentErrorCode, BodyMode, decodeResponseHead, MSG_CHUNK, MSG_HEAD, parseChunk, SIGNAL_DRAINING, WireError } from './wire.ts';
+import {
+  type AgentAuthenticator,
+  bearerToken,
+  isValidClientId,
+  type TokenEntries,
+  tokenAuthenticator,
+} from './tokens.ts';
+import {
+  AgentErrorCode,
+  BodyMode,
+  decodeResponseHead,
+  MSG_CHUNK,
+  MSG_HEAD,
+  parseChunk,
+  SIGNAL_DRAINING,
+  WireError,
+} from './wire.ts';
 
 /** @default path of the agents' WebSocket endpoint */
 export const DEFAULT_AGENTS_PATH = '/_tunnel';
@@ -124,13 +146,20 @@ interface ResolvedOps {
 function opsPath(value: string | false | undefined, fallback: string): string | undefined {
   if (value === false) return undefined;
   const path = value ?? fallback;
-  if (!path.startsWith('/')) throw new InvalidArgumentError(`ops paths must start with '/', got ${JSON.stringify(path)}`);
+  if (!path.startsWith('/'))
+    throw new InvalidArgumentError(`ops paths must start with '/', got ${JSON.stringify(path)}`);
   return path;
 }
 
-function positiveInteger(name: string, value: number | undefined, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
+function positiveInteger(
+  name: string,
+  value: number | undefined,
+  fallback: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   const v = value ?? fallback;
-  if (!Number.isInteger(v) || v < 1 || v > max) throw new InvalidArgumentError(`option ${name} must be an integer in 1..${max}`);
+  if (!Number.isInteger(v) || v < 1 || v > max)
+    throw new InvalidArgumentError(`option ${name} must be an integer in 1..${max}`);
   return v;
 }
 
@@ -188,7 +217,9 @@ export class TunnelProxy {
 
   constructor(options: TunnelProxyOptions = {}) {
     if (options.tokens === undefined && options.insecure !== true) {
-      throw new InvalidArgumentError('the proxy needs agent credentials (option tokens), or insecure: true for development');
+      throw new InvalidArgumentError(
+        'the proxy needs agent credentials (option tokens), or insecure: true for development',
+      );
     }
     const tokens = options.tokens;
     this.auth =
@@ -206,7 +237,11 @@ export class TunnelProxy {
     this.timeoutHeader = (options.timeoutHeader ?? DEFAULT_TIMEOUT_HEADER).toLowerCase();
     this.stripHeaders = new Set([...this.router.headerNames, this.timeoutHeader, AGENT_ID_HEADER]);
     this.requestTimeout = durationOption('requestTimeout', options.requestTimeout, DEFAULT_REQUEST_TIMEOUT);
-    this.maxRequestTimeout = durationOption('maxRequestTimeout', options.maxRequestTimeout, DEFAULT_MAX_REQUEST_TIMEOUT);
+    this.maxRequestTimeout = durationOption(
+      'maxRequestTimeout',
+      options.maxRequestTimeout,
+      DEFAULT_MAX_REQUEST_TIMEOUT,
+    );
     this.agentTimeout = durationOption('agentTimeout', options.agentTimeout, DEFAULT_AGENT_TIMEOUT);
     this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
     for (const [name, v] of [
@@ -226,14 +261,20 @@ export class TunnelProxy {
       status: opsPath(options.ops?.status, '/status'),
     };
     this.publicOps = options.publicOps ?? 'all';
-    if (!['all', 'health', 'none'].includes(this.publicOps)) throw new InvalidArgumentError("option publicOps must be 'all', 'health' or 'none'");
+    if (!['all', 'health', 'none'].includes(this.publicOps))
+      throw new InvalidArgumentError("option publicOps must be 'all', 'health' or 'none'");
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-proxy' } });
     this.connectionWindow = positiveInteger('connectionWindow', options.connectionWindow, DEFAULT_CONNECTION_WINDOW);
     this.metrics = new TunnelMetrics(() => this.agentCounts(), { defaultMetrics: options.processMetrics ?? true });
     for (const id of this.auth?.ids() ?? []) this.metrics.know(id);
     const chunkSize = positiveInteger('chunkSize', options.chunkSize, DEFAULT_CHUNK_SIZE, 512 * 1024);
     const streamWindow = positiveInteger('streamWindow', options.streamWindow, DEFAULT_STREAM_WINDOW);
-    const maxInflightPerAgent = positiveInteger('maxInflightPerAgent', options.maxInflightPerAgent, DEFAULT_MAX_INFLIGHT_PER_AGENT, 16_384);
+    const maxInflightPerAgent = positiveInteger(
+      'maxInflightPerAgent',
+      options.maxInflightPerAgent,
+      DEFAULT_MAX_INFLIGHT_PER_AGENT,
+      16_384,
+    );
     this.host = {
       balancer: this.balancer,
       metrics: this.metrics,
@@ -283,7 +324,10 @@ export class TunnelProxy {
    * `upgrades: false`). The server is never closed by the proxy; after `drain()` its listeners
    * stay and answer 503.
    */
-  async attach(server: HttpServer | HttpsServer, options: { requests?: boolean; upgrades?: boolean } = {}): Promise<void> {
+  async attach(
+    server: HttpServer | HttpsServer,
+    options: { requests?: boolean; upgrades?: boolean } = {},
+  ): Promise<void> {
     if (this.state !== 'new') throw new InvalidStateError(`the proxy is ${this.state}`);
     this.state = 'serving';
     this.http = server;
@@ -310,7 +354,8 @@ export class TunnelProxy {
     });
     await this.server.listen();
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => this.handleRequest(req, res);
-    const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => this.handleUpgrade(req, socket, head);
+    const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void =>
+      this.handleUpgrade(req, socket, head);
     if (options.requests ?? true) server.on('request', onRequest);
     if (options.upgrades ?? true) server.on('upgrade', onUpgrade);
     this.detach = () => {
@@ -457,11 +502,16 @@ export class TunnelProxy {
     return counts;
   }
 
-  private onAgentRequest(conn: Connection, name: string, payload: import('../../index.ts').Payload): Promise<void> | undefined {
+  private onAgentRequest(
+    conn: Connection,
+    name: string,
+    payload: import('../../index.ts').Payload,
+  ): Promise<void> | undefined {
     try {
       const chunk = parseChunk(name, payload);
       if (chunk !== undefined) {
-        if (chunk.kind !== MSG_CHUNK) throw new RequestError(AgentErrorCode.BadMessage, 'the proxy takes response chunks only');
+        if (chunk.kind !== MSG_CHUNK)
+          throw new RequestError(AgentErrorCode.BadMessage, 'the proxy takes response chunks only');
         return this.exchangeFor(conn, chunk.sid).onChunk(chunk);
       }
       if (name === MSG_HEAD) {
@@ -513,7 +563,8 @@ export class TunnelProxy {
     const length = cl === undefined ? undefined : Number(cl);
     let bodyMode: BodyMode = BodyMode.None;
     if (te !== undefined) bodyMode = BodyMode.Stream;
-    else if (length !== undefined && length > 0) bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
+    else if (length !== undefined && length > 0)
+      bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
     if (length !== undefined && length > this.maxRequestBody) {
       // Refused before any byte of it is read or anything reaches an agent.
       this.metrics.answered(this.metrics.label(prepared.id), 413, 0);
@@ -563,7 +614,8 @@ export class TunnelProxy {
     const raw = req.rawHeaders;
     const target = originForm(req.url ?? '');
     // Two Host headers: which one the target believes is anybody's guess (RFC 9112 §3.2).
-    if (target === undefined || singleHeader(raw, 'host') === null) return { kind: 'error', code: TunnelErrorCode.BadRequest };
+    if (target === undefined || singleHeader(raw, 'host') === null)
+      return { kind: 'error', code: TunnelErrorCode.BadRequest };
     const route = this.router.route(target, raw);
     if (route.kind === 'none') return { kind: 'ops' };
     if (route.kind === 'invalid') return { kind: 'error', code: TunnelErrorCode.InvalidClientId };
@@ -626,7 +678,11 @@ export class TunnelProxy {
     const path = q < 0 ? url : url.slice(0, q);
     if (req.method !== 'GET' && req.method !== 'HEAD') return false;
     const send = (status: number, type: string, body: string): void => {
-      res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store', 'Content-Length': Buffer.byteLength(body) });
+      res.writeHead(status, {
+        'Content-Type': type,
+        'Cache-Control': 'no-store',
+        'Content-Length': Buffer.byteLength(body),
+      });
       res.end(req.method === 'HEAD' ? undefined : body);
     };
     if (path === ops.healthz) {

@@ -84,7 +84,8 @@ export function createRouter(strategies: readonly RoutingStrategy[]): Router {
       }
       case 'path': {
         const prefix = (strategy.prefix ?? DEFAULT_PATH_PREFIX).replace(/\/+$/, '');
-        if (!prefix.startsWith('/')) throw new RangeError(`path prefix must start with '/', got ${JSON.stringify(prefix)}`);
+        if (!prefix.startsWith('/'))
+          throw new RangeError(`path prefix must start with '/', got ${JSON.stringify(prefix)}`);
         const start = `${prefix}/`;
         steps.push((url) => {
           if (!url.startsWith(start)) return { kind: 'none' };

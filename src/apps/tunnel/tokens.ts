@@ -48,7 +48,9 @@ export interface AgentAuthenticator {
 }
 
 /** Token entries as given in code or read from a file. */
-export type TokenEntries = Readonly<Record<string, string | readonly string[]>> | ReadonlyMap<string, string | readonly string[]>;
+export type TokenEntries =
+  | Readonly<Record<string, string | readonly string[]>>
+  | ReadonlyMap<string, string | readonly string[]>;
 
 /** Compared against when the id is unknown, so the time taken does not tell which ids exist. */
 const DUMMY = digestBytes('duplexwire tunnel: no such id');

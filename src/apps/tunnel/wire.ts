@@ -215,7 +215,10 @@ export function chunkName(kind: typeof MSG_BODY | typeof MSG_CHUNK, sid: string,
 const CHUNK_NAME = /^(tunnel\.body|tunnel\.chunk)\/([A-Za-z0-9_-]{1,64})\/(\d{1,10})(\/fin)?$/;
 
 /** The chunk a request is, or `undefined` when its name is not a chunk's. Throws for a malformed one. */
-export function parseChunk(name: string, payload: Payload): (Chunk & { readonly kind: typeof MSG_BODY | typeof MSG_CHUNK }) | undefined {
+export function parseChunk(
+  name: string,
+  payload: Payload,
+): (Chunk & { readonly kind: typeof MSG_BODY | typeof MSG_CHUNK }) | undefined {
   if (!name.startsWith(MSG_BODY) && !name.startsWith(MSG_CHUNK)) return undefined;
   const match = CHUNK_NAME.exec(name);
   if (match === null) throw new WireError('bad chunk name');

@@ -133,31 +133,28 @@ test('a reply arriving after the cancel is ignored (raw v2.1 server that answers
   assert.equal(client.isConnected, true);
 });
 
-test(
-  'a cancel reaches a running handler while later requests wait for a slot (concurrency 1)',
-  async (t) => {
-    const started: string[] = [];
-    const abortedNames: string[] = [];
-    const { url } = await startServer(t, {
-      concurrency: 1,
-      onRequest: async (_conn, msg, ctx) => {
-        started.push(msg.name);
-        const reason = await abortedWithin(ctx.signal, 1_000, 'no abort');
-        if (reason !== 'no abort') abortedNames.push(msg.name);
-        return 'done';
-      },
-    });
-    const client = await connectClient(t, url);
-    const first = new AbortController();
-    const a = outcome(client.request('a', utf8('x'), { signal: first.signal }));
-    await waitFor(() => started.length === 1, 1_000, 'the first handler');
-    const b = outcome(client.request('b', utf8('x'), { timeout: 3_000 }));
-    await delay(30);
-    first.abort();
-    assert.ok((await a).error instanceof CanceledError);
-    // The server stops reading while 'b' waits for the one slot; the cancel must still get through.
-    await waitFor(() => abortedNames.includes('a'), 500, "the cancel of 'a' to reach its handler");
-    const result = await b;
-    assert.equal(result.ok, true, String(result.error));
-  },
-);
+test('a cancel reaches a running handler while later requests wait for a slot (concurrency 1)', async (t) => {
+  const started: string[] = [];
+  const abortedNames: string[] = [];
+  const { url } = await startServer(t, {
+    concurrency: 1,
+    onRequest: async (_conn, msg, ctx) => {
+      started.push(msg.name);
+      const reason = await abortedWithin(ctx.signal, 1_000, 'no abort');
+      if (reason !== 'no abort') abortedNames.push(msg.name);
+      return 'done';
+    },
+  });
+  const client = await connectClient(t, url);
+  const first = new AbortController();
+  const a = outcome(client.request('a', utf8('x'), { signal: first.signal }));
+  await waitFor(() => started.length === 1, 1_000, 'the first handler');
+  const b = outcome(client.request('b', utf8('x'), { timeout: 3_000 }));
+  await delay(30);
+  first.abort();
+  assert.ok((await a).error instanceof CanceledError);
+  // The server stops reading while 'b' waits for the one slot; the cancel must still get through.
+  await waitFor(() => abortedNames.includes('a'), 500, "the cancel of 'a' to reach its handler");
+  const result = await b;
+  assert.equal(result.ok, true, String(result.error));
+});

@@ -144,7 +144,10 @@ export interface RawServer {
  * A bare `ws` server on 127.0.0.1:0 that runs `script` for every connection: a scriptable
  * server for what the duplexwire Server would never send. Closed after the test.
  */
-export async function rawServer(t: TestContext, script: (conn: RawConnection) => void | Promise<void>): Promise<RawServer> {
+export async function rawServer(
+  t: TestContext,
+  script: (conn: RawConnection) => void | Promise<void>,
+): Promise<RawServer> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
   await new Promise<void>((resolve, reject) => {
     wss.once('listening', resolve);
@@ -222,7 +225,11 @@ export async function startServerOnPort(
 ): Promise<Server> {
   const deadline = Date.now() + 1_500;
   for (;;) {
-    const server = new Server({ transport: transportUnderTest().server({ port }), logger: recordingLogger(), ...options });
+    const server = new Server({
+      transport: transportUnderTest().server({ port }),
+      logger: recordingLogger(),
+      ...options,
+    });
     try {
       await server.listen();
       t.after(() => server.shutdown({ timeout: 200 }));

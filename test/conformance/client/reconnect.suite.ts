@@ -80,7 +80,8 @@ test('maxQueuedRequests: 2 — the third waiting request gets QueueFullError', a
 
   // The two waiting requests are settled by close(), with DisconnectedError.
   await client.close();
-  for (const result of [await one, await two]) assert.ok(result.error instanceof DisconnectedError, String(result.error));
+  for (const result of [await one, await two])
+    assert.ok(result.error instanceof DisconnectedError, String(result.error));
   // Once closed, requests fail at once.
   await assert.rejects(client.request('d', utf8('4')), DisconnectedError);
 });
@@ -125,7 +126,11 @@ test('pending requests reject with DisconnectedError at once when the server ter
     const client = await connectClient(t, url, { reconnect });
     await waitFor(() => conn !== undefined, 1_000, 'onClientConnected');
     const pending = Array.from({ length: 5 }, (_, i) => client.request(`r${i}`, utf8('x'), { timeout: 5_000 }));
-    await waitFor(() => handlerStarts === pending.length * (reconnect === false ? 1 : 2), 1_000, 'the handlers to start');
+    await waitFor(
+      () => handlerStarts === pending.length * (reconnect === false ? 1 : 2),
+      1_000,
+      'the handlers to start',
+    );
     const droppedAt = performance.now();
     conn!.terminate();
     const results = await Promise.all(pending.map((p) => outcome(p, droppedAt)));

@@ -8,13 +8,7 @@ import { test, type TestContext } from 'node:test';
 import { binary, payloadText, utf8, utf16 } from '../../../protocol/payload.ts';
 import type { Payload } from '../../../protocol/types.ts';
 import type { ClientOptions } from '../../../src/client/client.ts';
-import {
-  CanceledError,
-  InternalError,
-  PeerUnsupportedError,
-  RequestError,
-  TimeoutError,
-} from '../../../src/errors.ts';
+import { CanceledError, InternalError, PeerUnsupportedError, RequestError, TimeoutError } from '../../../src/errors.ts';
 import type { ServerOptions } from '../../../src/server/options.ts';
 import type { Connection } from '../../../src/server/connection.ts';
 import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
@@ -224,27 +218,24 @@ test('a Client against a Server with protocolMinor: 0 works and sends no ClientC
   await assert.rejects(conn.request('x', utf8('x')), PeerUnsupportedError);
 });
 
-test(
-  'a handler awaiting conn.request() is not blocked by a request queued behind it (concurrency 1)',
-  async (t) => {
-    const { client } = await pair(
-      t,
-      { onRequest: (msg) => `client saw ${payloadText(msg.payload)}` },
-      {
-        concurrency: 1,
-        onRequest: async (conn, msg) => {
-          if (msg.name !== 'ask-back') return msg.payload;
-          // The client's reply arrives while 'second' waits for this connection's only slot.
-          return conn.request('question', utf8('q'), { timeout: 1_000 });
-        },
+test('a handler awaiting conn.request() is not blocked by a request queued behind it (concurrency 1)', async (t) => {
+  const { client } = await pair(
+    t,
+    { onRequest: (msg) => `client saw ${payloadText(msg.payload)}` },
+    {
+      concurrency: 1,
+      onRequest: async (conn, msg) => {
+        if (msg.name !== 'ask-back') return msg.payload;
+        // The client's reply arrives while 'second' waits for this connection's only slot.
+        return conn.request('question', utf8('q'), { timeout: 1_000 });
       },
-    );
-    const [first, second] = await Promise.all([
-      outcome(client.request('ask-back', utf8('x'), { timeout: 2_000 })),
-      outcome(client.request('second', utf8('y'), { timeout: 2_000 })),
-    ]);
-    assert.equal(first.ok, true, String(first.error));
-    assert.equal(payloadText(first.value!), 'client saw q');
-    assert.equal(second.ok, true, String(second.error));
-  },
-);
+    },
+  );
+  const [first, second] = await Promise.all([
+    outcome(client.request('ask-back', utf8('x'), { timeout: 2_000 })),
+    outcome(client.request('second', utf8('y'), { timeout: 2_000 })),
+  ]);
+  assert.equal(first.ok, true, String(first.error));
+  assert.equal(payloadText(first.value!), 'client saw q');
+  assert.equal(second.ok, true, String(second.error));
+});

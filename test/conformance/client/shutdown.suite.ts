@@ -55,7 +55,12 @@ test('shutdown timeline: in-flight reply delivered, new requests refused, 503, s
   assert.deepEqual(started, ['slow'], 'no handler ran for the refused requests');
 
   // A new connection: refused over HTTP with 503.
-  const fresh = new Client(url, { transport: transportUnderTest().client(), logger: recordingLogger(), reconnect: false, autoConnect: false });
+  const fresh = new Client(url, {
+    transport: transportUnderTest().client(),
+    logger: recordingLogger(),
+    reconnect: false,
+    autoConnect: false,
+  });
   t.after(() => fresh.close());
   const refused = await outcome(fresh.connect());
   assert.ok(refused.error instanceof ConnectError, String(refused.error));

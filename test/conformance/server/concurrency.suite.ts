@@ -104,7 +104,8 @@ test('beforeUpgrade sets the concurrency of one connection; others keep the defa
   perConnection.set('/default', gatedHandler());
   const { url } = await startServer(t, {
     beforeUpgrade: (request) => (request.query === 'limit=2' ? { accept: true, concurrency: 2 } : true),
-    onRequest: (conn, message) => perConnection.get(conn.handshake.query === 'limit=2' ? '/two' : '/default')!.onRequest(conn, message),
+    onRequest: (conn, message) =>
+      perConnection.get(conn.handshake.query === 'limit=2' ? '/two' : '/default')!.onRequest(conn, message),
   });
   t.after(() => {
     for (const h of perConnection.values()) h.door.open();

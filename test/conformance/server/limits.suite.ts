@@ -40,7 +40,12 @@ test('maxInflightRequests 4: four pending requests are fine, a fifth closes 1008
   // The bystander has its own budget.
   const replies = Array.from({ length: 4 }, () => bystander.request('n', utf8('')));
   door.open();
-  assert.deepEqual((await within(Promise.all(replies), 2_000, 'replies')).map(payloadText), ['done', 'done', 'done', 'done']);
+  assert.deepEqual((await within(Promise.all(replies), 2_000, 'replies')).map(payloadText), [
+    'done',
+    'done',
+    'done',
+    'done',
+  ]);
 });
 
 test('maxInflightRequests counts requests waiting for a slot, not only running ones', async (t) => {

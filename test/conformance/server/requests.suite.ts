@@ -334,10 +334,7 @@ test('request ids are echoed unchanged, all-zero and all-0xFF included', async (
     assert.equal(reply[0], 0xc0);
     replies.set(hex(reply.subarray(1, 9)), Buffer.from(reply.subarray(9)).toString());
   }
-  assert.deepEqual(
-    new Map(ids.map((rid, i) => [hex(rid), String(i)])),
-    replies,
-  );
+  assert.deepEqual(new Map(ids.map((rid, i) => [hex(rid), String(i)])), replies);
 });
 
 test('UTF-16 request and reply with surrogate pairs arrive intact', async (t) => {

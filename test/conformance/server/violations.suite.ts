@@ -61,7 +61,10 @@ for (const [name, message, code] of cases) {
 }
 
 test('a message of exactly maxMessageSize is accepted', async (t) => {
-  const { url } = await startServer(t, { maxMessageSize: 1024, onRequest: (_conn, m) => m.payload.data.length.toString() });
+  const { url } = await startServer(t, {
+    maxMessageSize: 1024,
+    onRequest: (_conn, m) => m.payload.data.length.toString(),
+  });
   const peer = await rawPeer(t, url);
   await takeAcceptConf(peer);
   const header = bytes(0x7f, id(1), 0x01, 'n');

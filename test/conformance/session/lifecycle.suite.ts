@@ -260,7 +260,10 @@ test('restore on a connection that already has a session is refused; its session
   const other = await login(await connectClient(t, url), 'bob');
   const client = await connectClient(t, url);
   const mine = await login(client, 'ada');
-  await assert.rejects(client.restoreSession(other.key), (error) => error instanceof RequestError && error.code === 'SESSION_ACTIVE');
+  await assert.rejects(
+    client.restoreSession(other.key),
+    (error) => error instanceof RequestError && error.code === 'SESSION_ACTIVE',
+  );
   assert.equal(client.session?.key, mine.key);
   assert.deepEqual(await whoami(client), { key: mine.key, info: { user: 'ada' } });
   assert.equal(server.sessionConnections(other.key).length, 1);
@@ -290,7 +293,9 @@ test('custom key generator: its keys reach the client; its isValid gates restore
 });
 
 test('a key generator returning "" makes createSession reject (InvalidArgumentError); nothing stored', async (t) => {
-  const { url, server, spy } = await sessionServer(t, { sessionKeyGenerator: { generate: () => '', isValid: () => true } });
+  const { url, server, spy } = await sessionServer(t, {
+    sessionKeyGenerator: { generate: () => '', isValid: () => true },
+  });
   const client = await connectClient(t, url);
   const conn = await newestConnection(server);
   await assert.rejects(conn.createSession({ user: 'ada' }), InvalidArgumentError);
@@ -304,7 +309,11 @@ test('a key generator returning "" makes createSession reject (InvalidArgumentEr
 
 test('sessions disabled: create/close reject SessionsDisabledError; raw restore and close get type 5', async (t) => {
   const generator = countingGenerator();
-  const { url, server } = await startServer(t, { sessions: false, sessionKeyGenerator: generator, onRequest: sessionApp });
+  const { url, server } = await startServer(t, {
+    sessions: false,
+    sessionKeyGenerator: generator,
+    onRequest: sessionApp,
+  });
   assert.equal(server.sessionsEnabled, false);
   const client = await connectClient(t, url);
   const conn = await newestConnection(server);

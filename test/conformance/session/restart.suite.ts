@@ -18,7 +18,14 @@ import { ROOT } from '../client/helpers.ts';
 import { login, whoami } from '../../fixtures/session-helpers.ts';
 import { connectClient, waitFor } from '../../helpers.ts';
 import { within } from '../server/wire.ts';
-import { connectRedis, deletePrefix, keysWithPrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../../session/redis.ts';
+import {
+  connectRedis,
+  deletePrefix,
+  keysWithPrefix,
+  redisUnreachable,
+  type TestRedisClient,
+  uniquePrefix,
+} from '../../session/redis.ts';
 
 interface Child {
   readonly child: ChildProcess;
@@ -70,13 +77,22 @@ const USERS = ['ada', 'bob', 'eve'] as const;
  * Three clients log in; the server process dies by `signal` and comes back on the same port with
  * the same store; every client restores its own session.
  */
-async function restartScenario(t: TestContext, kind: 'file' | 'redis', where: string, signal: NodeJS.Signals, countStored: CountStored) {
+async function restartScenario(
+  t: TestContext,
+  kind: 'file' | 'redis',
+  where: string,
+  signal: NodeJS.Signals,
+  countStored: CountStored,
+) {
   const first = await spawnSessionServer(t, ['0', kind, where]);
   const url = `ws://127.0.0.1:${first.port}/`;
   const clients: Client[] = [];
   const sessions: Session[] = [];
   for (const user of USERS) {
-    const client = await connectClient(t, url, { reconnect: { initialDelay: 30, maxDelay: 100 }, requestTimeout: 3_000 });
+    const client = await connectClient(t, url, {
+      reconnect: { initialDelay: 30, maxDelay: 100 },
+      requestTimeout: 3_000,
+    });
     sessions.push(await login(client, user));
     clients.push(client);
   }
@@ -87,7 +103,11 @@ async function restartScenario(t: TestContext, kind: 'file' | 'redis', where: st
   const restored = clients.map((client) =>
     within(new Promise<Session>((resolve) => client.once('sessionRestored', resolve)), 8_000, 'sessionRestored'),
   );
-  const reconnected = within(new Promise<void>((resolve) => anonymous.once('connect', () => resolve())), 8_000, 'anonymous reconnect');
+  const reconnected = within(
+    new Promise<void>((resolve) => anonymous.once('connect', () => resolve())),
+    8_000,
+    'anonymous reconnect',
+  );
   let closedEvents = 0;
   for (const client of [...clients, anonymous]) client.on('sessionClosed', () => closedEvents++);
 
