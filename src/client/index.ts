@@ -2,19 +2,4 @@
  * `duplexwire/client`: the client alone, without the server or anything Node-only.
  */
 import './node-default.ts';
-export { DEFAULT_RECONNECT, type ReconnectOptions } from './backoff.ts';
-export { Client, type ClientEvents, type ClientOptions, type ClientState, type ServerInfo } from './client.ts';
-export { localStorageKeyStore, memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';
-export { type Session, sessionFromJson } from '../session/session.ts';
-export * from '../errors.ts';
-export { consoleLogger, type Logger, silentLogger } from '../logger.ts';
-export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
-export {
-  binary,
-  EMPTY_PAYLOAD,
-  type Encoding,
-  type Payload,
-  payloadText,
-  utf8,
-  utf16,
-} from '../../protocol/payload.ts';
+export * from './public-api.ts';
