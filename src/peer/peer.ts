@@ -273,13 +273,16 @@ export class Peer {
         this.#dispatch(message);
         return;
       case 'reply':
-        this.#settle(message.id, (p) => p.resolve(message.payload));
+        this.#answered(message.id)?.resolve(message.payload);
         return;
       case 'reply-error':
-        this.#settle(message.id, (p) => p.reject(replyErrorToError(message)));
+        this.#answered(message.id)?.reject(replyErrorToError(message));
         return;
       case 'special-reply':
-        this.#settle(message.id, (p) => p.reject(specialReplyToError(message, p.name)));
+        {
+          const entry = this.#answered(message.id);
+          entry?.reject(specialReplyToError(message, entry.name));
+        }
         return;
       case 'cancel':
         this.#cancelInbound(message.id);
@@ -519,12 +522,13 @@ export class Peer {
     return entry;
   }
 
-  #settle(id: RequestId, action: (entry: PendingRequest) => void): void {
+  /**
+   * The pending request a reply answers, taken out of the map; undefined for a reply to nothing
+   * we wait for (late after a timeout or cancel), which is ignored. No closure per reply: hot path.
+   */
+  #answered(id: RequestId): PendingRequest | undefined {
     const n = idToNumber(id);
-    if (n < 0) return;
-    const entry = this.#takePending(n);
-    // A reply to nothing we wait for (late after a timeout or cancel) is ignored.
-    if (entry !== undefined) action(entry);
+    return n < 0 ? undefined : this.#takePending(n);
   }
 
   // ---------------------------------------------------------------- lifecycle
