@@ -2,23 +2,35 @@
  * The HTTP tunnel against the same target served directly, in one run: requests/s, latency
  * percentiles and throughput for small responses and for 1 MiB responses.
  *
- *   node --import tsx bench/tunnel.ts [--duration 3] [--rounds 3] [--small-concurrency 32] [--big-concurrency 8]
+ *   npm run bench:tunnel -- [--duration 3] [--rounds 3] [--small-concurrency 32] [--big-concurrency 8]
  *
  * Standalone (not part of the bench harness in bench/run.ts). Every server runs in its own
- * process, as in production: the target (a plain Node HTTP server), `duplexwire tunnel proxy` and
- * `duplexwire tunnel agent`; the load generator is this process, a closed loop of keep-alive
- * connections (one request in flight per connection). Goals (issue 6): small >= 0.5 x direct
- * requests/s, 1 MiB >= 0.7 x direct throughput.
+ * process, as in production, from the compiled `dist/` (what ships): the target (a plain Node
+ * HTTP server), `duplexwire tunnel proxy` and `duplexwire tunnel agent`; the load generator is
+ * this process, a closed loop of keep-alive connections (one request in flight per connection).
+ * Goals (issue 6): small >= 0.5 x direct requests/s, 1 MiB >= 0.7 x direct throughput.
+ *
+ * Two more readings put the ratio in context on a small machine:
+ * - `relay`: the same requests through two chained TCP relays (two processes that pipe bytes and
+ *   parse nothing), the floor of any design where an HTTP request crosses two extra processes.
+ *   On a 2-core machine every process shares the same two cores, so the relay's ratio shows how
+ *   much of the gap is the machine rather than the tunnel.
+ * - CPU time per request of each process (Linux: /proc/<pid>/stat; the load generator with
+ *   `process.cpuUsage()`), and from it a projection for a machine with a core per process: a
+ *   closed pipeline of single-threaded processes runs at the pace of its busiest one, so the
+ *   projected ratio is (busiest direct process's CPU per request) / (busiest tunnel process's).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Agent, createServer, request } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { generateToken, tokenDigest } from '../src/apps/tunnel/tokens.ts';
+import { staleBuild } from './dist-check.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SMALL = Buffer.from('{"hello":"world"}');
@@ -39,6 +51,22 @@ async function runTarget(): Promise<void> {
   process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
 }
 
+/** A TCP relay, in its own process: every connection is piped to `port`, byte for byte. */
+async function runRelay(port: number): Promise<void> {
+  const server = createTcpServer((user) => {
+    const upstream = connect(port, '127.0.0.1');
+    user.setNoDelay(true);
+    upstream.setNoDelay(true);
+    user.pipe(upstream).pipe(user);
+    user.on('error', () => upstream.destroy());
+    upstream.on('error', () => user.destroy());
+    user.on('close', () => upstream.destroy());
+    upstream.on('close', () => user.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
+}
+
 interface Child {
   readonly proc: ChildProcess;
   /** Resolves with the first stdout/stderr line matching `pattern`. */
@@ -47,8 +75,9 @@ interface Child {
 
 const children: ChildProcess[] = [];
 
+/** Starts `node <args>` (a compiled script, or `--import tsx` and a TypeScript one). */
 function start(args: string[]): Child {
-  const proc = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(proc);
   let text = '';
   const waiters: Array<() => void> = [];
@@ -77,12 +106,29 @@ function start(args: string[]): Child {
   };
 }
 
+const CLOCK_TICK_MS = 10; // USER_HZ is 100 on every Linux this runs on
+
+/** CPU time (ms) a child process has used so far, or undefined where /proc is not there. */
+function cpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    // Fields after the command name (which may hold spaces, so split after its closing paren).
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_MS; // utime + stime
+  } catch {
+    return undefined;
+  }
+}
+
 interface Result {
   readonly requests: number;
   readonly seconds: number;
   readonly bytes: number;
   readonly errors: number;
   readonly latencies: Float64Array;
+  /** CPU time per request (µs) of each process on the path, the load generator included. */
+  readonly cpu: Record<string, number | undefined>;
 }
 
 /** A closed loop: `concurrency` keep-alive connections, each with one request in flight, for `seconds`. */
@@ -92,6 +138,7 @@ async function load(
   headers: Record<string, string>,
   concurrency: number,
   seconds: number,
+  processes: Record<string, ChildProcess>,
 ): Promise<Result> {
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   const latencies: number[] = [];
@@ -130,6 +177,8 @@ async function load(
   latencies.length = 0;
   bytes = 0;
   errors = 0;
+  const cpuBefore = Object.fromEntries(Object.entries(processes).map(([name, p]) => [name, cpuMs(p.pid)]));
+  const ownBefore = process.cpuUsage();
   const started = performance.now();
   const end = started + seconds * 1000;
   await Promise.all(
@@ -138,9 +187,17 @@ async function load(
     }),
   );
   const elapsed = (performance.now() - started) / 1000;
+  const own = process.cpuUsage(ownBefore);
+  const n = Math.max(1, latencies.length);
+  const cpu: Record<string, number | undefined> = { load: (own.user + own.system) / n };
+  for (const [name, p] of Object.entries(processes)) {
+    const before = cpuBefore[name];
+    const after = cpuMs(p.pid);
+    cpu[name] = before === undefined || after === undefined ? undefined : ((after - before) * 1000) / n;
+  }
   agent.destroy();
   const sorted = Float64Array.from(latencies).sort();
-  return { requests: latencies.length, seconds: elapsed, bytes, errors, latencies: sorted };
+  return { requests: latencies.length, seconds: elapsed, bytes, errors, latencies: sorted, cpu };
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -148,19 +205,53 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-function describe(r: Result): { rps: number; mibps: number; p50: number; p99: number } {
+interface Reading {
+  readonly rps: number;
+  readonly mibps: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly cpu: Record<string, number | undefined>;
+}
+
+function describe(r: Result): Reading {
   return {
     rps: r.requests / r.seconds,
     mibps: r.bytes / r.seconds / 1024 / 1024,
     p50: percentile(r.latencies, 50),
     p99: percentile(r.latencies, 99),
+    cpu: r.cpu,
   };
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** The median of each figure over the rounds (CPU figures too, process by process). */
+function pick(runs: Reading[]): Reading {
+  const cpu: Record<string, number | undefined> = {};
+  for (const name of Object.keys(runs[0]!.cpu)) {
+    const xs = runs.map((r) => r.cpu[name]).filter((x): x is number => x !== undefined);
+    cpu[name] = xs.length === runs.length ? median(xs) : undefined;
+  }
+  return {
+    rps: median(runs.map((r) => r.rps)),
+    mibps: median(runs.map((r) => r.mibps)),
+    p50: median(runs.map((r) => r.p50)),
+    p99: median(runs.map((r) => r.p99)),
+    cpu,
+  };
+}
+
+/** CPU time per request of the busiest process, or undefined when one could not be read. */
+function busiest(reading: Reading): number | undefined {
+  const xs = Object.values(reading.cpu);
+  return xs.every((x) => x !== undefined) ? Math.max(...(xs as number[])) : undefined;
 }
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       role: { type: 'string' },
+      to: { type: 'string' },
       duration: { type: 'string', default: '3' },
       rounds: { type: 'string', default: '3' },
       'small-concurrency': { type: 'string', default: '32' },
@@ -168,6 +259,13 @@ async function main(): Promise<void> {
     },
   });
   if (values.role === 'target') return runTarget();
+  if (values.role === 'relay') return runRelay(Number(values.to));
+  const stale = staleBuild();
+  if (stale.length > 0) {
+    throw new Error(
+      `dist/ is older than ${stale.slice(0, 3).join(', ')}${stale.length > 3 ? ', ...' : ''}: run npm run build`,
+    );
+  }
   const seconds = Number(values.duration);
   const dir = await mkdtemp(join(tmpdir(), 'bench-tunnel-'));
   try {
@@ -176,22 +274,18 @@ async function main(): Promise<void> {
     const tokenFile = join(dir, 'token');
     await writeFile(tokens, JSON.stringify({ bench: tokenDigest(token) }));
     await writeFile(tokenFile, token);
-    const target = start(['bench/tunnel.ts', '--role', 'target']);
+    const cli = join(ROOT, 'dist/src/cli/main.js');
+    const helper = ['--import', 'tsx', 'bench/tunnel.ts'];
+    const target = start([...helper, '--role', 'target']);
     const targetPort = Number((await target.waitFor(/^(\d+)$/m))[1]);
-    const proxy = start([
-      'src/cli/main.ts',
-      'tunnel',
-      'proxy',
-      '--listen',
-      '127.0.0.1:0',
-      '--tokens',
-      tokens,
-      '--log-level',
-      'warn',
-    ]);
+    const relay2 = start([...helper, '--role', 'relay', '--to', String(targetPort)]);
+    const relay2Port = Number((await relay2.waitFor(/^(\d+)$/m))[1]);
+    const relay1 = start([...helper, '--role', 'relay', '--to', String(relay2Port)]);
+    const relayPort = Number((await relay1.waitFor(/^(\d+)$/m))[1]);
+    const proxy = start([cli, 'tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--log-level', 'warn']);
     const proxyPort = Number((await proxy.waitFor(/listening on http:\/\/[^ ]+:(\d+)\//))[1]);
     const agent = start([
-      'src/cli/main.ts',
+      cli,
       'tunnel',
       'agent',
       '--proxy',
@@ -222,49 +316,74 @@ async function main(): Promise<void> {
       if (i > 100 || agent.proc.exitCode !== null) throw new Error('the agent never connected');
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    const tunnelHeaders = { 'x-duplexwire-client-id': 'bench' };
+    const paths = {
+      direct: { port: targetPort, headers: {}, processes: { target: target.proc } },
+      relay: {
+        port: relayPort,
+        headers: {},
+        processes: { target: target.proc, relay1: relay1.proc, relay2: relay2.proc },
+      },
+      tunnel: {
+        port: proxyPort,
+        headers: { 'x-duplexwire-client-id': 'bench' },
+        processes: { target: target.proc, proxy: proxy.proc, agent: agent.proc },
+      },
+    };
     const rounds = Number(values.rounds);
     const rows: string[] = [];
-    const ratios: Record<string, number> = {};
-    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const summary: Record<string, Record<string, number | null>> = {};
     for (const [label, path, concurrency] of [
       ['small (17 B)', '/small', Number(values['small-concurrency'])],
       ['1 MiB', '/big', Number(values['big-concurrency'])],
     ] as const) {
-      // Direct and tunnel alternate, and medians are compared: on a shared machine a burst of
-      // load elsewhere then hits both sides rather than one.
-      const direct: Array<ReturnType<typeof describe>> = [];
-      const tunnel: Array<ReturnType<typeof describe>> = [];
+      // The three paths alternate, and medians are compared: on a shared machine a burst of
+      // load elsewhere then hits every side rather than one.
+      const runs: Record<keyof typeof paths, Reading[]> = { direct: [], relay: [], tunnel: [] };
       for (let round = 0; round < rounds; round++) {
-        direct.push(describe(await load(targetPort, path, {}, concurrency, seconds)));
-        tunnel.push(describe(await load(proxyPort, path, tunnelHeaders, concurrency, seconds)));
+        for (const name of ['direct', 'relay', 'tunnel'] as const) {
+          const { port, headers, processes } = paths[name];
+          runs[name].push(describe(await load(port, path, headers, concurrency, seconds, processes)));
+        }
       }
-      const pick = (runs: Array<ReturnType<typeof describe>>) => ({
-        rps: median(runs.map((r) => r.rps)),
-        mibps: median(runs.map((r) => r.mibps)),
-        p50: median(runs.map((r) => r.p50)),
-        p99: median(runs.map((r) => r.p99)),
-      });
-      const d = pick(direct);
-      const tu = pick(tunnel);
-      const ratio = path === '/big' ? tu.mibps / d.mibps : tu.rps / d.rps;
-      ratios[label] = Number(ratio.toFixed(3));
-      const fmt = (name: string, x: ReturnType<typeof describe>): string =>
-        `${label.padEnd(13)} ${name.padEnd(7)} ${x.rps.toFixed(0).padStart(8)} req/s  ${x.mibps.toFixed(1).padStart(8)} MiB/s  p50 ${x.p50.toFixed(2).padStart(7)} ms  p99 ${x.p99.toFixed(2).padStart(7)} ms`;
+      const big = path === '/big';
+      const measure = (r: Reading): number => (big ? r.mibps : r.rps);
+      const d = pick(runs.direct);
+      const re = pick(runs.relay);
+      const tu = pick(runs.tunnel);
+      const ratio = measure(tu) / measure(d);
+      const relayRatio = measure(re) / measure(d);
+      const busyDirect = busiest(d);
+      const busyTunnel = busiest(tu);
+      const projected = busyDirect === undefined || busyTunnel === undefined ? undefined : busyDirect / busyTunnel;
+      summary[label] = {
+        ratio: Number(ratio.toFixed(3)),
+        relayRatio: Number(relayRatio.toFixed(3)),
+        projectedRatio: projected === undefined ? null : Number(projected.toFixed(3)),
+      };
+      const perRequest = (us: number | undefined): string => (us === undefined ? 'n/a' : us.toFixed(0));
+      const fmt = (name: string, x: Reading): string =>
+        `${label.padEnd(13)} ${name.padEnd(7)} ${x.rps.toFixed(0).padStart(8)} req/s  ${x.mibps.toFixed(1).padStart(8)} MiB/s  p50 ${x.p50.toFixed(2).padStart(7)} ms  p99 ${x.p99.toFixed(2).padStart(7)} ms  CPU µs/request: ${Object.entries(
+          x.cpu,
+        )
+          .map(([p, us]) => `${p} ${perRequest(us)}`)
+          .join(', ')}`;
       rows.push(
         fmt('direct', d),
+        fmt('relay', re),
         fmt('tunnel', tu),
-        `${label.padEnd(13)} ratio   ${ratio.toFixed(2)} x direct (goal ${path === '/big' ? '0.7, throughput' : '0.5, req/s'}; per round: ${tunnel
-          .map((t, i) => (path === '/big' ? t.mibps / direct[i]!.mibps : t.rps / direct[i]!.rps).toFixed(2))
-          .join(' ')})`,
+        `${label.padEnd(13)} ratio   ${ratio.toFixed(2)} x direct (goal ${big ? '0.7, throughput' : '0.5, req/s'}; per round: ${runs.tunnel
+          .map((t, i) => (measure(t) / measure(runs.direct[i]!)).toFixed(2))
+          .join(' ')}); two TCP relays: ${relayRatio.toFixed(2)} x direct; ` +
+          `projected with a core per process: ${projected === undefined ? 'n/a' : `${projected.toFixed(2)} x direct`}`,
       );
     }
     console.log(
       `duplexwire tunnel vs direct: medians of ${rounds} alternating rounds of ${seconds} s, Node ${process.version}, ` +
-        `closed loop (small: ${values['small-concurrency']} connections, 1 MiB: ${values['big-concurrency']})`,
+        `closed loop (small: ${values['small-concurrency']} connections, 1 MiB: ${values['big-concurrency']}); ` +
+        'CPU time per request of each process on the path',
     );
     for (const row of rows) console.log(row);
-    console.log(JSON.stringify({ ratios }));
+    console.log(JSON.stringify(summary));
   } finally {
     for (const child of children) child.kill('SIGKILL');
     await rm(dir, { recursive: true, force: true });
