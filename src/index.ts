@@ -28,6 +28,7 @@ export {
   DEFAULT_READ_TIMEOUT,
   DEFAULT_SESSION_DIR,
   DEFAULT_SHUTDOWN_TIMEOUT,
+  DEFAULT_UPGRADE_TIMEOUT,
   type DisconnectInfo,
   type ServerOptions,
   type UpgradeVerdict,

@@ -21,6 +21,8 @@ export const DEFAULT_MAX_INFLIGHT_REQUESTS = 4096;
 export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** @default 30 s */
 export const DEFAULT_SHUTDOWN_TIMEOUT = 30_000;
+/** Time `beforeUpgrade` has to decide before the upgrade is refused with 503. @default 10 s */
+export const DEFAULT_UPGRADE_TIMEOUT = 10_000;
 /** Where `sessions: true` keeps sessions (relative to the working directory). */
 export const DEFAULT_SESSION_DIR = '.duplexwire/sessions';
 
@@ -73,9 +75,23 @@ export interface ServerOptions {
   /**
    * Decides on an upgrade before the WebSocket exists: authentication, origin checks,
    * per-connection settings. Returning `false` (or `{ accept: false }`) refuses with 403.
-   * A throw refuses with 500 and is logged.
+   * A throw refuses with 500 and is logged. A promise that has not settled within
+   * `upgradeTimeout` refuses with 503.
    */
   readonly beforeUpgrade?: (request: UpgradeRequest) => UpgradeVerdict | Promise<UpgradeVerdict>;
+  /**
+   * Milliseconds an async `beforeUpgrade` has to settle. Until it does, the client's TCP socket
+   * and the transport's upgrade state are held, so a hung auth backend would otherwise pile up
+   * half-open upgrades. When the time is up the upgrade is refused with HTTP 503
+   * `upgrade decision timed out`, a warning is logged (path and remote address, never headers or
+   * query, which may carry credentials), and whatever the hook settles with later is ignored.
+   * An integer in 1..2147483647 (the largest delay `setTimeout` honours, ~24.8 days).
+   * @default 10000
+   *
+   * @example
+   * new Server({ transport, upgradeTimeout: 2_000, beforeUpgrade: (req) => auth.check(req.headers) });
+   */
+  readonly upgradeTimeout?: number;
   /** Largest message accepted, announced in AcceptConf. @default 1 MiB */
   readonly maxMessageSize?: number;
   /** A connection that sends nothing for this long is closed; announced in AcceptConf. @default 60000 */
@@ -123,6 +139,7 @@ export interface ResolvedServerOptions {
   readonly onClientConnected: ServerOptions['onClientConnected'];
   readonly onClientDisconnected: ServerOptions['onClientDisconnected'];
   readonly beforeUpgrade: ServerOptions['beforeUpgrade'];
+  readonly upgradeTimeout: number;
   readonly maxMessageSize: number;
   readonly readTimeout: number;
   readonly concurrency: number;
@@ -162,6 +179,8 @@ function resolveSessions(options: ServerOptions, logger: Logger): { sessions: Se
 }
 
 const MAX_UINT32 = 0xffff_ffff;
+/** Node's setTimeout turns longer delays into 1 ms (with a TimeoutOverflowWarning). */
+const MAX_TIMER_DELAY = 2 ** 31 - 1;
 
 /** Merges defaults, validates and freezes. Throws InvalidArgumentError for anything wrong. */
 export function resolveServerOptions(options: ServerOptions): ResolvedServerOptions {
@@ -184,6 +203,12 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
     onClientConnected: options.onClientConnected,
     onClientDisconnected: options.onClientDisconnected,
     beforeUpgrade: options.beforeUpgrade,
+    upgradeTimeout: checkInteger(
+      'upgradeTimeout',
+      options.upgradeTimeout ?? DEFAULT_UPGRADE_TIMEOUT,
+      1,
+      MAX_TIMER_DELAY,
+    ),
     // A message must at least hold a request header; AcceptConf carries the size as uint32.
     maxMessageSize: checkInteger('maxMessageSize', options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE, 16, MAX_UINT32),
     readTimeout: checkInteger('readTimeout', options.readTimeout ?? DEFAULT_READ_TIMEOUT, 100, MAX_UINT32),
@@ -205,7 +230,7 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
       'shutdownTimeout',
       options.shutdownTimeout ?? DEFAULT_SHUTDOWN_TIMEOUT,
       0,
-      2 ** 31 - 1,
+      MAX_TIMER_DELAY,
     ),
     protocolMinor,
     logger,

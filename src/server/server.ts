@@ -12,6 +12,7 @@ import {
   type ResolvedServerOptions,
   resolveServerOptions,
   type ServerOptions,
+  type UpgradeVerdict,
 } from './options.ts';
 
 type ServerState = 'new' | 'starting' | 'listening' | 'shutting-down' | 'stopped';
@@ -40,6 +41,12 @@ export class Server {
   private readonly live = new Set<Connection>();
   private readonly registry: SessionRegistry<Connection>;
   private state: ServerState = 'new';
+  /**
+   * Upgrades waiting for an async `beforeUpgrade`, each as the function that answers it (once) and
+   * clears its timer. `shutdown()` answers them all with 503 at once: their verdict would be
+   * refused anyway, and no timer may outlive the server.
+   */
+  private readonly pendingUpgrades = new Set<(decide: () => UpgradeDecision) => void>();
   private stopping: Promise<void> | undefined;
 
   constructor(options: ServerOptions) {
@@ -133,6 +140,7 @@ export class Server {
   private async runShutdown(timeout: number): Promise<void> {
     const wasListening = this.state === 'listening' || this.state === 'starting';
     this.state = 'shutting-down';
+    for (const finish of [...this.pendingUpgrades]) finish(() => refuse(503, 'server shutting down'));
     const connections = [...this.live];
     for (const conn of connections) conn.drain();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -158,13 +166,66 @@ export class Server {
     if (this.state !== 'listening') return refuse(503, 'server shutting down');
     const { beforeUpgrade } = this.options;
     if (beforeUpgrade === undefined) return { accept: true };
-    let verdict: Awaited<ReturnType<typeof beforeUpgrade>>;
+    let verdict: ReturnType<typeof beforeUpgrade>;
     try {
-      verdict = await beforeUpgrade(request);
+      verdict = beforeUpgrade(request);
     } catch (error) {
-      this.options.logger.error('beforeUpgrade failed; refusing the connection', { error });
-      return refuse(500);
+      return this.hookFailed(error);
     }
+    // A synchronous verdict needs no timer.
+    return isPromiseLike(verdict) ? this.awaitVerdict(request, verdict) : this.judge(request, verdict);
+  }
+
+  /**
+   * Waits for an async verdict at most `upgradeTimeout` ms: until the transport is answered it
+   * holds the client's socket, so a hook that never settles must not hold it forever. One timer
+   * per pending upgrade, cleared by whichever comes first: the verdict, the deadline, or
+   * `shutdown()` (see `pendingUpgrades`). Whatever the hook does after that is ignored.
+   */
+  private awaitVerdict(request: UpgradeRequest, verdict: PromiseLike<UpgradeVerdict>): Promise<UpgradeDecision> {
+    const timeout = this.options.upgradeTimeout;
+    return new Promise<UpgradeDecision>((resolve, reject) => {
+      let settled = false;
+      const finish = (decide: () => UpgradeDecision): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.pendingUpgrades.delete(finish);
+        try {
+          resolve(decide());
+        } catch (error) {
+          // A throwing logger: the transport answers a rejected decision with 500, as before.
+          reject(error);
+        }
+      };
+      const timer = setTimeout(() => {
+        finish(() => {
+          // Path and address only: headers and query may carry credentials.
+          this.options.logger.warn('beforeUpgrade did not settle in time; refusing the connection with 503', {
+            timeout,
+            path: request.path,
+            remoteAddress: request.remoteAddress,
+          });
+          return refuse(503, 'upgrade decision timed out');
+        });
+      }, timeout);
+      this.pendingUpgrades.add(finish);
+      // Both callbacks are given, so a late rejection is handled (ignored), never unhandled;
+      // `finish` makes a late accept a no-op, so it cannot reach `pendingVerdicts`.
+      Promise.resolve(verdict).then(
+        (value) => finish(() => this.judge(request, value)),
+        (error: unknown) => finish(() => this.hookFailed(error)),
+      );
+    });
+  }
+
+  private hookFailed(error: unknown): UpgradeDecision {
+    this.options.logger.error('beforeUpgrade failed; refusing the connection', { error });
+    return refuse(500);
+  }
+
+  /** Turns the hook's verdict into the transport's decision. */
+  private judge(request: UpgradeRequest, verdict: UpgradeVerdict): UpgradeDecision {
     // The server may have begun shutting down while the hook ran.
     if (this.state !== 'listening') return refuse(503, 'server shutting down');
     if (verdict === undefined || verdict === true) return { accept: true };
@@ -251,6 +312,10 @@ function connectionId(): string {
  * object the transport hands to both calls.
  */
 const pendingVerdicts = new WeakMap<UpgradeRequest, { readonly concurrency?: number; readonly info?: unknown }>();
+
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
+}
 
 function refuse(status: number, reason?: string): UpgradeDecision {
   if (!Number.isInteger(status)) throw new InvalidArgumentError('status must be an integer');

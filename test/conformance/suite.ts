@@ -22,6 +22,7 @@ const SUITES: readonly SuiteFile[] = [
   { file: 'server/signals', network: true },
   { file: 'server/concurrency', network: true },
   { file: 'server/upgrade', network: true },
+  { file: 'server/upgrade-timeout' },
   { file: 'server/violations', network: true },
   { file: 'server/limits', network: true },
   { file: 'server/timeouts', network: true },
