@@ -1,16 +1,7 @@
+import * as T from './codes.ts';
 import { ProtocolError } from './errors.ts';
-import { type Encoding, ID_LENGTH, type Message, MessageType, type RequestId, type SpecialReplyKind } from './types.ts';
-
-// ignoreBOM: keep a leading U+FEFF of an error message or session JSON (see payload.ts).
-const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
-
-const SPECIAL_REPLY_KIND: readonly SpecialReplyKind[] = [
-  'shutdown', // 1
-  'internal-error', // 2
-  'session-not-found', // 3
-  'max-session-connections', // 4
-  'sessions-disabled', // 5
-];
+import { decodeUtf8 } from './payload.ts';
+import { type Encoding, ID_LENGTH, type Message, type RequestId } from './types.ts';
 
 function badLength(type: number, length: number, rule: string): ProtocolError {
   return new ProtocolError('ERR_PROTOCOL_BAD_LENGTH', `message type ${type} of ${length} bytes: ${rule}`);
@@ -86,7 +77,7 @@ export function decode(bytes: Uint8Array): Message {
   if (bytes.length === 0) throw new ProtocolError('ERR_PROTOCOL_EMPTY_MESSAGE', 'empty message');
   const type = bytes[0]!;
   switch (type) {
-    case MessageType.ReplyError: {
+    case T.REPLY_ERROR: {
       minLength(bytes, 11);
       const codeLength = bytes[9]!;
       if (codeLength === 0) throw new ProtocolError('ERR_PROTOCOL_BAD_ERROR_CODE', 'error reply with an empty code');
@@ -97,23 +88,23 @@ export function decode(bytes: Uint8Array): Message {
         kind: 'reply-error',
         id: readId(bytes),
         code: readLatin1(bytes, 10, 10 + codeLength),
-        message: utf8Decoder.decode(bytes.subarray(10 + codeLength)),
+        message: decodeUtf8(bytes.subarray(10 + codeLength)),
       };
     }
-    case MessageType.ReplyShutdown:
-    case MessageType.ReplyInternalError:
-    case MessageType.ReplySessionNotFound:
-    case MessageType.ReplyMaxSessionConnections:
-    case MessageType.ReplySessionsDisabled:
+    case T.REPLY_SHUTDOWN:
+    case T.REPLY_INTERNAL_ERROR:
+    case T.REPLY_SESSION_NOT_FOUND:
+    case T.REPLY_MAX_SESSION_CONNECTIONS:
+    case T.REPLY_SESSIONS_DISABLED:
       minLength(bytes, 1 + ID_LENGTH);
-      return { kind: 'special-reply', id: readId(bytes), reason: SPECIAL_REPLY_KIND[type - 1]! };
-    case MessageType.NotifySessionCreated:
+      return { kind: 'special-reply', id: readId(bytes), reason: T.SPECIAL_REPLY_KINDS[type - 1]! };
+    case T.NOTIFY_SESSION_CREATED:
       minLength(bytes, 2);
-      return { kind: 'session-created', session: utf8Decoder.decode(bytes.subarray(1)) };
-    case MessageType.NotifySessionClosed:
+      return { kind: 'session-created', session: decodeUtf8(bytes.subarray(1)) };
+    case T.NOTIFY_SESSION_CLOSED:
       exactLength(bytes, 1);
       return { kind: 'session-closed' };
-    case MessageType.AcceptConf:
+    case T.ACCEPT_CONF:
       minLength(bytes, 11);
       return {
         kind: 'accept-conf',
@@ -123,44 +114,44 @@ export function decode(bytes: Uint8Array): Message {
         maxMessageSize: readUint32(bytes, 7),
         subProtocol: bytes.subarray(11),
       };
-    case MessageType.RequestCloseSession:
+    case T.REQUEST_CLOSE_SESSION:
       exactLength(bytes, 1 + ID_LENGTH);
       return { kind: 'close-session', id: readId(bytes) };
-    case MessageType.RequestRestoreSession:
+    case T.REQUEST_RESTORE_SESSION:
       minLength(bytes, 2 + ID_LENGTH);
       return { kind: 'restore-session', id: readId(bytes), key: bytes.subarray(1 + ID_LENGTH) };
-    case MessageType.Heartbeat:
+    case T.HEARTBEAT:
       exactLength(bytes, 1);
       return { kind: 'heartbeat' };
-    case MessageType.ClientConf:
+    case T.CLIENT_CONF:
       exactLength(bytes, 2);
       return { kind: 'client-conf', minor: bytes[1]! };
-    case MessageType.CancelRequest:
+    case T.CANCEL_REQUEST:
       exactLength(bytes, 1 + ID_LENGTH);
       return { kind: 'cancel', id: readId(bytes) };
-    case MessageType.SignalBinary:
-    case MessageType.SignalUtf8:
-    case MessageType.SignalUtf16: {
-      const encoding = encodingOf(type, MessageType.SignalBinary);
+    case T.SIGNAL_BINARY:
+    case T.SIGNAL_UTF8:
+    case T.SIGNAL_UTF16: {
+      const encoding = encodingOf(type, T.SIGNAL_BINARY);
       const { name, data } = decodeNamed(bytes, 1, encoding);
       return { kind: 'signal', name, payload: { encoding, data } };
     }
-    case MessageType.RequestBinary:
-    case MessageType.RequestUtf8:
-    case MessageType.RequestUtf16: {
-      const encoding = encodingOf(type, MessageType.RequestBinary);
+    case T.REQUEST_BINARY:
+    case T.REQUEST_UTF8:
+    case T.REQUEST_UTF16: {
+      const encoding = encodingOf(type, T.REQUEST_BINARY);
       const { name, data } = decodeNamed(bytes, 1 + ID_LENGTH, encoding);
       return { kind: 'request', id: readId(bytes), name, payload: { encoding, data } };
     }
-    case MessageType.ReplyBinary:
-    case MessageType.ReplyUtf8:
+    case T.REPLY_BINARY:
+    case T.REPLY_UTF8:
       minLength(bytes, 1 + ID_LENGTH);
       return {
         kind: 'reply',
         id: readId(bytes),
-        payload: { encoding: encodingOf(type, MessageType.ReplyBinary), data: bytes.subarray(1 + ID_LENGTH) },
+        payload: { encoding: encodingOf(type, T.REPLY_BINARY), data: bytes.subarray(1 + ID_LENGTH) },
       };
-    case MessageType.ReplyUtf16:
+    case T.REPLY_UTF16:
       minLength(bytes, 2 + ID_LENGTH);
       if ((bytes.length & 1) !== 0) {
         throw new ProtocolError('ERR_PROTOCOL_BAD_UTF16', `UTF-16 reply has odd length ${bytes.length}`);

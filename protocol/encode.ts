@@ -1,4 +1,7 @@
+import { allocate } from './alloc.ts';
+import * as T from './codes.ts';
 import { ProtocolError } from './errors.ts';
+import { encodeUtf8 } from './payload.ts';
 import {
   type AcceptConfMessage,
   type Encoding,
@@ -6,7 +9,6 @@ import {
   MAX_ERROR_CODE_LENGTH,
   MAX_NAME_LENGTH,
   type Message,
-  MessageType,
   type Payload,
   type SpecialReplyKind,
 } from './types.ts';
@@ -17,63 +19,8 @@ import {
  */
 export type RequestIdInput = Uint8Array | number;
 
-const utf8Encoder = new TextEncoder();
-
-/**
- * Messages up to this size are cut from a shared slab instead of getting an ArrayBuffer each.
- * A `new Uint8Array(n)` above 64 bytes is an off-heap allocation that costs ~10x a view of a
- * slab (~350 ns against ~35 ns, measured on Node 20), and most messages (requests, replies,
- * signals of a few hundred bytes) are over 64 bytes: on a round trip that is two such
- * allocations, about a tenth of the CPU time of both ends (bench/RESULTS.md). Node's
- * `Buffer.allocUnsafe` pool does the same; we cannot use Buffer here (no Node types in protocol/).
- *
- * A message kept alive keeps its whole slab alive, so a slow consumer's queue can pin up to one
- * slab per queued message: the slab is 8 KiB, as Node's pool, which `ws` already uses for the
- * frame header of every queued message, so this adds no new worst case.
- */
-const POOLED_MAX = 512;
-const SLAB_SIZE = 8 * 1024;
-let slab = new Uint8Array(SLAB_SIZE);
-let slabOffset = 0;
-
-/**
- * `length` zeroed bytes that nothing else is handed: every region of a slab is given out once,
- * and a slab starts zeroed, so the padding bytes encoders leave unwritten are 0. The bytes are a
- * view into a larger buffer (`byteOffset` may be non-zero), like any Uint8Array a codec returns.
- */
-function allocate(length: number): Uint8Array {
-  if (length > POOLED_MAX) return new Uint8Array(length);
-  if (slabOffset + length > SLAB_SIZE) {
-    slab = new Uint8Array(SLAB_SIZE);
-    slabOffset = 0;
-  }
-  const out = slab.subarray(slabOffset, slabOffset + length);
-  slabOffset += length;
-  return out;
-}
-
-const SIGNAL_TYPE: Readonly<Record<Encoding, number>> = {
-  binary: MessageType.SignalBinary,
-  utf8: MessageType.SignalUtf8,
-  utf16: MessageType.SignalUtf16,
-};
-const REQUEST_TYPE: Readonly<Record<Encoding, number>> = {
-  binary: MessageType.RequestBinary,
-  utf8: MessageType.RequestUtf8,
-  utf16: MessageType.RequestUtf16,
-};
-const REPLY_TYPE: Readonly<Record<Encoding, number>> = {
-  binary: MessageType.ReplyBinary,
-  utf8: MessageType.ReplyUtf8,
-  utf16: MessageType.ReplyUtf16,
-};
-const SPECIAL_REPLY_TYPE: Readonly<Record<SpecialReplyKind, number>> = {
-  shutdown: MessageType.ReplyShutdown,
-  'internal-error': MessageType.ReplyInternalError,
-  'session-not-found': MessageType.ReplySessionNotFound,
-  'max-session-connections': MessageType.ReplyMaxSessionConnections,
-  'sessions-disabled': MessageType.ReplySessionsDisabled,
-};
+/** Each encoding's offset from the binary type of its family: 63/127/191 + 0, 1 or 2. */
+const ENCODING_OFFSET: Readonly<Record<Encoding, number>> = { binary: 0, utf8: 1, utf16: 2 };
 
 /** True when every character of `text` is printable ASCII (32..126). */
 function isPrintableAscii(text: string): boolean {
@@ -171,7 +118,7 @@ function encodeNamed(
 
 /** Request (127/128/129): type, id, name length, name, [pad], payload. */
 export function encodeRequest(id: RequestIdInput, name: string, payload: Payload): Uint8Array {
-  return encodeNamed(1 + ID_LENGTH, REQUEST_TYPE[payload.encoding], id, name, payload);
+  return encodeNamed(1 + ID_LENGTH, T.REQUEST_BINARY + ENCODING_OFFSET[payload.encoding], id, name, payload);
 }
 
 /** Signal (63/64/65): type, name length, name, [pad], payload. A UTF-16 signal needs a payload. */
@@ -179,7 +126,7 @@ export function encodeSignal(name: string, payload: Payload): Uint8Array {
   if (payload.encoding === 'utf16' && payload.data.length === 0) {
     throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 signal must carry at least one code unit');
   }
-  return encodeNamed(1, SIGNAL_TYPE[payload.encoding], null, name, payload);
+  return encodeNamed(1, T.SIGNAL_BINARY + ENCODING_OFFSET[payload.encoding], null, name, payload);
 }
 
 /** Reply (191/192/193): type, id, [pad at offset 9 for UTF-16], payload. Empty payloads are legal. */
@@ -187,7 +134,7 @@ export function encodeReply(id: RequestIdInput, payload: Payload): Uint8Array {
   assertUtf16Even(payload);
   const start = payload.encoding === 'utf16' ? 10 : 9;
   const out = allocate(start + payload.data.length);
-  out[0] = REPLY_TYPE[payload.encoding];
+  out[0] = T.REPLY_BINARY + ENCODING_OFFSET[payload.encoding];
   writeId(out, 1, id);
   out.set(payload.data, start);
   return out;
@@ -196,9 +143,9 @@ export function encodeReply(id: RequestIdInput, payload: Payload): Uint8Array {
 /** ReplyError (0): type, id, code length, code, UTF-8 message. */
 export function encodeReplyError(id: RequestIdInput, code: string, message: string): Uint8Array {
   assertValidErrorCode(code);
-  const text = utf8Encoder.encode(message);
+  const text = encodeUtf8(message);
   const out = allocate(10 + code.length + text.length);
-  out[0] = MessageType.ReplyError;
+  out[0] = T.REPLY_ERROR;
   writeId(out, 1, id);
   out[9] = code.length;
   writeAscii(out, 10, code);
@@ -208,7 +155,7 @@ export function encodeReplyError(id: RequestIdInput, code: string, message: stri
 
 /** One of the id-only replies (types 1 to 5). */
 export function encodeSpecialReply(id: RequestIdInput, reason: SpecialReplyKind): Uint8Array {
-  return encodeIdOnly(SPECIAL_REPLY_TYPE[reason], id);
+  return encodeIdOnly(T.SPECIAL_REPLY_KINDS.indexOf(reason) + 1, id);
 }
 
 function encodeIdOnly(type: number, id: RequestIdInput): Uint8Array {
@@ -220,17 +167,17 @@ function encodeIdOnly(type: number, id: RequestIdInput): Uint8Array {
 
 /** NotifySessionCreated (21): type, UTF-8 JSON of the session. */
 export function encodeSessionCreated(sessionJson: string): Uint8Array {
-  const text = utf8Encoder.encode(sessionJson);
+  const text = encodeUtf8(sessionJson);
   if (text.length === 0) throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'the session JSON must not be empty');
   const out = allocate(1 + text.length);
-  out[0] = MessageType.NotifySessionCreated;
+  out[0] = T.NOTIFY_SESSION_CREATED;
   out.set(text, 1);
   return out;
 }
 
 /** NotifySessionClosed (22): the type byte alone. */
 export function encodeSessionClosed(): Uint8Array {
-  return Uint8Array.of(MessageType.NotifySessionClosed);
+  return Uint8Array.of(T.NOTIFY_SESSION_CLOSED);
 }
 
 function assertUint32(value: number, what: string): void {
@@ -252,7 +199,7 @@ export function encodeAcceptConf(conf: Omit<AcceptConfMessage, 'kind'>): Uint8Ar
   assertUint32(conf.readTimeout, 'readTimeout');
   assertUint32(conf.maxMessageSize, 'maxMessageSize');
   const out = allocate(11 + conf.subProtocol.length);
-  out[0] = MessageType.AcceptConf;
+  out[0] = T.ACCEPT_CONF;
   out[1] = conf.major;
   out[2] = conf.minor;
   writeUint32(out, 3, conf.readTimeout);
@@ -263,14 +210,14 @@ export function encodeAcceptConf(conf: Omit<AcceptConfMessage, 'kind'>): Uint8Ar
 
 /** RequestCloseSession (31): type, id. */
 export function encodeCloseSession(id: RequestIdInput): Uint8Array {
-  return encodeIdOnly(MessageType.RequestCloseSession, id);
+  return encodeIdOnly(T.REQUEST_CLOSE_SESSION, id);
 }
 
 /** RequestRestoreSession (32): type, id, key. The key must not be empty. */
 export function encodeRestoreSession(id: RequestIdInput, key: Uint8Array): Uint8Array {
   if (key.length === 0) throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'the session key must not be empty');
   const out = allocate(1 + ID_LENGTH + key.length);
-  out[0] = MessageType.RequestRestoreSession;
+  out[0] = T.REQUEST_RESTORE_SESSION;
   writeId(out, 1, id);
   out.set(key, 9);
   return out;
@@ -278,18 +225,18 @@ export function encodeRestoreSession(id: RequestIdInput, key: Uint8Array): Uint8
 
 /** Heartbeat (33): the type byte alone. */
 export function encodeHeartbeat(): Uint8Array {
-  return Uint8Array.of(MessageType.Heartbeat);
+  return Uint8Array.of(T.HEARTBEAT);
 }
 
 /** ClientConf (34, v2.1): type, minor. */
 export function encodeClientConf(minor: number): Uint8Array {
   assertByte(minor, 'minor');
-  return Uint8Array.of(MessageType.ClientConf, minor);
+  return Uint8Array.of(T.CLIENT_CONF, minor);
 }
 
 /** CancelRequest (35, v2.1): type, id. */
 export function encodeCancel(id: RequestIdInput): Uint8Array {
-  return encodeIdOnly(MessageType.CancelRequest, id);
+  return encodeIdOnly(T.CANCEL_REQUEST, id);
 }
 
 /** Encodes any message. Throws `ProtocolError` for anything illegal to send. */

@@ -3,47 +3,45 @@
  * See PROTOCOL.md beside this file for the layouts.
  */
 
+import * as C from './codes.ts';
+
+export {
+  ID_LENGTH,
+  MAX_ERROR_CODE_LENGTH,
+  MAX_NAME_LENGTH,
+  PROTOCOL_MAJOR,
+  PROTOCOL_MINOR,
+} from './codes.ts';
+
 /** Byte 0 of every message. */
 export const MessageType = {
-  ReplyError: 0,
-  ReplyShutdown: 1,
-  ReplyInternalError: 2,
-  ReplySessionNotFound: 3,
-  ReplyMaxSessionConnections: 4,
-  ReplySessionsDisabled: 5,
-  NotifySessionCreated: 21,
-  NotifySessionClosed: 22,
-  AcceptConf: 23,
-  RequestCloseSession: 31,
-  RequestRestoreSession: 32,
-  Heartbeat: 33,
+  ReplyError: C.REPLY_ERROR,
+  ReplyShutdown: C.REPLY_SHUTDOWN,
+  ReplyInternalError: C.REPLY_INTERNAL_ERROR,
+  ReplySessionNotFound: C.REPLY_SESSION_NOT_FOUND,
+  ReplyMaxSessionConnections: C.REPLY_MAX_SESSION_CONNECTIONS,
+  ReplySessionsDisabled: C.REPLY_SESSIONS_DISABLED,
+  NotifySessionCreated: C.NOTIFY_SESSION_CREATED,
+  NotifySessionClosed: C.NOTIFY_SESSION_CLOSED,
+  AcceptConf: C.ACCEPT_CONF,
+  RequestCloseSession: C.REQUEST_CLOSE_SESSION,
+  RequestRestoreSession: C.REQUEST_RESTORE_SESSION,
+  Heartbeat: C.HEARTBEAT,
   /** v2.1 */
-  ClientConf: 34,
+  ClientConf: C.CLIENT_CONF,
   /** v2.1 */
-  CancelRequest: 35,
-  SignalBinary: 63,
-  SignalUtf8: 64,
-  SignalUtf16: 65,
-  RequestBinary: 127,
-  RequestUtf8: 128,
-  RequestUtf16: 129,
-  ReplyBinary: 191,
-  ReplyUtf8: 192,
-  ReplyUtf16: 193,
+  CancelRequest: C.CANCEL_REQUEST,
+  SignalBinary: C.SIGNAL_BINARY,
+  SignalUtf8: C.SIGNAL_UTF8,
+  SignalUtf16: C.SIGNAL_UTF16,
+  RequestBinary: C.REQUEST_BINARY,
+  RequestUtf8: C.REQUEST_UTF8,
+  RequestUtf16: C.REQUEST_UTF16,
+  ReplyBinary: C.REPLY_BINARY,
+  ReplyUtf8: C.REPLY_UTF8,
+  ReplyUtf16: C.REPLY_UTF16,
 } as const;
 export type MessageTypeCode = (typeof MessageType)[keyof typeof MessageType];
-
-/** Protocol major version spoken (and required of peers). */
-export const PROTOCOL_MAJOR = 2;
-/** Highest minor version this implementation speaks: 1 = duplexwire v2.1 extensions. */
-export const PROTOCOL_MINOR = 1;
-
-/** Length of a request id on the wire: 8 opaque bytes, copied back unchanged in the reply. */
-export const ID_LENGTH = 8;
-/** Longest name (namespace) a message can carry: its length is one byte. */
-export const MAX_NAME_LENGTH = 255;
-/** Longest error code a ReplyError can carry: its length is one byte. */
-export const MAX_ERROR_CODE_LENGTH = 255;
 
 /** How a payload's bytes are to be read. */
 export type Encoding = 'binary' | 'utf8' | 'utf16';
@@ -154,13 +152,13 @@ export type Message =
 
 /** WebSocket close codes duplexwire uses (RFC 6455 section 7.4.1). */
 export const CloseCode = {
-  Normal: 1000,
-  GoingAway: 1001,
-  ProtocolError: 1002,
-  UnsupportedData: 1003,
-  Abnormal: 1006,
-  PolicyViolation: 1008,
-  MessageTooBig: 1009,
-  InternalError: 1011,
-  TryAgainLater: 1013,
+  Normal: C.CLOSE_NORMAL,
+  GoingAway: C.CLOSE_GOING_AWAY,
+  ProtocolError: C.CLOSE_PROTOCOL_ERROR,
+  UnsupportedData: C.CLOSE_UNSUPPORTED_DATA,
+  Abnormal: C.CLOSE_ABNORMAL,
+  PolicyViolation: C.CLOSE_POLICY_VIOLATION,
+  MessageTooBig: C.CLOSE_MESSAGE_TOO_BIG,
+  InternalError: C.CLOSE_INTERNAL_ERROR,
+  TryAgainLater: C.CLOSE_TRY_AGAIN_LATER,
 } as const;

@@ -133,8 +133,9 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
         let drainTimer: ReturnType<typeof setTimeout> | undefined;
         let paused = false;
         let flushScheduled = false;
+        // What arrived during a pause, oldest first. `shift()` is cheap here: engines move the
+        // start of an array rather than its elements.
         let queue: Array<[data: Uint8Array, binary: boolean]> = [];
-        let queueHead = 0;
         let queuedBytes = 0;
 
         const fail = (message: string, code?: string): void => {
@@ -150,6 +151,11 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           connectTimeout,
         );
 
+        const dropQueue = (): void => {
+          queue = [];
+          queuedBytes = 0;
+        };
+
         const report = (code: number, reason: string): void => {
           if (closeReported) return;
           closeReported = true;
@@ -159,25 +165,15 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
             // loses them with the connection (it rejects everything pending on close anyway).
             deliverQueued();
           } finally {
-            queue = [];
-            queueHead = 0;
-            queuedBytes = 0;
+            dropQueue();
             handlers.onClose(code, reason);
           }
         };
 
         const deliverQueued = (): void => {
-          while (!paused && queueHead < queue.length) {
-            const [data, binary] = queue[queueHead++]!;
+          while (!paused && queue.length > 0) {
+            const [data, binary] = queue.shift()!;
             queuedBytes -= data.byteLength + PAUSED_MESSAGE_OVERHEAD;
-            if (queueHead === queue.length) {
-              queue = [];
-              queueHead = 0;
-            } else if (queueHead >= 1024 && queueHead * 2 >= queue.length) {
-              // A queue that never empties (resumed, paused again) must not keep its delivered head.
-              queue = queue.slice(queueHead);
-              queueHead = 0;
-            }
             handlers.onMessage(data, binary);
           }
         };
@@ -194,7 +190,7 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
               deliverQueued();
             } finally {
               // An owner that threw leaves the rest for the next turn, not stuck behind it.
-              if (!paused && queueHead < queue.length) scheduleFlush();
+              if (!paused && queue.length > 0) scheduleFlush();
             }
           });
         };
@@ -222,7 +218,10 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           }, DRAIN_POLL_INTERVAL);
         };
 
-        const afterSend = (): SendResult => {
+        /** `send` and `sendText`: the WebSocket tells binary from text by the argument's type. */
+        const send = (data: Uint8Array | string): SendResult => {
+          if (ws.readyState !== OPEN || closing !== undefined) return 'dropped';
+          ws.send(data);
           if (ws.bufferedAmount <= highWaterMark) return 'ok';
           if (!drainOwed) {
             drainOwed = true;
@@ -237,23 +236,15 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           },
           // Browsers do not tell the peer's address.
           remoteAddress: '',
-          send(data) {
-            if (ws.readyState !== OPEN || closing !== undefined) return 'dropped';
-            ws.send(data);
-            return afterSend();
-          },
-          sendText(data) {
-            if (ws.readyState !== OPEN || closing !== undefined) return 'dropped';
-            ws.send(data);
-            return afterSend();
-          },
+          send,
+          sendText: send,
           pause() {
             if (!closeReported) paused = true;
           },
           resume() {
             if (!paused) return;
             paused = false;
-            if (queueHead < queue.length) scheduleFlush();
+            if (queue.length > 0) scheduleFlush();
           },
           close(code, reason) {
             // An invalid code is the caller's bug, reported even on a closed socket (as the others).
@@ -266,9 +257,7 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
             // asynchronously: `terminate()` never re-enters the owner.
             if (closeReported || closing?.[0] === 1006) return;
             closing = [1006, ''];
-            queue = [];
-            queueHead = 0;
-            queuedBytes = 0;
+            dropQueue();
             ws.close();
             queueMicrotask(() => report(1006, ''));
           },
@@ -285,7 +274,7 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
             closeWith(1009, 'message too big');
             return;
           }
-          if (!paused && queueHead === queue.length) {
+          if (!paused && queue.length === 0) {
             handlers.onMessage(data, !text);
             return;
           }

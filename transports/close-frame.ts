@@ -80,7 +80,11 @@ export interface RefusalResponse {
 }
 
 // Pure: a client bundle, which never refuses an upgrade, drops it.
-const BARE_500: RefusalResponse = /* @__PURE__ */ Object.freeze({ status: 500, body: '', headers: Object.freeze([]) });
+const BARE_500: RefusalResponse = /* @__PURE__ */ Object.freeze({
+  status: 500,
+  body: '',
+  headers: /* @__PURE__ */ Object.freeze([]),
+});
 
 /**
  * Checks a refusal decision. Invalid owner input (a status outside 200-599, a header name that is

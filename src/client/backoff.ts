@@ -22,7 +22,7 @@ export const DEFAULT_RECONNECT: Required<Omit<ReconnectOptions, 'delay'>> = Obje
   maxDelay: 10_000,
   factor: 2,
   jitter: 0.5,
-  maxAttempts: Number.POSITIVE_INFINITY,
+  maxAttempts: Infinity,
 });
 
 export interface ReconnectPolicy {

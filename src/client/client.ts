@@ -12,7 +12,8 @@ import {
 } from '../../protocol/encode.ts';
 import { encodeUtf8, payloadText } from '../../protocol/payload.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
-import { CloseCode, type Message, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
+import { CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR } from '../../protocol/codes.ts';
+import { type AcceptConfMessage, type Message, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { ClientTransport, ConnectFailure, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
@@ -296,10 +297,7 @@ export class Client extends Emitter<ClientEvents> {
     const timeout = options.timeout ?? this.#options.requestTimeout;
     const peer = this.#peer;
     if (this.#currentState === 'connected' && peer !== undefined) {
-      return peer.request(name, (id) => encodeRequest(id, name, payload), {
-        timeout,
-        ...(options.signal === undefined ? {} : { signal: options.signal }),
-      });
+      return peer.request(name, (id) => encodeRequest(id, name, payload), { ...options, timeout });
     }
     return this.#enqueue(name, payload, timeout, options.signal);
   }
@@ -415,7 +413,7 @@ export class Client extends Emitter<ClientEvents> {
    * Closes the client for good: no more reconnects; pending and waiting requests are rejected with
    * DisconnectedError. Resolves when the connection is closed.
    */
-  async close(code: number = CloseCode.Normal, reason = 'client closed'): Promise<void> {
+  async close(code: number = CLOSE_NORMAL, reason = 'client closed'): Promise<void> {
     if (this.#currentState === 'closed') return;
     this.#setState('closed');
     this.#failWaiting(new DisconnectedError('the client was closed'));
@@ -536,27 +534,23 @@ export class Client extends Emitter<ClientEvents> {
         if (binary) message = decode(data);
       } catch {}
       if (message?.kind !== 'accept-conf') {
-        fail(new IncompatibleServerError('the server did not open with AcceptConf'), CloseCode.ProtocolError);
+        fail(new IncompatibleServerError('the server did not open with AcceptConf'), CLOSE_PROTOCOL_ERROR);
         return;
       }
       if (message.major !== PROTOCOL_MAJOR) {
         fail(
           new IncompatibleServerError(`the server speaks protocol ${message.major}.${message.minor}, not 2.x`),
-          CloseCode.ProtocolError,
+          CLOSE_PROTOCOL_ERROR,
         );
         return;
       }
       if (!sameBytes(message.subProtocol, options.subProtocol)) {
-        fail(new IncompatibleServerError('the server announced a different sub-protocol'), CloseCode.ProtocolError);
+        fail(new IncompatibleServerError('the server announced a different sub-protocol'), CLOSE_PROTOCOL_ERROR);
         return;
       }
       accepted = true;
-      const info: ServerInfo = {
-        major: message.major,
-        minor: message.minor,
-        readTimeout: message.readTimeout,
-        maxMessageSize: message.maxMessageSize,
-      };
+      // What the server announced, without the message's kind and the sub-protocol checked above.
+      const { kind, subProtocol, ...info }: AcceptConfMessage = message;
       if (message.minor >= 1 && options.protocolMinor >= 1 && peer !== undefined) {
         peer.sendRaw(encodeClientConf(1));
         peer.v21 = true;
@@ -597,7 +591,7 @@ export class Client extends Emitter<ClientEvents> {
       });
     }
     if (this.#closedForGood()) {
-      socket.close(CloseCode.Normal, 'client closed');
+      socket.close(CLOSE_NORMAL, 'client closed');
       throw new DisconnectedError('the client was closed');
     }
 
@@ -639,7 +633,7 @@ export class Client extends Emitter<ClientEvents> {
       handshake = { resolve, reject };
     });
     const timer = setTimeout(
-      () => fail(new ConnectError(`no AcceptConf within ${options.connectTimeout} ms`), CloseCode.ProtocolError),
+      () => fail(new ConnectError(`no AcceptConf within ${options.connectTimeout} ms`), CLOSE_PROTOCOL_ERROR),
       options.connectTimeout,
     );
     for (const [data, binary] of early) handlers.onMessage(data, binary);
@@ -653,7 +647,7 @@ export class Client extends Emitter<ClientEvents> {
       clearTimeout(timer);
     }
     if (this.#closedForGood()) {
-      peer.close(CloseCode.Normal, 'client closed');
+      peer.close(CLOSE_NORMAL, 'client closed');
       throw new DisconnectedError('the client was closed');
     }
     this.#peer = peer;
@@ -733,7 +727,7 @@ export class Client extends Emitter<ClientEvents> {
       const entry: WaitingRequest = {
         name,
         payload,
-        deadline: timeout > 0 ? performance.now() + timeout : Number.POSITIVE_INFINITY,
+        deadline: timeout > 0 ? performance.now() + timeout : Infinity,
         signal,
         resolve,
         reject,
@@ -767,8 +761,7 @@ export class Client extends Emitter<ClientEvents> {
   #flushWaiting(peer: Peer): void {
     for (const entry of [...this.#waiting]) {
       this.#unqueue(entry);
-      const remaining =
-        entry.deadline === Number.POSITIVE_INFINITY ? 0 : Math.max(1, entry.deadline - performance.now());
+      const remaining = entry.deadline === Infinity ? 0 : Math.max(1, entry.deadline - performance.now());
       peer
         .request(entry.name, (id) => encodeRequest(id, entry.name, entry.payload), {
           timeout: Math.ceil(remaining),

@@ -15,14 +15,8 @@ import {
 } from '../../protocol/encode.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { toPayload } from '../../protocol/payload.ts';
-import {
-  CloseCode,
-  type Message,
-  type Payload,
-  type ReplyErrorMessage,
-  type RequestId,
-  type SpecialReplyMessage,
-} from '../../protocol/types.ts';
+import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
+import type { Message, Payload, ReplyErrorMessage, RequestId, SpecialReplyMessage } from '../../protocol/types.ts';
 import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
@@ -262,7 +256,7 @@ export class Peer {
           return;
         }
         if (++this.#inflightRequests > this.settings.maxInflightRequests) {
-          this.close(CloseCode.PolicyViolation, 'too many requests in flight');
+          this.close(CLOSE_POLICY_VIOLATION, 'too many requests in flight');
           return;
         }
         this.#dispatch(message);
@@ -442,7 +436,7 @@ export class Peer {
     this.lastSentAt = performance.now();
     if (result === 'backpressure') {
       if (this.socket.bufferedAmount > this.settings.maxBufferedBytes) {
-        this.close(CloseCode.PolicyViolation, 'send buffer limit exceeded');
+        this.close(CLOSE_POLICY_VIOLATION, 'send buffer limit exceeded');
         return 'dropped';
       }
       if (!this.#sendBlocked) {
@@ -588,7 +582,7 @@ export class Peer {
   /** The transport reported the close: settle everything. Runs once. */
   #finish(code: number, reason: string): void {
     if (this.#state === 'closed') return;
-    if (code === CloseCode.Abnormal && this.#state === 'closing' && this.#closeCode !== 0) {
+    if (code === CLOSE_ABNORMAL && this.#state === 'closing' && this.#closeCode !== 0) {
       // We closed and the peer never completed the handshake (a slow consumer, CLOSE_GRACE ran
       // out): the connection still ended for the reason we gave, not for an unknown one.
       code = this.#closeCode;

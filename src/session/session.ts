@@ -115,11 +115,6 @@ export function formatSessionTime(date: Date): string {
   return date.toISOString();
 }
 
-function daysInMonth(year: number, month: number): number {
-  if (month === 2) return (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0 ? 29 : 28;
-  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
-}
-
 /**
  * Parses an RFC 3339 time of any fraction precision, truncated to milliseconds (a `Date` holds
  * no more). Throws InvalidArgumentError when `text` is not one.
@@ -135,11 +130,16 @@ export function parseSessionTime(text: string): Date {
     number,
     number,
   ];
-  // Leap seconds (60) are legal RFC 3339 but neither Go nor Date produce them; refuse rather than guess.
-  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month) || hour > 23 || minute > 59 || second > 59) {
+  // Not Date.UTC: it maps years 0..99 to 1900..1999.
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day);
+  // A month outside 1..12, day 0 or a day past the month's end (April 31, February 29 of 2026)
+  // moves the date to another month. Leap seconds (60) are legal RFC 3339 but neither Go nor Date
+  // produce them; refuse rather than guess.
+  if (date.getUTCMonth() !== month - 1 || hour > 23 || minute > 59 || second > 59) {
     throw new InvalidArgumentError('session time has a field out of range');
   }
-  const millis = Number(`${m[7] ?? ''}000`.slice(0, 3));
+  date.setUTCHours(hour, minute, second, Number(`${m[7] ?? ''}000`.slice(0, 3)));
   let offsetMinutes = 0;
   if (m[8] === undefined) {
     const oh = Number(m[10]);
@@ -147,10 +147,6 @@ export function parseSessionTime(text: string): Date {
     if (oh > 23 || om > 59) throw new InvalidArgumentError('session time has an offset out of range');
     offsetMinutes = (m[9] === '-' ? -1 : 1) * (oh * 60 + om);
   }
-  // Not Date.UTC: it maps years 0..99 to 1900..1999.
-  const date = new Date(0);
-  date.setUTCFullYear(year, month - 1, day);
-  date.setUTCHours(hour, minute, second, millis);
   return new Date(date.getTime() - offsetMinutes * 60_000);
 }
 

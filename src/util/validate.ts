@@ -1,3 +1,4 @@
+import { encodeUtf8 } from '../../protocol/payload.ts';
 import { InvalidArgumentError } from '../errors.ts';
 
 /** Throws InvalidArgumentError unless `value` is an integer within [min, max]. */
@@ -15,10 +16,8 @@ export function checkFunction(name: string, value: unknown): void {
   }
 }
 
-const encoder = new TextEncoder();
-
 /** A sub-protocol option as raw bytes (empty for none). */
 export function subProtocolBytes(value: string | Uint8Array | undefined): Uint8Array {
   if (value === undefined) return new Uint8Array(0);
-  return typeof value === 'string' ? encoder.encode(value) : value;
+  return typeof value === 'string' ? encodeUtf8(value) : value;
 }

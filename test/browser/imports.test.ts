@@ -15,8 +15,23 @@ const root = fileURLToPath(new URL('../../', import.meta.url));
 /** Module specifiers in tsc's ESM output: `import/export ... from 'x'`, `import 'x'`, `import('x')`. */
 const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(?\s*)(['"])([^'"]+)\1/g;
 
-/** Every file reachable from `entry`, and every non-relative specifier with the file importing it. */
-function walk(entry: string): { files: Set<string>; external: Array<{ from: string; specifier: string }> } {
+/** package.json's `browser` field: the files a bundler replaces by their browser siblings. */
+const browserMap = new Map(
+  Object.entries(
+    (JSON.parse(readFileSync(resolve(root, 'package.json'), 'utf8')) as { browser?: Record<string, string> }).browser ??
+      {},
+  ).map(([from, to]) => [resolve(root, from), resolve(root, to)]),
+);
+
+/**
+ * Every file reachable from `entry`, and every non-relative specifier with the file importing it.
+ * With `browser`, imports resolve as a bundler does under the browser condition: through the
+ * package.json `browser` map.
+ */
+function walk(
+  entry: string,
+  browser = false,
+): { files: Set<string>; external: Array<{ from: string; specifier: string }> } {
   const files = new Set<string>();
   const external: Array<{ from: string; specifier: string }> = [];
   const todo = [entry];
@@ -32,8 +47,9 @@ function walk(entry: string): { files: Set<string>; external: Array<{ from: stri
     for (const match of source.matchAll(SPECIFIER)) {
       const specifier = match[2]!;
       if (specifier.startsWith('./') || specifier.startsWith('../')) {
-        const target = resolve(dirname(file), specifier);
-        assert.ok(existsSync(target), `${relative(root, file)} imports ${specifier}, which does not exist`);
+        const resolved = resolve(dirname(file), specifier);
+        const target = (browser && browserMap.get(resolved)) || resolved;
+        assert.ok(existsSync(target), `${relative(root, file)} imports ${specifier} (${target}), which does not exist`);
         todo.push(target);
       } else {
         external.push({ from: relative(root, file), specifier });
@@ -47,9 +63,12 @@ function walk(entry: string): { files: Set<string>; external: Array<{ from: stri
 test('nothing reachable from the browser client entry imports Node, ws or another package', () => {
   const entry = resolve(root, 'dist/src/client/index.browser.js');
   assert.ok(existsSync(entry), 'dist/src/client/index.browser.js is missing: run npm run build first');
-  const { files, external } = walk(entry);
+  const { files, external } = walk(entry, true);
   const reached = [...files].map((file) => relative(root, file));
   assert.ok(reached.includes('dist/transports/browser.js'), 'the browser transport is the default there');
+  for (const [from, to] of browserMap) {
+    assert.ok(!files.has(from) && files.has(to), `${relative(root, to)} replaces ${relative(root, from)}`);
+  }
   assert.ok(
     !reached.some((file) => file.includes('node-default') || file.endsWith('transports/ws.js')),
     reached.join('\n'),

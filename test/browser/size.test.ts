@@ -9,12 +9,15 @@ import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 
 /**
- * A regression guard, not the goal: the issue asks for 8 KB min+gzip, and the bundle is 11.4 KB.
- * Without any message text it would still be 9.8 KB (measured): the codec, the peer engine (both
- * directions, cancel, limits), sessions and reconnect are the rest. Reaching 8 KB means a smaller
- * browser feature set; until that is decided, this keeps the bundle from growing.
+ * A regression guard, not the goal: the issue asks for 8 KB (8192 bytes) min+gzip. Node-only code
+ * is out of the bundle (the slab allocator and the one-timer deadlines have browser siblings,
+ * package.json `browser`) and the protocol's numbers are inlined: 11,967 bytes became 11,121.
+ * What is left is the feature set, measured: with every message text deleted the bundle is still
+ * about 9,800 bytes, and with the client's session support removed as well about 8,770. So 8 KB
+ * means moving more than one feature out of the default bundle (a product decision, not a
+ * minification one); until that is decided, this keeps the bundle from growing.
  */
-const BUDGET_BYTES = 12 * 1024;
+const BUDGET_BYTES = 11 * 1024 + 256;
 
 const bundleUrl = new URL('../../dist/browser/duplexwire-client.js', import.meta.url);
 const metaUrl = new URL('../../dist/browser/duplexwire-client.meta.json', import.meta.url);
