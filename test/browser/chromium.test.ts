@@ -11,13 +11,11 @@
  * (.ci/run installs it).
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { binary, payloadText, utf8, utf16 } from '../../protocol/payload.ts';
 import type { Payload } from '../../protocol/types.ts';
 import type { Logger } from '../../src/logger.ts';
@@ -27,22 +25,9 @@ import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import { uwsTransport } from '../../transports/uws.ts';
 import { wsTransport } from '../../transports/ws.ts';
 import { freePort } from '../transport-under-test.ts';
+import { launchChromium, skipWithoutChromium } from './chromium.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-const skip =
-  process.env.CI !== 'true' && !existsSync(CHROMIUM)
-    ? `no Chromium at ${CHROMIUM} (apt-get install chromium); these tests must run under CI=true`
-    : false;
+const skip = skipWithoutChromium;
 
 const bundleUrl = new URL('../../dist/browser/duplexwire-client.js', import.meta.url);
 
@@ -139,24 +124,6 @@ async function startHttp(t: TestContext): Promise<string> {
       }),
   );
   return `http://127.0.0.1:${(http.address() as AddressInfo).port}/`;
-}
-
-/** One Chromium with a fresh profile for the whole file. */
-async function launch(t: TestContext): Promise<BrowserContext> {
-  const profile = mkdtempSync(join(tmpdir(), 'duplexwire-chromium-'));
-  let context: BrowserContext | undefined;
-  // One hook, in this order: Chromium writes its profile until it exits.
-  t.after(async () => {
-    await context?.close();
-    rmSync(profile, { recursive: true, force: true });
-  });
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 30_000,
-  });
-  return context;
 }
 
 /** What the server side of a run saw. */
@@ -267,7 +234,7 @@ async function until(what: string, check: () => boolean, ms = 5000): Promise<voi
 test('browser client in headless Chromium', { skip, timeout: 180_000 }, async (t) => {
   assert.ok(existsSync(bundleUrl), 'dist/browser/duplexwire-client.js is missing: run npm run build first');
   const pageUrl = await startHttp(t);
-  const context = await launch(t);
+  const context = await launchChromium(t);
 
   for (const kind of ['ws', 'uws'] as const) {
     await t.test(`against a ${kind} server`, { timeout: 90_000 }, async (t) => {
