@@ -21,10 +21,9 @@ const NAME = /^[\p{L}\p{N} ._-]{1,24}$/u; // 1 to 24 letters, digits, spaces, . 
 const MAX_TEXT = 500; // characters in a message
 const HISTORY = 50; // messages kept, and sent to whoever joins
 const MAX_CONNECTIONS = 500;
-const MAX_SESSIONS = 10_000; // a MemorySessionManager never expires sessions: cap them
 
 // Two files, by exact path: a Map, so no URL can reach anything else (not even "__proto__").
-const bundle = new URL('dist/browser/duplexwire-client.js', import.meta.resolve('duplexwire/package.json'));
+const bundle = new URL(import.meta.resolve('duplexwire/client/bundle')); // dist/browser/duplexwire-client.js
 const files = new Map([
   ['/', { type: 'text/html; charset=utf-8', body: readFileSync(new URL('index.html', import.meta.url)) }],
   ['/duplexwire-client.js', { type: 'text/javascript; charset=utf-8', body: readFileSync(bundle) }],
@@ -36,7 +35,8 @@ const http = createServer((req, res) => {
   else res.writeHead(200, { 'content-type': file.type, 'x-content-type-options': 'nosniff' }).end(file.body);
 });
 
-const sessions = new MemorySessionManager();
+// At most 10,000 names remembered (the least recently used go first), each for a day after its last use.
+const sessions = new MemorySessionManager({ maxSessions: 10_000, maxAge: 86_400_000 });
 const members = new Map(); // connection -> name, for every connection that joined
 const history = []; // the last HISTORY messages, oldest first
 
@@ -55,7 +55,7 @@ const server = new Server({
         }
         if (conn.session?.info?.name !== name) {
           await conn.closeSession(); // a new name on this connection: drop the old session
-          if (sessions.size < MAX_SESSIONS) await conn.createSession({ name });
+          await conn.createSession({ name });
         }
         if (!conn.isOpen) return; // it left while its session was being stored
         // In the same tick as the history is taken: every later message reaches this connection.

@@ -4,7 +4,7 @@
  */
 export { DEFAULT_RECONNECT, type ReconnectOptions } from './backoff.ts';
 export { Client, type ClientEvents, type ClientOptions, type ClientState, type ServerInfo } from './client.ts';
-export { localStorageKeyStore, memoryKeyStore, type SessionKeyStore } from './session-key-store.ts';
+export { localStorageKeyStore, memoryKeyStore, type SessionKeyStore, type StorageLike } from './session-key-store.ts';
 export { type Session, sessionFromJson } from '../session/session.ts';
 export * from '../errors.ts';
 export { consoleLogger, type Logger, silentLogger } from '../logger.ts';

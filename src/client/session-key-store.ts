@@ -22,7 +22,8 @@ export function memoryKeyStore(): SessionKeyStore {
   };
 }
 
-interface StorageLike {
+/** What `localStorageKeyStore` needs of a Web Storage (`localStorage`, `sessionStorage`). */
+export interface StorageLike {
   getItem(name: string): string | null;
   setItem(name: string, value: string): void;
   removeItem(name: string): void;
@@ -30,10 +31,16 @@ interface StorageLike {
 
 /**
  * Keeps the key in the browser's `localStorage` under `name`, so a page reload restores the
- * session. The default in browsers.
+ * session; the default in browsers. Another Web Storage may be given: `sessionStorage` gives each
+ * tab its own session (a reload keeps it, a new tab starts without one).
+ *
+ * @example
+ * new Client(url, { sessionKeyStore: localStorageKeyStore('chat.session', sessionStorage) });
  */
-export function localStorageKeyStore(name = 'duplexwire.session'): SessionKeyStore {
-  const storage = (globalThis as { localStorage?: StorageLike }).localStorage;
+export function localStorageKeyStore(
+  name = 'duplexwire.session',
+  storage: StorageLike | undefined = (globalThis as { localStorage?: StorageLike }).localStorage,
+): SessionKeyStore {
   if (storage === undefined) throw new TypeError('localStorage is not available here');
   return {
     load: () => storage.getItem(name),

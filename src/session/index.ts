@@ -13,7 +13,11 @@ export {
   STALE_TEMP_FILE_AGE,
   type SweepResult,
 } from './file-store.ts';
-export { MemorySessionManager } from './memory-store.ts';
+export {
+  DEFAULT_MAX_MEMORY_SESSIONS,
+  MemorySessionManager,
+  type MemorySessionManagerOptions,
+} from './memory-store.ts';
 export {
   DEFAULT_REDIS_PREFIX,
   type RedisCommandClient,

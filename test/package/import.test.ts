@@ -46,3 +46,14 @@ test('the CLI prints its usage', () => {
   const out = execFileSync(process.execPath, ['dist/src/cli/main.js', '--help'], { cwd: root, encoding: 'utf8' });
   assert.match(out, /duplexwire demo/);
 });
+
+test('duplexwire/client/bundle resolves to the browser bundle a server can serve', () => {
+  const script = `
+    import { readFileSync } from 'node:fs';
+    const file = new URL(import.meta.resolve('duplexwire/client/bundle'));
+    const text = readFileSync(file, 'utf8');
+    console.log(JSON.stringify({ path: file.pathname.endsWith('/dist/browser/duplexwire-client.js'), esm: /export\\s*\\{/.test(text) }));
+  `;
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(out.trim()), { path: true, esm: true });
+});

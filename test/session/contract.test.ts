@@ -18,6 +18,11 @@ sessionManagerContract('MemorySessionManager', async () => ({
   cleanup: async () => {},
 }));
 
+sessionManagerContract('MemorySessionManager with maxAge and maxSessions', async () => ({
+  manager: new MemorySessionManager({ maxAge: 3_600_000, maxSessions: 10_000 }),
+  cleanup: async () => {},
+}));
+
 sessionManagerContract('FileSessionManager', async () => {
   const parent = await mkdtemp(join(tmpdir(), 'duplexwire-contract-'));
   const manager = new FileSessionManager({ dir: join(parent, 'sessions'), logger: silentLogger });
