@@ -30,7 +30,7 @@ export async function startDuplexwire(transport: ServerOptions['transport']): Pr
     },
     broadcast: (payload) => {
       const body = binary(payload);
-      for (const conn of server.connections) conn.signal(SIGNAL, body);
+      server.broadcast(SIGNAL, body);
     },
     close: () => server.shutdown({ timeout: 1_000 }),
   };

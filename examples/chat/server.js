@@ -72,8 +72,8 @@ const server = new Server({
         const message = { from, text, at: new Date().toISOString() };
         history.push(message);
         if (history.length > HISTORY) history.shift();
-        const payload = utf8(JSON.stringify(message)); // one payload for everyone
-        for (const member of members.keys()) member.signal('message', payload);
+        // To everyone who joined, encoded once.
+        server.broadcast('message', utf8(JSON.stringify(message)), (member) => members.has(member));
         return; // an empty reply: the acknowledgement
       }
       default:

@@ -450,7 +450,11 @@ export class Peer {
 
   /** Sends a signal. Returns false when the connection is not open (nothing was sent). */
   signal(name: string, payload: Payload): boolean {
-    const bytes = encodeSignal(name, payload);
+    return this.sendSignal(encodeSignal(name, payload));
+  }
+
+  /** Sends an encoded signal (one encoding may serve many connections: `Server.broadcast`). */
+  sendSignal(bytes: Uint8Array): boolean {
     if (this.#state !== 'open') return false;
     return this.sendRaw(bytes) !== 'dropped';
   }

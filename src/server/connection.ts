@@ -43,6 +43,9 @@ export interface ConnectionContext {
   readonly registry: SessionRegistry<Connection>;
 }
 
+/** The key of `Connection`'s method sending encoded signal bytes: internal, not exported by the package. */
+export const SEND_SIGNAL = Symbol('duplexwire.sendSignal');
+
 /**
  * One client connection on the server: the shared peer engine plus the accept side's concerns
  * (AcceptConf, ClientConf negotiation, read timeout, shutdown accounting).
@@ -187,6 +190,11 @@ export class Connection {
    */
   signal(name: string, payload: Payload): boolean {
     return this.peer.signal(name, payload);
+  }
+
+  /** Sends a signal already encoded (`Server.broadcast`); not part of the public API. */
+  [SEND_SIGNAL](bytes: Uint8Array): boolean {
+    return this.peer.sendSignal(bytes);
   }
 
   /**

@@ -1,11 +1,11 @@
 import { STATUS_CODES } from 'node:http';
 import { nanoid } from 'nanoid';
-import { encodeAcceptConf } from '../../protocol/encode.ts';
-import { CloseCode, PROTOCOL_MAJOR } from '../../protocol/types.ts';
+import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
+import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
 import { checkInteger } from '../util/validate.ts';
-import { Connection } from './connection.ts';
+import { Connection, SEND_SIGNAL } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
 import {
   type DisconnectInfo,
@@ -95,6 +95,28 @@ export class Server {
   /** True when sessions are enabled. */
   get sessionsEnabled(): boolean {
     return this.options.sessions !== null;
+  }
+
+  /**
+   * Sends one signal to every open connection, or to those `filter` accepts, encoding it once
+   * (`conn.signal()` in a loop encodes it per connection). Returns how many connections it went
+   * to. Each send is the connection's own, with its limits: one that stopped reading and is over
+   * `maxBufferedBytes` is closed (1008) and not counted, as with `conn.signal()`. Throws
+   * ProtocolError for a name or payload that may not be sent, before sending anything.
+   *
+   * @example
+   * server.broadcast('news', utf8('maintenance at 22:00'));
+   * server.broadcast('chat', utf8(text), (conn) => rooms.get(conn) === 'lobby');
+   */
+  broadcast(name: string, payload: Payload, filter?: (conn: Connection) => boolean): number {
+    const bytes = encodeSignal(name, payload);
+    let sent = 0;
+    // A connection closed by its send leaves the Set during the loop: a Set allows that.
+    for (const conn of this.live) {
+      if (filter !== undefined && !filter(conn)) continue;
+      if (conn[SEND_SIGNAL](bytes)) sent++;
+    }
+    return sent;
   }
 
   /** Number of sessions with at least one connection to this server. */

@@ -153,3 +153,53 @@ test('conn.signal throws for a signal that may not be sent (no name, no payload;
   assert.throws(() => conn.signal('odd', { encoding: 'utf16', data: Uint8Array.of(1) }), { name: 'ProtocolError' });
   assert.equal(conn.isOpen, true);
 });
+
+test('server.broadcast sends one signal to every connection, in every encoding, and counts them', async (t) => {
+  const { url, server } = await startServer(t);
+  const clients = await Promise.all([1, 2, 3].map(() => connectClient(t, url)));
+  const received = clients.map(() => [] as IncomingMessage[]);
+  for (const [i, client] of clients.entries()) client.on('signal', (message) => received[i]!.push(message));
+  await waitFor(() => server.connections.size === 3, 2_000, 'three connections');
+  for (const [name, payload] of SIGNALS) assert.equal(server.broadcast(name, payload), 3);
+  await waitFor(() => received.every((r) => r.length === SIGNALS.length), 2_000, 'every signal at every client');
+  const expected = SIGNALS.map(([name, payload]) => [name, payload.encoding, hex(payload.data)]);
+  for (const messages of received) assert.deepEqual(messages.map(summary), expected);
+});
+
+test('server.broadcast with a filter reaches only the connections it accepts', async (t) => {
+  const { url, server } = await startServer(t);
+  const clients = await Promise.all([1, 2, 3, 4].map(() => connectClient(t, url)));
+  const counts = clients.map(() => 0);
+  for (const [i, client] of clients.entries()) {
+    client.on('signal', () => {
+      counts[i]!++;
+    });
+  }
+  await waitFor(() => server.connections.size === 4, 2_000, 'four connections');
+  const chosen = new Set([...server.connections].slice(0, 2));
+  assert.equal(
+    server.broadcast('some', utf8('x'), (conn) => chosen.has(conn)),
+    2,
+  );
+  // A signal to everyone after it: once every client has that one, the filtered one has arrived
+  // wherever it was going to (signals on one connection keep their order).
+  assert.equal(server.broadcast('all', utf8('y')), 4);
+  await waitFor(() => counts.reduce((a, b) => a + b, 0) === 6, 2_000, 'six deliveries');
+  assert.deepEqual(counts.toSorted(), [1, 1, 2, 2]);
+});
+
+test('server.broadcast refuses an invalid signal before sending anything, and skips closed connections', async (t) => {
+  const { url, server } = await startServer(t);
+  const stays = await connectClient(t, url);
+  const leaves = await connectClient(t, url);
+  const received: IncomingMessage[] = [];
+  stays.on('signal', (message) => received.push(message));
+  await waitFor(() => server.connections.size === 2, 2_000, 'two connections');
+  assert.throws(() => server.broadcast('x'.repeat(256), utf8('too long a name')), { name: 'ProtocolError' });
+  assert.throws(() => server.broadcast('', utf16('')), { name: 'ProtocolError' });
+  await leaves.close();
+  await waitFor(() => server.connections.size === 1, 2_000, 'the closed connection gone');
+  assert.equal(server.broadcast('after', utf8('z')), 1);
+  await waitFor(() => received.length === 1, 2_000, 'the signal');
+  assert.deepEqual(received.map(summary), [['after', 'utf8', hex(new TextEncoder().encode('z'))]]);
+});
