@@ -209,6 +209,15 @@ type UwsWebSocket = UWS.WebSocket<UserData>;
 /** `ws.send()` results (uWS `WebSocket::SendStatus`). */
 const SEND_DROPPED = 2;
 
+/** uSockets' listen option: bind without SO_REUSEPORT (`uWS.LIBUS_LISTEN_EXCLUSIVE_PORT`). */
+const LIBUS_LISTEN_EXCLUSIVE_PORT = 1;
+type ListenWithOptions = (
+  host: string,
+  port: number,
+  options: number,
+  cb: (listenSocket: UWS.us_listen_socket | false) => void,
+) => UWS.TemplatedApp;
+
 /**
  * uWS closes on a protocol violation without a close frame and reports 1006 with one of these
  * reasons (`WebSocketProtocol.h`). The owner gets the code `ws` would have sent, as `ws.ts` does;
@@ -779,7 +788,8 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         message(ws, message, isBinary) {
           const socket = ws.getUserData().socket;
           if (message.byteLength > startOptions.maxMessageSize) {
-            socket.close(1009, 'message too big');
+            // No reason, as the ws transport (and ws itself) closes for the same thing.
+            socket.close(1009, '');
             return;
           }
           // uWS neuters `message` when this callback returns: the owner gets its own copy.
@@ -812,26 +822,35 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       });
 
     const ready = new Promise<void>((resolve, reject) => {
-      app.listen(opts.host, opts.port, (listenSocket) => {
-        if (listenSocket === false) {
-          run.stopped = true;
-          // uWS does not say why; a taken port is by far the usual reason.
-          const err = new Error(
-            `listen EADDRINUSE: address already in use, or not available: ${opts.host}:${opts.port}`,
-          );
-          reject(Object.assign(err, { code: 'EADDRINUSE', address: opts.host, port: opts.port }));
-          return;
-        }
-        if (run.stopped) {
-          // stop() ran while listen() was in progress: do not stay listening.
-          uWS.us_listen_socket_close(listenSocket);
+      // LIBUS_LISTEN_EXCLUSIVE_PORT: without it uSockets binds with SO_REUSEPORT, and a second
+      // server on a taken port would share it (the kernel splitting connections between the two)
+      // instead of failing with EADDRINUSE as any other Node server does. The typings of this
+      // version lack the (host, port, options, cb) overload that the binary accepts.
+      (app as unknown as { listen: ListenWithOptions }).listen(
+        opts.host,
+        opts.port,
+        LIBUS_LISTEN_EXCLUSIVE_PORT,
+        (listenSocket) => {
+          if (listenSocket === false) {
+            run.stopped = true;
+            // uWS does not say why; a taken port is by far the usual reason.
+            const err = new Error(
+              `listen EADDRINUSE: address already in use, or not available: ${opts.host}:${opts.port}`,
+            );
+            reject(Object.assign(err, { code: 'EADDRINUSE', address: opts.host, port: opts.port }));
+            return;
+          }
+          if (run.stopped) {
+            // stop() ran while listen() was in progress: do not stay listening.
+            uWS.us_listen_socket_close(listenSocket);
+            resolve();
+            return;
+          }
+          run.listenSocket = listenSocket;
+          run.port = uWS.us_socket_local_port(listenSocket as unknown as UWS.us_socket);
           resolve();
-          return;
-        }
-        run.listenSocket = listenSocket;
-        run.port = uWS.us_socket_local_port(listenSocket as unknown as UWS.us_socket);
-        resolve();
-      });
+        },
+      );
     });
     return { run, ready };
   }
