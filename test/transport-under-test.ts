@@ -61,13 +61,21 @@ export async function uwsUnderTest(): Promise<TransportUnderTest> {
     server: ({ port = 0, path } = {}) => {
       if (port !== 0) return make(port, path);
       let inner: ServerTransport | undefined;
+      let stopped = false;
       return {
         start: async (handlers, options) => {
-          inner = make(await freePort(), path);
+          stopped = false;
+          const free = await freePort();
+          // stop() while the port was being picked: stay stopped, as a real transport would.
+          if (stopped) return;
+          inner = make(free, path);
           return inner.start(handlers, options);
         },
         address: () => inner?.address() ?? null,
-        stop: async () => inner?.stop(),
+        stop: async () => {
+          stopped = true;
+          await inner?.stop();
+        },
       };
     },
     client: () => wsClientTransport(),
