@@ -592,7 +592,15 @@ const STOP_TIMEOUT_MS = 2000;
  * Behaviour that differs from the `ws` transport, and why:
  * - A message over `maxMessageSize` closes with 1009 as with `ws`; but one over twice the limit
  *   is cut off by uWS itself without a close frame (uNetworking/uWebSockets#1321): the owner
- *   sees 1009, the peer 1006. Likewise invalid UTF-8 (owner 1007) and invalid frames (owner 1002).
+ *   sees 1009, the peer 1006. Likewise invalid UTF-8 (owner 1007, peer 1006).
+ * - Frame-level rules of RFC 6455 that `ws` enforces and uWS v20.30 does not (the adapter sees
+ *   messages, not frames, so it cannot step in; `test/chaos/wire-fuzz.test.ts` pins each): most
+ *   malformed frames (reserved bits or opcodes, a stray continuation, a fragmented or over-long
+ *   ping) are cut without a close frame and reported as 1006, not 1002; an unmasked client frame
+ *   is read as if masked (§5.1); a new data frame inside a fragmented message is joined to it
+ *   (§5.4); a close frame with an invalid code is answered with an empty close frame and
+ *   reported as 1006 (§7.4.1). None lets a peer past the adapter's limits or the protocol's
+ *   validation: what reaches the core is still a whole message, checked as any other.
  * - `close()` does not wait for the peer's close frame: uWS sends ours and reports the close at
  *   once, so `onClose` carries the code and reason we sent (`ws` reports the peer's echo, which a
  *   conforming peer makes identical).

@@ -222,6 +222,8 @@ class WsTransportSocket implements TransportSocket {
   #closeReported = false;
   /** The close code ws sent itself after a protocol violation by the peer. */
   #violationCode: number | undefined;
+  /** `close()` sent our close frame: later receive errors do not change why the connection ends. */
+  #ownerClosed = false;
   /** The TCP/TLS socket, once known: corked while a batch of sends builds up. */
   #net: Duplex | undefined;
   /** `#net` is corked by us and an uncork is queued. */
@@ -295,6 +297,9 @@ class WsTransportSocket implements TransportSocket {
 
   /** ws 'error'. */
   failed(err: Error): void {
+    // After the owner's close() ws still reads until the peer's close frame, and may fail a frame
+    // that came meanwhile: the connection was already ending for the owner's reason, not this one.
+    if (this.#ownerClosed) return;
     this.#violationCode ??= receiverErrorCloseCode(err);
   }
 
@@ -380,6 +385,7 @@ class WsTransportSocket implements TransportSocket {
     assertSendableCloseCode(code);
     const state = this.#ws.readyState;
     if (state === WebSocket.CLOSING || state === WebSocket.CLOSED) return;
+    this.#ownerClosed = true;
     this.#ws.close(code, truncateUtf8(reason, MAX_CLOSE_REASON_BYTES));
   }
 

@@ -15,7 +15,7 @@ import {
 } from '../../protocol/encode.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { toPayload } from '../../protocol/payload.ts';
-import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
+import { CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
 import type { Message, Payload, ReplyErrorMessage, RequestId, SpecialReplyMessage } from '../../protocol/types.ts';
 import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
@@ -586,9 +586,10 @@ export class Peer {
   /** The transport reported the close: settle everything. Runs once. */
   #finish(code: number, reason: string): void {
     if (this.#state === 'closed') return;
-    if (code === CLOSE_ABNORMAL && this.#state === 'closing' && this.#closeCode !== 0) {
-      // We closed and the peer never completed the handshake (a slow consumer, CLOSE_GRACE ran
-      // out): the connection still ended for the reason we gave, not for an unknown one.
+    if (this.#state === 'closing' && this.#closeCode !== 0) {
+      // We closed first: the connection ended for the reason we gave, whatever the transport saw
+      // afterwards (1006 when the peer never completed the handshake, a slow consumer or
+      // CLOSE_GRACE running out; another code when the peer answered with one of its own).
       code = this.#closeCode;
       reason = this.#closeReason;
     }
