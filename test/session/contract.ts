@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import { defaultKeyGenerator, type Session, type SessionManager, sessionToJson } from '../../src/session/session.ts';
 
@@ -51,6 +52,21 @@ function at(offset: number): Date {
 export function newSession(info?: Record<string, unknown>, key = defaultKeyGenerator.generate()): Session {
   const now = at(0);
   return { key, creation: now, lastLookup: now, info };
+}
+
+/**
+ * For stores with an expiry of 600 ms after the last lookup (`maxAge`, `ttl`): each lookup
+ * restarts it, and a session not looked up for longer is gone. Real time, about 1.5 s.
+ */
+export async function assertSlidingExpiry(manager: SessionManager): Promise<void> {
+  const session = newSession();
+  await manager.onSessionCreated(session);
+  for (let i = 0; i < 3; i++) {
+    await sleep(200);
+    assert.ok(await manager.onSessionLookup(session.key), `lookup ${i} within the expiry of the previous one`);
+  }
+  await sleep(900);
+  assert.equal(await manager.onSessionLookup(session.key), null);
 }
 
 /** Info values that JSON keeps exactly, and so must every store. */

@@ -16,7 +16,7 @@ import { InvalidArgumentError } from '../../src/errors.ts';
 import type { Logger } from '../../src/logger.ts';
 import { FileSessionManager, type FileSessionManagerOptions } from '../../src/session/file-store.ts';
 import { defaultKeyGenerator, type Session, sessionFromJson, sessionToJson } from '../../src/session/session.ts';
-import { HOSTILE_KEYS, newSession, STORABLE_HOSTILE_KEYS } from './contract.ts';
+import { assertSlidingExpiry, HOSTILE_KEYS, newSession, STORABLE_HOSTILE_KEYS } from './contract.ts';
 
 const SESSION_FILE = /^[0-9a-f]{64}\.json$/;
 const TEMP_FILE = /^\.[0-9a-f]{64}\.[0-9a-f]+\.tmp$/;
@@ -280,14 +280,7 @@ describe('FileSessionManager: expiry', () => {
 
   it('slides: each lookup restarts maxAge (real time, bounded)', async (t) => {
     const { manager } = await setup(t, { maxAge: 600 });
-    const session = newSession();
-    await manager.onSessionCreated(session);
-    for (let i = 0; i < 3; i++) {
-      await sleep(200);
-      assert.ok(await manager.onSessionLookup(session.key), `lookup ${i} within maxAge of the previous one`);
-    }
-    await sleep(900);
-    assert.equal(await manager.onSessionLookup(session.key), null);
+    await assertSlidingExpiry(manager);
   });
 
   it('sweep() removes expired files, stale corrupt files and old temp files, nothing else', async (t) => {
