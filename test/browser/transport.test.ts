@@ -408,3 +408,64 @@ test('a Client over the browser transport talks to a Server', async (t) => {
   assert.equal(client.supportsV21, true);
   assert.equal(payloadText(await client.request('echo', utf8('héllo 😀'))), 'héllo 😀');
 });
+
+test('a long pause queue is delivered whole and in order, across pauses from the owner', async () => {
+  // A WebSocket stand-in that the test drives by hand: 20,000 messages arrive during a pause (the
+  // queue's bookkeeping compacts past 1,024 delivered entries), and the owner pauses twice midway.
+  let fake: { readyState: number; onopen?: () => void; onmessage?: (event: { data: ArrayBuffer }) => void };
+  class FakeWebSocket {
+    readyState = 0;
+    binaryType = '';
+    bufferedAmount = 0;
+    onopen?: () => void;
+    onmessage?: (event: { data: ArrayBuffer }) => void;
+    onclose?: () => void;
+    onerror?: () => void;
+    constructor() {
+      fake = this;
+      queueMicrotask(() => {
+        this.readyState = 1;
+        this.onopen?.();
+      });
+    }
+    send(): void {}
+    close(): void {}
+  }
+  const count = 20_000;
+  const seen: number[] = [];
+  let socket: TransportSocket | undefined;
+  socket = await browserTransport({ WebSocket: FakeWebSocket as unknown as typeof globalThis.WebSocket }).connect(
+    'ws://127.0.0.1/',
+    { maxMessageSize: 1024, connectTimeout: 2000 },
+    {
+      onMessage: (data) => {
+        const n = new DataView(data.buffer, data.byteOffset, 4).getUint32(0);
+        seen.push(n);
+        if (n === 5_000 || n === 15_000) socket?.pause();
+      },
+      onClose: () => {},
+      onDrain: () => {},
+      onPing: () => {},
+    },
+  );
+  socket.pause();
+  for (let i = 1; i <= count; i++) {
+    const data = new ArrayBuffer(4);
+    new DataView(data).setUint32(0, i);
+    fake!.onmessage?.({ data });
+  }
+  for (const expected of [5_000, 15_000, count]) {
+    socket.resume();
+    await tick(0);
+    await waitUntil(() => seen.length === expected, `${expected} messages`);
+  }
+  assert.ok(
+    seen.every((n, i) => n === i + 1),
+    'in order, none lost or repeated',
+  );
+});
+
+async function waitUntil(predicate: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !predicate(); i++) await tick(10);
+  assert.ok(predicate(), `timed out waiting for ${what}`);
+}
