@@ -15,13 +15,14 @@ import {
 } from '../../protocol/encode.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { toPayload } from '../../protocol/payload.ts';
-import { CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
+import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
 import type { Message, Payload, ReplyErrorMessage, RequestId, SpecialReplyMessage } from '../../protocol/types.ts';
 import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
   DisconnectedError,
   InternalError,
+  InvalidArgumentError,
   MaxSessionConnectionsError,
   RequestError,
   SessionNotFoundError,
@@ -50,7 +51,7 @@ export interface RequestContext {
 
 /** Options of one outgoing request. */
 export interface RequestOptions {
-  /** Milliseconds to wait for the reply; 0 waits forever. */
+  /** Milliseconds to wait for the reply, an integer in 0..2147483647 (a timer's range); 0 waits forever. */
   readonly timeout?: number;
   /** Aborting it rejects the request with `CanceledError` and tells the peer to cancel. */
   readonly signal?: AbortSignal;
@@ -469,6 +470,8 @@ export class Peer {
     }
     const signal = options.signal;
     if (signal?.aborted) return Promise.reject(new CanceledError(`request ${quote(name)} was aborted`));
+    const timeout = options.timeout ?? 0;
+    if (!validTimeout(timeout)) return Promise.reject(invalidTimeout(timeout));
     const id = this.#nextId++;
     let bytes: Uint8Array;
     try {
@@ -477,7 +480,6 @@ export class Peer {
       return Promise.reject(error);
     }
     return new Promise<Payload>((resolve, reject) => {
-      const timeout = options.timeout ?? 0;
       const entry: PendingRequest = { resolve, reject, name, timeout, signal, onAbort: undefined };
       this.#pending ??= new Map();
       this.#pending.set(id, entry);
@@ -586,10 +588,11 @@ export class Peer {
   /** The transport reported the close: settle everything. Runs once. */
   #finish(code: number, reason: string): void {
     if (this.#state === 'closed') return;
-    if (this.#state === 'closing' && this.#closeCode !== 0) {
-      // We closed first: the connection ended for the reason we gave, whatever the transport saw
-      // afterwards (1006 when the peer never completed the handshake, a slow consumer or
-      // CLOSE_GRACE running out; another code when the peer answered with one of its own).
+    if (code === CLOSE_ABNORMAL && this.#state === 'closing' && this.#closeCode !== 0) {
+      // We closed and the peer never completed the handshake (a slow consumer, CLOSE_GRACE ran
+      // out): the connection still ended for the reason we gave, not for an unknown one. Any
+      // other code is what the transport saw on the wire: when the peer's close crossed ours, our
+      // close() sent nothing, and the peer's code is the one that counts.
       code = this.#closeCode;
       reason = this.#closeReason;
     }
@@ -644,4 +647,16 @@ function specialReplyToError(message: SpecialReplyMessage, name: string): Error 
     case 'sessions-disabled':
       return new SessionsDisabledError('sessions are disabled on the server');
   }
+}
+
+/** Longest delay a timer takes: 2^31 - 1 ms (~24.8 days); longer ones fire at once in Node. */
+const MAX_TIMEOUT = 2 ** 31 - 1;
+
+/** A request timeout a timer can honour: an integer in 0..MAX_TIMEOUT (0: none). */
+export function validTimeout(timeout: number): boolean {
+  return Number.isInteger(timeout) && timeout >= 0 && timeout <= MAX_TIMEOUT;
+}
+
+export function invalidTimeout(timeout: unknown): InvalidArgumentError {
+  return new InvalidArgumentError(`option timeout must be an integer in 0..${MAX_TIMEOUT}, got ${String(timeout)}`);
 }
