@@ -102,7 +102,8 @@ export class Server {
    * (`conn.signal()` in a loop encodes it per connection). Returns how many connections it went
    * to. Each send is the connection's own, with its limits: one that stopped reading and is over
    * `maxBufferedBytes` is closed (1008) and not counted, as with `conn.signal()`. Throws
-   * ProtocolError for a name or payload that may not be sent, before sending anything.
+   * ProtocolError for a name or payload that may not be sent, and whatever `filter` throws, before
+   * sending anything.
    *
    * @example
    * server.broadcast('news', utf8('maintenance at 22:00'));
@@ -110,12 +111,12 @@ export class Server {
    */
   broadcast(name: string, payload: Payload, filter?: (conn: Connection) => boolean): number {
     const bytes = encodeSignal(name, payload);
+    // With a filter, every connection is judged before anything is sent: a filter that throws
+    // leaves no connection with the signal and the others without.
+    const targets = filter === undefined ? this.live : [...this.live].filter(filter);
     let sent = 0;
     // A connection closed by its send leaves the Set during the loop: a Set allows that.
-    for (const conn of this.live) {
-      if (filter !== undefined && !filter(conn)) continue;
-      if (conn[SEND_SIGNAL](bytes)) sent++;
-    }
+    for (const conn of targets) if (conn[SEND_SIGNAL](bytes)) sent++;
     return sent;
   }
 

@@ -203,3 +203,28 @@ test('server.broadcast refuses an invalid signal before sending anything, and sk
   await waitFor(() => received.length === 1, 2_000, 'the signal');
   assert.deepEqual(received.map(summary), [['after', 'utf8', hex(new TextEncoder().encode('z'))]]);
 });
+
+test('server.broadcast with a filter that throws sends to no connection', async (t) => {
+  const { url, server } = await startServer(t);
+  const clients = await Promise.all([1, 2, 3].map(() => connectClient(t, url)));
+  let count = 0;
+  for (const client of clients) {
+    client.on('signal', () => {
+      count++;
+    });
+  }
+  await waitFor(() => server.connections.size === 3, 2_000, 'three connections');
+  const last = [...server.connections].at(-1);
+  assert.throws(
+    () =>
+      server.broadcast('x', utf8('y'), (conn) => {
+        if (conn === last) throw new Error('filter failed');
+        return true;
+      }),
+    /filter failed/,
+  );
+  // A signal after it to everyone: once each client has it, nothing else was on its way.
+  assert.equal(server.broadcast('after', utf8('z')), 3);
+  await waitFor(() => count >= 3, 2_000, 'the later signal');
+  assert.equal(count, 3);
+});
