@@ -28,7 +28,15 @@ import {
 } from '../errors.ts';
 import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
-import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
+import {
+  type IncomingMessage,
+  invalidTimeout,
+  Peer,
+  type ReplyValue,
+  type RequestContext,
+  type RequestOptions,
+  validTimeout,
+} from '../peer/peer.ts';
 import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
@@ -295,6 +303,7 @@ export class Client extends Emitter<ClientEvents> {
    */
   request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
     const timeout = options.timeout ?? this.#options.requestTimeout;
+    if (!validTimeout(timeout)) return Promise.reject(invalidTimeout(timeout));
     const peer = this.#peer;
     if (this.#currentState === 'connected' && peer !== undefined) {
       return peer.request(name, (id) => encodeRequest(id, name, payload), { ...options, timeout });

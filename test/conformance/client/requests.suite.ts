@@ -103,6 +103,31 @@ test('what cannot be sent is refused locally, and the connection stays usable', 
   assert.throws(() => new Client('ws://127.0.0.1/', { requestTimeout: -1 }), InvalidArgumentError);
 });
 
+test('a request timeout a timer cannot honour is refused, connected or waiting, on both ends', async (t) => {
+  let conn: Connection | undefined;
+  const { url } = await startServer(t, {
+    onRequest: (_c, msg) => msg.payload,
+    onClientConnected: (c) => {
+      conn = c;
+    },
+  });
+  const client = await connectClient(t, url);
+  // Past 2^31 - 1 ms Node fires a timer at once: such a timeout would time out immediately.
+  for (const timeout of [2 ** 31, -1, 1.5, Number.NaN]) {
+    await assert.rejects(client.request('echo', utf8('x'), { timeout }), InvalidArgumentError);
+  }
+  assert.ok(conn !== undefined && (await conn.negotiated()), 'a v2.1 client');
+  await assert.rejects(conn!.request('echo', utf8('x'), { timeout: 2 ** 31 }), InvalidArgumentError);
+  assert.equal(payloadText(await client.request('echo', utf8('fine'), { timeout: 2 ** 31 - 1 })), 'fine');
+  // Waiting for a connection: refused as well, not queued.
+  const idle = new Client(`ws://127.0.0.1:${await freePort()}/`, {
+    transport: transportUnderTest().client(),
+    autoConnect: false,
+  });
+  t.after(() => idle.close());
+  await assert.rejects(idle.request('echo', utf8('x'), { timeout: 2 ** 31 }), InvalidArgumentError);
+});
+
 test('every pending request settles exactly once, with mixed outcomes', async (t) => {
   const N = 300;
   let conn: Connection | undefined;
