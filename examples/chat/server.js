@@ -38,12 +38,14 @@ const http = createServer((req, res) => {
 // At most 10,000 names remembered (the least recently used go first), each for a day after its last use.
 const sessions = new MemorySessionManager({ maxSessions: 10_000, maxAge: 86_400_000 });
 const members = new Map(); // connection -> name, for every connection that joined
+const joining = new Set(); // connections whose join is storing their session
 const history = []; // the last HISTORY messages, oldest first
 
 const server = new Server({
   transport: wsTransport({ server: http, path: '/ws' }),
   sessionManager: sessions,
   maxMessageSize: 16 * 1024, // far above a 500-character message; larger frames close the connection (1009)
+  // Checked at each upgrade: upgrades accepted at the same moment can pass it by the few in flight.
   beforeUpgrade: () =>
     server.connections.size < MAX_CONNECTIONS || { accept: false, status: 503, reason: 'the room is full' },
   onRequest: async (conn, msg) => {
@@ -54,8 +56,15 @@ const server = new Server({
           throw new RequestError('BAD_NAME', 'a name is 1 to 24 letters, digits, spaces, dots, _ or -');
         }
         if (conn.session?.info?.name !== name) {
-          await conn.closeSession(); // a new name on this connection: drop the old session
-          await conn.createSession({ name });
+          // One join at a time per connection: two at once would both try to create a session.
+          if (joining.has(conn)) throw new RequestError('BUSY', 'a join is already under way');
+          joining.add(conn);
+          try {
+            await conn.closeSession(); // a new name on this connection: drop the old session
+            await conn.createSession({ name });
+          } finally {
+            joining.delete(conn);
+          }
         }
         if (!conn.isOpen) return; // it left while its session was being stored
         // In the same tick as the history is taken: every later message reaches this connection.
