@@ -45,9 +45,7 @@ const server = new Server({
   transport: wsTransport({ server: http, path: '/ws' }),
   sessionManager: sessions,
   maxMessageSize: 16 * 1024, // far above a 500-character message; larger frames close the connection (1009)
-  // Checked at each upgrade: upgrades accepted at the same moment can pass it by the few in flight.
-  beforeUpgrade: () =>
-    server.connections.size < MAX_CONNECTIONS || { accept: false, status: 503, reason: 'the room is full' },
+  maxConnections: MAX_CONNECTIONS, // one more is refused with 503
   onRequest: async (conn, msg) => {
     switch (msg.name) {
       case 'join': {

@@ -92,6 +92,14 @@ export interface ServerOptions {
    * new Server({ transport, upgradeTimeout: 2_000, beforeUpgrade: (req) => auth.check(req.headers) });
    */
   readonly upgradeTimeout?: number;
+  /**
+   * Most connections open at once (an integer in 1..1e9). An upgrade beyond it is refused with
+   * HTTP 503 `too many connections` before `beforeUpgrade` runs; one that got past that check
+   * while others were being decided is closed with 1013 (try again later) as soon as it opens, so
+   * the bound holds under any burst. Clients reconnect with backoff.
+   * @default unlimited
+   */
+  readonly maxConnections?: number;
   /** Largest message accepted, announced in AcceptConf. @default 1 MiB */
   readonly maxMessageSize?: number;
   /** A connection that sends nothing for this long is closed; announced in AcceptConf. @default 60000 */
@@ -140,6 +148,7 @@ export interface ResolvedServerOptions {
   readonly onClientDisconnected: ServerOptions['onClientDisconnected'];
   readonly beforeUpgrade: ServerOptions['beforeUpgrade'];
   readonly upgradeTimeout: number;
+  readonly maxConnections: number;
   readonly maxMessageSize: number;
   readonly readTimeout: number;
   readonly concurrency: number;
@@ -209,6 +218,10 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
       1,
       MAX_TIMER_DELAY,
     ),
+    maxConnections:
+      options.maxConnections === undefined
+        ? Number.POSITIVE_INFINITY
+        : checkInteger('maxConnections', options.maxConnections, 1, 1e9),
     // A message must at least hold a request header; AcceptConf carries the size as uint32.
     maxMessageSize: checkInteger('maxMessageSize', options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE, 16, MAX_UINT32),
     readTimeout: checkInteger('readTimeout', options.readTimeout ?? DEFAULT_READ_TIMEOUT, 100, MAX_UINT32),

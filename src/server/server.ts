@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import { nanoid } from 'nanoid';
 import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
-import type { TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
+import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
 import { checkInteger } from '../util/validate.ts';
 import { Connection, SEND_SIGNAL } from './connection.ts';
@@ -187,6 +187,7 @@ export class Server {
 
   private async decideUpgrade(request: UpgradeRequest): Promise<UpgradeDecision> {
     if (this.state !== 'listening') return refuse(503, 'server shutting down');
+    if (this.live.size >= this.options.maxConnections) return refuse(503, 'too many connections');
     const { beforeUpgrade } = this.options;
     if (beforeUpgrade === undefined) return { accept: true };
     let verdict: ReturnType<typeof beforeUpgrade>;
@@ -265,9 +266,14 @@ export class Server {
     return refuse(status, verdict.reason);
   }
 
-  private accept(socket: TransportSocket, request: UpgradeRequest) {
+  private accept(socket: TransportSocket, request: UpgradeRequest): SocketHandlers {
     const verdict = pendingVerdicts.get(request);
     pendingVerdicts.delete(request);
+    if (this.live.size >= this.options.maxConnections) {
+      // Accepted while others were being decided, and the limit was reached meanwhile.
+      socket.close(CloseCode.TryAgainLater, 'too many connections');
+      return IGNORE_SOCKET;
+    }
     let concurrency = this.options.concurrency;
     if (verdict?.concurrency !== undefined) {
       try {
@@ -335,6 +341,14 @@ function connectionId(): string {
  * object the transport hands to both calls.
  */
 const pendingVerdicts = new WeakMap<UpgradeRequest, { readonly concurrency?: number; readonly info?: unknown }>();
+
+/** The handlers of a socket closed as soon as it opened: nothing it says matters any more. */
+const IGNORE_SOCKET: SocketHandlers = {
+  onMessage: () => {},
+  onClose: () => {},
+  onDrain: () => {},
+  onPing: () => {},
+};
 
 function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
   return typeof (value as { then?: unknown } | null)?.then === 'function';
