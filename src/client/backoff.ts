@@ -1,4 +1,4 @@
-import { checkInteger } from '../util/validate.ts';
+import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { InvalidArgumentError } from '../errors.ts';
 
 /** How the client reconnects. */
@@ -36,9 +36,14 @@ export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
     'reconnect.initialDelay',
     options.initialDelay ?? DEFAULT_RECONNECT.initialDelay,
     0,
-    2 ** 31 - 1,
+    MAX_TIMER_DELAY,
   );
-  const maxDelay = checkInteger('reconnect.maxDelay', options.maxDelay ?? DEFAULT_RECONNECT.maxDelay, 0, 2 ** 31 - 1);
+  const maxDelay = checkInteger(
+    'reconnect.maxDelay',
+    options.maxDelay ?? DEFAULT_RECONNECT.maxDelay,
+    0,
+    MAX_TIMER_DELAY,
+  );
   const factor = options.factor ?? DEFAULT_RECONNECT.factor;
   const jitter = options.jitter ?? DEFAULT_RECONNECT.jitter;
   const maxAttempts = options.maxAttempts ?? DEFAULT_RECONNECT.maxAttempts;
@@ -50,7 +55,7 @@ export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
     maxAttempts,
     delay(attempt: number): number {
       // Clamped: Node runs a timer over 2^31 - 1 ms after 1 ms (a tight retry loop), and NaN as 1 ms.
-      if (custom !== undefined) return Math.min(2 ** 31 - 1, Math.max(0, custom(attempt) || 0));
+      if (custom !== undefined) return Math.min(MAX_TIMER_DELAY, Math.max(0, custom(attempt) || 0));
       const base = Math.min(maxDelay, initialDelay * factor ** (attempt - 1));
       return Math.round(base * (1 - jitter * Math.random()));
     },

@@ -28,17 +28,9 @@ import {
 } from '../errors.ts';
 import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
-import {
-  type IncomingMessage,
-  invalidTimeout,
-  Peer,
-  type ReplyValue,
-  type RequestContext,
-  type RequestOptions,
-  validTimeout,
-} from '../peer/peer.ts';
+import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
 import { Emitter } from '../util/emitter.ts';
-import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
+import { checkFunction, checkInteger, MAX_TIMER_DELAY, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
 import { defaultClientTransport, defaultSessionKeyStore } from './default-transport.ts';
 import type { SessionKeyStore } from './session-key-store.ts';
@@ -175,8 +167,18 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
   const reconnect = options.reconnect ?? true;
   return Object.freeze({
     headers: { ...options.headers },
-    requestTimeout: checkInteger('requestTimeout', options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT, 0, 2 ** 31 - 1),
-    connectTimeout: checkInteger('connectTimeout', options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT, 1, 2 ** 31 - 1),
+    requestTimeout: checkInteger(
+      'requestTimeout',
+      options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT,
+      0,
+      MAX_TIMER_DELAY,
+    ),
+    connectTimeout: checkInteger(
+      'connectTimeout',
+      options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT,
+      1,
+      MAX_TIMER_DELAY,
+    ),
     reconnect: reconnect === false ? null : reconnectPolicy(reconnect === true ? {} : reconnect),
     maxQueuedRequests: checkInteger(
       'maxQueuedRequests',
@@ -207,7 +209,7 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
     protocolMinor,
     onRequest: options.onRequest,
     sessionKeyStore: options.sessionKeyStore ?? defaultSessionKeyStore(),
-    serverTimeout: checkInteger('serverTimeout', options.serverTimeout ?? 0, 0, 2 ** 31 - 1),
+    serverTimeout: checkInteger('serverTimeout', options.serverTimeout ?? 0, 0, MAX_TIMER_DELAY),
     parseSessionInfo: options.parseSessionInfo,
     logger: options.logger ?? consoleLogger,
   });
@@ -303,7 +305,11 @@ export class Client extends Emitter<ClientEvents> {
    */
   request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
     const timeout = options.timeout ?? this.#options.requestTimeout;
-    if (!validTimeout(timeout)) return Promise.reject(invalidTimeout(timeout));
+    try {
+      checkInteger('timeout', timeout, 0, MAX_TIMER_DELAY);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const peer = this.#peer;
     if (this.#currentState === 'connected' && peer !== undefined) {
       return peer.request(name, (id) => encodeRequest(id, name, payload), { ...options, timeout });

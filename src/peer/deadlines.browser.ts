@@ -6,8 +6,7 @@
  * request's deadline has passed, after the request was removed.
  */
 
-/** The longest delay a timer takes; a longer one fires at once in browsers, so it is re-armed. */
-const MAX_DELAY = 2 ** 31 - 1;
+import { MAX_TIMER_DELAY as MAX_DELAY } from '../util/validate.ts';
 
 export class Deadlines {
   readonly #timers = new Map<number, ReturnType<typeof setTimeout>>();

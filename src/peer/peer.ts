@@ -22,7 +22,6 @@ import {
   CanceledError,
   DisconnectedError,
   InternalError,
-  InvalidArgumentError,
   MaxSessionConnectionsError,
   RequestError,
   SessionNotFoundError,
@@ -31,6 +30,7 @@ import {
   TimeoutError,
 } from '../errors.ts';
 import type { Logger } from '../logger.ts';
+import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { Deadlines } from './deadlines.ts';
 
 /** A request or signal as handlers see it. `payload.data` is owned by the handler. */
@@ -471,7 +471,11 @@ export class Peer {
     const signal = options.signal;
     if (signal?.aborted) return Promise.reject(new CanceledError(`request ${quote(name)} was aborted`));
     const timeout = options.timeout ?? 0;
-    if (!validTimeout(timeout)) return Promise.reject(invalidTimeout(timeout));
+    try {
+      checkInteger('timeout', timeout, 0, MAX_TIMER_DELAY);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const id = this.#nextId++;
     let bytes: Uint8Array;
     try {
@@ -647,16 +651,4 @@ function specialReplyToError(message: SpecialReplyMessage, name: string): Error 
     case 'sessions-disabled':
       return new SessionsDisabledError('sessions are disabled on the server');
   }
-}
-
-/** Longest delay a timer takes: 2^31 - 1 ms (~24.8 days); longer ones fire at once in Node. */
-const MAX_TIMEOUT = 2 ** 31 - 1;
-
-/** A request timeout a timer can honour: an integer in 0..MAX_TIMEOUT (0: none). */
-export function validTimeout(timeout: number): boolean {
-  return Number.isInteger(timeout) && timeout >= 0 && timeout <= MAX_TIMEOUT;
-}
-
-export function invalidTimeout(timeout: unknown): InvalidArgumentError {
-  return new InvalidArgumentError(`option timeout must be an integer in 0..${MAX_TIMEOUT}, got ${String(timeout)}`);
 }

@@ -5,7 +5,7 @@ import { consoleLogger, type Logger } from '../logger.ts';
 import type { IncomingMessage, ReplyValue, RequestContext } from '../peer/peer.ts';
 import { FileSessionManager } from '../session/file-store.ts';
 import { defaultKeyGenerator, type SessionKeyGenerator, type SessionManager } from '../session/session.ts';
-import { checkFunction, checkInteger, subProtocolBytes } from '../util/validate.ts';
+import { checkFunction, checkInteger, MAX_TIMER_DELAY, subProtocolBytes } from '../util/validate.ts';
 import type { SessionSettings } from './session-registry.ts';
 import type { Connection } from './connection.ts';
 
@@ -188,8 +188,6 @@ function resolveSessions(options: ServerOptions, logger: Logger): { sessions: Se
 }
 
 const MAX_UINT32 = 0xffff_ffff;
-/** Node's setTimeout turns longer delays into 1 ms (with a TimeoutOverflowWarning). */
-const MAX_TIMER_DELAY = 2 ** 31 - 1;
 
 /** Merges defaults, validates and freezes. Throws InvalidArgumentError for anything wrong. */
 export function resolveServerOptions(options: ServerOptions): ResolvedServerOptions {

@@ -4,7 +4,7 @@ import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
-import { checkInteger } from '../util/validate.ts';
+import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { Connection, SEND_SIGNAL } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
 import {
@@ -155,7 +155,7 @@ export class Server {
    * running are aborted (their AbortSignal fires) and connections close anyway.
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
-    const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, 2 ** 31 - 1);
+    const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, MAX_TIMER_DELAY);
     this.stopping ??= this.runShutdown(timeout);
     return this.stopping;
   }

@@ -23,7 +23,7 @@ import { chmod, lstat, mkdir, open, readdir, readFile, rename, stat, unlink } fr
 import { join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
-import { checkInteger } from '../util/validate.ts';
+import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import { KeyedQueue } from './keyed-queue.ts';
 import { type Session, type SessionManager, sessionFromJson, sessionToJson } from './session.ts';
@@ -43,9 +43,6 @@ export const DEFAULT_MAX_OPEN_FILES = 64;
  * take milliseconds, so a minute-old one belongs to nobody, even with processes sharing the directory.
  */
 export const STALE_TEMP_FILE_AGE = 60_000;
-
-/** setInterval's ceiling: a longer delay overflows and fires after 1 ms. */
-const MAX_TIMER_DELAY = 2 ** 31 - 1;
 
 /** `<sha256 hex>.json`: a session file. */
 const SESSION_FILE = /^([0-9a-f]{64})\.json$/;

@@ -1,6 +1,9 @@
 import { encodeUtf8 } from '../../protocol/payload.ts';
 import { InvalidArgumentError } from '../errors.ts';
 
+/** The longest delay a timer takes: 2^31 - 1 ms (~24.8 days). Node fires a longer one after 1 ms. */
+export const MAX_TIMER_DELAY = 2 ** 31 - 1;
+
 /** Throws InvalidArgumentError unless `value` is an integer within [min, max]. */
 export function checkInteger(name: string, value: number, min: number, max: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {

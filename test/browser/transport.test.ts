@@ -16,6 +16,7 @@ import { Server } from '../../src/server/server.ts';
 import { type BrowserTransportOptions, browserTransport } from '../../transports/browser.ts';
 import type { ConnectFailure, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import { wsTransport } from '../../transports/ws.ts';
+import { waitFor } from '../helpers.ts';
 
 const InjectedWebSocket = WebSocket as unknown as typeof globalThis.WebSocket;
 
@@ -457,15 +458,10 @@ test('a long pause queue is delivered whole and in order, across pauses from the
   for (const expected of [5_000, 15_000, count]) {
     socket.resume();
     await tick(0);
-    await waitUntil(() => seen.length === expected, `${expected} messages`);
+    await waitFor(() => seen.length === expected, 5_000, `${expected} messages`);
   }
   assert.ok(
     seen.every((n, i) => n === i + 1),
     'in order, none lost or repeated',
   );
 });
-
-async function waitUntil(predicate: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !predicate(); i++) await tick(10);
-  assert.ok(predicate(), `timed out waiting for ${what}`);
-}

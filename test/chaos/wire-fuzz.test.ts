@@ -1169,35 +1169,34 @@ for (const [name, under] of UNDER) {
     assert.equal((await boundedly(conn.closed, 'conn.closed')).code, expected);
   });
 
-  test(`${name}: an unmasked client frame (RFC 6455 §5.1: ws closes 1002; uWS takes it)`, async (t) => {
-    const r = await regressionServer(t, under);
-    const { peer, conn } = await regressionPeer(r);
-    // A zero-key masked frame with its MASK bit cleared: 82 0b 00000000 7f0100000000000000016e.
-    peer.writeRaw(Buffer.concat([Buffer.from([0x82, REQUEST_N.length, 0, 0, 0, 0]), REQUEST_N]));
-    await answeredOrClosed(peer);
-    if (name === 'uws') {
-      assert.equal(peer.messages.length, 1, 'uWS reads the 4 bytes after the header as a key and answers');
-      return;
-    }
-    assert.deepEqual(peer.messages.map(hex), [], 'the request was answered');
-    assert.equal((await boundedly(peer.closed, 'the close')).code, 1002);
-    assert.equal((await boundedly(conn.closed, 'conn.closed')).code, 1002);
-  });
-
-  test(`${name}: a new data frame inside a fragmented message (RFC 6455 §5.4: ws closes 1002; uWS joins them)`, async (t) => {
-    const r = await regressionServer(t, under);
-    const { peer, conn } = await regressionPeer(r);
-    // 02 (binary, FIN clear) with the request minus its last byte, then 82 (binary, FIN) with it.
-    peer.writeRaw(Buffer.concat([rawFrame(0x02, REQUEST_N.subarray(0, -1)), rawFrame(0x82, REQUEST_N.subarray(-1))]));
-    await answeredOrClosed(peer);
-    if (name === 'uws') {
-      assert.equal(peer.messages.length, 1, 'uWS takes the second frame as a continuation and answers');
-      return;
-    }
-    assert.deepEqual(peer.messages.map(hex), [], 'the request was answered');
-    assert.equal((await boundedly(peer.closed, 'the close')).code, 1002);
-    assert.equal((await boundedly(conn.closed, 'conn.closed')).code, 1002);
-  });
+  for (const { title, bytes, uwsTakesIt } of [
+    {
+      title: 'an unmasked client frame (RFC 6455 §5.1: ws closes 1002; uWS takes it)',
+      // A zero-key masked frame with its MASK bit cleared: 82 0b 00000000 7f0100000000000000016e.
+      bytes: Buffer.concat([Buffer.from([0x82, REQUEST_N.length, 0, 0, 0, 0]), REQUEST_N]),
+      uwsTakesIt: 'uWS reads the 4 bytes after the header as a key and answers',
+    },
+    {
+      title: 'a new data frame inside a fragmented message (RFC 6455 §5.4: ws closes 1002; uWS joins them)',
+      // 02 (binary, FIN clear) with the request minus its last byte, then 82 (binary, FIN) with it.
+      bytes: Buffer.concat([rawFrame(0x02, REQUEST_N.subarray(0, -1)), rawFrame(0x82, REQUEST_N.subarray(-1))]),
+      uwsTakesIt: 'uWS takes the second frame as a continuation and answers',
+    },
+  ]) {
+    test(`${name}: ${title}`, async (t) => {
+      const r = await regressionServer(t, under);
+      const { peer, conn } = await regressionPeer(r);
+      peer.writeRaw(bytes);
+      await answeredOrClosed(peer);
+      if (name === 'uws') {
+        assert.equal(peer.messages.length, 1, uwsTakesIt);
+        return;
+      }
+      assert.deepEqual(peer.messages.map(hex), [], 'the request was answered');
+      assert.equal((await boundedly(peer.closed, 'the close')).code, 1002);
+      assert.equal((await boundedly(conn.closed, 'conn.closed')).code, 1002);
+    });
+  }
 
   test(`${name}: a close frame with an invalid status code, 999 (RFC 6455 §7.4.1: ws closes 1002; uWS answers without a code)`, async (t) => {
     const r = await regressionServer(t, under);

@@ -13,6 +13,8 @@ import type { DisconnectInfo } from '../../src/server/options.ts';
 import { Server } from '../../src/server/server.ts';
 import { silentLogger } from '../../src/logger.ts';
 import { wsTransport } from '../../transports/ws.ts';
+import { waitFor } from '../helpers.ts';
+import { maskedFrame } from '../transports/helpers.ts';
 
 test('the application closing after the client did reports the client close, the only one sent', async (t) => {
   let connected!: (conn: Connection) => void;
@@ -43,14 +45,10 @@ test('the application closing after the client did reports the client close, the
       'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
   );
   const conn = await connection;
-  // The client's close frame, 1000 "bye", masked with a zero key.
-  const payload = Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from('bye')]);
-  socket.write(Buffer.concat([Buffer.from([0x88, 0x80 | payload.length, 0, 0, 0, 0]), payload]));
-  // Until the echo is back, the server has read the client's close.
-  for (let i = 0; i < 200 && !received.includes(Buffer.from('880503e8627965', 'hex')); i++) {
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  assert.ok(received.includes(Buffer.from('880503e8627965', 'hex')), 'the server echoed the close');
+  // The client's close frame, 1000 "bye".
+  socket.write(maskedFrame(0x8, Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from('bye')])));
+  // Once the echo is back, the server has read the client's close.
+  await waitFor(() => received.includes(Buffer.from('880503e8627965', 'hex')), 2_000, 'the echo of the close');
   void conn.close(4001, 'server reason');
   socket.end();
   const info = await disconnect;
