@@ -3,6 +3,10 @@
  * percentiles and throughput for small responses and for 1 MiB responses.
  *
  *   npm run bench:tunnel -- [--duration 3] [--rounds 3] [--small-concurrency 32] [--big-concurrency 8]
+ *                           [--sizes small,big] [--cpu-prof DIR]
+ *
+ * `--cpu-prof DIR` writes V8 CPU profiles of the proxy and the agent into DIR (open them in Chrome
+ * DevTools or speedscope); `--sizes small` runs the small responses only.
  *
  * Standalone (not part of the bench harness in bench/run.ts). Every server runs in its own
  * process, as in production, from the compiled `dist/` (what ships): the target (a plain Node
@@ -256,6 +260,8 @@ async function main(): Promise<void> {
       rounds: { type: 'string', default: '3' },
       'small-concurrency': { type: 'string', default: '32' },
       'big-concurrency': { type: 'string', default: '8' },
+      sizes: { type: 'string', default: 'small,big' },
+      'cpu-prof': { type: 'string' },
     },
   });
   if (values.role === 'target') return runTarget();
@@ -282,9 +288,11 @@ async function main(): Promise<void> {
     const relay2Port = Number((await relay2.waitFor(/^(\d+)$/m))[1]);
     const relay1 = start([...helper, '--role', 'relay', '--to', String(relay2Port)]);
     const relayPort = Number((await relay1.waitFor(/^(\d+)$/m))[1]);
-    const proxy = start([cli, 'tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--log-level', 'warn']);
+    const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`];
+    const proxy = start([...profile, cli, 'tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--log-level', 'warn']);
     const proxyPort = Number((await proxy.waitFor(/listening on http:\/\/[^ ]+:(\d+)\//))[1]);
     const agent = start([
+      ...profile,
       cli,
       'tunnel',
       'agent',
@@ -332,10 +340,12 @@ async function main(): Promise<void> {
     const rounds = Number(values.rounds);
     const rows: string[] = [];
     const summary: Record<string, Record<string, number | null>> = {};
+    const sizes = new Set(values.sizes.split(','));
     for (const [label, path, concurrency] of [
       ['small (17 B)', '/small', Number(values['small-concurrency'])],
       ['1 MiB', '/big', Number(values['big-concurrency'])],
     ] as const) {
+      if (!sizes.has(path.slice(1))) continue;
       // The three paths alternate, and medians are compared: on a shared machine a burst of
       // load elsewhere then hits every side rather than one.
       const runs: Record<keyof typeof paths, Reading[]> = { direct: [], relay: [], tunnel: [] };
@@ -384,6 +394,18 @@ async function main(): Promise<void> {
     );
     for (const row of rows) console.log(row);
     console.log(JSON.stringify(summary));
+    if (profile.length > 0) {
+      // A profile is written when the process exits by itself: a graceful stop, not SIGKILL.
+      await Promise.all(
+        [proxy.proc, agent.proc].map(
+          (proc) =>
+            new Promise((resolve) => {
+              proc.once('exit', resolve);
+              proc.kill('SIGTERM');
+            }),
+        ),
+      );
+    }
   } finally {
     for (const child of children) child.kill('SIGKILL');
     await rm(dir, { recursive: true, force: true });
