@@ -123,6 +123,12 @@ export class InvalidStateError extends DuplexwireError {
   readonly code = 'ERR_INVALID_STATE';
 }
 
+/** A configured limit would be exceeded (e.g. `maxTopicsPerConnection` by `conn.subscribe()`). */
+export class LimitExceededError extends DuplexwireError {
+  override readonly name = 'LimitExceededError';
+  readonly code = 'ERR_LIMIT_EXCEEDED';
+}
+
 /**
  * Every error class of the catalogue with a fixed code, for documentation and its test.
  * RequestError is left out: its code is the application's.
@@ -142,4 +148,5 @@ export const ERROR_CLASSES: ReadonlyArray<new (message: string) => DuplexwireErr
   QueueFullError,
   InvalidArgumentError,
   InvalidStateError,
+  LimitExceededError,
 ];

@@ -25,6 +25,7 @@ export {
   DEFAULT_MAX_BUFFERED_BYTES,
   DEFAULT_MAX_INFLIGHT_REQUESTS,
   DEFAULT_MAX_MESSAGE_SIZE,
+  DEFAULT_MAX_TOPICS_PER_CONNECTION,
   DEFAULT_READ_TIMEOUT,
   DEFAULT_SESSION_DIR,
   DEFAULT_SHUTDOWN_TIMEOUT,
@@ -33,7 +34,8 @@ export {
   type ServerOptions,
   type UpgradeVerdict,
 } from './server/options.ts';
-export { Server, type ShutdownOptions } from './server/server.ts';
+export { type PublishOptions, Server, type ShutdownOptions } from './server/server.ts';
+export { MAX_TOPIC_LENGTH } from './server/topics.ts';
 export {
   binary,
   EMPTY_PAYLOAD,

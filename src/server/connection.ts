@@ -14,6 +14,7 @@ import {
   DisconnectedError,
   InvalidArgumentError,
   InvalidStateError,
+  LimitExceededError,
   PeerUnsupportedError,
   SessionsDisabledError,
   ShutdownError,
@@ -29,6 +30,7 @@ import {
 import { type Session, sessionToJson } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
+import { checkTopic, type TopicRegistry } from './topics.ts';
 
 /** What the Server gives each connection. */
 export interface ConnectionContext {
@@ -41,6 +43,7 @@ export interface ConnectionContext {
   /** Null when sessions are disabled. */
   readonly sessions: SessionSettings | null;
   readonly registry: SessionRegistry<Connection>;
+  readonly topics: TopicRegistry<Connection>;
 }
 
 /** The key of `Connection`'s method sending encoded signal bytes: internal, not exported by the package. */
@@ -73,6 +76,8 @@ export class Connection {
   private versionPromise: Promise<boolean> | undefined;
   /** A session operation (create, restore, close) is under way: they never overlap on one connection. */
   private sessionBusy = false;
+  /** The topics this connection subscribes to; created on the first subscribe (most have none). */
+  private subscribed: Set<string> | undefined;
 
   /** @internal Created by the Server. */
   constructor(socket: TransportSocket, request: UpgradeRequest, context: ConnectionContext) {
@@ -195,6 +200,47 @@ export class Connection {
   /** Sends a signal already encoded (`Server.broadcast`); not part of the public API. */
   [SEND_SIGNAL](bytes: Uint8Array): boolean {
     return this.peer.sendSignal(bytes);
+  }
+
+  /**
+   * Subscribes this connection to `topic`: `server.publish(topic, ...)` then sends it the
+   * signal. Returns false when the connection is no longer open (nothing changes: a closed
+   * connection never holds a topic). Subscribing twice is one subscription. The connection leaves
+   * every topic when it closes.
+   *
+   * Throws InvalidArgumentError for a topic that is not a string of 1..1024 characters, and
+   * LimitExceededError when the connection holds `maxTopicsPerConnection` topics already.
+   *
+   * @example
+   * onRequest: async (conn, msg) => {
+   *   if (msg.name === 'join') conn.subscribe(`room:${payloadText(msg.payload)}`);
+   *   return EMPTY_PAYLOAD;
+   * }
+   */
+  subscribe(topic: string): boolean {
+    checkTopic(topic);
+    if (!this.peer.isOpen) return false;
+    this.subscribed ??= new Set();
+    if (this.subscribed.has(topic)) return true;
+    const limit = this.context.options.maxTopicsPerConnection;
+    if (this.subscribed.size >= limit) {
+      throw new LimitExceededError(`this connection already subscribes to ${limit} topics (maxTopicsPerConnection)`);
+    }
+    this.subscribed.add(topic);
+    this.context.topics.add(topic, this);
+    return true;
+  }
+
+  /** Unsubscribes this connection from `topic`. Returns true when it was subscribed. */
+  unsubscribe(topic: string): boolean {
+    if (this.subscribed?.delete(topic) !== true) return false;
+    this.context.topics.remove(topic, this);
+    return true;
+  }
+
+  /** The topics this connection subscribes to (a live view: copy it to keep it). */
+  get topics(): ReadonlySet<string> {
+    return this.subscribed ?? NO_TOPICS;
   }
 
   /**
@@ -464,6 +510,10 @@ export class Connection {
 
   private handleClosed(code: number, reason: string): void {
     clearTimeout(this.readTimer);
+    if (this.subscribed !== undefined) {
+      for (const topic of this.subscribed) this.context.topics.remove(topic, this);
+      this.subscribed.clear();
+    }
     // A disconnect keeps the session in the store, to be restored later.
     if (this.currentSession !== null) {
       this.context.registry.unregister(this.currentSession.key, this);
@@ -475,6 +525,8 @@ export class Connection {
     this.context.closed(this, info);
   }
 }
+
+const NO_TOPICS: ReadonlySet<string> = new Set();
 
 /** Longer keys are not read at all: no generator makes them. */
 const MAX_SESSION_KEY_BYTES = 1024;

@@ -21,6 +21,8 @@ export const DEFAULT_MAX_INFLIGHT_REQUESTS = 4096;
 export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** @default 30 s */
 export const DEFAULT_SHUTDOWN_TIMEOUT = 30_000;
+/** Topics one connection may subscribe to at once. @default 1024 */
+export const DEFAULT_MAX_TOPICS_PER_CONNECTION = 1024;
 /** Time `beforeUpgrade` has to decide before the upgrade is refused with 503. @default 10 s */
 export const DEFAULT_UPGRADE_TIMEOUT = 10_000;
 /** Where `sessions: true` keeps sessions (relative to the working directory). */
@@ -100,6 +102,12 @@ export interface ServerOptions {
    * @default unlimited
    */
   readonly maxConnections?: number;
+  /**
+   * Topics one connection may subscribe to at once (`conn.subscribe()`); one more throws
+   * LimitExceededError. Topics are chosen by the application, often from what a client asks for:
+   * the limit keeps a client from growing the server's topic map without end. @default 1024
+   */
+  readonly maxTopicsPerConnection?: number;
   /** Largest message accepted, announced in AcceptConf. @default 1 MiB */
   readonly maxMessageSize?: number;
   /** A connection that sends nothing for this long is closed; announced in AcceptConf. @default 60000 */
@@ -154,6 +162,7 @@ export interface ResolvedServerOptions {
   readonly concurrency: number;
   readonly maxInflightRequests: number;
   readonly maxBufferedBytes: number;
+  readonly maxTopicsPerConnection: number;
   readonly subProtocol: Uint8Array;
   readonly shutdownTimeout: number;
   readonly protocolMinor: 0 | 1;
@@ -235,6 +244,12 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
       options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES,
       1024,
       Number.MAX_SAFE_INTEGER,
+    ),
+    maxTopicsPerConnection: checkInteger(
+      'maxTopicsPerConnection',
+      options.maxTopicsPerConnection ?? DEFAULT_MAX_TOPICS_PER_CONNECTION,
+      1,
+      1e9,
     ),
     subProtocol: subProtocolBytes(options.subProtocol),
     shutdownTimeout: checkInteger(

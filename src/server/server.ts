@@ -7,6 +7,7 @@ import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { Connection, SEND_SIGNAL } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
+import { checkTopic, TopicRegistry } from './topics.ts';
 import {
   type DisconnectInfo,
   type ResolvedServerOptions,
@@ -16,6 +17,12 @@ import {
 } from './options.ts';
 
 type ServerState = 'new' | 'starting' | 'listening' | 'shutting-down' | 'stopped';
+
+/** Options of `publish()`. */
+export interface PublishOptions {
+  /** A connection left out, though subscribed (usually the one whose message is published). */
+  readonly except?: Connection | undefined;
+}
 
 /** Options of `shutdown()`. */
 export interface ShutdownOptions {
@@ -40,6 +47,7 @@ export class Server {
   private readonly acceptConf: Uint8Array;
   private readonly live = new Set<Connection>();
   private readonly registry: SessionRegistry<Connection>;
+  private readonly topicRegistry = new TopicRegistry<Connection>();
   private state: ServerState = 'new';
   /**
    * Upgrades waiting for an async `beforeUpgrade`, each as the function that answers it (once) and
@@ -118,6 +126,35 @@ export class Server {
     // A connection closed by its send leaves the Set during the loop: a Set allows that.
     for (const conn of targets) if (conn[SEND_SIGNAL](bytes)) sent++;
     return sent;
+  }
+
+  /**
+   * Sends one signal to every connection subscribed to `topic` (`conn.subscribe()`), encoding it
+   * once, and returns how many it went to. `except` leaves one connection out (the sender of a
+   * chat message, say). As with `broadcast`, each send is the connection's own, with its limits.
+   * Throws InvalidArgumentError for an invalid topic and ProtocolError for a name or payload that
+   * may not be sent, before sending anything.
+   *
+   * Subscriptions are per server process; across processes, publish through your own bus (e.g.
+   * Redis pub/sub) and call `publish` in each.
+   *
+   * @example
+   * server.publish('room:lobby', 'chat', utf8(JSON.stringify({ from, text })), { except: conn });
+   */
+  publish(topic: string, name: string, payload: Payload, options: PublishOptions = {}): number {
+    checkTopic(topic);
+    const subscribers = this.topicRegistry.subscribers(topic);
+    const bytes = encodeSignal(name, payload);
+    const { except } = options;
+    let sent = 0;
+    // A send may close its connection, which then leaves the Set during the loop: a Set allows that.
+    for (const conn of subscribers) if (conn !== except && conn[SEND_SIGNAL](bytes)) sent++;
+    return sent;
+  }
+
+  /** The connections subscribed to `topic` on this server (a live view: copy it to keep it). */
+  subscribers(topic: string): ReadonlySet<Connection> {
+    return this.topicRegistry.subscribers(topic);
   }
 
   /** Number of sessions with at least one connection to this server. */
@@ -291,6 +328,7 @@ export class Server {
       closed: this.forgetConnection,
       sessions: this.options.sessions,
       registry: this.registry,
+      topics: this.topicRegistry,
     });
     this.live.add(conn);
     const handlers = conn.start();

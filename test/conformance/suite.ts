@@ -20,6 +20,7 @@ const SUITES: readonly SuiteFile[] = [
   { file: 'server/handshake', network: true },
   { file: 'server/requests', network: true },
   { file: 'server/signals', network: true },
+  { file: 'server/topics' },
   { file: 'server/concurrency', network: true },
   { file: 'server/upgrade', network: true },
   { file: 'server/upgrade-timeout' },

@@ -1,0 +1,58 @@
+import { InvalidArgumentError } from '../errors.ts';
+
+/** Longest topic name, in UTF-16 code units. */
+export const MAX_TOPIC_LENGTH = 1024;
+
+/** Throws InvalidArgumentError unless `topic` is a non-empty string of at most MAX_TOPIC_LENGTH. */
+export function checkTopic(topic: string): void {
+  if (typeof topic !== 'string' || topic.length === 0 || topic.length > MAX_TOPIC_LENGTH) {
+    throw new InvalidArgumentError(
+      `a topic must be a string of 1..${MAX_TOPIC_LENGTH} characters, got ${typeof topic === 'string' ? `${topic.length} characters` : typeof topic}`,
+    );
+  }
+}
+
+const NO_SUBSCRIBERS: ReadonlySet<never> = new Set();
+
+/**
+ * Which connections subscribe to which topic, in this process: the server's half of pub/sub. Each
+ * connection keeps its own set of topics (to leave them all when it closes); this keeps the
+ * reverse map, so a publish touches only the subscribers. A topic without subscribers is removed,
+ * so the map holds no more than the live subscriptions.
+ */
+export class TopicRegistry<Conn> {
+  private readonly byTopic = new Map<string, Set<Conn>>();
+
+  /** Adds `conn` to `topic`. */
+  add(topic: string, conn: Conn): void {
+    let set = this.byTopic.get(topic);
+    if (set === undefined) {
+      set = new Set();
+      this.byTopic.set(topic, set);
+    }
+    set.add(conn);
+  }
+
+  /** Removes `conn` from `topic`. */
+  remove(topic: string, conn: Conn): void {
+    const set = this.byTopic.get(topic);
+    if (set === undefined) return;
+    set.delete(conn);
+    if (set.size === 0) this.byTopic.delete(topic);
+  }
+
+  /** The connections subscribed to `topic` (a live view: copy it to keep it). */
+  subscribers(topic: string): ReadonlySet<Conn> {
+    return this.byTopic.get(topic) ?? NO_SUBSCRIBERS;
+  }
+
+  /** The topics with at least one subscriber. */
+  topics(): IterableIterator<string> {
+    return this.byTopic.keys();
+  }
+
+  /** Number of topics with at least one subscriber. */
+  get size(): number {
+    return this.byTopic.size;
+  }
+}
