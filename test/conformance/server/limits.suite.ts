@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { binary, payloadText, utf8 } from '../../../protocol/payload.ts';
-import { connectClient, delay, rawPeer, startServer } from '../../helpers.ts';
+import { connectClient, delay, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { bytes, gate, id, maskedFrames, newestConnection, takeAcceptConf, within, writeRaw } from './wire.ts';
 
 test('maxInflightRequests 4: four pending requests are fine, a fifth closes 1008', async (t) => {
@@ -142,4 +142,37 @@ test('a slow consumer is closed with 1008 once maxBufferedBytes is exceeded; oth
   const info = await within(conn.closed, 2_800, 'conn.closed');
   assert.equal(info.code, 1008, `server side closed with ${info.code} (${info.reason})`);
   assert.equal(payloadText(await bystander.request('n', utf8(''))), 'ok');
+});
+
+test('publish: a subscriber that stops reading is closed with 1008 and no longer counted; the others get every signal', async (t) => {
+  const limit = 64 * 1024;
+  const chunk = new Uint8Array(16 * 1024).fill(0x62);
+  const { url, server } = await startServer(t, { maxBufferedBytes: limit });
+  const reader = await connectClient(t, url);
+  let delivered = 0;
+  reader.on('signal', () => {
+    delivered++;
+  });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  for (const conn of server.connections) conn.subscribe('feed');
+  const stalled = await newestConnection(server, 2);
+  (peer.ws as unknown as { _socket: Socket })._socket.pause();
+
+  let published = 0;
+  let counted = 0;
+  const deadline = Date.now() + 2_000;
+  while (published < 4_000 && Date.now() < deadline) {
+    const n = server.publish('feed', 'p', binary(chunk));
+    published++;
+    counted += n;
+    if (n === 1) break;
+    if (published % 32 === 0) await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.ok(published < 4_000, 'the stalled subscriber was never dropped');
+  assert.equal(counted, 2 * published - 1, 'the last publish counted the reader only');
+  const info = await within(stalled.closed, 2_800, 'the stalled subscriber closed');
+  assert.equal(info.code, 1008, `closed with ${info.code} (${info.reason})`);
+  assert.deepEqual([...server.subscribers('feed')].length, 1);
+  await waitFor(() => delivered === published, 5_000, `all ${published} signals at the reader`);
 });
