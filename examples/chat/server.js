@@ -21,6 +21,7 @@ const NAME = /^[\p{L}\p{N} ._-]{1,24}$/u; // 1 to 24 letters, digits, spaces, . 
 const MAX_TEXT = 500; // characters in a message
 const HISTORY = 50; // messages kept, and sent to whoever joins
 const MAX_CONNECTIONS = 500;
+const ROOM = 'room'; // the topic every member subscribes to; a connection leaves it when it closes
 
 // Two files, by exact path: a Map, so no URL can reach anything else (not even "__proto__").
 const bundle = new URL(import.meta.resolve('duplexwire/client/bundle')); // dist/browser/duplexwire-client.js
@@ -67,6 +68,7 @@ const server = new Server({
         if (!conn.isOpen) return; // it left while its session was being stored
         // In the same tick as the history is taken: every later message reaches this connection.
         members.set(conn, name);
+        conn.subscribe(ROOM);
         return utf8(JSON.stringify(history));
       }
       case 'say': {
@@ -79,8 +81,8 @@ const server = new Server({
         const message = { from, text, at: new Date().toISOString() };
         history.push(message);
         if (history.length > HISTORY) history.shift();
-        // To everyone who joined, encoded once.
-        server.broadcast('message', utf8(JSON.stringify(message)), (member) => members.has(member));
+        // To everyone who joined (the sender too: that is its echo), encoded once.
+        server.publish(ROOM, 'message', utf8(JSON.stringify(message)));
         return; // an empty reply: the acknowledgement
       }
       default:
@@ -88,7 +90,7 @@ const server = new Server({
     }
   },
   onClientDisconnected: (conn) => {
-    members.delete(conn); // the session stays: a reload restores it
+    members.delete(conn); // it left the topic already; the session stays: a reload restores it
   },
 });
 

@@ -1,7 +1,7 @@
 /**
  * The programs in examples/, run as a user runs them: real child processes on plain `node` (no
  * TypeScript loader), importing the built package by its name, on 127.0.0.1 at port 0 (each
- * server prints the URL it got). The echo client's output is checked line by line; the chat
+ * server prints the URL it got). The echo and pubsub clients' output is checked line by line; the chat
  * server is driven by Node clients (`duplexwire/client`) and by its page in headless Chromium
  * (skipped when Chromium is not installed, except under CI=true, launched by test/browser/chromium.ts).
  */
@@ -121,6 +121,32 @@ test('echo: the client prints every reply, in all three encodings, and the signa
     /^signal note from \S+: a signal has no reply$/m.test(server.stdout()),
   );
 
+  assert.equal(await server.stop(), 0, 'a graceful shutdown on SIGTERM');
+  assert.equal(server.stderr(), '');
+});
+
+test('pubsub: the client watches two symbols, unsubscribes one, and its prices stop', async (t) => {
+  const server = await startExample(t, 'examples/pubsub/server.js');
+  assert.match(server.url, /^ws:\/\/127\.0\.0\.1:\d+\/$/);
+  for (const [a, b] of [
+    ['ACME', 'GLOBEX'],
+    ['INITECH', 'UMBRELLA'],
+  ] as const) {
+    const { stdout, stderr } = await run(process.execPath, ['examples/pubsub/client.js', server.url, a, b], {
+      cwd: ROOT,
+      timeout: 20_000,
+    });
+    assert.equal(stderr, '');
+    const lines = stdout.trimEnd().split('\n');
+    assert.equal(lines.length, 5, stdout);
+    assert.match(lines[0]!, new RegExp(`^watching ${a} \\(now \\d+(\\.\\d+)?\\)$`));
+    assert.match(lines[1]!, new RegExp(`^watching ${b} \\(now \\d+(\\.\\d+)?\\)$`));
+    assert.deepEqual(lines.slice(2), [
+      `3 prices of ${a} and of ${b}`,
+      `after unsubscribing ${b}: 0 more ${b}, ${a} went on`,
+      'subscribe NOPE failed: UNKNOWN_SYMBOL',
+    ]);
+  }
   assert.equal(await server.stop(), 0, 'a graceful shutdown on SIGTERM');
   assert.equal(server.stderr(), '');
 });
