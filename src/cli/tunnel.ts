@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
-import { jsonLogger, type LogLevel } from '../apps/tunnel/log.ts';
+import { jsonLogger, type LogLevel } from '../apps/shared/log.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';

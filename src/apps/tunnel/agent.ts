@@ -33,7 +33,7 @@ import { type HttpTarget, HttpExchange } from './agent-http.ts';
 import { ResponseSender } from './agent-relay.ts';
 import { CreditWindow, maxMessages } from './flow.ts';
 import { errorBody, TunnelErrorCode } from './http-errors.ts';
-import { jsonLogger } from './log.ts';
+import { jsonLogger } from '../shared/log.ts';
 import {
   AGENT_ID_HEADER,
   DEFAULT_CHUNK_SIZE,

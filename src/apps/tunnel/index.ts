@@ -16,7 +16,7 @@ export {
 } from './constants.ts';
 export { addForwarded, filterHeaders, redactHeaders, redactUrl } from './headers.ts';
 export { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
-export { jsonLogger, type JsonLoggerOptions, type LogLevel } from './log.ts';
+export { jsonLogger, type JsonLoggerOptions, type LogLevel } from '../shared/log.ts';
 export { TunnelMetrics } from './metrics.ts';
 export {
   DEFAULT_AGENT_TIMEOUT,

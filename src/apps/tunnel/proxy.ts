@@ -30,7 +30,7 @@ import {
 import { CreditWindow } from './flow.ts';
 import { addForwarded, filterHeaders, headerValues, singleHeader } from './headers.ts';
 import { TunnelErrorCode } from './http-errors.ts';
-import { jsonLogger } from './log.ts';
+import { jsonLogger } from '../shared/log.ts';
 import { TunnelMetrics } from './metrics.ts';
 import { type ExchangeHost, ProxyExchange } from './proxy-exchange.ts';
 import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';

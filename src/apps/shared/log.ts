@@ -1,7 +1,8 @@
 /**
- * Structured logs: one JSON object per line. The tunnel only ever logs what it chose to (ids,
- * methods, paths without their query, statuses, sizes, durations); bodies, tokens and
- * Authorization/Cookie values never reach a log line. Errors are reduced to name, code and message.
+ * Structured logs of the applications (tunnel, bridge): one JSON object per line. They only ever
+ * log what they chose to (ids, methods, paths without their query, statuses, sizes, durations);
+ * bodies, tokens, callback URLs and Authorization/Cookie values never reach a log line. Errors are
+ * reduced to name, code and message.
  */
 import type { Logger } from '../../index.ts';
 

@@ -1,0 +1,111 @@
+/**
+ * The bridge's requests to the backend: one POST per event, signed, with a deadline, never
+ * following a redirect (a 3xx is an answer like any other, and not a success), and reading at most
+ * `maxBody` bytes of the answer.
+ */
+import { sign } from './signature.ts';
+
+export type BridgeEvent = 'connect' | 'message' | 'close';
+
+/** Headers of every event request. */
+export const EVENT_HEADER = 'x-bridge-event';
+export const CONNECTION_HEADER = 'x-bridge-connection';
+export const CALLBACK_HEADER = 'x-bridge-callback';
+
+export interface EventRequest {
+  readonly event: BridgeEvent;
+  readonly connection: string;
+  /** The connection's callback URL (absent on connect: no connection exists yet). */
+  readonly callback?: string | undefined;
+  readonly body: Uint8Array;
+  readonly contentType: string;
+}
+
+export interface BackendAnswer {
+  readonly status: number;
+  readonly contentType: string;
+  readonly body: Uint8Array;
+}
+
+/** Why an event did not get an answer. */
+export class BackendError extends Error {
+  override readonly name = 'BackendError';
+  /** `timeout`, `unreachable` (connection refused, DNS, reset) or `too-large` (the answer). */
+  readonly reason: 'timeout' | 'unreachable' | 'too-large';
+
+  constructor(reason: BackendError['reason'], message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.reason = reason;
+  }
+}
+
+export interface BackendOptions {
+  readonly url: string;
+  readonly secret: string;
+  readonly timeout: number;
+  readonly maxBody: number;
+}
+
+/** Posts one event and reads the answer (any status). Rejects with BackendError. */
+export async function postEvent(backend: BackendOptions, request: EventRequest): Promise<BackendAnswer> {
+  const headers: Record<string, string> = {
+    'content-type': request.contentType,
+    [EVENT_HEADER]: request.event,
+    [CONNECTION_HEADER]: request.connection,
+    'x-bridge-signature': sign(backend.secret, { action: request.event, subject: request.connection }, request.body),
+  };
+  if (request.callback !== undefined) headers[CALLBACK_HEADER] = request.callback;
+  const signal = AbortSignal.timeout(backend.timeout);
+  let response: Response;
+  try {
+    response = await fetch(backend.url, {
+      method: 'POST',
+      headers,
+      body: request.body as Uint8Array<ArrayBuffer>,
+      redirect: 'manual',
+      signal,
+    });
+  } catch (error) {
+    if (signal.aborted) throw new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });
+    throw new BackendError('unreachable', 'the backend cannot be reached', { cause: error });
+  }
+  try {
+    const body = await readCapped(response, backend.maxBody);
+    return { status: response.status, contentType: response.headers.get('content-type') ?? '', body };
+  } catch (error) {
+    if (error instanceof BackendError) throw error;
+    if (signal.aborted) throw new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });
+    throw new BackendError('unreachable', 'the answer broke off', { cause: error });
+  }
+}
+
+/** The body of `response`, refused past `max` bytes (the rest is not read). */
+async function readCapped(response: Response, max: number): Promise<Uint8Array> {
+  const declared = Number(response.headers.get('content-length') ?? Number.NaN);
+  if (declared > max) {
+    await response.body?.cancel();
+    throw new BackendError('too-large', `the answer is over ${max} bytes`);
+  }
+  if (response.body === null) return new Uint8Array(0);
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel();
+      throw new BackendError('too-large', `the answer is over ${max} bytes`);
+    }
+    parts.push(value);
+  }
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.byteLength;
+  }
+  return out;
+}
