@@ -1,0 +1,745 @@
+/**
+ * The WebSocket-to-HTTP bridge: it holds WebSocket connections for a backend that speaks only
+ * HTTP. Each connection's life reaches the backend as signed POSTs (`connect`, then one `message`
+ * per WebSocket message, in order, then `close` with the close code), and the backend talks back
+ * through the connection's callback URL: POST a message, DELETE to close. Built on the transport
+ * contract (the clients are plain WebSocket clients, not duplexwire peers).
+ */
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { nanoid } from 'nanoid';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Logger } from '../../index.ts';
+import { wsTransport } from '../../../transports/ws.ts';
+import type {
+  ServerTransport,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from '../../../transports/types.ts';
+import { jsonLogger } from '../shared/log.ts';
+import { BackendError, postEvent } from './backend.ts';
+import { MIN_SECRET_BYTES, SIGNATURE_HEADER, verifySignature } from './signature.ts';
+
+/** @default 10 s */
+export const DEFAULT_BACKEND_TIMEOUT = 10_000;
+/** Largest WebSocket message, backend answer and callback body. @default 1 MiB */
+export const DEFAULT_BRIDGE_MAX_MESSAGE_SIZE = 1024 * 1024;
+/** @default 10,000 */
+export const DEFAULT_BRIDGE_MAX_CONNECTIONS = 10_000;
+/** Messages of one connection waiting for the backend before reading from it pauses. @default 32 */
+export const DEFAULT_MAX_QUEUED_MESSAGES = 32;
+/** Bytes queued toward one client; a callback finding more closes it (1008). @default 8 MiB */
+export const DEFAULT_BRIDGE_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+/** How long `close()` waits for the close events of the connections it closes. @default 10 s */
+export const DEFAULT_BRIDGE_DRAIN_TIMEOUT = 10_000;
+/** The callback path, under the bridge's root: `/connections/<token>`. */
+export const CALLBACK_PREFIX = '/connections/';
+
+const TOKEN_LENGTH = 32; // nanoid: 6 bits per character, 192 bits
+const TOKEN_PATH = /^\/connections\/([A-Za-z0-9_-]{32})$/;
+const TEXT_TYPE = 'text/plain; charset=utf-8';
+const BINARY_TYPE = 'application/octet-stream';
+/** How long an accepted upgrade may take to become a connection before it counts as gone. */
+const ACCEPT_GRACE = 5_000;
+/** Upgrade headers the backend has no use for (the handshake's own, and hop-by-hop ones). */
+const DROPPED_HEADERS = new Set([
+  'connection',
+  'upgrade',
+  'keep-alive',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'sec-websocket-key',
+  'sec-websocket-version',
+  'sec-websocket-extensions',
+]);
+
+export interface BridgeOpsPaths {
+  /** 200 while the process serves. @default '/healthz' */
+  readonly healthz?: string | false;
+  /** 200 while accepting connections, 503 once closing. @default '/readyz' */
+  readonly readyz?: string | false;
+  /** Prometheus metrics. @default '/metrics' */
+  readonly metrics?: string | false;
+}
+
+export interface WsHttpBridgeOptions {
+  /** Where the events go (http or https URL): every event is a POST to it, named by `x-bridge-event`. */
+  readonly backend: string;
+  /** HMAC-SHA256 key shared with the backend, at least 32 bytes. Signs every event (`x-bridge-signature`). */
+  readonly secret: string;
+  /**
+   * The bridge's address as the backend reaches it, ending in `/`, e.g. `http://bridge.internal:8081/`.
+   * Each connection's callback URL is this plus `connections/<token>`.
+   */
+  readonly callbackUrl: string;
+  /** Path of the WebSocket endpoint (query ignored). @default '/' */
+  readonly path?: string;
+  /** Deadline of each POST to the backend, in ms. @default 10000 */
+  readonly backendTimeout?: number;
+  /** Largest WebSocket message (larger: close 1009), backend answer and callback body (larger: 413). @default 1 MiB */
+  readonly maxMessageSize?: number;
+  /** Connections open at once, those being decided included; one more is refused with 503. @default 10000 */
+  readonly maxConnections?: number;
+  /** Messages of one connection waiting for the backend before the bridge stops reading it. @default 32 */
+  readonly maxQueuedMessages?: number;
+  /** Bytes queued toward one client; a callback finding more closes the client (1008). @default 8 MiB */
+  readonly maxBufferedBytes?: number;
+  /** Callbacks must be signed with the secret too, not only name a connection's token. @default false */
+  readonly requireSignedCallbacks?: boolean;
+  /** How long `close()` waits for the connections' close events. @default 10000 */
+  readonly drainTimeout?: number;
+  /** Operational endpoints on the bridge's listener. */
+  readonly ops?: BridgeOpsPaths;
+  /** Structured logs. @default JSON lines on stderr, level info */
+  readonly logger?: Logger;
+}
+
+interface Resolved {
+  readonly backend: {
+    readonly url: string;
+    readonly secret: string;
+    readonly timeout: number;
+    readonly maxBody: number;
+  };
+  readonly callbackUrl: string;
+  readonly path: string;
+  readonly maxMessageSize: number;
+  readonly maxConnections: number;
+  readonly maxQueuedMessages: number;
+  readonly maxBufferedBytes: number;
+  readonly requireSignedCallbacks: boolean;
+  readonly drainTimeout: number;
+  readonly ops: { healthz: string | false; readyz: string | false; metrics: string | false };
+}
+
+function positiveInteger(name: string, value: number | undefined, fallback: number): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) {
+    throw new RangeError(`${name} must be an integer in 1..${2 ** 31 - 1}, got ${String(v)}`);
+  }
+  return v;
+}
+
+function httpUrl(name: string, value: string): URL {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new TypeError(`${name} must be an absolute http(s) URL, got ${JSON.stringify(value)}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new TypeError(`${name} must be an http or https URL, got ${url.protocol}`);
+  }
+  return url;
+}
+
+function resolve(options: WsHttpBridgeOptions): Resolved {
+  httpUrl('backend', options.backend);
+  const callback = httpUrl('callbackUrl', options.callbackUrl);
+  if (!callback.pathname.endsWith('/') || callback.search !== '' || callback.hash !== '') {
+    throw new TypeError(`callbackUrl must end with / and carry no query, got ${JSON.stringify(options.callbackUrl)}`);
+  }
+  if (typeof options.secret !== 'string' || Buffer.byteLength(options.secret) < MIN_SECRET_BYTES) {
+    throw new TypeError(`secret must be a string of at least ${MIN_SECRET_BYTES} bytes`);
+  }
+  const path = options.path ?? '/';
+  if (!path.startsWith('/') || path.startsWith(CALLBACK_PREFIX)) {
+    throw new TypeError(`path must start with / and not with ${CALLBACK_PREFIX}, got ${JSON.stringify(path)}`);
+  }
+  const maxMessageSize = positiveInteger('maxMessageSize', options.maxMessageSize, DEFAULT_BRIDGE_MAX_MESSAGE_SIZE);
+  const ops = options.ops ?? {};
+  return {
+    backend: {
+      url: options.backend,
+      secret: options.secret,
+      timeout: positiveInteger('backendTimeout', options.backendTimeout, DEFAULT_BACKEND_TIMEOUT),
+      maxBody: maxMessageSize,
+    },
+    callbackUrl: callback.href,
+    path,
+    maxMessageSize,
+    maxConnections: positiveInteger('maxConnections', options.maxConnections, DEFAULT_BRIDGE_MAX_CONNECTIONS),
+    maxQueuedMessages: positiveInteger('maxQueuedMessages', options.maxQueuedMessages, DEFAULT_MAX_QUEUED_MESSAGES),
+    maxBufferedBytes: positiveInteger('maxBufferedBytes', options.maxBufferedBytes, DEFAULT_BRIDGE_MAX_BUFFERED_BYTES),
+    requireSignedCallbacks: options.requireSignedCallbacks ?? false,
+    drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_BRIDGE_DRAIN_TIMEOUT),
+    ops: {
+      healthz: ops.healthz ?? '/healthz',
+      readyz: ops.readyz ?? '/readyz',
+      metrics: ops.metrics ?? '/metrics',
+    },
+  };
+}
+
+/** One client connection and its ordered stream of events to the backend. */
+interface BridgeConnection {
+  readonly id: string;
+  readonly token: string;
+  readonly socket: TransportSocket;
+  readonly queue: Array<{ readonly data: Uint8Array; readonly binary: boolean }>;
+  /** A POST of this connection is under way. */
+  busy: boolean;
+  paused: boolean;
+  /** The backend failed an event: nothing more is sent for this connection but its close. */
+  failed: boolean;
+  /** How the client connection ended, once it has. */
+  ended: { readonly code: number; readonly reason: string } | undefined;
+  /** Resolves once the close event was posted (or given up on). */
+  readonly done: Promise<void>;
+  finish: () => void;
+}
+
+/** What an accepted upgrade carries to its connection. */
+interface Accepted {
+  readonly id: string;
+  readonly timer: ReturnType<typeof setTimeout>;
+  /** The backend's answer to `connect`, when it had a body: the client's first message. */
+  readonly welcome: { readonly body: Uint8Array; readonly contentType: string } | undefined;
+}
+
+class BridgeMetrics {
+  readonly registry = new Registry();
+  readonly connections: Gauge;
+  readonly events: Counter<'event' | 'result'>;
+  readonly duration: Histogram<'event'>;
+  readonly callbacks: Counter<'method' | 'status'>;
+
+  constructor() {
+    const registers = [this.registry];
+    this.connections = new Gauge({ name: 'duplexwire_bridge_connections', help: 'Open client connections', registers });
+    this.events = new Counter({
+      name: 'duplexwire_bridge_events_total',
+      help: 'Events posted to the backend, by event and result (ok, refused, failed)',
+      labelNames: ['event', 'result'],
+      registers,
+    });
+    this.duration = new Histogram({
+      name: 'duplexwire_bridge_event_duration_seconds',
+      help: 'Time the backend took to answer an event',
+      labelNames: ['event'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.callbacks = new Counter({
+      name: 'duplexwire_bridge_callbacks_total',
+      help: 'Callback requests from the backend, by method and status',
+      labelNames: ['method', 'status'],
+      registers,
+    });
+  }
+}
+
+/**
+ * Holds WebSocket connections for an HTTP backend.
+ *
+ * @example
+ * const bridge = new WsHttpBridge({
+ *   backend: 'http://127.0.0.1:3000/ws-events',
+ *   secret: process.env.BRIDGE_SECRET,
+ *   callbackUrl: 'http://127.0.0.1:8081/',
+ * });
+ * await bridge.listen({ host: '127.0.0.1', port: 8081 });
+ */
+export class WsHttpBridge {
+  readonly metrics = new BridgeMetrics();
+  private readonly options: Resolved;
+  private readonly logger: Logger;
+  private readonly connections = new Map<string, BridgeConnection>();
+  private readonly accepted = new Map<UpgradeRequest, Accepted>();
+  /** Upgrades waiting for the backend's answer to `connect`. */
+  private deciding = 0;
+  private transport: ServerTransport | undefined;
+  private http: HttpServer | HttpsServer | undefined;
+  private ownsHttp = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: WsHttpBridgeOptions) {
+    this.options = resolve(options);
+    this.logger = options.logger ?? jsonLogger({ fields: { component: 'bridge' } });
+  }
+
+  /** Client connections open, or closed with their close event not posted yet. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Creates an HTTP server, serves WebSockets, callbacks and ops on it, and listens. */
+  async listen(options: { host?: string; port?: number } = {}): Promise<{ host: string; port: number }> {
+    const server = createServer((req, res) => {
+      if (!this.handleRequest(req, res)) json(res, 404, { code: 'NOT_FOUND', message: 'no such endpoint' });
+    });
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 30_000;
+    this.ownsHttp = true;
+    await this.attach(server);
+    await new Promise<void>((resolveListen, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 8081, options.host ?? '127.0.0.1', () => {
+        server.off('error', reject);
+        resolveListen();
+      });
+    });
+    const address = this.address()!;
+    this.logger.info('bridge listening', { url: `http://${address.host}:${address.port}${this.options.path}` });
+    return address;
+  }
+
+  /**
+   * Serves the WebSocket endpoint on a server you own (it listens and closes it). Call
+   * `handleRequest(req, res)` from its request listener for the callbacks and ops endpoints.
+   */
+  async attach(server: HttpServer | HttpsServer): Promise<void> {
+    if (this.transport !== undefined) throw new Error('the bridge is already serving');
+    this.http = server;
+    const transport = wsTransport({ server, path: this.options.path });
+    this.transport = transport;
+    await transport.start(
+      {
+        upgrade: (request) => this.decide(request),
+        connection: (socket, request) => this.open(socket, request),
+      },
+      { maxMessageSize: this.options.maxMessageSize },
+    );
+  }
+
+  /** Where the bridge's own server listens (after `listen`). */
+  address(): { host: string; port: number } | null {
+    const address = this.http?.address() as AddressInfo | string | null | undefined;
+    if (address === null || address === undefined || typeof address === 'string') return null;
+    return { host: address.address, port: address.port };
+  }
+
+  /**
+   * Answers a request if it is a callback (`/connections/<token>`) or an ops endpoint; returns
+   * false, without touching it, for any other.
+   */
+  handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    const path = (req.url ?? '/').split('?', 1)[0]!;
+    if (path.startsWith(CALLBACK_PREFIX)) {
+      this.callback(req, res, path).catch((error: unknown) => {
+        this.logger.error('callback failed', { error });
+        if (!res.headersSent) json(res, 500, { code: 'INTERNAL', message: 'the callback failed' });
+      });
+      return true;
+    }
+    const { ops } = this.options;
+    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+    if (path === ops.healthz) {
+      json(res, 200, { status: 'ok' });
+      return true;
+    }
+    if (path === ops.readyz) {
+      if (this.closing === undefined) json(res, 200, { status: 'ready' });
+      else json(res, 503, { status: 'closing' });
+      return true;
+    }
+    if (path === ops.metrics) {
+      this.metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text),
+        () => json(res, 500, { code: 'METRICS_FAILED', message: 'metrics could not be collected' }),
+      );
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Stops: new upgrades get 503, `/readyz` 503; every client is closed with 1001 and each
+   * connection's remaining messages and close event go to the backend, for up to `drainTimeout`.
+   * Then the transport stops (and the server, when the bridge made it).
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const conn of this.connections.values()) {
+        if (conn.ended === undefined) conn.socket.close(1001, 'bridge shutting down');
+      }
+      const all = Promise.all([...this.connections.values()].map((conn) => conn.done));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((resolveLate) => {
+        timer = setTimeout(resolveLate, this.options.drainTimeout);
+      });
+      await Promise.race([all, late]);
+      clearTimeout(timer);
+      if (this.connections.size > 0) {
+        this.logger.warn('close events still pending at the drain timeout', { connections: this.connections.size });
+      }
+      await this.transport?.stop();
+      for (const { timer: graceTimer } of this.accepted.values()) clearTimeout(graceTimer);
+      if (this.ownsHttp && this.http !== undefined) {
+        const server = this.http;
+        await new Promise<void>((resolveClose) => {
+          server.close(() => resolveClose());
+          server.closeAllConnections();
+        });
+      }
+    })();
+    return this.closing;
+  }
+
+  // ------------------------------------------------------------------ connect
+
+  private async decide(request: UpgradeRequest): Promise<UpgradeDecision> {
+    if (this.closing !== undefined) return refuse(503, 'the bridge is shutting down');
+    if (this.connections.size + this.deciding + this.accepted.size >= this.options.maxConnections) {
+      return refuse(503, 'too many connections');
+    }
+    const id = nanoid();
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(request.headers)) {
+      if (value !== undefined && !DROPPED_HEADERS.has(name) && !name.startsWith('proxy-')) headers[name] = value;
+    }
+    const body = Buffer.from(
+      JSON.stringify({
+        id,
+        path: request.path,
+        query: request.query,
+        headers,
+        remoteAddress: request.remoteAddress,
+      }),
+    );
+    this.deciding++;
+    let answer: Awaited<ReturnType<typeof postEvent>> | BackendError;
+    const started = performance.now();
+    try {
+      answer = await postEvent(this.options.backend, {
+        event: 'connect',
+        connection: id,
+        body,
+        contentType: 'application/json',
+      });
+    } catch (error) {
+      answer = error instanceof BackendError ? error : new BackendError('unreachable', String(error));
+    } finally {
+      this.deciding--;
+    }
+    this.metrics.duration.observe({ event: 'connect' }, (performance.now() - started) / 1000);
+    if (answer instanceof BackendError) {
+      this.metrics.events.inc({ event: 'connect', result: 'failed' });
+      this.logger.warn('connect event failed', { id, reason: answer.reason });
+      return answer.reason === 'timeout'
+        ? refuse(504, 'the backend did not answer in time')
+        : refuse(502, 'the backend failed');
+    }
+    if (answer.status < 200 || answer.status > 299) {
+      const refused = answer.status >= 400 && answer.status <= 499;
+      this.metrics.events.inc({ event: 'connect', result: refused ? 'refused' : 'failed' });
+      this.logger.info('connect refused', { id, status: answer.status });
+      return refused ? refuse(answer.status, 'refused by the backend') : refuse(502, 'the backend failed');
+    }
+    if (this.closing !== undefined) {
+      // The backend accepted a connection that will never open: it gets the close event.
+      this.sendOrphanClose(id, 'the bridge is shutting down');
+      return refuse(503, 'the bridge is shutting down');
+    }
+    this.metrics.events.inc({ event: 'connect', result: 'ok' });
+    // The transport opens the connection right after this answer, or drops the upgrade quietly
+    // when the client left meanwhile: then the backend must still hear that it closed.
+    const timer = setTimeout(() => {
+      if (this.accepted.delete(request)) this.sendOrphanClose(id, 'the client left during the upgrade');
+    }, ACCEPT_GRACE);
+    timer.unref();
+    const welcome = answer.body.length > 0 ? { body: answer.body, contentType: answer.contentType } : undefined;
+    this.accepted.set(request, { id, timer, welcome });
+    return { accept: true };
+  }
+
+  private sendOrphanClose(id: string, reason: string): void {
+    void this.postClose(id, undefined, { code: 1006, reason });
+  }
+
+  private open(socket: TransportSocket, request: UpgradeRequest): SocketHandlers {
+    const accepted = this.accepted.get(request);
+    this.accepted.delete(request);
+    if (accepted === undefined) {
+      // Not decided by us (cannot happen with our transport), or past the grace period.
+      socket.close(1011, 'unexpected connection');
+      return { onMessage() {}, onDrain() {}, onPing() {}, onClose() {} };
+    }
+    clearTimeout(accepted.timer);
+    let finish!: () => void;
+    const done = new Promise<void>((resolveDone) => {
+      finish = resolveDone;
+    });
+    const conn: BridgeConnection = {
+      id: accepted.id,
+      token: nanoid(TOKEN_LENGTH),
+      socket,
+      queue: [],
+      busy: false,
+      paused: false,
+      failed: false,
+      ended: undefined,
+      done,
+      finish,
+    };
+    this.connections.set(conn.token, conn);
+    this.metrics.connections.inc();
+    this.logger.debug('connection open', { id: conn.id });
+    if (this.closing !== undefined) socket.close(1001, 'bridge shutting down');
+    else if (accepted.welcome !== undefined) {
+      // Sent once the transport installed the handlers this returns.
+      const { body, contentType } = accepted.welcome;
+      queueMicrotask(() => {
+        if (this.deliver(conn, body, contentType) === 'bad-text') {
+          this.logger.warn('the backend answered connect with text that is not UTF-8; not sent', { id: conn.id });
+        }
+      });
+    }
+    return {
+      onMessage: (data, binary) => this.received(conn, data, binary),
+      onDrain: () => {},
+      onPing: () => {},
+      onClose: (code, reason) => {
+        conn.ended = { code, reason };
+        this.metrics.connections.dec();
+        // The callback token stops working at once; the events still queued go out, then close.
+        if (!conn.busy) void this.pump(conn);
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------ messages
+
+  private received(conn: BridgeConnection, data: Uint8Array, binary: boolean): void {
+    if (conn.failed || conn.ended !== undefined) return;
+    conn.queue.push({ data, binary });
+    if (conn.queue.length >= this.options.maxQueuedMessages && !conn.paused) {
+      conn.paused = true;
+      conn.socket.pause();
+    }
+    if (!conn.busy) void this.pump(conn);
+  }
+
+  /** Posts the connection's events one at a time, in order; the close event last. */
+  private async pump(conn: BridgeConnection): Promise<void> {
+    conn.busy = true;
+    try {
+      for (;;) {
+        const next = conn.failed ? undefined : conn.queue.shift();
+        if (next === undefined) break;
+        if (conn.paused && conn.queue.length <= this.options.maxQueuedMessages / 2 && conn.ended === undefined) {
+          conn.paused = false;
+          conn.socket.resume();
+        }
+        await this.postMessage(conn, next.data, next.binary);
+      }
+      if (conn.ended !== undefined) {
+        const dropped = conn.queue.length;
+        conn.queue.length = 0;
+        await this.postClose(conn.id, conn, conn.ended, dropped);
+        this.connections.delete(conn.token);
+        conn.finish();
+      }
+    } finally {
+      conn.busy = false;
+    }
+  }
+
+  private async postMessage(conn: BridgeConnection, data: Uint8Array, binary: boolean): Promise<void> {
+    const started = performance.now();
+    let failure: string | undefined;
+    try {
+      const answer = await postEvent(this.options.backend, {
+        event: 'message',
+        connection: conn.id,
+        callback: this.callbackFor(conn),
+        body: data,
+        contentType: binary ? BINARY_TYPE : TEXT_TYPE,
+      });
+      if (answer.status >= 200 && answer.status <= 299) {
+        if (answer.body.length > 0 && this.deliver(conn, answer.body, answer.contentType) === 'bad-text') {
+          this.logger.warn('the backend answered a message with text that is not UTF-8; not sent', { id: conn.id });
+        }
+      } else {
+        failure = `status ${answer.status}`;
+      }
+    } catch (error) {
+      failure = error instanceof BackendError ? error.reason : 'unreachable';
+    }
+    this.metrics.duration.observe({ event: 'message' }, (performance.now() - started) / 1000);
+    this.metrics.events.inc({ event: 'message', result: failure === undefined ? 'ok' : 'failed' });
+    if (failure !== undefined) {
+      conn.failed = true;
+      this.logger.warn('message event failed; closing the client', { id: conn.id, failure });
+      if (conn.ended === undefined) conn.socket.close(1011, 'backend error');
+    }
+  }
+
+  private async postClose(
+    id: string,
+    conn: BridgeConnection | undefined,
+    ended: { readonly code: number; readonly reason: string },
+    dropped = 0,
+  ): Promise<void> {
+    const body = Buffer.from(JSON.stringify({ code: ended.code, reason: ended.reason, dropped }));
+    const started = performance.now();
+    let result: 'ok' | 'failed' = 'ok';
+    try {
+      const answer = await postEvent(this.options.backend, {
+        event: 'close',
+        connection: id,
+        callback: conn === undefined ? undefined : this.callbackFor(conn),
+        body,
+        contentType: 'application/json',
+      });
+      if (answer.status < 200 || answer.status > 299) result = 'failed';
+    } catch {
+      result = 'failed';
+    }
+    this.metrics.duration.observe({ event: 'close' }, (performance.now() - started) / 1000);
+    this.metrics.events.inc({ event: 'close', result });
+    if (result === 'failed') this.logger.warn('close event failed', { id });
+    this.logger.debug('connection closed', { id, code: ended.code, dropped });
+  }
+
+  private callbackFor(conn: BridgeConnection): string {
+    return `${this.options.callbackUrl}connections/${conn.token}`;
+  }
+
+  /** Sends bytes to a client as text (a `text/*` type) or binary; closes a client too slow to take them. */
+  private deliver(conn: BridgeConnection, body: Uint8Array, contentType: string): 'sent' | 'gone' | 'bad-text' {
+    if (conn.ended !== undefined) return 'gone';
+    if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
+      conn.socket.close(1008, 'too slow');
+      return 'gone';
+    }
+    let result: ReturnType<TransportSocket['send']>;
+    if (/^text\//i.test(contentType)) {
+      let text: string;
+      try {
+        text = FATAL_UTF8.decode(body);
+      } catch {
+        return 'bad-text';
+      }
+      result = conn.socket.sendText(text);
+    } else {
+      result = conn.socket.send(body);
+    }
+    return result === 'dropped' ? 'gone' : 'sent';
+  }
+
+  // ------------------------------------------------------------------ callbacks
+
+  private async callback(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    const method = req.method ?? 'GET';
+    const answer = (status: number, body?: object): void => {
+      this.metrics.callbacks.inc({ method: method === 'POST' || method === 'DELETE' ? method : 'other', status });
+      if (body === undefined) res.writeHead(status).end();
+      else json(res, status, body);
+    };
+    const match = TOKEN_PATH.exec(path);
+    if (match === null) {
+      req.resume();
+      return answer(404, { code: 'NOT_FOUND', message: 'no such callback' });
+    }
+    if (method !== 'POST' && method !== 'DELETE') {
+      req.resume();
+      res.setHeader('allow', 'POST, DELETE');
+      return answer(405, { code: 'METHOD_NOT_ALLOWED', message: 'POST a message or DELETE to close' });
+    }
+    const token = match[1]!;
+    const body = await readBody(req, this.options.maxMessageSize);
+    if (body === 'too-large') {
+      res.setHeader('connection', 'close');
+      return answer(413, {
+        code: 'MESSAGE_TOO_LARGE',
+        message: `the body is over ${this.options.maxMessageSize} bytes`,
+      });
+    }
+    if (body === 'aborted') return;
+    if (
+      this.options.requireSignedCallbacks &&
+      !verifySignature(
+        this.options.backend.secret,
+        headerValue(req.headers[SIGNATURE_HEADER]),
+        { action: method, subject: token },
+        body,
+      )
+    ) {
+      return answer(401, { code: 'BAD_SIGNATURE', message: 'the callback is not signed with the secret' });
+    }
+    const conn = this.connections.get(token);
+    if (conn === undefined || conn.ended !== undefined) {
+      return answer(410, { code: 'GONE', message: 'the connection is closed' });
+    }
+    if (method === 'DELETE') {
+      const close = parseClose(body);
+      if (close === undefined) {
+        return answer(400, {
+          code: 'BAD_CLOSE',
+          message: 'the body is empty or {"code": 1000 or 3000-4999, "reason": "..."}',
+        });
+      }
+      conn.socket.close(close.code, close.reason);
+      return answer(204);
+    }
+    const result = this.deliver(conn, body, headerValue(req.headers['content-type']) ?? '');
+    if (result === 'bad-text') {
+      return answer(400, { code: 'BAD_TEXT', message: 'a text/* body must be valid UTF-8' });
+    }
+    if (result === 'gone') return answer(410, { code: 'GONE', message: 'the connection is closed' });
+    return answer(204);
+  }
+}
+
+const FATAL_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+function refuse(status: number, body: string): UpgradeDecision {
+  return { accept: false, status, body };
+}
+
+function json(res: ServerResponse, status: number, body: object): void {
+  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The request body, or why there is none: over `max` bytes, or the request broke off. */
+function readBody(req: IncomingMessage, max: number): Promise<Uint8Array | 'too-large' | 'aborted'> {
+  const declared = Number(req.headers['content-length'] ?? Number.NaN);
+  if (declared > max) {
+    req.resume();
+    return Promise.resolve('too-large');
+  }
+  return new Promise((resolveBody) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    req.on('data', (part: Buffer) => {
+      size += part.length;
+      if (size > max) {
+        req.removeAllListeners('data');
+        req.resume();
+        resolveBody('too-large');
+        return;
+      }
+      parts.push(part);
+    });
+    req.on('end', () => resolveBody(Buffer.concat(parts, size)));
+    req.on('error', () => resolveBody('aborted'));
+    req.on('aborted', () => resolveBody('aborted'));
+  });
+}
+
+/** A DELETE body: empty (1000), or `{ code, reason }` with a code an application may send. */
+function parseClose(body: Uint8Array): { code: number; reason: string } | undefined {
+  if (body.length === 0) return { code: 1000, reason: '' };
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(body).toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { code = 1000, reason = '' } = value as { code?: unknown; reason?: unknown };
+  if (typeof code !== 'number' || !(code === 1000 || (Number.isInteger(code) && code >= 3000 && code <= 4999))) {
+    return undefined;
+  }
+  if (typeof reason !== 'string' || Buffer.byteLength(reason) > 123) return undefined;
+  return { code, reason };
+}

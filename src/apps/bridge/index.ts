@@ -1,0 +1,34 @@
+/**
+ * duplexwire/bridge: WebSocket clients for an HTTP-only backend. The bridge holds the WebSockets;
+ * each connection's `connect`, messages and `close` reach the backend as signed POSTs, and the
+ * backend sends messages or closes a connection through its callback URL.
+ */
+export {
+  BackendError,
+  type BridgeEvent,
+  CALLBACK_HEADER,
+  CONNECTION_HEADER,
+  EVENT_HEADER,
+} from './backend.ts';
+export {
+  type BridgeOpsPaths,
+  CALLBACK_PREFIX,
+  DEFAULT_BACKEND_TIMEOUT,
+  DEFAULT_BRIDGE_DRAIN_TIMEOUT,
+  DEFAULT_BRIDGE_MAX_BUFFERED_BYTES,
+  DEFAULT_BRIDGE_MAX_CONNECTIONS,
+  DEFAULT_BRIDGE_MAX_MESSAGE_SIZE,
+  DEFAULT_MAX_QUEUED_MESSAGES,
+  WsHttpBridge,
+  type WsHttpBridgeOptions,
+} from './bridge.ts';
+export {
+  DEFAULT_SIGNATURE_TOLERANCE,
+  MIN_SECRET_BYTES,
+  SIGNATURE_HEADER,
+  type SignedFields,
+  sign,
+  type VerifyOptions,
+  verifySignature,
+} from './signature.ts';
+export { jsonLogger, type JsonLoggerOptions, type LogLevel } from '../shared/log.ts';
