@@ -4,8 +4,10 @@
  * each behind its own subpath export so nobody loads a WebSocket library they do not use.
  *
  * The contract carries whole WebSocket messages (binary and text), close codes with reasons,
- * upgrade requests and backpressure. It is runtime-neutral: no Node types appear here, so the
- * browser adapter implements the same client side.
+ * upgrade requests and backpressure, and optionally a server's native pub/sub (`publish`, for
+ * runtimes such as uWebSockets.js that fan a message out in native code; without it the core
+ * sends to each subscriber). It is runtime-neutral: no Node types appear here, so the browser
+ * adapter implements the same client side.
  *
  * Ownership rule: the `Uint8Array` handed to `SocketHandlers.onMessage` belongs to the receiver
  * and stays valid after the callback returns (adapters whose runtime reuses buffers, such as
@@ -63,6 +65,32 @@ export interface TransportSocket {
   ping(): void;
   /** The peer's address as the transport sees it (IPv4, IPv6, or a label for in-process pairs). */
   readonly remoteAddress: string;
+
+  /*
+   * Native pub/sub, optional: present on the sockets of a server transport that has
+   * `ServerTransport.publish`, all three together, and used by the owner only with it. A socket
+   * without them is reached by `send` alone.
+   */
+
+  /**
+   * Joins `topic`: `ServerTransport.publish(topic, ...)` reaches this socket from now on, until
+   * `unsubscribe(topic)`, or until `close()` or `terminate()` is called or the connection ends (a
+   * closing socket is left out of every publish, and its subscriptions are forgotten with it: the
+   * owner need not unsubscribe). Joining twice is one subscription. Does nothing once closing.
+   */
+  subscribe?(topic: string): void;
+  /** Leaves `topic`; nothing happens when the socket had not joined it, or is closing. */
+  unsubscribe?(topic: string): void;
+  /**
+   * Asked by the owner before a `publish`, for each subscriber it means to reach with it: true
+   * when a `send` of `byteLength` bytes now would certainly answer `ok` (open, and the message
+   * leaves the outgoing buffer at or below the high-water mark), in which case the socket counts
+   * those bytes in `bufferedAmount` from now on, as the publish that follows will deliver them.
+   * False otherwise: the owner then leaves this socket out of the publish (`skip`) and calls
+   * `send` itself. So a publish has no per-socket result to report: it only ever carries messages
+   * that could not have met backpressure, and cannot drop one.
+   */
+  admitPublish?(byteLength: number): boolean;
 }
 
 /** What a server transport knows of an upgrade request before it is accepted. */
@@ -124,6 +152,22 @@ export interface ServerTransport {
    * owner has not closed by then are terminated.
    */
   stop(): Promise<void>;
+  /**
+   * Native fan-out, optional (uWebSockets.js `app.publish`): sends `data` as one binary message to
+   * every socket of this transport subscribed to `topic` (`TransportSocket.subscribe`) except
+   * those in `skip`. A transport that has it has `subscribe`, `unsubscribe` and `admitPublish` on
+   * every socket it accepts. The owner frames the contract's guarantees around it:
+   * - it lists in `skip` every open subscriber that `admitPublish` did not admit for this very
+   *   message (and any it leaves out, such as the sender of a chat message), so that only
+   *   admitted sockets are reached;
+   * - each subscriber gets the message after everything `send` or `publish` gave it before, and
+   *   before everything after: the transport may write it later (uWS at the end of the event
+   *   loop's turn) but never reorders;
+   * - the same `data` may be published to many topics and sent to many sockets: the caller must
+   *   not modify it afterwards.
+   * Returns nothing: see `TransportSocket.admitPublish` for why there is no result to report.
+   */
+  publish?(topic: string, data: Uint8Array, skip: readonly TransportSocket[]): void;
 }
 
 /** Options for one client connection attempt. */

@@ -5,6 +5,7 @@
  *   duplexwire demo [--host 127.0.0.1] [--port 8080]   a small echo + signals server
  *   duplexwire request <url> <name> [text]              one request, prints the reply
  *   duplexwire tunnel proxy|agent|token ...             the HTTP tunnel (src/cli/tunnel.ts)
+ *   duplexwire bridge ...                               the WebSocket-to-HTTP bridge (src/cli/bridge.ts)
  */
 import { parseArgs } from 'node:util';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
@@ -22,6 +23,8 @@ const USAGE = `usage:
       duplexwire request ws://127.0.0.1:8080/ echo hello
   duplexwire tunnel proxy|agent|token ...
       The HTTP tunnel (duplexwire tunnel --help for its options).
+  duplexwire bridge --backend <url> --secret-file <file> ...
+      The WebSocket-to-HTTP bridge (duplexwire bridge --help for its options).
 `;
 
 async function demo(args: string[]): Promise<void> {
@@ -112,6 +115,8 @@ async function main(argv: string[]): Promise<void> {
     case 'tunnel':
       // Loaded on demand: the tunnel's dependencies (prom-client, msgpack) are not the demo's.
       return (await import('./tunnel.ts')).tunnel(rest);
+    case 'bridge':
+      return (await import('./bridge.ts')).bridge(rest);
     case undefined:
     case '-h':
     case '--help':

@@ -6,7 +6,8 @@ import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
-import { jsonLogger, type LogLevel } from '../apps/shared/log.ts';
+import { jsonLogger } from '../apps/shared/log.ts';
+import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
@@ -30,34 +31,6 @@ export const TUNNEL_USAGE = `usage:
       Prints a new random token (256 bits) and the line for the proxy's token file.
 `;
 
-function hostPort(value: string, name: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
-  if (match === null) throw new RangeError(`${name} must be host:port, got ${JSON.stringify(value)}`);
-  const port = Number(match[3]);
-  if (port > 65535) throw new RangeError(`${name}: port out of range`);
-  return { host: match[1] ?? (match[2] || '127.0.0.1'), port };
-}
-
-const SIZE_UNITS: Readonly<Record<string, number>> = {
-  '': 1,
-  b: 1,
-  kb: 1e3,
-  mb: 1e6,
-  gb: 1e9,
-  kib: 1024,
-  mib: 1024 ** 2,
-  gib: 1024 ** 3,
-};
-
-/** `10MiB`, `500kb`, `1048576`, `unlimited`. */
-export function parseSize(value: string): number {
-  if (value === 'unlimited' || value === 'Infinity') return Number.POSITIVE_INFINITY;
-  const match = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim());
-  const unit = SIZE_UNITS[match?.[2]?.toLowerCase() ?? 'x'];
-  if (match === null || unit === undefined) throw new RangeError(`not a size: ${JSON.stringify(value)} (e.g. 10MiB)`);
-  return Math.floor(Number(match[1]) * unit);
-}
-
 function parseRoute(value: string, headerName: string | undefined, backstreamCompat: boolean): RoutingStrategy {
   if (value === 'header') {
     return { by: 'header', ...(headerName === undefined ? {} : { name: headerName }), backstreamCompat };
@@ -66,32 +39,6 @@ function parseRoute(value: string, headerName: string | undefined, backstreamCom
   if (value === 'path') return { by: 'path' };
   if (value.startsWith('path:')) return { by: 'path', prefix: value.slice(5) };
   throw new RangeError(`--route must be header, host:<domain> or path[:/prefix], got ${JSON.stringify(value)}`);
-}
-
-function logLevel(value: string | undefined): LogLevel {
-  const level = value ?? 'info';
-  if (level !== 'error' && level !== 'warn' && level !== 'info' && level !== 'debug') {
-    throw new RangeError('--log-level must be error, warn, info or debug');
-  }
-  return level;
-}
-
-/** Runs `stop` once on SIGTERM or SIGINT, then exits. */
-function onSignals(stop: () => Promise<void>): void {
-  let stopping = false;
-  const handler = (): void => {
-    if (stopping) return;
-    stopping = true;
-    stop().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        console.error(error);
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGTERM', handler);
-  process.once('SIGINT', handler);
 }
 
 async function proxyCommand(args: string[]): Promise<void> {

@@ -73,9 +73,11 @@ export interface WsHttpBridgeOptions {
   readonly secret: string;
   /**
    * The bridge's address as the backend reaches it, ending in `/`, e.g. `http://bridge.internal:8081/`.
-   * Each connection's callback URL is this plus `connections/<token>`.
+   * Each connection's callback URL is this plus `connections/<token>`. @default `http://<the
+   * address the bridge listens on>/` (with 127.0.0.1 or ::1 for an unspecified address): right
+   * when the backend runs on the same machine; set it when the backend reaches the bridge another way
    */
-  readonly callbackUrl: string;
+  readonly callbackUrl?: string;
   /** Path of the WebSocket endpoint (query ignored). @default '/' */
   readonly path?: string;
   /** Deadline of each POST to the backend, in ms. @default 10000 */
@@ -105,7 +107,7 @@ interface Resolved {
     readonly timeout: number;
     readonly maxBody: number;
   };
-  readonly callbackUrl: string;
+  readonly callbackUrl: string | undefined;
   readonly path: string;
   readonly maxMessageSize: number;
   readonly maxConnections: number;
@@ -139,9 +141,13 @@ function httpUrl(name: string, value: string): URL {
 
 function resolve(options: WsHttpBridgeOptions): Resolved {
   httpUrl('backend', options.backend);
-  const callback = httpUrl('callbackUrl', options.callbackUrl);
-  if (!callback.pathname.endsWith('/') || callback.search !== '' || callback.hash !== '') {
-    throw new TypeError(`callbackUrl must end with / and carry no query, got ${JSON.stringify(options.callbackUrl)}`);
+  let callbackUrl: string | undefined;
+  if (options.callbackUrl !== undefined) {
+    const callback = httpUrl('callbackUrl', options.callbackUrl);
+    if (!callback.pathname.endsWith('/') || callback.search !== '' || callback.hash !== '') {
+      throw new TypeError(`callbackUrl must end with / and carry no query, got ${JSON.stringify(options.callbackUrl)}`);
+    }
+    callbackUrl = callback.href;
   }
   if (typeof options.secret !== 'string' || Buffer.byteLength(options.secret) < MIN_SECRET_BYTES) {
     throw new TypeError(`secret must be a string of at least ${MIN_SECRET_BYTES} bytes`);
@@ -159,7 +165,7 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
       timeout: positiveInteger('backendTimeout', options.backendTimeout, DEFAULT_BACKEND_TIMEOUT),
       maxBody: maxMessageSize,
     },
-    callbackUrl: callback.href,
+    callbackUrl,
     path,
     maxMessageSize,
     maxConnections: positiveInteger('maxConnections', options.maxConnections, DEFAULT_BRIDGE_MAX_CONNECTIONS),
@@ -597,7 +603,16 @@ export class WsHttpBridge {
   }
 
   private callbackFor(conn: BridgeConnection): string {
-    return `${this.options.callbackUrl}connections/${conn.token}`;
+    return `${this.callbackBase()}connections/${conn.token}`;
+  }
+
+  /** `callbackUrl`, or the listening address (known once listening, so computed when needed). */
+  private callbackBase(): string {
+    if (this.options.callbackUrl !== undefined) return this.options.callbackUrl;
+    const address = this.address();
+    if (address === null) return 'http://127.0.0.1/';
+    const host = address.host === '0.0.0.0' ? '127.0.0.1' : address.host === '::' ? '::1' : address.host;
+    return `http://${host.includes(':') ? `[${host}]` : host}:${address.port}/`;
   }
 
   /** Sends bytes to a client as text (a `text/*` type) or binary; closes a client too slow to take them. */
