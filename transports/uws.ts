@@ -234,6 +234,77 @@ const UWS_ERROR_CLOSE_CODES: ReadonlyMap<string, number> = new Map([
 /** Each message waiting during a pause counts this much beyond its bytes, so empty ones are bounded too. */
 const PAUSED_MESSAGE_OVERHEAD = 64;
 
+/**
+ * uWS (`LoopData::CORK_BUFFER_SIZE`) publishes a message of at least this many bytes at once, with
+ * a `send` to each subscriber (`TopicTree::publishBig`); a smaller one waits in its topic tree and
+ * is written to each subscriber, corked with the others, at the subscriber's next `send` or close
+ * frame, before its 33rd waiting message, or when uWS's loop next turns (its libuv prepare and
+ * check handlers), whichever comes first. `test/transports/uws.test.ts` pins both paths.
+ */
+const UWS_PUBLISH_AT_ONCE_BYTES = 16 * 1024;
+
+/** Bytes uWS puts before a server-to-client message of `length` bytes (RFC 6455 §5.2; no mask). */
+function frameHeaderLength(length: number): number {
+  return length < 126 ? 2 : length < 65536 ? 4 : 10;
+}
+
+/**
+ * Ages the published bytes that uWS may still hold for a socket, which `getBufferedAmount()` does
+ * not count yet (see {@link UWS_PUBLISH_AT_ONCE_BYTES}). No uWS call tells when its topic tree
+ * was written out, but the event loop's order does: the clock ticks on `setImmediate`, once per
+ * turn while publishes happen, and a tick scheduled from inside a tick runs in the next turn's
+ * check phase, after that turn's prepare phase, where uWS writes everything waiting. So bytes
+ * admitted during one epoch are all written by the time the epoch after next begins: a socket
+ * counts those of the current and the previous epoch. That overestimates (by what uWS already
+ * wrote), which only sends more messages through `send`, and never underestimates.
+ */
+class PublishClock {
+  epoch = 0;
+  #lastAdmission = 0;
+  #timer: ReturnType<typeof setImmediate> | undefined;
+  #stopped = false;
+
+  /** Called on each admission; returns the epoch the bytes belong to. */
+  admitted(): number {
+    this.#lastAdmission = this.epoch;
+    if (this.#timer === undefined && !this.#stopped) this.#schedule();
+    return this.epoch;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearImmediate(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #schedule(): void {
+    // Unref'd: a server that publishes does not keep the process alive by that alone.
+    this.#timer = setImmediate(() => {
+      this.#timer = undefined;
+      this.epoch++;
+      // Two ticks after the last admission its bytes no longer count: the clock can rest.
+      if (this.epoch - this.#lastAdmission < 2 && !this.#stopped) this.#schedule();
+    }).unref();
+  }
+}
+
+/**
+ * The uWS topic for a duplexwire topic. uWS keys topics by the UTF-8 bytes V8 writes for the
+ * string, and how V8 writes a lone surrogate (WTF-8 today, U+FFFD under other flags) is not
+ * something two different topics should come to share a subscriber list through. A topic with
+ * surrogates, or starting with NUL, is spelled as NUL plus its UTF-16 code units in hex: those
+ * spellings start with NUL and no other topic passed through unchanged does, so the map is
+ * one-to-one.
+ */
+function topicKey(topic: string): string {
+  if (!NEEDS_TOPIC_ESCAPE.test(topic)) return topic;
+  let key = '\0';
+  for (let i = 0; i < topic.length; i++) key += topic.charCodeAt(i).toString(16).padStart(4, '0');
+  return key;
+}
+
+const NEEDS_TOPIC_ESCAPE = /^\0|[\uD800-\uDFFF]/;
+
 interface Received {
   readonly data: Uint8Array;
   readonly binary: boolean;
@@ -264,11 +335,17 @@ class UwsTransportSocket implements TransportSocket {
   #flushScheduled = false;
   #closeReported = false;
   #resolveClosed!: () => void;
+  readonly #clock: PublishClock;
+  /** Epoch of the last admitted publish, and bytes admitted in it and in the epoch before. */
+  #publishedEpoch = 0;
+  #publishedBytes = 0;
+  #publishedBytesBefore = 0;
 
-  constructor(request: UpgradeRequest, highWaterMark: number, maxPausedBytes: number) {
+  constructor(request: UpgradeRequest, highWaterMark: number, maxPausedBytes: number, clock: PublishClock) {
     this.request = request;
     this.#highWaterMark = highWaterMark;
     this.#maxPausedBytes = maxPausedBytes;
+    this.#clock = clock;
     this.closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -278,7 +355,13 @@ class UwsTransportSocket implements TransportSocket {
     return this.request.remoteAddress;
   }
 
+  /** What uWS holds in the socket's buffer, plus the published bytes it may still hold elsewhere. */
   get bufferedAmount(): number {
+    return this.#socketBuffered() + this.#publishedPending();
+  }
+
+  /** uWS's own count: the socket's buffer only, not what waits in the topic tree for it. */
+  #socketBuffered(): number {
     const ws = this.#ws;
     if (ws === undefined) return 0;
     try {
@@ -322,7 +405,9 @@ class UwsTransportSocket implements TransportSocket {
   drained(): void {
     const handlers = this.#handlers;
     if (!this.#drainOwed || this.#ws === undefined || handlers === undefined) return;
-    if (this.bufferedAmount > this.#highWaterMark) return;
+    // The socket's buffer alone: counting published bytes not yet written (an overestimate, see
+    // PublishClock) could withhold a drain that uWS will not signal again.
+    if (this.#socketBuffered() > this.#highWaterMark) return;
     this.#drainOwed = false;
     handlers.onDrain();
   }
@@ -431,15 +516,119 @@ class UwsTransportSocket implements TransportSocket {
     } catch {
       return 'dropped';
     }
+    // uWS wrote what its topic tree held for this socket before `data`: all of it is counted by
+    // getBufferedAmount() now.
+    this.#forgetPublished();
     if (status === SEND_DROPPED) {
       this.close(1008, 'send buffer limit exceeded');
       return 'dropped';
     }
-    if (this.bufferedAmount > this.#highWaterMark) {
+    if (this.#socketBuffered() > this.#highWaterMark) {
       this.#drainOwed = true;
       return 'backpressure';
     }
     return 'ok';
+  }
+
+  /* ---- native pub/sub ---- */
+
+  subscribe(topic: string): void {
+    const ws = this.#ws;
+    if (ws === undefined) return;
+    try {
+      ws.subscribe(topicKey(topic));
+    } catch {
+      // Closed by uWS: it forgot the subscriptions with the socket.
+    }
+  }
+
+  unsubscribe(topic: string): void {
+    this.leave(topicKey(topic));
+  }
+
+  /**
+   * Admits a publish of `byteLength` bytes when a `send` of them could not answer `backpressure`:
+   * the socket's buffer, what uWS may still hold for it from earlier publishes, and this message
+   * together stay at or below the high-water mark. Then the core's checks after a `send`
+   * (backpressure, `maxBufferedBytes`) have nothing to act on, and uWS's own limit
+   * (`maxBackpressure`, above the high-water mark), whose publishes skip a socket over it
+   * silently, cannot be reached by a publish: whatever reaches it goes through `send`.
+   */
+  admitPublish(byteLength: number): boolean {
+    const ws = this.#ws;
+    if (ws === undefined) return false;
+    let buffered: number;
+    try {
+      buffered = ws.getBufferedAmount();
+    } catch {
+      return false;
+    }
+    const frame = byteLength + frameHeaderLength(byteLength);
+    if (buffered + this.#publishedPending() + frame > this.#highWaterMark) return false;
+    if (byteLength >= UWS_PUBLISH_AT_ONCE_BYTES) {
+      // Written by the publish itself, after what the topic tree held for this socket: all of it
+      // is in getBufferedAmount() once the publish returns.
+      this.#forgetPublished();
+    } else {
+      const epoch = this.#clock.admitted();
+      const age = epoch - this.#publishedEpoch;
+      if (age > 0) {
+        this.#publishedBytesBefore = age === 1 ? this.#publishedBytes : 0;
+        this.#publishedBytes = 0;
+        this.#publishedEpoch = epoch;
+      }
+      this.#publishedBytes += frame;
+    }
+    return true;
+  }
+
+  /** Published bytes uWS may still hold for this socket (an upper bound: see PublishClock). */
+  #publishedPending(): number {
+    const age = this.#clock.epoch - this.#publishedEpoch;
+    return age === 0 ? this.#publishedBytes + this.#publishedBytesBefore : age === 1 ? this.#publishedBytes : 0;
+  }
+
+  #forgetPublished(): void {
+    this.#publishedBytes = 0;
+    this.#publishedBytesBefore = 0;
+  }
+
+  /** Leaves a uWS topic (`topicKey`); true when the socket had joined it. */
+  leave(key: string): boolean {
+    const ws = this.#ws;
+    if (ws === undefined) return false;
+    try {
+      return ws.unsubscribe(key);
+    } catch {
+      return false;
+    }
+  }
+
+  /** Joins a uWS topic again after `leave` (see `publish`). */
+  rejoin(key: string): void {
+    try {
+      this.#ws?.subscribe(key);
+    } catch {
+      // As in subscribe().
+    }
+  }
+
+  /**
+   * Publishes to `key` leaving this socket out (uWS `ws.publish`: "a socket publishing to a topic
+   * will not receive its own message"). False, with nothing sent, when the socket has not joined
+   * `key`: uWS's `ws.publish` then sends nothing at all when the socket has joined no topic, and
+   * `app.publish` leaves the socket out anyway.
+   */
+  publishWithout(key: string, data: Uint8Array): boolean {
+    const ws = this.#ws;
+    if (ws === undefined) return false;
+    try {
+      if (!ws.isSubscribed(key)) return false;
+      ws.publish(key, data, true, false);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   pause(): void {
@@ -481,6 +670,8 @@ class UwsTransportSocket implements TransportSocket {
     if (ws === undefined) return;
     try {
       ws.ping();
+      // A ping is a send: uWS wrote the topic tree's messages for this socket before it.
+      this.#forgetPublished();
     } catch {
       // As in close().
     }
@@ -640,6 +831,8 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     /** Accepted connections whose close callback has not run. */
     readonly live: Set<UwsTransportSocket>;
     stopped: boolean;
+    readonly app: UWS.TemplatedApp;
+    readonly clock: PublishClock;
   }
 
   function createApp(): UWS.TemplatedApp {
@@ -666,7 +859,15 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     if (!(startOptions.maxMessageSize > 0))
       throw new RangeError(`maxMessageSize must be > 0, got ${startOptions.maxMessageSize}`);
     const app = createApp();
-    const run: Run = { listenSocket: undefined, port: 0, pending: new Set(), live: new Set(), stopped: false };
+    const run: Run = {
+      listenSocket: undefined,
+      port: 0,
+      pending: new Set(),
+      live: new Set(),
+      stopped: false,
+      app,
+      clock: new PublishClock(),
+    };
 
     const accept = (
       res: UWS.HttpResponse,
@@ -676,7 +877,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       extensions: string,
       context: UWS.us_socket_context_t,
     ): void => {
-      const socket = new UwsTransportSocket(request, opts.highWaterMark, opts.maxPausedBytes);
+      const socket = new UwsTransportSocket(request, opts.highWaterMark, opts.maxPausedBytes, run.clock);
       // uWS runs `open` synchronously inside upgrade().
       res.cork(() => res.upgrade<UserData>({ socket }, key, protocol, extensions, context));
     };
@@ -865,6 +1066,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
 
   async function stopRun(run: Run): Promise<void> {
     run.stopped = true;
+    run.clock.stop();
     if (run.listenSocket !== undefined) {
       uWS.us_listen_socket_close(run.listenSocket);
       run.listenSocket = undefined;
@@ -901,6 +1103,36 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       const run = lifecycle.current();
       if (run?.listenSocket === undefined) return null;
       return { host: opts.host, port: run.port };
+    },
+
+    /**
+     * uWS's own fan-out: `app.publish` frames the message once and writes it to every subscriber
+     * in native code, corked with whatever else it holds for that socket. One socket is left out
+     * as uWS intends (`ws.publish` from it); more, by leaving the topic around the publish
+     * (uWS records who gets a message when it is published, so rejoining at once is safe).
+     */
+    publish(topic, data, skip) {
+      const run = lifecycle.current();
+      if (run === undefined) return;
+      const key = topicKey(topic);
+      if (skip.length === 0) {
+        run.app.publish(key, data, true, false);
+        return;
+      }
+      if (skip.length === 1) {
+        const only = skip[0];
+        if (!(only instanceof UwsTransportSocket && only.publishWithout(key, data))) {
+          run.app.publish(key, data, true, false);
+        }
+        return;
+      }
+      const left: UwsTransportSocket[] = [];
+      for (const socket of skip) if (socket instanceof UwsTransportSocket && socket.leave(key)) left.push(socket);
+      try {
+        run.app.publish(key, data, true, false);
+      } finally {
+        for (const socket of left) socket.rejoin(key);
+      }
     },
   };
   return transport;
