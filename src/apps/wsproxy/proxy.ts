@@ -1,0 +1,586 @@
+/**
+ * The WebSocket proxy: each client connection is linked to a connection of its own to an upstream
+ * WebSocket server. Messages pass both ways unchanged (text stays text, binary stays binary), in
+ * order, with backpressure across the link (a side that does not read pauses the other), and each
+ * side's close reaches the other with its code. The upstream is dialed before the client's upgrade
+ * is answered, so a client sees the upstream's refusal as its own HTTP status. Built on the
+ * transport contract (server side for clients, client side for upstreams).
+ */
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { nanoid } from 'nanoid';
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { Logger } from '../../index.ts';
+import type {
+  ClientTransport,
+  ConnectFailure,
+  ServerTransport,
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRequest,
+} from '../../../transports/types.ts';
+import { wsClientTransport, wsTransport } from '../../../transports/ws.ts';
+import { jsonLogger } from '../shared/log.ts';
+
+/** @default 10 s */
+export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10_000;
+/** @default 1 MiB */
+export const DEFAULT_WSPROXY_MAX_MESSAGE_SIZE = 1024 * 1024;
+/** @default 10,000 */
+export const DEFAULT_WSPROXY_MAX_CONNECTIONS = 10_000;
+/** Bytes queued toward one side beyond which that side is closed (1008) with its link. @default 8 MiB */
+export const DEFAULT_WSPROXY_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+/** How long `close()` lets links close gracefully before terminating them. @default 5 s */
+export const DEFAULT_WSPROXY_DRAIN_TIMEOUT = 5_000;
+
+/** Close codes a proxy uses for what it decides itself. */
+export const WsProxyCloseCode = {
+  /** The other side went away, or the proxy is shutting down. */
+  GoingAway: 1001,
+  /** The other side broke the protocol or vanished; also the upstream's own 1011. */
+  InternalError: 1011,
+  /** The upstream could not be reached, or dropped the link without a close frame. */
+  BadGateway: 1014,
+  /** A side holds more than `maxBufferedBytes` unsent. */
+  PolicyViolation: 1008,
+} as const;
+
+/** Upgrade headers that belong to one hop: never forwarded to the upstream. */
+const HOP_HEADERS = new Set([
+  'connection',
+  'upgrade',
+  'keep-alive',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'host',
+  'content-length',
+  'sec-websocket-key',
+  'sec-websocket-version',
+  'sec-websocket-extensions',
+  'sec-websocket-accept',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+]);
+
+/** What `upstream` may answer for one upgrade request. */
+export type UpstreamChoice = string | { readonly accept: false; readonly status: number; readonly body?: string };
+
+export interface WsProxyOptions {
+  /**
+   * Where a client's connection goes: a ws(s) URL for every client, or a function of the upgrade
+   * request (authentication, routing by path, ...) returning a URL, or a refusal
+   * `{ accept: false, status }`. A function that throws refuses with 500.
+   */
+  readonly upstream: string | ((request: UpgradeRequest) => UpstreamChoice | Promise<UpstreamChoice>);
+  /** Path of the proxy's WebSocket endpoint (query ignored). @default every path */
+  readonly path?: string;
+  /** Time to open the upstream connection, in ms; past it the client gets 504. @default 10000 */
+  readonly connectTimeout?: number;
+  /** Largest message either way; larger closes that side with 1009 (and its link). @default 1 MiB */
+  readonly maxMessageSize?: number;
+  /** Links open at once, those being set up included; one more gets 503. @default 10000 */
+  readonly maxConnections?: number;
+  /** Bytes queued toward one side beyond which the link closes with 1008. @default 8 MiB */
+  readonly maxBufferedBytes?: number;
+  /** How long `close()` lets links close gracefully. @default 5000 */
+  readonly drainTimeout?: number;
+  /** How upstreams are dialed. @default `wsClientTransport()` */
+  readonly upstreamTransport?: ClientTransport;
+  /** Operational endpoints on the proxy's own listener (`listen()`). */
+  readonly ops?: {
+    readonly healthz?: string | false;
+    readonly readyz?: string | false;
+    readonly metrics?: string | false;
+  };
+  /** Structured logs. @default JSON lines on stderr, level info */
+  readonly logger?: Logger;
+}
+
+interface Resolved {
+  readonly upstream: WsProxyOptions['upstream'];
+  readonly path: string | undefined;
+  readonly connectTimeout: number;
+  readonly maxMessageSize: number;
+  readonly maxConnections: number;
+  readonly maxBufferedBytes: number;
+  readonly drainTimeout: number;
+  readonly ops: { healthz: string | false; readyz: string | false; metrics: string | false };
+}
+
+function positiveInteger(name: string, value: number | undefined, fallback: number): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) {
+    throw new RangeError(`${name} must be an integer in 1..${2 ** 31 - 1}, got ${String(v)}`);
+  }
+  return v;
+}
+
+function checkUpstreamUrl(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new TypeError(`an upstream must be an absolute ws(s) URL, got ${JSON.stringify(value)}`);
+  }
+  if (url.protocol !== 'ws:' && url.protocol !== 'wss:') {
+    throw new TypeError(`an upstream must be a ws or wss URL, got ${url.protocol}`);
+  }
+  return url.href;
+}
+
+/** One client linked to its upstream. */
+interface Link {
+  readonly id: string;
+  readonly upstream: TransportSocket;
+  client: TransportSocket | undefined;
+  /** Upstream messages that arrived before the client's connection opened. */
+  readonly early: Array<{ readonly data: Uint8Array; readonly binary: boolean }>;
+  /** Set once either side closed: the other is being closed with `code`. */
+  closing: boolean;
+  clientClosed: boolean;
+  upstreamClosed: boolean;
+  /** How the upstream closed, when it did before the client's connection opened. */
+  upstreamEnd: [number, string] | undefined;
+  readonly done: Promise<void>;
+  finish: () => void;
+}
+
+class WsProxyMetrics {
+  readonly registry = new Registry();
+  readonly links: Gauge;
+  readonly messages: Counter<'direction'>;
+  readonly bytes: Counter<'direction'>;
+  readonly upstreamFailures: Counter<'reason'>;
+
+  constructor() {
+    const registers = [this.registry];
+    this.links = new Gauge({ name: 'duplexwire_wsproxy_links', help: 'Clients linked to an upstream', registers });
+    this.messages = new Counter({
+      name: 'duplexwire_wsproxy_messages_total',
+      help: 'Messages forwarded, by direction (upstream: client to upstream; client: upstream to client)',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.bytes = new Counter({
+      name: 'duplexwire_wsproxy_bytes_total',
+      help: 'Message bytes forwarded, by direction',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.upstreamFailures = new Counter({
+      name: 'duplexwire_wsproxy_upstream_failures_total',
+      help: 'Upstream connections that could not be opened, by reason (refused, unreachable, timeout)',
+      labelNames: ['reason'],
+      registers,
+    });
+  }
+}
+
+const IGNORE: SocketHandlers = { onMessage() {}, onDrain() {}, onPing() {}, onClose() {} };
+
+/**
+ * A WebSocket reverse proxy: each client gets its own upstream connection.
+ *
+ * @example
+ * const proxy = new WsProxy({ upstream: 'ws://127.0.0.1:9000/' });
+ * await proxy.listen({ host: '0.0.0.0', port: 8082 });
+ */
+export class WsProxy {
+  readonly metrics = new WsProxyMetrics();
+  private readonly options: Resolved;
+  private readonly logger: Logger;
+  private readonly upstreamTransport: ClientTransport;
+  private readonly links = new Set<Link>();
+  /** Upstreams opened for an upgrade whose client connection has not opened yet. */
+  private readonly waiting = new Map<UpgradeRequest, { link: Link; timer: ReturnType<typeof setTimeout> }>();
+  private deciding = 0;
+  private transport: ServerTransport | undefined;
+  private http: HttpServer | HttpsServer | undefined;
+  private ownsHttp = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: WsProxyOptions) {
+    if (typeof options.upstream === 'string') checkUpstreamUrl(options.upstream);
+    else if (typeof options.upstream !== 'function') {
+      throw new TypeError('upstream must be a ws(s) URL or a function returning one');
+    }
+    const ops = options.ops ?? {};
+    this.options = {
+      upstream: options.upstream,
+      path: options.path,
+      connectTimeout: positiveInteger('connectTimeout', options.connectTimeout, DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+      maxMessageSize: positiveInteger('maxMessageSize', options.maxMessageSize, DEFAULT_WSPROXY_MAX_MESSAGE_SIZE),
+      maxConnections: positiveInteger('maxConnections', options.maxConnections, DEFAULT_WSPROXY_MAX_CONNECTIONS),
+      maxBufferedBytes: positiveInteger(
+        'maxBufferedBytes',
+        options.maxBufferedBytes,
+        DEFAULT_WSPROXY_MAX_BUFFERED_BYTES,
+      ),
+      drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_WSPROXY_DRAIN_TIMEOUT),
+      ops: { healthz: ops.healthz ?? '/healthz', readyz: ops.readyz ?? '/readyz', metrics: ops.metrics ?? '/metrics' },
+    };
+    this.logger = options.logger ?? jsonLogger({ fields: { component: 'wsproxy' } });
+    this.upstreamTransport = options.upstreamTransport ?? wsClientTransport();
+  }
+
+  /** Clients linked to an upstream. */
+  get linkCount(): number {
+    return this.links.size;
+  }
+
+  /** Creates an HTTP server for the proxy (WebSocket endpoint and ops) and listens. */
+  async listen(options: { host?: string; port?: number } = {}): Promise<{ host: string; port: number }> {
+    const server = createServer((req, res) => {
+      if (!this.handleRequest(req, res)) json(res, 404, { code: 'NOT_FOUND', message: 'no such endpoint' });
+    });
+    server.headersTimeout = 10_000;
+    this.ownsHttp = true;
+    await this.attach(server);
+    await new Promise<void>((resolveListen, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 8082, options.host ?? '127.0.0.1', () => {
+        server.off('error', reject);
+        resolveListen();
+      });
+    });
+    const address = this.address()!;
+    this.logger.info('wsproxy listening', {
+      url: `ws://${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}${this.options.path ?? '/'}`,
+    });
+    return address;
+  }
+
+  /** Serves the WebSocket endpoint on a server you own. Use `handleRequest` for the ops endpoints. */
+  async attach(server: HttpServer | HttpsServer): Promise<void> {
+    if (this.transport !== undefined) throw new Error('the proxy is already serving');
+    this.http = server;
+    const transport = wsTransport(this.options.path === undefined ? { server } : { server, path: this.options.path });
+    this.transport = transport;
+    await transport.start(
+      {
+        upgrade: (request) => this.decide(request),
+        connection: (socket, request) => this.open(socket, request),
+      },
+      { maxMessageSize: this.options.maxMessageSize },
+    );
+  }
+
+  /** Where the proxy's own server listens (after `listen`). */
+  address(): { host: string; port: number } | null {
+    const address = this.http?.address() as AddressInfo | string | null | undefined;
+    if (address === null || address === undefined || typeof address === 'string') return null;
+    return { host: address.address, port: address.port };
+  }
+
+  /** True when the proxy serves on an HTTPS server. */
+  private isTls(): boolean {
+    return typeof (this.http as { setSecureContext?: unknown } | undefined)?.setSecureContext === 'function';
+  }
+
+  /** Answers the ops endpoints; false, without touching the request, for anything else. */
+  handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+    const path = (req.url ?? '/').split('?', 1)[0]!;
+    const { ops } = this.options;
+    if (path === ops.healthz) {
+      json(res, 200, { status: 'ok' });
+      return true;
+    }
+    if (path === ops.readyz) {
+      if (this.closing === undefined) json(res, 200, { status: 'ready' });
+      else json(res, 503, { status: 'closing' });
+      return true;
+    }
+    if (path === ops.metrics) {
+      this.metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text),
+        () => json(res, 500, { code: 'METRICS_FAILED', message: 'metrics could not be collected' }),
+      );
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Stops: new upgrades get 503; every link is closed with 1001 on both sides and given
+   * `drainTimeout` to finish its closing handshakes, then terminated. Then the transport stops
+   * (and the server, when the proxy made it).
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const link of this.links) this.closeLink(link, WsProxyCloseCode.GoingAway, 'proxy shutting down');
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((resolveLate) => {
+        timer = setTimeout(resolveLate, this.options.drainTimeout);
+      });
+      await Promise.race([Promise.all([...this.links].map((link) => link.done)), late]);
+      clearTimeout(timer);
+      for (const link of this.links) {
+        link.client?.terminate();
+        link.upstream.terminate();
+      }
+      for (const { link, timer: grace } of this.waiting.values()) {
+        clearTimeout(grace);
+        link.upstream.terminate();
+      }
+      this.waiting.clear();
+      await this.transport?.stop();
+      if (this.ownsHttp && this.http !== undefined) {
+        const server = this.http;
+        await new Promise<void>((resolveClose) => {
+          server.close(() => resolveClose());
+          server.closeAllConnections();
+        });
+      }
+    })();
+    return this.closing;
+  }
+
+  // ------------------------------------------------------------------ upgrade: dial first, then answer
+
+  private async decide(request: UpgradeRequest): Promise<UpgradeDecision> {
+    if (this.closing !== undefined) return refuse(503, 'the proxy is shutting down');
+    if (this.links.size + this.waiting.size + this.deciding >= this.options.maxConnections) {
+      return refuse(503, 'too many connections');
+    }
+    this.deciding++;
+    try {
+      let choice: UpstreamChoice;
+      try {
+        const { upstream } = this.options;
+        choice = typeof upstream === 'string' ? upstream : await upstream(request);
+      } catch (error) {
+        this.logger.error('the upstream function failed', { error });
+        return refuse(500, 'internal error');
+      }
+      if (typeof choice !== 'string') {
+        const status =
+          Number.isInteger(choice.status) && choice.status >= 400 && choice.status <= 599 ? choice.status : 403;
+        return refuse(status, choice.body ?? 'refused');
+      }
+      let url: string;
+      try {
+        url = checkUpstreamUrl(choice);
+      } catch (error) {
+        this.logger.error('the upstream function returned an invalid URL', { error });
+        return refuse(500, 'internal error');
+      }
+      return await this.dial(request, url);
+    } finally {
+      this.deciding--;
+    }
+  }
+
+  private async dial(request: UpgradeRequest, url: string): Promise<UpgradeDecision> {
+    let finish!: () => void;
+    const done = new Promise<void>((resolveDone) => {
+      finish = resolveDone;
+    });
+    // The upstream's handlers exist before it opens: its first message can arrive with the 101.
+    const link: Link = {
+      id: nanoid(),
+      upstream: undefined as unknown as TransportSocket,
+      client: undefined,
+      early: [],
+      closing: false,
+      clientClosed: false,
+      upstreamClosed: false,
+      upstreamEnd: undefined,
+      done,
+      finish,
+    };
+    let upstream: TransportSocket;
+    try {
+      upstream = await this.upstreamTransport.connect(
+        url,
+        {
+          headers: forwardedHeaders(request, this.isTls()),
+          maxMessageSize: this.options.maxMessageSize,
+          connectTimeout: this.options.connectTimeout,
+        },
+        this.upstreamHandlers(link),
+      );
+    } catch (error) {
+      const failure = error as ConnectFailure;
+      if (typeof failure.status === 'number' && failure.status >= 400 && failure.status <= 599) {
+        this.metrics.upstreamFailures.inc({ reason: 'refused' });
+        this.logger.info('the upstream refused the upgrade', { link: link.id, status: failure.status });
+        // The upstream's own answer (401, 403, 404, ...) is the client's; its body is not passed on.
+        return refuse(failure.status >= 500 ? 502 : failure.status, 'refused by the upstream');
+      }
+      const timedOut = (failure as { code?: unknown }).code === 'ETIMEDOUT';
+      this.metrics.upstreamFailures.inc({ reason: timedOut ? 'timeout' : 'unreachable' });
+      this.logger.warn('the upstream cannot be reached', { link: link.id, error });
+      return timedOut
+        ? refuse(504, 'the upstream did not answer in time')
+        : refuse(502, 'the upstream cannot be reached');
+    }
+    (link as { upstream: TransportSocket }).upstream = upstream;
+    // Nothing is read from the upstream until its client can take it (a few messages may already
+    // be on their way: they wait in `early`).
+    upstream.pause();
+    if (link.upstreamClosed || this.closing !== undefined) {
+      upstream.close(WsProxyCloseCode.GoingAway, 'proxy shutting down');
+      return refuse(
+        link.upstreamClosed ? 502 : 503,
+        link.upstreamClosed ? 'the upstream closed' : 'the proxy is shutting down',
+      );
+    }
+    // The transport opens the client's connection right after this answer, or drops the upgrade
+    // when the client left meanwhile: then the upstream must be closed too.
+    const timer = setTimeout(() => {
+      if (this.waiting.get(request)?.link === link) {
+        this.waiting.delete(request);
+        upstream.close(WsProxyCloseCode.GoingAway, 'the client left');
+      }
+    }, 5_000);
+    timer.unref();
+    this.waiting.set(request, { link, timer });
+    this.links.add(link);
+    this.metrics.links.inc();
+    return { accept: true };
+  }
+
+  private open(client: TransportSocket, request: UpgradeRequest): SocketHandlers {
+    const entry = this.waiting.get(request);
+    this.waiting.delete(request);
+    if (entry === undefined) {
+      client.close(WsProxyCloseCode.InternalError, 'unexpected connection');
+      return IGNORE;
+    }
+    clearTimeout(entry.timer);
+    const { link } = entry;
+    link.client = client;
+    this.logger.debug('link open', { link: link.id });
+    // Upstream messages that came while the client's upgrade was answered go first, in order.
+    queueMicrotask(() => {
+      for (const { data, binary } of link.early.splice(0)) this.forward(link, 'client', data, binary);
+      if (link.upstreamEnd !== undefined) {
+        if (!link.clientClosed) client.close(...passOn(...link.upstreamEnd, 'upstream'));
+      } else if (this.closing !== undefined) {
+        this.closeLink(link, WsProxyCloseCode.GoingAway, 'proxy shutting down');
+      } else if (client.bufferedAmount <= this.options.maxBufferedBytes) {
+        link.upstream.resume();
+      }
+    });
+    return {
+      onMessage: (data, binary) => this.forward(link, 'upstream', data, binary),
+      onDrain: () => link.upstream.resume(),
+      onPing: () => {},
+      onClose: (code, reason) => {
+        link.clientClosed = true;
+        if (!link.upstreamClosed) {
+          const [forwardCode, forwardReason] = passOn(code, reason, 'client');
+          link.closing = true;
+          link.upstream.close(forwardCode, forwardReason);
+        }
+        this.ended(link);
+      },
+    };
+  }
+
+  private upstreamHandlers(link: Link): SocketHandlers {
+    return {
+      onMessage: (data, binary) => {
+        if (link.client === undefined) link.early.push({ data, binary });
+        else this.forward(link, 'client', data, binary);
+      },
+      onDrain: () => link.client?.resume(),
+      onPing: () => {},
+      onClose: (code, reason) => {
+        link.upstreamClosed = true;
+        if (link.client === undefined) link.upstreamEnd = [code, reason];
+        else if (!link.clientClosed) {
+          const [forwardCode, forwardReason] = passOn(code, reason, 'upstream');
+          link.closing = true;
+          link.client.close(forwardCode, forwardReason);
+        }
+        this.ended(link);
+      },
+    };
+  }
+
+  /** Sends a message on to the other side; pauses the sender while the receiver does not keep up. */
+  private forward(link: Link, to: 'client' | 'upstream', data: Uint8Array, binary: boolean): void {
+    const target = to === 'client' ? link.client : link.upstream;
+    const source = to === 'client' ? link.upstream : link.client;
+    if (target === undefined || link.closing) return;
+    this.metrics.messages.inc({ direction: to });
+    this.metrics.bytes.inc({ direction: to }, data.byteLength);
+    const result = binary ? target.send(data) : target.sendText(TEXT.decode(data));
+    if (result === 'backpressure') {
+      if (target.bufferedAmount > this.options.maxBufferedBytes) {
+        this.closeLink(link, WsProxyCloseCode.PolicyViolation, 'too slow');
+        return;
+      }
+      // Reading the sender resumes on the receiver's drain.
+      source?.pause();
+    }
+  }
+
+  /** Closes both sides with `code` (each side's close then reaches `ended`). */
+  private closeLink(link: Link, code: number, reason: string): void {
+    link.closing = true;
+    if (!link.clientClosed) link.client?.close(code, reason);
+    if (!link.upstreamClosed) link.upstream.close(code, reason);
+  }
+
+  private ended(link: Link): void {
+    const clientDone = link.clientClosed || link.client === undefined;
+    if (!clientDone || !link.upstreamClosed) return;
+    if (this.links.delete(link)) {
+      this.metrics.links.dec();
+      this.logger.debug('link closed', { link: link.id });
+    }
+    link.finish();
+  }
+}
+
+const TEXT = new TextDecoder();
+
+/**
+ * The close code and reason one side's close becomes on the other: the same when it may be sent
+ * (1000, 1001, 1003, 1007-1011, 3000-4999), else what it means for a proxy: a side that vanished
+ * (1006) or sent no code (1005) is "going away", a protocol failure (1002) or a too-large message
+ * (1009) on one side is an internal error of the link for the other, and an upstream that vanished
+ * is a bad gateway.
+ */
+function passOn(code: number, reason: string, from: 'client' | 'upstream'): [number, string] {
+  if (code === 1000 || code === 1001 || code === 1003 || (code >= 1007 && code <= 1011 && code !== 1009)) {
+    return [code, reason];
+  }
+  if (code >= 3000 && code <= 4999) return [code, reason];
+  if (code === 1006 && from === 'upstream') return [WsProxyCloseCode.BadGateway, 'upstream connection lost'];
+  if (code === 1005 || code === 1006) return [WsProxyCloseCode.GoingAway, `${from} went away`];
+  return [WsProxyCloseCode.InternalError, `${from} closed with ${code}`];
+}
+
+/**
+ * The client's upgrade headers an upstream may see, with X-Forwarded-For (the client's address
+ * appended to what came), -Proto and -Host (set by the proxy, never taken from the client).
+ */
+function forwardedHeaders(request: UpgradeRequest, tls: boolean): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (value !== undefined && !HOP_HEADERS.has(name) && !name.startsWith('proxy-')) out[name] = value;
+  }
+  const connectionTokens = (request.headers.connection ?? '').split(',').map((t) => t.trim().toLowerCase());
+  for (const token of connectionTokens) delete out[token];
+  const previous = request.headers['x-forwarded-for'];
+  out['x-forwarded-for'] = previous === undefined ? request.remoteAddress : `${previous}, ${request.remoteAddress}`;
+  out['x-forwarded-proto'] = tls ? 'https' : 'http';
+  if (request.headers.host !== undefined) out['x-forwarded-host'] = request.headers.host;
+  return out;
+}
+
+function refuse(status: number, body: string): UpgradeDecision {
+  return { accept: false, status, body };
+}
+
+function json(res: ServerResponse, status: number, body: object): void {
+  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+}
