@@ -6,6 +6,7 @@
  *   duplexwire request <url> <name> [text]              one request, prints the reply
  *   duplexwire tunnel proxy|agent|token ...             the HTTP tunnel (src/cli/tunnel.ts)
  *   duplexwire bridge ...                               the WebSocket-to-HTTP bridge (src/cli/bridge.ts)
+ *   duplexwire wsproxy ...                              the WebSocket proxy (src/cli/wsproxy.ts)
  */
 import { parseArgs } from 'node:util';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
@@ -25,6 +26,8 @@ const USAGE = `usage:
       The HTTP tunnel (duplexwire tunnel --help for its options).
   duplexwire bridge --backend <url> --secret-file <file> ...
       The WebSocket-to-HTTP bridge (duplexwire bridge --help for its options).
+  duplexwire wsproxy --upstream <ws url> ...
+      The WebSocket proxy (duplexwire wsproxy --help for its options).
 `;
 
 async function demo(args: string[]): Promise<void> {
@@ -117,6 +120,8 @@ async function main(argv: string[]): Promise<void> {
       return (await import('./tunnel.ts')).tunnel(rest);
     case 'bridge':
       return (await import('./bridge.ts')).bridge(rest);
+    case 'wsproxy':
+      return (await import('./wsproxy.ts')).wsproxy(rest);
     case undefined:
     case '-h':
     case '--help':
