@@ -50,7 +50,7 @@ async function demo(args: string[]): Promise<void> {
     },
     onSignal: (conn, msg) => {
       if (msg.name === 'broadcast') {
-        for (const other of server.connections) other.signal('broadcast', msg.payload);
+        server.broadcast('broadcast', msg.payload);
       } else {
         conn.signal(msg.name || 'echo', msg.payload);
       }
