@@ -42,7 +42,8 @@ export async function wsproxy(args: string[]): Promise<void> {
   const forwardPath = values['forward-path'];
   const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'wsproxy' } });
   const proxy = new WsProxy({
-    // The URL is checked by the constructor; with --forward-path each client's path and query follow it.
+    // The URL is checked by the constructor; with --forward-path each client's path and query follow
+    // it (the proxy only lets origin-form targets, `/...`, this far).
     upstream: forwardPath ? (request) => `${base.replace(/\/$/, '')}${request.url}` : base,
     ...(values.path === undefined ? {} : { path: values.path }),
     connectTimeout: durationOption('--connect-timeout', values['connect-timeout'], 10_000),

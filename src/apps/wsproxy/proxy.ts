@@ -9,6 +9,7 @@
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { nanoid } from 'nanoid';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Logger } from '../../index.ts';
@@ -240,6 +241,18 @@ export class WsProxy {
     server.headersTimeout = 10_000;
     this.ownsHttp = true;
     await this.attach(server);
+    // The transport, attached, leaves other upgrades to other listeners: on our own server there
+    // are none, and an unanswered upgrade would hold its socket (and `close()`) forever.
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+      const path = (req.url ?? '/').split('?', 1)[0];
+      const isWebSocket = req.headers.upgrade?.toLowerCase() === 'websocket';
+      if (isWebSocket && (this.options.path === undefined || path === this.options.path)) return;
+      socket.on('error', () => {});
+      socket.once('finish', () => socket.destroy());
+      socket.end(
+        `HTTP/1.1 ${isWebSocket ? '404 Not Found' : '400 Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
+      );
+    });
     await new Promise<void>((resolveListen, reject) => {
       server.once('error', reject);
       server.listen(options.port ?? 8082, options.host ?? '127.0.0.1', () => {
@@ -344,9 +357,11 @@ export class WsProxy {
 
   private async decide(request: UpgradeRequest): Promise<UpgradeDecision> {
     if (this.closing !== undefined) return refuse(503, 'the proxy is shutting down');
-    if (this.links.size + this.waiting.size + this.deciding >= this.options.maxConnections) {
-      return refuse(503, 'too many connections');
-    }
+    // Links waiting for their client's connection are in `links` already.
+    if (this.links.size + this.deciding >= this.options.maxConnections) return refuse(503, 'too many connections');
+    // Only origin-form targets: an absolute-form one (`GET ws://elsewhere/`, which Node accepts)
+    // would turn an `upstream` function that appends `req.url` to a base into a way to another host.
+    if (!request.url.startsWith('/')) return refuse(400, 'the request target must be a path');
     this.deciding++;
     try {
       let choice: UpstreamChoice;
@@ -424,7 +439,8 @@ export class WsProxy {
     // be on their way: they wait in `early`).
     upstream.pause();
     if (link.upstreamClosed || this.closing !== undefined) {
-      upstream.close(WsProxyCloseCode.GoingAway, 'proxy shutting down');
+      link.closing = true;
+      closeSide(upstream, WsProxyCloseCode.GoingAway, 'proxy shutting down');
       return refuse(
         link.upstreamClosed ? 502 : 503,
         link.upstreamClosed ? 'the upstream closed' : 'the proxy is shutting down',
@@ -435,7 +451,8 @@ export class WsProxy {
     const timer = setTimeout(() => {
       if (this.waiting.get(request)?.link === link) {
         this.waiting.delete(request);
-        upstream.close(WsProxyCloseCode.GoingAway, 'the client left');
+        link.closing = true;
+        closeSide(upstream, WsProxyCloseCode.GoingAway, 'the client left');
       }
     }, 5_000);
     timer.unref();
@@ -476,7 +493,7 @@ export class WsProxy {
         if (!link.upstreamClosed) {
           const [forwardCode, forwardReason] = passOn(code, reason, 'client');
           link.closing = true;
-          link.upstream.close(forwardCode, forwardReason);
+          closeSide(link.upstream, forwardCode, forwardReason);
         }
         this.ended(link);
       },
@@ -486,6 +503,7 @@ export class WsProxy {
   private upstreamHandlers(link: Link): SocketHandlers {
     return {
       onMessage: (data, binary) => {
+        if (link.closing) return;
         if (link.client === undefined) link.early.push({ data, binary });
         else this.forward(link, 'client', data, binary);
       },
@@ -497,7 +515,7 @@ export class WsProxy {
         else if (!link.clientClosed) {
           const [forwardCode, forwardReason] = passOn(code, reason, 'upstream');
           link.closing = true;
-          link.client.close(forwardCode, forwardReason);
+          closeSide(link.client, forwardCode, forwardReason);
         }
         this.ended(link);
       },
@@ -525,8 +543,8 @@ export class WsProxy {
   /** Closes both sides with `code` (each side's close then reaches `ended`). */
   private closeLink(link: Link, code: number, reason: string): void {
     link.closing = true;
-    if (!link.clientClosed) link.client?.close(code, reason);
-    if (!link.upstreamClosed) link.upstream.close(code, reason);
+    if (!link.clientClosed && link.client !== undefined) closeSide(link.client, code, reason);
+    if (!link.upstreamClosed) closeSide(link.upstream, code, reason);
   }
 
   private ended(link: Link): void {
@@ -543,14 +561,24 @@ export class WsProxy {
 const TEXT = new TextDecoder();
 
 /**
+ * Closes one side of a link, reading it again first: the proxy may have paused it (backpressure,
+ * or not linked yet), and a paused socket never reads the peer's answer to the close, which would
+ * then wait for ws's 30 s close timer. What the side still sends is dropped (`link.closing`).
+ */
+function closeSide(socket: TransportSocket, code: number, reason: string): void {
+  socket.resume();
+  socket.close(code, reason);
+}
+
+/**
  * The close code and reason one side's close becomes on the other: the same when it may be sent
- * (1000, 1001, 1003, 1007-1011, 3000-4999), else what it means for a proxy: a side that vanished
+ * (1000, 1001, 1003, 1007, 1008, 1010-1014, 3000-4999), else what it means for a proxy: a side that vanished
  * (1006) or sent no code (1005) is "going away", a protocol failure (1002) or a too-large message
  * (1009) on one side is an internal error of the link for the other, and an upstream that vanished
  * is a bad gateway.
  */
 function passOn(code: number, reason: string, from: 'client' | 'upstream'): [number, string] {
-  if (code === 1000 || code === 1001 || code === 1003 || (code >= 1007 && code <= 1011 && code !== 1009)) {
+  if (code === 1000 || code === 1001 || code === 1003 || (code >= 1007 && code <= 1014 && code !== 1009)) {
     return [code, reason];
   }
   if (code >= 3000 && code <= 4999) return [code, reason];
