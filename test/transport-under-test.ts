@@ -76,6 +76,8 @@ export async function uwsUnderTest(): Promise<TransportUnderTest> {
           stopped = true;
           await inner?.stop();
         },
+        // The native fan-out, so that Server.publish takes the uWS path in the suites.
+        publish: (topic, data, skip) => inner?.publish?.(topic, data, skip),
       };
     },
     client: () => wsClientTransport(),

@@ -48,7 +48,11 @@ export interface TransportSocket {
   send(data: Uint8Array): SendResult;
   /** Sends one text message (used by applications that forward raw WebSocket traffic). */
   sendText(data: string): SendResult;
-  /** Bytes accepted by `send` and not yet handed to the operating system. */
+  /**
+   * Bytes accepted by `send` and not yet handed to the operating system. A message from
+   * `ServerTransport.publish` may be counted only once the transport writes it to this socket
+   * (uWS: by the end of the event loop's turn, or before this socket's next `send`).
+   */
   readonly bufferedAmount: number;
   /** Stops reading from the peer (TCP backpressure); messages already read may still arrive. */
   pause(): void;
@@ -85,10 +89,11 @@ export interface TransportSocket {
    * Asked by the owner before a `publish`, for each subscriber it means to reach with it: true
    * when a `send` of `byteLength` bytes now would certainly answer `ok` (open, and the message
    * leaves the outgoing buffer at or below the high-water mark), in which case the socket counts
-   * those bytes in `bufferedAmount` from now on, as the publish that follows will deliver them.
-   * False otherwise: the owner then leaves this socket out of the publish (`skip`) and calls
-   * `send` itself. So a publish has no per-socket result to report: it only ever carries messages
-   * that could not have met backpressure, and cannot drop one.
+   * those bytes against its high-water mark from now on (in the admissions and sends that
+   * follow), as the publish that follows will deliver them. False otherwise: the owner then leaves
+   * this socket out of the publish (`skip`) and calls `send` itself. So a publish has no
+   * per-socket result to report: it only ever carries messages that could not have met
+   * backpressure, and cannot drop one.
    */
   admitPublish?(byteLength: number): boolean;
 }
@@ -154,18 +159,17 @@ export interface ServerTransport {
   stop(): Promise<void>;
   /**
    * Native fan-out, optional (uWebSockets.js `app.publish`): sends `data` as one binary message to
-   * every socket of this transport subscribed to `topic` (`TransportSocket.subscribe`) except
+   * every socket of this transport subscribed to `topic` (`TransportSocket.subscribe`), except
    * those in `skip`. A transport that has it has `subscribe`, `unsubscribe` and `admitPublish` on
-   * every socket it accepts. The owner frames the contract's guarantees around it:
-   * - it lists in `skip` every open subscriber that `admitPublish` did not admit for this very
-   *   message (and any it leaves out, such as the sender of a chat message), so that only
-   *   admitted sockets are reached;
-   * - each subscriber gets the message after everything `send` or `publish` gave it before, and
-   *   before everything after: the transport may write it later (uWS at the end of the event
-   *   loop's turn) but never reorders;
-   * - the same `data` may be published to many topics and sent to many sockets: the caller must
-   *   not modify it afterwards.
-   * Returns nothing: see `TransportSocket.admitPublish` for why there is no result to report.
+   * every socket it accepts; without it the owner sends to each subscriber itself.
+   *
+   * The transport may write the message later (uWS: by the end of the event loop's turn) but
+   * never out of order: each socket gets it after whatever `send` and `publish` gave it before,
+   * and before whatever they give it after. Nothing is reported per socket, because nothing can
+   * go wrong there: the owner lets `publish` reach only sockets that `admitPublish` admitted for
+   * this very message, and lists in `skip` every other open subscriber (and any it leaves out,
+   * such as the sender of a chat message), which it then sends to itself. As with `send`, the
+   * caller must not modify `data` afterwards.
    */
   publish?(topic: string, data: Uint8Array, skip: readonly TransportSocket[]): void;
 }

@@ -115,7 +115,8 @@ export interface UwsServerTransportOptions {
    * Hard cap on a socket's queued outgoing bytes (uWS `maxBackpressure`): a send that finds more
    * queued is not written and the connection is closed with 1008. The core closes a slow consumer
    * itself (`maxBufferedBytes`) well before this in its default configuration. Must be above
-   * `highWaterMark`.
+   * `highWaterMark`. (uWS's own publish skips a socket over this cap without a word; here a
+   * publish reaches only sockets at or below `highWaterMark`, the others get a `send`.)
    * @default DEFAULT_MAX_BACKPRESSURE (64 MiB)
    */
   maxBackpressure?: number;
@@ -305,6 +306,15 @@ function topicKey(topic: string): string {
 
 const NEEDS_TOPIC_ESCAPE = /^\0|[\uD800-\uDFFF]/;
 
+/**
+ * A uWS topic every subscribing socket joins first and nobody publishes to (no `topicKey` is a
+ * lone NUL). uWS v20.30 frees a socket's subscriber state when it leaves its last topic, and with
+ * it the published messages it had not written to that socket yet: a subscriber that unsubscribed
+ * right after a publish lost the message the publish counted. Later uWS versions keep the state
+ * ("Leave us as subscribers even if we subscribe to nothing"); this topic does the same here.
+ */
+const ANCHOR_TOPIC = '\0';
+
 interface Received {
   readonly data: Uint8Array;
   readonly binary: boolean;
@@ -340,6 +350,8 @@ class UwsTransportSocket implements TransportSocket {
   #publishedEpoch = 0;
   #publishedBytes = 0;
   #publishedBytesBefore = 0;
+  /** Joined ANCHOR_TOPIC. */
+  #anchored = false;
 
   constructor(request: UpgradeRequest, highWaterMark: number, maxPausedBytes: number, clock: PublishClock) {
     this.request = request;
@@ -355,13 +367,13 @@ class UwsTransportSocket implements TransportSocket {
     return this.request.remoteAddress;
   }
 
-  /** What uWS holds in the socket's buffer, plus the published bytes it may still hold elsewhere. */
+  /**
+   * uWS's own count: the socket's buffer. A published message waiting in uWS's topic tree is
+   * counted once uWS writes it to the socket (by the end of the event loop's turn, or before this
+   * socket's next send), as a kernel buffer's contents are never counted: it is at most the
+   * high-water mark's worth (see `admitPublish`).
+   */
   get bufferedAmount(): number {
-    return this.#socketBuffered() + this.#publishedPending();
-  }
-
-  /** uWS's own count: the socket's buffer only, not what waits in the topic tree for it. */
-  #socketBuffered(): number {
     const ws = this.#ws;
     if (ws === undefined) return 0;
     try {
@@ -405,9 +417,7 @@ class UwsTransportSocket implements TransportSocket {
   drained(): void {
     const handlers = this.#handlers;
     if (!this.#drainOwed || this.#ws === undefined || handlers === undefined) return;
-    // The socket's buffer alone: counting published bytes not yet written (an overestimate, see
-    // PublishClock) could withhold a drain that uWS will not signal again.
-    if (this.#socketBuffered() > this.#highWaterMark) return;
+    if (this.bufferedAmount > this.#highWaterMark) return;
     this.#drainOwed = false;
     handlers.onDrain();
   }
@@ -523,7 +533,7 @@ class UwsTransportSocket implements TransportSocket {
       this.close(1008, 'send buffer limit exceeded');
       return 'dropped';
     }
-    if (this.#socketBuffered() > this.#highWaterMark) {
+    if (this.bufferedAmount > this.#highWaterMark) {
       this.#drainOwed = true;
       return 'backpressure';
     }
@@ -536,6 +546,10 @@ class UwsTransportSocket implements TransportSocket {
     const ws = this.#ws;
     if (ws === undefined) return;
     try {
+      if (!this.#anchored) {
+        ws.subscribe(ANCHOR_TOPIC);
+        this.#anchored = true;
+      }
       ws.subscribe(topicKey(topic));
     } catch {
       // Closed by uWS: it forgot the subscriptions with the socket.
@@ -582,7 +596,10 @@ class UwsTransportSocket implements TransportSocket {
     return true;
   }
 
-  /** Published bytes uWS may still hold for this socket (an upper bound: see PublishClock). */
+  /**
+   * Published bytes uWS may still hold for this socket, not counted by getBufferedAmount() (an
+   * upper bound: see PublishClock). Only admissions use it.
+   */
   #publishedPending(): number {
     const age = this.#clock.epoch - this.#publishedEpoch;
     return age === 0 ? this.#publishedBytes + this.#publishedBytesBefore : age === 1 ? this.#publishedBytes : 0;
@@ -669,9 +686,8 @@ class UwsTransportSocket implements TransportSocket {
     const ws = this.#ws;
     if (ws === undefined) return;
     try {
-      ws.ping();
       // A ping is a send: uWS wrote the topic tree's messages for this socket before it.
-      this.#forgetPublished();
+      if (ws.ping() !== SEND_DROPPED) this.#forgetPublished();
     } catch {
       // As in close().
     }
@@ -779,6 +795,10 @@ const STOP_TIMEOUT_MS = 2000;
  * and the response is guarded by `onAborted`, so a client leaving meanwhile is dropped quietly);
  * refused ones get a plain-text HTTP response. Plain HTTP requests get 426, other upgrades 400,
  * upgrades to another path than `path` 404.
+ *
+ * It has the contract's optional native pub/sub: `Server.publish` fans a signal out through uWS's
+ * `app.publish` (framed once, written in native code, batched per socket until the end of the
+ * event loop's turn), with what each connection receives, and when it is closed, unchanged.
  *
  * Behaviour that differs from the `ws` transport, and why:
  * - A message over `maxMessageSize` closes with 1009 as with `ws`; but one over twice the limit

@@ -48,6 +48,17 @@ export interface ConnectionContext {
 
 /** The key of `Connection`'s method sending encoded signal bytes: internal, not exported by the package. */
 export const SEND_SIGNAL = Symbol('duplexwire.sendSignal');
+/** The key of `Connection`'s method admitting a native publish (`Server.publish`): internal. */
+export const ADMIT_PUBLISH = Symbol('duplexwire.admitPublish');
+/** The key of `Connection`'s transport socket, for `ServerTransport.publish`'s `skip`: internal. */
+export const TRANSPORT_SOCKET = Symbol('duplexwire.transportSocket');
+
+/**
+ * How a native publish reaches one subscriber (`Connection[ADMIT_PUBLISH]`): `native` through the
+ * transport's fan-out, `send` by a send of its own (the transport did not admit it, so it may meet
+ * backpressure), `closed` not at all.
+ */
+export type PublishAdmission = 'native' | 'send' | 'closed';
 
 /**
  * One client connection on the server: the shared peer engine plus the accept side's concerns
@@ -203,6 +214,21 @@ export class Connection {
   }
 
   /**
+   * Whether the transport's native publish may carry `byteLength` bytes of signal to this
+   * connection (see `TransportSocket.admitPublish`): only when a send would certainly have been
+   * `ok`, i.e. when the peer engine would have done nothing after it. Not part of the public API.
+   */
+  [ADMIT_PUBLISH](byteLength: number): PublishAdmission {
+    if (!this.peer.isOpen) return 'closed';
+    return this.peer.socket.admitPublish?.(byteLength) === true ? 'native' : 'send';
+  }
+
+  /** The transport socket, to leave it out of a native publish. Not part of the public API. */
+  get [TRANSPORT_SOCKET](): TransportSocket {
+    return this.peer.socket;
+  }
+
+  /**
    * Subscribes this connection to `topic`: `server.publish(topic, ...)` then sends it the
    * signal. Returns false when the connection is no longer open (nothing changes: a closed
    * connection never holds a topic). Subscribing twice is one subscription. The connection leaves
@@ -228,6 +254,8 @@ export class Connection {
     }
     this.subscribed.add(topic);
     this.context.topics.add(topic, this);
+    // A transport with native pub/sub (uWS) keeps its own subscriber lists for `Server.publish`.
+    this.peer.socket.subscribe?.(topic);
     return true;
   }
 
@@ -235,6 +263,7 @@ export class Connection {
   unsubscribe(topic: string): boolean {
     if (this.subscribed?.delete(topic) !== true) return false;
     this.context.topics.remove(topic, this);
+    this.peer.socket.unsubscribe?.(topic);
     return true;
   }
 
@@ -511,6 +540,8 @@ export class Connection {
   private handleClosed(code: number, reason: string): void {
     clearTimeout(this.readTimer);
     if (this.subscribed !== undefined) {
+      // The transport forgot its own subscriptions with the socket (and a closed uWS socket must
+      // not be touched): only the server's map is left to clean.
       for (const topic of this.subscribed) this.context.topics.remove(topic, this);
       this.subscribed.clear();
     }

@@ -5,7 +5,7 @@ import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
-import { Connection, SEND_SIGNAL } from './connection.ts';
+import { ADMIT_PUBLISH, Connection, SEND_SIGNAL, TRANSPORT_SOCKET } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
 import { checkTopic, TopicRegistry } from './topics.ts';
 import {
@@ -131,9 +131,16 @@ export class Server {
   /**
    * Sends one signal to every connection subscribed to `topic` (`conn.subscribe()`), encoding it
    * once, and returns how many it went to. `except` leaves one connection out (the sender of a
-   * chat message, say). As with `broadcast`, each send is the connection's own, with its limits.
+   * chat message, say). As with `broadcast`, each send is the connection's own, with its limits:
+   * one that stopped reading and is over `maxBufferedBytes` is closed (1008) and not counted.
    * Throws InvalidArgumentError for an invalid topic and ProtocolError for a name or payload that
    * may not be sent, before sending anything.
+   *
+   * On uWebSockets.js the signal goes out through uWS's own pub/sub (`app.publish`): framed once
+   * and written in native code, batched with whatever else the connection is sent in the same
+   * turn of the event loop. Connections that are behind (whose send could meet backpressure) are
+   * sent to one by one as on the other transports, so what each connection receives, in what
+   * order, and when it is closed, is the same everywhere.
    *
    * Subscriptions are per server process; across processes, publish through your own bus (e.g.
    * Redis pub/sub) and call `publish` in each.
@@ -146,9 +153,35 @@ export class Server {
     const subscribers = this.topicRegistry.subscribers(topic);
     const bytes = encodeSignal(name, payload);
     const { except } = options;
+    const { transport } = this.options;
     let sent = 0;
-    // A send may close its connection, which then leaves the Set during the loop: a Set allows that.
-    for (const conn of subscribers) if (conn !== except && conn[SEND_SIGNAL](bytes)) sent++;
+    if (transport.publish === undefined) {
+      // A send may close its connection, which then leaves the Set during the loop: a Set allows that.
+      for (const conn of subscribers) if (conn !== except && conn[SEND_SIGNAL](bytes)) sent++;
+      return sent;
+    }
+    // Native fan-out. Every subscriber is judged first, without sending: those the transport
+    // admits get the signal from its publish and are counted now (nothing can drop it on the
+    // way); the others are left out of the publish and sent to one by one afterwards, through
+    // their peer engine as above, so that backpressure, `maxBufferedBytes` and closing work as
+    // on any transport. A connection that is not open (closing) is neither: the transport has
+    // already left it out of every publish.
+    let behind: Connection[] | undefined;
+    for (const conn of subscribers) {
+      if (conn === except) continue;
+      const admission = conn[ADMIT_PUBLISH](bytes.length);
+      if (admission === 'native') sent++;
+      else if (admission === 'send') {
+        behind ??= [];
+        behind.push(conn);
+      }
+    }
+    if (sent > 0) {
+      const skip: TransportSocket[] = behind === undefined ? [] : behind.map((conn) => conn[TRANSPORT_SOCKET]);
+      if (except !== undefined && subscribers.has(except)) skip.push(except[TRANSPORT_SOCKET]);
+      transport.publish(topic, bytes, skip);
+    }
+    if (behind !== undefined) for (const conn of behind) if (conn[SEND_SIGNAL](bytes)) sent++;
     return sent;
   }
 

@@ -11,14 +11,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import type { SendResult } from '../../transports/types.ts';
+import type { SendResult, TransportSocket } from '../../transports/types.ts';
 import { DEFAULT_HIGH_WATER_MARK, type UwsServerTransportOptions, uwsTransport } from '../../transports/uws.ts';
 import { wsClientTransport } from '../../transports/ws.ts';
 import { freePort } from '../transport-under-test.ts';
 import {
   acceptAll,
+  bytes,
   type ConnectOptions,
   connectWith,
+  delay,
   type Fixture,
   type ServeOptions,
   serve,
@@ -102,6 +104,135 @@ test('a send beyond maxBackpressure is dropped and closes with 1008, never silen
   await until(() => rec.closes.length === 1, 'client close', 5000);
   // uWS drops the close frame as well, being over the same limit: the peer sees the TCP close.
   assert.deepEqual(rec.closes, [{ code: 1006, reason: '' }]);
+});
+
+/* ---- native pub/sub (ServerTransport.publish) ---- */
+
+/** Two turns of the event loop: uWS has written what its topic tree held (see PublishClock). */
+async function twoTurns(): Promise<void> {
+  for (let i = 0; i < 2; i++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Sends to a client that stopped reading until uWS's own buffer holds 4 MiB: the kernel may still
+ * take some of it now and then (loopback TCP buffers fill asynchronously and grow), never all, so
+ * what is written next lands in a buffer that cannot run empty. The assertions below hold whatever
+ * the kernel takes meanwhile.
+ */
+function buildBacklog(remote: TransportSocket): void {
+  const chunk = new Uint8Array(64 * 1024);
+  for (let i = 0; i < 1_000 && remote.bufferedAmount < 4 * 1024 * 1024; i++) remote.send(chunk);
+  assert.ok(remote.bufferedAmount >= 4 * 1024 * 1024, 'the kernel never filled up');
+}
+
+/** Connects `n` ws clients, each subscribed on the server side to `topic`. */
+async function subscribers(t: TestContext, server: Fixture, n: number, topic: string) {
+  const clients = [];
+  for (let i = 0; i < n; i++) {
+    clients.push(await connect(t, server.url));
+    await until(() => server.accepted.length === i + 1, 'connection');
+    server.accepted[i]!.socket.subscribe!(topic);
+  }
+  return clients;
+}
+
+const publish = (server: Fixture, topic: string, data: Uint8Array, skip: TransportSocket[] = []): void =>
+  server.transport.publish!(topic, data, skip);
+
+test('publish reaches every subscriber but those in skip, leaving their subscriptions as they were', async (t) => {
+  const server = await startServer(t);
+  const clients = await subscribers(t, server, 4, 'room');
+  const [s0, s1, s2] = server.accepted.map((a) => a.socket);
+  s2!.subscribe!('other');
+  publish(server, 'room', bytes(1));
+  publish(server, 'room', bytes(2), [s0!]); // ws.publish from s0
+  publish(server, 'room', bytes(3), [s0!, s1!]); // both leave the topic around the publish
+  publish(server, 'room', bytes(4), [server.accepted[3]!.socket]);
+  publish(server, 'other', bytes(5), [s0!]); // s0 has not joined 'other': app.publish
+  publish(server, 'room', bytes(6));
+  publish(server, 'nobody', bytes(7));
+  const expected = [
+    [1, 4, 6],
+    [1, 2, 4, 6],
+    [1, 2, 3, 4, 5, 6],
+    [1, 2, 3, 6],
+  ];
+  await until(() => clients.every(({ rec }, i) => rec.messages.length === expected[i]!.length), 'the messages');
+  await delay(20);
+  assert.deepEqual(
+    clients.map(({ rec }) => rec.messages.map((m) => m.data[0])),
+    expected,
+  );
+  assert.ok(clients.every(({ rec }) => rec.messages.every((m) => m.binary)));
+});
+
+test('a subscriber that leaves its last topic right after a publish still gets it (uWS v20.30 would drop it)', async (t) => {
+  const server = await startServer(t);
+  const [client] = await subscribers(t, server, 1, 'room');
+  const remote = server.accepted[0]!.socket;
+  publish(server, 'room', bytes(1));
+  remote.unsubscribe!('room');
+  publish(server, 'room', bytes(2));
+  remote.subscribe!('room');
+  remote.unsubscribe!('room');
+  remote.unsubscribe!('never joined');
+  remote.send(bytes(3));
+  await until(() => client!.rec.messages.length === 2, 'the messages');
+  await delay(20);
+  assert.deepEqual(
+    client!.rec.messages.map((m) => m.data[0]),
+    [1, 3],
+  );
+});
+
+test('publish: below 16 KiB uWS writes the message at the end of the turn, from 16 KiB at once (what admitPublish counts on)', async (t) => {
+  const server = await startServer(t);
+  const [client] = await subscribers(t, server, 1, 'room');
+  const remote = server.accepted[0]!.socket;
+  client!.socket.pause();
+  buildBacklog(remote);
+  let before = remote.bufferedAmount;
+  publish(server, 'room', new Uint8Array(16 * 1024 - 1));
+  // No write was even tried: whatever the kernel would take, the buffer is as it was.
+  assert.equal(remote.bufferedAmount, before, 'below 16 KiB: waits in the topic tree');
+  await twoTurns();
+  // Had uWS still held it, this send would write it first (16 KiB more, less what the kernel takes).
+  before = remote.bufferedAmount;
+  remote.send(new Uint8Array(0));
+  assert.ok(remote.bufferedAmount - before <= 2, 'two turns later uWS had written it');
+  before = remote.bufferedAmount;
+  publish(server, 'room', new Uint8Array(16 * 1024));
+  // A write was tried: more in the buffer, or less if the kernel took some (never exactly as much).
+  assert.notEqual(remote.bufferedAmount, before, 'from 16 KiB: written at once');
+});
+
+test('admitPublish admits while the buffer and what waits for the socket stay within the high-water mark', async (t) => {
+  const server = await startServer(t, { transport: { highWaterMark: 4096 } });
+  const [client] = await subscribers(t, server, 1, 'room');
+  const remote = server.accepted[0]!.socket;
+  const message = new Uint8Array(1000); // 1002 bytes framed
+  const admitAndPublish = (): boolean => {
+    if (!remote.admitPublish!(message.length)) return false;
+    publish(server, 'room', message);
+    return true;
+  };
+  // Four fit within 4096 bytes, a fifth would not: a send of it might answer backpressure.
+  assert.deepEqual([1, 2, 3, 4, 5].map(admitAndPublish), [true, true, true, true, false]);
+  // Written and read by the client two turns later: nothing counts any more.
+  await twoTurns();
+  await until(() => client!.rec.messages.length === 4, 'four messages');
+  assert.deepEqual([1, 2, 3, 4, 5].map(admitAndPublish), [true, true, true, true, false]);
+  // A send writes them out first: after it, the socket's buffer tells all.
+  remote.send(bytes(0));
+  assert.equal(admitAndPublish(), remote.bufferedAmount + 1002 <= 4096);
+  // From 16 KiB, a publish is written at once: the buffer alone tells (never admitted here).
+  assert.equal(remote.admitPublish!(16 * 1024), false);
+  // A client that stopped reading: nothing is admitted once its buffer is over the mark.
+  client!.socket.pause();
+  buildBacklog(remote);
+  assert.equal(remote.admitPublish!(1), false);
+  remote.close(1000, '');
+  assert.equal(remote.admitPublish!(1), false, 'closing');
 });
 
 test('invalid options are rejected up front (uWS would abort the process on some)', () => {

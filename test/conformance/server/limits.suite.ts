@@ -5,8 +5,10 @@
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
-import { binary, payloadText, utf8 } from '../../../protocol/payload.ts';
-import { connectClient, delay, rawPeer, startServer, waitFor } from '../../helpers.ts';
+import { decode } from '../../../protocol/decode.ts';
+import { binary, type Payload, payloadText, utf8 } from '../../../protocol/payload.ts';
+import { connectClient, delay, type RawPeer, rawPeer, startServer, waitFor } from '../../helpers.ts';
+import type { Connection } from '../../../src/server/connection.ts';
 import { bytes, gate, id, maskedFrames, newestConnection, takeAcceptConf, within, writeRaw } from './wire.ts';
 
 test('maxInflightRequests 4: four pending requests are fine, a fifth closes 1008', async (t) => {
@@ -175,4 +177,143 @@ test('publish: a subscriber that stops reading is closed with 1008 and no longer
   assert.equal(info.code, 1008, `closed with ${info.code} (${info.reason})`);
   assert.deepEqual([...server.subscribers('feed')].length, 1);
   await waitFor(() => delivered === published, 5_000, `all ${published} signals at the reader`);
+});
+
+/** A 1000-byte payload numbered `seq` (its first four bytes). */
+function numbered(seq: number): Payload {
+  const data = new Uint8Array(1000);
+  new DataView(data.buffer).setUint32(0, seq);
+  return binary(data);
+}
+
+/** `name:seq` of a signal carrying a `numbered` payload. */
+function label(name: string, payload: Payload): string {
+  return `${name}:${new DataView(payload.data.buffer, payload.data.byteOffset).getUint32(0)}`;
+}
+
+/** The signals a raw peer got so far, as `label`s. */
+function signalsOf(peer: RawPeer): string[] {
+  const out: string[] = [];
+  for (const bytes of peer.messages) {
+    const message = decode(bytes);
+    if (message.kind === 'signal') out.push(label(message.name, message.payload));
+  }
+  return out;
+}
+
+function pauseReading(peer: RawPeer): void {
+  (peer.ws as unknown as { _socket: Socket })._socket.pause();
+}
+
+function resumeReading(peer: RawPeer): void {
+  (peer.ws as unknown as { _socket: Socket })._socket.resume();
+}
+
+test('publish of small signals, many per turn: a subscriber that stops reading is closed with 1008 within maxBufferedBytes plus one message; the reader gets every signal', async (t) => {
+  // The 16 KiB test above goes out at once on uWS; signals this small are batched by its pub/sub
+  // until the end of the turn, and many of them are published in each turn here.
+  const limit = 64 * 1024;
+  const { url, server } = await startServer(t, { maxBufferedBytes: limit });
+  const reader = await connectClient(t, url);
+  let delivered = 0;
+  reader.on('signal', () => {
+    delivered++;
+  });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  for (const conn of server.connections) conn.subscribe('feed');
+  const stalled = await newestConnection(server, 2);
+  pauseReading(peer);
+
+  let published = 0;
+  let counted = 0;
+  let maxBuffered = 0;
+  const deadline = Date.now() + 3_000;
+  // Bounded: 40,000 x 1000 bytes, ten times what loopback TCP buffers hold.
+  while (published < 40_000 && Date.now() < deadline) {
+    const n = server.publish('feed', 'p', numbered(published));
+    published++;
+    counted += n;
+    maxBuffered = Math.max(maxBuffered, stalled.bufferedAmount);
+    if (n === 1) break;
+    if (published % 64 === 0) await new Promise((resolve) => setImmediate(resolve));
+  }
+  t.diagnostic(`${published} signals of 1000 bytes published; at most ${maxBuffered} bytes buffered`);
+  assert.ok(published < 40_000 && Date.now() < deadline, 'the stalled subscriber was never dropped');
+  assert.equal(counted, 2 * published - 1, 'the last publish counted the reader only');
+  // One message is 1000 bytes + 3 of signal header + 4 of frame header; the close frame adds at most 129.
+  assert.ok(maxBuffered <= limit + 1000 + 7 + 129, `buffered ${maxBuffered} bytes, over the limit plus one message`);
+  const info = await within(stalled.closed, 2_800, 'the stalled subscriber closed');
+  assert.equal(info.code, 1008, `closed with ${info.code} (${info.reason})`);
+  assert.equal(server.subscribers('feed').size, 1);
+  await waitFor(() => delivered === published, 5_000, `all ${published} signals at the reader`);
+});
+
+test('publish: subscribers that fall behind and catch up get every signal once and in order, with direct signals and except in between', async (t) => {
+  const { url, server } = await startServer(t);
+  const reader = await connectClient(t, url);
+  const readerLog: string[] = [];
+  reader.on('signal', (message) => readerLog.push(label(message.name, message.payload)));
+  const readerConn = await newestConnection(server, 1);
+  const lagging: RawPeer[] = [];
+  const laggingConns: Connection[] = [];
+  for (let i = 0; i < 2; i++) {
+    const peer = await rawPeer(t, url);
+    await takeAcceptConf(peer);
+    lagging.push(peer);
+    laggingConns.push(await newestConnection(server, 2 + i));
+  }
+  for (const conn of server.connections) conn.subscribe('feed');
+  const expected: string[][] = [[], [], []];
+  const miscounted: string[] = [];
+  let seq = 0;
+  // One step: a direct signal to the first lagging subscriber now and then, and a publish that
+  // leaves the reader out now and then.
+  const step = (): void => {
+    if (seq % 10 === 3) {
+      laggingConns[0]!.signal('d', numbered(seq));
+      expected[1]!.push(`d:${seq}`);
+    }
+    const exceptReader = seq % 7 === 0;
+    const n = server.publish('feed', 'p', numbered(seq), exceptReader ? { except: readerConn } : {});
+    if (n !== (exceptReader ? 2 : 3)) miscounted.push(`publish ${seq} counted ${n}`);
+    if (!exceptReader) expected[0]!.push(`p:${seq}`);
+    expected[1]!.push(`p:${seq}`);
+    expected[2]!.push(`p:${seq}`);
+    seq++;
+  };
+
+  // Behind: the two stop reading until each has well over a high-water mark (64 KiB) queued in
+  // user space, far below maxBufferedBytes (8 MiB).
+  for (const peer of lagging) pauseReading(peer);
+  const behind = (): boolean => laggingConns.every((conn) => conn.bufferedAmount > 512 * 1024);
+  const deadline = Date.now() + 5_000;
+  while (!behind() && seq < 40_000 && Date.now() < deadline) {
+    step();
+    if (seq % 100 === 0) await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.ok(behind(), `the lagging subscribers never fell behind (${seq} published)`);
+  // Catching up, while publishes go on.
+  for (const peer of lagging) resumeReading(peer);
+  for (let i = 0; i < 2_000; i++) {
+    step();
+    if (seq % 100 === 0) await new Promise((resolve) => setImmediate(resolve));
+  }
+  t.diagnostic(`${seq} signals published`);
+  assert.deepEqual(miscounted, []);
+  await waitFor(
+    () =>
+      readerLog.length >= expected[0]!.length &&
+      lagging.every((peer, i) => peer.messages.length - 1 >= expected[i + 1]!.length),
+    10_000,
+    'every signal everywhere',
+  );
+  await delay(50);
+  assert.deepEqual(readerLog, expected[0]);
+  assert.deepEqual(signalsOf(lagging[0]!), expected[1]);
+  assert.deepEqual(signalsOf(lagging[1]!), expected[2]);
+  assert.ok(
+    laggingConns.every((conn) => conn.isOpen),
+    'the lagging subscribers are still open',
+  );
 });

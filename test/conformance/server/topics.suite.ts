@@ -152,3 +152,19 @@ test('invalid topics and signals are refused before anything is sent; maxTopicsP
     });
   }
 });
+
+test('topics are compared as strings: lone surrogates, MQTT-like wildcards and NUL name topics of their own', async (t) => {
+  // uWS keys its topics by bytes and once had MQTT wildcards; none of that may show through.
+  const topics = ['\uD800', '\uDC00', '\uFFFD', '\uD800\uDC00', 'a/+', 'a/#', '#', 'a/b', 'a', '\0', '\0d800', 'é'];
+  const { url, server } = await startServer(t);
+  const { received, conns } = await clientsOf(t, url, server, topics.length);
+  for (const [i, topic] of topics.entries()) assert.equal(conns[i]!.subscribe(topic), true);
+  for (const [i, topic] of topics.entries()) {
+    assert.equal(server.publish(topic, 'to', utf8(String(i))), 1, JSON.stringify(topic));
+  }
+  await settle(server, received);
+  assert.deepEqual(
+    received,
+    topics.map((_, i) => [`to:${i}`]),
+  );
+});
