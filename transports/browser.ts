@@ -121,7 +121,7 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
         const Ctor = WebSocketClass ?? globalThis.WebSocket;
         if (typeof Ctor !== 'function') throw new TypeError('no WebSocket here: pass options.WebSocket');
         // Throws a SyntaxError on a malformed URL: a rejection, through the executor.
-        const ws = new Ctor(url);
+        const ws = new Ctor(url, connectOptions.protocols === undefined ? [] : [...connectOptions.protocols]);
         ws.binaryType = 'arraybuffer';
 
         let open = false;
@@ -247,6 +247,9 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           },
           // Browsers do not tell the peer's address.
           remoteAddress: '',
+          get protocol() {
+            return ws.protocol;
+          },
           send,
           sendText: send,
           pause() {

@@ -69,6 +69,11 @@ export interface TransportSocket {
   ping(): void;
   /** The peer's address as the transport sees it (IPv4, IPv6, or a label for in-process pairs). */
   readonly remoteAddress: string;
+  /**
+   * The subprotocol the opening handshake settled on (`Sec-WebSocket-Protocol`), '' for none.
+   * Optional: undefined where the adapter cannot tell (the in-memory pair has no handshake).
+   */
+  readonly protocol?: string;
 
   /*
    * Native pub/sub, optional: present on the sockets of a server transport that has
@@ -113,7 +118,15 @@ export interface UpgradeRequest {
 
 /** The owner's answer to an upgrade request. */
 export type UpgradeDecision =
-  | { readonly accept: true }
+  | {
+      readonly accept: true;
+      /**
+       * The subprotocol to answer with: one of those the client offered in
+       * `sec-websocket-protocol` (an adapter refuses the upgrade with 500 for any other), or ''
+       * for none. @default the first one the client offered, or none
+       */
+      readonly protocol?: string;
+    }
   | {
       readonly accept: false;
       /** HTTP status sent instead of the upgrade, e.g. 401, 403, 503. */
@@ -182,6 +195,8 @@ export interface ClientConnectOptions {
   readonly maxMessageSize: number;
   /** Gives up the attempt after this many milliseconds. */
   readonly connectTimeout: number;
+  /** Subprotocols offered (`Sec-WebSocket-Protocol`), most preferred first. @default none */
+  readonly protocols?: readonly string[];
 }
 
 /**

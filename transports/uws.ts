@@ -27,6 +27,7 @@ import {
   refusalResponse,
   truncateUtf8,
 } from './close-frame.ts';
+import { chooseProtocol } from './handshake.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   SendResult,
@@ -353,8 +354,15 @@ class UwsTransportSocket implements TransportSocket {
   /** Joined ANCHOR_TOPIC. */
   #anchored = false;
 
-  constructor(request: UpgradeRequest, highWaterMark: number, maxPausedBytes: number, clock: PublishClock) {
+  constructor(
+    request: UpgradeRequest,
+    highWaterMark: number,
+    maxPausedBytes: number,
+    clock: PublishClock,
+    protocol: string,
+  ) {
     this.request = request;
+    this.protocol = protocol;
     this.#highWaterMark = highWaterMark;
     this.#maxPausedBytes = maxPausedBytes;
     this.#clock = clock;
@@ -366,6 +374,9 @@ class UwsTransportSocket implements TransportSocket {
   get remoteAddress(): string {
     return this.request.remoteAddress;
   }
+
+  /** The subprotocol the handshake answered with ('' for none). */
+  readonly protocol: string;
 
   /**
    * uWS's own count: the socket's buffer. A published message waiting in uWS's topic tree is
@@ -738,12 +749,6 @@ function readHeaders(req: UWS.HttpRequest): Record<string, string | undefined> {
 /** A 16-byte nonce in base64 (RFC 6455 §4.1), the check `ws` makes. */
 const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/;
 
-/** `ws` picks the first subprotocol the client offers when no other choice is configured. */
-function firstProtocol(header: string): string {
-  const comma = header.indexOf(',');
-  return (comma === -1 ? header : header.slice(0, comma)).trim();
-}
-
 /**
  * The peer's address in Node's notation. uWS writes IPv6 in full (`0000:...:0001`, IPv4-mapped as
  * `...:ffff:7f00:0001`); Node's `socket.remoteAddress` uses inet_ntop's (`::1`,
@@ -897,7 +902,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       extensions: string,
       context: UWS.us_socket_context_t,
     ): void => {
-      const socket = new UwsTransportSocket(request, opts.highWaterMark, opts.maxPausedBytes, run.clock);
+      const socket = new UwsTransportSocket(request, opts.highWaterMark, opts.maxPausedBytes, run.clock, protocol);
       // uWS runs `open` synchronously inside upgrade().
       res.cork(() => res.upgrade<UserData>({ socket }, key, protocol, extensions, context));
     };
@@ -910,7 +915,6 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       const headers = readHeaders(req);
       const key = headers['sec-websocket-key'] ?? '';
       const version = headers['sec-websocket-version'];
-      const protocol = firstProtocol(headers['sec-websocket-protocol'] ?? '');
       const extensions = headers['sec-websocket-extensions'] ?? '';
       const remoteAddress = remoteAddressOf(res);
       // Before any async step: a response used after its client left is a crash in uWS.
@@ -954,7 +958,10 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         // Owners write JavaScript too: anything but an explicit accept is a refusal, and a
         // malformed one becomes a bare 500.
         if ((decision as Partial<UpgradeDecision> | null)?.accept === true) {
-          accept(res, request, key, protocol, extensions, context);
+          const chosen = (decision as { protocol?: string }).protocol;
+          const protocol = chooseProtocol(chosen, headers['sec-websocket-protocol']);
+          if (protocol === undefined) respond(res, statusRefusal(500));
+          else accept(res, request, key, protocol, extensions, context);
         } else {
           const refusal = decision as Partial<Extract<UpgradeDecision, { accept: false }>> | null;
           respond(res, refusalResponse(refusal?.status ?? 500, refusal?.body, refusal?.headers));

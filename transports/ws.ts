@@ -35,6 +35,7 @@ import {
   refusalResponse,
   truncateUtf8,
 } from './close-frame.ts';
+import { chooseProtocol } from './handshake.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   ClientConnectOptions,
@@ -100,6 +101,12 @@ export interface WsListenOptions extends WsCommonServerOptions {
  */
 export interface WsAttachOptions extends WsCommonServerOptions {
   server: HttpServer | HttpsServer;
+  /**
+   * The transport answers every upgrade on the server: those to another path than `path` with
+   * 404, other protocols (h2c) with 400, as when it owns its server. For a server whose only
+   * upgrades are this transport's. @default false (other upgrades are left to other listeners)
+   */
+  exclusive?: boolean;
 }
 
 /** Options of {@link wsTransport}: either listen, or attach to an existing server. */
@@ -243,6 +250,10 @@ class WsTransportSocket implements TransportSocket {
 
   get remoteAddress(): string {
     return this.#remoteAddress;
+  }
+
+  get protocol(): string {
+    return this.#ws.protocol;
   }
 
   get bufferedAmount(): number {
@@ -424,6 +435,7 @@ interface ResolvedServerOptions {
   readonly host: string;
   readonly port: number;
   readonly tls: WsServerTlsOptions | undefined;
+  readonly exclusive: boolean;
 }
 
 function resolveServerOptions(options: WsServerTransportOptions): Readonly<ResolvedServerOptions> {
@@ -439,6 +451,7 @@ function resolveServerOptions(options: WsServerTransportOptions): Readonly<Resol
     path: options.path,
     highWaterMark: checkHighWaterMark(options.highWaterMark),
     attach: options.server,
+    exclusive: options.server !== undefined && options.exclusive === true,
     host: listen?.host ?? DEFAULT_HOST,
     port,
     tls: listen?.tls,
@@ -537,11 +550,14 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     startOptions: ServerTransportStartOptions,
   ): { run: Run; ready: Promise<void> } {
     checkMaxMessageSize(startOptions.maxMessageSize);
+    /** The subprotocol each accepted upgrade answers with ('' for none), read by handleProtocols. */
+    const chosenProtocols = new WeakMap<IncomingMessage, string>();
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: startOptions.maxMessageSize,
       perMessageDeflate: false,
       clientTracking: false,
+      handleProtocols: (_offered, req) => chosenProtocols.get(req) || false,
     });
     const owned = opts.attach === undefined;
     const http =
@@ -583,8 +599,15 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         socket.destroy();
         return;
       }
-      if (decision.accept) accept(req, socket, head, request);
-      else refuse(socket, decision.status, decision.body, decision.headers);
+      if (decision.accept) {
+        const protocol = chooseProtocol(decision.protocol, request.headers['sec-websocket-protocol']);
+        if (protocol === undefined) {
+          refuse(socket, 500, STATUS_CODES[500]);
+          return;
+        }
+        chosenProtocols.set(req, protocol);
+        accept(req, socket, head, request);
+      } else refuse(socket, decision.status, decision.body, decision.headers);
     };
 
     const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -593,7 +616,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       const path = queryStart === -1 ? url : url.slice(0, queryStart);
       if (opts.path !== undefined && path !== opts.path) {
         // On a foreign server another 'upgrade' listener may own this path.
-        if (owned) {
+        if (owned || opts.exclusive) {
           socket.on('error', noop);
           refuse(socket, 404, STATUS_CODES[404]);
         }
@@ -602,7 +625,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       // Other protocols (h2c) are not ours to decide on; ws checks the rest of the handshake
       // (key, version) after the owner accepted.
       if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
-        if (owned) {
+        if (owned || opts.exclusive) {
           socket.on('error', noop);
           refuse(socket, 400, STATUS_CODES[400]);
         }
@@ -755,7 +778,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
         if (tls?.rejectUnauthorized !== undefined) wsOptions.rejectUnauthorized = tls.rejectUnauthorized;
 
         // Throws synchronously on a malformed URL: turned into a rejection by the executor.
-        const ws = new WebSocket(url, wsOptions);
+        const ws = new WebSocket(url, [...(connectOptions.protocols ?? [])], wsOptions);
         const adapter = new WsTransportSocket(ws, highWaterMark, false);
         // Wired before 'open': the first server message can share a TCP packet with the 101.
         adapter.wire(handlers);

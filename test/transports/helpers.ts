@@ -156,6 +156,7 @@ export async function serve(
 
 export interface ConnectOptions {
   readonly headers?: Record<string, string>;
+  readonly protocols?: readonly string[];
   readonly maxMessageSize?: number;
   readonly hooks?: Partial<SocketHandlers>;
 }
@@ -174,6 +175,7 @@ export async function connectWith(
       maxMessageSize: options.maxMessageSize ?? MAX,
       connectTimeout: 2000,
       ...(options.headers ? { headers: options.headers } : {}),
+      ...(options.protocols ? { protocols: options.protocols } : {}),
     },
     rec,
   );

@@ -13,7 +13,7 @@
  * the network transports, the paired in-process client for memory).
  */
 import assert from 'node:assert/strict';
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, request as httpRequest } from 'node:http';
 import type { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebSocket } from 'ws';
@@ -190,6 +190,10 @@ export function serverTransportContract(
   /** One connection attempt that is expected to fail: nothing to clean up. */
   const attempt = (url: string, rec = recorder(), connectTimeout = 2000) =>
     factory.client().connect(url, { maxMessageSize: MAX, connectTimeout }, rec);
+
+  /** A connection attempt offering `protocols`, expected to fail. */
+  const attemptWith = (url: string, protocols: readonly string[]) =>
+    factory.client().connect(url, { maxMessageSize: MAX, connectTimeout: 2000, protocols }, recorder());
 
   /** A started server with one connection, its client and the accepted end. */
   async function connected(t: TestContext, serveOptions: ServeOptions = {}, connectOptions: ConnectOptions = {}) {
@@ -1033,6 +1037,65 @@ export function serverTransportContract(
       await until(() => rec.messages.length === 1, 'reply over TLS');
       assert.deepEqual(rec.messages[0]!.data, bytes(5));
     });
+
+    contractCase("subprotocols: the first offered by default, the owner's choice, or none", network(), async (t) => {
+      const choices: Array<string | undefined> = [undefined, 'chat.v2', ''];
+      let next = 0;
+      const server = await startServer(t, {
+        upgrade: () => {
+          const protocol = choices[next++];
+          return protocol === undefined ? { accept: true } : { accept: true, protocol };
+        },
+      });
+      for (const expected of ['chat.v1', 'chat.v2']) {
+        const { socket } = await connect(t, server.url, { protocols: ['chat.v1', 'chat.v2'] });
+        await until(() => server.accepted.length === next, 'connection');
+        const accepted = server.accepted.at(-1)!;
+        assert.equal(accepted.request.headers['sec-websocket-protocol']?.replace(/\s/g, ''), 'chat.v1,chat.v2');
+        assert.equal(socket.protocol, expected, 'the client side');
+        assert.equal(accepted.socket.protocol, expected, 'the server side');
+      }
+      // None: the 101 carries no Sec-WebSocket-Protocol (browsers then read protocol as ''; the
+      // ws client library refuses such an answer when it offered some, so a raw upgrade here).
+      const answer = await new Promise<IncomingMessage>((resolve, reject) => {
+        const req = httpRequest({
+          host: '127.0.0.1',
+          port: server.port,
+          path: '/',
+          headers: {
+            connection: 'Upgrade',
+            upgrade: 'websocket',
+            'sec-websocket-version': '13',
+            'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+            'sec-websocket-protocol': 'chat.v1, chat.v2',
+          },
+        });
+        req.on('upgrade', (res, socket) => {
+          socket.destroy();
+          resolve(res);
+        });
+        req.on('response', () => reject(new Error('not upgraded')));
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(answer.statusCode, 101);
+      assert.equal(answer.headers['sec-websocket-protocol'], undefined);
+      await until(() => server.accepted.length === 3, 'the third connection');
+      assert.equal(server.accepted[2]!.socket.protocol, '');
+      // Offering nothing: none, whatever the default.
+      const { socket } = await connect(t, server.url);
+      assert.equal(socket.protocol, '');
+    });
+
+    contractCase(
+      'subprotocols: accepting with one the client did not offer is refused with 500',
+      network(),
+      async (t) => {
+        const server = await startServer(t, { upgrade: () => ({ accept: true, protocol: 'never-offered' }) });
+        await assert.rejects(attemptWith(server.url, ['chat.v1']), (error: ConnectFailure) => error.status === 500);
+        assert.equal(server.accepted.length, 0);
+      },
+    );
 
     contractCase('end to end: the duplexwire Server and Client over this transport', false, async (t) => {
       const silent = { error() {}, warn() {}, info() {}, debug() {} };

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { test } from 'node:test';
 import { DEFAULT_HIGH_WATER_MARK, wsClientTransport, wsTransport } from '../../transports/ws.ts';
-import { bytes, connectWith, MAX, recorder, serve, until } from './helpers.ts';
+import { bytes, connectWith, MAX, rawUpgrade, recorder, serve, until } from './helpers.ts';
 import { loopbackFactory, serverTransportContract } from './server-contract.ts';
 
 serverTransportContract(
@@ -72,6 +72,25 @@ test('attach mode: only the configured path is handled; the server is left runni
   assert.equal(http.listenerCount('upgrade'), listenersBefore - 1);
   assert.equal(http.listening, true);
   assert.equal(server.transport.address(), null);
+});
+
+test('attach mode with exclusive: the transport answers every upgrade (404 other paths, 400 other protocols)', async (t) => {
+  const http: Server = createServer((_req, res) => res.end('app'));
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => http.close(() => resolve())));
+  t.after(() => http.closeAllConnections());
+  const port = (http.address() as { port: number }).port;
+  const server = await serve(t, wsTransport({ server: http, path: '/ws', exclusive: true }));
+  const url = `ws://127.0.0.1:${port}`;
+  await connectWith(t, wsClientTransport(), `${url}/ws`);
+  await assert.rejects(
+    wsClientTransport().connect(`${url}/other`, { maxMessageSize: MAX, connectTimeout: 2000 }, recorder()),
+    { status: 404 },
+  );
+  assert.equal((await rawUpgrade(port, '/ws', { upgrade: 'h2c' })).status, 400);
+  assert.equal(server.upgrades.length, 1);
+  // Before the server's close in t.after, which waits for every connection.
+  await server.transport.stop();
 });
 
 test('a malformed URL or a bad maxMessageSize rejects', async () => {
