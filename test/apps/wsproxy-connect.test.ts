@@ -224,19 +224,25 @@ test('maxConnections counts links being set up: one more gets 503, until a link 
   assert.equal((await upgradeStatus(url)).status, 101);
 });
 
-test('a client offering subprotocols reaches an upstream that picks one', {
-  todo: 'subprotocols are forwarded but not negotiated: 502',
-}, async (t) => {
-  // ws answers with the first offered subprotocol; the proxy forwards Sec-WebSocket-Protocol but
-  // dials without asking for it, so the upstream's answer fails the proxy's handshake (502).
-  const upstream = await startUpstream(t);
+test("subprotocols: the client's offer reaches the upstream, and the upstream's choice reaches the client", async (t) => {
+  // The upstream picks the last one offered, so a proxy that answered with its own default (the
+  // first) would be caught.
+  const upstream = await startUpstream(t, { pickProtocol: (offered) => [...offered].at(-1) ?? false });
   const { url } = await startWsProxy(t, { upstream: upstream.url });
-  const ws = new WebSocket(url, ['chat.v2', 'chat.v1']);
+  const ws = new WebSocket(url, ['chat.v1', 'chat.v2']);
   ws.on('error', () => {});
   t.after(() => ws.terminate());
   const protocol = await new Promise<string>((resolve, reject) => {
     ws.once('open', () => resolve(ws.protocol));
     ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
   });
-  assert.equal(protocol, (await upstream.connection()).ws.protocol);
+  const connection = await upstream.connection();
+  assert.equal(connection.headers['sec-websocket-protocol'], 'chat.v1,chat.v2');
+  assert.equal(connection.ws.protocol, 'chat.v2');
+  assert.equal(protocol, 'chat.v2');
+  // And a client offering none gets none.
+  const plain = new WebSocket(url);
+  t.after(() => plain.terminate());
+  await new Promise((resolve, reject) => plain.once('open', resolve).once('error', reject));
+  assert.equal(plain.protocol, '');
 });

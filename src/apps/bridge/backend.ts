@@ -24,8 +24,13 @@ export interface EventRequest {
 export interface BackendAnswer {
   readonly status: number;
   readonly contentType: string;
+  /** `x-bridge-protocol` of an answer to `connect`: the subprotocol the client gets ('' for none). */
+  readonly protocol: string;
   readonly body: Uint8Array;
 }
+
+/** Header of the answer to `connect` naming the subprotocol to accept the client with. */
+export const PROTOCOL_HEADER = 'x-bridge-protocol';
 
 /** Why an event did not get an answer. */
 export class BackendError extends Error {
@@ -71,7 +76,12 @@ export async function postEvent(backend: BackendOptions, request: EventRequest):
   }
   try {
     const body = await readCapped(response, backend.maxBody);
-    return { status: response.status, contentType: response.headers.get('content-type') ?? '', body };
+    return {
+      status: response.status,
+      contentType: response.headers.get('content-type') ?? '',
+      protocol: response.headers.get(PROTOCOL_HEADER)?.trim() ?? '',
+      body,
+    };
   } catch (error) {
     if (error instanceof BackendError) throw error;
     if (signal.aborted) throw new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });

@@ -20,6 +20,7 @@ import type {
   UpgradeRequest,
 } from '../../../transports/types.ts';
 import { jsonLogger } from '../shared/log.ts';
+import { offeredProtocols } from '../shared/websocket.ts';
 import { BackendError, postEvent } from './backend.ts';
 import { MIN_SECRET_BYTES, SIGNATURE_HEADER, verifySignature } from './signature.ts';
 
@@ -192,6 +193,8 @@ interface BridgeConnection {
   paused: boolean;
   /** The backend failed an event: nothing more is sent for this connection but its close. */
   failed: boolean;
+  /** Messages received after the failure, never queued: the close event counts them as dropped. */
+  dropped: number;
   /** How the client connection ended, once it has. */
   ended: { readonly code: number; readonly reason: string } | undefined;
   /** Resolves once the close event was posted (or given up on). */
@@ -301,7 +304,9 @@ export class WsHttpBridge {
   async attach(server: HttpServer | HttpsServer): Promise<void> {
     if (this.transport !== undefined) throw new Error('the bridge is already serving');
     this.http = server;
-    const transport = wsTransport({ server, path: this.options.path });
+    // On a server of its own (`listen`) the bridge answers every upgrade: 404 on other paths, 400
+    // for other protocols; on yours, it leaves those to your other listeners.
+    const transport = wsTransport({ server, path: this.options.path, exclusive: this.ownsHttp });
     this.transport = transport;
     await transport.start(
       {
@@ -374,7 +379,13 @@ export class WsHttpBridge {
         this.logger.warn('close events still pending at the drain timeout', { connections: this.connections.size });
       }
       await this.transport?.stop();
-      for (const { timer: graceTimer } of this.accepted.values()) clearTimeout(graceTimer);
+      // Accepted upgrades that never became connections: the backend still hears they closed.
+      const orphans = [...this.accepted.values()].map(({ id, timer: graceTimer }) => {
+        clearTimeout(graceTimer);
+        return this.postClose(id, undefined, { code: 1006, reason: 'the client left during the upgrade' });
+      });
+      this.accepted.clear();
+      await Promise.all(orphans);
       if (this.ownsHttp && this.http !== undefined) {
         const server = this.http;
         await new Promise<void>((resolveClose) => {
@@ -436,6 +447,12 @@ export class WsHttpBridge {
       this.logger.info('connect refused', { id, status: answer.status });
       return refused ? refuse(answer.status, 'refused by the backend') : refuse(502, 'the backend failed');
     }
+    if (answer.protocol !== '' && !offeredProtocols(request).includes(answer.protocol)) {
+      this.metrics.events.inc({ event: 'connect', result: 'failed' });
+      this.logger.warn('the backend chose a subprotocol the client did not offer', { id });
+      this.sendOrphanClose(id, 'the backend chose a subprotocol the client did not offer');
+      return refuse(502, 'the backend failed');
+    }
     if (this.closing !== undefined) {
       // The backend accepted a connection that will never open: it gets the close event.
       this.sendOrphanClose(id, 'the bridge is shutting down');
@@ -450,7 +467,8 @@ export class WsHttpBridge {
     timer.unref();
     const welcome = answer.body.length > 0 ? { body: answer.body, contentType: answer.contentType } : undefined;
     this.accepted.set(request, { id, timer, welcome });
-    return { accept: true };
+    // The subprotocol is the backend's to choose, among those the client offered; none unless it says.
+    return { accept: true, protocol: answer.protocol };
   }
 
   private sendOrphanClose(id: string, reason: string): void {
@@ -478,6 +496,7 @@ export class WsHttpBridge {
       busy: false,
       paused: false,
       failed: false,
+      dropped: 0,
       ended: undefined,
       done,
       finish,
@@ -511,7 +530,11 @@ export class WsHttpBridge {
   // ------------------------------------------------------------------ messages
 
   private received(conn: BridgeConnection, data: Uint8Array, binary: boolean): void {
-    if (conn.failed || conn.ended !== undefined) return;
+    if (conn.ended !== undefined) return;
+    if (conn.failed) {
+      conn.dropped++;
+      return;
+    }
     conn.queue.push({ data, binary });
     if (conn.queue.length >= this.options.maxQueuedMessages && !conn.paused) {
       conn.paused = true;
@@ -534,7 +557,7 @@ export class WsHttpBridge {
         await this.postMessage(conn, next.data, next.binary);
       }
       if (conn.ended !== undefined) {
-        const dropped = conn.queue.length;
+        const dropped = conn.queue.length + conn.dropped;
         conn.queue.length = 0;
         await this.postClose(conn.id, conn, conn.ended, dropped);
         this.connections.delete(conn.token);
@@ -571,7 +594,15 @@ export class WsHttpBridge {
     if (failure !== undefined) {
       conn.failed = true;
       this.logger.warn('message event failed; closing the client', { id: conn.id, failure });
-      if (conn.ended === undefined) conn.socket.close(1011, 'backend error');
+      if (conn.ended === undefined) {
+        // A paused socket would not read the client's close frame, and the close would wait for
+        // ws's 30 s close timer. What the client sends meanwhile is counted as dropped (`received`).
+        if (conn.paused) {
+          conn.paused = false;
+          conn.socket.resume();
+        }
+        conn.socket.close(1011, 'backend error');
+      }
     }
   }
 

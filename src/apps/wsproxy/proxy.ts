@@ -9,7 +9,6 @@
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { nanoid } from 'nanoid';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Logger } from '../../index.ts';
@@ -24,6 +23,7 @@ import type {
 } from '../../../transports/types.ts';
 import { wsClientTransport, wsTransport } from '../../../transports/ws.ts';
 import { jsonLogger } from '../shared/log.ts';
+import { offeredProtocols } from '../shared/websocket.ts';
 
 /** @default 10 s */
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10_000;
@@ -62,6 +62,8 @@ const HOP_HEADERS = new Set([
   'sec-websocket-version',
   'sec-websocket-extensions',
   'sec-websocket-accept',
+  // Offered again by the proxy's own handshake (`protocols`), then answered with the upstream's choice.
+  'sec-websocket-protocol',
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
@@ -241,18 +243,6 @@ export class WsProxy {
     server.headersTimeout = 10_000;
     this.ownsHttp = true;
     await this.attach(server);
-    // The transport, attached, leaves other upgrades to other listeners: on our own server there
-    // are none, and an unanswered upgrade would hold its socket (and `close()`) forever.
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
-      const path = (req.url ?? '/').split('?', 1)[0];
-      const isWebSocket = req.headers.upgrade?.toLowerCase() === 'websocket';
-      if (isWebSocket && (this.options.path === undefined || path === this.options.path)) return;
-      socket.on('error', () => {});
-      socket.once('finish', () => socket.destroy());
-      socket.end(
-        `HTTP/1.1 ${isWebSocket ? '404 Not Found' : '400 Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
-      );
-    });
     await new Promise<void>((resolveListen, reject) => {
       server.once('error', reject);
       server.listen(options.port ?? 8082, options.host ?? '127.0.0.1', () => {
@@ -271,7 +261,13 @@ export class WsProxy {
   async attach(server: HttpServer | HttpsServer): Promise<void> {
     if (this.transport !== undefined) throw new Error('the proxy is already serving');
     this.http = server;
-    const transport = wsTransport(this.options.path === undefined ? { server } : { server, path: this.options.path });
+    // On a server of its own (`listen`) the proxy answers every upgrade: 404 on other paths, 400
+    // for other protocols; on yours, it leaves those to your other listeners.
+    const transport = wsTransport({
+      server,
+      exclusive: this.ownsHttp,
+      ...(this.options.path === undefined ? {} : { path: this.options.path }),
+    });
     this.transport = transport;
     await transport.start(
       {
@@ -416,6 +412,7 @@ export class WsProxy {
           headers: forwardedHeaders(request, this.isTls()),
           maxMessageSize: this.options.maxMessageSize,
           connectTimeout: this.options.connectTimeout,
+          protocols: offeredProtocols(request),
         },
         this.upstreamHandlers(link),
       );
@@ -459,7 +456,9 @@ export class WsProxy {
     this.waiting.set(request, { link, timer });
     this.links.add(link);
     this.metrics.links.inc();
-    return { accept: true };
+    // The client gets the subprotocol the upstream chose (the client offered it: the upstream's
+    // handshake would have failed otherwise).
+    return { accept: true, protocol: upstream.protocol ?? '' };
   }
 
   private open(client: TransportSocket, request: UpgradeRequest): SocketHandlers {

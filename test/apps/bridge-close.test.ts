@@ -1,0 +1,306 @@
+/**
+ * Bridge, close: a client that closes (any code) or drops still has its queued messages posted,
+ * then one signed `close` event; an upgrade accepted after the client left still gets its close
+ * event; `close()` closes the clients with 1001, drains their events to the backend (bounded by
+ * `drainTimeout`), then closes the listener and leaves nothing running.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { connect } from 'node:net';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { WsHttpBridge } from '../../src/apps/bridge/index.ts';
+import {
+  type Answer,
+  type Backend,
+  type BackendRequest,
+  call,
+  callbackPath,
+  connected,
+  openClient,
+  roundTrip,
+  SECRET,
+  type StartedBridge,
+  startBackend,
+  startBridge,
+  untilMetric,
+  upgradeStatus,
+} from '../fixtures/bridge-helpers.ts';
+import { recordingLogger, waitFor } from '../helpers.ts';
+import { WebSocket } from 'ws';
+
+/** A backend that answers each message after `ms` milliseconds. */
+function slowly(ms: number) {
+  return (req: BackendRequest): Promise<Answer> | Answer =>
+    req.event === 'message'
+      ? new Promise((resolve) => setTimeout(() => resolve({ status: 204 }), ms))
+      : { status: 204 };
+}
+
+function eventsOf(backend: Backend, id: string): string[] {
+  return backend.requests
+    .filter((r) => r.connection === id)
+    .map((r) => (r.event === 'message' ? `message ${r.body}` : r.event));
+}
+
+async function closeEvent(backend: Backend, id: string): Promise<BackendRequest> {
+  const [close] = await backend.waitFor((r) => r.event === 'close' && r.connection === id);
+  return close!;
+}
+
+test('a client closing with any code: its queued messages go out first, then one signed close event', async (t) => {
+  const backend = await startBackend(t, slowly(10));
+  const bridge = await startBridge(t, backend);
+  const cases: Array<{ code?: number; reason?: string; expected: { code: number; reason: string } }> = [
+    { code: 1000, reason: 'done', expected: { code: 1000, reason: 'done' } },
+    { code: 4001, reason: 'bye ✓', expected: { code: 4001, reason: 'bye ✓' } },
+    { code: 1001, expected: { code: 1001, reason: '' } },
+    { expected: { code: 1005, reason: '' } }, // no code in the close frame
+  ];
+  for (const { code, reason, expected } of cases) {
+    const { client, id } = await connected(t, backend, bridge);
+    for (let i = 0; i < 5; i++) client.ws.send(`m${i}`);
+    client.ws.close(code, reason);
+    await client.closed;
+    const close = await closeEvent(backend, id);
+    assert.deepEqual(eventsOf(backend, id), [
+      'connect',
+      'message m0',
+      'message m1',
+      'message m2',
+      'message m3',
+      'message m4',
+      'close',
+    ]);
+    assert.deepEqual(close.json(), { ...expected, dropped: 0 });
+    assert.ok(close.verified);
+    assert.match(close.contentType, /^application\/json/);
+    assert.equal(close.callback, backend.events('message', id)[0]!.callback, 'the close event names the callback too');
+    // The callback is gone once the client is.
+    const late = await call(bridge.port, { method: 'POST', path: callbackPath(close), body: 'late' });
+    assert.equal(late.status, 410);
+  }
+  await waitFor(() => bridge.bridge.connectionCount === 0);
+});
+
+test('a client that drops (1006): queued messages first, then the close event', async (t) => {
+  const backend = await startBackend(t, slowly(10));
+  const bridge = await startBridge(t, backend);
+  const { client, id } = await connected(t, backend, bridge);
+  for (let i = 0; i < 5; i++) client.ws.send(`m${i}`);
+  await roundTrip(client);
+  client.ws.terminate();
+  const close = await closeEvent(backend, id);
+  assert.deepEqual(close.json(), { code: 1006, reason: '', dropped: 0 });
+  assert.deepEqual(eventsOf(backend, id), [
+    'connect',
+    'message m0',
+    'message m1',
+    'message m2',
+    'message m3',
+    'message m4',
+    'close',
+  ]);
+  await waitFor(() => bridge.bridge.connectionCount === 0);
+});
+
+/** A backend that holds every connect event until the test calls one of `held` (first come, first called). */
+async function holdConnects(t: Parameters<typeof startBackend>[0]) {
+  const held: Array<() => void> = [];
+  const backend = await startBackend(t, (req) =>
+    req.event === 'connect'
+      ? new Promise<Answer>((resolve) => held.push(() => resolve({ status: 204 })))
+      : { status: 204 },
+  );
+  return { backend, held };
+}
+
+/** A client that opens an upgrade and leaves while the backend decides; resolves with the connection id. */
+async function leaveDuringConnect(backend: Backend, bridge: StartedBridge, held: Array<() => void>): Promise<string> {
+  const before = backend.events('connect').length;
+  const ws = new WebSocket(bridge.wsUrl);
+  ws.on('error', () => {});
+  await backend.waitFor((r) => r.event === 'connect', before + 1);
+  ws.terminate();
+  await new Promise((resolve) => ws.once('close', resolve));
+  held.shift()!(); // accepted, after the client left
+  return backend.events('connect')[before]!.connection;
+}
+
+test('accepted upgrades that never open (the client left while the backend decided; a handshake ws refuses after the decision) get a close event (1006) after the 5 s grace', async (t) => {
+  // Slow by design: the bridge waits ACCEPT_GRACE (5 s, a constant) for the transport to open an
+  // accepted upgrade before it calls it gone; the two cases wait side by side.
+  const { backend, held } = await holdConnects(t);
+  const bridge = await startBridge(t, backend);
+  const left = await leaveDuringConnect(backend, bridge, held);
+  const leftAt = performance.now();
+  // A bad Sec-WebSocket-Key: ws checks it only after the backend accepted.
+  const refused = rawRequest(
+    bridge.port,
+    'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-a-key\r\n\r\n',
+  );
+  const [, bad] = await backend.waitFor((r) => r.event === 'connect', 2);
+  held.shift()!();
+  assert.match(await refused, /^HTTP\/1\.1 400 /);
+  const refusedAt = performance.now();
+  for (const [id, since] of [
+    [left, leftAt],
+    [bad!.connection, refusedAt],
+  ] as const) {
+    const [close] = await backend.waitFor((r) => r.event === 'close' && r.connection === id, 1, 7000);
+    const elapsed = performance.now() - since;
+    assert.ok(elapsed >= 4500 && elapsed < 6500, `close event after ${elapsed} ms`);
+    assert.deepEqual(close!.json(), { code: 1006, reason: 'the client left during the upgrade', dropped: 0 });
+    assert.ok(close!.verified);
+    assert.equal(close!.callback, undefined);
+  }
+  assert.equal(bridge.bridge.connectionCount, 0);
+});
+
+test('close() during the grace of an accepted upgrade that never opened still posts its close event', async (t) => {
+  const { backend, held } = await holdConnects(t);
+  const bridge = await startBridge(t, backend);
+  const id = await leaveDuringConnect(backend, bridge, held);
+  // The accept reached the bridge: its metric says so.
+  await untilMetric(bridge, /duplexwire_bridge_events_total\{event="connect",result="ok"\} 1/);
+  const started = performance.now();
+  await bridge.bridge.close();
+  assert.ok(performance.now() - started < 2000, 'not waiting out the grace');
+  const [close] = backend.events('close', id);
+  assert.ok(close, 'the close event reached the backend before close() resolved');
+  assert.equal(close.json<{ code: number }>().code, 1006);
+});
+
+/** Writes raw bytes to the bridge and resolves with everything it answers until it closes. */
+function rawRequest(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error('no answer'));
+    }, 5000);
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => {
+      answer += chunk.toString('latin1');
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(answer);
+    });
+    socket.write(text);
+  });
+}
+
+test('close(): clients get 1001, their remaining messages and close events reach the backend before it resolves, then the listener closes', async (t) => {
+  const backend = await startBackend(t, slowly(20));
+  const logger = recordingLogger();
+  const bridge = new WsHttpBridge({
+    backend: backend.url,
+    secret: SECRET,
+    callbackUrl: 'http://bridge.internal:8081/',
+    path: '/ws',
+    logger,
+  });
+  t.after(() => bridge.close());
+  const { port } = await bridge.listen({ host: '127.0.0.1', port: 0 });
+  const url = `ws://127.0.0.1:${port}/ws`;
+  const clients = await Promise.all([openClient(t, url), openClient(t, url), openClient(t, url)]);
+  for (const client of clients) {
+    for (let i = 0; i < 5; i++) client.ws.send(`m${i}`);
+    await roundTrip(client);
+  }
+  assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+  await bridge.close();
+  for (const client of clients) assert.deepEqual(await client.closed, { code: 1001, reason: 'bridge shutting down' });
+  const ids = backend.events('connect').map((r) => r.connection);
+  assert.equal(ids.length, 3);
+  for (const id of ids) {
+    assert.deepEqual(eventsOf(backend, id), [
+      'connect',
+      'message m0',
+      'message m1',
+      'message m2',
+      'message m3',
+      'message m4',
+      'close',
+    ]);
+    assert.deepEqual(backend.events('close', id)[0]!.json(), {
+      code: 1001,
+      reason: 'bridge shutting down',
+      dropped: 0,
+    });
+  }
+  assert.equal(bridge.connectionCount, 0);
+  assert.equal(bridge.address(), null, 'the listener is closed');
+  assert.equal(await upgradeStatus(url).catch((error: Error & { code?: string }) => error.code), 'ECONNREFUSED');
+  await bridge.close(); // twice is fine
+});
+
+test('close() waits at most drainTimeout for a backend that does not answer', async (t) => {
+  const backend = await startBackend(t, (req) => (req.event === 'message' ? undefined : { status: 204 }));
+  const bridge = await startBridge(t, backend, { drainTimeout: 300, backendTimeout: 2000 });
+  const { client } = await connected(t, backend, bridge);
+  client.ws.send('stuck');
+  await backend.waitFor((r) => r.event === 'message');
+  const started = performance.now();
+  await bridge.bridge.close();
+  const elapsed = performance.now() - started;
+  assert.ok(elapsed >= 290 && elapsed < 1500, `close() took ${elapsed} ms`);
+  assert.ok(bridge.logger.entries.some((e) => e.message === 'close events still pending at the drain timeout'));
+  // Stopped at the drain timeout, the socket is closed anyway.
+  assert.equal((await client.closed).code, 1001);
+});
+
+test('nothing keeps the process alive after close()', async () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const script = `
+    import { createServer } from 'node:http';
+    import { WebSocket } from 'ws';
+    import { WsHttpBridge } from './src/apps/bridge/index.ts';
+    const backend = createServer((req, res) => { req.resume(); req.on('end', () => res.writeHead(200).end('ok')); });
+    await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+    const bridge = new WsHttpBridge({
+      backend: 'http://127.0.0.1:' + backend.address().port + '/',
+      secret: ${JSON.stringify(SECRET)},
+      callbackUrl: 'http://127.0.0.1:1/',
+      logger: { error() {}, warn() {}, info() {}, debug() {} },
+    });
+    const { port } = await bridge.listen({ port: 0 });
+    const ws = new WebSocket('ws://127.0.0.1:' + port + '/');
+    await new Promise((resolve) => ws.once('open', resolve));
+    ws.send('hello');
+    await new Promise((resolve) => ws.once('message', resolve));
+    await bridge.close();
+    backend.close();
+    console.log('closed ' + Date.now());
+    process.on('exit', () => console.log('exit ' + Date.now()));
+  `;
+  const output = await new Promise<string>((resolve, reject) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '-e', script],
+      { cwd: root, timeout: 10_000, encoding: 'utf8' },
+      (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout)),
+    );
+  });
+  const closed = Number(/closed (\d+)/.exec(output)?.[1]);
+  const exited = Number(/exit (\d+)/.exec(output)?.[1]);
+  assert.ok(exited - closed < 1000, `exited ${exited - closed} ms after close(): ${output}`);
+});
+
+test('close() while the backend decides a connect: the upgrade is dropped, and once accepted the backend hears it closed', async (t) => {
+  const { backend, held } = await holdConnects(t);
+  const bridge = await startBridge(t, backend);
+  const ws = new WebSocket(bridge.wsUrl);
+  const failed = new Promise<Error>((resolve) => ws.once('error', resolve));
+  const [connect] = await backend.waitFor((r) => r.event === 'connect');
+  await bridge.bridge.close();
+  // The transport drops the pending upgrade when it stops: no HTTP answer, the socket closes.
+  assert.match((await failed).message, /socket hang up|ECONNRESET/);
+  // close() did not wait for this decision: the close event comes once the backend answers.
+  held.shift()!();
+  const close = await closeEvent(backend, connect!.connection);
+  assert.deepEqual(close.json(), { code: 1006, reason: 'the bridge is shutting down', dropped: 0 });
+});
