@@ -289,7 +289,18 @@ async function main(): Promise<void> {
     const relay1 = start([...helper, '--role', 'relay', '--to', String(relay2Port)]);
     const relayPort = Number((await relay1.waitFor(/^(\d+)$/m))[1]);
     const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`];
-    const proxy = start([...profile, cli, 'tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', tokens, '--log-level', 'warn']);
+    const proxy = start([
+      ...profile,
+      cli,
+      'tunnel',
+      'proxy',
+      '--listen',
+      '127.0.0.1:0',
+      '--tokens',
+      tokens,
+      '--log-level',
+      'warn',
+    ]);
     const proxyPort = Number((await proxy.waitFor(/listening on http:\/\/[^ ]+:(\d+)\//))[1]);
     const agent = start([
       ...profile,
