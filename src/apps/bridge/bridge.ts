@@ -5,20 +5,22 @@
  * through the connection's callback URL: POST a message, DELETE to close. Built on the transport
  * contract (the clients are plain WebSocket clients, not duplexwire peers).
  */
-import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { nanoid } from 'nanoid';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from '../../index.ts';
-import { wsTransport } from '../../../transports/ws.ts';
-import type {
-  ServerTransport,
-  SocketHandlers,
-  TransportSocket,
-  UpgradeDecision,
-  UpgradeRequest,
-} from '../../../transports/types.ts';
+import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../../transports/types.ts';
+import {
+  Endpoint,
+  json,
+  type OpsPaths,
+  positiveInteger,
+  type ResolvedOps,
+  refuse,
+  resolveOps,
+  settleWithin,
+} from '../shared/endpoint.ts';
 import { jsonLogger } from '../shared/log.ts';
 import { offeredProtocols } from '../shared/websocket.ts';
 import { BackendError, postEvent } from './backend.ts';
@@ -58,14 +60,8 @@ const DROPPED_HEADERS = new Set([
   'sec-websocket-extensions',
 ]);
 
-export interface BridgeOpsPaths {
-  /** 200 while the process serves. @default '/healthz' */
-  readonly healthz?: string | false;
-  /** 200 while accepting connections, 503 once closing. @default '/readyz' */
-  readonly readyz?: string | false;
-  /** Prometheus metrics. @default '/metrics' */
-  readonly metrics?: string | false;
-}
+/** The bridge's operational endpoints. */
+export type BridgeOpsPaths = OpsPaths;
 
 export interface WsHttpBridgeOptions {
   /** Where the events go (http or https URL): every event is a POST to it, named by `x-bridge-event`. */
@@ -116,15 +112,7 @@ interface Resolved {
   readonly maxBufferedBytes: number;
   readonly requireSignedCallbacks: boolean;
   readonly drainTimeout: number;
-  readonly ops: { healthz: string | false; readyz: string | false; metrics: string | false };
-}
-
-function positiveInteger(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback;
-  if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) {
-    throw new RangeError(`${name} must be an integer in 1..${2 ** 31 - 1}, got ${String(v)}`);
-  }
-  return v;
+  readonly ops: ResolvedOps;
 }
 
 function httpUrl(name: string, value: string): URL {
@@ -158,7 +146,6 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
     throw new TypeError(`path must start with / and not with ${CALLBACK_PREFIX}, got ${JSON.stringify(path)}`);
   }
   const maxMessageSize = positiveInteger('maxMessageSize', options.maxMessageSize, DEFAULT_BRIDGE_MAX_MESSAGE_SIZE);
-  const ops = options.ops ?? {};
   return {
     backend: {
       url: options.backend,
@@ -174,11 +161,7 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
     maxBufferedBytes: positiveInteger('maxBufferedBytes', options.maxBufferedBytes, DEFAULT_BRIDGE_MAX_BUFFERED_BYTES),
     requireSignedCallbacks: options.requireSignedCallbacks ?? false,
     drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_BRIDGE_DRAIN_TIMEOUT),
-    ops: {
-      healthz: ops.healthz ?? '/healthz',
-      readyz: ops.readyz ?? '/readyz',
-      metrics: ops.metrics ?? '/metrics',
-    },
+    ops: resolveOps(options.ops),
   };
 }
 
@@ -261,14 +244,25 @@ export class WsHttpBridge {
   private readonly accepted = new Map<UpgradeRequest, Accepted>();
   /** Upgrades waiting for the backend's answer to `connect`. */
   private deciding = 0;
-  private transport: ServerTransport | undefined;
-  private http: HttpServer | HttpsServer | undefined;
-  private ownsHttp = false;
+  private readonly endpoint: Endpoint;
   private closing: Promise<void> | undefined;
 
   constructor(options: WsHttpBridgeOptions) {
     this.options = resolve(options);
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'bridge' } });
+    this.endpoint = new Endpoint({
+      name: 'bridge',
+      path: this.options.path,
+      maxMessageSize: this.options.maxMessageSize,
+      handlers: {
+        upgrade: (request) => this.decide(request),
+        connection: (socket, request) => this.open(socket, request),
+      },
+      ops: this.options.ops,
+      registry: this.metrics.registry,
+      ready: () => this.closing === undefined,
+      requests: (req, res, path) => this.callbacks(req, res, path),
+    });
   }
 
   /** Client connections open, or closed with their close event not posted yet. */
@@ -278,21 +272,7 @@ export class WsHttpBridge {
 
   /** Creates an HTTP server, serves WebSockets, callbacks and ops on it, and listens. */
   async listen(options: { host?: string; port?: number } = {}): Promise<{ host: string; port: number }> {
-    const server = createServer((req, res) => {
-      if (!this.handleRequest(req, res)) json(res, 404, { code: 'NOT_FOUND', message: 'no such endpoint' });
-    });
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 30_000;
-    this.ownsHttp = true;
-    await this.attach(server);
-    await new Promise<void>((resolveListen, reject) => {
-      server.once('error', reject);
-      server.listen(options.port ?? 8081, options.host ?? '127.0.0.1', () => {
-        server.off('error', reject);
-        resolveListen();
-      });
-    });
-    const address = this.address()!;
+    const address = await this.endpoint.listen(options.host ?? '127.0.0.1', options.port ?? 8081);
     this.logger.info('bridge listening', { url: `http://${address.host}:${address.port}${this.options.path}` });
     return address;
   }
@@ -301,27 +281,13 @@ export class WsHttpBridge {
    * Serves the WebSocket endpoint on a server you own (it listens and closes it). Call
    * `handleRequest(req, res)` from its request listener for the callbacks and ops endpoints.
    */
-  async attach(server: HttpServer | HttpsServer): Promise<void> {
-    if (this.transport !== undefined) throw new Error('the bridge is already serving');
-    this.http = server;
-    // On a server of its own (`listen`) the bridge answers every upgrade: 404 on other paths, 400
-    // for other protocols; on yours, it leaves those to your other listeners.
-    const transport = wsTransport({ server, path: this.options.path, exclusive: this.ownsHttp });
-    this.transport = transport;
-    await transport.start(
-      {
-        upgrade: (request) => this.decide(request),
-        connection: (socket, request) => this.open(socket, request),
-      },
-      { maxMessageSize: this.options.maxMessageSize },
-    );
+  attach(server: HttpServer | HttpsServer): Promise<void> {
+    return this.endpoint.attach(server);
   }
 
   /** Where the bridge's own server listens (after `listen`). */
   address(): { host: string; port: number } | null {
-    const address = this.http?.address() as AddressInfo | string | null | undefined;
-    if (address === null || address === undefined || typeof address === 'string') return null;
-    return { host: address.address, port: address.port };
+    return this.endpoint.address();
   }
 
   /**
@@ -329,33 +295,17 @@ export class WsHttpBridge {
    * false, without touching it, for any other.
    */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    const path = (req.url ?? '/').split('?', 1)[0]!;
-    if (path.startsWith(CALLBACK_PREFIX)) {
-      this.callback(req, res, path).catch((error: unknown) => {
-        this.logger.error('callback failed', { error });
-        if (!res.headersSent) json(res, 500, { code: 'INTERNAL', message: 'the callback failed' });
-      });
-      return true;
-    }
-    const { ops } = this.options;
-    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
-    if (path === ops.healthz) {
-      json(res, 200, { status: 'ok' });
-      return true;
-    }
-    if (path === ops.readyz) {
-      if (this.closing === undefined) json(res, 200, { status: 'ready' });
-      else json(res, 503, { status: 'closing' });
-      return true;
-    }
-    if (path === ops.metrics) {
-      this.metrics.registry.metrics().then(
-        (text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text),
-        () => json(res, 500, { code: 'METRICS_FAILED', message: 'metrics could not be collected' }),
-      );
-      return true;
-    }
-    return false;
+    return this.endpoint.handleRequest(req, res);
+  }
+
+  /** The callbacks, for the endpoint. */
+  private callbacks(req: IncomingMessage, res: ServerResponse, path: string): boolean {
+    if (!path.startsWith(CALLBACK_PREFIX)) return false;
+    this.callback(req, res, path).catch((error: unknown) => {
+      this.logger.error('callback failed', { error });
+      if (!res.headersSent) json(res, 500, { code: 'INTERNAL', message: 'the callback failed' });
+    });
+    return true;
   }
 
   /**
@@ -368,17 +318,14 @@ export class WsHttpBridge {
       for (const conn of this.connections.values()) {
         if (conn.ended === undefined) conn.socket.close(1001, 'bridge shutting down');
       }
-      const all = Promise.all([...this.connections.values()].map((conn) => conn.done));
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const late = new Promise<void>((resolveLate) => {
-        timer = setTimeout(resolveLate, this.options.drainTimeout);
-      });
-      await Promise.race([all, late]);
-      clearTimeout(timer);
+      await settleWithin(
+        Promise.all([...this.connections.values()].map((conn) => conn.done)),
+        this.options.drainTimeout,
+      );
       if (this.connections.size > 0) {
         this.logger.warn('close events still pending at the drain timeout', { connections: this.connections.size });
       }
-      await this.transport?.stop();
+      await this.endpoint.stop();
       // Accepted upgrades that never became connections: the backend still hears they closed.
       const orphans = [...this.accepted.values()].map(({ id, timer: graceTimer }) => {
         clearTimeout(graceTimer);
@@ -386,13 +333,6 @@ export class WsHttpBridge {
       });
       this.accepted.clear();
       await Promise.all(orphans);
-      if (this.ownsHttp && this.http !== undefined) {
-        const server = this.http;
-        await new Promise<void>((resolveClose) => {
-          server.close(() => resolveClose());
-          server.closeAllConnections();
-        });
-      }
     })();
     return this.closing;
   }
@@ -733,14 +673,6 @@ export class WsHttpBridge {
 }
 
 const FATAL_UTF8 = new TextDecoder('utf-8', { fatal: true });
-
-function refuse(status: number, body: string): UpgradeDecision {
-  return { accept: false, status, body };
-}
-
-function json(res: ServerResponse, status: number, body: object): void {
-  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-}
 
 function headerValue(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;

@@ -6,22 +6,29 @@
  * is answered, so a client sees the upstream's refusal as its own HTTP status. Built on the
  * transport contract (server side for clients, client side for upstreams).
  */
-import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { nanoid } from 'nanoid';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Logger } from '../../index.ts';
 import type {
   ClientTransport,
   ConnectFailure,
-  ServerTransport,
   SocketHandlers,
   TransportSocket,
   UpgradeDecision,
   UpgradeRequest,
 } from '../../../transports/types.ts';
-import { wsClientTransport, wsTransport } from '../../../transports/ws.ts';
+import { wsClientTransport } from '../../../transports/ws.ts';
+import {
+  Endpoint,
+  type OpsPaths,
+  positiveInteger,
+  type ResolvedOps,
+  refuse,
+  resolveOps,
+  settleWithin,
+} from '../shared/endpoint.ts';
 import { jsonLogger } from '../shared/log.ts';
 import { offeredProtocols } from '../shared/websocket.ts';
 
@@ -93,12 +100,8 @@ export interface WsProxyOptions {
   readonly drainTimeout?: number;
   /** How upstreams are dialed. @default `wsClientTransport()` */
   readonly upstreamTransport?: ClientTransport;
-  /** Operational endpoints on the proxy's own listener (`listen()`). */
-  readonly ops?: {
-    readonly healthz?: string | false;
-    readonly readyz?: string | false;
-    readonly metrics?: string | false;
-  };
+  /** Operational endpoints on the proxy's own listener (`/healthz`, `/readyz`, `/metrics`; `false` turns one off). */
+  readonly ops?: OpsPaths;
   /** Structured logs. @default JSON lines on stderr, level info */
   readonly logger?: Logger;
 }
@@ -111,15 +114,7 @@ interface Resolved {
   readonly maxConnections: number;
   readonly maxBufferedBytes: number;
   readonly drainTimeout: number;
-  readonly ops: { healthz: string | false; readyz: string | false; metrics: string | false };
-}
-
-function positiveInteger(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback;
-  if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) {
-    throw new RangeError(`${name} must be an integer in 1..${2 ** 31 - 1}, got ${String(v)}`);
-  }
-  return v;
+  readonly ops: ResolvedOps;
 }
 
 function checkUpstreamUrl(value: string): string {
@@ -201,9 +196,7 @@ export class WsProxy {
   /** Upstreams opened for an upgrade whose client connection has not opened yet. */
   private readonly waiting = new Map<UpgradeRequest, { link: Link; timer: ReturnType<typeof setTimeout> }>();
   private deciding = 0;
-  private transport: ServerTransport | undefined;
-  private http: HttpServer | HttpsServer | undefined;
-  private ownsHttp = false;
+  private readonly endpoint: Endpoint;
   private closing: Promise<void> | undefined;
 
   constructor(options: WsProxyOptions) {
@@ -211,7 +204,6 @@ export class WsProxy {
     else if (typeof options.upstream !== 'function') {
       throw new TypeError('upstream must be a ws(s) URL or a function returning one');
     }
-    const ops = options.ops ?? {};
     this.options = {
       upstream: options.upstream,
       path: options.path,
@@ -224,10 +216,22 @@ export class WsProxy {
         DEFAULT_WSPROXY_MAX_BUFFERED_BYTES,
       ),
       drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_WSPROXY_DRAIN_TIMEOUT),
-      ops: { healthz: ops.healthz ?? '/healthz', readyz: ops.readyz ?? '/readyz', metrics: ops.metrics ?? '/metrics' },
+      ops: resolveOps(options.ops),
     };
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'wsproxy' } });
     this.upstreamTransport = options.upstreamTransport ?? wsClientTransport();
+    this.endpoint = new Endpoint({
+      name: 'proxy',
+      path: this.options.path,
+      maxMessageSize: this.options.maxMessageSize,
+      handlers: {
+        upgrade: (request) => this.decide(request),
+        connection: (socket, request) => this.open(socket, request),
+      },
+      ops: this.options.ops,
+      registry: this.metrics.registry,
+      ready: () => this.closing === undefined,
+    });
   }
 
   /** Clients linked to an upstream. */
@@ -237,81 +241,25 @@ export class WsProxy {
 
   /** Creates an HTTP server for the proxy (WebSocket endpoint and ops) and listens. */
   async listen(options: { host?: string; port?: number } = {}): Promise<{ host: string; port: number }> {
-    const server = createServer((req, res) => {
-      if (!this.handleRequest(req, res)) json(res, 404, { code: 'NOT_FOUND', message: 'no such endpoint' });
-    });
-    server.headersTimeout = 10_000;
-    this.ownsHttp = true;
-    await this.attach(server);
-    await new Promise<void>((resolveListen, reject) => {
-      server.once('error', reject);
-      server.listen(options.port ?? 8082, options.host ?? '127.0.0.1', () => {
-        server.off('error', reject);
-        resolveListen();
-      });
-    });
-    const address = this.address()!;
-    this.logger.info('wsproxy listening', {
-      url: `ws://${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}${this.options.path ?? '/'}`,
-    });
+    const address = await this.endpoint.listen(options.host ?? '127.0.0.1', options.port ?? 8082);
+    const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+    this.logger.info('wsproxy listening', { url: `ws://${host}:${address.port}${this.options.path ?? '/'}` });
     return address;
   }
 
   /** Serves the WebSocket endpoint on a server you own. Use `handleRequest` for the ops endpoints. */
-  async attach(server: HttpServer | HttpsServer): Promise<void> {
-    if (this.transport !== undefined) throw new Error('the proxy is already serving');
-    this.http = server;
-    // On a server of its own (`listen`) the proxy answers every upgrade: 404 on other paths, 400
-    // for other protocols; on yours, it leaves those to your other listeners.
-    const transport = wsTransport({
-      server,
-      exclusive: this.ownsHttp,
-      ...(this.options.path === undefined ? {} : { path: this.options.path }),
-    });
-    this.transport = transport;
-    await transport.start(
-      {
-        upgrade: (request) => this.decide(request),
-        connection: (socket, request) => this.open(socket, request),
-      },
-      { maxMessageSize: this.options.maxMessageSize },
-    );
+  attach(server: HttpServer | HttpsServer): Promise<void> {
+    return this.endpoint.attach(server);
   }
 
   /** Where the proxy's own server listens (after `listen`). */
   address(): { host: string; port: number } | null {
-    const address = this.http?.address() as AddressInfo | string | null | undefined;
-    if (address === null || address === undefined || typeof address === 'string') return null;
-    return { host: address.address, port: address.port };
-  }
-
-  /** True when the proxy serves on an HTTPS server. */
-  private isTls(): boolean {
-    return typeof (this.http as { setSecureContext?: unknown } | undefined)?.setSecureContext === 'function';
+    return this.endpoint.address();
   }
 
   /** Answers the ops endpoints; false, without touching the request, for anything else. */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
-    const path = (req.url ?? '/').split('?', 1)[0]!;
-    const { ops } = this.options;
-    if (path === ops.healthz) {
-      json(res, 200, { status: 'ok' });
-      return true;
-    }
-    if (path === ops.readyz) {
-      if (this.closing === undefined) json(res, 200, { status: 'ready' });
-      else json(res, 503, { status: 'closing' });
-      return true;
-    }
-    if (path === ops.metrics) {
-      this.metrics.registry.metrics().then(
-        (text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text),
-        () => json(res, 500, { code: 'METRICS_FAILED', message: 'metrics could not be collected' }),
-      );
-      return true;
-    }
-    return false;
+    return this.endpoint.handleRequest(req, res);
   }
 
   /**
@@ -322,12 +270,7 @@ export class WsProxy {
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const link of this.links) this.closeLink(link, WsProxyCloseCode.GoingAway, 'proxy shutting down');
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const late = new Promise<void>((resolveLate) => {
-        timer = setTimeout(resolveLate, this.options.drainTimeout);
-      });
-      await Promise.race([Promise.all([...this.links].map((link) => link.done)), late]);
-      clearTimeout(timer);
+      await settleWithin(Promise.all([...this.links].map((link) => link.done)), this.options.drainTimeout);
       for (const link of this.links) {
         link.client?.terminate();
         link.upstream.terminate();
@@ -337,14 +280,7 @@ export class WsProxy {
         link.upstream.terminate();
       }
       this.waiting.clear();
-      await this.transport?.stop();
-      if (this.ownsHttp && this.http !== undefined) {
-        const server = this.http;
-        await new Promise<void>((resolveClose) => {
-          server.close(() => resolveClose());
-          server.closeAllConnections();
-        });
-      }
+      await this.endpoint.stop();
     })();
     return this.closing;
   }
@@ -409,7 +345,7 @@ export class WsProxy {
       upstream = await this.upstreamTransport.connect(
         url,
         {
-          headers: forwardedHeaders(request, this.isTls()),
+          headers: forwardedHeaders(request, this.endpoint.tls),
           maxMessageSize: this.options.maxMessageSize,
           connectTimeout: this.options.connectTimeout,
           protocols: offeredProtocols(request),
@@ -602,12 +538,4 @@ function forwardedHeaders(request: UpgradeRequest, tls: boolean): Record<string,
   out['x-forwarded-proto'] = tls ? 'https' : 'http';
   if (request.headers.host !== undefined) out['x-forwarded-host'] = request.headers.host;
   return out;
-}
-
-function refuse(status: number, body: string): UpgradeDecision {
-  return { accept: false, status, body };
-}
-
-function json(res: ServerResponse, status: number, body: object): void {
-  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
 }
