@@ -37,6 +37,14 @@ export {
 export { type PublishOptions, Server, type ShutdownOptions } from './server/server.ts';
 export { MAX_TOPIC_LENGTH } from './server/topics.ts';
 export {
+  DEFAULT_TOPIC_CHANNEL_PREFIX,
+  type RedisPublisher,
+  type RedisSubscriber,
+  type RedisTopicBusOptions,
+  redisTopicBus,
+  type TopicBus,
+} from './cluster/bus.ts';
+export {
   binary,
   EMPTY_PAYLOAD,
   type Encoding,

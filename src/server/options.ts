@@ -1,6 +1,7 @@
 import type { UpgradeRequest } from '../../transports/types.ts';
 import type { ServerTransport } from '../../transports/types.ts';
 import { InvalidArgumentError } from '../errors.ts';
+import type { TopicBus } from '../cluster/bus.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
 import type { IncomingMessage, ReplyValue, RequestContext } from '../peer/peer.ts';
 import { FileSessionManager } from '../session/file-store.ts';
@@ -108,6 +109,11 @@ export interface ServerOptions {
    * the limit keeps a client from growing the server's topic map without end. @default 1024
    */
   readonly maxTopicsPerConnection?: number;
+  /**
+   * Carries `publish` to the server's other processes (`redisTopicBus({ publisher, subscriber })`),
+   * which deliver it to their own subscribers. @default none (topics stay in this process)
+   */
+  readonly bus?: TopicBus;
   /** Largest message accepted, announced in AcceptConf. @default 1 MiB */
   readonly maxMessageSize?: number;
   /** A connection that sends nothing for this long is closed; announced in AcceptConf. @default 60000 */
@@ -163,6 +169,7 @@ export interface ResolvedServerOptions {
   readonly maxInflightRequests: number;
   readonly maxBufferedBytes: number;
   readonly maxTopicsPerConnection: number;
+  readonly bus: TopicBus | undefined;
   readonly subProtocol: Uint8Array;
   readonly shutdownTimeout: number;
   readonly protocolMinor: 0 | 1;
@@ -251,6 +258,7 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
       1,
       1e9,
     ),
+    bus: checkBus(options.bus),
     subProtocol: subProtocolBytes(options.subProtocol),
     shutdownTimeout: checkInteger(
       'shutdownTimeout',
@@ -263,4 +271,14 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
     sessions,
     ownsSessionManager: owns,
   });
+}
+
+function checkBus(bus: TopicBus | undefined): TopicBus | undefined {
+  if (bus === undefined) return undefined;
+  for (const method of ['publish', 'subscribe', 'unsubscribe'] as const) {
+    if (typeof bus?.[method] !== 'function') {
+      throw new InvalidArgumentError(`option bus must have a ${method} method (see redisTopicBus)`);
+    }
+  }
+  return bus;
 }

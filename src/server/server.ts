@@ -1,9 +1,11 @@
 import { STATUS_CODES } from 'node:http';
 import { nanoid } from 'nanoid';
+import { decode } from '../../protocol/decode.ts';
 import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
+import { decodeBusMessage, encodeBusMessage } from '../cluster/bus.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { ADMIT_PUBLISH, Connection, SEND_SIGNAL, TRANSPORT_SOCKET } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
@@ -47,7 +49,9 @@ export class Server {
   private readonly acceptConf: Uint8Array;
   private readonly live = new Set<Connection>();
   private readonly registry: SessionRegistry<Connection>;
-  private readonly topicRegistry = new TopicRegistry<Connection>();
+  private readonly topicRegistry: TopicRegistry<Connection>;
+  /** This process on the bus: its own messages come back to it and are ignored. */
+  private readonly busOrigin = nanoid();
   private state: ServerState = 'new';
   /**
    * Upgrades waiting for an async `beforeUpgrade`, each as the function that answers it (once) and
@@ -60,6 +64,23 @@ export class Server {
   constructor(options: ServerOptions) {
     this.options = resolveServerOptions(options);
     this.registry = new SessionRegistry(this.options.sessions?.maxConnections ?? 0);
+    const { bus } = this.options;
+    this.topicRegistry = new TopicRegistry<Connection>(
+      bus === undefined
+        ? undefined
+        : {
+            first: (topic) => {
+              bus.subscribe(topic, (message) => this.fromBus(topic, message)).catch((error: unknown) => {
+                this.options.logger.error('subscribing to a topic on the bus failed', { topic, error });
+              });
+            },
+            last: (topic) => {
+              bus.unsubscribe(topic).catch((error: unknown) => {
+                this.options.logger.error('unsubscribing from a topic on the bus failed', { topic, error });
+              });
+            },
+          },
+    );
     const { protocolMinor, readTimeout, maxMessageSize, subProtocol } = this.options;
     // The same bytes open every connection: encode them once.
     this.acceptConf = encodeAcceptConf({
@@ -150,9 +171,41 @@ export class Server {
    */
   publish(topic: string, name: string, payload: Payload, options: PublishOptions = {}): number {
     checkTopic(topic);
-    const subscribers = this.topicRegistry.subscribers(topic);
     const bytes = encodeSignal(name, payload);
-    const { except } = options;
+    const { bus } = this.options;
+    if (bus !== undefined) {
+      // The other processes deliver to their own subscribers; a bus failure costs them this
+      // signal, not this process's subscribers.
+      bus.publish(topic, encodeBusMessage(this.busOrigin, bytes)).catch((error: unknown) => {
+        this.options.logger.error('publishing to the bus failed', { topic, error });
+      });
+    }
+    return this.deliver(topic, bytes, options.except);
+  }
+
+  /** A publish of another process, from the bus: delivered here as if published here. */
+  private fromBus(topic: string, message: Uint8Array): void {
+    const decoded = decodeBusMessage(message);
+    if (decoded === undefined) {
+      this.options.logger.warn('a bus message that is not a duplexwire publish was ignored', { topic });
+      return;
+    }
+    if (decoded.origin === this.busOrigin) return;
+    // Only whole, valid signals reach clients, whoever else writes to the channel.
+    let kind: string | undefined;
+    try {
+      kind = decode(decoded.signal).kind;
+    } catch {}
+    if (kind !== 'signal') {
+      this.options.logger.warn('a bus message that is not a duplexwire publish was ignored', { topic });
+      return;
+    }
+    this.deliver(topic, decoded.signal, undefined);
+  }
+
+  /** Sends an encoded signal to this process's subscribers of `topic`; returns how many it reached. */
+  private deliver(topic: string, bytes: Uint8Array, except: Connection | undefined): number {
+    const subscribers = this.topicRegistry.subscribers(topic);
     const { transport } = this.options;
     let sent = 0;
     if (transport.publish === undefined) {

@@ -14,6 +14,14 @@ export function checkTopic(topic: string): void {
 
 const NO_SUBSCRIBERS: ReadonlySet<never> = new Set();
 
+/** What a TopicRegistry tells its owner. */
+export interface TopicEvents {
+  /** `topic` got its first subscriber. */
+  first(topic: string): void;
+  /** `topic` lost its last subscriber. */
+  last(topic: string): void;
+}
+
 /**
  * Which connections subscribe to which topic, in this process: the server's half of pub/sub. Each
  * connection keeps its own set of topics (to leave them all when it closes); this keeps the
@@ -22,6 +30,12 @@ const NO_SUBSCRIBERS: ReadonlySet<never> = new Set();
  */
 export class TopicRegistry<Conn> {
   private readonly byTopic = new Map<string, Set<Conn>>();
+  private readonly events: TopicEvents | undefined;
+
+  /** `events` hears when a topic gets its first subscriber and loses its last (a bus listens then). */
+  constructor(events?: TopicEvents) {
+    this.events = events;
+  }
 
   /** Adds `conn` to `topic`. */
   add(topic: string, conn: Conn): void {
@@ -29,6 +43,9 @@ export class TopicRegistry<Conn> {
     if (set === undefined) {
       set = new Set();
       this.byTopic.set(topic, set);
+      set.add(conn);
+      this.events?.first(topic);
+      return;
     }
     set.add(conn);
   }
@@ -36,9 +53,10 @@ export class TopicRegistry<Conn> {
   /** Removes `conn` from `topic`. */
   remove(topic: string, conn: Conn): void {
     const set = this.byTopic.get(topic);
-    if (set === undefined) return;
-    set.delete(conn);
-    if (set.size === 0) this.byTopic.delete(topic);
+    if (set === undefined || !set.delete(conn)) return;
+    if (set.size > 0) return;
+    this.byTopic.delete(topic);
+    this.events?.last(topic);
   }
 
   /** The connections subscribed to `topic` (a live view: copy it to keep it). */

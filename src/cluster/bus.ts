@@ -1,0 +1,86 @@
+/**
+ * Scale-out of topics across server processes: a message bus (Redis pub/sub) carries each
+ * `server.publish` to the other processes, which deliver it to their own subscribers. A process
+ * listens to a topic's channel only while one of its connections subscribes to it.
+ */
+
+/**
+ * What `Server` needs from a bus: publish to a channel, and listen to channels. Every process that
+ * listens to a channel gets what any process publishes to it (the publisher included: it ignores
+ * its own messages). `redisTopicBus` makes one from Redis clients; any pub/sub system fits.
+ */
+export interface TopicBus {
+  /** Sends `message` to the processes listening on `channel`. */
+  publish(channel: string, message: Uint8Array): Promise<unknown>;
+  /** Delivers the messages of `channel` to `listener` from now on (one listener per channel). */
+  subscribe(channel: string, listener: (message: Uint8Array) => void): Promise<unknown>;
+  /** Stops delivering `channel`. */
+  unsubscribe(channel: string): Promise<unknown>;
+}
+
+/**
+ * The part of a node-redis (v4 and later) client the Redis bus uses. Two clients: Redis puts a
+ * connection that subscribes in a mode where it can do nothing else (`client.duplicate()`).
+ */
+export interface RedisPublisher {
+  publish(channel: string, message: Buffer): Promise<unknown>;
+}
+export interface RedisSubscriber {
+  subscribe(channel: string, listener: (message: Buffer, channel: Buffer) => void, bufferMode: true): Promise<unknown>;
+  unsubscribe(channel: string): Promise<unknown>;
+}
+
+export interface RedisTopicBusOptions {
+  /** Publishes (any connected client). */
+  readonly publisher: RedisPublisher;
+  /** Subscribes: a client of its own (`publisher.duplicate()`, connected). */
+  readonly subscriber: RedisSubscriber;
+  /** Put before every topic to make the channel name, so several applications share one Redis. @default 'duplexwire:topic:' */
+  readonly prefix?: string;
+}
+
+/** @see RedisTopicBusOptions.prefix */
+export const DEFAULT_TOPIC_CHANNEL_PREFIX = 'duplexwire:topic:';
+
+/**
+ * A bus over Redis pub/sub with node-redis clients.
+ *
+ * @example
+ * import { createClient } from 'redis';
+ * const publisher = await createClient({ url }).connect();
+ * const subscriber = await publisher.duplicate().connect();
+ * const server = new Server({ transport, bus: redisTopicBus({ publisher, subscriber }) });
+ */
+export function redisTopicBus(options: RedisTopicBusOptions): TopicBus {
+  const { publisher, subscriber } = options;
+  const prefix = options.prefix ?? DEFAULT_TOPIC_CHANNEL_PREFIX;
+  return {
+    publish: (channel, message) =>
+      publisher.publish(prefix + channel, Buffer.from(message.buffer, message.byteOffset, message.byteLength)),
+    subscribe: (channel, listener) => subscriber.subscribe(prefix + channel, (message) => listener(message), true),
+    unsubscribe: (channel) => subscriber.unsubscribe(prefix + channel),
+  };
+}
+
+/** First byte of a bus message: the format's version. */
+const BUS_FORMAT = 1;
+
+/** A bus message: `[format u8][origin length u8][origin (ASCII)][the encoded signal]`. */
+export function encodeBusMessage(origin: string, signal: Uint8Array): Uint8Array {
+  const out = new Uint8Array(2 + origin.length + signal.length);
+  out[0] = BUS_FORMAT;
+  out[1] = origin.length;
+  for (let i = 0; i < origin.length; i++) out[2 + i] = origin.charCodeAt(i);
+  out.set(signal, 2 + origin.length);
+  return out;
+}
+
+/** The origin and signal of a bus message, or undefined for anything else. */
+export function decodeBusMessage(message: Uint8Array): { origin: string; signal: Uint8Array } | undefined {
+  if (message.length < 2 || message[0] !== BUS_FORMAT) return undefined;
+  const length = message[1]!;
+  if (message.length < 2 + length + 1) return undefined;
+  let origin = '';
+  for (let i = 0; i < length; i++) origin += String.fromCharCode(message[2 + i]!);
+  return { origin, signal: message.subarray(2 + length) };
+}

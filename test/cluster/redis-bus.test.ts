@@ -1,0 +1,181 @@
+/**
+ * Topics across server processes over a real Redis (`redisTopicBus`): two Servers, each with its
+ * own Redis connections and its own topic map, as two processes would have. Skipped with the
+ * reason when Redis is unreachable, failing instead in CI (see test/session/redis.ts).
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it, type TestContext } from 'node:test';
+import { EMPTY_PAYLOAD, payloadText, utf8 } from '../../protocol/payload.ts';
+import { encodeSignal } from '../../protocol/encode.ts';
+import { Client } from '../../src/client/client.ts';
+import { encodeBusMessage, redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
+import { Server } from '../../src/server/server.ts';
+import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
+import { recordingLogger, waitFor } from '../helpers.ts';
+import { connectRedis, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
+
+const connected = await connectRedis();
+
+if (connected instanceof Error) {
+  redisUnreachable('redisTopicBus', connected);
+} else {
+  const publisher: TestRedisClient = connected;
+  const clients: TestRedisClient[] = [publisher];
+  after(async () => {
+    for (const client of clients) await client.quit().catch(() => client.destroy());
+  });
+
+  /** A subscriber connection of its own, as each process has. */
+  async function subscriberConnection(): Promise<TestRedisClient> {
+    const subscriber = publisher.duplicate();
+    subscriber.on('error', () => {});
+    await subscriber.connect();
+    clients.push(subscriber);
+    return subscriber;
+  }
+
+  /** How many Redis connections listen on `channel`. */
+  async function listeners(channel: string): Promise<number> {
+    const reply = (await publisher.sendCommand(['PUBSUB', 'NUMSUB', channel])) as [string, number];
+    return Number(reply[1]);
+  }
+
+  /** Polls Redis until `channel` has `count` listeners. */
+  async function untilListeners(channel: string, count: number, what: string): Promise<void> {
+    const deadline = Date.now() + 2_000;
+    while ((await listeners(channel)) !== count) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  /**
+   * A server as one process of a cluster: a `join` request subscribes its connection to the
+   * topic named by the payload, `leave` unsubscribes, `say` publishes "<topic>|<text>".
+   */
+  async function node(t: TestContext, prefix: string, bus?: TopicBus) {
+    const logger = recordingLogger();
+    const server: Server = new Server({
+      transport: wsTransport({ host: '127.0.0.1', port: 0 }),
+      logger,
+      bus: bus ?? redisTopicBus({ publisher, subscriber: await subscriberConnection(), prefix }),
+      onRequest: (conn, msg) => {
+        const text = payloadText(msg.payload);
+        if (msg.name === 'join') conn.subscribe(text);
+        else if (msg.name === 'leave') conn.unsubscribe(text);
+        else if (msg.name === 'say') {
+          const [topic, said] = text.split('|') as [string, string];
+          return utf8(String(server.publish(topic, 'said', utf8(said))));
+        }
+        return EMPTY_PAYLOAD;
+      },
+    });
+    await server.listen();
+    t.after(() => server.shutdown({ timeout: 200 }));
+    const url = `ws://127.0.0.1:${server.address()!.port}/`;
+    return { server, url, logger };
+  }
+
+  async function member(t: TestContext, url: string) {
+    const client = new Client(url, { transport: wsClientTransport(), reconnect: false, logger: recordingLogger() });
+    t.after(() => client.close());
+    await client.connect();
+    const heard: string[] = [];
+    client.on('signal', (msg) => heard.push(`${msg.name}:${payloadText(msg.payload)}`));
+    return { client, heard };
+  }
+
+  describe('redisTopicBus', () => {
+    it('a publish on one server reaches the subscribers of every server, once each', async (t) => {
+      const prefix = uniquePrefix();
+      const a = await node(t, prefix);
+      const b = await node(t, prefix);
+      const onA = await member(t, a.url);
+      const onB = await member(t, b.url);
+      const elsewhere = await member(t, b.url);
+      await onA.client.request('join', utf8('room'));
+      await onB.client.request('join', utf8('room'));
+      await elsewhere.client.request('join', utf8('other'));
+      await untilListeners(`${prefix}room`, 2, 'both servers listening');
+
+      // The count is this process's subscribers: the others' are not known here.
+      assert.equal(payloadText(await onA.client.request('say', utf8('room|hello'))), '1');
+      await waitFor(() => onB.heard.length === 1, 2_000, 'the publish on the other server');
+      assert.deepEqual(onB.heard, ['said:hello']);
+      assert.deepEqual(onA.heard, ['said:hello'], 'the publishing server delivers once, not again from Redis');
+      assert.deepEqual(elsewhere.heard, []);
+
+      await onB.client.request('say', utf8('room|back'));
+      await waitFor(() => onA.heard.length === 2, 2_000, 'the reply across');
+      assert.deepEqual(onA.heard, ['said:hello', 'said:back']);
+      assert.deepEqual(onB.heard, ['said:hello', 'said:back']);
+    });
+
+    it('a server listens to a channel only while one of its connections subscribes to the topic', async (t) => {
+      const prefix = uniquePrefix();
+      const a = await node(t, prefix);
+      const one = await member(t, a.url);
+      const two = await member(t, a.url);
+      assert.equal(await listeners(`${prefix}t`), 0);
+      await one.client.request('join', utf8('t'));
+      await two.client.request('join', utf8('t'));
+      await untilListeners(`${prefix}t`, 1, 'one listener for two subscribers');
+      await one.client.request('leave', utf8('t'));
+      assert.equal(await listeners(`${prefix}t`), 1, 'still one subscriber here');
+      await two.client.close();
+      await untilListeners(`${prefix}t`, 0, 'no listener once the last one left');
+    });
+
+    it('messages that are not duplexwire publishes are ignored, with a warning; valid ones from elsewhere are delivered', async (t) => {
+      const prefix = uniquePrefix();
+      const a = await node(t, prefix);
+      const m = await member(t, a.url);
+      await m.client.request('join', utf8('t'));
+      await untilListeners(`${prefix}t`, 1, 'listening');
+      const channel = `${prefix}t`;
+      await publisher.publish(channel, Buffer.from('not ours'));
+      // Our framing around something that is not a signal (a request).
+      const request = Uint8Array.of(1, 1, 0x61, 0);
+      await publisher.publish(channel, Buffer.from(encodeBusMessage('x', request)));
+      // A valid publish of "another process".
+      await publisher.publish(channel, Buffer.from(encodeBusMessage('elsewhere', encodeSignal('news', utf8('hi')))));
+      await waitFor(() => m.heard.length === 1, 2_000, 'the valid one');
+      assert.deepEqual(m.heard, ['news:hi']);
+      await waitFor(
+        () => a.logger.entries.filter((e) => e.message.includes('not a duplexwire publish')).length === 2,
+        2_000,
+        'two warnings',
+      );
+      assert.equal(m.client.isConnected, true);
+    });
+
+    it('a bus that fails does not cost this process its delivery; the failure is logged', async (t) => {
+      const failing: TopicBus = {
+        publish: () => Promise.reject(new Error('redis down')),
+        subscribe: () => Promise.reject(new Error('redis down')),
+        unsubscribe: () => Promise.resolve(),
+      };
+      const a = await node(t, uniquePrefix(), failing);
+      const m = await member(t, a.url);
+      await m.client.request('join', utf8('t'));
+      assert.equal(payloadText(await m.client.request('say', utf8('t|local'))), '1');
+      await waitFor(() => m.heard.length === 1, 2_000, 'the local delivery');
+      await waitFor(
+        () => a.logger.entries.filter((e) => e.level === 'error' && /bus failed/.test(e.message)).length === 2,
+        2_000,
+        'subscribe and publish failures logged',
+      );
+    });
+
+    it('an option bus without the three methods is refused', () => {
+      assert.throws(
+        () =>
+          new Server({
+            transport: wsTransport({ port: 0 }),
+            bus: { publish: async () => {} } as unknown as TopicBus,
+          }),
+        { name: 'InvalidArgumentError', message: /bus must have a subscribe method/ },
+      );
+    });
+  });
+}
