@@ -70,9 +70,11 @@ export class Server {
         ? undefined
         : {
             first: (topic) => {
-              bus.subscribe(topic, (message) => this.fromBus(topic, message)).catch((error: unknown) => {
-                this.options.logger.error('subscribing to a topic on the bus failed', { topic, error });
-              });
+              bus
+                .subscribe(topic, (message) => this.fromBus(topic, message))
+                .catch((error: unknown) => {
+                  this.options.logger.error('subscribing to a topic on the bus failed', { topic, error });
+                });
             },
             last: (topic) => {
               bus.unsubscribe(topic).catch((error: unknown) => {
