@@ -35,8 +35,8 @@ export const PROTOCOL_HEADER = 'x-bridge-protocol';
 /** Why an event did not get an answer. */
 export class BackendError extends Error {
   override readonly name = 'BackendError';
-  /** `timeout`, `unreachable` (connection refused, DNS, reset) or `too-large` (the answer). */
-  readonly reason: 'timeout' | 'unreachable' | 'too-large';
+  /** `timeout`, `unreachable` (connection refused, DNS, reset), `too-large` (the answer) or `aborted` (the bridge stopped). */
+  readonly reason: 'timeout' | 'unreachable' | 'too-large' | 'aborted';
 
   constructor(reason: BackendError['reason'], message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -51,8 +51,12 @@ export interface BackendOptions {
   readonly maxBody: number;
 }
 
-/** Posts one event and reads the answer (any status). Rejects with BackendError. */
-export async function postEvent(backend: BackendOptions, request: EventRequest): Promise<BackendAnswer> {
+/** Posts one event and reads the answer (any status). Rejects with BackendError. `stop` aborts it. */
+export async function postEvent(
+  backend: BackendOptions,
+  request: EventRequest,
+  stop?: AbortSignal,
+): Promise<BackendAnswer> {
   const headers: Record<string, string> = {
     'content-type': request.contentType,
     [EVENT_HEADER]: request.event,
@@ -60,7 +64,14 @@ export async function postEvent(backend: BackendOptions, request: EventRequest):
     'x-bridge-signature': sign(backend.secret, { action: request.event, subject: request.connection }, request.body),
   };
   if (request.callback !== undefined) headers[CALLBACK_HEADER] = request.callback;
-  const signal = AbortSignal.timeout(backend.timeout);
+  const deadline = AbortSignal.timeout(backend.timeout);
+  const signal = stop === undefined ? deadline : AbortSignal.any([deadline, stop]);
+  const failure = (error: unknown, otherwise: BackendError): BackendError => {
+    if (stop?.aborted) return new BackendError('aborted', 'the bridge stopped', { cause: error });
+    if (deadline.aborted)
+      return new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });
+    return otherwise;
+  };
   let response: Response;
   try {
     response = await fetch(backend.url, {
@@ -71,8 +82,7 @@ export async function postEvent(backend: BackendOptions, request: EventRequest):
       signal,
     });
   } catch (error) {
-    if (signal.aborted) throw new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });
-    throw new BackendError('unreachable', 'the backend cannot be reached', { cause: error });
+    throw failure(error, new BackendError('unreachable', 'the backend cannot be reached', { cause: error }));
   }
   try {
     const body = await readCapped(response, backend.maxBody);
@@ -84,8 +94,7 @@ export async function postEvent(backend: BackendOptions, request: EventRequest):
     };
   } catch (error) {
     if (error instanceof BackendError) throw error;
-    if (signal.aborted) throw new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });
-    throw new BackendError('unreachable', 'the answer broke off', { cause: error });
+    throw failure(error, new BackendError('unreachable', 'the answer broke off', { cause: error }));
   }
 }
 

@@ -23,7 +23,7 @@ import {
 } from '../shared/endpoint.ts';
 import { jsonLogger } from '../shared/log.ts';
 import { offeredProtocols } from '../shared/websocket.ts';
-import { BackendError, postEvent } from './backend.ts';
+import { type BackendAnswer, BackendError, type EventRequest, postEvent } from './backend.ts';
 import { MIN_SECRET_BYTES, SIGNATURE_HEADER, verifySignature } from './signature.ts';
 
 /** @default 10 s */
@@ -244,6 +244,10 @@ export class WsHttpBridge {
   private readonly accepted = new Map<UpgradeRequest, Accepted>();
   /** Upgrades waiting for the backend's answer to `connect`. */
   private deciding = 0;
+  /** POSTs to the backend under way. */
+  private readonly inflight = new Set<Promise<BackendAnswer>>();
+  /** Aborts what is still being posted when `close()` gives up waiting. */
+  private readonly stopping = new AbortController();
   private readonly endpoint: Endpoint;
   private closing: Promise<void> | undefined;
 
@@ -310,31 +314,50 @@ export class WsHttpBridge {
 
   /**
    * Stops: new upgrades get 503, `/readyz` 503; every client is closed with 1001 and each
-   * connection's remaining messages and close event go to the backend, for up to `drainTimeout`.
-   * Then the transport stops (and the server, when the bridge made it).
+   * connection's remaining messages and close event go to the backend, as do the close events of
+   * upgrades accepted that never opened, for up to `drainTimeout`. What is still being posted then
+   * is aborted; then the transport stops (and the server, when the bridge made it).
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const conn of this.connections.values()) {
         if (conn.ended === undefined) conn.socket.close(1001, 'bridge shutting down');
       }
-      await settleWithin(
-        Promise.all([...this.connections.values()].map((conn) => conn.done)),
-        this.options.drainTimeout,
-      );
-      if (this.connections.size > 0) {
-        this.logger.warn('close events still pending at the drain timeout', { connections: this.connections.size });
+      for (const { id, timer } of this.accepted.values()) {
+        clearTimeout(timer);
+        this.sendOrphanClose(id, 'the bridge is shutting down');
       }
-      await this.endpoint.stop();
-      // Accepted upgrades that never became connections: the backend still hears they closed.
-      const orphans = [...this.accepted.values()].map(({ id, timer: graceTimer }) => {
-        clearTimeout(graceTimer);
-        return this.postClose(id, undefined, { code: 1006, reason: 'the client left during the upgrade' });
-      });
       this.accepted.clear();
-      await Promise.all(orphans);
+      await settleWithin(this.quiet(), this.options.drainTimeout);
+      if (this.connections.size > 0 || this.inflight.size > 0) {
+        this.logger.warn('events still pending at the drain timeout are given up', {
+          connections: this.connections.size,
+          posts: this.inflight.size,
+        });
+      }
+      this.stopping.abort();
+      await this.endpoint.stop();
     })();
     return this.closing;
+  }
+
+  /** Resolves once every connection's close event was posted and no POST is under way. */
+  private async quiet(): Promise<void> {
+    // A POST that ends may lead to another (a connect accepted while closing gets its close event).
+    while (this.connections.size > 0 || this.inflight.size > 0) {
+      await Promise.allSettled([...[...this.connections.values()].map((conn) => conn.done), ...this.inflight]);
+    }
+  }
+
+  /** Posts an event to the backend, tracked (for `close()`) and aborted when the bridge stops. */
+  private post(request: EventRequest): Promise<BackendAnswer> {
+    const posting = postEvent(this.options.backend, request, this.stopping.signal);
+    this.inflight.add(posting);
+    posting.then(
+      () => this.inflight.delete(posting),
+      () => this.inflight.delete(posting),
+    );
+    return posting;
   }
 
   // ------------------------------------------------------------------ connect
@@ -359,10 +382,10 @@ export class WsHttpBridge {
       }),
     );
     this.deciding++;
-    let answer: Awaited<ReturnType<typeof postEvent>> | BackendError;
+    let answer: BackendAnswer | BackendError;
     const started = performance.now();
     try {
-      answer = await postEvent(this.options.backend, {
+      answer = await this.post({
         event: 'connect',
         connection: id,
         body,
@@ -374,6 +397,14 @@ export class WsHttpBridge {
       this.deciding--;
     }
     this.metrics.duration.observe({ event: 'connect' }, (performance.now() - started) / 1000);
+    const accepted = !(answer instanceof BackendError) && answer.status >= 200 && answer.status <= 299;
+    if (this.closing !== undefined) {
+      // Decided while the bridge closes: the client gets 503 whatever the answer, and a connection
+      // the backend accepted, which will never open, gets its close event.
+      this.metrics.events.inc({ event: 'connect', result: accepted ? 'ok' : 'failed' });
+      if (accepted) this.sendOrphanClose(id, 'the bridge is shutting down');
+      return refuse(503, 'the bridge is shutting down');
+    }
     if (answer instanceof BackendError) {
       this.metrics.events.inc({ event: 'connect', result: 'failed' });
       this.logger.warn('connect event failed', { id, reason: answer.reason });
@@ -381,7 +412,7 @@ export class WsHttpBridge {
         ? refuse(504, 'the backend did not answer in time')
         : refuse(502, 'the backend failed');
     }
-    if (answer.status < 200 || answer.status > 299) {
+    if (!accepted) {
       const refused = answer.status >= 400 && answer.status <= 499;
       this.metrics.events.inc({ event: 'connect', result: refused ? 'refused' : 'failed' });
       this.logger.info('connect refused', { id, status: answer.status });
@@ -392,11 +423,6 @@ export class WsHttpBridge {
       this.logger.warn('the backend chose a subprotocol the client did not offer', { id });
       this.sendOrphanClose(id, 'the backend chose a subprotocol the client did not offer');
       return refuse(502, 'the backend failed');
-    }
-    if (this.closing !== undefined) {
-      // The backend accepted a connection that will never open: it gets the close event.
-      this.sendOrphanClose(id, 'the bridge is shutting down');
-      return refuse(503, 'the bridge is shutting down');
     }
     this.metrics.events.inc({ event: 'connect', result: 'ok' });
     // The transport opens the connection right after this answer, or drops the upgrade quietly
@@ -512,7 +538,7 @@ export class WsHttpBridge {
     const started = performance.now();
     let failure: string | undefined;
     try {
-      const answer = await postEvent(this.options.backend, {
+      const answer = await this.post({
         event: 'message',
         connection: conn.id,
         callback: this.callbackFor(conn),
@@ -556,7 +582,7 @@ export class WsHttpBridge {
     const started = performance.now();
     let result: 'ok' | 'failed' = 'ok';
     try {
-      const answer = await postEvent(this.options.backend, {
+      const answer = await this.post({
         event: 'close',
         connection: id,
         callback: conn === undefined ? undefined : this.callbackFor(conn),
@@ -583,7 +609,8 @@ export class WsHttpBridge {
     const address = this.address();
     if (address === null) return 'http://127.0.0.1/';
     const host = address.host === '0.0.0.0' ? '127.0.0.1' : address.host === '::' ? '::1' : address.host;
-    return `http://${host.includes(':') ? `[${host}]` : host}:${address.port}/`;
+    const scheme = this.endpoint.tls ? 'https' : 'http';
+    return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${address.port}/`;
   }
 
   /** Sends bytes to a client as text (a `text/*` type) or binary; closes a client too slow to take them. */
@@ -713,7 +740,7 @@ function parseClose(body: Uint8Array): { code: number; reason: string } | undefi
   } catch {
     return undefined;
   }
-  if (typeof value !== 'object' || value === null) return undefined;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
   const { code = 1000, reason = '' } = value as { code?: unknown; reason?: unknown };
   if (typeof code !== 'number' || !(code === 1000 || (Number.isInteger(code) && code >= 3000 && code <= 4999))) {
     return undefined;
