@@ -250,7 +250,14 @@ export class Client extends Emitter<ClientEvents> {
   #connectWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
   #wakeLoop: (() => void) | undefined;
   #heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+  #watchTimer: ReturnType<typeof setInterval> | undefined;
   #currentSession: Session | null = null;
+  /**
+   * The connection of the attempt in progress (handshake, session restore), from the moment its
+   * socket is open until it is handed to the loop or ends. The loop emits no 'disconnect' for it,
+   * so close() ends it and waits for `lost` itself.
+   */
+  #attempt: { readonly peer: Peer; readonly lost: Promise<unknown> } | undefined;
 
   constructor(url: string, options: ClientOptions = {}) {
     super();
@@ -434,8 +441,14 @@ export class Client extends Emitter<ClientEvents> {
     this.#failWaiting(new DisconnectedError('the client was closed'));
     this.#failConnectWaiters(new DisconnectedError('the client was closed'));
     this.#wakeLoop?.();
+    const attempt = this.#attempt;
     const peer = this.#peer;
-    if (peer !== undefined && !peer.isClosed) {
+    if (attempt !== undefined) {
+      // Still in its handshake or session restore: left alone, it would stay open until the
+      // connect timeout or the restore's reply, and 'disconnect' would never come.
+      attempt.peer.close(code, reason);
+      await attempt.lost;
+    } else if (peer !== undefined && !peer.isClosed) {
       const closed = new Promise<void>((resolve) => this.once('disconnect', () => resolve()));
       peer.close(code, reason);
       await closed;
@@ -636,13 +649,16 @@ export class Client extends Emitter<ClientEvents> {
             this.#peer = undefined;
             this.#server = undefined;
             clearTimeout(this.#heartbeatTimer);
+            clearInterval(this.#watchTimer);
           }
+          if (this.#attempt?.peer === peer) this.#attempt = undefined;
           handshake?.reject(new ConnectError(`the connection closed during the handshake (${code})`));
           resolveLost({ code, reason });
         },
       },
     );
     peerHandlers = peer.socketHandlers();
+    this.#attempt = { peer, lost };
 
     const handshakeDone = new Promise<ServerInfo>((resolve, reject) => {
       handshake = { resolve, reject };
@@ -680,6 +696,8 @@ export class Client extends Emitter<ClientEvents> {
     this.#connectWaiters = [];
     for (const waiter of waiters) waiter.resolve();
     this.#flushWaiting(peer);
+    // From here on the loop waits for `lost` and emits 'disconnect'.
+    if (this.#attempt?.peer === peer) this.#attempt = undefined;
     return { lost };
   }
 
@@ -693,7 +711,10 @@ export class Client extends Emitter<ClientEvents> {
         if (performance.now() - peer.lastSentAt >= interval) peer.sendRaw(encodeHeartbeat());
         this.#armHeartbeat(peer, interval);
       },
-      Math.max(1, due),
+      // The announced read timeout is a u32 from the server: 0.75 x it may exceed a timer's range,
+      // which Node runs after 1 ms (with a warning each time), a timer loop until the connection
+      // ends. Capped, the timer wakes early and re-arms for what is left.
+      Math.min(MAX_TIMER_DELAY, Math.max(1, due)),
     );
     (this.#heartbeatTimer as { unref?: () => void }).unref?.();
   }
@@ -718,6 +739,8 @@ export class Client extends Emitter<ClientEvents> {
       Math.max(1, Math.floor(timeout / 3)),
     );
     (timer as { unref?: () => void }).unref?.();
+    // Cleared when the connection ends, as the heartbeat: not up to a third of the timeout later.
+    this.#watchTimer = timer;
   }
 
   // ---------------------------------------------------------------- requests waiting for a connection
