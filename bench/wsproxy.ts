@@ -217,10 +217,10 @@ async function main(): Promise<void> {
     );
     const summary: Record<string, Record<string, number>> = {};
     for (const size of values.sizes.split(',').map(Number)) {
-      const runs: Record<string, Reading[]> = {};
+      const runs: Record<string, Reading[]> = Object.fromEntries(Object.keys(paths).map((name) => [name, []]));
       for (let round = 0; round < rounds; round++) {
         for (const [name, { port, middle }] of Object.entries(paths)) {
-          (runs[name] ??= []).push(await load(`ws://127.0.0.1:${port}/`, clients, size, seconds, middle));
+          runs[name]!.push(await load(`ws://127.0.0.1:${port}/`, clients, size, seconds, middle));
         }
       }
       const pick = (name: string): Reading => {
