@@ -27,7 +27,11 @@ export interface RedisPublisher {
 }
 export interface RedisSubscriber {
   subscribe(channel: string, listener: (message: Buffer, channel: Buffer) => void, bufferMode: true): Promise<unknown>;
-  unsubscribe(channel: string): Promise<unknown>;
+  unsubscribe(
+    channel: string,
+    listener: (message: Buffer, channel: Buffer) => void,
+    bufferMode: true,
+  ): Promise<unknown>;
 }
 
 export interface RedisTopicBusOptions {
@@ -54,12 +58,81 @@ export const DEFAULT_TOPIC_CHANNEL_PREFIX = 'duplexwire:topic:';
 export function redisTopicBus(options: RedisTopicBusOptions): TopicBus {
   const { publisher, subscriber } = options;
   const prefix = options.prefix ?? DEFAULT_TOPIC_CHANNEL_PREFIX;
+  // The listener given to node-redis for each channel, handed back when unsubscribing: node-redis
+  // then removes only it (a subscriber client may serve several servers), and marks the channel
+  // as leaving, so that a subscribe made before Redis confirmed the unsubscribe sends a SUBSCRIBE
+  // of its own. Without a listener it would join the channel's old listeners, which node-redis
+  // drops once the UNSUBSCRIBE is confirmed: the process would stop hearing that topic for good.
+  const listeners = new Map<string, (message: Buffer) => void>();
   return {
     publish: (channel, message) =>
       publisher.publish(prefix + channel, Buffer.from(message.buffer, message.byteOffset, message.byteLength)),
-    subscribe: (channel, listener) => subscriber.subscribe(prefix + channel, (message) => listener(message), true),
-    unsubscribe: (channel) => subscriber.unsubscribe(prefix + channel),
+    subscribe: (channel, listener) => {
+      const wrapper = (message: Buffer): void => listener(message);
+      listeners.set(channel, wrapper);
+      return subscriber.subscribe(prefix + channel, wrapper, true);
+    },
+    unsubscribe: (channel) => {
+      const wrapper = listeners.get(channel);
+      if (wrapper === undefined) return Promise.resolve();
+      listeners.delete(channel);
+      return subscriber.unsubscribe(prefix + channel, wrapper, true);
+    },
   };
+}
+
+/**
+ * Keeps a process's subscriptions on a bus in line with the topics it has subscribers for, one
+ * bus call at a time per topic: `want(topic, true)` when a topic gets its first subscriber,
+ * `want(topic, false)` when it loses its last. Calls never overlap for a topic, so a bus never sees
+ * an unsubscribe and a subscribe of one channel in flight together (node-redis mishandles that: a
+ * quick leave and rejoin could leave the process deaf to the topic), and a burst of changes ends
+ * in the state last wanted. A failed call is reported; the next change tries again.
+ */
+export class BusSubscriptions {
+  readonly #bus: TopicBus;
+  readonly #deliver: (topic: string, message: Uint8Array) => void;
+  readonly #failed: (doing: string, topic: string, error: unknown) => void;
+  readonly #topics = new Map<string, { wanted: boolean; actual: boolean; busy: boolean }>();
+
+  constructor(
+    bus: TopicBus,
+    deliver: (topic: string, message: Uint8Array) => void,
+    failed: (doing: string, topic: string, error: unknown) => void,
+  ) {
+    this.#bus = bus;
+    this.#deliver = deliver;
+    this.#failed = failed;
+  }
+
+  want(topic: string, wanted: boolean): void {
+    let state = this.#topics.get(topic);
+    if (state === undefined) {
+      if (!wanted) return;
+      state = { wanted, actual: false, busy: false };
+      this.#topics.set(topic, state);
+    }
+    state.wanted = wanted;
+    if (!state.busy) void this.#settle(topic, state);
+  }
+
+  async #settle(topic: string, state: { wanted: boolean; actual: boolean; busy: boolean }): Promise<void> {
+    state.busy = true;
+    while (state.wanted !== state.actual) {
+      const subscribing = state.wanted;
+      try {
+        await (subscribing
+          ? this.#bus.subscribe(topic, (message) => this.#deliver(topic, message))
+          : this.#bus.unsubscribe(topic));
+        state.actual = subscribing;
+      } catch (error) {
+        this.#failed(subscribing ? 'subscribing' : 'unsubscribing', topic, error);
+        break;
+      }
+    }
+    state.busy = false;
+    if (!state.wanted && !state.actual) this.#topics.delete(topic);
+  }
 }
 
 /** First byte of a bus message: the format's version. */

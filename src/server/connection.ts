@@ -252,10 +252,11 @@ export class Connection {
     if (this.subscribed.size >= limit) {
       throw new LimitExceededError(`this connection already subscribes to ${limit} topics (maxTopicsPerConnection)`);
     }
+    // A transport with native pub/sub (uWS) keeps its own subscriber lists for `Server.publish`:
+    // joined first, so that the connection is never in the server's list without being in it.
+    this.peer.socket.subscribe?.(topic);
     this.subscribed.add(topic);
     this.context.topics.add(topic, this);
-    // A transport with native pub/sub (uWS) keeps its own subscriber lists for `Server.publish`.
-    this.peer.socket.subscribe?.(topic);
     return true;
   }
 

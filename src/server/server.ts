@@ -5,7 +5,7 @@ import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
-import { decodeBusMessage, encodeBusMessage } from '../cluster/bus.ts';
+import { BusSubscriptions, decodeBusMessage, encodeBusMessage } from '../cluster/bus.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { ADMIT_PUBLISH, Connection, SEND_SIGNAL, TRANSPORT_SOCKET } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
@@ -65,24 +65,20 @@ export class Server {
     this.options = resolveServerOptions(options);
     this.registry = new SessionRegistry(this.options.sessions?.maxConnections ?? 0);
     const { bus } = this.options;
-    this.topicRegistry = new TopicRegistry<Connection>(
-      bus === undefined
-        ? undefined
-        : {
-            first: (topic) => {
-              bus
-                .subscribe(topic, (message) => this.fromBus(topic, message))
-                .catch((error: unknown) => {
-                  this.options.logger.error('subscribing to a topic on the bus failed', { topic, error });
-                });
-            },
-            last: (topic) => {
-              bus.unsubscribe(topic).catch((error: unknown) => {
-                this.options.logger.error('unsubscribing from a topic on the bus failed', { topic, error });
-              });
-            },
-          },
-    );
+    if (bus === undefined) {
+      this.topicRegistry = new TopicRegistry<Connection>();
+    } else {
+      const subscriptions = new BusSubscriptions(
+        bus,
+        (topic, message) => this.fromBus(topic, message),
+        (doing, topic, error) => this.options.logger.error(`${doing} on the bus failed`, { topic, error }),
+      );
+      this.topicRegistry = new TopicRegistry<Connection>({
+        first: (topic) => subscriptions.want(topic, true),
+        last: (topic) => subscriptions.want(topic, false),
+      });
+    }
+
     const { protocolMinor, readTimeout, maxMessageSize, subProtocol } = this.options;
     // The same bytes open every connection: encode them once.
     this.acceptConf = encodeAcceptConf({
@@ -165,8 +161,8 @@ export class Server {
    * sent to one by one as on the other transports, so what each connection receives, in what
    * order, and when it is closed, is the same everywhere.
    *
-   * Subscriptions are per server process; across processes, publish through your own bus (e.g.
-   * Redis pub/sub) and call `publish` in each.
+   * Subscriptions are per server process; with the `bus` option (`redisTopicBus`), a publish also
+   * reaches the subscribers of the other processes, and the count stays this process's.
    *
    * @example
    * server.publish('room:lobby', 'chat', utf8(JSON.stringify({ from, text })), { except: conn });
@@ -178,11 +174,24 @@ export class Server {
     if (bus !== undefined) {
       // The other processes deliver to their own subscribers; a bus failure costs them this
       // signal, not this process's subscribers.
-      bus.publish(topic, encodeBusMessage(this.busOrigin, bytes)).catch((error: unknown) => {
-        this.options.logger.error('publishing to the bus failed', { topic, error });
-      });
+      const message = encodeBusMessage(this.busOrigin, bytes);
+      this.onBus('publishing', topic, () => bus.publish(topic, message));
     }
     return this.deliver(topic, bytes, options.except);
+  }
+
+  /**
+   * Calls the bus. Whatever it does, failing included (a rejection, or a throw from a bus that is
+   * not async), is logged and never reaches the caller: local delivery and subscriptions go on.
+   */
+  private onBus(doing: string, topic: string, call: () => Promise<unknown>): void {
+    let result: Promise<unknown>;
+    try {
+      result = Promise.resolve(call());
+    } catch (error) {
+      result = Promise.reject(error);
+    }
+    result.catch((error: unknown) => this.options.logger.error(`${doing} on the bus failed`, { topic, error }));
   }
 
   /** A publish of another process, from the bus: delivered here as if published here. */

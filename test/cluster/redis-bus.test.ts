@@ -11,7 +11,7 @@ import { Client } from '../../src/client/client.ts';
 import { encodeBusMessage, redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
 import { Server } from '../../src/server/server.ts';
 import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
-import { recordingLogger, waitFor } from '../helpers.ts';
+import { delay, recordingLogger, waitFor } from '../helpers.ts';
 import { connectRedis, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
 
 const connected = await connectRedis();
@@ -111,6 +111,25 @@ if (connected instanceof Error) {
       assert.deepEqual(onB.heard, ['said:hello', 'said:back']);
     });
 
+    it('leaving and joining a topic again at once keeps the server listening (no lost channel)', async (t) => {
+      const prefix = uniquePrefix();
+      const a = await node(t, prefix);
+      const b = await node(t, prefix);
+      const onA = await member(t, a.url);
+      const onB = await member(t, b.url);
+      await onA.client.request('join', utf8('room'));
+      await untilListeners(`${prefix}room`, 1, 'A listening');
+      // The last subscriber leaves and a new subscription follows before Redis confirmed the
+      // UNSUBSCRIBE: the process must end up listening.
+      for (let i = 0; i < 5; i++) {
+        await Promise.all([onA.client.request('leave', utf8('room')), onA.client.request('join', utf8('room'))]);
+      }
+      await untilListeners(`${prefix}room`, 1, 'A still listening');
+      await onB.client.request('say', utf8('room|after rejoin'));
+      await waitFor(() => onA.heard.length === 1, 2_000, 'the publish from the other server');
+      assert.deepEqual(onA.heard, ['said:after rejoin']);
+    });
+
     it('a server listens to a channel only while one of its connections subscribes to the topic', async (t) => {
       const prefix = uniquePrefix();
       const a = await node(t, prefix);
@@ -149,23 +168,33 @@ if (connected instanceof Error) {
       assert.equal(m.client.isConnected, true);
     });
 
-    it('a bus that fails does not cost this process its delivery; the failure is logged', async (t) => {
-      const failing: TopicBus = {
-        publish: () => Promise.reject(new Error('redis down')),
-        subscribe: () => Promise.reject(new Error('redis down')),
-        unsubscribe: () => Promise.resolve(),
-      };
-      const a = await node(t, uniquePrefix(), failing);
-      const m = await member(t, a.url);
-      await m.client.request('join', utf8('t'));
-      assert.equal(payloadText(await m.client.request('say', utf8('t|local'))), '1');
-      await waitFor(() => m.heard.length === 1, 2_000, 'the local delivery');
-      await waitFor(
-        () => a.logger.entries.filter((e) => e.level === 'error' && /bus failed/.test(e.message)).length === 2,
-        2_000,
-        'subscribe and publish failures logged',
-      );
-    });
+    for (const [how, fail] of [
+      ['rejects', () => Promise.reject(new Error('redis down'))],
+      [
+        'throws',
+        () => {
+          throw new Error('redis down');
+        },
+      ],
+    ] as const) {
+      it(`a bus that ${how} does not cost this process its subscriptions or delivery; the failure is logged`, async (t) => {
+        const failing: TopicBus = { publish: fail, subscribe: fail, unsubscribe: fail };
+        const a = await node(t, uniquePrefix(), failing);
+        const m = await member(t, a.url);
+        await m.client.request('join', utf8('t'));
+        assert.equal(payloadText(await m.client.request('say', utf8('t|local'))), '1');
+        await waitFor(() => m.heard.length === 1, 2_000, 'the local delivery');
+        const failures = () =>
+          a.logger.entries
+            .filter((e) => e.level === 'error' && /on the bus failed/.test(e.message))
+            .map((e) => e.message);
+        await waitFor(() => failures().length === 2, 2_000, 'subscribe and publish failures logged');
+        // Never subscribed on the bus: leaving calls nothing there.
+        await m.client.request('leave', utf8('t'));
+        await delay(20);
+        assert.deepEqual(failures().sort(), ['publishing on the bus failed', 'subscribing on the bus failed']);
+      });
+    }
 
     it('an option bus without the three methods is refused', () => {
       assert.throws(

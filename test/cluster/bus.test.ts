@@ -1,0 +1,145 @@
+/**
+ * BusSubscriptions against a scripted bus: one call at a time per topic, whatever the burst of
+ * changes, ending in the state last wanted; failures reported and retried on the next change.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { BusSubscriptions, decodeBusMessage, encodeBusMessage, type TopicBus } from '../../src/cluster/bus.ts';
+
+/** A bus whose calls wait until the test settles them, recording their order and overlap. */
+function scriptedBus() {
+  const calls: string[] = [];
+  const pending: Array<{ what: string; settle: (error?: Error) => void }> = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const call = (what: string): Promise<unknown> => {
+    calls.push(what);
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    return new Promise<void>((resolve, reject) => {
+      pending.push({
+        what,
+        settle: (error) => {
+          inFlight--;
+          if (error === undefined) resolve();
+          else reject(error);
+        },
+      });
+    });
+  };
+  const bus: TopicBus = {
+    publish: async () => {},
+    subscribe: (topic) => call(`subscribe ${topic}`),
+    unsubscribe: (topic) => call(`unsubscribe ${topic}`),
+  };
+  return {
+    bus,
+    calls,
+    get maxInFlight() {
+      return maxInFlight;
+    },
+    /** Settles the oldest call and lets the follow-up run. */
+    async next(error?: Error): Promise<string> {
+      const first = pending.shift();
+      assert.ok(first, 'a call is pending');
+      first.settle(error);
+      await new Promise((resolve) => setImmediate(resolve));
+      return first.what;
+    },
+    get pending() {
+      return pending.length;
+    },
+  };
+}
+
+test('a burst of leave and join ends in the state last wanted, one call at a time', async () => {
+  const script = scriptedBus();
+  const subs = new BusSubscriptions(
+    script.bus,
+    () => {},
+    () => {},
+  );
+  subs.want('t', true);
+  subs.want('t', false);
+  subs.want('t', true);
+  subs.want('t', false);
+  subs.want('t', true);
+  assert.deepEqual(script.calls, ['subscribe t']);
+  await script.next();
+  // Wanted again what it has: nothing more.
+  assert.equal(script.pending, 0);
+
+  subs.want('t', false);
+  subs.want('t', true);
+  subs.want('t', false);
+  assert.deepEqual(script.calls, ['subscribe t', 'unsubscribe t']);
+  await script.next();
+  assert.equal(script.pending, 0);
+  assert.equal(script.maxInFlight, 1);
+});
+
+test('a change while a call is in flight is made after it', async () => {
+  const script = scriptedBus();
+  const subs = new BusSubscriptions(
+    script.bus,
+    () => {},
+    () => {},
+  );
+  subs.want('t', true);
+  subs.want('t', false);
+  await script.next();
+  assert.deepEqual(script.calls, ['subscribe t', 'unsubscribe t']);
+  await script.next();
+  subs.want('u', true);
+  subs.want('t', true);
+  assert.deepEqual(script.calls.slice(2), ['subscribe u', 'subscribe t'], 'topics are independent');
+});
+
+test('a failed call is reported; the next change tries again', async () => {
+  const script = scriptedBus();
+  const failures: string[] = [];
+  const subs = new BusSubscriptions(
+    script.bus,
+    () => {},
+    (doing, topic) => failures.push(`${doing} ${topic}`),
+  );
+  subs.want('t', true);
+  await script.next(new Error('down'));
+  assert.deepEqual(failures, ['subscribing t']);
+  subs.want('t', false);
+  assert.equal(script.pending, 0, 'never subscribed: nothing to undo');
+  subs.want('t', true);
+  assert.deepEqual(script.calls, ['subscribe t', 'subscribe t']);
+  await script.next();
+});
+
+test('a bus that throws instead of rejecting is reported the same way', () => {
+  const failures: string[] = [];
+  const throwing: TopicBus = {
+    publish: async () => {},
+    subscribe: () => {
+      throw new Error('sync');
+    },
+    unsubscribe: async () => {},
+  };
+  new BusSubscriptions(
+    throwing,
+    () => {},
+    (doing) => failures.push(doing),
+  ).want('t', true);
+  return new Promise<void>((resolve) =>
+    setImmediate(() => {
+      assert.deepEqual(failures, ['subscribing']);
+      resolve();
+    }),
+  );
+});
+
+test('bus messages: origin and signal round trip; anything else is refused', () => {
+  const signal = Uint8Array.of(0x0a, 1, 0x61, 0x62);
+  assert.deepEqual(decodeBusMessage(encodeBusMessage('origin-1', signal)), { origin: 'origin-1', signal });
+  assert.equal(decodeBusMessage(Uint8Array.of()), undefined);
+  assert.equal(decodeBusMessage(Uint8Array.of(2, 0, 1)), undefined, 'another format');
+  assert.equal(decodeBusMessage(Uint8Array.of(1, 5, 0x61)), undefined, 'cut short');
+  assert.equal(decodeBusMessage(encodeBusMessage('x', new Uint8Array(0))), undefined, 'no signal');
+});
