@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { sign, WsHttpBridge } from '../../src/apps/bridge/index.ts';
+import { sign, signCallback, WsHttpBridge } from '../../src/apps/bridge/index.ts';
 import {
   type Backend,
   call,
@@ -207,7 +207,10 @@ test('requireSignedCallbacks: unsigned or wrongly signed 401; signed with sign()
   const token = path.slice('/connections/'.length);
   const body = Buffer.from('signed hello');
   const signature = (fields: { action: string; subject: string }, bytes: Uint8Array, secret = SECRET, at?: number) =>
-    ({ 'x-bridge-signature': sign(secret, fields, bytes, at), 'content-type': 'text/plain' }) as Record<string, string>;
+    ({
+      'x-bridge-signature': sign(secret, { ...fields, contentType: 'text/plain' }, bytes, at),
+      'content-type': 'text/plain',
+    }) as Record<string, string>;
   const wrong: Array<[string, Record<string, string>]> = [
     ['unsigned', { 'content-type': 'text/plain' }],
     ['garbage', { 'x-bridge-signature': 'nonsense', 'content-type': 'text/plain' }],
@@ -216,6 +219,10 @@ test('requireSignedCallbacks: unsigned or wrongly signed 401; signed with sign()
     ['other token', signature({ action: 'POST', subject: 'B'.repeat(32) }, body)],
     ['other body', signature({ action: 'POST', subject: token }, Buffer.from('signed hellO'))],
     ['too old', signature({ action: 'POST', subject: token }, body, SECRET, Date.now() - 6 * 60_000)],
+    [
+      'other content type',
+      { ...signature({ action: 'POST', subject: token }, body), 'content-type': 'application/octet-stream' },
+    ],
   ];
   for (const [what, headers] of wrong) {
     const reply = await call(bridge.port, { method: 'POST', path, headers, body });
@@ -237,7 +244,13 @@ test('requireSignedCallbacks: unsigned or wrongly signed 401; signed with sign()
   const close = await call(bridge.port, {
     method: 'DELETE',
     path,
-    headers: { 'x-bridge-signature': sign(SECRET, { action: 'DELETE', subject: token }, new Uint8Array(0)) },
+    headers: {
+      'x-bridge-signature': signCallback(
+        SECRET,
+        { method: 'DELETE', url: `http://127.0.0.1:${bridge.port}${path}` },
+        new Uint8Array(0),
+      ),
+    },
   });
   assert.equal(close.status, 204);
   assert.equal((await client.closed).code, 1000);

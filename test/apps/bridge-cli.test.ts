@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import WebSocket from 'ws';
-import { verifySignature } from '../../src/apps/bridge/signature.ts';
+import { verifyEvent } from '../../src/apps/bridge/signature.ts';
 import { spawnCli, tempFile } from '../fixtures/tunnel-helpers.ts';
 import { waitFor } from '../helpers.ts';
 
@@ -55,12 +55,7 @@ test('bridge process: messages reach the backend signed, answers and callbacks r
       const body = Buffer.concat(parts);
       const event = String(req.headers['x-bridge-event']);
       const connection = String(req.headers['x-bridge-connection']);
-      const signed = verifySignature(
-        SECRET,
-        req.headers['x-bridge-signature'] as string | undefined,
-        { action: event, subject: connection },
-        body,
-      );
+      const signed = verifyEvent(SECRET, req.headers, body);
       const callback = req.headers['x-bridge-callback'] as string | undefined;
       events.push({
         event,

@@ -160,47 +160,52 @@ test('a client message over maxMessageSize closes it with 1009; one at the limit
   assert.equal(backend.events('message', id)[0]!.body.length, 1024);
 });
 
-test('a stalled backend: reading pauses after maxQueuedMessages (the client backs up), then every message arrives in order', async (t) => {
-  const SIZE = 64 * 1024;
-  const COUNT = 512; // 32 MiB
-  let release!: () => void;
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
+for (const [limit, options] of [
+  ['maxQueuedMessages', { maxQueuedMessages: 4 }],
+  ['maxQueuedBytes', { maxQueuedMessages: 10_000, maxQueuedBytes: 256 * 1024 }],
+] as const) {
+  test(`a stalled backend: reading pauses at ${limit} (the client backs up), then every message arrives in order`, async (t) => {
+    const SIZE = 64 * 1024;
+    const COUNT = 512; // 32 MiB
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const backend = await startBackend(t, async (req) => {
+      if (req.event === 'message') await held;
+      return { status: 204 };
+    });
+    const bridge = await startBridge(t, backend, {
+      ...options,
+      maxMessageSize: SIZE,
+      backendTimeout: 10_000,
+    });
+    const sockets: Socket[] = [];
+    bridge.server.on('connection', (socket: Socket) => sockets.push(socket));
+    const { client, id } = await connected(t, backend, bridge);
+    const [socket] = sockets;
+    assert.ok(socket, "the bridge's side of the client connection");
+    const block = (i: number) => Buffer.alloc(SIZE, i % 251).fill(`#${i}#`, 0, 16);
+    for (let i = 0; i < COUNT; i++) client.ws.send(block(i));
+    await backend.waitFor((r) => r.event === 'message', 1);
+    await waitFor(() => socket.isPaused(), 3000, 'the bridge to stop reading');
+    // Nothing may happen now: without the pause the bridge reads all 32 MiB in about 200 ms here.
+    await delay(300);
+    assert.ok(socket.isPaused(), 'still not reading');
+    assert.ok(
+      socket.bytesRead < 1024 * 1024,
+      `the bridge read ${socket.bytesRead} bytes: about 4 + 2 messages, not 32 MiB`,
+    );
+    assert.ok(client.ws.bufferedAmount > 16 * 1024 * 1024, `the client backed up: ${client.ws.bufferedAmount}`);
+    assert.equal(backend.events('message', id).length, 1, 'one POST in flight, the rest waits');
+    release();
+    await backend.waitFor((r) => r.event === 'message' && r.connection === id, COUNT, 10_000);
+    const got = backend.events('message', id);
+    assert.equal(got.length, COUNT);
+    for (const [i, r] of got.entries()) assert.ok(r.body.equals(block(i)), `message ${i} intact and in order`);
+    assert.equal(client.ws.bufferedAmount, 0);
   });
-  const backend = await startBackend(t, async (req) => {
-    if (req.event === 'message') await held;
-    return { status: 204 };
-  });
-  const bridge = await startBridge(t, backend, {
-    maxQueuedMessages: 4,
-    maxMessageSize: SIZE,
-    backendTimeout: 10_000,
-  });
-  const sockets: Socket[] = [];
-  bridge.server.on('connection', (socket: Socket) => sockets.push(socket));
-  const { client, id } = await connected(t, backend, bridge);
-  const [socket] = sockets;
-  assert.ok(socket, "the bridge's side of the client connection");
-  const block = (i: number) => Buffer.alloc(SIZE, i % 251).fill(`#${i}#`, 0, 16);
-  for (let i = 0; i < COUNT; i++) client.ws.send(block(i));
-  await backend.waitFor((r) => r.event === 'message', 1);
-  await waitFor(() => socket.isPaused(), 3000, 'the bridge to stop reading');
-  // Nothing may happen now: without the pause the bridge reads all 32 MiB in about 200 ms here.
-  await delay(300);
-  assert.ok(socket.isPaused(), 'still not reading');
-  assert.ok(
-    socket.bytesRead < 1024 * 1024,
-    `the bridge read ${socket.bytesRead} bytes: about maxQueuedMessages + 2 messages, not 32 MiB`,
-  );
-  assert.ok(client.ws.bufferedAmount > 16 * 1024 * 1024, `the client backed up: ${client.ws.bufferedAmount}`);
-  assert.equal(backend.events('message', id).length, 1, 'one POST in flight, the rest waits');
-  release();
-  await backend.waitFor((r) => r.event === 'message' && r.connection === id, COUNT, 10_000);
-  const got = backend.events('message', id);
-  assert.equal(got.length, COUNT);
-  for (const [i, r] of got.entries()) assert.ok(r.body.equals(block(i)), `message ${i} intact and in order`);
-  assert.equal(client.ws.bufferedAmount, 0);
-});
+}
 
 test('a failure while reading is paused still closes the client at once, and the close event follows', async (t) => {
   const SIZE = 64 * 1024;

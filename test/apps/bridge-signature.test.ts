@@ -11,6 +11,7 @@ import {
   MIN_SECRET_BYTES,
   SIGNATURE_HEADER,
   sign,
+  verifyEvent,
   verifySignature,
 } from '../../src/apps/bridge/index.ts';
 import { call, callbackPath, connected, SECRET, startBackend, startBridge } from '../fixtures/bridge-helpers.ts';
@@ -19,10 +20,16 @@ const fields = { action: 'message', subject: 'conn-1' };
 const body = new TextEncoder().encode('hello ✓');
 const NOW = 1_750_000_000_000;
 
-test('sign: t=<unix ms>,v1=<hex HMAC-SHA256 of "v1:<t>:<action>:<subject>:" + body>', () => {
+test('sign: t=<unix ms>,v1=<hex HMAC-SHA256 of "v1\\n<t>\\n<action>\\n<subject>\\n<content type>\\n<callback>\\n" + body>', () => {
   const header = sign(SECRET, fields, body, NOW);
-  const expected = createHmac('sha256', SECRET).update(`v1:${NOW}:message:conn-1:`).update(body).digest('hex');
+  const expected = createHmac('sha256', SECRET).update(`v1\n${NOW}\nmessage\nconn-1\n\n\n`).update(body).digest('hex');
   assert.equal(header, `t=${NOW},v1=${expected}`);
+  const full = { ...fields, contentType: 'text/plain; charset=utf-8', callback: 'http://b/connections/x' };
+  const withAll = createHmac('sha256', SECRET)
+    .update(`v1\n${NOW}\nmessage\nconn-1\ntext/plain; charset=utf-8\nhttp://b/connections/x\n`)
+    .update(body)
+    .digest('hex');
+  assert.equal(sign(SECRET, full, body, NOW), `t=${NOW},v1=${withAll}`);
   assert.match(sign(SECRET, fields, body), /^t=\d{13},v1=[0-9a-f]{64}$/);
   const stamp = Number(/^t=(\d+)/.exec(sign(SECRET, fields, body))![1]);
   assert.ok(Math.abs(stamp - Date.now()) < 1000, 'now by default');
@@ -63,6 +70,18 @@ test('verifySignature: false for a changed body, action, subject, secret or a ti
   assert.equal(verifySignature(SECRET, `t=${NOW + 1},${mac}`, fields, body, at), false, 'timestamp changed');
 });
 
+test('the content type and the callback URL are signed, and fields cannot shift between them', () => {
+  const full = { ...fields, contentType: 'text/plain; charset=utf-8', callback: 'http://bridge/connections/t' };
+  const header = sign(SECRET, full, body, NOW);
+  const at = { now: NOW };
+  assert.equal(verifySignature(SECRET, header, full, body, at), true);
+  assert.equal(verifySignature(SECRET, header, { ...full, contentType: 'application/octet-stream' }, body, at), false);
+  assert.equal(verifySignature(SECRET, header, { ...full, callback: 'http://attacker/x' }, body, at), false);
+  assert.equal(verifySignature(SECRET, header, fields, body, at), false, 'the fields left out');
+  assert.throws(() => sign(SECRET, { ...fields, callback: 'a\nb' }, body), TypeError);
+  assert.equal(verifySignature(SECRET, header, { ...full, callback: 'a\nb' }, body, at), false);
+});
+
 test('verifySignature: false for a missing or malformed header', () => {
   const header = sign(SECRET, fields, body, NOW);
   const hex = header.split('v1=')[1]!;
@@ -101,8 +120,20 @@ test('every event the bridge posts verifies; a changed body, event, id or secret
   );
   for (const req of backend.requests) {
     const header = req.headers[SIGNATURE_HEADER] as string;
-    const signed = { action: req.event, subject: req.connection };
+    const signed = { action: req.event, subject: req.connection, contentType: req.contentType, callback: req.callback };
     assert.ok(verifySignature(SECRET, header, signed, req.body), `${req.event} verifies`);
+    assert.ok(verifyEvent(SECRET, req.headers, req.body), `${req.event} verifies with verifyEvent`);
+    // What the backend acts on is signed too: another callback URL or content type fails.
+    if (req.callback !== undefined) {
+      assert.equal(
+        verifyEvent(SECRET, { ...req.headers, 'x-bridge-callback': 'http://attacker.example/steal' }, req.body),
+        false,
+        `${req.event}: callback`,
+      );
+    }
+    const otherType =
+      req.contentType === 'application/octet-stream' ? 'text/plain; charset=utf-8' : 'application/octet-stream';
+    assert.equal(verifyEvent(SECRET, { ...req.headers, 'content-type': otherType }, req.body), false, 'content type');
     const stamp = Number(/^t=(\d+)/.exec(header)![1]);
     assert.ok(Math.abs(stamp - Date.now()) < 5000, 'signed just now');
     const changed = Buffer.concat([req.body, Buffer.from(' ')]);

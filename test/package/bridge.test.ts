@@ -13,7 +13,7 @@ test('duplexwire/bridge works from plain node, by its name', () => {
   const script = `
     import http from 'node:http';
     import WebSocket from 'ws';
-    import { WsHttpBridge, verifySignature } from 'duplexwire/bridge';
+    import { WsHttpBridge, verifyEvent } from 'duplexwire/bridge';
     const secret = 's'.repeat(32);
     const quiet = { error() {}, warn() {}, info() {}, debug() {} };
     const backend = http.createServer((req, res) => {
@@ -21,8 +21,7 @@ test('duplexwire/bridge works from plain node, by its name', () => {
       req.on('data', (p) => parts.push(p));
       req.on('end', () => {
         const body = Buffer.concat(parts);
-        const ok = verifySignature(secret, req.headers['x-bridge-signature'],
-          { action: req.headers['x-bridge-event'], subject: req.headers['x-bridge-connection'] }, body);
+        const ok = verifyEvent(secret, req.headers, body);
         if (req.headers['x-bridge-event'] === 'message') res.writeHead(200, { 'content-type': 'text/plain' }).end(ok + ' ' + body);
         else res.writeHead(204).end();
       });

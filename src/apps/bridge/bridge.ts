@@ -34,6 +34,8 @@ export const DEFAULT_BRIDGE_MAX_MESSAGE_SIZE = 1024 * 1024;
 export const DEFAULT_BRIDGE_MAX_CONNECTIONS = 10_000;
 /** Messages of one connection waiting for the backend before reading from it pauses. @default 32 */
 export const DEFAULT_MAX_QUEUED_MESSAGES = 32;
+/** Bytes of one connection's messages waiting for the backend before reading it pauses. @default 1 MiB */
+export const DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024;
 /** Bytes queued toward one client; a callback finding more closes it (1008). @default 8 MiB */
 export const DEFAULT_BRIDGE_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** How long `close()` waits for the close events of the connections it closes. @default 10 s */
@@ -85,6 +87,8 @@ export interface WsHttpBridgeOptions {
   readonly maxConnections?: number;
   /** Messages of one connection waiting for the backend before the bridge stops reading it. @default 32 */
   readonly maxQueuedMessages?: number;
+  /** Bytes of one connection's messages waiting for the backend before the bridge stops reading it. @default 1 MiB */
+  readonly maxQueuedBytes?: number;
   /** Bytes queued toward one client; a callback finding more closes the client (1008). @default 8 MiB */
   readonly maxBufferedBytes?: number;
   /** Callbacks must be signed with the secret too, not only name a connection's token. @default false */
@@ -109,6 +113,7 @@ interface Resolved {
   readonly maxMessageSize: number;
   readonly maxConnections: number;
   readonly maxQueuedMessages: number;
+  readonly maxQueuedBytes: number;
   readonly maxBufferedBytes: number;
   readonly requireSignedCallbacks: boolean;
   readonly drainTimeout: number;
@@ -158,6 +163,7 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
     maxMessageSize,
     maxConnections: positiveInteger('maxConnections', options.maxConnections, DEFAULT_BRIDGE_MAX_CONNECTIONS),
     maxQueuedMessages: positiveInteger('maxQueuedMessages', options.maxQueuedMessages, DEFAULT_MAX_QUEUED_MESSAGES),
+    maxQueuedBytes: positiveInteger('maxQueuedBytes', options.maxQueuedBytes, DEFAULT_MAX_QUEUED_BYTES),
     maxBufferedBytes: positiveInteger('maxBufferedBytes', options.maxBufferedBytes, DEFAULT_BRIDGE_MAX_BUFFERED_BYTES),
     requireSignedCallbacks: options.requireSignedCallbacks ?? false,
     drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_BRIDGE_DRAIN_TIMEOUT),
@@ -172,6 +178,8 @@ interface BridgeConnection {
   readonly socket: TransportSocket;
   readonly queue: Array<{ readonly data: Uint8Array; readonly binary: boolean }>;
   /** A POST of this connection is under way. */
+  /** Bytes of the messages in `queue`. */
+  queuedBytes: number;
   busy: boolean;
   paused: boolean;
   /** The backend failed an event: nothing more is sent for this connection but its close. */
@@ -459,6 +467,7 @@ export class WsHttpBridge {
       token: nanoid(TOKEN_LENGTH),
       socket,
       queue: [],
+      queuedBytes: 0,
       busy: false,
       paused: false,
       failed: false,
@@ -502,7 +511,11 @@ export class WsHttpBridge {
       return;
     }
     conn.queue.push({ data, binary });
-    if (conn.queue.length >= this.options.maxQueuedMessages && !conn.paused) {
+    conn.queuedBytes += data.byteLength;
+    // Bounded by count and by bytes: a client may send faster than the backend answers, but only
+    // this much waits in the bridge (what is on its way stays in TCP, at the client).
+    const { maxQueuedMessages, maxQueuedBytes } = this.options;
+    if ((conn.queue.length >= maxQueuedMessages || conn.queuedBytes >= maxQueuedBytes) && !conn.paused) {
       conn.paused = true;
       conn.socket.pause();
     }
@@ -516,7 +529,14 @@ export class WsHttpBridge {
       for (;;) {
         const next = conn.failed ? undefined : conn.queue.shift();
         if (next === undefined) break;
-        if (conn.paused && conn.queue.length <= this.options.maxQueuedMessages / 2 && conn.ended === undefined) {
+        conn.queuedBytes -= next.data.byteLength;
+        const { maxQueuedMessages, maxQueuedBytes } = this.options;
+        if (
+          conn.paused &&
+          conn.queue.length <= maxQueuedMessages / 2 &&
+          conn.queuedBytes <= maxQueuedBytes / 2 &&
+          conn.ended === undefined
+        ) {
           conn.paused = false;
           conn.socket.resume();
         }
@@ -525,6 +545,7 @@ export class WsHttpBridge {
       if (conn.ended !== undefined) {
         const dropped = conn.queue.length + conn.dropped;
         conn.queue.length = 0;
+        conn.queuedBytes = 0;
         await this.postClose(conn.id, conn, conn.ended, dropped);
         this.connections.delete(conn.token);
         conn.finish();
@@ -669,7 +690,7 @@ export class WsHttpBridge {
       !verifySignature(
         this.options.backend.secret,
         headerValue(req.headers[SIGNATURE_HEADER]),
-        { action: method, subject: token },
+        { action: method, subject: token, contentType: headerValue(req.headers['content-type']) },
         body,
       )
     ) {

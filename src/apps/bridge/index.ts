@@ -18,6 +18,7 @@ export {
   DEFAULT_BRIDGE_MAX_BUFFERED_BYTES,
   DEFAULT_BRIDGE_MAX_CONNECTIONS,
   DEFAULT_BRIDGE_MAX_MESSAGE_SIZE,
+  DEFAULT_MAX_QUEUED_BYTES,
   DEFAULT_MAX_QUEUED_MESSAGES,
   WsHttpBridge,
   type WsHttpBridgeOptions,
@@ -25,10 +26,13 @@ export {
 export {
   DEFAULT_SIGNATURE_TOLERANCE,
   MIN_SECRET_BYTES,
+  type RequestHeaders,
   SIGNATURE_HEADER,
   type SignedFields,
   sign,
+  signCallback,
   type VerifyOptions,
+  verifyEvent,
   verifySignature,
 } from './signature.ts';
 export { jsonLogger, type JsonLoggerOptions, type LogLevel } from '../shared/log.ts';
