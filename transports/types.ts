@@ -197,6 +197,16 @@ export interface ClientConnectOptions {
   readonly connectTimeout: number;
   /** Subprotocols offered (`Sec-WebSocket-Protocol`), most preferred first. @default none */
   readonly protocols?: readonly string[];
+  /**
+   * Accept a server that chooses none of `protocols` (its 101 has no `Sec-WebSocket-Protocol`):
+   * the connection opens with `TransportSocket.protocol` ''. RFC 6455 §4.1 only fails an answer
+   * naming a subprotocol that was not offered, and a proxy passing its client's offer on must let
+   * the client see the upstream's answer as it is (wsproxy sets it). Optional: runtimes that
+   * decide this themselves ignore it (browsers; Chrome fails such a handshake), and the
+   * in-memory pair has no handshake.
+   * @default false: such an answer fails the attempt, as the `ws` library does
+   */
+  readonly acceptNoProtocol?: boolean;
 }
 
 /**

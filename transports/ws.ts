@@ -237,6 +237,8 @@ class WsTransportSocket implements TransportSocket {
   #corked = false;
   /** Server side: the accepted WebSockets of the transport's run, left on close. */
   readonly #live: Set<WebSocket> | undefined;
+  /** Client side: the server chose no subprotocol, which ws was told otherwise (`acceptNoProtocol`). */
+  #noProtocol = false;
 
   constructor(ws: WebSocket, highWaterMark: number, open: boolean, live?: Set<WebSocket>) {
     this.#ws = ws;
@@ -253,7 +255,7 @@ class WsTransportSocket implements TransportSocket {
   }
 
   get protocol(): string {
-    return this.#ws.protocol;
+    return this.#noProtocol ? '' : this.#ws.protocol;
   }
 
   get bufferedAmount(): number {
@@ -281,6 +283,11 @@ class WsTransportSocket implements TransportSocket {
 
   markOpen(): void {
     this.#open = true;
+  }
+
+  /** The server answered none of the subprotocols offered (see `acceptNoProtocol` in `connect`). */
+  markNoProtocol(): void {
+    this.#noProtocol = true;
   }
 
   /** Installs the owner's handlers and starts forwarding ws events to them. */
@@ -747,7 +754,9 @@ function connectError(message: string, code: string): Error & { code: string } {
  * `connect` resolves once the WebSocket is open. It rejects with the socket error (its `code`,
  * e.g. `ECONNREFUSED`, preserved), with `ETIMEDOUT` after `connectTimeout` ms, or with a
  * {@link ConnectFailure} carrying `status` and the first 512 bytes of `body` when the server
- * answered the upgrade with an HTTP response. A failed attempt never calls `onClose`.
+ * answered the upgrade with an HTTP response. A failed attempt never calls `onClose`. With
+ * `acceptNoProtocol`, a server that chooses none of the offered subprotocols is accepted
+ * (`protocol` ''), where ws alone fails the attempt with "Server sent no subprotocol".
  *
  * @example
  * ```ts
@@ -777,8 +786,10 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
         if (tls?.ca !== undefined) wsOptions.ca = tls.ca;
         if (tls?.rejectUnauthorized !== undefined) wsOptions.rejectUnauthorized = tls.rejectUnauthorized;
 
-        // Throws synchronously on a malformed URL: turned into a rejection by the executor.
-        const ws = new WebSocket(url, [...(connectOptions.protocols ?? [])], wsOptions);
+        const protocols = [...(connectOptions.protocols ?? [])];
+        // Throws synchronously on a malformed URL or an invalid or duplicated subprotocol: turned
+        // into a rejection by the executor.
+        const ws = new WebSocket(url, protocols, wsOptions);
         const adapter = new WsTransportSocket(ws, highWaterMark, false);
         // Wired before 'open': the first server message can share a TCP packet with the 101.
         adapter.wire(handlers);
@@ -797,7 +808,24 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
           fail(connectError(`connect timed out after ${connectOptions.connectTimeout} ms`, 'ETIMEDOUT'));
         }, connectOptions.connectTimeout);
 
-        ws.once('upgrade', (res: IncomingMessage) => adapter.setNetSocket(res.socket));
+        ws.once('upgrade', (res: IncomingMessage) => {
+          adapter.setNetSocket(res.socket);
+          // ws fails a 101 without Sec-WebSocket-Protocol when it offered some ("Server sent no
+          // subprotocol", lib/websocket.js), and has no option against it; RFC 6455 §4.1 only
+          // fails an answer that names one not offered. ws emits 'upgrade' before that check
+          // (after which it only reads the header): naming the first offered for the server
+          // passes it, and the adapter reports the server's real answer, none. Everything else
+          // ws checks (accept key, an answer not offered) is unchanged. test/transports/ws.test.ts
+          // pins this against ws upgrades.
+          if (
+            connectOptions.acceptNoProtocol === true &&
+            protocols.length > 0 &&
+            res.headers['sec-websocket-protocol'] === undefined
+          ) {
+            res.headers['sec-websocket-protocol'] = protocols[0];
+            adapter.markNoProtocol();
+          }
+        });
         ws.once('open', () => {
           if (settled) return;
           settled = true;

@@ -3,19 +3,52 @@
  * SIGTERM and SIGINT close it gracefully (both sides of every link get 1001).
  */
 import { parseArgs } from 'node:util';
+import type { UpgradeRequest } from '../../transports/types.ts';
+import { DEFAULT_HEARTBEAT_INTERVAL } from '../apps/shared/heartbeat.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
-import { WsProxy } from '../apps/wsproxy/proxy.ts';
+import { type UpstreamChoice, WsProxy } from '../apps/wsproxy/proxy.ts';
 import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
 
 export const WSPROXY_USAGE = `usage:
   duplexwire wsproxy --upstream ws://127.0.0.1:9000/ [--listen 127.0.0.1:8082] [--path /ws]
       [--forward-path] [--connect-timeout 10s] [--max-message-size 1MiB]
-      [--max-connections 10000] [--drain-timeout 5s] [--log-level info]
+      [--max-connections 10000] [--drain-timeout 5s] [--heartbeat 30s] [--log-level info]
       Links each WebSocket client to a connection of its own to the upstream: messages pass
       both ways unchanged, closes are passed on. --forward-path appends the client's path and
-      query to the upstream URL (else every client goes to the upstream URL as given).
+      query to the upstream URL (else every client goes to the upstream URL as given); a path
+      with . or .. segments, or one that would leave the upstream URL's path, gets 400.
+      --heartbeat pings both sides of every link that often and drops a side silent for twice
+      as long (0: off).
 `;
+
+/**
+ * The `upstream` of --forward-path: the client's path and query appended to `base`. The proxy
+ * already refuses dot segments before this runs (`hasDotSegment`); this makes sure besides that,
+ * whatever `new URL` (and so the ws client) normalizes, the path the upstream gets stays under
+ * the base's path, and refuses with 400 otherwise. A base that cannot take a path (not ws(s),
+ * with a query or fragment, where the client's path would land) fails at once.
+ */
+export function forwardPathUpstream(base: string): (request: UpgradeRequest) => UpstreamChoice {
+  const baseUrl = new URL(base);
+  if (baseUrl.protocol !== 'ws:' && baseUrl.protocol !== 'wss:') {
+    throw new TypeError(`--upstream must be a ws or wss URL, got ${baseUrl.protocol}`);
+  }
+  if (baseUrl.search !== '' || baseUrl.hash !== '' || base.includes('?') || base.includes('#')) {
+    throw new RangeError('--forward-path appends the client’s path: --upstream cannot have a query or fragment');
+  }
+  const head = base.replace(/\/$/, '');
+  // '' for a base at the root: every path is under it.
+  const prefix = baseUrl.pathname.replace(/\/$/, '');
+  return (request) => {
+    const url = `${head}${request.url}`;
+    const { pathname } = new URL(url);
+    if (pathname !== prefix && !pathname.startsWith(`${prefix}/`)) {
+      return { accept: false, status: 400, body: 'the path leaves the upstream base path' };
+    }
+    return url;
+  };
+}
 
 export async function wsproxy(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -29,6 +62,7 @@ export async function wsproxy(args: string[]): Promise<void> {
       'max-message-size': { type: 'string' },
       'max-connections': { type: 'string' },
       'drain-timeout': { type: 'string' },
+      heartbeat: { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -42,17 +76,24 @@ export async function wsproxy(args: string[]): Promise<void> {
   const forwardPath = values['forward-path'];
   const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'wsproxy' } });
   const proxy = new WsProxy({
-    // The URL is checked by the constructor; with --forward-path each client's path and query follow
-    // it (the proxy only lets origin-form targets, `/...`, this far).
-    upstream: forwardPath ? (request) => `${base.replace(/\/$/, '')}${request.url}` : base,
+    // The URL is checked at startup (by the constructor, or forwardPathUpstream); with
+    // --forward-path each client's path and query follow it (the proxy only lets origin-form
+    // targets without dot segments, `/...`, this far).
+    upstream: forwardPath ? forwardPathUpstream(base) : base,
     ...(values.path === undefined ? {} : { path: values.path }),
     connectTimeout: durationOption('--connect-timeout', values['connect-timeout'], 10_000),
     ...(values['max-message-size'] === undefined ? {} : { maxMessageSize: parseSize(values['max-message-size']) }),
     ...(values['max-connections'] === undefined ? {} : { maxConnections: Number(values['max-connections']) }),
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 5_000),
+    heartbeatInterval: heartbeatOption(values.heartbeat),
     logger,
   });
-  if (forwardPath) new URL(base); // a malformed base fails at startup, not at the first client
   await proxy.listen(hostPort(values.listen, '--listen'));
   onSignals(() => proxy.close());
+}
+
+/** `--heartbeat`: a duration such as `30s`, or `0` (off). */
+function heartbeatOption(value: string | undefined): number {
+  if (value === '0') return 0;
+  return durationOption('--heartbeat', value, DEFAULT_HEARTBEAT_INTERVAL);
 }

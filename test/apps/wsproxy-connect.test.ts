@@ -3,11 +3,16 @@
  * the client sees the upstream's refusal (401/403/404 as they are, 5xx as 502), an unreachable
  * upstream (502) or a silent one (504 after `connectTimeout`) as its own HTTP status; `upstream`
  * as a function routes, refuses, or fails (500); the headers the upstream sees; upgrades the
- * proxy does not serve are answered; `maxConnections` counts links being set up.
+ * proxy does not serve are answered; `maxConnections` counts links being set up; paths with dot
+ * segments are refused (400) before any `upstream` function can append them to a base; a
+ * malformed subprotocol offer is the client's error (400), and an upstream that chooses none of
+ * the offered subprotocols links with none; an `upstream` function that does not answer within
+ * `upgradeTimeout` gets 503 and frees its slot.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
+import { WsProxy } from '../../src/apps/wsproxy/index.ts';
 import {
   deadUrl,
   get,
@@ -19,6 +24,7 @@ import {
   startUpstream,
   startWsProxy,
   UPGRADE_LINES,
+  upgradeResponse,
   upgradeStatus,
 } from '../fixtures/wsproxy-helpers.ts';
 import { waitFor } from '../helpers.ts';
@@ -245,4 +251,138 @@ test("subprotocols: the client's offer reaches the upstream, and the upstream's 
   t.after(() => plain.terminate());
   await new Promise((resolve, reject) => plain.once('open', resolve).once('error', reject));
   assert.equal(plain.protocol, '');
+});
+
+test('a path with . or .. segments (raw, percent-encoded, behind \\ or %2f, with ;params) is refused 400 before the upstream function', async (t) => {
+  const upstream = await startUpstream(t);
+  let asked = 0;
+  const { port } = await startWsProxy(t, {
+    upstream: (request) => {
+      asked++;
+      return `${upstream.url}/public${request.url}`;
+    },
+  });
+  for (const path of [
+    '/../admin',
+    '/%2e%2e/internal/secret',
+    '/%2E%2e/x',
+    '/.%2e/x',
+    '/chat/%2e/x',
+    '/a/./b',
+    '/a/..',
+    '/..\\admin',
+    '/%2e%2e%2fadmin',
+    '/%2e%2e%5Cadmin',
+    '/..;jsessionid=1/admin',
+    '/chat#/../admin',
+  ]) {
+    assert.equal(await rawUpgrade(port, path, ['Host: x', 'Connection: Upgrade', ...UPGRADE_LINES]), 400, path);
+  }
+  assert.equal(asked, 0, 'refused before the upstream function');
+  assert.equal(upstream.connections.length, 0);
+  // Dots that are not whole segments, and anything in the query, are fine.
+  for (const path of ['/a..b/.../c.d', '/.well-known/x', '/chat?next=/../x&y=%2e%2e']) {
+    assert.equal(await rawUpgrade(port, path, ['Host: x', 'Connection: Upgrade', ...UPGRADE_LINES]), 101, path);
+  }
+  await upstream.connection(3);
+  assert.deepEqual(
+    upstream.connections.map((c) => c.url),
+    ['/public/a..b/.../c.d', '/public/.well-known/x', '/public/chat?next=/../x&y=%2e%2e'],
+  );
+});
+
+test('an upstream that chooses none of the offered subprotocols: the client is linked with none (not 502)', async (t) => {
+  // As RFC 6455 §4.2.2 lets a server do: no Sec-WebSocket-Protocol in its 101.
+  const upstream = await startUpstream(t, { pickProtocol: () => false });
+  const { proxy, port } = await startWsProxy(t, { upstream: upstream.url });
+  // A raw upgrade: the ws library would itself refuse a 101 without a subprotocol it asked for.
+  const answer = await upgradeResponse(port, '/', { 'sec-websocket-protocol': 'chat.v1, chat.v2' });
+  assert.equal(answer.status, 101);
+  assert.equal(answer.headers['sec-websocket-protocol'], undefined, 'the client gets none');
+  const connection = await upstream.connection();
+  assert.equal(connection.headers['sec-websocket-protocol'], 'chat.v1,chat.v2', 'the offer reached the upstream');
+  assert.equal(connection.ws.protocol, '');
+  const metrics = (await get(port, '/metrics')).text;
+  assert.equal(sample(metrics, 'duplexwire_wsproxy_upstream_failures_total', 'reason="unreachable"'), undefined);
+  await waitFor(() => proxy.linkCount === 0, 2000, 'the link to close after the client left');
+});
+
+test('a malformed subprotocol offer is the client’s error: 400, no upstream dialed, no upstream failure counted', async (t) => {
+  const upstream = await startUpstream(t);
+  const { port } = await startWsProxy(t, { upstream: upstream.url });
+  for (const offer of ['a, a', 'a,,b', 'a b', 'ch@t', 'a,', ' ']) {
+    const status = await rawUpgrade(port, '/', [
+      'Host: x',
+      'Connection: Upgrade',
+      ...UPGRADE_LINES,
+      `Sec-WebSocket-Protocol: ${offer}`,
+    ]);
+    assert.equal(status, 400, JSON.stringify(offer));
+  }
+  // Two headers are one list (Node joins them): a duplicate across them too.
+  assert.equal(
+    await rawUpgrade(port, '/', [
+      'Host: x',
+      'Connection: Upgrade',
+      ...UPGRADE_LINES,
+      'Sec-WebSocket-Protocol: a',
+      'Sec-WebSocket-Protocol: a',
+    ]),
+    400,
+  );
+  assert.equal(upstream.connections.length, 0);
+  const metrics = (await get(port, '/metrics')).text;
+  assert.doesNotMatch(metrics, /^duplexwire_wsproxy_upstream_failures_total\{/m);
+  // A well-formed offer, spaces and tabs around the commas included, still goes through.
+  const answer = await upgradeResponse(port, '/', { 'sec-websocket-protocol': 'a ,\tb' });
+  assert.equal(answer.status, 101);
+  assert.equal(answer.headers['sec-websocket-protocol'], 'a');
+  assert.equal((await upstream.connection()).headers['sec-websocket-protocol'], 'a,b');
+});
+
+test('an upstream function that does not answer within upgradeTimeout: 503, its slot is free again, a late answer dials nothing', async (t) => {
+  const upstream = await startUpstream(t);
+  let answerLate!: (url: string) => void;
+  const late = new Promise<string>((resolve) => {
+    answerLate = resolve;
+  });
+  const { proxy, url, logger } = await startWsProxy(t, {
+    maxConnections: 1,
+    upgradeTimeout: 200,
+    upstream: (request) => (request.path === '/hung' ? late : upstream.url),
+  });
+  const started = Date.now();
+  assert.deepEqual(await upgradeStatus(`${url}/hung`, {}, 3000), { status: 503, body: 'upgrade decision timed out' });
+  const elapsed = Date.now() - started;
+  assert.ok(elapsed >= 180 && elapsed < 2000, `answered after ${elapsed} ms`);
+  const warning = logger.entries.find((e) => e.message.startsWith('the upstream function did not answer in time'));
+  assert.deepEqual(warning?.context, { timeout: 200, path: '/hung', remoteAddress: '127.0.0.1' });
+  // The one slot of maxConnections is free again.
+  const client = await openClient(t, `${url}/ok`);
+  assert.equal(proxy.linkCount, 1);
+  // The late answer is ignored: nothing is dialed for it.
+  answerLate(upstream.url);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(upstream.connections.length, 1);
+  assert.equal(proxy.linkCount, 1);
+  client.ws.close(1000);
+  await waitFor(() => proxy.linkCount === 0, 2000, 'the link to close');
+  // Neither is a late rejection a problem (the test process fails on an unhandled one).
+  const { url: url2 } = await startWsProxy(t, {
+    upgradeTimeout: 100,
+    upstream: () => new Promise<string>((_resolve, reject) => setTimeout(() => reject(new Error('late')), 300)),
+  });
+  assert.equal((await upgradeStatus(url2, {}, 3000)).status, 503);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+});
+
+test('upgradeTimeout and heartbeatInterval are checked (heartbeatInterval 0 is off)', () => {
+  for (const upgradeTimeout of [0, -1, 1.5, 2 ** 31]) {
+    assert.throws(() => new WsProxy({ upstream: 'ws://127.0.0.1:1/', upgradeTimeout }), RangeError);
+  }
+  for (const heartbeatInterval of [-1, 1.5, 2 ** 31, Number.NaN]) {
+    assert.throws(() => new WsProxy({ upstream: 'ws://127.0.0.1:1/', heartbeatInterval }), RangeError);
+  }
+  assert.doesNotThrow(() => new WsProxy({ upstream: 'ws://127.0.0.1:1/', heartbeatInterval: 0 }));
+  assert.throws(() => new WsProxy({ upstream: 'ws://127.0.0.1:1/#fragment' }), /fragment/);
 });

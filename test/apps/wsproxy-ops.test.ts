@@ -1,8 +1,9 @@
 /**
  * WebSocket proxy, operations: `/healthz`, `/readyz` and `/metrics` on its own listener; `close()`
  * answers new upgrades 503 and `/readyz` 503, closes both sides of every link with 1001, resolves
- * within `drainTimeout` even when a side never completes its closing handshake, and leaves nothing
- * that keeps the process alive.
+ * within `drainTimeout` even when a side never completes its closing handshake, answers upgrades
+ * whose `upstream` function is still pending 503 at once, and leaves nothing that keeps the process
+ * alive (no upgrade deadline, no heartbeat timer).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -133,8 +134,9 @@ test('close() while an upstream is being dialed: the late upstream connection is
 });
 
 test('after close() nothing keeps the process alive', async (t) => {
-  // A process of its own: it links a client that reads and one that never reads its close, closes
-  // the proxy, then closes only what it made itself. It must exit by itself.
+  // A process of its own: it links a client that reads and one that never reads its close, starts
+  // an upgrade whose upstream function never answers (its 10 s deadline is a timer), closes the
+  // proxy, then closes only what it made itself. It must exit by itself, and at once.
   const script = `
     import { WebSocket, WebSocketServer } from 'ws';
     import { WsProxy } from './src/apps/wsproxy/index.ts';
@@ -142,7 +144,13 @@ test('after close() nothing keeps the process alive', async (t) => {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await new Promise((resolve) => wss.once('listening', resolve));
     wss.on('connection', (ws) => ws.on('message', (data, binary) => ws.send(data, { binary })));
-    const proxy = new WsProxy({ upstream: 'ws://127.0.0.1:' + wss.address().port, drainTimeout: 300, logger: silent });
+    let hung = 0;
+    const proxy = new WsProxy({
+      upstream: (req) => req.path === '/hung' ? (hung++, new Promise(() => {})) : 'ws://127.0.0.1:' + wss.address().port,
+      heartbeatInterval: 50,
+      drainTimeout: 300,
+      logger: silent,
+    });
     const { port } = await proxy.listen({ host: '127.0.0.1', port: 0 });
     const open = async () => {
       const ws = new WebSocket('ws://127.0.0.1:' + port);
@@ -156,8 +164,16 @@ test('after close() nothing keeps the process alive', async (t) => {
     const deaf = await open();
     deaf.pause();
     const closed = new Promise((resolve) => reader.once('close', resolve));
+    const pending = new WebSocket('ws://127.0.0.1:' + port + '/hung');
+    pending.on('error', () => {});
+    const answered = new Promise((resolve) => {
+      pending.once('unexpected-response', (_req, res) => resolve(res.statusCode));
+      pending.once('close', () => resolve('closed'));
+    });
+    while (hung === 0) await new Promise((resolve) => setTimeout(resolve, 10));
     await proxy.close();
     console.log('closed', await closed, proxy.linkCount);
+    console.log('pending upgrade', await answered);
     deaf.terminate();
     wss.close();
   `;
@@ -177,11 +193,13 @@ test('after close() nothing keeps the process alive', async (t) => {
   });
   const code = await within(
     new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode))),
-    8000,
+    // Well before the 10 s upgrade deadline.
+    7000,
     `the process to exit by itself; output so far: ${output}`,
   ).catch((error: Error) => {
     throw new Error(`${error.message}\n${output}`);
   });
   assert.equal(code, 0, output);
   assert.match(output, /^closed 1001 0$/m);
+  assert.match(output, /^pending upgrade 503$/m);
 });

@@ -1055,8 +1055,8 @@ export function serverTransportContract(
         assert.equal(socket.protocol, expected, 'the client side');
         assert.equal(accepted.socket.protocol, expected, 'the server side');
       }
-      // None: the 101 carries no Sec-WebSocket-Protocol (browsers then read protocol as ''; the
-      // ws client library refuses such an answer when it offered some, so a raw upgrade here).
+      // None: the 101 carries no Sec-WebSocket-Protocol. RFC 6455 allows it, but the ws client
+      // library (and Chrome) fail such an answer when they offered some: a raw upgrade here.
       const answer = await new Promise<IncomingMessage>((resolve, reject) => {
         const req = httpRequest({
           host: '127.0.0.1',

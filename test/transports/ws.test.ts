@@ -5,7 +5,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
+import { WebSocketServer } from 'ws';
 import { DEFAULT_HIGH_WATER_MARK, wsClientTransport, wsTransport } from '../../transports/ws.ts';
 import { bytes, connectWith, MAX, rawUpgrade, recorder, serve, until } from './helpers.ts';
 import { loopbackFactory, serverTransportContract } from './server-contract.ts';
@@ -91,6 +93,50 @@ test('attach mode with exclusive: the transport answers every upgrade (404 other
   assert.equal(server.upgrades.length, 1);
   // Before the server's close in t.after, which waits for every connection.
   await server.transport.stop();
+});
+
+test("acceptNoProtocol: a server choosing none of the offered subprotocols is accepted with protocol ''", async (t) => {
+  // Answers with no subprotocol (twice), then 'chat.v2', then none.
+  const choices = ['', '', 'chat.v2'];
+  let next = 0;
+  const server = await serve(t, wsTransport({ host: '127.0.0.1', port: 0 }), {
+    upgrade: () => ({ accept: true, protocol: choices[next++] ?? '' }),
+  });
+  const url = `ws://127.0.0.1:${server.transport.address()!.port}/`;
+  const client = wsClientTransport();
+  const offer = { maxMessageSize: MAX, connectTimeout: 2000, protocols: ['chat.v1', 'chat.v2'] };
+  // Without it, ws's own rule: the attempt fails.
+  await assert.rejects(client.connect(url, offer, recorder()), /Server sent no subprotocol/);
+  // With it: the server's choice as it is, none or one.
+  const rec = recorder();
+  const none = await client.connect(url, { ...offer, acceptNoProtocol: true }, rec);
+  t.after(() => none.terminate());
+  assert.equal(none.protocol, '');
+  assert.equal(none.sendText('hello'), 'ok');
+  await until(() => server.accepted.at(-1)?.rec.messages.length === 1, 'a message over it');
+  assert.equal(server.accepted.at(-1)!.socket.protocol, '');
+  const chosen = await client.connect(url, { ...offer, acceptNoProtocol: true }, recorder());
+  t.after(() => chosen.terminate());
+  assert.equal(chosen.protocol, 'chat.v2');
+  // Offering nothing is unchanged.
+  const plain = await client.connect(
+    url,
+    { maxMessageSize: MAX, connectTimeout: 2000, acceptNoProtocol: true },
+    recorder(),
+  );
+  t.after(() => plain.terminate());
+  assert.equal(plain.protocol, '');
+
+  // A server answering one that was not offered still fails the attempt (RFC 6455 §4.1).
+  const rogue = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: () => 'never-offered' });
+  t.after(() => new Promise<void>((resolve) => rogue.close(() => resolve())));
+  await new Promise((resolve) => rogue.once('listening', resolve));
+  rogue.on('connection', (ws) => ws.on('error', () => {}));
+  const rogueUrl = `ws://127.0.0.1:${(rogue.address() as AddressInfo).port}/`;
+  await assert.rejects(
+    client.connect(rogueUrl, { ...offer, acceptNoProtocol: true }, recorder()),
+    /Server sent an invalid subprotocol/,
+  );
 });
 
 test('a malformed URL or a bad maxMessageSize rejects', async () => {

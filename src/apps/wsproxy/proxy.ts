@@ -3,8 +3,10 @@
  * WebSocket server. Messages pass both ways unchanged (text stays text, binary stays binary), in
  * order, with backpressure across the link (a side that does not read pauses the other), and each
  * side's close reaches the other with its code. The upstream is dialed before the client's upgrade
- * is answered, so a client sees the upstream's refusal as its own HTTP status. Built on the
- * transport contract (server side for clients, client side for upstreams).
+ * is answered, so a client sees the upstream's refusal as its own HTTP status. Both sides are
+ * pinged (`heartbeatInterval`), so a peer that vanished without a FIN ends its link instead of
+ * holding it forever. Built on the transport contract (server side for clients, client side for
+ * upstreams).
  */
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
@@ -29,8 +31,9 @@ import {
   resolveOps,
   settleWithin,
 } from '../shared/endpoint.ts';
+import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKED } from '../shared/heartbeat.ts';
 import { jsonLogger } from '../shared/log.ts';
-import { offeredProtocols } from '../shared/websocket.ts';
+import { hasDotSegment, parseProtocolOffer } from './handshake.ts';
 
 /** @default 10 s */
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10_000;
@@ -42,14 +45,21 @@ export const DEFAULT_WSPROXY_MAX_CONNECTIONS = 10_000;
 export const DEFAULT_WSPROXY_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** How long `close()` lets links close gracefully before terminating them. @default 5 s */
 export const DEFAULT_WSPROXY_DRAIN_TIMEOUT = 5_000;
+/** Time an async `upstream` function has to answer, as the core Server's `upgradeTimeout`. @default 10 s */
+export const DEFAULT_WSPROXY_UPGRADE_TIMEOUT = 10_000;
+/** Ping interval toward both sides of every link; a side silent for twice this is dropped. @default 30 s */
+export const DEFAULT_WSPROXY_HEARTBEAT_INTERVAL = DEFAULT_HEARTBEAT_INTERVAL;
 
 /** Close codes a proxy uses for what it decides itself. */
 export const WsProxyCloseCode = {
-  /** The other side went away, or the proxy is shutting down. */
+  /**
+   * The other side went away (closed without a code, dropped, or silent past the heartbeat), or
+   * the proxy is shutting down.
+   */
   GoingAway: 1001,
   /** The other side broke the protocol or vanished; also the upstream's own 1011. */
   InternalError: 1011,
-  /** The upstream could not be reached, or dropped the link without a close frame. */
+  /** The upstream dropped the link without a close frame, or was silent past the heartbeat. */
   BadGateway: 1014,
   /** A side holds more than `maxBufferedBytes` unsent. */
   PolicyViolation: 1008,
@@ -83,11 +93,24 @@ export interface WsProxyOptions {
   /**
    * Where a client's connection goes: a ws(s) URL for every client, or a function of the upgrade
    * request (authentication, routing by path, ...) returning a URL, or a refusal
-   * `{ accept: false, status }`. A function that throws refuses with 500.
+   * `{ accept: false, status }`. A function that throws refuses with 500; one that has not
+   * answered within `upgradeTimeout` refuses with 503.
+   *
+   * A function may append `request.url` to a base URL: the proxy only lets through paths (origin
+   * form, `/...`, no fragment) without `.` or `..` segments, written or percent-encoded (400
+   * otherwise), so `new URL` cannot resolve them out of the base path.
    */
   readonly upstream: string | ((request: UpgradeRequest) => UpstreamChoice | Promise<UpstreamChoice>);
   /** Path of the proxy's WebSocket endpoint (query ignored). @default every path */
   readonly path?: string;
+  /**
+   * Time an async `upstream` function has to answer, in ms; past it the client gets 503
+   * `upgrade decision timed out` (as from the core Server: the proxy could not decide, the
+   * upstream was not asked), the slot under `maxConnections` is free again and a late answer is
+   * ignored (nothing is dialed for it). The dial that follows an answer has `connectTimeout`.
+   * @default 10000
+   */
+  readonly upgradeTimeout?: number;
   /** Time to open the upstream connection, in ms; past it the client gets 504. @default 10000 */
   readonly connectTimeout?: number;
   /** Largest message either way; larger closes that side with 1009 (and its link). @default 1 MiB */
@@ -98,6 +121,15 @@ export interface WsProxyOptions {
   readonly maxBufferedBytes?: number;
   /** How long `close()` lets links close gracefully. @default 5000 */
   readonly drainTimeout?: number;
+  /**
+   * Liveness check of both sides of every link, in ms: each is pinged this often, and one from
+   * which nothing (message, ping or pong) came for twice this is dropped; its link then closes
+   * as when that side vanishes (a client: 1001 for the upstream; an upstream: 1014 for the
+   * client). Without it a client that vanished without a FIN keeps its link and upstream
+   * connection forever (the proxy's own `ws` client answers the upstream's pings). 0 turns it
+   * off. @default 30000
+   */
+  readonly heartbeatInterval?: number;
   /** How upstreams are dialed. @default `wsClientTransport()` */
   readonly upstreamTransport?: ClientTransport;
   /** Operational endpoints on the proxy's own listener (`/healthz`, `/readyz`, `/metrics`; `false` turns one off). */
@@ -109,11 +141,13 @@ export interface WsProxyOptions {
 interface Resolved {
   readonly upstream: WsProxyOptions['upstream'];
   readonly path: string | undefined;
+  readonly upgradeTimeout: number;
   readonly connectTimeout: number;
   readonly maxMessageSize: number;
   readonly maxConnections: number;
   readonly maxBufferedBytes: number;
   readonly drainTimeout: number;
+  readonly heartbeatInterval: number;
   readonly ops: ResolvedOps;
 }
 
@@ -127,6 +161,8 @@ function checkUpstreamUrl(value: string): string {
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:') {
     throw new TypeError(`an upstream must be a ws or wss URL, got ${url.protocol}`);
   }
+  // ws refuses a URL with a fragment by throwing, which would pass for an unreachable upstream.
+  if (url.hash !== '') throw new TypeError('an upstream URL cannot have a fragment (#...)');
   return url.href;
 }
 
@@ -143,6 +179,9 @@ interface Link {
   upstreamClosed: boolean;
   /** How the upstream closed, when it did before the client's connection opened. */
   upstreamEnd: [number, string] | undefined;
+  /** Each side's place in the heartbeat, once the link is open. */
+  clientBeat: HeartbeatTracking;
+  upstreamBeat: HeartbeatTracking;
   readonly done: Promise<void>;
   finish: () => void;
 }
@@ -153,6 +192,7 @@ class WsProxyMetrics {
   readonly messages: Counter<'direction'>;
   readonly bytes: Counter<'direction'>;
   readonly upstreamFailures: Counter<'reason'>;
+  readonly heartbeatTimeouts: Counter<'side'>;
 
   constructor() {
     const registers = [this.registry];
@@ -173,6 +213,12 @@ class WsProxyMetrics {
       name: 'duplexwire_wsproxy_upstream_failures_total',
       help: 'Upstream connections that could not be opened, by reason (refused, unreachable, timeout)',
       labelNames: ['reason'],
+      registers,
+    });
+    this.heartbeatTimeouts = new Counter({
+      name: 'duplexwire_wsproxy_heartbeat_timeouts_total',
+      help: 'Sides of a link dropped because nothing came from them for two heartbeat intervals, by side',
+      labelNames: ['side'],
       registers,
     });
   }
@@ -196,6 +242,9 @@ export class WsProxy {
   /** Upstreams opened for an upgrade whose client connection has not opened yet. */
   private readonly waiting = new Map<UpgradeRequest, { link: Link; timer: ReturnType<typeof setTimeout> }>();
   private deciding = 0;
+  /** Ends each `upstream` answer being waited for (`awaitChoice`) at once; used by `close()`. */
+  private readonly pendingChoices = new Set<() => void>();
+  private readonly heartbeat: Heartbeat;
   private readonly endpoint: Endpoint;
   private closing: Promise<void> | undefined;
 
@@ -207,6 +256,7 @@ export class WsProxy {
     this.options = {
       upstream: options.upstream,
       path: options.path,
+      upgradeTimeout: positiveInteger('upgradeTimeout', options.upgradeTimeout, DEFAULT_WSPROXY_UPGRADE_TIMEOUT),
       connectTimeout: positiveInteger('connectTimeout', options.connectTimeout, DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
       maxMessageSize: positiveInteger('maxMessageSize', options.maxMessageSize, DEFAULT_WSPROXY_MAX_MESSAGE_SIZE),
       maxConnections: positiveInteger('maxConnections', options.maxConnections, DEFAULT_WSPROXY_MAX_CONNECTIONS),
@@ -216,8 +266,13 @@ export class WsProxy {
         DEFAULT_WSPROXY_MAX_BUFFERED_BYTES,
       ),
       drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_WSPROXY_DRAIN_TIMEOUT),
+      heartbeatInterval:
+        options.heartbeatInterval === 0
+          ? 0
+          : positiveInteger('heartbeatInterval', options.heartbeatInterval, DEFAULT_WSPROXY_HEARTBEAT_INTERVAL),
       ops: resolveOps(options.ops),
     };
+    this.heartbeat = new Heartbeat(this.options.heartbeatInterval);
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'wsproxy' } });
     this.upstreamTransport = options.upstreamTransport ?? wsClientTransport();
     this.endpoint = new Endpoint({
@@ -263,12 +318,14 @@ export class WsProxy {
   }
 
   /**
-   * Stops: new upgrades get 503; every link is closed with 1001 on both sides and given
-   * `drainTimeout` to finish its closing handshakes, then terminated. Then the transport stops
-   * (and the server, when the proxy made it).
+   * Stops: new upgrades get 503, and so do those whose `upstream` function has not answered yet;
+   * every link is closed with 1001 on both sides and given `drainTimeout` to finish its closing
+   * handshakes, then terminated. Then the transport stops (and the server, when the proxy made
+   * it), and the heartbeat with it.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      for (const end of [...this.pendingChoices]) end();
       for (const link of this.links) this.closeLink(link, WsProxyCloseCode.GoingAway, 'proxy shutting down');
       await settleWithin(Promise.all([...this.links].map((link) => link.done)), this.options.drainTimeout);
       for (const link of this.links) {
@@ -281,6 +338,7 @@ export class WsProxy {
       }
       this.waiting.clear();
       await this.endpoint.stop();
+      this.heartbeat.stop();
     })();
     return this.closing;
   }
@@ -293,16 +351,39 @@ export class WsProxy {
     if (this.links.size + this.deciding >= this.options.maxConnections) return refuse(503, 'too many connections');
     // Only origin-form targets: an absolute-form one (`GET ws://elsewhere/`, which Node accepts)
     // would turn an `upstream` function that appends `req.url` to a base into a way to another host.
-    if (!request.url.startsWith('/')) return refuse(400, 'the request target must be a path');
+    // A fragment is no part of a request target (RFC 9112 §3.2), and ws refuses a URL with one.
+    if (!request.url.startsWith('/') || request.url.includes('#')) {
+      return refuse(400, 'the request target must be a path');
+    }
+    // The same function's `${base}${req.url}` would be resolved by `new URL` out of the base path.
+    if (hasDotSegment(request.path)) return refuse(400, 'the path must not have . or .. segments');
+    // Offered again to the upstream: ws's client throws on a malformed offer, which must not pass
+    // for an unreachable upstream (a client could then raise upstream alerts at will).
+    const protocols = parseProtocolOffer(request.headers['sec-websocket-protocol']);
+    if (protocols === undefined) return refuse(400, 'invalid Sec-WebSocket-Protocol');
     this.deciding++;
     try {
-      let choice: UpstreamChoice;
+      let choice: UpstreamChoice | undefined;
       try {
         const { upstream } = this.options;
-        choice = typeof upstream === 'string' ? upstream : await upstream(request);
+        if (typeof upstream === 'string') choice = upstream;
+        else {
+          const answer = upstream(request);
+          choice = isPromiseLike(answer) ? await this.awaitChoice(answer) : answer;
+        }
       } catch (error) {
         this.logger.error('the upstream function failed', { error });
         return refuse(500, 'internal error');
+      }
+      if (this.closing !== undefined) return refuse(503, 'the proxy is shutting down');
+      if (choice === undefined) {
+        // Path and address only: headers and query may carry credentials.
+        this.logger.warn('the upstream function did not answer in time; refusing with 503', {
+          timeout: this.options.upgradeTimeout,
+          path: request.path,
+          remoteAddress: request.remoteAddress,
+        });
+        return refuse(503, 'upgrade decision timed out');
       }
       if (typeof choice !== 'string') {
         const status =
@@ -316,13 +397,40 @@ export class WsProxy {
         this.logger.error('the upstream function returned an invalid URL', { error });
         return refuse(500, 'internal error');
       }
-      return await this.dial(request, url);
+      return await this.dial(request, url, protocols);
     } finally {
       this.deciding--;
     }
   }
 
-  private async dial(request: UpgradeRequest, url: string): Promise<UpgradeDecision> {
+  /**
+   * Waits for an async `upstream` answer at most `upgradeTimeout` ms, resolving undefined when
+   * the time is up or the proxy closes: until the client is answered it holds a slot under
+   * `maxConnections` and the client's socket, so a function that never settles (a hung auth
+   * service) must not hold them forever. One timer per pending answer, cleared by whichever comes
+   * first. A late answer is ignored (nothing is dialed for it), a late rejection too.
+   */
+  private awaitChoice(answer: PromiseLike<UpstreamChoice>): Promise<UpstreamChoice | undefined> {
+    return new Promise<UpstreamChoice | undefined>((resolve, reject) => {
+      let settled = false;
+      const finish = (settle: () => void): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.pendingChoices.delete(end);
+        settle();
+      };
+      const end = (): void => finish(() => resolve(undefined));
+      const timer = setTimeout(end, this.options.upgradeTimeout);
+      this.pendingChoices.add(end);
+      Promise.resolve(answer).then(
+        (choice) => finish(() => resolve(choice)),
+        (error: unknown) => finish(() => reject(error)),
+      );
+    });
+  }
+
+  private async dial(request: UpgradeRequest, url: string, protocols: string[]): Promise<UpgradeDecision> {
     let finish!: () => void;
     const done = new Promise<void>((resolveDone) => {
       finish = resolveDone;
@@ -337,6 +445,8 @@ export class WsProxy {
       clientClosed: false,
       upstreamClosed: false,
       upstreamEnd: undefined,
+      clientBeat: UNTRACKED,
+      upstreamBeat: UNTRACKED,
       done,
       finish,
     };
@@ -348,7 +458,10 @@ export class WsProxy {
           headers: forwardedHeaders(request, this.endpoint.tls),
           maxMessageSize: this.options.maxMessageSize,
           connectTimeout: this.options.connectTimeout,
-          protocols: offeredProtocols(request),
+          protocols,
+          // An upstream may choose none of the client's subprotocols (RFC 6455 §4.2.2): the client
+          // then gets none, as it would directly.
+          acceptNoProtocol: true,
         },
         this.upstreamHandlers(link),
       );
@@ -373,7 +486,7 @@ export class WsProxy {
     upstream.pause();
     if (link.upstreamClosed || this.closing !== undefined) {
       link.closing = true;
-      closeSide(upstream, WsProxyCloseCode.GoingAway, 'proxy shutting down');
+      closeSide(upstream, UNTRACKED, WsProxyCloseCode.GoingAway, 'proxy shutting down');
       return refuse(
         link.upstreamClosed ? 502 : 503,
         link.upstreamClosed ? 'the upstream closed' : 'the proxy is shutting down',
@@ -385,15 +498,15 @@ export class WsProxy {
       if (this.waiting.get(request)?.link === link) {
         this.waiting.delete(request);
         link.closing = true;
-        closeSide(upstream, WsProxyCloseCode.GoingAway, 'the client left');
+        closeSide(upstream, UNTRACKED, WsProxyCloseCode.GoingAway, 'the client left');
       }
     }, 5_000);
     timer.unref();
     this.waiting.set(request, { link, timer });
     this.links.add(link);
     this.metrics.links.inc();
-    // The client gets the subprotocol the upstream chose (the client offered it: the upstream's
-    // handshake would have failed otherwise).
+    // The client gets the subprotocol the upstream chose (one the client offered: the upstream's
+    // handshake would have failed otherwise), or none when it chose none.
     return { accept: true, protocol: upstream.protocol ?? '' };
   }
 
@@ -407,6 +520,12 @@ export class WsProxy {
     clearTimeout(entry.timer);
     const { link } = entry;
     link.client = client;
+    link.clientBeat = this.heartbeat.track(client, () => this.timedOut(link, 'client'));
+    if (!link.upstreamClosed) {
+      // Paused since the dial: resumed below once the client can take what it sends.
+      link.upstreamBeat = this.heartbeat.track(link.upstream, () => this.timedOut(link, 'upstream'));
+      link.upstreamBeat.pause();
+    }
     this.logger.debug('link open', { link: link.id });
     // Upstream messages that came while the client's upgrade was answered go first, in order.
     queueMicrotask(() => {
@@ -416,41 +535,60 @@ export class WsProxy {
       } else if (this.closing !== undefined) {
         this.closeLink(link, WsProxyCloseCode.GoingAway, 'proxy shutting down');
       } else if (client.bufferedAmount <= this.options.maxBufferedBytes) {
-        link.upstream.resume();
+        resumeSide(link.upstream, link.upstreamBeat);
       }
     });
     return {
-      onMessage: (data, binary) => this.forward(link, 'upstream', data, binary),
-      onDrain: () => link.upstream.resume(),
-      onPing: () => {},
+      onMessage: (data, binary) => {
+        link.clientBeat.seen();
+        this.forward(link, 'upstream', data, binary);
+      },
+      onDrain: () => {
+        // The client took what was queued for it: alive, and ready for more of the upstream.
+        link.clientBeat.seen();
+        resumeSide(link.upstream, link.upstreamBeat);
+      },
+      onPing: () => link.clientBeat.seen(),
       onClose: (code, reason) => {
         link.clientClosed = true;
+        link.clientBeat.untrack();
         if (!link.upstreamClosed) {
           const [forwardCode, forwardReason] = passOn(code, reason, 'client');
           link.closing = true;
-          closeSide(link.upstream, forwardCode, forwardReason);
+          closeSide(link.upstream, link.upstreamBeat, forwardCode, forwardReason);
         }
         this.ended(link);
       },
     };
   }
 
+  /** The heartbeat terminated one side of `link`; its `onClose` (1006) closes the other as usual. */
+  private timedOut(link: Link, side: 'client' | 'upstream'): void {
+    this.metrics.heartbeatTimeouts.inc({ side });
+    this.logger.info('nothing came from one side for two heartbeat intervals; dropped it', { link: link.id, side });
+  }
+
   private upstreamHandlers(link: Link): SocketHandlers {
     return {
       onMessage: (data, binary) => {
+        link.upstreamBeat.seen();
         if (link.closing) return;
         if (link.client === undefined) link.early.push({ data, binary });
         else this.forward(link, 'client', data, binary);
       },
-      onDrain: () => link.client?.resume(),
-      onPing: () => {},
+      onDrain: () => {
+        link.upstreamBeat.seen();
+        if (link.client !== undefined) resumeSide(link.client, link.clientBeat);
+      },
+      onPing: () => link.upstreamBeat.seen(),
       onClose: (code, reason) => {
         link.upstreamClosed = true;
+        link.upstreamBeat.untrack();
         if (link.client === undefined) link.upstreamEnd = [code, reason];
         else if (!link.clientClosed) {
           const [forwardCode, forwardReason] = passOn(code, reason, 'upstream');
           link.closing = true;
-          closeSide(link.client, forwardCode, forwardReason);
+          closeSide(link.client, link.clientBeat, forwardCode, forwardReason);
         }
         this.ended(link);
       },
@@ -461,6 +599,7 @@ export class WsProxy {
   private forward(link: Link, to: 'client' | 'upstream', data: Uint8Array, binary: boolean): void {
     const target = to === 'client' ? link.client : link.upstream;
     const source = to === 'client' ? link.upstream : link.client;
+    const sourceBeat = to === 'client' ? link.upstreamBeat : link.clientBeat;
     if (target === undefined || link.closing) return;
     this.metrics.messages.inc({ direction: to });
     this.metrics.bytes.inc({ direction: to }, data.byteLength);
@@ -471,15 +610,15 @@ export class WsProxy {
         return;
       }
       // Reading the sender resumes on the receiver's drain.
-      source?.pause();
+      if (source !== undefined) pauseSide(source, sourceBeat);
     }
   }
 
   /** Closes both sides with `code` (each side's close then reaches `ended`). */
   private closeLink(link: Link, code: number, reason: string): void {
     link.closing = true;
-    if (!link.clientClosed && link.client !== undefined) closeSide(link.client, code, reason);
-    if (!link.upstreamClosed) closeSide(link.upstream, code, reason);
+    if (!link.clientClosed && link.client !== undefined) closeSide(link.client, link.clientBeat, code, reason);
+    if (!link.upstreamClosed) closeSide(link.upstream, link.upstreamBeat, code, reason);
   }
 
   private ended(link: Link): void {
@@ -495,13 +634,32 @@ export class WsProxy {
 
 const TEXT = new TextDecoder();
 
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
+}
+
+/**
+ * Stops reading one side (the other does not keep up). Its heartbeat waits too: what it sends,
+ * its pongs included, stays unread, and that is the proxy's doing, not a sign it vanished.
+ */
+function pauseSide(socket: TransportSocket, beat: HeartbeatTracking): void {
+  socket.pause();
+  beat.pause();
+}
+
+function resumeSide(socket: TransportSocket, beat: HeartbeatTracking): void {
+  socket.resume();
+  beat.resume();
+}
+
 /**
  * Closes one side of a link, reading it again first: the proxy may have paused it (backpressure,
  * or not linked yet), and a paused socket never reads the peer's answer to the close, which would
- * then wait for ws's 30 s close timer. What the side still sends is dropped (`link.closing`).
+ * then wait for ws's 30 s close timer (the heartbeat, watching it again, drops it sooner when it
+ * vanished). What the side still sends is dropped (`link.closing`).
  */
-function closeSide(socket: TransportSocket, code: number, reason: string): void {
-  socket.resume();
+function closeSide(socket: TransportSocket, beat: HeartbeatTracking, code: number, reason: string): void {
+  resumeSide(socket, beat);
   socket.close(code, reason);
 }
 
