@@ -5,6 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { WsHttpBridge } from '../apps/bridge/bridge.ts';
+import { DEFAULT_HEARTBEAT_INTERVAL } from '../apps/shared/heartbeat.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
 import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
@@ -13,12 +14,13 @@ export const BRIDGE_USAGE = `usage:
   duplexwire bridge --backend http://127.0.0.1:3000/ws-events --secret-file secret
       [--listen 127.0.0.1:8081] [--path /] [--callback-url http://127.0.0.1:8081/]
       [--backend-timeout 10s] [--max-message-size 1MiB] [--max-connections 10000]
-      [--require-signed-callbacks] [--drain-timeout 10s] [--log-level info]
+      [--require-signed-callbacks] [--drain-timeout 10s] [--heartbeat 30s] [--log-level info]
       Holds WebSocket connections for an HTTP backend: connect, every message and close are
       signed POSTs to --backend; the backend answers a connection through its callback URL
       (POST a message, DELETE to close). The secret (>= 32 bytes) comes from --secret-file or
       the DUPLEXWIRE_BRIDGE_SECRET environment variable. --callback-url is how the backend
-      reaches this bridge (default: the --listen address).
+      reaches this bridge (default: the --listen address). --heartbeat pings every client that
+      often and drops one silent for twice as long (0: off).
 `;
 
 export async function bridge(args: string[]): Promise<void> {
@@ -35,6 +37,7 @@ export async function bridge(args: string[]): Promise<void> {
       'max-connections': { type: 'string' },
       'require-signed-callbacks': { type: 'boolean', default: false },
       'drain-timeout': { type: 'string' },
+      heartbeat: { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -64,6 +67,8 @@ export async function bridge(args: string[]): Promise<void> {
     ...(values['max-connections'] === undefined ? {} : { maxConnections: Number(values['max-connections']) }),
     requireSignedCallbacks: values['require-signed-callbacks'],
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 10_000),
+    heartbeatInterval:
+      values.heartbeat === '0' ? 0 : durationOption('--heartbeat', values.heartbeat, DEFAULT_HEARTBEAT_INTERVAL),
     logger,
   });
   const address = await bridgeServer.listen(listen);

@@ -43,8 +43,8 @@ function eventsOf(backend: Backend, id: string): string[] {
     .map((r) => (r.event === 'message' ? `message ${r.body}` : r.event));
 }
 
-async function closeEvent(backend: Backend, id: string): Promise<BackendRequest> {
-  const [close] = await backend.waitFor((r) => r.event === 'close' && r.connection === id);
+async function closeEvent(backend: Backend, id: string, timeout?: number): Promise<BackendRequest> {
+  const [close] = await backend.waitFor((r) => r.event === 'close' && r.connection === id, 1, timeout);
   return close!;
 }
 
@@ -311,4 +311,44 @@ test('close() while the backend decides a connect waits for the decision: the cl
   // Posted before close() resolved.
   const close = backend.requests.find((r) => r.event === 'close' && r.connection === connect!.connection);
   assert.deepEqual(close?.json(), { code: 1006, reason: 'the bridge is shutting down', dropped: 0 });
+});
+
+test('heartbeat: a client that stops answering is dropped after two intervals and its close event (1006) follows; one that answers stays', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend, { heartbeatInterval: 100 });
+  const quiet = await connected(t, backend, bridge);
+  const alive = await connected(t, backend, bridge);
+  // Stops reading: its pings stay unanswered, as for a client whose network went away.
+  quiet.client.ws.pause();
+  const close = await closeEvent(backend, quiet.id, 3_000);
+  assert.equal(close.json<{ code: number }>().code, 1006);
+  await untilMetric(bridge, /^duplexwire_bridge_heartbeat_timeouts_total 1$/m);
+  // The other one answers every ping: still connected after many intervals.
+  await delay(500);
+  assert.equal(alive.client.ended, undefined);
+  assert.equal(bridge.bridge.connectionCount, 1);
+});
+
+test('heartbeatInterval 0 pings nobody; invalid values are refused', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend, { heartbeatInterval: 0 });
+  const { client } = await connected(t, backend, bridge);
+  let pings = 0;
+  client.ws.on('ping', () => {
+    pings++;
+  });
+  await delay(300);
+  assert.equal(pings, 0);
+  for (const bad of [-1, 1.5]) {
+    assert.throws(
+      () =>
+        new WsHttpBridge({
+          backend: 'http://127.0.0.1:1/',
+          secret: SECRET,
+          heartbeatInterval: bad,
+          logger: recordingLogger(),
+        }),
+      RangeError,
+    );
+  }
 });

@@ -251,8 +251,8 @@ test('subprotocols: the backend picks one of those offered with x-bridge-protoco
   assert.equal(chosen.ws.protocol, 'chat.v2');
   const offer = backend.events('connect')[0]!.json<{ headers: Record<string, string> }>();
   assert.equal(offer.headers['sec-websocket-protocol'], 'chat.v1,chat.v2');
-  // No choice: none (the ws client library refuses that answer when it offered some; a browser
-  // reads protocol as ''), so this client offers none.
+  // No choice: none (the ws client library and Chrome fail that answer when they offered some),
+  // so this client offers none.
   const plain = await openClient(t, bridge.wsUrl);
   assert.equal(plain.ws.protocol, '');
   assert.equal(await upgradeStatus(`${bridge.wsUrl}?pick=other`, { 'sec-websocket-protocol': 'chat.v1' }), 502);

@@ -21,6 +21,7 @@ import {
   resolveOps,
   settleWithin,
 } from '../shared/endpoint.ts';
+import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKED } from '../shared/heartbeat.ts';
 import { jsonLogger } from '../shared/log.ts';
 import { offeredProtocols } from '../shared/websocket.ts';
 import { type BackendAnswer, BackendError, type EventRequest, postEvent } from './backend.ts';
@@ -91,6 +92,13 @@ export interface WsHttpBridgeOptions {
   readonly maxQueuedBytes?: number;
   /** Bytes queued toward one client; a callback finding more closes the client (1008). @default 8 MiB */
   readonly maxBufferedBytes?: number;
+  /**
+   * Every client is pinged this often (ms), and dropped when nothing (a message, a pong) came from
+   * it for twice as long: a client that vanished without closing (lost network, dead host) would
+   * otherwise hold its connection, and its slot under `maxConnections`, until TCP gives up. Its
+   * close event then carries 1006. 0 turns it off. @default 30000
+   */
+  readonly heartbeatInterval?: number;
   /** Callbacks must be signed with the secret too, not only name a connection's token. @default false */
   readonly requireSignedCallbacks?: boolean;
   /** How long `close()` waits for the connections' close events. @default 10000 */
@@ -117,6 +125,7 @@ interface Resolved {
   readonly maxBufferedBytes: number;
   readonly requireSignedCallbacks: boolean;
   readonly drainTimeout: number;
+  readonly heartbeatInterval: number;
   readonly ops: ResolvedOps;
 }
 
@@ -167,6 +176,10 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
     maxBufferedBytes: positiveInteger('maxBufferedBytes', options.maxBufferedBytes, DEFAULT_BRIDGE_MAX_BUFFERED_BYTES),
     requireSignedCallbacks: options.requireSignedCallbacks ?? false,
     drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_BRIDGE_DRAIN_TIMEOUT),
+    heartbeatInterval:
+      options.heartbeatInterval === 0
+        ? 0
+        : positiveInteger('heartbeatInterval', options.heartbeatInterval, DEFAULT_HEARTBEAT_INTERVAL),
     ops: resolveOps(options.ops),
   };
 }
@@ -180,6 +193,8 @@ interface BridgeConnection {
   /** A POST of this connection is under way. */
   /** Bytes of the messages in `queue`. */
   queuedBytes: number;
+  /** Its place in the heartbeat. */
+  beat: HeartbeatTracking;
   busy: boolean;
   paused: boolean;
   /** The backend failed an event: nothing more is sent for this connection but its close. */
@@ -207,6 +222,7 @@ class BridgeMetrics {
   readonly events: Counter<'event' | 'result'>;
   readonly duration: Histogram<'event'>;
   readonly callbacks: Counter<'method' | 'status'>;
+  readonly heartbeatTimeouts: Counter;
 
   constructor() {
     const registers = [this.registry];
@@ -228,6 +244,11 @@ class BridgeMetrics {
       name: 'duplexwire_bridge_callbacks_total',
       help: 'Callback requests from the backend, by method and status',
       labelNames: ['method', 'status'],
+      registers,
+    });
+    this.heartbeatTimeouts = new Counter({
+      name: 'duplexwire_bridge_heartbeat_timeouts_total',
+      help: 'Clients dropped because nothing came from them for two heartbeat intervals',
       registers,
     });
   }
@@ -257,11 +278,13 @@ export class WsHttpBridge {
   /** Aborts what is still being posted when `close()` gives up waiting. */
   private readonly stopping = new AbortController();
   private readonly endpoint: Endpoint;
+  private readonly heartbeat: Heartbeat;
   private closing: Promise<void> | undefined;
 
   constructor(options: WsHttpBridgeOptions) {
     this.options = resolve(options);
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'bridge' } });
+    this.heartbeat = new Heartbeat(this.options.heartbeatInterval);
     this.endpoint = new Endpoint({
       name: 'bridge',
       path: this.options.path,
@@ -344,6 +367,7 @@ export class WsHttpBridge {
         });
       }
       this.stopping.abort();
+      this.heartbeat.stop();
       await this.endpoint.stop();
     })();
     return this.closing;
@@ -468,6 +492,7 @@ export class WsHttpBridge {
       socket,
       queue: [],
       queuedBytes: 0,
+      beat: UNTRACKED,
       busy: false,
       paused: false,
       failed: false,
@@ -478,6 +503,10 @@ export class WsHttpBridge {
     };
     this.connections.set(conn.token, conn);
     this.metrics.connections.inc();
+    conn.beat = this.heartbeat.track(socket, () => {
+      this.metrics.heartbeatTimeouts.inc();
+      this.logger.info('nothing came from a client for two heartbeat intervals; dropped it', { id: conn.id });
+    });
     this.logger.debug('connection open', { id: conn.id });
     if (this.closing !== undefined) socket.close(1001, 'bridge shutting down');
     else if (accepted.welcome !== undefined) {
@@ -490,10 +519,14 @@ export class WsHttpBridge {
       });
     }
     return {
-      onMessage: (data, binary) => this.received(conn, data, binary),
-      onDrain: () => {},
-      onPing: () => {},
+      onMessage: (data, binary) => {
+        conn.beat.seen();
+        this.received(conn, data, binary);
+      },
+      onDrain: () => conn.beat.seen(),
+      onPing: () => conn.beat.seen(),
       onClose: (code, reason) => {
+        conn.beat.untrack();
         conn.ended = { code, reason };
         this.metrics.connections.dec();
         // The callback token stops working at once; the events still queued go out, then close.
@@ -518,6 +551,8 @@ export class WsHttpBridge {
     if ((conn.queue.length >= maxQueuedMessages || conn.queuedBytes >= maxQueuedBytes) && !conn.paused) {
       conn.paused = true;
       conn.socket.pause();
+      // Unread, its pongs would look like silence: the heartbeat waits while the bridge does.
+      conn.beat.pause();
     }
     if (!conn.busy) void this.pump(conn);
   }
@@ -539,6 +574,7 @@ export class WsHttpBridge {
         ) {
           conn.paused = false;
           conn.socket.resume();
+          conn.beat.resume();
         }
         await this.postMessage(conn, next.data, next.binary);
       }
@@ -587,6 +623,7 @@ export class WsHttpBridge {
         if (conn.paused) {
           conn.paused = false;
           conn.socket.resume();
+          conn.beat.resume();
         }
         conn.socket.close(1011, 'backend error');
       }
