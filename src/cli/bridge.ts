@@ -5,10 +5,9 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { WsHttpBridge } from '../apps/bridge/bridge.ts';
-import { DEFAULT_HEARTBEAT_INTERVAL } from '../apps/shared/heartbeat.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
-import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
+import { heartbeatOption, hostPort, logLevel, onSignals, parseSize } from './common.ts';
 
 export const BRIDGE_USAGE = `usage:
   duplexwire bridge --backend http://127.0.0.1:3000/ws-events --secret-file secret
@@ -67,8 +66,7 @@ export async function bridge(args: string[]): Promise<void> {
     ...(values['max-connections'] === undefined ? {} : { maxConnections: Number(values['max-connections']) }),
     requireSignedCallbacks: values['require-signed-callbacks'],
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 10_000),
-    heartbeatInterval:
-      values.heartbeat === '0' ? 0 : durationOption('--heartbeat', values.heartbeat, DEFAULT_HEARTBEAT_INTERVAL),
+    heartbeatInterval: heartbeatOption(values.heartbeat),
     logger,
   });
   const address = await bridgeServer.listen(listen);

@@ -2,7 +2,9 @@
  * What the commands of the applications (tunnel, bridge) share: option parsing for addresses,
  * sizes and log levels, and the graceful stop on SIGTERM/SIGINT.
  */
+import { DEFAULT_HEARTBEAT_INTERVAL } from '../apps/shared/heartbeat.ts';
 import type { LogLevel } from '../apps/shared/log.ts';
+import { durationOption } from '../apps/tunnel/timeout.ts';
 
 export function hostPort(value: string, name: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
@@ -56,4 +58,10 @@ export function onSignals(stop: () => Promise<void>): void {
   };
   process.once('SIGTERM', handler);
   process.once('SIGINT', handler);
+}
+
+/** `--heartbeat`: a duration such as `30s`, or `0` (off). */
+export function heartbeatOption(value: string | undefined): number {
+  if (value === '0') return 0;
+  return durationOption('--heartbeat', value, DEFAULT_HEARTBEAT_INTERVAL);
 }

@@ -4,11 +4,10 @@
  */
 import { parseArgs } from 'node:util';
 import type { UpgradeRequest } from '../../transports/types.ts';
-import { DEFAULT_HEARTBEAT_INTERVAL } from '../apps/shared/heartbeat.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
 import { type UpstreamChoice, WsProxy } from '../apps/wsproxy/proxy.ts';
-import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
+import { heartbeatOption, hostPort, logLevel, onSignals, parseSize } from './common.ts';
 
 export const WSPROXY_USAGE = `usage:
   duplexwire wsproxy --upstream ws://127.0.0.1:9000/ [--listen 127.0.0.1:8082] [--path /ws]
@@ -90,10 +89,4 @@ export async function wsproxy(args: string[]): Promise<void> {
   });
   await proxy.listen(hostPort(values.listen, '--listen'));
   onSignals(() => proxy.close());
-}
-
-/** `--heartbeat`: a duration such as `30s`, or `0` (off). */
-function heartbeatOption(value: string | undefined): number {
-  if (value === '0') return 0;
-  return durationOption('--heartbeat', value, DEFAULT_HEARTBEAT_INTERVAL);
 }

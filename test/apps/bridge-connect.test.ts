@@ -259,3 +259,12 @@ test('subprotocols: the backend picks one of those offered with x-bridge-protoco
   // The backend heard that the connection it accepted with a bad choice never opened.
   await backend.waitFor((r) => r.event === 'close' && r.json<{ code: number }>().code === 1006);
 });
+
+test('a malformed subprotocol offer is refused with 400 before the backend is asked', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend);
+  for (const offer of ['a, a', 'a,,b', 'bad token', '']) {
+    assert.equal(await upgradeStatus(bridge.wsUrl, { 'sec-websocket-protocol': offer }), 400, JSON.stringify(offer));
+  }
+  assert.equal(backend.events('connect').length, 0);
+});

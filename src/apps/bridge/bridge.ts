@@ -23,7 +23,7 @@ import {
 } from '../shared/endpoint.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKED } from '../shared/heartbeat.ts';
 import { jsonLogger } from '../shared/log.ts';
-import { offeredProtocols } from '../shared/websocket.ts';
+import { parseProtocolOffer } from '../shared/websocket.ts';
 import { type BackendAnswer, BackendError, type EventRequest, postEvent } from './backend.ts';
 import { MIN_SECRET_BYTES, SIGNATURE_HEADER, verifySignature } from './signature.ts';
 
@@ -399,6 +399,9 @@ export class WsHttpBridge {
     if (this.connections.size + this.deciding + this.accepted.size >= this.options.maxConnections) {
       return refuse(503, 'too many connections');
     }
+    // A malformed subprotocol offer is the client's error: refused before the backend is asked.
+    const offered = parseProtocolOffer(request.headers['sec-websocket-protocol']);
+    if (offered === undefined) return refuse(400, 'malformed Sec-WebSocket-Protocol');
     const id = nanoid();
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(request.headers)) {
@@ -450,7 +453,7 @@ export class WsHttpBridge {
       this.logger.info('connect refused', { id, status: answer.status });
       return refused ? refuse(answer.status, 'refused by the backend') : refuse(502, 'the backend failed');
     }
-    if (answer.protocol !== '' && !offeredProtocols(request).includes(answer.protocol)) {
+    if (answer.protocol !== '' && !offered.includes(answer.protocol)) {
       this.metrics.events.inc({ event: 'connect', result: 'failed' });
       this.logger.warn('the backend chose a subprotocol the client did not offer', { id });
       this.sendOrphanClose(id, 'the backend chose a subprotocol the client did not offer');

@@ -1,12 +1,8 @@
 /**
- * What the proxy checks in a client's upgrade request before it dials anything: the request
- * target (which an `upstream` function may append to a base URL) and the subprotocol offer (which
- * is offered to the upstream again). A request failing either is the client's error (400), never
- * an upstream failure.
+ * What the proxy checks in a client's request target before it dials anything (an `upstream`
+ * function may append it to a base URL). A request failing it is the client's error (400), never
+ * an upstream failure. (The subprotocol offer is checked by `parseProtocolOffer`, shared/websocket.ts.)
  */
-
-/** A subprotocol name: an RFC 7230 §3.2.6 token (RFC 6455 §4.1, §11.3.4), as ws checks it. */
-const TOKEN = /^[!#$%&'*+\-.0-9A-Z^_`|a-z~]+$/;
 
 /** Percent-encoded `.`, `/` and `\`, either case: what can hide a dot segment or a separator. */
 const HIDING = /%(?:2e|2f|5c)/gi;
@@ -30,22 +26,4 @@ export function hasDotSegment(path: string): boolean {
     if (name === '.' || name === '..') return true;
   }
   return false;
-}
-
-/**
- * The subprotocols a client offered (`Sec-WebSocket-Protocol`), in its order ([] for no header),
- * or undefined for a malformed offer: an element that is not a token, an empty one, or a
- * duplicate. The same rules as ws's server (`lib/subprotocol.js`), which would answer such a
- * request 400 only after the proxy dialed the upstream, and ws's client, which throws on them.
- */
-export function parseProtocolOffer(header: string | undefined): string[] | undefined {
-  if (header === undefined) return [];
-  // A Set: the header may hold thousands of elements.
-  const offered = new Set<string>();
-  for (const element of header.split(',')) {
-    const token = element.replace(/^[ \t]+|[ \t]+$/g, '');
-    if (!TOKEN.test(token) || offered.has(token)) return undefined;
-    offered.add(token);
-  }
-  return [...offered];
 }

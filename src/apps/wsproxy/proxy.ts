@@ -33,7 +33,8 @@ import {
 } from '../shared/endpoint.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKED } from '../shared/heartbeat.ts';
 import { jsonLogger } from '../shared/log.ts';
-import { hasDotSegment, parseProtocolOffer } from './handshake.ts';
+import { parseProtocolOffer } from '../shared/websocket.ts';
+import { hasDotSegment } from './handshake.ts';
 
 /** @default 10 s */
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10_000;
