@@ -25,16 +25,16 @@
  *   projected ratio is (busiest direct process's CPU per request) / (busiest tunnel process's).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Agent, createServer, request } from 'node:http';
-import { type AddressInfo, connect, createServer as createTcpServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { generateToken, tokenDigest } from '../src/apps/tunnel/tokens.ts';
 import { staleBuild } from './dist-check.ts';
+import { cpuMs, runRelay } from './procs.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SMALL = Buffer.from('{"hello":"world"}');
@@ -51,22 +51,6 @@ async function runTarget(): Promise<void> {
     res.end(body);
   });
   server.keepAliveTimeout = 60_000;
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
-}
-
-/** A TCP relay, in its own process: every connection is piped to `port`, byte for byte. */
-async function runRelay(port: number): Promise<void> {
-  const server = createTcpServer((user) => {
-    const upstream = connect(port, '127.0.0.1');
-    user.setNoDelay(true);
-    upstream.setNoDelay(true);
-    user.pipe(upstream).pipe(user);
-    user.on('error', () => upstream.destroy());
-    upstream.on('error', () => user.destroy());
-    user.on('close', () => upstream.destroy());
-    upstream.on('close', () => user.destroy());
-  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
 }
@@ -108,21 +92,6 @@ function start(args: string[]): Child {
       }
     },
   };
-}
-
-const CLOCK_TICK_MS = 10; // USER_HZ is 100 on every Linux this runs on
-
-/** CPU time (ms) a child process has used so far, or undefined where /proc is not there. */
-function cpuMs(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    // Fields after the command name (which may hold spaces, so split after its closing paren).
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_MS; // utime + stime
-  } catch {
-    return undefined;
-  }
 }
 
 interface Result {

@@ -13,17 +13,16 @@
  * /proc/<pid>/stat). No goal is asserted: the output is the ratio to http-proxy and to direct.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { type AddressInfo, connect, createServer as createTcpServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import httpProxy from 'http-proxy';
 import { WebSocket, WebSocketServer } from 'ws';
 import { staleBuild } from './dist-check.ts';
+import { cpuMs, runRelay } from './procs.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLOCK_TICK_MS = 10; // USER_HZ is 100 on Linux
 
 /** The upstream, in its own process: echoes every message with its type. */
 async function runUpstream(): Promise<void> {
@@ -39,22 +38,6 @@ async function runHttpProxy(port: number): Promise<void> {
   proxy.on('error', () => {});
   const server = createServer((req, res) => proxy.web(req, res));
   server.on('upgrade', (req, socket, head) => proxy.ws(req, socket, head));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
-}
-
-/** A TCP relay in front of `port`: bytes piped both ways, nothing parsed. */
-async function runRelay(port: number): Promise<void> {
-  const server = createTcpServer((user) => {
-    const upstream = connect(port, '127.0.0.1');
-    user.setNoDelay(true);
-    upstream.setNoDelay(true);
-    user.pipe(upstream).pipe(user);
-    user.on('error', () => upstream.destroy());
-    upstream.on('error', () => user.destroy());
-    user.on('close', () => upstream.destroy());
-    upstream.on('close', () => user.destroy());
-  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
 }
@@ -80,17 +63,6 @@ async function start(args: string[], pattern: RegExp): Promise<{ proc: ChildProc
     proc.stderr!.on('data', feed);
     proc.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}: ${text}`)));
   });
-}
-
-function cpuMs(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_MS;
-  } catch {
-    return undefined;
-  }
 }
 
 interface Reading {
