@@ -246,3 +246,46 @@ test('messages a client sends after a failure, before it reads the 1011, count a
   assert.equal(backend.events('message', id).length, 1);
   assert.equal(close!.json<{ dropped: number }>().dropped, 5, 'every message never posted is counted');
 });
+
+test('maxBackendRequests: at most that many POSTs at once over all connections; the others wait their turn', async (t) => {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const backend = await startBackend(t, async (req) => {
+    if (req.event === 'message') await held;
+    return { status: 204 };
+  });
+  const bridge = await startBridge(t, backend, { maxBackendRequests: 2, backendTimeout: 5_000 });
+  const clients = await Promise.all([1, 2, 3, 4].map(() => connected(t, backend, bridge)));
+  for (const [i, { client }] of clients.entries()) client.ws.send(`from ${i}`);
+  await backend.waitFor((r) => r.event === 'message', 2);
+  await delay(200);
+  assert.equal(backend.events('message').length, 2, 'two sent, two waiting');
+  assert.equal(backend.maxInFlight, 2);
+  release();
+  await backend.waitFor((r) => r.event === 'message', 4);
+  assert.equal(backend.maxInFlight, 2);
+  assert.deepEqual(
+    backend
+      .events('message')
+      .map((r) => r.body.toString())
+      .sort(),
+    ['from 0', 'from 1', 'from 2', 'from 3'],
+  );
+});
+
+test('maxBackendRequests: a POST that waits longer than backendTimeout for its turn fails like a timeout (1011)', async (t) => {
+  const backend = await startBackend(t, (req) => (req.event === 'message' ? undefined : { status: 204 }));
+  const bridge = await startBridge(t, backend, { maxBackendRequests: 1, backendTimeout: 500 });
+  const [a, b, c] = await Promise.all([1, 2, 3].map(() => connected(t, backend, bridge)));
+  // a holds the only turn until its POST times out; b waits and gets it then; c, behind b, waits
+  // longer than backendTimeout and gives up without being sent.
+  a!.client.ws.send('a');
+  await backend.waitFor((r) => r.event === 'message');
+  b!.client.ws.send('b');
+  c!.client.ws.send('c');
+  assert.equal((await c!.client.closed).code, 1011);
+  assert.equal(backend.events('message', c!.id).length, 0, 'c was never sent');
+  assert.equal((await a!.client.closed).code, 1011, 'a timed out');
+});

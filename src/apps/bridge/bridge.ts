@@ -37,6 +37,8 @@ export const DEFAULT_BRIDGE_MAX_CONNECTIONS = 10_000;
 export const DEFAULT_MAX_QUEUED_MESSAGES = 32;
 /** Bytes of one connection's messages waiting for the backend before reading it pauses. @default 1 MiB */
 export const DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024;
+/** POSTs to the backend at once. @default 256 */
+export const DEFAULT_MAX_BACKEND_REQUESTS = 256;
 /** Bytes queued toward one client; a callback finding more closes it (1008). @default 8 MiB */
 export const DEFAULT_BRIDGE_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** How long `close()` waits for the close events of the connections it closes. @default 10 s */
@@ -93,6 +95,12 @@ export interface WsHttpBridgeOptions {
   /** Bytes queued toward one client; a callback finding more closes the client (1008). @default 8 MiB */
   readonly maxBufferedBytes?: number;
   /**
+   * POSTs to the backend at once, over all connections (each connection has at most one); more
+   * wait their turn, for up to `backendTimeout`. Without a bound, 10,000 busy connections would
+   * be 10,000 concurrent requests (and as many TCP connections) to the backend. @default 256
+   */
+  readonly maxBackendRequests?: number;
+  /**
    * Every client is pinged this often (ms), and dropped when nothing (a message, a pong) came from
    * it for twice as long: a client that vanished without closing (lost network, dead host) would
    * otherwise hold its connection, and its slot under `maxConnections`, until TCP gives up. Its
@@ -123,6 +131,7 @@ interface Resolved {
   readonly maxQueuedMessages: number;
   readonly maxQueuedBytes: number;
   readonly maxBufferedBytes: number;
+  readonly maxBackendRequests: number;
   readonly requireSignedCallbacks: boolean;
   readonly drainTimeout: number;
   readonly heartbeatInterval: number;
@@ -174,6 +183,7 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
     maxQueuedMessages: positiveInteger('maxQueuedMessages', options.maxQueuedMessages, DEFAULT_MAX_QUEUED_MESSAGES),
     maxQueuedBytes: positiveInteger('maxQueuedBytes', options.maxQueuedBytes, DEFAULT_MAX_QUEUED_BYTES),
     maxBufferedBytes: positiveInteger('maxBufferedBytes', options.maxBufferedBytes, DEFAULT_BRIDGE_MAX_BUFFERED_BYTES),
+    maxBackendRequests: positiveInteger('maxBackendRequests', options.maxBackendRequests, DEFAULT_MAX_BACKEND_REQUESTS),
     requireSignedCallbacks: options.requireSignedCallbacks ?? false,
     drainTimeout: positiveInteger('drainTimeout', options.drainTimeout, DEFAULT_BRIDGE_DRAIN_TIMEOUT),
     heartbeatInterval:
@@ -275,6 +285,9 @@ export class WsHttpBridge {
   private deciding = 0;
   /** POSTs to the backend under way. */
   private readonly inflight = new Set<Promise<BackendAnswer>>();
+  /** POSTs being sent now (at most `maxBackendRequests`), and those waiting for their turn. */
+  private sending = 0;
+  private readonly turns: Array<() => void> = [];
   /** Aborts what is still being posted when `close()` gives up waiting. */
   private readonly stopping = new AbortController();
   private readonly endpoint: Endpoint;
@@ -383,13 +396,61 @@ export class WsHttpBridge {
 
   /** Posts an event to the backend, tracked (for `close()`) and aborted when the bridge stops. */
   private post(request: EventRequest): Promise<BackendAnswer> {
-    const posting = postEvent(this.options.backend, request, this.stopping.signal);
+    const posting = this.turn().then(() =>
+      postEvent(this.options.backend, request, this.stopping.signal).finally(() => this.nextTurn()),
+    );
     this.inflight.add(posting);
     posting.then(
       () => this.inflight.delete(posting),
       () => this.inflight.delete(posting),
     );
     return posting;
+  }
+
+  /**
+   * Resolves when this POST may be sent (`maxBackendRequests`); rejects with BackendError
+   * `timeout` after `backendTimeout` of waiting, or `aborted` when the bridge stops.
+   */
+  private turn(): Promise<void> {
+    if (this.sending < this.options.maxBackendRequests && this.turns.length === 0) {
+      this.sending++;
+      return Promise.resolve();
+    }
+    const stop = this.stopping.signal;
+    return new Promise<void>((resolve, reject) => {
+      const leave = (error: BackendError): void => {
+        const index = this.turns.indexOf(go);
+        if (index >= 0) this.turns.splice(index, 1);
+        clearTimeout(timer);
+        stop.removeEventListener('abort', onStop);
+        reject(error);
+      };
+      const timer = setTimeout(
+        () =>
+          leave(new BackendError('timeout', `no turn to reach the backend within ${this.options.backend.timeout} ms`)),
+        this.options.backend.timeout,
+      );
+      timer.unref();
+      const onStop = (): void => leave(new BackendError('aborted', 'the bridge stopped'));
+      const go = (): void => {
+        clearTimeout(timer);
+        stop.removeEventListener('abort', onStop);
+        this.sending++;
+        resolve();
+      };
+      if (stop.aborted) {
+        onStop();
+        return;
+      }
+      stop.addEventListener('abort', onStop, { once: true });
+      this.turns.push(go);
+    });
+  }
+
+  /** A POST ended: the next one waiting goes. */
+  private nextTurn(): void {
+    this.sending--;
+    this.turns.shift()?.();
   }
 
   // ------------------------------------------------------------------ connect
