@@ -251,6 +251,8 @@ export class Client extends Emitter<ClientEvents> {
   #wakeLoop: (() => void) | undefined;
   #heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
   #watchTimer: ReturnType<typeof setInterval> | undefined;
+  /** Request ids go on across connections (PROTOCOL.md §2): where the next connection starts. */
+  #nextRequestId = 1;
   #currentSession: Session | null = null;
   /**
    * The connection of the attempt in progress (handshake, session restore), from the moment its
@@ -645,6 +647,7 @@ export class Client extends Emitter<ClientEvents> {
           else if (message.kind === 'session-closed') this.#persist(() => this.#forgetSession());
         },
         closed: (code, reason) => {
+          if (peer !== undefined) this.#nextRequestId = Math.max(this.#nextRequestId, peer.nextRequestId);
           if (this.#peer === peer) {
             this.#peer = undefined;
             this.#server = undefined;
@@ -657,6 +660,7 @@ export class Client extends Emitter<ClientEvents> {
         },
       },
     );
+    peer.nextRequestId = this.#nextRequestId;
     peerHandlers = peer.socketHandlers();
     this.#attempt = { peer, lost };
 

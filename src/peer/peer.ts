@@ -173,6 +173,20 @@ export class Peer {
   }
 
   /**
+   * The id the next request gets. A client sets it on each new connection's engine from where the
+   * last one stopped, and reads it back when that one ends: ids are not reset by a reconnect
+   * (PROTOCOL.md §2, as the WebWire Go client does), so a request id names one request in a
+   * client's whole life, in its logs and in the server's.
+   */
+  get nextRequestId(): number {
+    return this.#nextId;
+  }
+
+  set nextRequestId(id: number) {
+    this.#nextId = id;
+  }
+
+  /**
    * What `socketHandlers()` returns: methods on a prototype, not four closures made for each
    * connection and kept for its whole life (bench/RESULTS.md, memory). Declared inside Peer so
    * that it may call Peer's private methods.

@@ -5,7 +5,10 @@
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
 import { test } from 'node:test';
-import { encodeSessionCreated } from '../../protocol/encode.ts';
+import { decode, idToNumber } from '../../protocol/decode.ts';
+import { encodeReply, encodeSessionCreated } from '../../protocol/encode.ts';
+import { utf8 } from '../../protocol/payload.ts';
+import { wsClientTransport } from '../../transports/ws.ts';
 import { DisconnectedError } from '../../src/errors.ts';
 import { connectClient, delay, waitFor } from '../helpers.ts';
 import { acceptConf, outcome, type RawConnection, rawServer } from '../conformance/client/helpers.ts';
@@ -139,4 +142,30 @@ test('close() stops the serverTimeout ping timer', async (t) => {
   await bounded(client.close(), 1_000, 'client.close()');
   timers.freeze();
   await waitFor(() => timers.live() === 0, 500, 'the client timers to go');
+});
+
+// PROTOCOL.md §2: request ids are a counter that a reconnect does not reset.
+test('request ids go on across reconnects: a request id names one request in the client life', async (t) => {
+  const ids: number[] = [];
+  const server = await rawServer(t, async (conn) => {
+    conn.send(acceptConf({ minor: 0 }));
+    for (;;) {
+      const message = decode(await conn.next(5_000));
+      if (message.kind !== 'request') continue;
+      ids.push(idToNumber(message.id));
+      conn.send(encodeReply(message.id, message.payload));
+      // The first connection ends after two requests: the client reconnects.
+      if (server.connections.length === 1 && ids.length === 2) conn.ws.close(1001, 'restart');
+    }
+  });
+  const client = await connectClient(t, server.url, {
+    transport: wsClientTransport(),
+    reconnect: { initialDelay: 10, maxDelay: 20 },
+    protocolMinor: 0,
+  });
+  await client.request('a', utf8('1'));
+  await client.request('b', utf8('2'));
+  await waitFor(() => server.connections.length === 2 && client.isConnected, 3_000, 'the reconnection');
+  await client.request('c', utf8('3'));
+  assert.deepEqual(ids, [1, 2, 3]);
 });
