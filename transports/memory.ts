@@ -139,6 +139,8 @@ class MemorySocket implements TransportSocket {
     if (this.#closing) return;
     this.#closing = true;
     this.peer.#enqueue({ kind: 'close', code, reason: truncateUtf8(reason, MAX_CLOSE_REASON_BYTES) });
+    // The peer's answer to the close must be read for the handshake to end (as on a network).
+    this.resume();
   }
 
   terminate(): void {

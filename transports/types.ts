@@ -61,6 +61,8 @@ export interface TransportSocket {
   /**
    * Starts the closing handshake. Safe to call more than once and after the socket closed. `code`
    * must be a sendable close code (1000, 1001, 1002, 1003, 1007-1014, 3000-4999), else RangeError.
+   * A paused socket reads again: the handshake ends with the peer's close frame, which a socket
+   * that does not read would never see (messages that arrive before it are delivered as usual).
    */
   close(code: number, reason: string): void;
   /** Destroys the connection at once, without a closing handshake. Safe to call at any time. */

@@ -405,6 +405,8 @@ class WsTransportSocket implements TransportSocket {
     if (state === WebSocket.CLOSING || state === WebSocket.CLOSED) return;
     this.#ownerClosed = true;
     this.#ws.close(code, truncateUtf8(reason, MAX_CLOSE_REASON_BYTES));
+    // Paused, ws would not read the peer's close frame, and the close would end by its 30 s timer.
+    this.#ws.resume();
   }
 
   terminate(): void {

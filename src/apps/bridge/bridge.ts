@@ -682,11 +682,10 @@ export class WsHttpBridge {
       conn.failed = true;
       this.logger.warn('message event failed; closing the client', { id: conn.id, failure });
       if (conn.ended === undefined) {
-        // A paused socket would not read the client's close frame, and the close would wait for
-        // ws's 30 s close timer. What the client sends meanwhile is counted as dropped (`received`).
+        // The transport reads a paused socket again to finish the handshake, and the heartbeat
+        // watches it again. What the client sends meanwhile is counted as dropped (`received`).
         if (conn.paused) {
           conn.paused = false;
-          conn.socket.resume();
           conn.beat.resume();
         }
         conn.socket.close(1011, 'backend error');

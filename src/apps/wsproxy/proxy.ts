@@ -654,13 +654,13 @@ function resumeSide(socket: TransportSocket, beat: HeartbeatTracking): void {
 }
 
 /**
- * Closes one side of a link, reading it again first: the proxy may have paused it (backpressure,
- * or not linked yet), and a paused socket never reads the peer's answer to the close, which would
- * then wait for ws's 30 s close timer (the heartbeat, watching it again, drops it sooner when it
- * vanished). What the side still sends is dropped (`link.closing`).
+ * Closes one side of a link. The proxy may have paused it (backpressure, or not linked yet): the
+ * transport reads it again to finish the closing handshake, and the heartbeat watches it again,
+ * so that a side that vanished is dropped rather than waited for. What the side still sends is
+ * dropped (`link.closing`).
  */
 function closeSide(socket: TransportSocket, beat: HeartbeatTracking, code: number, reason: string): void {
-  resumeSide(socket, beat);
+  beat.resume();
   socket.close(code, reason);
 }
 
