@@ -497,26 +497,33 @@ export class Peer {
     } catch (error) {
       return Promise.reject(error);
     }
-    return new Promise<Payload>((resolve, reject) => {
-      const entry: PendingRequest = { resolve, reject, name, timeout, signal, onAbort: undefined };
-      this.#pending ??= new Map();
-      this.#pending.set(id, entry);
-      if (timeout > 0) {
-        this.#deadlines ??= new Deadlines((expired) => this.#timedOut(expired));
-        this.#deadlines.add(id, timeout, performance.now());
-      }
-      if (signal !== undefined) {
-        entry.onAbort = () => {
-          if (this.#takePending(id) === undefined) return;
-          this.#sendCancel(id);
-          reject(new CanceledError(`request ${quote(name)} was aborted`, { cause: signal.reason }));
-        };
-        signal.addEventListener('abort', entry.onAbort, { once: true });
-      }
-      if (this.sendRaw(bytes) === 'dropped' && this.#takePending(id) !== undefined) {
-        reject(new DisconnectedError(`request ${quote(name)} could not be sent: the connection is closed`));
-      }
+    // `bytes` is sent from here, not from inside a closure: a variable any closure uses lives in
+    // the function's context, which the pending request keeps (its abort listener, its promise
+    // executor) until it settles, and with it the whole message, payload included, long after it
+    // was written.
+    let entry!: PendingRequest;
+    const reply = new Promise<Payload>((resolve, reject) => {
+      entry = { resolve, reject, name, timeout, signal, onAbort: undefined };
     });
+    this.#pending ??= new Map();
+    this.#pending.set(id, entry);
+    if (timeout > 0) {
+      this.#deadlines ??= new Deadlines((expired) => this.#timedOut(expired));
+      this.#deadlines.add(id, timeout, performance.now());
+    }
+    if (signal !== undefined) {
+      const pending = entry;
+      pending.onAbort = () => {
+        if (this.#takePending(id) === undefined) return;
+        this.#sendCancel(id);
+        pending.reject(new CanceledError(`request ${quote(name)} was aborted`, { cause: signal.reason }));
+      };
+      signal.addEventListener('abort', pending.onAbort, { once: true });
+    }
+    if (this.sendRaw(bytes) === 'dropped' && this.#takePending(id) !== undefined) {
+      entry.reject(new DisconnectedError(`request ${quote(name)} could not be sent: the connection is closed`));
+    }
+    return reply;
   }
 
   #timedOut(id: number): void {
