@@ -89,9 +89,27 @@ function writeAscii(out: Uint8Array, offset: number, text: string): void {
 }
 
 /**
+ * A message as two pieces to be sent back to back as one WebSocket message: `head` (the type, id,
+ * name and padding) and the payload's bytes themselves, not copied. For large payloads on
+ * transports that can write several buffers as one message (`TransportSocket.sendParts`): the
+ * payload is then written from where it already is. `joinParts` makes one message of them.
+ */
+export type MessageParts = readonly [head: Uint8Array, payload: Uint8Array];
+
+/** The two pieces as one message (for a transport that sends single buffers). */
+export function joinParts(parts: MessageParts): Uint8Array {
+  const [head, payload] = parts;
+  const out = allocate(head.length + payload.length);
+  out.set(head, 0);
+  out.set(payload, head.length);
+  return out;
+}
+
+/**
  * Shared layout of signals and requests: `prefix` bytes (type, and the id for requests), the name
  * length, the name, a padding byte for UTF-16 after an odd-length name (even with no payload, so
- * the message length stays even), then the payload.
+ * the message length stays even), then the payload: all in one buffer, or, with `split`, the
+ * payload left where it is ({@link MessageParts}).
  */
 function encodeNamed(
   prefix: number,
@@ -99,7 +117,8 @@ function encodeNamed(
   id: RequestIdInput | null,
   name: string,
   payload: Payload,
-): Uint8Array {
+  split: boolean,
+): Uint8Array | MessageParts {
   assertValidName(name);
   assertUtf16Even(payload);
   if (name.length === 0 && payload.data.length === 0) {
@@ -107,37 +126,67 @@ function encodeNamed(
   }
   const pad = payload.encoding === 'utf16' ? name.length & 1 : 0;
   const start = prefix + 1 + name.length + pad;
-  const out = allocate(start + payload.data.length);
+  const out = allocate(split ? start : start + payload.data.length);
   out[0] = type;
   if (id !== null) writeId(out, 1, id);
   out[prefix] = name.length;
   writeAscii(out, prefix + 1, name);
+  if (split) return [out, payload.data];
   out.set(payload.data, start);
   return out;
+}
+
+function requestType(payload: Payload): number {
+  return T.REQUEST_BINARY + ENCODING_OFFSET[payload.encoding];
 }
 
 /** Request (127/128/129): type, id, name length, name, [pad], payload. */
 export function encodeRequest(id: RequestIdInput, name: string, payload: Payload): Uint8Array {
-  return encodeNamed(1 + ID_LENGTH, T.REQUEST_BINARY + ENCODING_OFFSET[payload.encoding], id, name, payload);
+  return encodeNamed(1 + ID_LENGTH, requestType(payload), id, name, payload, false) as Uint8Array;
+}
+
+/** {@link encodeRequest} as {@link MessageParts}: the same bytes, the payload not copied. */
+export function encodeRequestParts(id: RequestIdInput, name: string, payload: Payload): MessageParts {
+  return encodeNamed(1 + ID_LENGTH, requestType(payload), id, name, payload, true) as MessageParts;
+}
+
+function signalType(payload: Payload): number {
+  if (payload.encoding === 'utf16' && payload.data.length === 0) {
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 signal must carry at least one code unit');
+  }
+  return T.SIGNAL_BINARY + ENCODING_OFFSET[payload.encoding];
 }
 
 /** Signal (63/64/65): type, name length, name, [pad], payload. A UTF-16 signal needs a payload. */
 export function encodeSignal(name: string, payload: Payload): Uint8Array {
-  if (payload.encoding === 'utf16' && payload.data.length === 0) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 signal must carry at least one code unit');
-  }
-  return encodeNamed(1, T.SIGNAL_BINARY + ENCODING_OFFSET[payload.encoding], null, name, payload);
+  return encodeNamed(1, signalType(payload), null, name, payload, false) as Uint8Array;
+}
+
+/** {@link encodeSignal} as {@link MessageParts}: the same bytes, the payload not copied. */
+export function encodeSignalParts(name: string, payload: Payload): MessageParts {
+  return encodeNamed(1, signalType(payload), null, name, payload, true) as MessageParts;
+}
+
+/** Reply (191/192/193): type, id, [pad at offset 9 for UTF-16], then the payload (or left apart, with `split`). */
+function encodeReplyAs(id: RequestIdInput, payload: Payload, split: boolean): Uint8Array | MessageParts {
+  assertUtf16Even(payload);
+  const start = payload.encoding === 'utf16' ? 10 : 9;
+  const out = allocate(split ? start : start + payload.data.length);
+  out[0] = T.REPLY_BINARY + ENCODING_OFFSET[payload.encoding];
+  writeId(out, 1, id);
+  if (split) return [out, payload.data];
+  out.set(payload.data, start);
+  return out;
 }
 
 /** Reply (191/192/193): type, id, [pad at offset 9 for UTF-16], payload. Empty payloads are legal. */
 export function encodeReply(id: RequestIdInput, payload: Payload): Uint8Array {
-  assertUtf16Even(payload);
-  const start = payload.encoding === 'utf16' ? 10 : 9;
-  const out = allocate(start + payload.data.length);
-  out[0] = T.REPLY_BINARY + ENCODING_OFFSET[payload.encoding];
-  writeId(out, 1, id);
-  out.set(payload.data, start);
-  return out;
+  return encodeReplyAs(id, payload, false) as Uint8Array;
+}
+
+/** {@link encodeReply} as {@link MessageParts}: the same bytes, the payload not copied. */
+export function encodeReplyParts(id: RequestIdInput, payload: Payload): MessageParts {
+  return encodeReplyAs(id, payload, true) as MessageParts;
 }
 
 /** ReplyError (0): type, id, code length, code, UTF-8 message. */

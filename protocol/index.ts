@@ -14,12 +14,17 @@ export {
   encodeHeartbeat,
   encodeReply,
   encodeReplyError,
+  encodeReplyParts,
   encodeRequest,
+  encodeRequestParts,
   encodeRestoreSession,
   encodeSessionClosed,
   encodeSessionCreated,
   encodeSignal,
+  encodeSignalParts,
   encodeSpecialReply,
+  joinParts,
+  type MessageParts,
   type RequestIdInput,
 } from './encode.ts';
 export { PROTOCOL_ERROR_CLOSE_CODES, ProtocolError, type ProtocolErrorCode } from './errors.ts';

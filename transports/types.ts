@@ -46,6 +46,13 @@ export interface TransportSocket {
    * modify it afterwards (encoding once and sending the same bytes to many sockets is fine).
    */
   send(data: Uint8Array): SendResult;
+  /**
+   * Optional: sends one binary message made of `head` followed by `body`, without joining them
+   * first: a large payload is written from where it is instead of being copied into a message
+   * buffer. Same result and ownership rule as `send`, for both arrays. Adapters that cannot write
+   * several buffers as one message leave it out, and the owner joins the two and calls `send`.
+   */
+  sendParts?(head: Uint8Array, body: Uint8Array): SendResult;
   /** Sends one text message (used by applications that forward raw WebSocket traffic). */
   sendText(data: string): SendResult;
   /**

@@ -36,6 +36,7 @@ import {
   truncateUtf8,
 } from './close-frame.ts';
 import { chooseProtocol } from './handshake.ts';
+import { clientFrame, releaseFrameBuffer, serverFrameStart } from './ws-frame.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
   ClientConnectOptions,
@@ -171,6 +172,13 @@ function toUint8Array(data: RawData): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
+function joinBuffers(head: Uint8Array, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head, 0);
+  out.set(body, head.length);
+  return out;
+}
+
 /**
  * Set on the ws WebSocket and on the TCP socket under it, pointing to their adapter: their
  * listeners are then functions shared by every connection rather than closures made for each,
@@ -237,11 +245,15 @@ class WsTransportSocket implements TransportSocket {
   #corked = false;
   /** Server side: the accepted WebSockets of the transport's run, left on close. */
   readonly #live: Set<WebSocket> | undefined;
+  /** Client side: frames this end writes itself are masked (RFC 6455 §5.3). */
+  readonly #masked: boolean;
   /** Client side: the server chose no subprotocol, which ws was told otherwise (`acceptNoProtocol`). */
   #noProtocol = false;
 
   constructor(ws: WebSocket, highWaterMark: number, open: boolean, live?: Set<WebSocket>) {
     this.#ws = ws;
+    // Server sockets are created open, client sockets before their handshake; only clients mask.
+    this.#masked = !open;
     this.#highWaterMark = highWaterMark;
     this.#effectiveHighWaterMark = highWaterMark;
     this.#open = open;
@@ -342,6 +354,29 @@ class WsTransportSocket implements TransportSocket {
     this.#cork();
     // No callback: this is the hot path and failures surface as 'error' + 'close' anyway.
     this.#ws.send(data, { binary: true });
+    return this.#afterSend();
+  }
+
+  /**
+   * One binary message from two buffers, framed here rather than by ws (see ws-frame.ts): the
+   * payload is written where it is (server) or masked straight into a pooled frame buffer
+   * (client), never copied into a message buffer first. The frame goes through the same socket,
+   * corked with ws's own frames, so the order of messages is kept: ws writes every frame at once
+   * (nothing of ours is queued inside ws: no compression, no Blobs).
+   */
+  sendParts(head: Uint8Array, body: Uint8Array): SendResult {
+    if (this.#ws.readyState !== WebSocket.OPEN) return 'dropped';
+    const net = this.#net;
+    if (net === undefined) return this.send(joinBuffers(head, body));
+    this.#cork();
+    if (this.#masked) {
+      const { frame, buffer, pooled } = clientFrame(head, body);
+      if (pooled) net.write(frame, (error) => (error == null ? releaseFrameBuffer(buffer) : undefined));
+      else net.write(frame);
+    } else {
+      net.write(serverFrameStart(head, body.length));
+      if (body.length > 0) net.write(body);
+    }
     return this.#afterSend();
   }
 

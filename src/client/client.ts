@@ -7,7 +7,7 @@ import {
   encodeClientConf,
   encodeCloseSession,
   encodeHeartbeat,
-  encodeRequest,
+  encodeRequestParts,
   encodeRestoreSession,
 } from '../../protocol/encode.ts';
 import { encodeUtf8, payloadText } from '../../protocol/payload.ts';
@@ -321,7 +321,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     const peer = this.#peer;
     if (this.#currentState === 'connected' && peer !== undefined) {
-      return peer.request(name, (id) => encodeRequest(id, name, payload), { ...options, timeout });
+      return peer.request(name, (id) => peer.encodeRequest(id, name, payload), { ...options, timeout });
     }
     return this.#enqueue(name, payload, timeout, options.signal);
   }
@@ -760,8 +760,8 @@ export class Client extends Emitter<ClientEvents> {
       return Promise.reject(new QueueFullError(`${this.#waiting.size} requests already wait for a connection`));
     }
     try {
-      // Refuse what can never be sent now, not after the wait.
-      encodeRequest(0, name, payload);
+      // Refuse what can never be sent now, not after the wait (the parts: the payload is not copied).
+      encodeRequestParts(0, name, payload);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -805,7 +805,7 @@ export class Client extends Emitter<ClientEvents> {
       this.#unqueue(entry);
       const remaining = entry.deadline === Infinity ? 0 : Math.max(1, entry.deadline - performance.now());
       peer
-        .request(entry.name, (id) => encodeRequest(id, entry.name, entry.payload), {
+        .request(entry.name, (id) => peer.encodeRequest(id, entry.name, entry.payload), {
           timeout: Math.ceil(remaining),
           ...(entry.signal === undefined ? {} : { signal: entry.signal }),
         })

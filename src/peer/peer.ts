@@ -6,13 +6,7 @@
  * through `PeerHooks`; neither re-implements this.
  */
 import { decode, idToNumber } from '../../protocol/decode.ts';
-import {
-  encodeCancel,
-  encodeReply,
-  encodeReplyError,
-  encodeSignal,
-  encodeSpecialReply,
-} from '../../protocol/encode.ts';
+import { encodeCancel, encodeReplyError, encodeSpecialReply } from '../../protocol/encode.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { toPayload } from '../../protocol/payload.ts';
 import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
@@ -32,6 +26,9 @@ import {
 import type { Logger } from '../logger.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { Deadlines } from './deadlines.ts';
+import { type OutgoingMessage, outgoingReply, outgoingRequest, outgoingSignal, sendOutgoing } from './outgoing.ts';
+
+export type { OutgoingMessage } from './outgoing.ts';
 
 /** A request or signal as handlers see it. `payload.data` is owned by the handler. */
 export interface IncomingMessage {
@@ -370,9 +367,9 @@ export class Peer {
 
   #reply(id: RequestId, value: ReplyValue): void {
     if (this.#state === 'closed') return;
-    let bytes: Uint8Array;
+    let bytes: OutgoingMessage;
     try {
-      bytes = encodeReply(id, toPayload(value));
+      bytes = outgoingReply(this.socket, id, toPayload(value));
     } catch (error) {
       // An illegal reply (odd UTF-16, ...) must not become an empty frame, as in the reference.
       this.settings.logger.error('request handler returned a reply that cannot be sent', { error });
@@ -445,9 +442,9 @@ export class Peer {
    * Sends one encoded message. A send that leaves more than `maxBufferedBytes` queued for a slow
    * peer closes the connection (1008): memory stays bounded whatever the peer does.
    */
-  sendRaw(bytes: Uint8Array): SendResult {
+  sendRaw(message: OutgoingMessage): SendResult {
     if (this.#state === 'closed') return 'dropped';
-    const result = this.socket.send(bytes);
+    const result = sendOutgoing(this.socket, message);
     this.lastSentAt = performance.now();
     if (result === 'backpressure') {
       if (this.socket.bufferedAmount > this.settings.maxBufferedBytes) {
@@ -463,13 +460,18 @@ export class Peer {
     return result;
   }
 
+  /** A request encoded for this socket: its payload not copied when large (outgoing.ts). */
+  encodeRequest(id: number, name: string, payload: Payload): OutgoingMessage {
+    return outgoingRequest(this.socket, id, name, payload);
+  }
+
   /** Sends a signal. Returns false when the connection is not open (nothing was sent). */
   signal(name: string, payload: Payload): boolean {
-    return this.sendSignal(encodeSignal(name, payload));
+    return this.sendSignal(outgoingSignal(this.socket, name, payload));
   }
 
   /** Sends an encoded signal (one encoding may serve many connections: `Server.broadcast`). */
-  sendSignal(bytes: Uint8Array): boolean {
+  sendSignal(bytes: OutgoingMessage): boolean {
     if (this.#state !== 'open') return false;
     return this.sendRaw(bytes) !== 'dropped';
   }
@@ -478,7 +480,7 @@ export class Peer {
    * Sends a request built by `build(id)` and waits for its reply. Used for application requests
    * and for the session requests of the client. Settles exactly once.
    */
-  request(name: string, build: (id: number) => Uint8Array, options: RequestOptions = {}): Promise<Payload> {
+  request(name: string, build: (id: number) => OutgoingMessage, options: RequestOptions = {}): Promise<Payload> {
     if (this.#state !== 'open') {
       return Promise.reject(new DisconnectedError('the connection is closed', { closeCode: this.#closeCode }));
     }
@@ -491,7 +493,7 @@ export class Peer {
       return Promise.reject(error);
     }
     const id = this.#nextId++;
-    let bytes: Uint8Array;
+    let bytes: OutgoingMessage;
     try {
       bytes = build(id);
     } catch (error) {

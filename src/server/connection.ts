@@ -1,7 +1,6 @@
 import {
   encodeReply,
   encodeReplyError,
-  encodeRequest,
   encodeSessionClosed,
   encodeSessionCreated,
   encodeSpecialReply,
@@ -282,7 +281,7 @@ export class Connection {
     if (!this.peer.v21 && this.peer.isOpen) {
       return Promise.reject(new PeerUnsupportedError('the client speaks protocol v2.0 and cannot receive requests'));
     }
-    return this.peer.request(name, (id) => encodeRequest(id, name, payload), options);
+    return this.peer.request(name, (id) => this.peer.encodeRequest(id, name, payload), options);
   }
 
   /**

@@ -11,6 +11,10 @@ import * as nodeAlloc from '../../protocol/alloc.ts';
 import * as browserAlloc from '../../protocol/alloc.browser.ts';
 import * as nodeDeadlines from '../../src/peer/deadlines.ts';
 import * as browserDeadlines from '../../src/peer/deadlines.browser.ts';
+import * as nodeOutgoing from '../../src/peer/outgoing.ts';
+import * as browserOutgoing from '../../src/peer/outgoing.browser.ts';
+import { encodeReply, encodeRequest, encodeSignal } from '../../protocol/encode.ts';
+import type { TransportSocket } from '../../transports/types.ts';
 
 const root = new URL('../../', import.meta.url);
 const pkg = JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { browser: Record<string, string> };
@@ -109,5 +113,60 @@ for (const [which, { Deadlines }] of [
       assert.deepEqual(expired, [1, 2, 5]);
       deadlines.clear();
     });
+  });
+}
+
+/** A socket that records what it is asked to send; with `parts`, it has `sendParts` as the ws adapter does. */
+function recordingSocket(parts: boolean): TransportSocket & { sent: Uint8Array[] } {
+  const sent: Uint8Array[] = [];
+  const join = (head: Uint8Array, body: Uint8Array): Uint8Array => {
+    const out = new Uint8Array(head.length + body.length);
+    out.set(head, 0);
+    out.set(body, head.length);
+    return out;
+  };
+  const record = (data: Uint8Array): 'ok' => {
+    sent.push(data);
+    return 'ok';
+  };
+  return {
+    sent,
+    send: record,
+    ...(parts ? { sendParts: (head: Uint8Array, body: Uint8Array) => record(join(head, body)) } : {}),
+    sendText: () => 'ok',
+    bufferedAmount: 0,
+    pause() {},
+    resume() {},
+    close() {},
+    terminate() {},
+    ping() {},
+    remoteAddress: '',
+  };
+}
+
+for (const [which, outgoing] of [
+  ['node', nodeOutgoing],
+  ['browser', browserOutgoing],
+] as const) {
+  test(`outgoing (${which}): what goes on the wire is the message encodeX makes, small or large`, () => {
+    for (const parts of [false, true]) {
+      for (const size of [0, 10, 1023, 1024, 70_000]) {
+        const socket = recordingSocket(parts);
+        const payload = { encoding: 'binary' as const, data: new Uint8Array(size).fill(size & 0xff) };
+        const named = size === 0 ? 'x' : '';
+        for (const message of [
+          outgoing.outgoingRequest(socket, 7, named, payload),
+          outgoing.outgoingReply(socket, 7, payload),
+          outgoing.outgoingSignal(socket, named, payload),
+        ]) {
+          assert.equal(outgoing.sendOutgoing(socket, message), 'ok');
+        }
+        assert.deepEqual(socket.sent, [
+          encodeRequest(7, named, payload),
+          encodeReply(7, payload),
+          encodeSignal(named, payload),
+        ]);
+      }
+    }
   });
 }

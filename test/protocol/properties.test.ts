@@ -15,8 +15,12 @@ import {
   decode,
   type Encoding,
   encode,
+  encodeReplyParts,
   encodeRequest,
+  encodeRequestParts,
+  encodeSignalParts,
   idToNumber,
+  joinParts,
   type Message,
   MessageType,
   type Payload,
@@ -41,8 +45,9 @@ const SHARE = {
   clientConf: 1,
   bodiless: 1,
   numericIds: 4,
-  decodeArbitrary: 22,
-  reencode: 30,
+  parts: 3,
+  decodeArbitrary: 20,
+  reencode: 29,
 } as const;
 
 function runs(share: keyof typeof SHARE): number {
@@ -258,6 +263,49 @@ describe('decode(encode(m)) equals m', () => {
       { numRuns: runs('numericIds') },
     );
   });
+});
+
+test(`the *Parts encoders give the same bytes in two pieces, the payload not copied (${runs('parts')} runs)`, () => {
+  const arbitrary = fc.oneof(requestArb, signalArb, replyArb);
+  fc.assert(
+    fc.property(arbitrary, (message) => {
+      if (message.kind !== 'request' && message.kind !== 'signal' && message.kind !== 'reply') {
+        assert.fail(`no parts encoder for ${message.kind}`);
+      }
+      const parts =
+        message.kind === 'request'
+          ? encodeRequestParts(message.id, message.name, message.payload)
+          : message.kind === 'signal'
+            ? encodeSignalParts(message.name, message.payload)
+            : encodeReplyParts(message.id, message.payload);
+      assert.equal(parts[1], message.payload.data, 'the payload is passed on, not copied');
+      assert.deepEqual(joinParts(parts), encode(message));
+    }),
+    { numRuns: runs('parts') },
+  );
+});
+
+test('the *Parts encoders refuse what their single-buffer encoders refuse', () => {
+  const utf16Odd: Payload = { encoding: 'utf16', data: new Uint8Array(3) };
+  const empty: Payload = { encoding: 'binary', data: new Uint8Array(0) };
+  for (const [parts, whole] of [
+    [() => encodeRequestParts(1, 'bad\n', empty), () => encodeRequest(1, 'bad\n', empty)],
+    [() => encodeRequestParts(1, '', empty), () => encodeRequest(1, '', empty)],
+    [
+      () => encodeSignalParts('x', { encoding: 'utf16', data: new Uint8Array(0) }),
+      () => encode({ kind: 'signal', name: 'x', payload: { encoding: 'utf16', data: new Uint8Array(0) } }),
+    ],
+    [() => encodeReplyParts(1, utf16Odd), () => encode({ kind: 'reply', id: new Uint8Array(8), payload: utf16Odd })],
+  ] as const) {
+    let expected: unknown;
+    try {
+      whole();
+    } catch (error) {
+      expected = error;
+    }
+    assert.ok(expected instanceof ProtocolError);
+    assert.throws(parts, (error: unknown) => error instanceof ProtocolError && error.code === expected.code);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
