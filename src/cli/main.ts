@@ -14,6 +14,7 @@ import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
 import { Client } from '../client/client.ts';
 import { DuplexwireError } from '../errors.ts';
 import { Server } from '../server/server.ts';
+import { keepHeapHeadroom } from './heap-headroom.ts';
 
 const USAGE = `usage:
   duplexwire demo [--host 127.0.0.1] [--port 8080]
@@ -110,6 +111,8 @@ async function request(args: string[]): Promise<void> {
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
+  // The long-running servers get room between full garbage collections (heap-headroom.ts).
+  if (command === 'demo' || command === 'tunnel' || command === 'bridge' || command === 'wsproxy') keepHeapHeadroom();
   switch (command) {
     case 'demo':
       return demo(rest);
