@@ -661,7 +661,7 @@ export class Client extends Emitter<ClientEvents> {
       },
     );
     peer.nextRequestId = this.#nextRequestId;
-    peerHandlers = peer.socketHandlers();
+    peerHandlers = peer;
     this.#attempt = { peer, lost };
 
     const handshakeDone = new Promise<ServerInfo>((resolve, reject) => {

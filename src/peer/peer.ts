@@ -131,7 +131,7 @@ function inboundKey(id: RequestId): number | string {
   return n >= 0 ? n : Array.prototype.join.call(id, ',');
 }
 
-export class Peer {
+export class Peer implements SocketHandlers {
   readonly socket: TransportSocket;
   readonly settings: PeerSettings;
   readonly #hooks: PeerHooks;
@@ -139,8 +139,11 @@ export class Peer {
   #state: State = 'open';
   /** Set by the owner once both ends speak v2.1: requests toward a client and cancels may be sent. */
   v21 = false;
-  /** While draining, new requests get ReplyShutdown and signals are dropped. */
-  #draining = false;
+  /**
+   * While draining, new requests get ReplyShutdown and signals are dropped. Set by the server's
+   * face (`ServerPeer.drain()`, shutdown); a client never drains.
+   */
+  protected draining = false;
 
   #nextId = 1;
   // Both maps are made on first use: an idle connection (most of a server's) needs neither, and
@@ -156,7 +159,6 @@ export class Peer {
   #queuedBytes = 0;
   #readingPaused = false;
   #sendBlocked = false;
-  #idleWaiters: Array<() => void> = [];
   #closeCode = 0;
   #closeReason = '';
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -186,39 +188,25 @@ export class Peer {
     this.#nextId = id;
   }
 
-  /**
-   * What `socketHandlers()` returns: methods on a prototype, not four closures made for each
-   * connection and kept for its whole life (bench/RESULTS.md, memory). Declared inside Peer so
-   * that it may call Peer's private methods.
-   */
-  static readonly #SocketHandlers = class PeerSocketHandlers implements SocketHandlers {
-    readonly peer: Peer;
+  // ---------------------------------------------------------------- SocketHandlers
+  // The engine is its socket's handlers: no object or closures per connection besides the
+  // engine itself (bench/RESULTS.md, memory). Called by the transport only.
 
-    constructor(peer: Peer) {
-      this.peer = peer;
-    }
+  onMessage(data: Uint8Array, binary: boolean): void {
+    this.#receive(data, binary);
+  }
 
-    onMessage(data: Uint8Array, binary: boolean): void {
-      this.peer.#receive(data, binary);
-    }
+  onDrain(): void {
+    this.#sendBlocked = false;
+    this.#updateReading();
+  }
 
-    onDrain(): void {
-      this.peer.#sendBlocked = false;
-      this.peer.#updateReading();
-    }
+  onPing(): void {
+    this.lastReceivedAt = performance.now();
+  }
 
-    onPing(): void {
-      this.peer.lastReceivedAt = performance.now();
-    }
-
-    onClose(code: number, reason: string): void {
-      this.peer.#finish(code, reason);
-    }
-  };
-
-  /** Handlers to install on the transport socket. */
-  socketHandlers(): SocketHandlers {
-    return new Peer.#SocketHandlers(this);
+  onClose(code: number, reason: string): void {
+    this.#finish(code, reason);
   }
 
   get isOpen(): boolean {
@@ -227,11 +215,6 @@ export class Peer {
 
   get isClosed(): boolean {
     return this.#state === 'closed';
-  }
-
-  /** Requests sent and not yet answered. */
-  get pendingCount(): number {
-    return this.#pending?.size ?? 0;
   }
 
   /** Handlers running or waiting for a slot. */
@@ -266,7 +249,7 @@ export class Peer {
     }
     switch (message.kind) {
       case 'request':
-        if (this.#draining) {
+        if (this.draining) {
           this.sendRaw(encodeSpecialReply(message.id, 'shutdown'));
           return;
         }
@@ -278,7 +261,7 @@ export class Peer {
         return;
       case 'signal':
         // Signals during shutdown are dropped: they must neither run nor disturb accounting.
-        if (this.#draining) return;
+        if (this.draining) return;
         this.#dispatch(message);
         return;
       case 'reply':
@@ -365,7 +348,7 @@ export class Peer {
       this.#run(next);
     }
     this.#updateReading();
-    if (!this.busy) this.#notifyIdle();
+    if (!this.busy) this.becameIdle();
   }
 
   #reply(id: RequestId, value: ReplyValue): void {
@@ -420,7 +403,7 @@ export class Peer {
     this.#queuedBytes -= dropped.payload.data.length;
     this.#inflightRequests--;
     this.#updateReading();
-    if (!this.busy) this.#notifyIdle();
+    if (!this.busy) this.becameIdle();
   }
 
   #updateReading(): void {
@@ -552,31 +535,12 @@ export class Peer {
   // ---------------------------------------------------------------- lifecycle
 
   /**
-   * Stops taking new work: requests get ReplyShutdown, signals are dropped. Work already received
-   * runs to its end. Replies to our own requests are still delivered.
+   * Called when no handler runs or waits any more, and once the connection closed. Nothing to do
+   * here: the server's face (`ServerPeer`) waits on it for a graceful shutdown.
    */
-  drain(): void {
-    this.#draining = true;
-  }
+  protected becameIdle(): void {}
 
-  get isDraining(): boolean {
-    return this.#draining;
-  }
-
-  /** Resolves when no handler runs or waits (at once if none does, or once the connection closed). */
-  whenIdle(): Promise<void> {
-    if (!this.busy || this.#state === 'closed') return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
-  }
-
-  #notifyIdle(): void {
-    const waiters = this.#idleWaiters;
-    if (waiters.length === 0) return;
-    this.#idleWaiters = [];
-    for (const resolve of waiters) resolve();
-  }
-
-  /** Aborts the signals of every running handler (shutdown timeout). */
+  /** Aborts the signals of every running handler (the connection closed, or shutdown timed out). */
   abortHandlers(reason: Error): void {
     for (const entry of this.#running?.values() ?? []) entry.abort(reason);
   }
@@ -624,13 +588,13 @@ export class Peer {
     const pending = [...(this.#pending?.keys() ?? [])];
     for (const id of pending) this.#takePending(id)?.reject(error);
     this.#deadlines?.clear();
-    for (const entry of this.#running?.values() ?? []) entry.abort(error);
+    this.abortHandlers(error);
     this.#running?.clear();
     // Waiting messages have nobody left to answer to.
     this.#inflightRequests -= this.#queue.filter((m) => m.kind === 'request').length;
     this.#queue.length = 0;
     this.#queuedBytes = 0;
-    this.#notifyIdle();
+    this.becameIdle();
     this.#hooks.closed(code, reason);
   }
 }
