@@ -23,7 +23,8 @@ export class ServerPeer extends Peer {
   /** Resolves when no handler runs or waits (at once if none does, or once the connection closed). */
   whenIdle(): Promise<void> {
     if (!this.busy || this.isClosed) return Promise.resolve();
-    return new Promise((resolve) => (this.#idleWaiters ??= []).push(resolve));
+    const waiters = (this.#idleWaiters ??= []);
+    return new Promise((resolve) => waiters.push(resolve));
   }
 
   protected override becameIdle(): void {
