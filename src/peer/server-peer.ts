@@ -23,7 +23,8 @@ export class ServerPeer extends Peer {
   /** Resolves when no handler runs or waits (at once if none does, or once the connection closed). */
   whenIdle(): Promise<void> {
     if (!this.busy || this.isClosed) return Promise.resolve();
-    const waiters = (this.#idleWaiters ??= []);
+    this.#idleWaiters ??= [];
+    const waiters = this.#idleWaiters;
     return new Promise((resolve) => waiters.push(resolve));
   }
 
