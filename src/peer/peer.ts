@@ -54,7 +54,7 @@ export interface RequestOptions {
   /** Milliseconds to wait for the reply, an integer in 0..2147483647 (a timer's range); 0 waits forever. */
   readonly timeout?: number;
   /** Aborting it rejects the request with `CanceledError` and tells the peer to cancel. */
-  readonly signal?: AbortSignal;
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** Limits and settings of one peer engine, already validated by its owner. */
