@@ -362,7 +362,7 @@ export class Client extends Emitter<ClientEvents> {
     try {
       session = this.#parseSession(json);
     } catch (error) {
-      this.#options.logger.error('the server sent a session that cannot be read', { error });
+      this.#options.logger.error('unreadable session from the server', { error });
       return;
     }
     this.#currentSession = session;
@@ -598,7 +598,7 @@ export class Client extends Emitter<ClientEvents> {
     const engine = new Peer(socket, options, {
       handleRequest: (message, context) => {
         if (options.onRequest === undefined) {
-          throw new Error(`no onRequest handler for server request ${JSON.stringify(message.name)}`);
+          throw new Error(`no onRequest handler for request ${JSON.stringify(message.name)}`);
         }
         return options.onRequest(message, context);
       },
@@ -685,7 +685,7 @@ export class Client extends Emitter<ClientEvents> {
           return;
         }
         if (performance.now() - peer.lastReceivedAt >= timeout) {
-          this.#options.logger.warn('nothing from the server within serverTimeout; reconnecting', { timeout });
+          this.#options.logger.warn('server silent for serverTimeout; reconnecting', { timeout });
           clearInterval(timer);
           peer.terminate();
           return;

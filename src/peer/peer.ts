@@ -228,12 +228,12 @@ export class Peer implements SocketHandlers {
     if (this.#state !== 'open') return;
     this.lastReceivedAt = performance.now();
     if (!binary) {
-      this.violation(new ProtocolError('ERR_PROTOCOL_TEXT_MESSAGE', 'text messages are not part of the protocol'));
+      this.violation(new ProtocolError('ERR_PROTOCOL_TEXT_MESSAGE', 'text message (the protocol is binary)'));
       return;
     }
     if (data.length > this.settings.maxMessageSize) {
       this.violation(
-        new ProtocolError('ERR_PROTOCOL_MESSAGE_TOO_BIG', `message of ${data.length} bytes over the limit`),
+        new ProtocolError('ERR_PROTOCOL_MESSAGE_TOO_BIG', `message of ${data.length} bytes, over the limit`),
       );
       return;
     }
@@ -358,7 +358,7 @@ export class Peer implements SocketHandlers {
       bytes = encodeReply(id, toPayload(value));
     } catch (error) {
       // An illegal reply (odd UTF-16, ...) must not become an empty frame, as in the reference.
-      this.settings.logger.error('request handler returned a reply that cannot be sent', { error });
+      this.settings.logger.error('request handler returned an invalid reply', { error });
       bytes = encodeSpecialReply(id, 'internal-error');
     }
     this.sendRaw(bytes);
@@ -371,7 +371,7 @@ export class Peer implements SocketHandlers {
       try {
         bytes = encodeReplyError(id, error.code, error.message);
       } catch (invalid) {
-        this.settings.logger.error('request handler threw a RequestError with an invalid code', {
+        this.settings.logger.error('request handler threw an invalid RequestError code', {
           name,
           error: invalid,
         });
@@ -392,7 +392,7 @@ export class Peer implements SocketHandlers {
     }
     if (entry.canceled) return;
     entry.canceled = true;
-    entry.abort(new CanceledError('the requester canceled the request'));
+    entry.abort(new CanceledError('canceled by the requester'));
   }
 
   /** A request canceled before its handler started never runs. */
@@ -497,7 +497,7 @@ export class Peer implements SocketHandlers {
         signal.addEventListener('abort', entry.onAbort, { once: true });
       }
       if (this.sendRaw(bytes) === 'dropped' && this.#takePending(id) !== undefined) {
-        reject(new DisconnectedError(`request ${quote(name)} could not be sent: the connection is closed`));
+        reject(new DisconnectedError(`request ${quote(name)} not sent: the connection is closed`));
       }
     });
   }
@@ -619,14 +619,14 @@ function quote(name: string): string {
 function specialReplyToError(message: SpecialReplyMessage, name: string): Error {
   switch (message.reason) {
     case 'shutdown':
-      return new ShutdownError(`request ${quote(name)} refused: the peer is shutting down`);
+      return new ShutdownError(`request ${quote(name)} refused: the peer shuts down`);
     case 'internal-error':
       return new InternalError(`request ${quote(name)} failed on the peer`);
     case 'session-not-found':
       return new SessionNotFoundError('no session with that key');
     case 'max-session-connections':
-      return new MaxSessionConnectionsError('the session has reached its maximum number of connections');
+      return new MaxSessionConnectionsError('the session has its maximum of connections');
     case 'sessions-disabled':
-      return new SessionsDisabledError('sessions are disabled on the server');
+      return new SessionsDisabledError('sessions disabled on the server');
   }
 }
