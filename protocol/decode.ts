@@ -44,15 +44,12 @@ function decodeNamed(bytes: Uint8Array, prefix: number, encoding: Encoding): { n
   const nameLength = bytes[prefix]!;
   const nameEnd = prefix + 1 + nameLength;
   if (nameEnd > bytes.length) {
-    throw new ProtocolError(
-      'ERR_PROTOCOL_NAME_OVERFLOW',
-      `message type ${type}: name of ${nameLength} bytes runs past the end (${bytes.length} bytes)`,
-    );
+    throw new ProtocolError('ERR_PROTOCOL_NAME_OVERFLOW', `message type ${type}: the name runs past the end`);
   }
   let start = nameEnd;
   if (encoding === 'utf16') {
     if ((bytes.length & 1) !== 0) {
-      throw new ProtocolError('ERR_PROTOCOL_BAD_UTF16', `UTF-16 message type ${type} has odd length ${bytes.length}`);
+      throw new ProtocolError('ERR_PROTOCOL_BAD_UTF16', `message type ${type}: UTF-16 of odd length`);
     }
     start += nameLength & 1;
     // A UTF-16 signal always carries a payload; a UTF-16 request may be name-only.
@@ -82,7 +79,7 @@ export function decode(bytes: Uint8Array): Message {
       const codeLength = bytes[9]!;
       if (codeLength === 0) throw new ProtocolError('ERR_PROTOCOL_BAD_ERROR_CODE', 'error reply with an empty code');
       if (10 + codeLength > bytes.length) {
-        throw new ProtocolError('ERR_PROTOCOL_BAD_ERROR_CODE', `error code of ${codeLength} bytes runs past the end`);
+        throw new ProtocolError('ERR_PROTOCOL_BAD_ERROR_CODE', 'error reply: the code runs past the end');
       }
       return {
         kind: 'reply-error',
@@ -154,7 +151,7 @@ export function decode(bytes: Uint8Array): Message {
     case T.REPLY_UTF16:
       minLength(bytes, 2 + ID_LENGTH);
       if ((bytes.length & 1) !== 0) {
-        throw new ProtocolError('ERR_PROTOCOL_BAD_UTF16', `UTF-16 reply has odd length ${bytes.length}`);
+        throw new ProtocolError('ERR_PROTOCOL_BAD_UTF16', `message type ${type}: UTF-16 of odd length`);
       }
       return { kind: 'reply', id: readId(bytes), payload: { encoding: 'utf16', data: bytes.subarray(2 + ID_LENGTH) } };
     default:

@@ -1,12 +1,11 @@
 import { allocate } from './alloc.ts';
 import * as T from './codes.ts';
-import { ProtocolError } from './errors.ts';
+import { ProtocolError, type ProtocolErrorCode } from './errors.ts';
 import { encodeUtf8 } from './payload.ts';
 import {
   type AcceptConfMessage,
   type Encoding,
   ID_LENGTH,
-  MAX_ERROR_CODE_LENGTH,
   MAX_NAME_LENGTH,
   type Message,
   type Payload,
@@ -32,38 +31,39 @@ function isPrintableAscii(text: string): boolean {
 }
 
 /**
+ * Throws `code` unless `text` is `min`..255 printable ASCII characters (32..126): the rule of names
+ * and of error codes, whose length is one byte on the wire.
+ */
+function assertAsciiField(what: string, text: string, min: number, code: ProtocolErrorCode): void {
+  if (text.length < min || text.length > MAX_NAME_LENGTH) {
+    throw new ProtocolError(code, `${what} of ${text.length} bytes, not ${min}..255`);
+  }
+  if (!isPrintableAscii(text)) throw new ProtocolError(code, `${what} must be printable ASCII (32..126)`);
+}
+
+/**
  * Throws unless `name` may be sent: at most 255 characters, each printable ASCII. The empty name
  * is legal (a message without a name).
  */
 export function assertValidName(name: string): void {
-  if (name.length > MAX_NAME_LENGTH) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_NAME', `name is ${name.length} bytes long; the limit is 255`);
-  }
-  if (!isPrintableAscii(name)) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_NAME', 'name must be printable ASCII (32..126)');
-  }
+  assertAsciiField('name', name, 0, 'ERR_PROTOCOL_INVALID_NAME');
 }
 
 /** Throws unless `code` may be sent as a ReplyError code: 1..255 printable ASCII characters. */
 export function assertValidErrorCode(code: string): void {
-  if (code.length < 1 || code.length > MAX_ERROR_CODE_LENGTH) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_ERROR_CODE', `error code must be 1..255 bytes, got ${code.length}`);
-  }
-  if (!isPrintableAscii(code)) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_ERROR_CODE', 'error code must be printable ASCII (32..126)');
-  }
+  assertAsciiField('error code', code, 1, 'ERR_PROTOCOL_INVALID_ERROR_CODE');
 }
 
 function assertUtf16Even(payload: Payload): void {
   if (payload.encoding === 'utf16' && (payload.data.length & 1) !== 0) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 payload must have an even number of bytes');
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'UTF-16 payload of odd length');
   }
 }
 
 function writeId(out: Uint8Array, offset: number, id: RequestIdInput): void {
   if (typeof id === 'number') {
     if (!Number.isSafeInteger(id) || id < 0) {
-      throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'a numeric request id must be a non-negative safe integer');
+      throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'request id must be a safe integer >= 0');
     }
     const lo = id % 0x1_0000_0000;
     const hi = (id - lo) / 0x1_0000_0000;
@@ -72,9 +72,17 @@ function writeId(out: Uint8Array, offset: number, id: RequestIdInput): void {
     return;
   }
   if (id.length !== ID_LENGTH) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', `a request id is 8 bytes, got ${id.length}`);
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', `request id of ${id.length} bytes, not 8`);
   }
   out.set(id, offset);
+}
+
+/** A message of `length` bytes starting with its type byte and, unless `id` is null, the id. */
+function frame(type: number, id: RequestIdInput | null, length: number): Uint8Array {
+  const out = allocate(length);
+  out[0] = type;
+  if (id !== null) writeId(out, 1, id);
+  return out;
 }
 
 function writeUint32(out: Uint8Array, offset: number, value: number): void {
@@ -122,13 +130,11 @@ function encodeNamed(
   assertValidName(name);
   assertUtf16Even(payload);
   if (name.length === 0 && payload.data.length === 0) {
-    throw new ProtocolError('ERR_PROTOCOL_NO_NAME_NO_PAYLOAD', 'a message needs a name, a payload or both');
+    throw new ProtocolError('ERR_PROTOCOL_NO_NAME_NO_PAYLOAD', 'message with neither name nor payload');
   }
   const pad = payload.encoding === 'utf16' ? name.length & 1 : 0;
   const start = prefix + 1 + name.length + pad;
-  const out = allocate(split ? start : start + payload.data.length);
-  out[0] = type;
-  if (id !== null) writeId(out, 1, id);
+  const out = frame(type, id, split ? start : start + payload.data.length);
   out[prefix] = name.length;
   writeAscii(out, prefix + 1, name);
   if (split) return [out, payload.data];
@@ -152,7 +158,7 @@ export function encodeRequestParts(id: RequestIdInput, name: string, payload: Pa
 
 function signalType(payload: Payload): number {
   if (payload.encoding === 'utf16' && payload.data.length === 0) {
-    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'a UTF-16 signal must carry at least one code unit');
+    throw new ProtocolError('ERR_PROTOCOL_INVALID_UTF16', 'empty UTF-16 signal');
   }
   return T.SIGNAL_BINARY + ENCODING_OFFSET[payload.encoding];
 }
@@ -171,9 +177,11 @@ export function encodeSignalParts(name: string, payload: Payload): MessageParts 
 function encodeReplyAs(id: RequestIdInput, payload: Payload, split: boolean): Uint8Array | MessageParts {
   assertUtf16Even(payload);
   const start = payload.encoding === 'utf16' ? 10 : 9;
-  const out = allocate(split ? start : start + payload.data.length);
-  out[0] = T.REPLY_BINARY + ENCODING_OFFSET[payload.encoding];
-  writeId(out, 1, id);
+  const out = frame(
+    T.REPLY_BINARY + ENCODING_OFFSET[payload.encoding],
+    id,
+    split ? start : start + payload.data.length,
+  );
   if (split) return [out, payload.data];
   out.set(payload.data, start);
   return out;
@@ -193,9 +201,7 @@ export function encodeReplyParts(id: RequestIdInput, payload: Payload): MessageP
 export function encodeReplyError(id: RequestIdInput, code: string, message: string): Uint8Array {
   assertValidErrorCode(code);
   const text = encodeUtf8(message);
-  const out = allocate(10 + code.length + text.length);
-  out[0] = T.REPLY_ERROR;
-  writeId(out, 1, id);
+  const out = frame(T.REPLY_ERROR, id, 10 + code.length + text.length);
   out[9] = code.length;
   writeAscii(out, 10, code);
   out.set(text, 10 + code.length);
@@ -208,18 +214,14 @@ export function encodeSpecialReply(id: RequestIdInput, reason: SpecialReplyKind)
 }
 
 function encodeIdOnly(type: number, id: RequestIdInput): Uint8Array {
-  const out = allocate(1 + ID_LENGTH);
-  out[0] = type;
-  writeId(out, 1, id);
-  return out;
+  return frame(type, id, 1 + ID_LENGTH);
 }
 
 /** NotifySessionCreated (21): type, UTF-8 JSON of the session. */
 export function encodeSessionCreated(sessionJson: string): Uint8Array {
   const text = encodeUtf8(sessionJson);
   if (text.length === 0) throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'the session JSON must not be empty');
-  const out = allocate(1 + text.length);
-  out[0] = T.NOTIFY_SESSION_CREATED;
+  const out = frame(T.NOTIFY_SESSION_CREATED, null, 1 + text.length);
   out.set(text, 1);
   return out;
 }
@@ -265,9 +267,7 @@ export function encodeCloseSession(id: RequestIdInput): Uint8Array {
 /** RequestRestoreSession (32): type, id, key. The key must not be empty. */
 export function encodeRestoreSession(id: RequestIdInput, key: Uint8Array): Uint8Array {
   if (key.length === 0) throw new ProtocolError('ERR_PROTOCOL_INVALID_FIELD', 'the session key must not be empty');
-  const out = allocate(1 + ID_LENGTH + key.length);
-  out[0] = T.REQUEST_RESTORE_SESSION;
-  writeId(out, 1, id);
+  const out = frame(T.REQUEST_RESTORE_SESSION, id, 1 + ID_LENGTH + key.length);
   out.set(key, 9);
   return out;
 }

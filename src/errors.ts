@@ -93,7 +93,7 @@ export class ConnectError extends DuplexwireError {
   override readonly name = 'ConnectError';
   readonly code = 'ERR_CONNECT';
   readonly status: number | undefined;
-  constructor(message: string, options?: ErrorOptions & { status?: number }) {
+  constructor(message: string, options?: ErrorOptions & { status?: number | undefined }) {
     super(message, options);
     this.status = options?.status;
   }

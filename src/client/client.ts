@@ -129,33 +129,40 @@ export interface ClientEvents {
   sessionClosed: () => void;
 }
 
-interface WaitingRequest {
-  readonly name: string;
-  readonly payload: Payload;
-  readonly deadline: number;
-  readonly signal: AbortSignal | undefined;
-  readonly resolve: (payload: Payload) => void;
+/**
+ * Someone waiting for a connection: a `connect()` call, or a request made while the client
+ * (re)connects. Settled in order once the connection is up, or when the client gives up or closes.
+ */
+interface Waiter {
+  readonly resolve: (peer: Peer) => void;
   readonly reject: (error: Error) => void;
-  timer: ReturnType<typeof setTimeout> | undefined;
-  onAbort: (() => void) | undefined;
+  /** A request, counted against `maxQueuedRequests` and failed with DisconnectedError. */
+  readonly request: boolean;
 }
 
-interface ResolvedClientOptions {
+/** The integer options: default, minimum, maximum. */
+const INTEGER_OPTIONS = {
+  requestTimeout: [DEFAULT_REQUEST_TIMEOUT, 0, MAX_TIMER_DELAY],
+  connectTimeout: [DEFAULT_CONNECT_TIMEOUT, 1, MAX_TIMER_DELAY],
+  maxQueuedRequests: [DEFAULT_MAX_QUEUED_REQUESTS, 0, 1e9],
+  maxMessageSize: [DEFAULT_CLIENT_MAX_MESSAGE_SIZE, 16, 0xffff_ffff],
+  concurrency: [32, 1, 1_000_000],
+  maxInflightRequests: [4096, 1, Number.MAX_SAFE_INTEGER],
+  maxBufferedBytes: [8 * 1024 * 1024, 1024, Number.MAX_SAFE_INTEGER],
+  serverTimeout: [0, 0, MAX_TIMER_DELAY],
+} as const;
+
+type IntegerOption = keyof typeof INTEGER_OPTIONS;
+
+/** Also the settings of each connection's peer engine (a `PeerSettings`). */
+interface ResolvedClientOptions extends Readonly<Record<IntegerOption, number>> {
   readonly headers: Readonly<Record<string, string>>;
-  readonly requestTimeout: number;
-  readonly connectTimeout: number;
   readonly reconnect: ReconnectPolicy | null;
-  readonly maxQueuedRequests: number;
   readonly subProtocol: Uint8Array;
-  readonly maxMessageSize: number;
-  readonly concurrency: number;
-  readonly maxInflightRequests: number;
-  readonly maxBufferedBytes: number;
   readonly protocolMinor: 0 | 1;
   readonly onRequest: ClientOptions['onRequest'];
   readonly sessionKeyStore: SessionKeyStore;
   readonly parseSessionInfo: ClientOptions['parseSessionInfo'];
-  readonly serverTimeout: number;
   readonly logger: Logger;
 }
 
@@ -165,51 +172,20 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
   const protocolMinor = options.protocolMinor ?? 1;
   if (protocolMinor !== 0 && protocolMinor !== 1) throw new InvalidArgumentError('option protocolMinor must be 0 or 1');
   const reconnect = options.reconnect ?? true;
+  const integers = {} as Record<IntegerOption, number>;
+  for (const [name, [fallback, min, max]] of Object.entries(INTEGER_OPTIONS) as Array<
+    [IntegerOption, readonly [number, number, number]]
+  >) {
+    integers[name] = checkInteger(name, options[name] ?? fallback, min, max);
+  }
   return Object.freeze({
+    ...integers,
     headers: { ...options.headers },
-    requestTimeout: checkInteger(
-      'requestTimeout',
-      options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT,
-      0,
-      MAX_TIMER_DELAY,
-    ),
-    connectTimeout: checkInteger(
-      'connectTimeout',
-      options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT,
-      1,
-      MAX_TIMER_DELAY,
-    ),
     reconnect: reconnect === false ? null : reconnectPolicy(reconnect === true ? {} : reconnect),
-    maxQueuedRequests: checkInteger(
-      'maxQueuedRequests',
-      options.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS,
-      0,
-      1e9,
-    ),
     subProtocol: subProtocolBytes(options.subProtocol),
-    maxMessageSize: checkInteger(
-      'maxMessageSize',
-      options.maxMessageSize ?? DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
-      16,
-      0xffff_ffff,
-    ),
-    concurrency: checkInteger('concurrency', options.concurrency ?? 32, 1, 1_000_000),
-    maxInflightRequests: checkInteger(
-      'maxInflightRequests',
-      options.maxInflightRequests ?? 4096,
-      1,
-      Number.MAX_SAFE_INTEGER,
-    ),
-    maxBufferedBytes: checkInteger(
-      'maxBufferedBytes',
-      options.maxBufferedBytes ?? 8 * 1024 * 1024,
-      1024,
-      Number.MAX_SAFE_INTEGER,
-    ),
     protocolMinor,
     onRequest: options.onRequest,
     sessionKeyStore: options.sessionKeyStore ?? defaultSessionKeyStore(),
-    serverTimeout: checkInteger('serverTimeout', options.serverTimeout ?? 0, 0, MAX_TIMER_DELAY),
     parseSessionInfo: options.parseSessionInfo,
     logger: options.logger ?? consoleLogger,
   });
@@ -245,9 +221,11 @@ export class Client extends Emitter<ClientEvents> {
   #currentState: ClientState = 'idle';
   #peer: Peer | undefined;
   #server: ServerInfo | undefined;
-  readonly #waiting = new Set<WaitingRequest>();
+  /** `connect()` calls and requests waiting for a connection, in order. */
+  readonly #waiters = new Set<Waiter>();
+  /** The requests among `waiters`. */
+  #queued = 0;
   #loopRunning = false;
-  #connectWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
   #wakeLoop: (() => void) | undefined;
   #heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
   #watchTimer: ReturnType<typeof setInterval> | undefined;
@@ -295,6 +273,11 @@ export class Client extends Emitter<ClientEvents> {
     return this.#peer?.v21 ?? false;
   }
 
+  /** The connection's engine while connected (the handshake and session restore done). */
+  #connected(): Peer | undefined {
+    return this.#currentState === 'connected' ? this.#peer : undefined;
+  }
+
   /**
    * Connects (or waits for the running connection attempt). Resolves once connected; rejects when
    * the client gives up (reconnect off or exhausted, incompatible server, refused upgrade) or is
@@ -303,7 +286,9 @@ export class Client extends Emitter<ClientEvents> {
   connect(): Promise<void> {
     if (this.#currentState === 'closed') return Promise.reject(new DisconnectedError('the client is closed'));
     if (this.#currentState === 'connected') return Promise.resolve();
-    const promise = new Promise<void>((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+    const promise = new Promise<void>((resolve, reject) =>
+      this.#waiters.add({ resolve: () => resolve(), reject, request: false }),
+    );
     if (!this.#loopRunning) void this.#runLoop();
     return promise;
   }
@@ -314,23 +299,16 @@ export class Client extends Emitter<ClientEvents> {
    */
   request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
     const timeout = options.timeout ?? this.#options.requestTimeout;
-    try {
-      checkInteger('timeout', timeout, 0, MAX_TIMER_DELAY);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const peer = this.#peer;
-    if (this.#currentState === 'connected' && peer !== undefined) {
+    const peer = this.#connected();
+    if (peer !== undefined) {
       return peer.request(name, (id) => peer.encodeRequest(id, name, payload), { ...options, timeout });
     }
-    return this.#enqueue(name, payload, timeout, options.signal);
+    return this.#requestLater(name, payload, timeout, options.signal);
   }
 
   /** Sends a signal. Returns false when not connected (the signal is not sent). */
   signal(name: string, payload: Payload): boolean {
-    const peer = this.#peer;
-    if (this.#currentState !== 'connected' || peer === undefined) return false;
-    return peer.signal(name, payload);
+    return this.#connected()?.signal(name, payload) ?? false;
   }
 
   /** The session this client holds, or null. Kept in sync with the server. */
@@ -344,8 +322,8 @@ export class Client extends Emitter<ClientEvents> {
    * DisconnectedError.
    */
   async restoreSession(key: string): Promise<Session> {
-    const peer = this.#peer;
-    if (this.#currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
+    const peer = this.#connected();
+    if (peer === undefined) throw new DisconnectedError('not connected');
     return this.#restoreOn(peer, key);
   }
 
@@ -355,8 +333,8 @@ export class Client extends Emitter<ClientEvents> {
    */
   async closeSession(): Promise<void> {
     if (this.#currentSession === null) return;
-    const peer = this.#peer;
-    if (this.#currentState !== 'connected' || peer === undefined) throw new DisconnectedError('not connected');
+    const peer = this.#connected();
+    if (peer === undefined) throw new DisconnectedError('not connected');
     await peer.request('closeSession', (id) => encodeCloseSession(id), { timeout: this.#options.requestTimeout });
     await this.#forgetSession();
   }
@@ -384,7 +362,7 @@ export class Client extends Emitter<ClientEvents> {
     try {
       session = this.#parseSession(json);
     } catch (error) {
-      this.#options.logger.error('the server sent a session that cannot be read', { error });
+      this.#options.logger.error('unreadable session from the server', { error });
       return;
     }
     this.#currentSession = session;
@@ -440,8 +418,7 @@ export class Client extends Emitter<ClientEvents> {
   async close(code: number = CLOSE_NORMAL, reason = 'client closed'): Promise<void> {
     if (this.#currentState === 'closed') return;
     this.#setState('closed');
-    this.#failWaiting(new DisconnectedError('the client was closed'));
-    this.#failConnectWaiters(new DisconnectedError('the client was closed'));
+    this.#settleWaiters(new DisconnectedError('the client was closed'));
     this.#wakeLoop?.();
     const attempt = this.#attempt;
     const peer = this.#peer;
@@ -477,17 +454,17 @@ export class Client extends Emitter<ClientEvents> {
     // first retry), which cost one attempt of maxAttempts.
     let failures = 0;
     try {
-      while (this.#currentState !== 'closed') {
+      while (!this.#closedForGood()) {
         this.#setState(attempt === 0 ? 'connecting' : 'reconnecting');
+        const policy = this.#options.reconnect;
         let lost: Promise<{ code: number; reason: string }>;
         try {
           ({ lost } = await this.#connectOnce());
         } catch (error) {
-          const err = error instanceof Error ? error : new Error(String(error));
+          const err = toError(error);
           if (this.#closedForGood()) break;
           this.#options.logger.debug('connection attempt failed', { url: this.url, error: err });
           this.emit('error', err);
-          const policy = this.#options.reconnect;
           attempt++;
           failures++;
           if (policy === null || isPermanent(err) || failures >= policy.maxAttempts) {
@@ -497,17 +474,15 @@ export class Client extends Emitter<ClientEvents> {
           await this.#pause(policy.delay(attempt), attempt);
           continue;
         }
-        attempt = 0;
+        attempt = 1;
         failures = 0;
         const info = await lost;
         this.emit('disconnect', info);
         if (this.#closedForGood()) break;
-        const policy = this.#options.reconnect;
         if (policy === null) {
           this.#giveUp(new DisconnectedError(`the connection closed (${info.code})`, { closeCode: info.code }));
           break;
         }
-        attempt = 1;
         this.#setState('reconnecting');
         await this.#pause(policy.delay(attempt), attempt);
       }
@@ -518,10 +493,10 @@ export class Client extends Emitter<ClientEvents> {
 
   #giveUp(error: Error): void {
     this.#setState('disconnected');
-    this.#failWaiting(
+    this.#settleWaiters(
+      error,
       error instanceof DisconnectedError ? error : new DisconnectedError(error.message, { cause: error }),
     );
-    this.#failConnectWaiters(error);
   }
 
   #pause(delay: number, attempt: number): Promise<void> {
@@ -539,74 +514,69 @@ export class Client extends Emitter<ClientEvents> {
 
   /**
    * One attempt: open the socket, wait for AcceptConf, check it, send ClientConf when both speak
-   * v2.1. Resolves with a promise of the connection's end.
+   * v2.1, restore the session. Resolves with a promise of the connection's end.
    */
   async #connectOnce(): Promise<{ lost: Promise<{ code: number; reason: string }> }> {
     this.#transport ??= await defaultClientTransport();
     const options = this.#options;
     let peer: Peer | undefined;
-    let peerHandlers: SocketHandlers | undefined;
-    let socket: TransportSocket | undefined;
-    // Messages can arrive before `connect` resolves (same TCP packet as the handshake): keep them.
-    const early: Array<[Uint8Array, boolean]> = [];
-    let earlyClose: [number, string] | undefined;
-    let handshake: { resolve: (info: ServerInfo) => void; reject: (error: Error) => void } | undefined;
+    // What happens before `connect` resolves (messages in the same TCP packet as the handshake,
+    // even the close) is replayed once the engine exists.
+    const early: Array<() => void> = [];
     let accepted = false;
     let resolveLost!: (info: { code: number; reason: string }) => void;
     const lost = new Promise<{ code: number; reason: string }>((resolve) => {
       resolveLost = resolve;
     });
+    let handshake!: { resolve: (info: ServerInfo) => void; reject: (error: Error) => void };
+    const handshakeDone = new Promise<ServerInfo>((resolve, reject) => {
+      handshake = { resolve, reject };
+    });
 
-    const onFirstMessage = (data: Uint8Array, binary: boolean): void => {
+    const fail = (error: Error): void => {
+      handshake.reject(error);
+      peer?.close(CLOSE_PROTOCOL_ERROR, error.message.slice(0, 100));
+    };
+
+    const onFirstMessage = (engine: Peer, data: Uint8Array, binary: boolean): void => {
       // The first message must be AcceptConf; anything else means this is not a duplexwire server.
       let message: Message | undefined;
       try {
         if (binary) message = decode(data);
       } catch {}
       if (message?.kind !== 'accept-conf') {
-        fail(new IncompatibleServerError('the server did not open with AcceptConf'), CLOSE_PROTOCOL_ERROR);
-        return;
+        fail(new IncompatibleServerError('the server did not open with AcceptConf'));
+      } else if (message.major !== PROTOCOL_MAJOR) {
+        fail(new IncompatibleServerError(`the server speaks protocol ${message.major}.${message.minor}, not 2.x`));
+      } else if (!sameBytes(message.subProtocol, options.subProtocol)) {
+        fail(new IncompatibleServerError('the server announced a different sub-protocol'));
+      } else {
+        accepted = true;
+        // What the server announced, without the message's kind and the sub-protocol checked above.
+        const { kind, subProtocol, ...info }: AcceptConfMessage = message;
+        if (message.minor >= 1 && options.protocolMinor >= 1) {
+          engine.sendRaw(encodeClientConf(1));
+          engine.v21 = true;
+        }
+        handshake.resolve(info);
       }
-      if (message.major !== PROTOCOL_MAJOR) {
-        fail(
-          new IncompatibleServerError(`the server speaks protocol ${message.major}.${message.minor}, not 2.x`),
-          CLOSE_PROTOCOL_ERROR,
-        );
-        return;
-      }
-      if (!sameBytes(message.subProtocol, options.subProtocol)) {
-        fail(new IncompatibleServerError('the server announced a different sub-protocol'), CLOSE_PROTOCOL_ERROR);
-        return;
-      }
-      accepted = true;
-      // What the server announced, without the message's kind and the sub-protocol checked above.
-      const { kind, subProtocol, ...info }: AcceptConfMessage = message;
-      if (message.minor >= 1 && options.protocolMinor >= 1 && peer !== undefined) {
-        peer.sendRaw(encodeClientConf(1));
-        peer.v21 = true;
-      }
-      handshake?.resolve(info);
-    };
-
-    const fail = (error: Error, code: number): void => {
-      handshake?.reject(error);
-      peer?.close(code, error.message.slice(0, 100));
     };
 
     const handlers: SocketHandlers = {
       onMessage: (data, binary) => {
-        if (peerHandlers === undefined) early.push([data, binary]);
-        else if (accepted) peerHandlers.onMessage(data, binary);
-        else if (peer?.isOpen) onFirstMessage(data, binary);
+        if (peer === undefined) early.push(() => handlers.onMessage(data, binary));
+        else if (accepted) peer.onMessage(data, binary);
+        else if (peer.isOpen) onFirstMessage(peer, data, binary);
       },
-      onDrain: () => peerHandlers?.onDrain(),
-      onPing: () => peerHandlers?.onPing(),
+      onDrain: () => peer?.onDrain(),
+      onPing: () => peer?.onPing(),
       onClose: (code, reason) => {
-        if (peerHandlers === undefined) earlyClose = [code, reason];
-        else peerHandlers.onClose(code, reason);
+        if (peer === undefined) early.push(() => handlers.onClose(code, reason));
+        else peer.onClose(code, reason);
       },
     };
 
+    let socket: TransportSocket;
     try {
       socket = await this.#transport.connect(
         this.url,
@@ -614,10 +584,10 @@ export class Client extends Emitter<ClientEvents> {
         handlers,
       );
     } catch (error) {
-      const failure = error as ConnectFailure;
+      const failure = error as ConnectFailure | undefined;
       throw new ConnectError(`cannot connect to ${this.url}: ${failure?.message ?? String(error)}`, {
         cause: error,
-        ...(failure?.status === undefined ? {} : { status: failure.status }),
+        status: failure?.status,
       });
     }
     if (this.#closedForGood()) {
@@ -625,55 +595,40 @@ export class Client extends Emitter<ClientEvents> {
       throw new DisconnectedError('the client was closed');
     }
 
-    peer = new Peer(
-      socket,
-      {
-        concurrency: options.concurrency,
-        maxInflightRequests: options.maxInflightRequests,
-        maxBufferedBytes: options.maxBufferedBytes,
-        maxMessageSize: options.maxMessageSize,
-        logger: options.logger,
+    const engine = new Peer(socket, options, {
+      handleRequest: (message, context) => {
+        if (options.onRequest === undefined) {
+          throw new Error(`no onRequest handler for request ${JSON.stringify(message.name)}`);
+        }
+        return options.onRequest(message, context);
       },
-      {
-        handleRequest: (message, context) => {
-          if (options.onRequest === undefined) {
-            throw new Error(`no onRequest handler for server request ${JSON.stringify(message.name)}`);
-          }
-          return options.onRequest(message, context);
-        },
-        handleSignal: (message) => this.emit('signal', message),
-        handleControl: (message) => {
-          if (message.kind === 'session-created') this.#sessionCreated(message.session);
-          else if (message.kind === 'session-closed') this.#persist(() => this.#forgetSession());
-        },
-        closed: (code, reason) => {
-          if (peer !== undefined) this.#nextRequestId = Math.max(this.#nextRequestId, peer.nextRequestId);
-          if (this.#peer === peer) {
-            this.#peer = undefined;
-            this.#server = undefined;
-            clearTimeout(this.#heartbeatTimer);
-            clearInterval(this.#watchTimer);
-          }
-          if (this.#attempt?.peer === peer) this.#attempt = undefined;
-          handshake?.reject(new ConnectError(`the connection closed during the handshake (${code})`));
-          resolveLost({ code, reason });
-        },
+      handleSignal: (message) => this.emit('signal', message),
+      handleControl: (message) => {
+        if (message.kind === 'session-created') this.#sessionCreated(message.session);
+        else if (message.kind === 'session-closed') this.#persist(() => this.#forgetSession());
       },
-    );
-    peer.nextRequestId = this.#nextRequestId;
-    peerHandlers = peer.socketHandlers();
-    this.#attempt = { peer, lost };
-
-    const handshakeDone = new Promise<ServerInfo>((resolve, reject) => {
-      handshake = { resolve, reject };
+      closed: (code, reason) => {
+        this.#nextRequestId = Math.max(this.#nextRequestId, engine.nextRequestId);
+        if (this.#peer === engine) {
+          this.#peer = undefined;
+          this.#server = undefined;
+          clearTimeout(this.#heartbeatTimer);
+          clearInterval(this.#watchTimer);
+        }
+        if (this.#attempt?.peer === engine) this.#attempt = undefined;
+        handshake.reject(new ConnectError(`the connection closed during the handshake (${code})`));
+        resolveLost({ code, reason });
+      },
     });
+    engine.nextRequestId = this.#nextRequestId;
+    peer = engine;
+    this.#attempt = { peer: engine, lost };
+
     const timer = setTimeout(
-      () => fail(new ConnectError(`no AcceptConf within ${options.connectTimeout} ms`), CLOSE_PROTOCOL_ERROR),
+      () => fail(new ConnectError(`no AcceptConf within ${options.connectTimeout} ms`)),
       options.connectTimeout,
     );
-    for (const [data, binary] of early) handlers.onMessage(data, binary);
-    early.length = 0;
-    if (earlyClose !== undefined) peerHandlers.onClose(...earlyClose);
+    for (const replay of early) replay();
 
     let info: ServerInfo;
     try {
@@ -682,26 +637,23 @@ export class Client extends Emitter<ClientEvents> {
       clearTimeout(timer);
     }
     if (this.#closedForGood()) {
-      peer.close(CLOSE_NORMAL, 'client closed');
+      engine.close(CLOSE_NORMAL, 'client closed');
       throw new DisconnectedError('the client was closed');
     }
-    this.#peer = peer;
+    this.#peer = engine;
     this.#server = info;
     // The session comes back before anything else is sent, so waiting requests run inside it.
-    await this.#restoreAfterConnect(peer);
-    if (this.#closedForGood() || !peer.isOpen) {
+    await this.#restoreAfterConnect(engine);
+    if (this.#closedForGood() || !engine.isOpen) {
       throw new DisconnectedError('the connection closed while restoring the session');
     }
     this.#setState('connected');
-    this.#armHeartbeat(peer, info.readTimeout * 0.75);
-    this.#watchServer(peer, this.#options.serverTimeout);
+    this.#armHeartbeat(engine, info.readTimeout * 0.75);
+    this.#watchServer(engine, options.serverTimeout);
     this.emit('connect', info);
-    const waiters = this.#connectWaiters;
-    this.#connectWaiters = [];
-    for (const waiter of waiters) waiter.resolve();
-    this.#flushWaiting(peer);
+    this.#settleWaiters(engine);
     // From here on the loop waits for `lost` and emits 'disconnect'.
-    if (this.#attempt?.peer === peer) this.#attempt = undefined;
+    if (this.#attempt?.peer === engine) this.#attempt = undefined;
     return { lost };
   }
 
@@ -733,7 +685,7 @@ export class Client extends Emitter<ClientEvents> {
           return;
         }
         if (performance.now() - peer.lastReceivedAt >= timeout) {
-          this.#options.logger.warn('nothing from the server within serverTimeout; reconnecting', { timeout });
+          this.#options.logger.warn('server silent for serverTimeout; reconnecting', { timeout });
           clearInterval(timer);
           peer.terminate();
           return;
@@ -747,83 +699,76 @@ export class Client extends Emitter<ClientEvents> {
     this.#watchTimer = timer;
   }
 
-  // ---------------------------------------------------------------- requests waiting for a connection
+  // ---------------------------------------------------------------- waiting for a connection
 
-  #enqueue(name: string, payload: Payload, timeout: number, signal: AbortSignal | undefined): Promise<Payload> {
+  /** A request made while not connected: waits for the connection, up to its timeout. */
+  async #requestLater(
+    name: string,
+    payload: Payload,
+    timeout: number,
+    signal: AbortSignal | undefined,
+  ): Promise<Payload> {
+    checkInteger('timeout', timeout, 0, MAX_TIMER_DELAY);
     const state = this.#currentState;
-    const willConnect = state === 'connecting' || state === 'reconnecting' || state === 'idle';
-    if (!willConnect) {
-      return Promise.reject(new DisconnectedError(state === 'closed' ? 'the client is closed' : 'not connected'));
+    if (state !== 'connecting' && state !== 'reconnecting' && state !== 'idle') {
+      throw new DisconnectedError(state === 'closed' ? 'the client is closed' : 'not connected');
     }
-    if (signal?.aborted) return Promise.reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`));
-    if (this.#waiting.size >= this.#options.maxQueuedRequests) {
-      return Promise.reject(new QueueFullError(`${this.#waiting.size} requests already wait for a connection`));
+    if (signal?.aborted) throw new CanceledError(`request ${JSON.stringify(name)} was aborted`);
+    if (this.#queued >= this.#options.maxQueuedRequests) {
+      throw new QueueFullError(`${this.#queued} requests already wait for a connection`);
     }
-    try {
-      // Refuse what can never be sent now, not after the wait (the parts: the payload is not copied).
-      encodeRequestParts(0, name, payload);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    return new Promise<Payload>((resolve, reject) => {
-      const entry: WaitingRequest = {
-        name,
-        payload,
-        deadline: timeout > 0 ? performance.now() + timeout : Infinity,
-        signal,
-        resolve,
-        reject,
-        timer: undefined,
-        onAbort: undefined,
+    // Refuse what can never be sent now, not after the wait (the parts: the payload is not copied).
+    encodeRequestParts(0, name, payload);
+    const deadline = performance.now() + timeout;
+    const peer = await new Promise<Peer>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const onAbort = (): void =>
+        waiter.reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`, { cause: signal?.reason }));
+      const leave = (): void => {
+        this.#waiters.delete(waiter);
+        this.#queued--;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const waiter: Waiter = {
+        resolve: (connected) => {
+          leave();
+          resolve(connected);
+        },
+        reject: (error) => {
+          leave();
+          reject(error);
+        },
+        request: true,
       };
       if (timeout > 0) {
-        entry.timer = setTimeout(() => {
-          this.#unqueue(entry);
-          reject(new TimeoutError(`request ${JSON.stringify(name)} got no connection within ${timeout} ms`));
-        }, timeout);
+        timer = setTimeout(
+          () =>
+            waiter.reject(new TimeoutError(`request ${JSON.stringify(name)} got no connection within ${timeout} ms`)),
+          timeout,
+        );
       }
-      if (signal !== undefined) {
-        entry.onAbort = () => {
-          this.#unqueue(entry);
-          reject(new CanceledError(`request ${JSON.stringify(name)} was aborted`, { cause: signal.reason }));
-        };
-        signal.addEventListener('abort', entry.onAbort, { once: true });
-      }
-      this.#waiting.add(entry);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.add(waiter);
+      this.#queued++;
       if (state === 'idle' && !this.#loopRunning) this.connect().catch(() => {});
     });
+    // What is left of the timeout (at least 1 ms: 0 would mean no timeout at all).
+    const left = timeout > 0 ? Math.ceil(Math.max(1, deadline - performance.now())) : 0;
+    return peer.request(name, (id) => peer.encodeRequest(id, name, payload), { timeout: left, signal });
   }
 
-  #unqueue(entry: WaitingRequest): void {
-    this.#waiting.delete(entry);
-    clearTimeout(entry.timer);
-    if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
-  }
-
-  #flushWaiting(peer: Peer): void {
-    for (const entry of [...this.#waiting]) {
-      this.#unqueue(entry);
-      const remaining = entry.deadline === Infinity ? 0 : Math.max(1, entry.deadline - performance.now());
-      peer
-        .request(entry.name, (id) => peer.encodeRequest(id, entry.name, entry.payload), {
-          timeout: Math.ceil(remaining),
-          ...(entry.signal === undefined ? {} : { signal: entry.signal }),
-        })
-        .then(entry.resolve, entry.reject);
+  /**
+   * Settles everyone waiting for a connection, in order: with the connection, or with an error
+   * (`requestError` for the requests: DisconnectedError).
+   */
+  #settleWaiters(outcome: Peer | Error, requestError = outcome): void {
+    const waiters = [...this.#waiters];
+    this.#waiters.clear();
+    for (const waiter of waiters) {
+      if (outcome instanceof Peer) waiter.resolve(outcome);
+      else waiter.reject((waiter.request ? requestError : outcome) as Error);
     }
-  }
-
-  #failWaiting(error: Error): void {
-    for (const entry of [...this.#waiting]) {
-      this.#unqueue(entry);
-      entry.reject(error);
-    }
-  }
-
-  #failConnectWaiters(error: Error): void {
-    const waiters = this.#connectWaiters;
-    this.#connectWaiters = [];
-    for (const waiter of waiters) waiter.reject(error);
   }
 
   protected override onListenerError(event: keyof ClientEvents, error: unknown): void {

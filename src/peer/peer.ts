@@ -51,7 +51,7 @@ export interface RequestOptions {
   /** Milliseconds to wait for the reply, an integer in 0..2147483647 (a timer's range); 0 waits forever. */
   readonly timeout?: number;
   /** Aborting it rejects the request with `CanceledError` and tells the peer to cancel. */
-  readonly signal?: AbortSignal;
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** Limits and settings of one peer engine, already validated by its owner. */
@@ -128,7 +128,7 @@ function inboundKey(id: RequestId): number | string {
   return n >= 0 ? n : Array.prototype.join.call(id, ',');
 }
 
-export class Peer {
+export class Peer implements SocketHandlers {
   readonly socket: TransportSocket;
   readonly settings: PeerSettings;
   readonly #hooks: PeerHooks;
@@ -136,8 +136,11 @@ export class Peer {
   #state: State = 'open';
   /** Set by the owner once both ends speak v2.1: requests toward a client and cancels may be sent. */
   v21 = false;
-  /** While draining, new requests get ReplyShutdown and signals are dropped. */
-  #draining = false;
+  /**
+   * While draining, new requests get ReplyShutdown and signals are dropped. Set by the server's
+   * face (`ServerPeer.drain()`, shutdown); a client never drains.
+   */
+  protected draining = false;
 
   #nextId = 1;
   // Both maps are made on first use: an idle connection (most of a server's) needs neither, and
@@ -153,7 +156,6 @@ export class Peer {
   #queuedBytes = 0;
   #readingPaused = false;
   #sendBlocked = false;
-  #idleWaiters: Array<() => void> = [];
   #closeCode = 0;
   #closeReason = '';
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -183,39 +185,25 @@ export class Peer {
     this.#nextId = id;
   }
 
-  /**
-   * What `socketHandlers()` returns: methods on a prototype, not four closures made for each
-   * connection and kept for its whole life (bench/RESULTS.md, memory). Declared inside Peer so
-   * that it may call Peer's private methods.
-   */
-  static readonly #SocketHandlers = class PeerSocketHandlers implements SocketHandlers {
-    readonly peer: Peer;
+  // ---------------------------------------------------------------- SocketHandlers
+  // The engine is its socket's handlers: no object or closures per connection besides the
+  // engine itself (bench/RESULTS.md, memory). Called by the transport only.
 
-    constructor(peer: Peer) {
-      this.peer = peer;
-    }
+  onMessage(data: Uint8Array, binary: boolean): void {
+    this.#receive(data, binary);
+  }
 
-    onMessage(data: Uint8Array, binary: boolean): void {
-      this.peer.#receive(data, binary);
-    }
+  onDrain(): void {
+    this.#sendBlocked = false;
+    this.#updateReading();
+  }
 
-    onDrain(): void {
-      this.peer.#sendBlocked = false;
-      this.peer.#updateReading();
-    }
+  onPing(): void {
+    this.lastReceivedAt = performance.now();
+  }
 
-    onPing(): void {
-      this.peer.lastReceivedAt = performance.now();
-    }
-
-    onClose(code: number, reason: string): void {
-      this.peer.#finish(code, reason);
-    }
-  };
-
-  /** Handlers to install on the transport socket. */
-  socketHandlers(): SocketHandlers {
-    return new Peer.#SocketHandlers(this);
+  onClose(code: number, reason: string): void {
+    this.#finish(code, reason);
   }
 
   get isOpen(): boolean {
@@ -224,11 +212,6 @@ export class Peer {
 
   get isClosed(): boolean {
     return this.#state === 'closed';
-  }
-
-  /** Requests sent and not yet answered. */
-  get pendingCount(): number {
-    return this.#pending?.size ?? 0;
   }
 
   /** Handlers running or waiting for a slot. */
@@ -242,12 +225,12 @@ export class Peer {
     if (this.#state !== 'open') return;
     this.lastReceivedAt = performance.now();
     if (!binary) {
-      this.violation(new ProtocolError('ERR_PROTOCOL_TEXT_MESSAGE', 'text messages are not part of the protocol'));
+      this.violation(new ProtocolError('ERR_PROTOCOL_TEXT_MESSAGE', 'text message (the protocol is binary)'));
       return;
     }
     if (data.length > this.settings.maxMessageSize) {
       this.violation(
-        new ProtocolError('ERR_PROTOCOL_MESSAGE_TOO_BIG', `message of ${data.length} bytes over the limit`),
+        new ProtocolError('ERR_PROTOCOL_MESSAGE_TOO_BIG', `message of ${data.length} bytes, over the limit`),
       );
       return;
     }
@@ -263,7 +246,7 @@ export class Peer {
     }
     switch (message.kind) {
       case 'request':
-        if (this.#draining) {
+        if (this.draining) {
           this.sendRaw(encodeSpecialReply(message.id, 'shutdown'));
           return;
         }
@@ -275,7 +258,7 @@ export class Peer {
         return;
       case 'signal':
         // Signals during shutdown are dropped: they must neither run nor disturb accounting.
-        if (this.#draining) return;
+        if (this.draining) return;
         this.#dispatch(message);
         return;
       case 'reply':
@@ -362,7 +345,7 @@ export class Peer {
       this.#run(next);
     }
     this.#updateReading();
-    if (!this.busy) this.#notifyIdle();
+    if (!this.busy) this.becameIdle();
   }
 
   #reply(id: RequestId, value: ReplyValue): void {
@@ -372,7 +355,7 @@ export class Peer {
       bytes = outgoingReply(this.socket, id, toPayload(value));
     } catch (error) {
       // An illegal reply (odd UTF-16, ...) must not become an empty frame, as in the reference.
-      this.settings.logger.error('request handler returned a reply that cannot be sent', { error });
+      this.settings.logger.error('request handler returned an invalid reply', { error });
       bytes = encodeSpecialReply(id, 'internal-error');
     }
     this.sendRaw(bytes);
@@ -385,7 +368,7 @@ export class Peer {
       try {
         bytes = encodeReplyError(id, error.code, error.message);
       } catch (invalid) {
-        this.settings.logger.error('request handler threw a RequestError with an invalid code', {
+        this.settings.logger.error('request handler threw an invalid RequestError code', {
           name,
           error: invalid,
         });
@@ -406,7 +389,7 @@ export class Peer {
     }
     if (entry.canceled) return;
     entry.canceled = true;
-    entry.abort(new CanceledError('the requester canceled the request'));
+    entry.abort(new CanceledError('canceled by the requester'));
   }
 
   /** A request canceled before its handler started never runs. */
@@ -417,7 +400,7 @@ export class Peer {
     this.#queuedBytes -= dropped.payload.data.length;
     this.#inflightRequests--;
     this.#updateReading();
-    if (!this.busy) this.#notifyIdle();
+    if (!this.busy) this.becameIdle();
   }
 
   #updateReading(): void {
@@ -523,7 +506,7 @@ export class Peer {
       signal.addEventListener('abort', pending.onAbort, { once: true });
     }
     if (this.sendRaw(bytes) === 'dropped' && this.#takePending(id) !== undefined) {
-      entry.reject(new DisconnectedError(`request ${quote(name)} could not be sent: the connection is closed`));
+      entry.reject(new DisconnectedError(`request ${quote(name)} not sent: the connection is closed`));
     }
     return reply;
   }
@@ -561,31 +544,12 @@ export class Peer {
   // ---------------------------------------------------------------- lifecycle
 
   /**
-   * Stops taking new work: requests get ReplyShutdown, signals are dropped. Work already received
-   * runs to its end. Replies to our own requests are still delivered.
+   * Called when no handler runs or waits any more, and once the connection closed. Nothing to do
+   * here: the server's face (`ServerPeer`) waits on it for a graceful shutdown.
    */
-  drain(): void {
-    this.#draining = true;
-  }
+  protected becameIdle(): void {}
 
-  get isDraining(): boolean {
-    return this.#draining;
-  }
-
-  /** Resolves when no handler runs or waits (at once if none does, or once the connection closed). */
-  whenIdle(): Promise<void> {
-    if (!this.busy || this.#state === 'closed') return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
-  }
-
-  #notifyIdle(): void {
-    const waiters = this.#idleWaiters;
-    if (waiters.length === 0) return;
-    this.#idleWaiters = [];
-    for (const resolve of waiters) resolve();
-  }
-
-  /** Aborts the signals of every running handler (shutdown timeout). */
+  /** Aborts the signals of every running handler (the connection closed, or shutdown timed out). */
   abortHandlers(reason: Error): void {
     for (const entry of this.#running?.values() ?? []) entry.abort(reason);
   }
@@ -633,13 +597,13 @@ export class Peer {
     const pending = [...(this.#pending?.keys() ?? [])];
     for (const id of pending) this.#takePending(id)?.reject(error);
     this.#deadlines?.clear();
-    for (const entry of this.#running?.values() ?? []) entry.abort(error);
+    this.abortHandlers(error);
     this.#running?.clear();
     // Waiting messages have nobody left to answer to.
     this.#inflightRequests -= this.#queue.filter((m) => m.kind === 'request').length;
     this.#queue.length = 0;
     this.#queuedBytes = 0;
-    this.#notifyIdle();
+    this.becameIdle();
     this.#hooks.closed(code, reason);
   }
 }
@@ -664,14 +628,14 @@ function quote(name: string): string {
 function specialReplyToError(message: SpecialReplyMessage, name: string): Error {
   switch (message.reason) {
     case 'shutdown':
-      return new ShutdownError(`request ${quote(name)} refused: the peer is shutting down`);
+      return new ShutdownError(`request ${quote(name)} refused: the peer shuts down`);
     case 'internal-error':
       return new InternalError(`request ${quote(name)} failed on the peer`);
     case 'session-not-found':
       return new SessionNotFoundError('no session with that key');
     case 'max-session-connections':
-      return new MaxSessionConnectionsError('the session has reached its maximum number of connections');
+      return new MaxSessionConnectionsError('the session has its maximum of connections');
     case 'sessions-disabled':
-      return new SessionsDisabledError('sessions are disabled on the server');
+      return new SessionsDisabledError('sessions disabled on the server');
   }
 }

@@ -18,14 +18,8 @@ import {
   SessionsDisabledError,
   ShutdownError,
 } from '../errors.ts';
-import {
-  type IncomingMessage,
-  Peer,
-  type PeerHooks,
-  type ReplyValue,
-  type RequestContext,
-  type RequestOptions,
-} from '../peer/peer.ts';
+import type { IncomingMessage, PeerHooks, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
+import { ServerPeer } from '../peer/server-peer.ts';
 import { type Session, sessionToJson } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
@@ -73,7 +67,7 @@ export class Connection {
   /** Resolves once the connection has ended, with its close code and reason. */
   readonly closed: Promise<DisconnectInfo>;
 
-  private readonly peer: Peer;
+  private readonly peer: ServerPeer;
   private readonly context: ConnectionContext;
   private clientConfReceived = false;
   private readTimer: ReturnType<typeof setTimeout> | undefined;
@@ -99,7 +93,7 @@ export class Connection {
       this.resolveClosed = resolve;
     });
     const { options } = context;
-    this.peer = new Peer(
+    this.peer = new ServerPeer(
       socket,
       {
         concurrency: context.concurrency,
@@ -146,10 +140,9 @@ export class Connection {
 
   /** @internal Sends AcceptConf and starts the read timeout. */
   start(): SocketHandlers {
-    const handlers = this.peer.socketHandlers();
     this.peer.sendRaw(this.context.acceptConf);
     this.armReadTimer(this.context.options.readTimeout);
-    return handlers;
+    return this.peer;
   }
 
   /** The peer's address as the transport sees it. */

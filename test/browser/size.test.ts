@@ -9,15 +9,19 @@ import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 
 /**
- * A regression guard, not the goal: the issue asks for 8 KB (8192 bytes) min+gzip. Node-only code
- * is out of the bundle (the slab allocator and the one-timer deadlines have browser siblings,
- * package.json `browser`) and the protocol's numbers are inlined: 11,967 bytes became 11,121, then
- * 11,266 with the pause queue read by index again (`shift()` had made it quadratic). What is left is the feature set, measured: with every message text deleted the bundle is still
- * about 9,800 bytes, and with the client's session support removed as well about 8,770. So 8 KB
- * means moving more than one feature out of the default bundle (a product decision, not a
- * minification one); until that is decided, this keeps the bundle from growing.
+ * A regression guard, not the goal: the issue asks for 8 KB (8192 bytes) min+gzip, which the full
+ * feature set does not fit. Node-only code is out of the bundle (the slab allocator and the
+ * one-timer deadlines have browser siblings, package.json `browser`; the engine's shutdown
+ * accounting lives in ServerPeer), the protocol's numbers are inlined, terser minifies esbuild's
+ * output again, and the client's request queue shares its bookkeeping with connect(): 11,375
+ * bytes became 10,653 (10,759 with the engine's split encoding of large payloads, whose browser
+ * sibling keeps the split encoders out). What is left is the feature set, measured on this bundle: with every
+ * message text deleted it is still ~9,560 bytes; without the client's sessions ~9,490, and
+ * without sessions, reconnect and the request queue ~9,000 (~8,120 with no message text either).
+ * So 8 KB means moving features out of the default bundle (a product decision, not a
+ * minification one); until that is decided, this keeps the bundle from growing (10,759 + ~1%).
  */
-const BUDGET_BYTES = 11 * 1024 + 256;
+const BUDGET_BYTES = 10_870;
 
 const bundleUrl = new URL('../../dist/browser/duplexwire-client.js', import.meta.url);
 const metaUrl = new URL('../../dist/browser/duplexwire-client.meta.json', import.meta.url);
