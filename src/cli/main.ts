@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
 import { Client } from '../client/client.ts';
-import { DuplexwireError } from '../errors.ts';
+import { DuplexwireError, InvalidArgumentError } from '../errors.ts';
 import { Server } from '../server/server.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
 
@@ -137,8 +137,33 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+/**
+ * A mistake on the command line (an unknown option, a bad value, an option the application
+ * refused): one line, exit code 2. Commands fail this way only while starting, from their options.
+ */
+function isUsageError(error: unknown): error is Error {
+  const code = (error as { code?: unknown } | null)?.code;
+  return (
+    error instanceof RangeError ||
+    error instanceof InvalidArgumentError ||
+    (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_'))
+  );
+}
+
+/** What the operating system refused (a file not found, an address in use): its message says it all. */
+function isSystemError(error: unknown): error is Error {
+  return error instanceof Error && typeof (error as { syscall?: unknown }).syscall === 'string';
+}
+
 main(process.argv.slice(2)).catch((error: unknown) => {
+  if (isUsageError(error)) {
+    const code = error instanceof InvalidArgumentError ? `${error.code}: ` : '';
+    console.error(`duplexwire: ${code}${error.message}\n(--help lists the options)`);
+    process.exitCode = 2;
+    return;
+  }
   if (error instanceof DuplexwireError) console.error(`duplexwire: ${error.code}: ${error.message}`);
+  else if (isSystemError(error)) console.error(`duplexwire: ${error.message}`);
   else console.error(error);
   process.exitCode = 1;
 });

@@ -45,6 +45,7 @@ async function proxyCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
     options: {
+      help: { type: 'boolean', short: 'h', default: false },
       listen: { type: 'string', default: '127.0.0.1:8080' },
       'agents-path': { type: 'string', default: '/_tunnel' },
       tokens: { type: 'string' },
@@ -63,6 +64,10 @@ async function proxyCommand(args: string[]): Promise<void> {
       'log-level': { type: 'string' },
     },
   });
+  if (values.help) {
+    process.stdout.write(TUNNEL_USAGE);
+    return;
+  }
   const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'tunnel-proxy' } });
   if (values.tokens === undefined && !values.insecure) {
     throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
@@ -126,6 +131,7 @@ async function agentCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
     options: {
+      help: { type: 'boolean', short: 'h', default: false },
       proxy: { type: 'string' },
       id: { type: 'string' },
       'token-file': { type: 'string' },
@@ -136,6 +142,10 @@ async function agentCommand(args: string[]): Promise<void> {
       'log-level': { type: 'string' },
     },
   });
+  if (values.help) {
+    process.stdout.write(TUNNEL_USAGE);
+    return;
+  }
   if (values.proxy === undefined || values.id === undefined || values.target === undefined) {
     throw new RangeError('tunnel agent needs --proxy, --id and --target');
   }
@@ -166,7 +176,14 @@ async function agentCommand(args: string[]): Promise<void> {
 }
 
 function tokenCommand(args: string[]): void {
-  const { values } = parseArgs({ args, options: { id: { type: 'string', default: '<id>' } } });
+  const { values } = parseArgs({
+    args,
+    options: { id: { type: 'string', default: '<id>' }, help: { type: 'boolean', short: 'h', default: false } },
+  });
+  if (values.help) {
+    process.stdout.write(TUNNEL_USAGE);
+    return;
+  }
   const token = generateToken();
   process.stdout.write(`token: ${token}\ntoken file entry: ${JSON.stringify({ [values.id]: tokenDigest(token) })}\n`);
 }

@@ -29,9 +29,14 @@ export const WSPROXY_USAGE = `usage:
  * with a query or fragment, where the client's path would land) fails at once.
  */
 export function forwardPathUpstream(base: string): (request: UpgradeRequest) => UpstreamChoice {
-  const baseUrl = new URL(base);
+  let baseUrl: URL;
+  try {
+    baseUrl = new URL(base);
+  } catch {
+    throw new RangeError(`--upstream must be an absolute ws or wss URL, got ${JSON.stringify(base)}`);
+  }
   if (baseUrl.protocol !== 'ws:' && baseUrl.protocol !== 'wss:') {
-    throw new TypeError(`--upstream must be a ws or wss URL, got ${baseUrl.protocol}`);
+    throw new RangeError(`--upstream must be a ws or wss URL, got ${baseUrl.protocol}`);
   }
   if (baseUrl.search !== '' || baseUrl.hash !== '' || base.includes('?') || base.includes('#')) {
     throw new RangeError('--forward-path appends the client’s path: --upstream cannot have a query or fragment');

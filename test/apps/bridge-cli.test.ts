@@ -36,7 +36,7 @@ test('bridge refuses to start without --backend or a secret, and with a short se
     await assert.rejects(
       cli([...args], { DUPLEXWIRE_BRIDGE_SECRET: '' }),
       (error: { code: number; stderr: string }) => {
-        assert.equal(error.code, 1);
+        assert.equal(error.code, 2, 'a configuration mistake is a usage error');
         assert.match(error.stderr, pattern);
         return true;
       },

@@ -26,6 +26,7 @@ import {
   untilMetric,
   upgradeStatus,
 } from '../fixtures/bridge-helpers.ts';
+import { InvalidArgumentError } from '../../src/errors.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
 
 test('/healthz 200; /readyz 200, then 503 once close() began; other paths 404', async (t) => {
@@ -142,7 +143,7 @@ test('options: the defaults, and valid values accepted', () => {
 });
 
 test('options: backend and callbackUrl must be http(s) URLs, callbackUrl ending in /, a 32-byte secret, a path', () => {
-  const typeErrors: Array<[string, Partial<WsHttpBridgeOptions>]> = [
+  const badOptions: Array<[string, Partial<WsHttpBridgeOptions>]> = [
     ['backend not a URL', { backend: 'not a url' }],
     ['backend relative', { backend: '/events' }],
     ['backend ws:', { backend: 'ws://127.0.0.1:3000/' }],
@@ -158,8 +159,8 @@ test('options: backend and callbackUrl must be http(s) URLs, callbackUrl ending 
     ['path relative', { path: 'ws' }],
     ['path on the callbacks', { path: '/connections/ws' }],
   ];
-  for (const [what, options] of typeErrors) {
-    assert.throws(() => new WsHttpBridge({ ...valid, ...options }), TypeError, what);
+  for (const [what, options] of badOptions) {
+    assert.throws(() => new WsHttpBridge({ ...valid, ...options }), InvalidArgumentError, what);
   }
   // The secret never appears in an error message.
   assert.throws(

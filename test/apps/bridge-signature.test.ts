@@ -14,6 +14,7 @@ import {
   verifyEvent,
   verifySignature,
 } from '../../src/apps/bridge/index.ts';
+import { InvalidArgumentError } from '../../src/errors.ts';
 import { call, callbackPath, connected, SECRET, startBackend, startBridge } from '../fixtures/bridge-helpers.ts';
 
 const fields = { action: 'message', subject: 'conn-1' };
@@ -78,7 +79,7 @@ test('the content type and the callback URL are signed, and fields cannot shift 
   assert.equal(verifySignature(SECRET, header, { ...full, contentType: 'application/octet-stream' }, body, at), false);
   assert.equal(verifySignature(SECRET, header, { ...full, callback: 'http://attacker/x' }, body, at), false);
   assert.equal(verifySignature(SECRET, header, fields, body, at), false, 'the fields left out');
-  assert.throws(() => sign(SECRET, { ...fields, callback: 'a\nb' }, body), TypeError);
+  assert.throws(() => sign(SECRET, { ...fields, callback: 'a\nb' }, body), InvalidArgumentError);
   assert.equal(verifySignature(SECRET, header, { ...full, callback: 'a\nb' }, body, at), false);
 });
 

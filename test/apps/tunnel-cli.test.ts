@@ -38,7 +38,7 @@ test('the proxy refuses to start without credentials unless --insecure; the agen
   await assert.rejects(
     cli(['tunnel', 'proxy', '--listen', '127.0.0.1:0']),
     (error: { code: number; stderr: string }) => {
-      assert.equal(error.code, 1);
+      assert.equal(error.code, 2);
       assert.match(error.stderr, /--tokens/);
       return true;
     },
@@ -52,6 +52,39 @@ test('the proxy refuses to start without credentials unless --insecure; the agen
   );
   const { stderr } = await cli(['tunnel', 'nope']).catch((e: { stderr: string }) => e);
   assert.match(stderr, /usage/);
+});
+
+test('the commands answer --help with their usage, and a mistake on the command line with one line and exit code 2', async () => {
+  for (const args of [
+    ['tunnel', 'proxy', '--help'],
+    ['tunnel', 'agent', '-h'],
+    ['tunnel', 'token', '--help'],
+  ]) {
+    const { stdout } = await cli(args);
+    assert.match(stdout, /^usage:\n {2}duplexwire tunnel proxy/, args.join(' '));
+  }
+  for (const [args, message] of [
+    [['tunnel', 'agent', '--bogus'], /^duplexwire: Unknown option '--bogus'/],
+    [['tunnel', 'proxy', '--listen', 'nope', '--insecure'], /^duplexwire: --listen must be host:port, got "nope"/],
+    [['demo', '--port'], /^duplexwire: Option '--port <value>' argument missing/],
+  ] as const) {
+    await assert.rejects(cli([...args]), (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 2, args.join(' '));
+      assert.match(error.stderr, message);
+      assert.doesNotMatch(error.stderr, /\n\s+at /, 'no stack trace');
+      return true;
+    });
+  }
+  // What the system refused is said as it is, without a stack either.
+  await assert.rejects(
+    cli(['tunnel', 'proxy', '--tokens', '/nonexistent/tokens.json']),
+    (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 1);
+      assert.match(error.stderr, /^duplexwire: ENOENT: no such file or directory/);
+      assert.doesNotMatch(error.stderr, /\n\s+at /);
+      return true;
+    },
+  );
 });
 
 test('proxy and agent processes: a request through both; SIGTERM drains, finishing the request in flight', async (t) => {

@@ -42,9 +42,9 @@ test('wsproxy refuses to start without --upstream, or with one that is not a ws 
     ),
     cli(['wsproxy', '--help']),
   ]);
-  assert.equal((missing as { code: number }).code, 1);
+  assert.equal((missing as { code: number }).code, 2);
   assert.match(missing.stderr, /--upstream <ws url> is required/);
-  assert.equal((notWs as { code: number }).code, 1);
+  assert.equal((notWs as { code: number }).code, 2);
   assert.match(notWs.stderr, /ws or wss URL/);
   assert.match((help as { stdout: string }).stdout, /duplexwire wsproxy --upstream/);
 });
@@ -126,14 +126,14 @@ test('--forward-path keeps every upstream path under the base path, whatever new
   assert.throws(() => forwardPathUpstream('ws://up/base?k=v'), /query or fragment/);
   assert.throws(() => forwardPathUpstream('ws://up/base#top'), /query or fragment/);
   assert.throws(() => forwardPathUpstream('http://up/base'), /ws or wss/);
-  assert.throws(() => forwardPathUpstream('not a url'), TypeError);
+  assert.throws(() => forwardPathUpstream('not a url'), RangeError);
 });
 
 test('wsproxy --heartbeat: a client that vanished is dropped (the upstream gets 1001); a bad value does not start', async (t) => {
   const bad = await cli(['wsproxy', '--upstream', 'ws://127.0.0.1:1/', '--heartbeat', 'soon']).catch(
     (error: { code: number; stderr: string }) => error,
   );
-  assert.equal((bad as { code: number }).code, 1);
+  assert.equal((bad as { code: number }).code, 2);
   assert.match(bad.stderr, /--heartbeat must be a duration/);
   const upstream = await startUpstream(t);
   const proxy = spawnCli(t, ['wsproxy', '--upstream', upstream.url, '--listen', '127.0.0.1:0', '--heartbeat', '100ms']);

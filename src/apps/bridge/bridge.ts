@@ -9,7 +9,7 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import type { Server as HttpsServer } from 'node:https';
 import { nanoid } from 'nanoid';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Logger } from '../../index.ts';
+import { InvalidArgumentError, type Logger } from '../../index.ts';
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../../transports/types.ts';
 import {
   Endpoint,
@@ -143,10 +143,10 @@ function httpUrl(name: string, value: string): URL {
   try {
     url = new URL(value);
   } catch {
-    throw new TypeError(`${name} must be an absolute http(s) URL, got ${JSON.stringify(value)}`);
+    throw new InvalidArgumentError(`${name} must be an absolute http(s) URL, got ${JSON.stringify(value)}`);
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new TypeError(`${name} must be an http or https URL, got ${url.protocol}`);
+    throw new InvalidArgumentError(`${name} must be an http or https URL, got ${url.protocol}`);
   }
   return url;
 }
@@ -157,16 +157,20 @@ function resolve(options: WsHttpBridgeOptions): Resolved {
   if (options.callbackUrl !== undefined) {
     const callback = httpUrl('callbackUrl', options.callbackUrl);
     if (!callback.pathname.endsWith('/') || callback.search !== '' || callback.hash !== '') {
-      throw new TypeError(`callbackUrl must end with / and carry no query, got ${JSON.stringify(options.callbackUrl)}`);
+      throw new InvalidArgumentError(
+        `callbackUrl must end with / and carry no query, got ${JSON.stringify(options.callbackUrl)}`,
+      );
     }
     callbackUrl = callback.href;
   }
   if (typeof options.secret !== 'string' || Buffer.byteLength(options.secret) < MIN_SECRET_BYTES) {
-    throw new TypeError(`secret must be a string of at least ${MIN_SECRET_BYTES} bytes`);
+    throw new InvalidArgumentError(`secret must be a string of at least ${MIN_SECRET_BYTES} bytes`);
   }
   const path = options.path ?? '/';
   if (!path.startsWith('/') || path.startsWith(CALLBACK_PREFIX)) {
-    throw new TypeError(`path must start with / and not with ${CALLBACK_PREFIX}, got ${JSON.stringify(path)}`);
+    throw new InvalidArgumentError(
+      `path must start with / and not with ${CALLBACK_PREFIX}, got ${JSON.stringify(path)}`,
+    );
   }
   const maxMessageSize = positiveInteger('maxMessageSize', options.maxMessageSize, DEFAULT_BRIDGE_MAX_MESSAGE_SIZE);
   return {

@@ -12,6 +12,7 @@
  * newline (none of them can: they are HTTP header values), so no two requests sign the same text.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { InvalidArgumentError } from '../../index.ts';
 
 /** Header carrying the signature. */
 export const SIGNATURE_HEADER = 'x-bridge-signature';
@@ -34,7 +35,8 @@ export interface SignedFields {
 
 function mac(secret: string | Uint8Array, timestamp: number, fields: SignedFields, body: Uint8Array): Buffer {
   const parts = [fields.action, fields.subject, fields.contentType ?? '', fields.callback ?? ''];
-  if (parts.some((part) => part.includes('\n'))) throw new TypeError('a signed field may not contain a newline');
+  if (parts.some((part) => part.includes('\n')))
+    throw new InvalidArgumentError('a signed field may not contain a newline');
   return createHmac('sha256', secret)
     .update(`v1\n${timestamp}\n${parts.join('\n')}\n`)
     .update(body)

@@ -12,7 +12,7 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import type { Server as HttpsServer } from 'node:https';
 import { nanoid } from 'nanoid';
 import { Counter, Gauge, Registry } from 'prom-client';
-import type { Logger } from '../../index.ts';
+import { InvalidArgumentError, type Logger } from '../../index.ts';
 import type {
   ClientTransport,
   ConnectFailure,
@@ -157,13 +157,13 @@ function checkUpstreamUrl(value: string): string {
   try {
     url = new URL(value);
   } catch {
-    throw new TypeError(`an upstream must be an absolute ws(s) URL, got ${JSON.stringify(value)}`);
+    throw new InvalidArgumentError(`an upstream must be an absolute ws(s) URL, got ${JSON.stringify(value)}`);
   }
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:') {
-    throw new TypeError(`an upstream must be a ws or wss URL, got ${url.protocol}`);
+    throw new InvalidArgumentError(`an upstream must be a ws or wss URL, got ${url.protocol}`);
   }
   // ws refuses a URL with a fragment by throwing, which would pass for an unreachable upstream.
-  if (url.hash !== '') throw new TypeError('an upstream URL cannot have a fragment (#...)');
+  if (url.hash !== '') throw new InvalidArgumentError('an upstream URL cannot have a fragment (#...)');
   return url.href;
 }
 
@@ -252,7 +252,7 @@ export class WsProxy {
   constructor(options: WsProxyOptions) {
     if (typeof options.upstream === 'string') checkUpstreamUrl(options.upstream);
     else if (typeof options.upstream !== 'function') {
-      throw new TypeError('upstream must be a ws(s) URL or a function returning one');
+      throw new InvalidArgumentError('upstream must be a ws(s) URL or a function returning one');
     }
     this.options = {
       upstream: options.upstream,
