@@ -93,10 +93,11 @@ test('round trip: method, raw path and query, headers in order, body, status and
       ['X-Forwarded-Host', `127.0.0.1:${proxy.port}`],
     ],
   );
-  // The Host header is preserved by default.
+  // The Host header is preserved by default (its value: the agent's HTTP client, undici, writes
+  // the name itself, in lower case and first, as header names are case-insensitive).
   assert.deepEqual(
-    pairs.filter(([n]) => n.toLowerCase() === 'host'),
-    [['Host', `127.0.0.1:${proxy.port}`]],
+    pairs.filter(([n]) => n.toLowerCase() === 'host').map(([, value]) => value),
+    [`127.0.0.1:${proxy.port}`],
   );
 });
 

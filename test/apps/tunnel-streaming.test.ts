@@ -364,3 +364,53 @@ test('a target that answers before reading the body: the upload stops, no credit
   assert.equal(full.text, String(body.length));
   await waitFor(() => proxy.proxy.agents('4712')[0]!.window.inFlight === 0, 3000, 'connection credit returned');
 });
+
+test('full duplex: a target that answers while it still reads the body (an echo) gets all of it, and so does the user', async (t) => {
+  const target = await startTarget(t, (req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    // Each piece goes back as it comes: the response streams while the request still streams.
+    req.on('data', (chunk: Buffer) => res.write(chunk));
+    req.on('end', () => res.end());
+  });
+  const proxy = await startProxy(t, { maxRequestBody: Number.POSITIVE_INFINITY });
+  await startAgent(t, proxy, { target: target.url });
+  const total = 8 * 1024 * 1024;
+  const block = pattern(64 * 1024);
+  const sentHash = createHash('sha256');
+  const { received, hash } = await new Promise<{ received: number; hash: string }>((resolve, reject) => {
+    const req = request({
+      port: proxy.port,
+      host: '127.0.0.1',
+      method: 'POST',
+      headers: { 'x-duplexwire-client-id': ID, 'transfer-encoding': 'chunked' },
+    });
+    req.on('error', reject);
+    let sent = 0;
+    let echoed = 0;
+    const pump = (): void => {
+      // At most 1 MiB ahead of the echo: the rest goes only once the echo came back, so the
+      // upload cannot finish before the response started.
+      while (sent < total && sent - echoed < 1024 * 1024) {
+        sent += block.length;
+        sentHash.update(block);
+        if (!req.write(block)) {
+          req.once('drain', pump);
+          return;
+        }
+      }
+      if (sent >= total) req.end();
+    };
+    req.on('response', (res) => {
+      const received = createHash('sha256');
+      res.on('data', (c: Buffer) => {
+        received.update(c);
+        echoed += c.length;
+        pump();
+      });
+      res.on('end', () => resolve({ received: echoed, hash: received.digest('hex') }));
+    });
+    pump();
+  });
+  assert.equal(received, total);
+  assert.equal(hash, sentHash.digest('hex'));
+});

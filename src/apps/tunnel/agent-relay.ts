@@ -88,6 +88,19 @@ export class ResponseSender {
     }
   }
 
+  /**
+   * Sends `data` at once when there is credit for all of it (no promise: the hot path of a
+   * stream whose consumer keeps up), else as `chunk` does, resolving once it is sent.
+   */
+  chunkNow(data: Uint8Array): Promise<void> | undefined {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (data.length > this.chunkSize) return this.chunk(data);
+    const cost = messageCost(data.length);
+    if (!tryAcquireBoth(this.stream, this.connection, cost)) return this.chunk(data);
+    this.send(chunkName(MSG_CHUNK, this.sid, this.seq++, false), binary(data), cost);
+    return undefined;
+  }
+
   async fin(): Promise<void> {
     const cost = await this.credit(0);
     this.send(chunkName(MSG_CHUNK, this.sid, this.seq++, true), binary(EMPTY), cost);
@@ -101,7 +114,6 @@ export class ResponseSender {
 }
 
 const EMPTY = new Uint8Array(0);
-const TICK = Symbol('tick');
 
 function concat(parts: Uint8Array[], size: number): Uint8Array {
   if (parts.length === 1) return parts[0]!;
@@ -115,10 +127,113 @@ function concat(parts: Uint8Array[], size: number): Uint8Array {
 }
 
 /**
- * Relays a response: inline when it is complete and small by the end of the current turn of the
- * event loop (or, with a Content-Length within the limit, once complete), else as head + chunks.
- * `knownLength` is the response's Content-Length, when it has one.
+ * A response as its bytes come (pushed by the target's client, or pulled from a handler's body
+ * and pushed here): inline when it is complete and small by the end of the turn its head came in
+ * (or, with a Content-Length within the limit, once complete), else as head + chunks, in order.
  */
+export class ResponseRelay {
+  private readonly sender: () => ResponseSender;
+  private readonly status: number;
+  private readonly headers: readonly string[];
+  private collected: Uint8Array[] = [];
+  private size = 0;
+  private out: ResponseSender | undefined;
+  /** The last send, in order; never rejects (a failure is kept in `failure`). */
+  private tail: Promise<void> = Promise.resolve();
+  /** Sends that wait for credit: what comes next queues behind them. */
+  private waiting = 0;
+  private failed = false;
+  private failure: unknown;
+  private tick: ReturnType<typeof setImmediate> | undefined;
+  private ended = false;
+
+  /** `knownLength` is the response's Content-Length, when it has one. */
+  constructor(sender: () => ResponseSender, status: number, headers: readonly string[], knownLength?: number) {
+    this.sender = sender;
+    this.status = status;
+    this.headers = headers;
+    // Past this turn, the rest may take any time (server-sent events): the head goes then.
+    if (knownLength === undefined || knownLength > INLINE_RESPONSE_LIMIT) {
+      this.tick = setImmediate(() => {
+        this.tick = undefined;
+        if (!this.ended && this.out === undefined) this.stream()?.catch(() => {});
+      });
+    }
+  }
+
+  /**
+   * Body bytes. Returns a promise when the caller should wait before giving more (the proxy has
+   * no credit for them yet); it rejects when the stream failed (the proxy canceled it).
+   */
+  data(chunk: Uint8Array): Promise<void> | undefined {
+    if (chunk.length === 0) return undefined;
+    const out = this.out;
+    if (out !== undefined) return this.queue(() => out.chunkNow(chunk));
+    this.collected.push(chunk);
+    this.size += chunk.length;
+    return this.size <= INLINE_RESPONSE_LIMIT ? undefined : this.stream();
+  }
+
+  /** The whole body came: the reply to `tunnel.http` (inline, or done once everything was acked). */
+  async end(): Promise<HttpReply> {
+    this.abandon();
+    const out = this.out;
+    if (out === undefined) {
+      return { kind: 'inline', status: this.status, headers: this.headers, data: concat(this.collected, this.size) };
+    }
+    await this.tail;
+    if (this.failed) throw this.failure;
+    await out.fin();
+    await out.settled();
+    return { kind: 'done' };
+  }
+
+  /** No more body will come (the exchange ended or failed): the turn's timer stops. */
+  abandon(): void {
+    this.ended = true;
+    if (this.tick !== undefined) clearImmediate(this.tick);
+    this.tick = undefined;
+  }
+
+  /** Switches to head + chunks: the head carries what came so far, up to the inline limit. */
+  private stream(): Promise<void> | undefined {
+    const out = this.sender();
+    this.out = out;
+    const data = concat(this.collected, this.size);
+    this.collected = [];
+    // One piece of a handler's body can be any size: the rest goes in chunks (a message must stay
+    // far below 1 MiB).
+    const head = data.length <= INLINE_RESPONSE_LIMIT ? data : data.subarray(0, INLINE_RESPONSE_LIMIT);
+    this.queue(() => out.head(this.status, this.headers, head))?.catch(() => {});
+    if (data.length <= INLINE_RESPONSE_LIMIT) return this.waiting > 0 ? this.tail : undefined;
+    return this.queue(() => out.chunk(data.subarray(INLINE_RESPONSE_LIMIT)));
+  }
+
+  /** Runs `send` now when nothing waits before it, else after what waits; in order either way. */
+  private queue(send: () => Promise<void> | undefined): Promise<void> | undefined {
+    if (this.failed) return Promise.reject(this.failure);
+    const sending = this.waiting === 0 ? send() : this.tail.then(() => (this.failed ? undefined : send()));
+    if (sending === undefined) return undefined;
+    this.waiting++;
+    const done = sending.then(
+      () => {
+        this.waiting--;
+      },
+      (error: unknown) => {
+        this.waiting--;
+        if (!this.failed) {
+          this.failed = true;
+          this.failure = error;
+        }
+        throw error;
+      },
+    );
+    this.tail = done.catch(() => {});
+    return done;
+  }
+}
+
+/** Relays a body pulled from `body` (a handler's stream) through a {@link ResponseRelay}. */
 export async function relayResponse(
   sender: () => ResponseSender,
   status: number,
@@ -126,39 +241,21 @@ export async function relayResponse(
   body: AsyncIterator<Uint8Array> | undefined,
   knownLength: number | undefined,
 ): Promise<HttpReply> {
-  const collected: Uint8Array[] = [];
-  let size = 0;
-  let pending: Promise<IteratorResult<Uint8Array>> | undefined = body?.next();
-  if (pending !== undefined && body !== undefined) {
-    const waitAll = knownLength !== undefined && knownLength <= INLINE_RESPONSE_LIMIT;
-    // Past this turn, the rest may take any time (server-sent events): send the head now.
-    const tick = waitAll ? undefined : new Promise<typeof TICK>((resolve) => setImmediate(resolve, TICK));
-    for (;;) {
-      const result = tick === undefined ? await pending : await Promise.race([pending, tick]);
-      if (result === TICK) break;
-      if (result.done) {
-        pending = undefined;
-        break;
+  const relay = new ResponseRelay(sender, status, headers, knownLength);
+  try {
+    if (body !== undefined) {
+      for (;;) {
+        const result = await body.next();
+        if (result.done) break;
+        const wait = relay.data(result.value);
+        if (wait !== undefined) await wait;
       }
-      collected.push(result.value);
-      size += result.value.length;
-      pending = body.next();
-      if (size > INLINE_RESPONSE_LIMIT) break;
     }
+  } catch (error) {
+    relay.abandon();
+    throw error;
   }
-  const data = concat(collected, size);
-  if (pending === undefined) return { kind: 'inline', status, headers, data };
-  const out = sender();
-  // The head carries what is there, up to the inline limit; one piece of a fetch handler's body
-  // can be any size, and the rest goes in chunks (a message must stay far below 1 MiB).
-  await out.head(
-    status,
-    headers,
-    data.length <= INLINE_RESPONSE_LIMIT ? data : data.subarray(0, INLINE_RESPONSE_LIMIT),
-  );
-  if (data.length > INLINE_RESPONSE_LIMIT) await out.chunk(data.subarray(INLINE_RESPONSE_LIMIT));
-  await streamRest(out, body!, pending);
-  return { kind: 'done' };
+  return relay.end();
 }
 
 /** Streams the rest of `body` (its next result already asked for) and the final chunk. */

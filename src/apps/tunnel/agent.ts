@@ -4,19 +4,13 @@
  * each request the proxy sends against its target: a URL, an in-process Node `(req, res)`
  * handler, or a fetch-style `(Request) => Response` handler.
  */
-import {
-  Agent as HttpAgent,
-  createServer,
-  type IncomingMessage,
-  type Server as HttpServer,
-  type ServerResponse,
-} from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Pool } from 'undici';
 import {
   Client,
   type IncomingMessage as DuplexwireMessage,
@@ -99,20 +93,16 @@ type Target =
   | { readonly kind: 'fetch'; readonly handler: FetchHandler }
   | { readonly kind: 'node'; readonly handler: NodeHandler };
 
-function httpTarget(url: URL, hostHeader: 'preserve' | 'rewrite', agent: HttpAgent): HttpTarget {
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new InvalidArgumentError(`target must be an http: or https: URL, got ${url.protocol}`);
-  }
-  const port = url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
-  return {
-    protocol: url.protocol,
-    hostname: url.hostname.replace(/^\[|\]$/g, ''),
-    port,
-    basePath: url.pathname.replace(/\/+$/, ''),
-    host: url.host,
-    hostHeader,
-    agent,
-  };
+/**
+ * The agent's connections to its target: kept alive between requests, and without undici's own
+ * header and body timeouts (the proxy's deadline and the user decide how long a response takes).
+ */
+function targetPool(origin: string, options: Pool.Options = {}): Pool {
+  return new Pool(origin, { headersTimeout: 0, bodyTimeout: 0, ...options });
+}
+
+function httpTarget(url: URL, hostHeader: 'preserve' | 'rewrite', dispatcher: Pool): HttpTarget {
+  return { basePath: url.pathname.replace(/\/+$/, ''), host: url.host, hostHeader, dispatcher };
 }
 
 /**
@@ -141,7 +131,8 @@ export class TunnelAgent {
   private readonly connectionWindow: number;
   private readonly drainTimeout: number;
   private readonly hostHeader: 'preserve' | 'rewrite';
-  private readonly targetAgent: HttpAgent;
+  /** Connections to the target URL, or to the private socket of the Node handler. */
+  private targetPool: Pool | undefined;
   private window: CreditWindow;
   private draining = false;
   private closing: Promise<void> | undefined;
@@ -173,18 +164,22 @@ export class TunnelAgent {
     this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
     this.window = new CreditWindow(this.connectionWindow);
     const url = options.target === undefined ? undefined : new URL(String(options.target));
-    this.targetAgent =
-      url?.protocol === 'https:'
-        ? new HttpsAgent({
-            keepAlive: true,
-            ...(options.targetTls?.ca === undefined ? {} : { ca: options.targetTls.ca }),
-            ...(options.targetTls?.rejectUnauthorized === undefined
-              ? {}
-              : { rejectUnauthorized: options.targetTls.rejectUnauthorized }),
-          })
-        : new HttpAgent({ keepAlive: true });
     if (url !== undefined) {
-      this.target = { kind: 'http', http: httpTarget(url, this.hostHeader, this.targetAgent) };
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+        throw new InvalidArgumentError(`target must be an http: or https: URL, got ${url.protocol}`);
+      }
+      const tls = options.targetTls;
+      this.targetPool = targetPool(url.origin, {
+        ...(tls === undefined
+          ? {}
+          : {
+              connect: {
+                ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+                ...(tls.rejectUnauthorized === undefined ? {} : { rejectUnauthorized: tls.rejectUnauthorized }),
+              },
+            }),
+      });
+      this.target = { kind: 'http', http: httpTarget(url, this.hostHeader, this.targetPool) };
     } else {
       const handler = options.handler!;
       if (typeof handler !== 'function') throw new InvalidArgumentError('option handler must be a function');
@@ -264,7 +259,7 @@ export class TunnelAgent {
       clearTimeout(timer);
     }
     await this.client.close(1001, 'agent closing');
-    this.targetAgent.destroy();
+    await this.targetPool?.destroy();
     const node = this.nodeServer;
     if (node !== undefined) {
       await new Promise<void>((resolve) => {
@@ -319,14 +314,8 @@ export class TunnelAgent {
           resolve();
         });
       });
-      const http: HttpTarget = {
-        protocol: 'http:',
-        socketPath,
-        basePath: '',
-        host: 'localhost',
-        hostHeader: this.hostHeader,
-        agent: this.targetAgent,
-      };
+      this.targetPool = targetPool('http://localhost', { socketPath });
+      const http = httpTarget(new URL('http://localhost'), this.hostHeader, this.targetPool);
       this.nodeServer = { server, dir, target: http };
       return http;
     })();
