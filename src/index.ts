@@ -19,6 +19,7 @@ export * from './session/index.ts';
 export * from './errors.ts';
 export { consoleLogger, type Logger, silentLogger } from './logger.ts';
 export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from './peer/peer.ts';
+export { type AbortSignalLike, Cancellation } from './peer/cancellation.ts';
 export { Connection } from './server/connection.ts';
 export {
   DEFAULT_CONCURRENCY,

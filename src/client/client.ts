@@ -28,6 +28,7 @@ import {
 } from '../errors.ts';
 import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
+import type { AbortSignalLike } from '../peer/cancellation.ts';
 import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
 import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, MAX_TIMER_DELAY, subProtocolBytes } from '../util/validate.ts';
@@ -706,7 +707,7 @@ export class Client extends Emitter<ClientEvents> {
     name: string,
     payload: Payload,
     timeout: number,
-    signal: AbortSignal | undefined,
+    signal: AbortSignalLike | undefined,
   ): Promise<Payload> {
     checkInteger('timeout', timeout, 0, MAX_TIMER_DELAY);
     const state = this.#currentState;

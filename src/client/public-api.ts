@@ -9,6 +9,7 @@ export { type Session, sessionFromJson } from '../session/session.ts';
 export * from '../errors.ts';
 export { consoleLogger, type Logger, silentLogger } from '../logger.ts';
 export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
+export { type AbortSignalLike, Cancellation } from '../peer/cancellation.ts';
 export {
   binary,
   EMPTY_PAYLOAD,

@@ -25,6 +25,7 @@ import {
 } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
+import { type AbortSignalLike, Cancellation } from './cancellation.ts';
 import { Deadlines } from './deadlines.ts';
 import { type OutgoingMessage, outgoingReply, outgoingRequest, outgoingSignal, sendOutgoing } from './outgoing.ts';
 
@@ -44,14 +45,23 @@ export type ReplyValue = Payload | Uint8Array | string | null | undefined | void
 export interface RequestContext {
   /** Aborted when the requester cancels (v2.1), the connection closes or shutdown times out. */
   readonly signal: AbortSignal;
+  /**
+   * Aborted at the same moments as `signal`, without making an AbortSignal (an EventTarget per
+   * request): for a handler on a hot path that only listens for the cancel, or passes it on as
+   * the `signal` of its own duplexwire requests.
+   */
+  readonly cancellation: AbortSignalLike;
 }
 
 /** Options of one outgoing request. */
 export interface RequestOptions {
   /** Milliseconds to wait for the reply, an integer in 0..2147483647 (a timer's range); 0 waits forever. */
   readonly timeout?: number;
-  /** Aborting it rejects the request with `CanceledError` and tells the peer to cancel. */
-  readonly signal?: AbortSignal | undefined;
+  /**
+   * Aborting it rejects the request with `CanceledError` and tells the peer to cancel. An
+   * `AbortSignal`, or any {@link AbortSignalLike} (a {@link Cancellation}).
+   */
+  readonly signal?: AbortSignalLike | undefined;
 }
 
 /** Limits and settings of one peer engine, already validated by its owner. */
@@ -84,16 +94,18 @@ interface PendingRequest {
   readonly name: string;
   /** Milliseconds allowed for the reply; 0 waits forever. */
   readonly timeout: number;
-  signal: AbortSignal | undefined;
+  signal: AbortSignalLike | undefined;
   onAbort: (() => void) | undefined;
 }
 
 /**
- * A request whose handler runs; also its handler's context. The AbortController is made only when
- * the handler reads `signal`: most handlers never do, and this is the hot path.
+ * A request whose handler runs; also its handler's context. The AbortController and the
+ * Cancellation are made only when the handler reads `signal` or `cancellation`: most handlers
+ * read neither, and this is the hot path.
  */
 class RunningRequest implements RequestContext {
   #controller: AbortController | undefined;
+  #cancellation: Cancellation | undefined;
   #abortReason: Error | undefined;
   /** Set when the requester cancelled: the reply is then not sent. */
   canceled = false;
@@ -106,10 +118,19 @@ class RunningRequest implements RequestContext {
     return this.#controller.signal;
   }
 
+  get cancellation(): AbortSignalLike {
+    if (this.#cancellation === undefined) {
+      this.#cancellation = new Cancellation();
+      if (this.#abortReason !== undefined) this.#cancellation.abort(this.#abortReason);
+    }
+    return this.#cancellation;
+  }
+
   abort(reason: Error): void {
     if (this.#abortReason !== undefined) return;
     this.#abortReason = reason;
     this.#controller?.abort(reason);
+    this.#cancellation?.abort(reason);
   }
 }
 

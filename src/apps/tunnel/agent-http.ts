@@ -11,7 +11,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { RequestError } from '../../index.ts';
+import { type AbortSignalLike, RequestError } from '../../index.ts';
 import { INLINE_RESPONSE_LIMIT, ResponseRelay, type ResponseSender, streamRest } from './agent-relay.ts';
 import { filterHeaders, headerValues, setHeader } from './headers.ts';
 import { AgentErrorCode, BodyMode, type HttpHead, type HttpReply } from './wire.ts';
@@ -49,7 +49,7 @@ interface Piece {
 export class HttpExchange implements Dispatcher.DispatchHandlers {
   private readonly head: HttpHead;
   private readonly target: HttpTarget;
-  private readonly signal: AbortSignal;
+  private readonly signal: AbortSignalLike;
   private readonly sender: () => ResponseSender;
   private expectSeq = 0;
   private settle: { resolve: (reply: HttpReply) => void; reject: (error: unknown) => void } | undefined;
@@ -73,7 +73,7 @@ export class HttpExchange implements Dispatcher.DispatchHandlers {
     this.abortRequest?.(this.signal.reason as Error);
   };
 
-  constructor(head: HttpHead, target: HttpTarget, signal: AbortSignal, sender: () => ResponseSender) {
+  constructor(head: HttpHead, target: HttpTarget, signal: AbortSignalLike, sender: () => ResponseSender) {
     this.head = head;
     this.target = target;
     this.signal = signal;

@@ -4,7 +4,7 @@
  * user's socket took the bytes. A small complete response skips all of it and travels inside the
  * reply to `tunnel.http`: one message for the whole exchange.
  */
-import { binary, type Client } from '../../index.ts';
+import { type AbortSignalLike, binary, type Client } from '../../index.ts';
 import { acquireBoth, CreditWindow, messageCost, tryAcquireBoth } from './flow.ts';
 import { chunkName, encodeResponseHead, type HttpReply, MSG_CHUNK, MSG_HEAD } from './wire.ts';
 
@@ -14,7 +14,7 @@ export const INLINE_RESPONSE_LIMIT = 64 * 1024;
 export class ResponseSender {
   private readonly client: Client;
   private readonly sid: string;
-  private readonly signal: AbortSignal;
+  private readonly signal: AbortSignalLike;
   private readonly stream: CreditWindow;
   private readonly connection: CreditWindow;
   private readonly chunkSize: number;
@@ -26,7 +26,7 @@ export class ResponseSender {
   constructor(
     client: Client,
     sid: string,
-    signal: AbortSignal,
+    signal: AbortSignalLike,
     connection: CreditWindow,
     streamWindow: number,
     chunkSize: number,

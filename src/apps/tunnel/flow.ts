@@ -5,6 +5,7 @@
  * agent connection (the sum over streams stays below the connection's `maxBufferedBytes`, past
  * which duplexwire would close it as a slow consumer).
  */
+import type { AbortSignalLike } from '../../index.ts';
 
 /**
  * What one message costs in credit: its bytes, but at least 8 KiB, so that a window also bounds
@@ -17,16 +18,11 @@ export function messageCost(bytes: number): number {
   return Math.max(bytes, MIN_MESSAGE_COST);
 }
 
-/** The most messages a window of `window` bytes lets be unacked at once (and listen to a signal). */
-export function maxMessages(window: number): number {
-  return Math.ceil(window / MIN_MESSAGE_COST) + 16;
-}
-
 interface Waiter {
   readonly n: number;
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
-  readonly signal: AbortSignal | undefined;
+  readonly signal: AbortSignalLike | undefined;
   readonly onAbort: () => void;
 }
 
@@ -54,7 +50,7 @@ export class CreditWindow {
    * path allocates no promise), else a promise that resolves once they are, in FIFO order, or
    * rejects with the signal's reason.
    */
-  acquire(n: number, signal?: AbortSignal): Promise<void> | undefined {
+  acquire(n: number, signal?: AbortSignalLike): Promise<void> | undefined {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.waiters.length === 0 && this.fits(n)) {
       this.used += n;
@@ -113,7 +109,7 @@ export async function acquireBoth(
   stream: CreditWindow,
   connection: CreditWindow,
   n: number,
-  signal: AbortSignal | undefined,
+  signal: AbortSignalLike | undefined,
 ): Promise<void> {
   const first = stream.acquire(n, signal);
   if (first !== undefined) await first;

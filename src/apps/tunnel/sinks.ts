@@ -17,7 +17,8 @@ export interface Sink {
   head(status: number, headers: readonly string[]): void;
   /** Writes body bytes; returns a promise when the user's socket is full (settles on drain or close). */
   write(data: Uint8Array): Promise<void> | undefined;
-  end(): void;
+  /** Ends the response, after `data` when given (one write for a whole small body). */
+  end(data?: Uint8Array): void;
   destroy(): void;
   /** An error answer when no head went out yet; otherwise the response is cut off. */
   fail(code: TunnelErrorCode, closeConnection?: boolean): void;
@@ -80,10 +81,11 @@ export class ResponseSink implements Sink {
     return this.drainPromise;
   }
 
-  end(): void {
+  end(data?: Uint8Array): void {
     if (this.done) return;
     this.ended = true;
-    this.res.end();
+    if (data === undefined || data.length === 0) this.res.end();
+    else this.res.end(data);
   }
 
   destroy(): void {
@@ -168,10 +170,11 @@ export class SocketSink implements Sink {
     return this.drainPromise;
   }
 
-  end(): void {
+  end(data?: Uint8Array): void {
     if (this.done) return;
     this.ended = true;
-    this.socket.end();
+    if (data === undefined || data.length === 0) this.socket.end();
+    else this.socket.end(data);
   }
 
   destroy(): void {

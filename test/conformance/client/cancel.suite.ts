@@ -9,6 +9,7 @@ import { decode } from '../../../protocol/decode.ts';
 import { encodeReply } from '../../../protocol/encode.ts';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { CanceledError, TimeoutError } from '../../../src/errors.ts';
+import { Cancellation } from '../../../src/peer/cancellation.ts';
 import { connectClient, delay, hex, startServer, waitFor } from '../../helpers.ts';
 import { abortedWithin, acceptConf, outcome, rawServer } from './helpers.ts';
 
@@ -50,6 +51,31 @@ test('aborting a request rejects it with CanceledError at once and fires the han
   await waitFor(() => seen.aborted === 1, 1_000, 'the server handler signal to fire');
   assert.ok(seen.reasons[0] instanceof CanceledError, String(seen.reasons[0]));
   // The connection is fine afterwards, and the canceled request left nothing behind.
+  assert.equal(payloadText(await client.request('echo', utf8('still ok'))), 'still ok');
+});
+
+test('a Cancellation works as the signal, and the handler can listen on its cancellation instead of its signal', async (t) => {
+  const seen = { started: 0, reason: undefined as unknown, signalMade: false };
+  const { url } = await startServer(t, {
+    onRequest: async (_conn, msg, ctx) => {
+      if (msg.name !== 'slow') return msg.payload;
+      seen.started++;
+      seen.reason = await abortedWithin(ctx.cancellation, 1_000, 'no abort');
+      return 'late reply';
+    },
+  });
+  const client = await connectClient(t, url);
+  const cancellation = new Cancellation();
+  const settled = outcome(client.request('slow', utf8('x'), { timeout: 5_000, signal: cancellation }));
+  await waitFor(() => seen.started === 1, 1_000, 'the handler to start');
+  cancellation.abort(new Error('user gave up'));
+  const result = await settled;
+  assert.ok(result.error instanceof CanceledError, String(result.error));
+  assert.equal((result.error.cause as Error).message, 'user gave up');
+  await waitFor(() => seen.reason !== undefined, 1_000, 'the handler cancellation to fire');
+  assert.ok(seen.reason instanceof CanceledError, String(seen.reason));
+  // An aborted Cancellation fails a request at once, as an aborted AbortSignal does.
+  await assert.rejects(client.request('slow', utf8('x'), { signal: cancellation }), CanceledError);
   assert.equal(payloadText(await client.request('echo', utf8('still ok'))), 'still ok');
 });
 

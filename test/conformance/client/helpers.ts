@@ -3,6 +3,7 @@
  * server says during the handshake), a server on a chosen port (restart tests), a free port with
  * nothing listening, a child-process server, and small promise utilities.
  */
+import type { AbortSignalLike } from '../../../src/peer/cancellation.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import type { TestContext } from 'node:test';
@@ -44,7 +45,7 @@ export function aborted(signal: AbortSignal): Promise<unknown> {
  * Resolves with the abort reason when `signal` fires, or with `fallback` after `ms` (the timer
  * is cleared on abort, so nothing lingers after the test).
  */
-export function abortedWithin(signal: AbortSignal, ms: number, fallback: unknown = undefined): Promise<unknown> {
+export function abortedWithin(signal: AbortSignalLike, ms: number, fallback: unknown = undefined): Promise<unknown> {
   if (signal.aborted) return Promise.resolve(signal.reason);
   return new Promise((resolve) => {
     const onAbort = (): void => {
