@@ -30,17 +30,21 @@ const SECRET: ReadonlySet<string> = new Set([
   'x-auth-token',
 ]);
 
+const NO_TOKENS: ReadonlySet<string> = new Set();
+
 /** The lower-case names listed in every `Connection` header of `raw`. */
-export function connectionTokens(raw: readonly string[]): Set<string> {
-  const tokens = new Set<string>();
+export function connectionTokens(raw: readonly string[]): ReadonlySet<string> {
+  let tokens: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.toLowerCase() !== 'connection') continue;
+    const name = raw[i]!;
+    if (name.length !== 10 || name.toLowerCase() !== 'connection') continue;
     for (const token of raw[i + 1]!.split(',')) {
-      const name = token.trim().toLowerCase();
-      if (name !== '') tokens.add(name);
+      const listed = token.trim().toLowerCase();
+      if (listed !== '') (tokens ??= new Set()).add(listed);
     }
   }
-  return tokens;
+  // Most heads name nothing but keep-alive or close, often nothing at all: no set made for them.
+  return tokens ?? NO_TOKENS;
 }
 
 export interface FilterOptions {

@@ -9,17 +9,18 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 const MAX_LABELLED_IDS = 1000;
+/** The label of each status class, made once rather than per request. */
+const STATUS_CLASSES: readonly string[] = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx', '6xx', '7xx', '8xx', '9xx'];
 /** The label value of requests whose id is unknown or over the cap. */
 export const OTHER_ID = '_other';
 
-/** The series of one label value, looked up once: prom-client hashes the labels on every call. */
+/**
+ * What a request updates: the live counters of its label value (read by the status page, and by
+ * the counters and gauges below when scraped) and the histogram's series, looked up once.
+ */
 interface Series {
   readonly stats: IdStats;
-  readonly inflight: { inc(): void; dec(): void };
   readonly duration: { observe(value: number): void };
-  readonly bytesIn: { inc(value: number): void };
-  readonly bytesOut: { inc(value: number): void };
-  readonly requests: Map<string, { inc(): void }>;
 }
 
 /** Live counters of one id, for the status page. */
@@ -33,10 +34,7 @@ export interface IdStats {
 
 export class TunnelMetrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<'client_id' | 'status_class'>;
   private readonly duration: Histogram<'client_id'>;
-  private readonly inflight: Gauge<'client_id'>;
-  private readonly bytes: Counter<'client_id' | 'direction'>;
   private readonly labelled = new Set<string>();
   private readonly series = new Map<string, Series>();
   /** Per labelled id (plus OTHER_ID), for the status page. */
@@ -44,11 +42,20 @@ export class TunnelMetrics {
 
   constructor(agentsConnected: () => Map<string, number>, options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    this.requests = new Counter({
+    // Counters and gauges are read from `stats` when scraped: a request only adds to plain
+    // numbers (prom-client hashes the labels on every update, a few µs per request in all).
+    const stats = this.stats;
+    new Counter({
       name: 'duplexwire_tunnel_requests_total',
       help: 'HTTP requests answered by the proxy, by client id and status class (2xx, 4xx, ...)',
       labelNames: ['client_id', 'status_class'],
       registers,
+      collect() {
+        this.reset();
+        for (const [id, s] of stats) {
+          for (const [status_class, n] of s.statusClasses) this.inc({ client_id: id, status_class }, n);
+        }
+      },
     });
     this.duration = new Histogram({
       name: 'duplexwire_tunnel_request_duration_seconds',
@@ -57,17 +64,28 @@ export class TunnelMetrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,
     });
-    this.inflight = new Gauge({
+    new Gauge({
       name: 'duplexwire_tunnel_requests_in_flight',
       help: 'HTTP requests being served',
       labelNames: ['client_id'],
       registers,
+      collect() {
+        this.reset();
+        for (const [id, s] of stats) this.set({ client_id: id }, s.inflight);
+      },
     });
-    this.bytes = new Counter({
+    new Counter({
       name: 'duplexwire_tunnel_bytes_total',
       help: 'Body bytes through the tunnel: in = request bodies from users, out = response bodies to users',
       labelNames: ['client_id', 'direction'],
       registers,
+      collect() {
+        this.reset();
+        for (const [id, s] of stats) {
+          this.inc({ client_id: id, direction: 'in' }, s.bytesIn);
+          this.inc({ client_id: id, direction: 'out' }, s.bytesOut);
+        }
+      },
     });
     new Gauge({
       name: 'duplexwire_tunnel_agents_connected',
@@ -97,56 +115,35 @@ export class TunnelMetrics {
     if (series === undefined) {
       const stats: IdStats = { requests: 0, inflight: 0, bytesIn: 0, bytesOut: 0, statusClasses: new Map() };
       this.stats.set(label, stats);
-      series = {
-        stats,
-        inflight: this.inflight.labels({ client_id: label }),
-        duration: this.duration.labels({ client_id: label }),
-        bytesIn: this.bytes.labels({ client_id: label, direction: 'in' }),
-        bytesOut: this.bytes.labels({ client_id: label, direction: 'out' }),
-        requests: new Map(),
-      };
+      series = { stats, duration: this.duration.labels({ client_id: label }) };
       this.series.set(label, series);
     }
     return series;
   }
 
   started(label: string): void {
-    const series = this.seriesOf(label);
-    series.inflight.inc();
-    series.stats.inflight++;
+    this.seriesOf(label).stats.inflight++;
   }
 
   finished(label: string): void {
-    const series = this.seriesOf(label);
-    series.inflight.dec();
-    series.stats.inflight--;
+    this.seriesOf(label).stats.inflight--;
   }
 
   /** A response head went out (or an error answer). */
   answered(label: string, status: number, seconds: number): void {
     const series = this.seriesOf(label);
-    const statusClass = `${Math.floor(status / 100)}xx`;
-    let counter = series.requests.get(statusClass);
-    if (counter === undefined) {
-      counter = this.requests.labels({ client_id: label, status_class: statusClass });
-      series.requests.set(statusClass, counter);
-    }
-    counter.inc();
     series.duration.observe(seconds);
     const stats = series.stats;
+    const statusClass = STATUS_CLASSES[Math.floor(status / 100)] ?? `${Math.floor(status / 100)}xx`;
     stats.requests++;
     stats.statusClasses.set(statusClass, (stats.statusClasses.get(statusClass) ?? 0) + 1);
   }
 
   bytesIn(label: string, n: number): void {
-    const series = this.seriesOf(label);
-    series.bytesIn.inc(n);
-    series.stats.bytesIn += n;
+    this.seriesOf(label).stats.bytesIn += n;
   }
 
   bytesOut(label: string, n: number): void {
-    const series = this.seriesOf(label);
-    series.bytesOut.inc(n);
-    series.stats.bytesOut += n;
+    this.seriesOf(label).stats.bytesOut += n;
   }
 }
