@@ -601,6 +601,7 @@ export class Client extends Emitter<ClientEvents> {
       },
       onDrain: () => peerHandlers?.onDrain(),
       onPing: () => peerHandlers?.onPing(),
+      onActivity: () => peerHandlers?.onActivity?.(),
       onClose: (code, reason) => {
         if (peerHandlers === undefined) earlyClose = [code, reason];
         else peerHandlers.onClose(code, reason);

@@ -161,7 +161,7 @@ export class Peer {
   #closeReason = '';
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
 
-  /** `performance.now()` of the last message received (read timeout). */
+  /** `performance.now()` of the last message, ping, pong or part of a message received (read timeout). */
   lastReceivedAt: number = performance.now();
   /** `performance.now()` of the last message sent (heartbeat). */
   lastSentAt: number = performance.now();
@@ -208,6 +208,11 @@ export class Peer {
     }
 
     onPing(): void {
+      this.peer.lastReceivedAt = performance.now();
+    }
+
+    /** Part of a message arrived: a large one over a slow link is no silence (read timeouts). */
+    onActivity(): void {
       this.peer.lastReceivedAt = performance.now();
     }
 
