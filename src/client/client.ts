@@ -424,6 +424,13 @@ export class Client extends Emitter<ClientEvents> {
       if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
         // Gone for good: forget it.
         await this.#forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
+      } else if (error instanceof TimeoutError) {
+        // No answer (a partition, a slow store): the server may attach the session yet, or not,
+        // and this connection cannot tell. Going on would run what waits outside a session the
+        // server may hold for it. The attempt fails, the key stays, and the loop connects again;
+        // closing first means a late restore finds the connection gone and attaches nothing.
+        peer.close(CLOSE_NORMAL, 'session restore timed out');
+        throw error;
       } else {
         // Not attached on this connection (connection limit, store failure): no session now, but
         // the stored key stays for the next reconnect to try again.

@@ -10,11 +10,12 @@ import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import type { Client } from '../../../src/client/client.ts';
-import { MaxSessionConnectionsError } from '../../../src/errors.ts';
+import { MaxSessionConnectionsError, TimeoutError } from '../../../src/errors.ts';
 import { fileKeyStore } from '../../../src/session/file-key-store.ts';
-import type { Session } from '../../../src/session/session.ts';
+import { MemorySessionManager } from '../../../src/session/memory-store.ts';
+import type { Session, SessionManager } from '../../../src/session/session.ts';
 import { login, SpyManager, sessionApp, sessionServer, whoami } from '../../fixtures/session-helpers.ts';
-import { connectClient, startServer, waitFor } from '../../helpers.ts';
+import { connectClient, delay, startServer, waitFor } from '../../helpers.ts';
 import { startServerOnPort } from '../client/helpers.ts';
 import { newestConnection, within } from '../server/wire.ts';
 
@@ -179,4 +180,55 @@ test('a reconnect whose restore hits maxSessionConnections: error event, connect
   assert.deepEqual(await whoami(client), null, 'the server did not attach the session');
   assert.deepEqual(await whoami(other), { key, info: { user: 'ada' } });
   assert.equal(client.session, null, 'the client follows the server: no session on this connection');
+});
+
+/** A memory store whose lookups take `lookupDelay` ms (changed at will): a slow store, or a slow path to it. */
+class SlowLookups implements SessionManager {
+  readonly inner = new MemorySessionManager();
+  lookupDelay = 0;
+  onSessionCreated(session: Session): Promise<void> {
+    return this.inner.onSessionCreated(session);
+  }
+  async onSessionLookup(key: string): Promise<Session | null> {
+    if (this.lookupDelay > 0) await new Promise((resolve) => setTimeout(resolve, this.lookupDelay));
+    return this.inner.onSessionLookup(key);
+  }
+  onSessionClosed(key: string): Promise<void> {
+    return this.inner.onSessionClosed(key);
+  }
+}
+
+// Found by the fault suite (test/chaos/faults.ts, a partition during the restore): a restore with
+// no reply within requestTimeout left the connection in use, the session unknown: the client went
+// on without it (requests that waited for the session ran outside it) while the server attached
+// it when its lookup came back.
+test('a restore with no reply within requestTimeout drops that connection: the client reconnects and restores, and what waited runs inside the session', async (t) => {
+  const store = new SlowLookups();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const client = await connectClient(t, url, { reconnect: FAST_RECONNECT, requestTimeout: 300 });
+  const session = await login(client, 'ada');
+  const events: string[] = [];
+  for (const event of ['sessionRestored', 'connect', 'disconnect'] as const) client.on(event, () => events.push(event));
+  const errors: unknown[] = [];
+  client.on('error', (error) => errors.push(error));
+
+  store.lookupDelay = 800;
+  const lost = nextEvent(client, 'disconnect');
+  (await newestConnection(server)).terminate();
+  await lost;
+  // Waits for the connection, and for the session: its own timeout is long enough for a retry.
+  const asked = client.request('whoami', utf8(''), { timeout: 5_000 });
+  await waitFor(() => errors.some((error) => error instanceof TimeoutError), 2_000, 'the restore to time out');
+  store.lookupDelay = 0;
+  const restored = (await nextEvent(client, 'sessionRestored', 3_000)) as Session;
+  assert.equal(restored.key, session.key);
+  assert.deepEqual(JSON.parse(payloadText(await asked)), { key: session.key, info: { user: 'ada' } });
+  await waitFor(() => client.isConnected, 1_000, 'connected');
+  assert.deepEqual(events, ['disconnect', 'sessionRestored', 'connect'], "no 'connect' without the session");
+  assert.equal(client.session?.key, session.key);
+  // The connection whose restore timed out was closed: its late lookup attached nothing.
+  await waitFor(() => server.connections.size === 1, 2_000, 'the timed-out connection to close');
+  await delay(900);
+  assert.equal(server.sessionConnections(session.key).length, 1);
+  assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'ada' } });
 });
