@@ -21,7 +21,9 @@ import { DisconnectedError } from '../../src/errors.ts';
 import { delay, waitFor } from '../helpers.ts';
 import type { TransportUnderTest } from '../transport-under-test.ts';
 import type { FaultLink } from '../fixtures/fault-proxy.ts';
-import { HandlerLog, libraryResources, type Settled, settle, startRig, within } from './fault-harness.ts';
+import { MemorySessionManager } from '../../src/session/memory-store.ts';
+import type { SessionManager } from '../../src/session/session.ts';
+import { HandlerLog, libraryResources, type Rig, type Settled, settle, startRig, within } from './fault-harness.ts';
 
 /** Requests in flight each way when a fault hits. */
 const IN_FLIGHT = 5;
@@ -50,6 +52,7 @@ export function faultScenarios(transport: TransportUnderTest): void {
   shutdownScenario(transport);
   cutSweepScenario(transport);
   slowLargeMessageScenarios(transport);
+  restorePartitionScenario(transport);
 
   /**
    * The three ways a link dies under a connection: a reset, and a FIN in either direction (the
@@ -399,6 +402,61 @@ function cutSweepScenario(transport: TransportUnderTest): void {
       assert.ok(error.name === 'ConnectError' || error.name === 'DisconnectedError', `client error: ${error.stack}`);
     }
     assert.ok(rig.proxy.accepted >= total + 2, `${rig.proxy.accepted} links for ${total} cuts`);
+  });
+}
+
+function restorePartitionScenario(transport: TransportUnderTest): void {
+  const name = transport.name;
+  test(`[${name}] a partition while the session is restored: the client gives that connection up and restores on the next; what waited runs inside the session`, async (t) => {
+    const store = new MemorySessionManager();
+    let partitionNextLookup = false;
+    let rig: Rig | undefined;
+    const sessionManager: SessionManager = {
+      onSessionCreated: (session) => store.onSessionCreated(session),
+      onSessionClosed: (key) => store.onSessionClosed(key),
+      onSessionLookup: (key) => {
+        // The server has the restore; the network fails before its reply gets back.
+        if (partitionNextLookup) {
+          partitionNextLookup = false;
+          rig?.proxy.newest?.down.pause();
+        }
+        return store.onSessionLookup(key);
+      },
+    };
+    rig = await startRig(t, transport, { sessionManager });
+    const client = rig.client({ requestTimeout: 600 });
+    await client.connect();
+    assert.equal(payloadText(await client.request('login', utf8('ada'))), 'ok');
+    const key = client.session!.key;
+    const events: string[] = [];
+    for (const event of ['disconnect', 'sessionRestored', 'connect'] as const)
+      client.on(event, () => events.push(event));
+    const errors: Error[] = [];
+    client.on('error', (error) => errors.push(error));
+
+    partitionNextLookup = true;
+    const restored = nextEvent<{ key: string }>(client, 'sessionRestored', 10_000);
+    rig.proxy.newest!.reset();
+    await waitFor(() => events.includes('disconnect'), AT_ONCE_MS, 'the disconnect');
+    const waited = settle(client.request('whoami', utf8(''), { timeout: 10_000 }));
+    assert.equal((await restored).key, key);
+    const whoami = await waited;
+    assert.equal(whoami.error, undefined, String(whoami.error));
+    assert.equal(payloadText(whoami.value!), key, 'the waiting request ran inside the session');
+    await waitFor(() => client.isConnected, 5_000, 'connected');
+    assert.deepEqual(events, ['disconnect', 'sessionRestored', 'connect'], "no 'connect' without the session");
+    assert.deepEqual(
+      errors.map((e) => e.name),
+      ['TimeoutError'],
+      'the timed-out restore, reported once',
+    );
+    // The partitioned connection ends on the server too (the client closed it; its close frame
+    // went through): the session is held by the live connection only.
+    await waitFor(() => rig.server.connections.size === 1, 5_000, 'the partitioned connection to end');
+    assert.deepEqual(
+      rig.server.sessionConnections(key).map((c) => c.id),
+      [rig.newestConnection()!.id],
+    );
   });
 }
 
