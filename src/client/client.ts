@@ -740,7 +740,7 @@ export class Client extends Emitter<ClientEvents> {
           clearInterval(timer);
           return;
         }
-        if (performance.now() - peer.lastReceivedAt >= timeout) {
+        if (peer.silence(performance.now()) >= timeout) {
           this.#options.logger.warn('nothing from the server within serverTimeout; reconnecting', { timeout });
           clearInterval(timer);
           peer.terminate();

@@ -428,6 +428,19 @@ export class Peer {
     if (!this.busy) this.#notifyIdle();
   }
 
+  /**
+   * Milliseconds without a sign of life from the peer, as the read timeouts judge it (the server's
+   * `readTimeout`, the client's `serverTimeout`). While reading is stopped for this end's own
+   * backlog (handlers busy), whatever the peer sends waits unread, heartbeats and pongs included:
+   * the silence is not the peer's, and the clock starts over once reading does. While it is
+   * stopped because the peer does not take what is sent to it, the clock runs: a drain is then
+   * the sign of life, and a peer that vanished must still be found.
+   */
+  silence(now: number): number {
+    if (this.#readingPaused && !this.#sendBlocked) return 0;
+    return now - this.lastReceivedAt;
+  }
+
   #updateReading(): void {
     if (this.#state === 'closed') return;
     // Once closing, keep reading: the peer's close frame must get through for the closing
@@ -439,8 +452,14 @@ export class Peer {
     const pause = this.#state === 'open' && (backlog || this.#sendBlocked);
     if (pause !== this.#readingPaused) {
       this.#readingPaused = pause;
-      if (pause) this.socket.pause();
-      else this.socket.resume();
+      if (pause) {
+        this.socket.pause();
+      } else {
+        // Reading again, after our backlog cleared or the peer took what we sent (a drain): the
+        // peer's silence counts from now (see `silence`).
+        this.lastReceivedAt = performance.now();
+        this.socket.resume();
+      }
     }
   }
 
