@@ -424,11 +424,13 @@ export class Client extends Emitter<ClientEvents> {
       if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
         // Gone for good: forget it.
         await this.#forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
-      } else if (error instanceof TimeoutError) {
-        // No answer (a partition, a slow store): the server may attach the session yet, or not,
-        // and this connection cannot tell. Going on would run what waits outside a session the
-        // server may hold for it. The attempt fails, the key stays, and the loop connects again;
-        // closing first means a late restore finds the connection gone and attaches nothing.
+      } else if (error instanceof TimeoutError || error instanceof DisconnectedError) {
+        // No answer (a partition, a slow store), or the connection went first: nothing was
+        // learnt of the session. On a connection still open the server may attach it yet, or
+        // not, and going on would run what waits outside a session the server may hold for it.
+        // So the attempt fails (reported once, by the loop), the session and its key stay, and
+        // the loop connects again; closing first means a late restore finds the connection gone
+        // and attaches nothing.
         peer.close(CLOSE_NORMAL, 'session restore timed out');
         throw error;
       } else {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import type { Client } from '../../../src/client/client.ts';
-import { MaxSessionConnectionsError, TimeoutError } from '../../../src/errors.ts';
+import { DisconnectedError, MaxSessionConnectionsError, TimeoutError } from '../../../src/errors.ts';
 import { fileKeyStore } from '../../../src/session/file-key-store.ts';
 import { MemorySessionManager } from '../../../src/session/memory-store.ts';
 import type { Session, SessionManager } from '../../../src/session/session.ts';
@@ -230,5 +230,49 @@ test('a restore with no reply within requestTimeout drops that connection: the c
   await waitFor(() => server.connections.size === 1, 2_000, 'the timed-out connection to close');
   await delay(900);
   assert.equal(server.sessionConnections(session.key).length, 1);
+  assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'ada' } });
+});
+
+// Found by the soak (bench/soak.ts): a connection cut during the restore was taken for a refused
+// restore: the client dropped its session (null until the next attempt restored it from the key
+// store) and reported the one failed attempt twice.
+test('a connection cut during the session restore: the client keeps its session, reports the attempt once, and restores on the next', async (t) => {
+  const store = new SlowLookups();
+  let cutNextLookup = false;
+  const cutting: SessionManager = {
+    onSessionCreated: (session) => store.onSessionCreated(session),
+    onSessionClosed: (key) => store.onSessionClosed(key),
+    onSessionLookup: async (key) => {
+      if (cutNextLookup) {
+        cutNextLookup = false;
+        (await newestConnection(server)).terminate();
+      }
+      return store.onSessionLookup(key);
+    },
+  };
+  const { url, server } = await startServer(t, { sessionManager: cutting, onRequest: sessionApp });
+  const client = await connectClient(t, url, { reconnect: FAST_RECONNECT });
+  const session = await login(client, 'ada');
+  const seen: Array<string | null> = [];
+  const errors: unknown[] = [];
+  for (const event of ['state', 'disconnect', 'reconnecting', 'connect'] as const) {
+    client.on(event, () => seen.push(client.session?.key ?? null));
+  }
+  client.on('error', (error) => {
+    errors.push(error);
+    seen.push(client.session?.key ?? null);
+  });
+  cutNextLookup = true;
+  const restored = nextEvent(client, 'sessionRestored', 3_000) as Promise<Session>;
+  (await newestConnection(server)).terminate();
+  assert.equal((await restored).key, session.key);
+  await waitFor(() => client.isConnected, 1_000, 'connected');
+  assert.equal(errors.length, 1, errors.map(String).join(', '));
+  assert.ok(errors[0] instanceof DisconnectedError, String(errors[0]));
+  assert.deepEqual(
+    seen.filter((key) => key !== session.key),
+    [],
+    'the client held its session all along',
+  );
   assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'ada' } });
 });
