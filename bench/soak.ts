@@ -485,6 +485,19 @@ function chaos(proxy: FaultProxy, interval: number, random: () => number, counts
     timers.add(timer);
   };
   const total = FAULTS.reduce((sum, [, weight]) => sum + weight, 0);
+  // One new connection in eight dies in its handshake or its session restore (the first 600
+  // bytes either way), or starts blackholed: what a reconnect meets on a bad network.
+  proxy.onLink = (link) => {
+    const roll = random();
+    if (roll < 0.1) {
+      (random() < 0.5 ? link.up : link.down).dropAfter(Math.floor(random() * 600), random() < 0.5 ? 'reset' : 'close');
+      counts.set('cut in the handshake', (counts.get('cut in the handshake') ?? 0) + 1);
+    } else if (roll < 0.125) {
+      link.blackhole();
+      later(500 + random() * 4_000, () => link.heal());
+      counts.set('blackholed from the start', (counts.get('blackholed from the start') ?? 0) + 1);
+    }
+  };
   const tick = setInterval(() => {
     const links = [...proxy.links];
     if (links.length === 0) return;
@@ -499,6 +512,7 @@ function chaos(proxy: FaultProxy, interval: number, random: () => number, counts
     }
   }, interval);
   return () => {
+    proxy.onLink = undefined;
     clearInterval(tick);
     for (const timer of timers) clearTimeout(timer);
     timers.clear();
