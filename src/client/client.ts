@@ -367,7 +367,9 @@ export class Client extends Emitter<ClientEvents> {
     });
     const session = this.#parseSession(payloadText(reply));
     this.#currentSession = session;
-    await this.#options.sessionKeyStore.save(session.key);
+    // The server has attached the session whatever the key store does: a store that fails is
+    // reported, as for a created session, and does not make the client believe it has none.
+    this.#persist(() => this.#options.sessionKeyStore.save(session.key));
     this.emit('sessionRestored', session);
     return session;
   }

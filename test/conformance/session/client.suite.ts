@@ -11,6 +11,7 @@ import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import type { Client } from '../../../src/client/client.ts';
 import { DisconnectedError, MaxSessionConnectionsError, TimeoutError } from '../../../src/errors.ts';
+import { memoryKeyStore, type SessionKeyStore } from '../../../src/client/session-key-store.ts';
 import { fileKeyStore } from '../../../src/session/file-key-store.ts';
 import { MemorySessionManager } from '../../../src/session/memory-store.ts';
 import type { Session, SessionManager } from '../../../src/session/session.ts';
@@ -275,4 +276,36 @@ test('a connection cut during the session restore: the client keeps its session,
     'the client held its session all along',
   );
   assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'ada' } });
+});
+
+// Found while fixing the restore path for the fault suite: a key store that failed to save after
+// a restore made the client drop the session the server had just attached to the connection.
+test('a key store that fails to save after a restore: reported, and the client still holds the session the server attached', async (t) => {
+  const { url, server } = await sessionServer(t);
+  let failSaves = false;
+  const keys = memoryKeyStore();
+  const flaky: SessionKeyStore = {
+    load: () => keys.load(),
+    clear: () => keys.clear(),
+    save: async (key) => {
+      if (failSaves) throw new Error('disk full');
+      await keys.save(key);
+    },
+  };
+  const client = await connectClient(t, url, { reconnect: FAST_RECONNECT, sessionKeyStore: flaky });
+  const session = await login(client, 'ada');
+  const errors: Error[] = [];
+  client.on('error', (error) => errors.push(error));
+  failSaves = true;
+  const restored = nextEvent(client, 'sessionRestored', 3_000) as Promise<Session>;
+  (await newestConnection(server)).terminate();
+  assert.equal((await restored).key, session.key);
+  await waitFor(() => client.isConnected, 1_000, 'connected');
+  assert.equal(client.session?.key, session.key);
+  assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'ada' } });
+  await waitFor(() => errors.length > 0, 1_000, 'the store failure');
+  assert.deepEqual(
+    errors.map((e) => e.message),
+    ['disk full'],
+  );
 });
