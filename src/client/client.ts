@@ -254,6 +254,8 @@ export class Client extends Emitter<ClientEvents> {
   /** Request ids go on across connections (PROTOCOL.md §2): where the next connection starts. */
   #nextRequestId = 1;
   #currentSession: Session | null = null;
+  /** The key-store operations in flight, run one after the other (`#keyStore`). */
+  #keyStoreQueue: Promise<void> = Promise.resolve();
   /**
    * The connection of the attempt in progress (handshake, session restore), from the moment its
    * socket is open until it is handed to the loop or ends. The loop emits no 'disconnect' for it,
@@ -369,7 +371,7 @@ export class Client extends Emitter<ClientEvents> {
     this.#currentSession = session;
     // The server has attached the session whatever the key store does: a store that fails is
     // reported, as for a created session, and does not make the client believe it has none.
-    this.#persist(() => this.#options.sessionKeyStore.save(session.key));
+    this.#persist((store) => store.save(session.key));
     this.emit('sessionRestored', session);
     return session;
   }
@@ -390,7 +392,7 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     this.#currentSession = session;
-    this.#persist(() => this.#options.sessionKeyStore.save(session.key));
+    this.#persist((store) => store.save(session.key));
     this.emit('sessionCreated', session);
   }
 
@@ -398,24 +400,35 @@ export class Client extends Emitter<ClientEvents> {
   async #forgetSession(): Promise<void> {
     const had = this.#currentSession !== null;
     this.#currentSession = null;
-    await this.#options.sessionKeyStore.clear();
+    await this.#keyStore((store) => store.clear());
     if (had) this.emit('sessionClosed');
   }
 
-  /** Runs a key-store write; a failure is reported, never thrown into the message path. */
-  #persist(write: () => void | Promise<void>): void {
-    try {
-      Promise.resolve(write()).catch((error: unknown) => this.emit('error', toError(error)));
-    } catch (error) {
-      this.emit('error', toError(error));
-    }
+  /**
+   * Runs a key-store operation after those before it. The session changes in message order, and
+   * so must what the store ends up with: a save still writing when a clear starts (a login or a
+   * restore, then a logout) would otherwise put the key back after the clear.
+   */
+  #keyStore<T>(op: (store: SessionKeyStore) => T | Promise<T>): Promise<T> {
+    const store = this.#options.sessionKeyStore;
+    const result = this.#keyStoreQueue.then(() => op(store));
+    this.#keyStoreQueue = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
+  }
+
+  /** Runs a key-store write in turn; a failure is reported, never thrown into the message path. */
+  #persist(write: (store: SessionKeyStore) => void | Promise<void>): void {
+    this.#keyStore(write).catch((error: unknown) => this.emit('error', toError(error)));
   }
 
   /** After every (re)connection: restore the session we hold, or the one the key store remembers. */
   async #restoreAfterConnect(peer: Peer): Promise<void> {
     let key: string | null = this.#currentSession?.key ?? null;
     try {
-      key ??= await this.#options.sessionKeyStore.load();
+      key ??= await this.#keyStore((store) => store.load());
     } catch (error) {
       this.emit('error', toError(error));
     }
@@ -656,7 +669,9 @@ export class Client extends Emitter<ClientEvents> {
         handleSignal: (message) => this.emit('signal', message),
         handleControl: (message) => {
           if (message.kind === 'session-created') this.#sessionCreated(message.session);
-          else if (message.kind === 'session-closed') this.#persist(() => this.#forgetSession());
+          else if (message.kind === 'session-closed') {
+            this.#forgetSession().catch((error: unknown) => this.emit('error', toError(error)));
+          }
         },
         closed: (code, reason) => {
           if (peer !== undefined) this.#nextRequestId = Math.max(this.#nextRequestId, peer.nextRequestId);

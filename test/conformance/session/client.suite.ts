@@ -309,3 +309,26 @@ test('a key store that fails to save after a restore: reported, and the client s
     ['disk full'],
   );
 });
+
+// Found with the test above: key-store writes ran side by side, so a save still writing when a
+// clear ran (a login, or a restore, then a logout) put the key back after the clear, and the next
+// Client (or the next reconnect) restored a session the user had closed.
+test('key-store writes keep the order of the session changes: login then logout at once leaves no key behind', async (t) => {
+  const { url, spy } = await sessionServer(t);
+  const keys = memoryKeyStore();
+  const slowSaves: SessionKeyStore = {
+    load: () => keys.load(),
+    clear: () => keys.clear(),
+    save: async (key) => {
+      await delay(50);
+      await keys.save(key);
+    },
+  };
+  const client = await connectClient(t, url, { sessionKeyStore: slowSaves });
+  const session = await login(client, 'ada');
+  await client.closeSession();
+  assert.equal(client.session, null);
+  await delay(100);
+  assert.equal(await keys.load(), null, 'the key of a closed session was stored again');
+  assert.equal(await spy.has(session.key), false);
+});
