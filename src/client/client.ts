@@ -576,6 +576,8 @@ export class Client extends Emitter<ClientEvents> {
     let earlyClose: [number, string] | undefined;
     let handshake: { resolve: (info: ServerInfo) => void; reject: (error: Error) => void } | undefined;
     let accepted = false;
+    /** The server created a session on this connection (type 21) before the restore began. */
+    let sessionCreatedHere = false;
     let resolveLost!: (info: { code: number; reason: string }) => void;
     const lost = new Promise<{ code: number; reason: string }>((resolve) => {
       resolveLost = resolve;
@@ -668,8 +670,10 @@ export class Client extends Emitter<ClientEvents> {
         },
         handleSignal: (message) => this.emit('signal', message),
         handleControl: (message) => {
-          if (message.kind === 'session-created') this.#sessionCreated(message.session);
-          else if (message.kind === 'session-closed') {
+          if (message.kind === 'session-created') {
+            sessionCreatedHere = true;
+            this.#sessionCreated(message.session);
+          } else if (message.kind === 'session-closed') {
             this.#forgetSession().catch((error: unknown) => this.emit('error', toError(error)));
           }
         },
@@ -715,7 +719,10 @@ export class Client extends Emitter<ClientEvents> {
     this.#peer = peer;
     this.#server = info;
     // The session comes back before anything else is sent, so waiting requests run inside it.
-    await this.#restoreAfterConnect(peer);
+    // Unless the server gave this connection one as it opened (a session created in
+    // onClientConnected arrives with the AcceptConf): that one is attached already, and asking to
+    // restore it would only be refused (SESSION_ACTIVE).
+    if (!sessionCreatedHere) await this.#restoreAfterConnect(peer);
     if (this.#closedForGood() || !peer.isOpen) {
       throw new DisconnectedError('the connection closed while restoring the session');
     }

@@ -23,11 +23,9 @@ import { newestConnection, within } from '../server/wire.ts';
 const FAST_RECONNECT = { initialDelay: 20, maxDelay: 60 } as const;
 
 /** The next `event` of `client`, within `ms`. */
-function nextEvent<E extends 'sessionRestored' | 'sessionClosed' | 'connect' | 'disconnect' | 'error'>(
-  client: Client,
-  event: E,
-  ms = 2_000,
-): Promise<unknown> {
+function nextEvent<
+  E extends 'sessionCreated' | 'sessionRestored' | 'sessionClosed' | 'connect' | 'disconnect' | 'error',
+>(client: Client, event: E, ms = 2_000): Promise<unknown> {
   return within(new Promise((resolve) => client.once(event, resolve as never)), ms, `'${event}'`);
 }
 
@@ -331,4 +329,28 @@ test('key-store writes keep the order of the session changes: login then logout 
   await delay(100);
   assert.equal(await keys.load(), null, 'the key of a closed session was stored again');
   assert.equal(await spy.has(session.key), false);
+});
+
+// Found through the fault suite's session-restore work: a session the server creates as the
+// connection opens (onClientConnected) reached the client with the AcceptConf, and the client took
+// it for one to restore: it asked the server to restore it on the very connection that held it,
+// was told SESSION_ACTIVE, and dropped it while the server kept it attached.
+test('a session the server creates in onClientConnected: the client holds it, restores nothing, and the server agrees', async (t) => {
+  const { url, server, spy } = await sessionServer(t, {
+    onClientConnected: async (conn) => {
+      await conn.createSession({ user: 'anonymous' });
+    },
+  });
+  const client = await connectClient(t, url, { autoConnect: false });
+  const errors: unknown[] = [];
+  client.on('error', (error) => errors.push(error));
+  const created = nextEvent(client, 'sessionCreated', 2_000) as Promise<Session>;
+  await client.connect();
+  const session = await created;
+  await waitFor(() => client.session !== null || errors.length > 0, 1_000, 'the session');
+  assert.deepEqual(errors, []);
+  assert.equal(client.session?.key, session.key);
+  assert.deepEqual(await whoami(client), { key: session.key, info: { user: 'anonymous' } });
+  assert.equal(spy.count('lookup'), 0, 'nothing to restore');
+  assert.equal(server.sessionConnections(session.key).length, 1);
 });
