@@ -446,7 +446,10 @@ export class Client extends Emitter<ClientEvents> {
         // So the attempt fails (reported once, by the loop), the session and its key stay, and
         // the loop connects again; closing first means a late restore finds the connection gone
         // and attaches nothing.
-        peer.close(CLOSE_NORMAL, 'session restore timed out');
+        peer.close(
+          CLOSE_NORMAL,
+          error instanceof TimeoutError ? 'session restore timed out' : 'session restore failed',
+        );
         throw error;
       } else {
         // Not attached on this connection (connection limit, store failure): no session now, but
