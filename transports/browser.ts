@@ -22,6 +22,8 @@
  *   microtask); what the connection does afterwards is ignored.
  * - Send pings, or see them (the browser answers pings itself): `ping()` does nothing and
  *   `onPing` never fires. duplexwire's own heartbeat keeps the connection alive instead.
+ * - See a message before it is whole: `onActivity` never fires (a `serverTimeout` counts a large
+ *   message over a slow link as silence until it has arrived).
  * - Be told when its send buffer drains: `bufferedAmount` is polled after a `backpressure` answer.
  *
  * @example

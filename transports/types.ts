@@ -33,6 +33,14 @@ export interface SocketHandlers {
   /** A ping or pong arrived (the adapter answers pings itself): the peer is alive. */
   onPing(): void;
   /**
+   * Bytes arrived that completed no message, ping or pong: part of a message still on its way (a
+   * large message over a slow link). The peer is alive, though nothing else says so until the
+   * message is whole, which may take longer than any read timeout. Optional on both sides:
+   * owners that keep no read timeout leave it out, and adapters whose runtime shows only whole
+   * messages (uWebSockets.js, browsers) never call it.
+   */
+  onActivity?(): void;
+  /**
    * The connection is gone. Called exactly once, whoever closed it. `code` is the WebSocket close
    * code (1006 when the connection dropped without a close frame).
    */

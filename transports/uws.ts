@@ -826,6 +826,9 @@ const STOP_TIMEOUT_MS = 2000;
  *   adapter up to `maxPausedBytes`, then the connection closes with 1008.
  * - A send while more than `maxBackpressure` bytes are queued is `dropped` and closes with 1008
  *   (the peer sees 1006: uWS drops the close frame too, being over the same limit).
+ * - A message is seen only once whole (uWS has no callback for the bytes of one still arriving),
+ *   so `onActivity` is never called: an owner's read timeout cannot tell a peer sending a large
+ *   message over a slow link from a silent one.
  * - Frames a client sends before it got the 101 are dropped by uWS (RFC 6455 §4.1 tells clients
  *   to wait; browsers and `ws` do; uNetworking/uWebSockets#213).
  * - uWS's HTTP parser closes the connection, without a response, on a header name with `_`.

@@ -223,6 +223,10 @@ function onNetDrain(this: Duplex): void {
   (this as Tagged)[ADAPTER]?.netDrained();
 }
 
+function onNetData(this: Duplex): void {
+  (this as Tagged)[ADAPTER]?.netRead();
+}
+
 /** {@link TransportSocket} over a `ws` WebSocket; the same class serves both ends. */
 class WsTransportSocket implements TransportSocket {
   readonly #ws: WebSocket;
@@ -249,6 +253,9 @@ class WsTransportSocket implements TransportSocket {
   readonly #masked: boolean;
   /** Client side: the server chose no subprotocol, which ws was told otherwise (`acceptNoProtocol`). */
   #noProtocol = false;
+  /** Messages, pings and pongs delivered, and how many were when the last chunk was read. */
+  #delivered = 0;
+  #deliveredAtLastRead = 0;
 
   constructor(ws: WebSocket, highWaterMark: number, open: boolean, live?: Set<WebSocket>) {
     this.#ws = ws;
@@ -286,6 +293,23 @@ class WsTransportSocket implements TransportSocket {
     net.on('drain', onNetDrain);
   }
 
+  /**
+   * Listens to the chunks the TCP socket reads, after ws (whose listener is added first, when it
+   * takes the socket): a chunk that made ws deliver nothing is part of a message still arriving.
+   */
+  watchReads(): void {
+    this.#net?.on('data', onNetData);
+  }
+
+  /** A chunk was read (and ws has parsed it). */
+  netRead(): void {
+    if (this.#delivered === this.#deliveredAtLastRead) {
+      if (this.#open && !this.#closeReported) this.#handlers?.onActivity?.();
+      return;
+    }
+    this.#deliveredAtLastRead = this.#delivered;
+  }
+
   /** The TCP socket's 'drain'. */
   netDrained(): void {
     if (!this.#drainOwed || this.#closeReported) return;
@@ -317,11 +341,13 @@ class WsTransportSocket implements TransportSocket {
 
   /** ws 'message'. */
   received(data: RawData, isBinary: boolean): void {
+    this.#delivered++;
     this.#handlers!.onMessage(toUint8Array(data), isBinary);
   }
 
   /** ws 'ping' and 'pong'. */
   pinged(): void {
+    this.#delivered++;
     this.#handlers!.onPing();
   }
 
@@ -629,6 +655,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         }
         // ws reads the socket from the next tick on, so nothing is missed by wiring now.
         adapter.wire(socketHandlers);
+        adapter.watchReads();
       });
     };
 
@@ -868,6 +895,8 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
           settled = true;
           clearTimeout(timer);
           adapter.markOpen();
+          // ws emits 'open' once it has taken the socket, its 'data' listener first.
+          adapter.watchReads();
           resolve(adapter);
         });
         // After open, errors are followed by 'close', which the adapter reports.

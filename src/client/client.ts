@@ -233,6 +233,8 @@ export class Client extends Emitter<ClientEvents> {
   /** Request ids go on across connections (PROTOCOL.md §2): where the next connection starts. */
   #nextRequestId = 1;
   #currentSession: Session | null = null;
+  /** The key-store operations in flight, run one after the other (`#keyStore`). */
+  #keyStoreQueue: Promise<void> = Promise.resolve();
   /**
    * The connection of the attempt in progress (handshake, session restore), from the moment its
    * socket is open until it is handed to the loop or ends. The loop emits no 'disconnect' for it,
@@ -346,7 +348,9 @@ export class Client extends Emitter<ClientEvents> {
     });
     const session = this.#parseSession(payloadText(reply));
     this.#currentSession = session;
-    await this.#options.sessionKeyStore.save(session.key);
+    // The server has attached the session whatever the key store does: a store that fails is
+    // reported, as for a created session, and does not make the client believe it has none.
+    this.#persist((store) => store.save(session.key));
     this.emit('sessionRestored', session);
     return session;
   }
@@ -367,7 +371,7 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     this.#currentSession = session;
-    this.#persist(() => this.#options.sessionKeyStore.save(session.key));
+    this.#persist((store) => store.save(session.key));
     this.emit('sessionCreated', session);
   }
 
@@ -375,24 +379,35 @@ export class Client extends Emitter<ClientEvents> {
   async #forgetSession(): Promise<void> {
     const had = this.#currentSession !== null;
     this.#currentSession = null;
-    await this.#options.sessionKeyStore.clear();
+    await this.#keyStore((store) => store.clear());
     if (had) this.emit('sessionClosed');
   }
 
-  /** Runs a key-store write; a failure is reported, never thrown into the message path. */
-  #persist(write: () => void | Promise<void>): void {
-    try {
-      Promise.resolve(write()).catch((error: unknown) => this.emit('error', toError(error)));
-    } catch (error) {
-      this.emit('error', toError(error));
-    }
+  /**
+   * Runs a key-store operation after those before it. The session changes in message order, and
+   * so must what the store ends up with: a save still writing when a clear starts (a login or a
+   * restore, then a logout) would otherwise put the key back after the clear.
+   */
+  #keyStore<T>(op: (store: SessionKeyStore) => T | Promise<T>): Promise<T> {
+    const store = this.#options.sessionKeyStore;
+    const result = this.#keyStoreQueue.then(() => op(store));
+    this.#keyStoreQueue = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
+  }
+
+  /** Runs a key-store write in turn; a failure is reported, never thrown into the message path. */
+  #persist(write: (store: SessionKeyStore) => void | Promise<void>): void {
+    this.#keyStore(write).catch((error: unknown) => this.emit('error', toError(error)));
   }
 
   /** After every (re)connection: restore the session we hold, or the one the key store remembers. */
   async #restoreAfterConnect(peer: Peer): Promise<void> {
     let key: string | null = this.#currentSession?.key ?? null;
     try {
-      key ??= await this.#options.sessionKeyStore.load();
+      key ??= await this.#keyStore((store) => store.load());
     } catch (error) {
       this.emit('error', toError(error));
     }
@@ -403,6 +418,18 @@ export class Client extends Emitter<ClientEvents> {
       if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
         // Gone for good: forget it.
         await this.#forgetSession().catch((e: unknown) => this.emit('error', toError(e)));
+      } else if (error instanceof TimeoutError || error instanceof DisconnectedError) {
+        // No answer (a partition, a slow store), or the connection went first: nothing was
+        // learnt of the session. On a connection still open the server may attach it yet, or
+        // not, and going on would run what waits outside a session the server may hold for it.
+        // So the attempt fails (reported once, by the loop), the session and its key stay, and
+        // the loop connects again; closing first means a late restore finds the connection gone
+        // and attaches nothing.
+        peer.close(
+          CLOSE_NORMAL,
+          error instanceof TimeoutError ? 'session restore timed out' : 'session restore failed',
+        );
+        throw error;
       } else {
         // Not attached on this connection (connection limit, store failure): no session now, but
         // the stored key stays for the next reconnect to try again.
@@ -525,6 +552,8 @@ export class Client extends Emitter<ClientEvents> {
     // even the close) is replayed once the engine exists.
     const early: Array<() => void> = [];
     let accepted = false;
+    /** The server created a session on this connection (type 21) before the restore began. */
+    let sessionCreatedHere = false;
     let resolveLost!: (info: { code: number; reason: string }) => void;
     const lost = new Promise<{ code: number; reason: string }>((resolve) => {
       resolveLost = resolve;
@@ -571,6 +600,7 @@ export class Client extends Emitter<ClientEvents> {
       },
       onDrain: () => peer?.onDrain(),
       onPing: () => peer?.onPing(),
+      onActivity: () => peer?.onActivity(),
       onClose: (code, reason) => {
         if (peer === undefined) early.push(() => handlers.onClose(code, reason));
         else peer.onClose(code, reason);
@@ -605,8 +635,12 @@ export class Client extends Emitter<ClientEvents> {
       },
       handleSignal: (message) => this.emit('signal', message),
       handleControl: (message) => {
-        if (message.kind === 'session-created') this.#sessionCreated(message.session);
-        else if (message.kind === 'session-closed') this.#persist(() => this.#forgetSession());
+        if (message.kind === 'session-created') {
+          sessionCreatedHere = true;
+          this.#sessionCreated(message.session);
+        } else if (message.kind === 'session-closed') {
+          this.#forgetSession().catch((error: unknown) => this.emit('error', toError(error)));
+        }
       },
       closed: (code, reason) => {
         this.#nextRequestId = Math.max(this.#nextRequestId, engine.nextRequestId);
@@ -644,7 +678,10 @@ export class Client extends Emitter<ClientEvents> {
     this.#peer = engine;
     this.#server = info;
     // The session comes back before anything else is sent, so waiting requests run inside it.
-    await this.#restoreAfterConnect(engine);
+    // Unless the server gave this connection one as it opened (a session created in
+    // onClientConnected arrives with the AcceptConf): that one is attached already, and asking to
+    // restore it would only be refused (SESSION_ACTIVE).
+    if (!sessionCreatedHere) await this.#restoreAfterConnect(engine);
     if (this.#closedForGood() || !engine.isOpen) {
       throw new DisconnectedError('the connection closed while restoring the session');
     }
@@ -685,7 +722,7 @@ export class Client extends Emitter<ClientEvents> {
           clearInterval(timer);
           return;
         }
-        if (performance.now() - peer.lastReceivedAt >= timeout) {
+        if (peer.silence(performance.now()) >= timeout) {
           this.#options.logger.warn('server silent for serverTimeout; reconnecting', { timeout });
           clearInterval(timer);
           peer.terminate();

@@ -43,7 +43,8 @@ export class Cancellation implements AbortSignalLike {
   /** Runs `listener` once, when aborted (never if added after that, as with an AbortSignal). */
   addEventListener(type: 'abort', listener: () => void): void {
     if (type !== 'abort' || this.#aborted) return;
-    (this.#listeners ??= new Set()).add(listener);
+    this.#listeners ??= new Set();
+    this.#listeners.add(listener);
   }
 
   removeEventListener(type: 'abort', listener: () => void): void {

@@ -181,7 +181,7 @@ export class Peer implements SocketHandlers {
   #closeReason = '';
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
 
-  /** `performance.now()` of the last message received (read timeout). */
+  /** `performance.now()` of the last message, ping, pong or part of a message received (read timeout). */
   lastReceivedAt: number = performance.now();
   /** `performance.now()` of the last message sent (heartbeat). */
   lastSentAt: number = performance.now();
@@ -220,6 +220,11 @@ export class Peer implements SocketHandlers {
   }
 
   onPing(): void {
+    this.lastReceivedAt = performance.now();
+  }
+
+  /** Part of a message arrived: a large one over a slow link is no silence (read timeouts). */
+  onActivity(): void {
     this.lastReceivedAt = performance.now();
   }
 
@@ -424,6 +429,19 @@ export class Peer implements SocketHandlers {
     if (!this.busy) this.becameIdle();
   }
 
+  /**
+   * Milliseconds without a sign of life from the peer, as the read timeouts judge it (the server's
+   * `readTimeout`, the client's `serverTimeout`). While reading is stopped for this end's own
+   * backlog (handlers busy), whatever the peer sends waits unread, heartbeats and pongs included:
+   * the silence is not the peer's, and the clock starts over once reading does. While it is
+   * stopped because the peer does not take what is sent to it, the clock runs: a drain is then
+   * the sign of life, and a peer that vanished must still be found.
+   */
+  silence(now: number): number {
+    if (this.#readingPaused && !this.#sendBlocked) return 0;
+    return now - this.lastReceivedAt;
+  }
+
   #updateReading(): void {
     if (this.#state === 'closed') return;
     // Once closing, keep reading: the peer's close frame must get through for the closing
@@ -435,8 +453,14 @@ export class Peer implements SocketHandlers {
     const pause = this.#state === 'open' && (backlog || this.#sendBlocked);
     if (pause !== this.#readingPaused) {
       this.#readingPaused = pause;
-      if (pause) this.socket.pause();
-      else this.socket.resume();
+      if (pause) {
+        this.socket.pause();
+      } else {
+        // Reading again, after our backlog cleared or the peer took what we sent (a drain): the
+        // peer's silence counts from now (see `silence`).
+        this.lastReceivedAt = performance.now();
+        this.socket.resume();
+      }
     }
   }
 

@@ -518,7 +518,7 @@ export class Connection {
     this.readTimer = setTimeout(
       () => {
         const { readTimeout } = this.context.options;
-        const silent = performance.now() - this.peer.lastReceivedAt;
+        const silent = this.peer.silence(performance.now());
         if (silent >= readTimeout) {
           this.context.options.logger.debug('read timeout, closing', { id: this.id });
           this.closeNow(CloseCode.GoingAway, 'read timeout');

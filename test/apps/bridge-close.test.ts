@@ -26,6 +26,7 @@ import {
   untilMetric,
   upgradeStatus,
 } from '../fixtures/bridge-helpers.ts';
+import { FaultProxy } from '../fixtures/fault-proxy.ts';
 import { delay, recordingLogger, waitFor } from '../helpers.ts';
 import { WebSocket } from 'ws';
 
@@ -351,4 +352,25 @@ test('heartbeatInterval 0 pings nobody; invalid values are refused', async (t) =
       RangeError,
     );
   }
+});
+
+// Found with the fault suite (test/chaos/faults.ts): the heartbeat saw only whole messages, pings
+// and pongs, so a client sending a large message over a slow link, its pongs queued behind it,
+// was dropped as vanished while its bytes kept coming.
+test('heartbeat: a client sending a large message over a slow link for 10 intervals is not dropped; the message is posted', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend, { heartbeatInterval: 100 });
+  const faults = await FaultProxy.start({ targetPort: bridge.port });
+  t.after(() => faults.close());
+  const client = await openClient(t, faults.url('/ws'));
+  await waitFor(() => backend.events('connect').length === 1, 2_000, 'the connect event');
+  const id = backend.events('connect')[0]!.connection;
+  // 32 KiB/s: 32 KiB take about ten intervals.
+  faults.newest!.up.throttle(32 * 1024);
+  client.ws.send(Buffer.alloc(32 * 1024, 7));
+  await waitFor(() => backend.events('message', id).length === 1, 10_000, 'the message event');
+  assert.equal(backend.events('message', id)[0]!.body.length, 32 * 1024);
+  assert.deepEqual(backend.events('close', id), []);
+  assert.equal(client.ended, undefined);
+  assert.equal(bridge.bridge.connectionCount, 1);
 });

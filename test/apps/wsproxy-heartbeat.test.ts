@@ -22,6 +22,7 @@ import {
   upgradeStatus,
   within,
 } from '../fixtures/wsproxy-helpers.ts';
+import { FaultProxy } from '../fixtures/fault-proxy.ts';
 import { waitFor } from '../helpers.ts';
 
 const INTERVAL = 100;
@@ -182,4 +183,23 @@ test('a side the proxy stopped reading (its peer does not keep up) is not judged
   assert.equal(connection.ended, undefined);
   client.ws.pause();
   assert.equal((await within(connection.closed, 10 * INTERVAL, 'the upstream to be closed')).code, 1001);
+});
+
+// Found with the fault suite (test/chaos/faults.ts): the heartbeat saw only whole messages,
+// pings and pongs, so a client sending a large message over a slow link, its pongs queued behind
+// it, was dropped as vanished while its bytes kept coming.
+test('a client sending a large message over a slow link for 10 intervals is not dropped: the message reaches the upstream', async (t) => {
+  const upstream = await startUpstream(t);
+  const proxy = await startWsProxy(t, { upstream: upstream.url, heartbeatInterval: INTERVAL });
+  const faults = await FaultProxy.start({ targetPort: proxy.port });
+  t.after(() => faults.close());
+  const { client, upstream: connection } = await link(t, { ...proxy, url: faults.url('') }, upstream);
+  // 32 KiB/s: 32 KiB take about ten intervals.
+  faults.newest!.up.throttle(32 * 1024);
+  client.ws.send(Buffer.alloc(32 * 1024, 7));
+  await waitFor(() => connection.messages.length === 1, 10_000, 'the message upstream');
+  assert.equal(connection.messages[0]!.data.length, 32 * 1024);
+  assert.equal(connection.ended, undefined);
+  assert.equal(client.ended, undefined);
+  assert.equal(proxy.proxy.linkCount, 1);
 });

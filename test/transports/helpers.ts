@@ -34,6 +34,8 @@ export interface Recorder extends SocketHandlers {
   readonly events: string[];
   pings: number;
   drains: number;
+  /** `onActivity` calls (parts of messages), counted apart: not in `events`, whose order tests pin. */
+  activities: number;
 }
 
 export function recorder(hooks: Partial<SocketHandlers> = {}): Recorder {
@@ -43,6 +45,7 @@ export function recorder(hooks: Partial<SocketHandlers> = {}): Recorder {
     events: [],
     pings: 0,
     drains: 0,
+    activities: 0,
     onMessage(data, binary) {
       rec.messages.push({ data, binary });
       rec.events.push(binary ? 'message' : 'text');
@@ -62,6 +65,10 @@ export function recorder(hooks: Partial<SocketHandlers> = {}): Recorder {
       rec.closes.push({ code, reason });
       rec.events.push('close');
       hooks.onClose?.(code, reason);
+    },
+    onActivity() {
+      rec.activities++;
+      hooks.onActivity?.();
     },
   };
   return rec;

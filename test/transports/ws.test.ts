@@ -150,3 +150,29 @@ test('a malformed URL or a bad maxMessageSize rejects', async () => {
     RangeError,
   );
 });
+
+// Found by the fault suite (test/chaos/faults.ts): without it a message that takes longer than the
+// read timeout to arrive over a slow link was cut by that timeout, its bytes coming all along.
+test('onActivity: chunks that complete no message are reported, on both ends; whole small messages and pings are not', async (t) => {
+  const server = await serve(t, wsTransport({ host: '127.0.0.1', port: 0 }));
+  const { socket, rec } = await connectWith(t, wsClientTransport(), server.url);
+  await until(() => server.accepted.length === 1, 'accepted');
+  const remote = server.accepted[0]!;
+  for (let i = 0; i < 20; i++) {
+    socket.send(bytes(i));
+    remote.socket.send(bytes(i));
+  }
+  socket.ping();
+  remote.socket.ping();
+  await until(() => rec.messages.length === 20 && remote.rec.messages.length === 20, 'small messages');
+  await until(() => rec.pings === 2 && remote.rec.pings === 2, 'pings and pongs');
+  assert.equal(rec.activities, 0);
+  assert.equal(remote.rec.activities, 0);
+  // 512 KiB cannot come in one read (64 KiB at most): the reads before the last complete nothing.
+  const large = new Uint8Array(512 * 1024).fill(9);
+  socket.send(large);
+  remote.socket.send(large);
+  await until(() => rec.messages.length === 21 && remote.rec.messages.length === 21, 'large messages');
+  assert.ok(rec.activities >= 3, `client: ${rec.activities}`);
+  assert.ok(remote.rec.activities >= 3, `server: ${remote.rec.activities}`);
+});

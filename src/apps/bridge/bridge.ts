@@ -593,6 +593,8 @@ export class WsHttpBridge {
       },
       onDrain: () => conn.beat.seen(),
       onPing: () => conn.beat.seen(),
+      // Part of a large message over a slow link: alive, though its pong waits behind it.
+      onActivity: () => conn.beat.seen(),
       onClose: (code, reason) => {
         conn.beat.untrack();
         conn.ended = { code, reason };

@@ -18,7 +18,7 @@
  * const heartbeat = new Heartbeat(30_000);
  * // when a connection opens:
  * const beat = heartbeat.track(socket, () => logger.info('peer timed out'));
- * // its handlers: onMessage and onPing call beat.seen(), onClose calls beat.untrack();
+ * // its handlers: onMessage, onPing and onActivity call beat.seen(), onClose calls beat.untrack();
  * // the owner stops reading it (backpressure): socket.pause() with beat.pause(), and
  * // socket.resume() with beat.resume().
  * // when the application closes:
@@ -40,7 +40,8 @@ export type HeartbeatSocket = Pick<TransportSocket, 'ping' | 'terminate'>;
 export interface HeartbeatTracking {
   /**
    * Something came from the peer: a message, a ping or a pong (`SocketHandlers.onPing` is both),
-   * or it took what was queued for it (`onDrain`). Call it from those handlers.
+   * part of a message still arriving (`onActivity`), or it took what was queued for it
+   * (`onDrain`). Call it from those handlers.
    */
   seen(): void;
   /**

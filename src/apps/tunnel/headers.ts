@@ -40,7 +40,9 @@ export function connectionTokens(raw: readonly string[]): ReadonlySet<string> {
     if (name.length !== 10 || name.toLowerCase() !== 'connection') continue;
     for (const token of raw[i + 1]!.split(',')) {
       const listed = token.trim().toLowerCase();
-      if (listed !== '') (tokens ??= new Set()).add(listed);
+      if (listed === '') continue;
+      tokens ??= new Set();
+      tokens.add(listed);
     }
   }
   // Most heads name nothing but keep-alive or close, often nothing at all: no set made for them.

@@ -550,6 +550,8 @@ export class WsProxy {
         resumeSide(link.upstream, link.upstreamBeat);
       },
       onPing: () => link.clientBeat.seen(),
+      // Part of a large message over a slow link: alive, though its pong waits behind it.
+      onActivity: () => link.clientBeat.seen(),
       onClose: (code, reason) => {
         link.clientClosed = true;
         link.clientBeat.untrack();
@@ -582,6 +584,7 @@ export class WsProxy {
         if (link.client !== undefined) resumeSide(link.client, link.clientBeat);
       },
       onPing: () => link.upstreamBeat.seen(),
+      onActivity: () => link.upstreamBeat.seen(),
       onClose: (code, reason) => {
         link.upstreamClosed = true;
         link.upstreamBeat.untrack();

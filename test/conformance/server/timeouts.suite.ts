@@ -128,3 +128,60 @@ test('a request is answered, and the peer that then stays silent is closed', asy
   const closed = await within(peer.closed, 1_000, 'the read-timeout close');
   assert.equal(closed.code, 1001);
 });
+
+// Found while writing the fault suite (test/chaos/faults.ts): past 256 waiting messages the peer engine stops reading, and the
+// read timeout then took its own unread backlog for the peer's silence. Each end closed a live
+// peer (1001 "read timeout" on the server, a dropped connection on the client) with hundreds of
+// requests in flight, all failing with DisconnectedError.
+const BACKLOG = 300;
+const TIMEOUT = 200;
+/** How long the first handler holds the only slot: the others wait, and reading stops. */
+const HOLD = 5 * TIMEOUT;
+
+test(`${BACKLOG} requests behind a handler busy for 5x readTimeout: the server stops reading meanwhile and keeps the connection`, async (t) => {
+  const disconnects: unknown[] = [];
+  const { url } = await startServer(t, {
+    readTimeout: TIMEOUT,
+    concurrency: 1,
+    onRequest: async (_conn, msg) => {
+      if (payloadText(msg.payload) === '0') await delay(HOLD);
+      return msg.payload;
+    },
+    onClientDisconnected: (_conn, info) => {
+      disconnects.push(info);
+    },
+  });
+  const client = await connectClient(t, url, { requestTimeout: 30_000 });
+  const replies = await Promise.all(Array.from({ length: BACKLOG }, (_, i) => client.request('n', utf8(`${i}`))));
+  assert.deepEqual(
+    replies.map(payloadText),
+    Array.from({ length: BACKLOG }, (_, i) => `${i}`),
+  );
+  assert.deepEqual(disconnects, []);
+  assert.equal(client.isConnected, true);
+});
+
+test(`${BACKLOG} server requests behind a client handler busy for 5x serverTimeout: the client stops reading meanwhile and keeps the connection`, async (t) => {
+  const { server, url } = await startServer(t);
+  const client = await connectClient(t, url, {
+    serverTimeout: TIMEOUT,
+    concurrency: 1,
+    onRequest: async (msg) => {
+      if (payloadText(msg.payload) === '0') await delay(HOLD);
+      return msg.payload;
+    },
+  });
+  const lost: unknown[] = [];
+  client.on('disconnect', (info) => lost.push(info));
+  const conn = await newestConnection(server);
+  assert.equal(await conn.negotiated(), true);
+  const replies = await Promise.all(
+    Array.from({ length: BACKLOG }, (_, i) => conn.request('n', utf8(`${i}`), { timeout: 30_000 })),
+  );
+  assert.deepEqual(
+    replies.map(payloadText),
+    Array.from({ length: BACKLOG }, (_, i) => `${i}`),
+  );
+  assert.deepEqual(lost, []);
+  assert.equal(conn.isOpen, true);
+});
