@@ -33,6 +33,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { generateToken, tokenDigest } from '../src/apps/tunnel/tokens.ts';
+import { keepHeapHeadroom } from '../src/cli/heap-headroom.ts';
 import { staleBuild } from './dist-check.ts';
 import { cpuMs, runRelay } from './procs.ts';
 
@@ -233,6 +234,12 @@ async function main(): Promise<void> {
       'cpu-prof': { type: 'string' },
     },
   });
+  // Every process of the comparison runs with the heap headroom the duplexwire command gives the
+  // proxy and the agent (src/cli/heap-headroom.ts): without it, V8 can fall into back-to-back full
+  // collections in any small Node process moving 1 MiB bodies, this load generator included, and
+  // the direct reading swung from 1,400 to 4,500 MiB/s between runs with the load generator's CPU
+  // per MiB (235 to 740 µs). Same settings on every side, so the ratios compare the paths.
+  keepHeapHeadroom();
   if (values.role === 'target') return runTarget();
   if (values.role === 'relay') return runRelay(Number(values.to));
   const stale = staleBuild();
