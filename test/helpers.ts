@@ -2,7 +2,10 @@
  * Helpers shared by the end-to-end tests: a server on 127.0.0.1 port 0 over the ws transport, a
  * client with a recording logger, and a raw WebSocket peer for scripted (mis)behaviour.
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { Client, type ClientOptions } from '../src/client/client.ts';
 import type { Logger } from '../src/logger.ts';
@@ -131,4 +134,44 @@ export function hex(bytes: Uint8Array): string {
 
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** How a child process ended, and what it printed. */
+export interface ChildRun {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * Runs `node <args>` in the repository, collecting its output; past `deadlineMs` it is sent
+ * SIGTERM (an orchestrator then stops what it started), then SIGKILL 5 s later. Killed in
+ * `t.after` if the test ends first.
+ */
+export async function runNode(t: TestContext, args: readonly string[], deadlineMs: number): Promise<ChildRun> {
+  const child = spawn(process.execPath, [...args], {
+    cwd: fileURLToPath(new URL('../', import.meta.url)),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  const deadline = setTimeout(() => {
+    child.kill('SIGTERM');
+    setTimeout(() => child.kill('SIGKILL'), 5_000).unref();
+  }, deadlineMs);
+  t.after(() => {
+    clearTimeout(deadline);
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  const [code, signal] = await exited;
+  clearTimeout(deadline);
+  return { code, signal, stdout, stderr };
 }

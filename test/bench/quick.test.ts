@@ -4,17 +4,14 @@
  * asserted: CI machines are shared and noisy, and timing belongs in bench/RESULTS.md, not in tests.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { cases, QUICK } from '../../bench/cases.ts';
 import type { Report } from '../../bench/report.ts';
+import { runNode } from '../helpers.ts';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** Quick mode takes 60-90 s on 2 cores; past this it is stuck, not slow. */
 const DEADLINE_MS = 180_000;
 
@@ -24,29 +21,11 @@ test('bench quick mode runs every case and prints the table and JSON', { timeout
   const jsonPath = join(dir, 'quick.json');
   // The same command as `npm run bench:quick`, without npm in between so that the deadline can
   // stop the orchestrator itself (which then kills its servers, load generators and busy loops).
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', '--json', jsonPath], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
-  const deadline = setTimeout(() => {
-    child.kill('SIGTERM');
-    setTimeout(() => child.kill('SIGKILL'), 5_000).unref();
-  }, DEADLINE_MS);
-  t.after(() => {
-    clearTimeout(deadline);
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  const [code, signal] = await exited;
-  clearTimeout(deadline);
+  const { code, signal, stdout, stderr } = await runNode(
+    t,
+    ['--import', 'tsx', 'bench/run.ts', '--quick', '--json', jsonPath],
+    DEADLINE_MS,
+  );
 
   assert.equal(code, 0, `bench exited with ${code ?? signal}; stderr:\n${stderr.slice(-4_000)}`);
   for (const section of [

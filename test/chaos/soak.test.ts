@@ -5,16 +5,13 @@
  * Run as `npm run soak` does, in child processes, with a deadline that kills them.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { SoakReport } from '../../bench/soak.ts';
+import { runNode } from '../helpers.ts';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SECONDS = 15;
 /** Past this the run is stuck, not slow. */
 const DEADLINE_MS = 90_000;
@@ -25,31 +22,12 @@ test(`a ${SECONDS} s soak under faults passes: no growth, no unexpected error, n
   const dir = mkdtempSync(join(tmpdir(), 'duplexwire-soak-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const jsonPath = join(dir, 'soak.json');
-  const child = spawn(
-    process.execPath,
+  // SIGTERM first at the deadline: the orchestrator kills its server process on the way out.
+  const { code, signal, stdout, stderr } = await runNode(
+    t,
     ['--import', 'tsx', 'bench/soak.ts', '--seconds', String(SECONDS), '--clients', '16', '--json', jsonPath],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    DEADLINE_MS,
   );
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
-  const deadline = setTimeout(() => {
-    // SIGTERM first: the orchestrator kills its server process on the way out.
-    child.kill('SIGTERM');
-    setTimeout(() => child.kill('SIGKILL'), 5_000).unref();
-  }, DEADLINE_MS);
-  t.after(() => {
-    clearTimeout(deadline);
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  const [code, signal] = await exited;
-  clearTimeout(deadline);
 
   assert.equal(code, 0, `soak exited with ${code ?? signal}:\n${stdout.slice(-4_000)}\n${stderr.slice(-2_000)}`);
   const report = JSON.parse(readFileSync(jsonPath, 'utf8')) as SoakReport;

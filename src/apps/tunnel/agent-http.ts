@@ -191,23 +191,24 @@ export class HttpExchange implements Dispatcher.DispatchHandlers {
 
   // ------------------------------------------------------------------ endings
 
-  private done(reply: HttpReply): void {
+  /** Ends the exchange, once: returns how to settle it, or undefined when it already ended. */
+  private end(): { resolve: (reply: HttpReply) => void; reject: (error: unknown) => void } | undefined {
     const settle = this.settle;
-    if (settle === undefined) return;
+    if (settle === undefined) return undefined;
     this.settle = undefined;
     this.signal.removeEventListener('abort', this.onAbort);
     this.relay?.abandon();
     this.closeBody();
-    settle.resolve(reply);
+    return settle;
+  }
+
+  private done(reply: HttpReply): void {
+    this.end()?.resolve(reply);
   }
 
   private fail(error: unknown): void {
-    const settle = this.settle;
+    const settle = this.end();
     if (settle === undefined) return;
-    this.settle = undefined;
-    this.signal.removeEventListener('abort', this.onAbort);
-    this.relay?.abandon();
-    this.closeBody();
     this.socket?.destroy();
     settle.reject(this.signal.aborted ? this.signal.reason : error);
   }
