@@ -83,13 +83,21 @@ function nextMaskingKey(): Uint8Array {
  * tunnel's body chunks) and its headers. Larger frames get a buffer of their own.
  */
 const POOLED_FRAME_BYTES = 64 * 1024 + 256;
+/**
+ * Smaller frames get a buffer of their exact size (below 4 KiB, a slice of Node's shared pool): a
+ * frame holds its buffer until written, so a pooled one for each of the frames a slow peer lets
+ * pile up would hold up to 64 KiB for every one of them, the connection's send-buffer limit
+ * counting only their length. From half the pooled size on, that is at most twice their bytes.
+ */
+const POOLED_FRAME_MIN = POOLED_FRAME_BYTES / 2;
 /** Free frame buffers kept; more come back only while frames are in flight, and are dropped. */
 const POOL_MAX = 64;
 const pool: Buffer[] = [];
 
 /** A frame buffer of at least `length` bytes, and whether it goes back to the pool once written. */
 function frameBuffer(length: number): { buffer: Buffer; pooled: boolean } {
-  if (length > POOLED_FRAME_BYTES) return { buffer: Buffer.allocUnsafe(length), pooled: false };
+  if (length < POOLED_FRAME_MIN || length > POOLED_FRAME_BYTES)
+    return { buffer: Buffer.allocUnsafe(length), pooled: false };
   return { buffer: pool.pop() ?? Buffer.allocUnsafeSlow(POOLED_FRAME_BYTES), pooled: true };
 }
 

@@ -78,6 +78,20 @@ test('client frames: one masked binary frame of head + body, any length and alig
   }
 });
 
+test('only large client frames take a pooled buffer: a pile of small ones holds only their own bytes', () => {
+  for (const [bodyLength, pooled] of [
+    [1_000, false],
+    [20_000, false],
+    [40_000, true],
+    [65_536, true],
+    [70_000, false],
+  ] as const) {
+    const frame = clientFrame(Uint8Array.of(1), new Uint8Array(bodyLength));
+    assert.equal(frame.pooled, pooled, `a ${bodyLength}-byte body`);
+    if (!pooled) assert.equal(frame.buffer.length, frame.frame.length, "a buffer of the frame's own size");
+  }
+});
+
 test('client frames get a fresh masking key each', () => {
   const keys = new Set<string>();
   for (let i = 0; i < 50; i++) {
