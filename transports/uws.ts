@@ -29,6 +29,7 @@ import {
 } from './close-frame.ts';
 import { chooseProtocol } from './handshake.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
+import { frameHeaderLength } from './ws-frame.ts';
 import type {
   SendResult,
   ServerTransport,
@@ -244,11 +245,6 @@ const PAUSED_MESSAGE_OVERHEAD = 64;
  * check handlers), whichever comes first. `test/transports/uws.test.ts` pins both paths.
  */
 const UWS_PUBLISH_AT_ONCE_BYTES = 16 * 1024;
-
-/** Bytes uWS puts before a server-to-client message of `length` bytes (RFC 6455 §5.2; no mask). */
-function frameHeaderLength(length: number): number {
-  return length < 126 ? 2 : length < 65536 ? 4 : 10;
-}
 
 /**
  * Ages the published bytes that uWS may still hold for a socket, which `getBufferedAmount()` does
@@ -588,7 +584,8 @@ class UwsTransportSocket implements TransportSocket {
     } catch {
       return false;
     }
-    const frame = byteLength + frameHeaderLength(byteLength);
+    // What uWS puts before a server-to-client message (RFC 6455 §5.2; no mask).
+    const frame = byteLength + frameHeaderLength(byteLength, false);
     if (buffered + this.#publishedPending() + frame > this.#highWaterMark) return false;
     if (byteLength >= UWS_PUBLISH_AT_ONCE_BYTES) {
       // Written by the publish itself, after what the topic tree held for this socket: all of it

@@ -125,8 +125,14 @@ function loadNativeMask(): NativeMask | undefined {
   }
 }
 
-/** Exported for the tests, which run both ways. */
-export const nativeMask = loadNativeMask();
+/** `undefined`: not looked for yet (only a client that sends large frames needs it). */
+let native: NativeMask | null | undefined;
+
+/** The native masking, once looked for; null when bufferutil is not installed or is disabled. */
+export function nativeMask(): NativeMask | null {
+  if (native === undefined) native = loadNativeMask() ?? null;
+  return native;
+}
 
 /** XORs `out[start, end)` in place with `key`, the payload's first byte being at `start`. */
 function mask(out: Buffer, start: number, end: number, key: Uint8Array): void {
@@ -155,7 +161,7 @@ function mask(out: Buffer, start: number, end: number, key: Uint8Array): void {
 export function clientFrame(
   head: Uint8Array,
   body: Uint8Array,
-  native: NativeMask | undefined = nativeMask,
+  masker: NativeMask | null = nativeMask(),
 ): { frame: Buffer; buffer: Buffer; pooled: boolean } {
   const length = head.length + body.length;
   const total = frameHeaderLength(length, true) + length;
@@ -165,7 +171,7 @@ export function clientFrame(
   buffer.set(key, at);
   at += 4;
   buffer.set(head, at);
-  if (native !== undefined && body.length > 0) {
+  if (masker !== null && body.length > 0) {
     mask(buffer, at, at + head.length, key);
     // The body's first byte is payload byte head.length: the key turned to start there.
     const phase = head.length & 3;
@@ -173,7 +179,7 @@ export function clientFrame(
       phase === 0
         ? key
         : Uint8Array.of(key[phase]!, key[(phase + 1) & 3]!, key[(phase + 2) & 3]!, key[(phase + 3) & 3]!);
-    native.mask(body, turned, buffer, at + head.length, body.length);
+    masker.mask(body, turned, buffer, at + head.length, body.length);
   } else {
     buffer.set(body, at + head.length);
     mask(buffer, at, at + length, key);

@@ -12,7 +12,7 @@
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { type AbortSignalLike, RequestError } from '../../index.ts';
-import { INLINE_RESPONSE_LIMIT, ResponseRelay, type ResponseSender, streamRest } from './agent-relay.ts';
+import { ResponseRelay, type ResponseSender, streamRest } from './agent-relay.ts';
 import { filterHeaders, headerValues, setHeader } from './headers.ts';
 import { AgentErrorCode, BodyMode, type HttpHead, type HttpReply } from './wire.ts';
 
@@ -341,5 +341,3 @@ function latin1Pairs(raw: readonly (Buffer | string)[]): string[] {
   }
   return out;
 }
-
-export { INLINE_RESPONSE_LIMIT };
