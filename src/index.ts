@@ -43,6 +43,7 @@ export {
   type RedisSubscriber,
   type RedisTopicBusOptions,
   redisTopicBus,
+  SESSIONS_CHANNEL,
   type TopicBus,
 } from './cluster/bus.ts';
 export {

@@ -8,6 +8,9 @@
  * What `Server` needs from a bus: publish to a channel, and listen to channels. Every process that
  * listens to a channel gets what any process publishes to it (the publisher included: it ignores
  * its own messages). `redisTopicBus` makes one from Redis clients; any pub/sub system fits.
+ *
+ * Channels are topic names, and one more: the empty channel (`SESSIONS_CHANNEL`), which no topic
+ * can be, where servers with sessions tell each other of sessions closed by key.
  */
 export interface TopicBus {
   /** Sends `message` to the processes listening on `channel`. */
@@ -135,10 +138,40 @@ export class BusSubscriptions {
   }
 }
 
+/**
+ * The channel of session closes (`server.closeSession(key)`): empty, which no topic can be. A
+ * message on it is a bus message whose body is `[SESSION_CLOSED u8][session key (UTF-8)]`.
+ */
+export const SESSIONS_CHANNEL = '';
+/** The one kind of message on `SESSIONS_CHANNEL`: a session was closed by key. */
+const SESSION_CLOSED = 1;
+
+/** The body of a bus message telling that the session `key` was closed. */
+export function encodeSessionClosedBody(key: string): Uint8Array {
+  const text = new TextEncoder().encode(key);
+  const out = new Uint8Array(1 + text.length);
+  out[0] = SESSION_CLOSED;
+  out.set(text, 1);
+  return out;
+}
+
+/** The key of a session-closed body, or undefined for anything else. */
+export function decodeSessionClosedBody(body: Uint8Array): string | undefined {
+  if (body.length < 2 || body[0] !== SESSION_CLOSED) return undefined;
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(body.subarray(1));
+  } catch {
+    return undefined;
+  }
+}
+
 /** First byte of a bus message: the format's version. */
 const BUS_FORMAT = 1;
 
-/** A bus message: `[format u8][origin length u8][origin (ASCII)][the encoded signal]`. */
+/**
+ * A bus message: `[format u8][origin length u8][origin (ASCII)][body]`, the body being the
+ * encoded signal of a publish (or, on `SESSIONS_CHANNEL`, a session-closed body).
+ */
 export function encodeBusMessage(origin: string, signal: Uint8Array): Uint8Array {
   const out = new Uint8Array(2 + origin.length + signal.length);
   out[0] = BUS_FORMAT;

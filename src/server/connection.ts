@@ -20,7 +20,7 @@ import {
 } from '../errors.ts';
 import type { IncomingMessage, PeerHooks, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
 import { ServerPeer } from '../peer/server-peer.ts';
-import { type Session, sessionToJson } from '../session/session.ts';
+import { type Session, type SessionAttachResult, sessionToJson } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 import { checkTopic, type TopicRegistry } from './topics.ts';
@@ -80,6 +80,10 @@ export class Connection {
   private versionPromise: Promise<boolean> | undefined;
   /** A session operation (create, restore, close) is under way: they never overlap on one connection. */
   private sessionBusy = false;
+  /** The key of a session being attached (created or restored) while the store answers. */
+  private pendingSession: string | null = null;
+  /** The pending session was closed by key meanwhile. */
+  private pendingDropped = false;
   /** The topics this connection subscribes to; created on the first subscribe (most have none). */
   private subscribed: Set<string> | undefined;
 
@@ -323,43 +327,83 @@ export class Connection {
     const session: Session = { key, creation: now, lastLookup: now, info };
     const notification = encodeSessionCreated(sessionToJson(session));
     this.sessionBusy = true;
+    let attached: SessionAttachResult;
     try {
       // Stored first: a client is never told of a session the store does not have.
       await settings.manager.onSessionCreated(session);
+      try {
+        attached = await this.attaching(key);
+      } catch (error) {
+        await this.deleteUnannounced(key);
+        throw error;
+      }
     } finally {
       this.sessionBusy = false;
     }
-    if (!this.peer.isOpen) {
-      // Nobody was told this key, so nobody could restore or close it: without this delete it
-      // would stay in the store (in a MemorySessionManager, for the life of the process).
-      await settings.manager.onSessionClosed(key).catch((error: unknown) => {
-        this.context.options.logger.error('session store failed to delete an unannounced session', { error });
-      });
-      throw new DisconnectedError('the connection closed while the session was created');
+    if (attached !== 'attached') {
+      await this.deleteUnannounced(key);
+      if (!this.peer.isOpen) throw new DisconnectedError('the connection closed while the session was created');
+      throw new InvalidStateError('the session was closed while it was created');
     }
-    this.context.registry.tryRegister(key, this);
     this.currentSession = session;
     this.peer.sendRaw(notification);
     return session;
   }
 
   /**
+   * Attaches this connection to the session `key` (locally, and in the store's count when it
+   * counts across processes). While the store answers, the session is pending: a close by key
+   * (`dropSession`) or the connection closing makes the attach end as `'not-found'`, with the
+   * connection detached again, since its client was never told of the session.
+   */
+  private async attaching(key: string): Promise<SessionAttachResult> {
+    this.pendingSession = key;
+    this.pendingDropped = false;
+    try {
+      const result = await this.context.registry.attach(key, this);
+      if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
+        this.context.registry.release(key, this);
+        return 'not-found';
+      }
+      return result;
+    } finally {
+      this.pendingSession = null;
+    }
+  }
+
+  /**
+   * Deletes a session whose client was never told of it: nobody could restore or close it, so it
+   * would otherwise stay in the store (in a MemorySessionManager, for the life of the process).
+   */
+  private async deleteUnannounced(key: string): Promise<void> {
+    await this.context.sessions!.manager.onSessionClosed(key).catch((error: unknown) => {
+      this.context.options.logger.error('session store failed to delete an unannounced session', { error });
+    });
+  }
+
+  /**
    * Closes this connection's session: the client is told (type 22) and, when this was the
-   * session's last connection, the store deletes it. Nothing happens without a session.
+   * session's last connection (on every server, with a store that counts across processes), the
+   * store deletes it. Nothing happens without a session.
    */
   async closeSession(): Promise<void> {
     this.requireSessions();
     const session = this.currentSession;
     if (session === null) return;
-    await this.detachSession(session, true);
+    await this.detachSession(session);
     if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
   }
 
-  /** @internal Used by `Server.closeSession(key)`: tell the client, no store call. */
+  /**
+   * @internal Used by `Server.closeSession(key)`, which deletes the session: tell the client, no
+   * store call but the count. A session still being attached is left unannounced. Returns true
+   * when the client was told.
+   */
   dropSession(key: string): boolean {
+    if (this.pendingSession === key) this.pendingDropped = true;
     if (this.currentSession?.key !== key) return false;
     this.currentSession = null;
-    this.context.registry.unregister(key, this);
+    this.context.registry.release(key, this);
     if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
     return true;
   }
@@ -370,11 +414,11 @@ export class Connection {
     return settings;
   }
 
-  /** Unregisters this connection from `session`; deletes it from the store when it was the last. */
-  private async detachSession(session: Session, deleteIfLast: boolean): Promise<void> {
+  /** Detaches this connection from `session`; deletes it from the store when no connection holds it any more. */
+  private async detachSession(session: Session): Promise<void> {
     this.currentSession = null;
-    const last = this.context.registry.unregister(session.key, this);
-    if (last && deleteIfLast) await this.context.sessions!.manager.onSessionClosed(session.key);
+    const left = await this.context.registry.detach(session.key, this);
+    if (left === 0) await this.context.sessions!.manager.onSessionClosed(session.key);
   }
 
   /** Client asked to close its session (type 31): empty reply, no type 22. */
@@ -386,7 +430,7 @@ export class Connection {
     }
     this.sessionBusy = true;
     try {
-      await this.detachSession(session, true);
+      await this.detachSession(session);
       this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
     } catch (error) {
       this.context.options.logger.error('session store failed to close a session', { error });
@@ -434,9 +478,21 @@ export class Connection {
     }
     // The limit is checked and the connection registered in one synchronous step after the lookup
     // (the reference checked, awaited, then registered): racing restores cannot pass the limit,
-    // and a key that does not exist is "not found" for every one of them.
-    if (!this.context.registry.tryRegister(key, this)) {
-      this.peer.sendRaw(encodeSpecialReply(id, 'max-session-connections'));
+    // and a key that does not exist is "not found" for every one of them. A store that counts
+    // across processes then checks the limit across them, atomically on its side.
+    this.sessionBusy = true;
+    let attached: SessionAttachResult;
+    try {
+      attached = await this.attaching(key);
+    } catch (error) {
+      this.context.options.logger.error('session store failed to attach a connection to a session', { error });
+      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
+      return;
+    } finally {
+      this.sessionBusy = false;
+    }
+    if (attached !== 'attached') {
+      this.peer.sendRaw(encodeSpecialReply(id, attached === 'limit' ? 'max-session-connections' : 'session-not-found'));
       return;
     }
     this.currentSession = session;
@@ -540,7 +596,7 @@ export class Connection {
     }
     // A disconnect keeps the session in the store, to be restored later.
     if (this.currentSession !== null) {
-      this.context.registry.unregister(this.currentSession.key, this);
+      this.context.registry.release(this.currentSession.key, this);
       this.currentSession = null;
     }
     const info: DisconnectInfo = { code, reason };

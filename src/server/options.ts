@@ -196,6 +196,11 @@ function resolveSessions(options: ServerOptions, logger: Logger): { sessions: Se
   for (const hook of ['onSessionCreated', 'onSessionLookup', 'onSessionClosed'] as const) {
     if (typeof manager[hook] !== 'function') throw new InvalidArgumentError(`option sessionManager lacks ${hook}()`);
   }
+  if ((typeof manager.onSessionAttach === 'function') !== (typeof manager.onSessionDetach === 'function')) {
+    throw new InvalidArgumentError(
+      'option sessionManager must have both onSessionAttach() and onSessionDetach(), or neither',
+    );
+  }
   checkFunction('parseSessionInfo', options.parseSessionInfo);
   return {
     sessions: Object.freeze({ manager, keyGenerator, maxConnections, parseInfo: options.parseSessionInfo }),

@@ -5,7 +5,14 @@ import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
-import { BusSubscriptions, decodeBusMessage, encodeBusMessage } from '../cluster/bus.ts';
+import {
+  BusSubscriptions,
+  decodeBusMessage,
+  decodeSessionClosedBody,
+  encodeBusMessage,
+  encodeSessionClosedBody,
+  SESSIONS_CHANNEL,
+} from '../cluster/bus.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { ADMIT_PUBLISH, Connection, SEND_SIGNAL, TRANSPORT_SOCKET } from './connection.ts';
 import { SessionRegistry } from './session-registry.ts';
@@ -52,6 +59,8 @@ export class Server {
   private readonly topicRegistry: TopicRegistry<Connection>;
   /** This process on the bus: its own messages come back to it and are ignored. */
   private readonly busOrigin = nanoid();
+  /** Subscriptions on the bus, when there is one. */
+  private readonly busSubscriptions: BusSubscriptions | undefined;
   private state: ServerState = 'new';
   /**
    * Upgrades waiting for an async `beforeUpgrade`, each as the function that answers it (once) and
@@ -63,16 +72,18 @@ export class Server {
 
   constructor(options: ServerOptions) {
     this.options = resolveServerOptions(options);
-    this.registry = new SessionRegistry(this.options.sessions?.maxConnections ?? 0);
+    this.registry = new SessionRegistry(this.options.sessions, this.options.logger);
     const { bus } = this.options;
     if (bus === undefined) {
       this.topicRegistry = new TopicRegistry<Connection>();
     } else {
       const subscriptions = new BusSubscriptions(
         bus,
-        (topic, message) => this.fromBus(topic, message),
+        (topic, message) =>
+          topic === SESSIONS_CHANNEL ? this.sessionClosedOnBus(message) : this.fromBus(topic, message),
         (doing, topic, error) => this.options.logger.error(`${doing} on the bus failed`, { topic, error }),
       );
+      this.busSubscriptions = subscriptions;
       this.topicRegistry = new TopicRegistry<Connection>({
         first: (topic) => subscriptions.want(topic, true),
         last: (topic) => subscriptions.want(topic, false),
@@ -107,6 +118,8 @@ export class Server {
       throw error;
     }
     this.state = 'listening';
+    // Sessions closed by key on other servers reach their connections here.
+    if (this.options.sessions !== null) this.busSubscriptions?.want(SESSIONS_CHANNEL, true);
   }
 
   /** Where the transport listens (`port` is the real one when 0 was asked for). */
@@ -265,16 +278,40 @@ export class Server {
   }
 
   /**
-   * Closes the session `key` everywhere on this server: each of its connections is told (type 22)
-   * and the store deletes it. Resolves with the number of connections that held it.
+   * Closes the session `key`: each of its connections is told (type 22) and the store deletes it.
+   * With the `bus` option, the other servers on the bus close it on their connections too.
+   * Resolves with the number of this server's connections that held it.
    */
   async closeSession(key: string): Promise<number> {
     const settings = this.options.sessions;
     if (settings === null) throw new SessionsDisabledError('sessions are disabled on this server');
-    let count = 0;
-    for (const conn of this.registry.connections(key)) if (conn.dropSession(key)) count++;
+    const count = this.dropSession(key);
+    const { bus } = this.options;
+    if (bus !== undefined) {
+      const message = encodeBusMessage(this.busOrigin, encodeSessionClosedBody(key));
+      this.onBus('closing a session', SESSIONS_CHANNEL, () => bus.publish(SESSIONS_CHANNEL, message));
+    }
     await settings.manager.onSessionClosed(key);
     return count;
+  }
+
+  /** Tells this server's connections of the session `key` that it is closed; returns how many held it. */
+  private dropSession(key: string): number {
+    let count = 0;
+    for (const conn of this.registry.connections(key)) if (conn.dropSession(key)) count++;
+    return count;
+  }
+
+  /** A session closed by key on another server, from the bus. */
+  private sessionClosedOnBus(message: Uint8Array): void {
+    const decoded = decodeBusMessage(message);
+    if (decoded?.origin === this.busOrigin) return;
+    const key = decoded === undefined ? undefined : decodeSessionClosedBody(decoded.signal);
+    if (key === undefined || this.options.sessions === null || !this.options.sessions.keyGenerator.isValid(key)) {
+      this.options.logger.warn('a bus message that is not a duplexwire session close was ignored');
+      return;
+    }
+    this.dropSession(key);
   }
 
   /** True from `shutdown()` on. */
@@ -315,6 +352,7 @@ export class Server {
     for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, 'server shutting down');
     await Promise.all([...this.live].map((conn) => conn.closed));
     if (wasListening) await this.options.transport.stop();
+    this.busSubscriptions?.want(SESSIONS_CHANNEL, false);
     if (this.options.ownsSessionManager) await this.options.sessions?.manager.close?.();
     this.state = 'stopped';
   }

@@ -1,4 +1,5 @@
-import type { Session, SessionKeyGenerator, SessionManager } from '../session/session.ts';
+import type { Logger } from '../logger.ts';
+import type { Session, SessionAttachResult, SessionKeyGenerator, SessionManager } from '../session/session.ts';
 
 /** Server-side session settings, resolved. `null` manager: sessions are disabled. */
 export interface SessionSettings {
@@ -11,46 +12,89 @@ export interface SessionSettings {
 }
 
 /**
- * Which connections hold which session, in this process. Reservation and registration are one
- * synchronous step, so the connection limit holds however many restores race (the reference
- * checked, awaited the store, then registered).
+ * Which connections hold which session. This process's connections are kept here; when the store
+ * counts connections across processes (`onSessionAttach`/`onSessionDetach`, as
+ * `RedisSessionManager` does), every attach and detach is also told to it, and its answers (the
+ * limit, what is left) are the cluster's.
+ *
+ * Locally, reservation and registration are one synchronous step, so the connection limit holds
+ * however many restores race (the reference checked, awaited the store, then registered); the
+ * store's count, atomic on its side, then holds it across processes.
  */
 export class SessionRegistry<Conn> {
   private readonly byKey = new Map<string, Set<Conn>>();
   private readonly maxConnections: number;
+  private readonly manager: SessionManager | undefined;
+  private readonly logger: Logger;
 
-  constructor(maxConnections: number) {
-    this.maxConnections = maxConnections;
+  constructor(settings: SessionSettings | null, logger: Logger) {
+    this.maxConnections = settings?.maxConnections ?? 0;
+    this.manager = settings?.manager.onSessionAttach === undefined ? undefined : settings.manager;
+    this.logger = logger;
   }
 
-  /** Registers `conn` under `key` unless the session has its maximum of connections. */
-  tryRegister(key: string, conn: Conn): boolean {
+  /**
+   * `conn` takes the session `key`: registered here at once (unless this process already has the
+   * limit's worth), then counted by the store when it counts across processes. On any answer but
+   * `'attached'`, and when the store fails (the error is thrown), `conn` is registered nowhere.
+   */
+  async attach(key: string, conn: Conn): Promise<SessionAttachResult> {
     let set = this.byKey.get(key);
     if (set === undefined) {
       set = new Set();
       this.byKey.set(key, set);
     }
-    if (set.has(conn)) return true;
-    if (this.maxConnections > 0 && set.size >= this.maxConnections) return false;
+    if (set.has(conn)) return 'attached';
+    if (this.maxConnections > 0 && set.size >= this.maxConnections) return 'limit';
     set.add(conn);
-    return true;
+    if (this.manager === undefined) return 'attached';
+    let result: SessionAttachResult;
+    try {
+      result = await this.manager.onSessionAttach!(key, this.maxConnections);
+    } catch (error) {
+      this.remove(key, conn);
+      throw error;
+    }
+    if (result !== 'attached') this.remove(key, conn);
+    return result;
   }
 
-  /** Removes `conn` from `key`. Returns true when it was the session's last connection here. */
-  unregister(key: string, conn: Conn): boolean {
+  /**
+   * `conn` lets go of the session `key`. Resolves with the number of connections still holding
+   * it: across processes when the store counts them, else in this process; -1 when `conn` did not
+   * hold it (nothing was done).
+   */
+  async detach(key: string, conn: Conn): Promise<number> {
+    const left = this.remove(key, conn);
+    if (left < 0 || this.manager === undefined) return left;
+    return this.manager.onSessionDetach!(key);
+  }
+
+  /**
+   * `detach` for a connection that needs no answer (it closed, or the session was closed by key):
+   * a failure is logged. The store's count heals on its own (see `RedisSessionManager`'s
+   * `presenceTtl`).
+   */
+  release(key: string, conn: Conn): void {
+    this.detach(key, conn).catch((error: unknown) => {
+      this.logger.error('session store failed to count a connection leaving a session', { error });
+    });
+  }
+
+  /** Takes `conn` off `key` here. Returns how many connections of this process are left, or -1. */
+  private remove(key: string, conn: Conn): number {
     const set = this.byKey.get(key);
-    if (set === undefined || !set.delete(conn)) return false;
-    if (set.size > 0) return false;
-    this.byKey.delete(key);
-    return true;
+    if (set === undefined || !set.delete(conn)) return -1;
+    if (set.size === 0) this.byKey.delete(key);
+    return set.size;
   }
 
-  /** The connections of a session (a copy). */
+  /** The connections of a session in this process (a copy). */
   connections(key: string): Conn[] {
     return [...(this.byKey.get(key) ?? [])];
   }
 
-  /** Number of sessions with at least one connection. */
+  /** Number of sessions with at least one connection in this process. */
   get size(): number {
     return this.byKey.size;
   }

@@ -19,6 +19,7 @@ export {
   type MemorySessionManagerOptions,
 } from './memory-store.ts';
 export {
+  DEFAULT_PRESENCE_TTL,
   DEFAULT_REDIS_PREFIX,
   type RedisCommandClient,
   RedisSessionManager,
@@ -31,6 +32,7 @@ export {
   isStorableSessionKey,
   parseSessionTime,
   type Session,
+  type SessionAttachResult,
   type SessionJson,
   type SessionKeyGenerator,
   type SessionManager,

@@ -5,7 +5,13 @@
  * those bounds every client that ever got one would stay in memory.
  */
 import { checkInteger } from '../util/validate.ts';
-import { type Session, type SessionManager, sessionFromJson, sessionToJson } from './session.ts';
+import {
+  type Session,
+  type SessionAttachResult,
+  type SessionManager,
+  sessionFromJson,
+  sessionToJson,
+} from './session.ts';
 
 /** Sessions kept at most by default. @default 100,000 */
 export const DEFAULT_MAX_MEMORY_SESSIONS = 100_000;
@@ -51,6 +57,8 @@ interface Entry {
 export class MemorySessionManager implements SessionManager {
   // A Map, not an object: keys come from the network ("__proto__" is just a key here).
   readonly #sessions = new Map<string, Entry>();
+  /** Connections holding each session, counted for every server sharing this store. */
+  readonly #holders = new Map<string, number>();
   readonly #maxAge: number | undefined;
   readonly #maxSessions: number;
 
@@ -90,6 +98,28 @@ export class MemorySessionManager implements SessionManager {
 
   async onSessionClosed(key: string): Promise<void> {
     this.#sessions.delete(key);
+    this.#holders.delete(key);
+  }
+
+  /**
+   * Counts the connections holding `key` across every server sharing this store (several
+   * `Server`s in one process), so that their limit and "delete when the last connection closes
+   * the session" are the store's, not each server's.
+   */
+  async onSessionAttach(key: string, limit: number): Promise<SessionAttachResult> {
+    const entry = this.#sessions.get(key);
+    if (entry === undefined || this.#expired(entry, Date.now())) return 'not-found';
+    const count = this.#holders.get(key) ?? 0;
+    if (limit > 0 && count >= limit) return 'limit';
+    this.#holders.set(key, count + 1);
+    return 'attached';
+  }
+
+  async onSessionDetach(key: string): Promise<number> {
+    const count = (this.#holders.get(key) ?? 1) - 1;
+    if (count > 0) this.#holders.set(key, count);
+    else this.#holders.delete(key);
+    return this.#sessions.has(key) ? count : 0;
   }
 
   #expired(entry: Entry, now: number): boolean {

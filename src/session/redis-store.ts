@@ -11,8 +11,14 @@
  * Writes are Lua scripts, each a single atomic command. Not MULTI/EXEC: through a shared,
  * pipelined connection, other callers' commands sent between MULTI and EXEC would become part of
  * the transaction.
+ *
+ * Connections holding a session are counted in the same hash, one field per process (per
+ * manager): `p:<random id>` = `"<connections> <expiry, ms on the Redis clock>"`. A process writes
+ * its own count with each attach and detach and renews it every third of `presenceTtl`; a field
+ * past its expiry is a process that died (or lost Redis) and counts for nothing, so neither the
+ * limit nor "delete when the last connection closes the session" is held up by it for longer.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
 import { checkInteger } from '../util/validate.ts';
@@ -20,6 +26,7 @@ import { sessionKeyHash } from './key-hash.ts';
 import {
   formatSessionTime,
   type Session,
+  type SessionAttachResult,
   type SessionManager,
   sessionFromJsonValue,
   sessionToJsonValue,
@@ -50,9 +57,19 @@ export interface RedisSessionManagerOptions {
    * @default undefined (sessions live until closed)
    */
   readonly ttl?: number;
-  /** Where corrupt session hashes are reported. @default consoleLogger */
+  /** Where corrupt session hashes, and failures to renew this process's counts, are reported. @default consoleLogger */
   readonly logger?: Logger;
+  /**
+   * Milliseconds this process's count of a session's connections stays valid in Redis without
+   * being renewed (it is renewed every third of this): how long the connections of a process that
+   * died still count towards `maxSessionConnections` and keep a closed session from being deleted.
+   * @default 30000
+   */
+  readonly presenceTtl?: number;
 }
+
+/** @see RedisSessionManagerOptions.presenceTtl */
+export const DEFAULT_PRESENCE_TTL = 30_000;
 
 /**
  * KEYS[1] session hash; ARGV k, c, l, ttl ('' for none), [i]. DEL first: a stale `i` must not
@@ -94,6 +111,40 @@ if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
 `;
 
+/**
+ * KEYS[1] session hash; ARGV this process's field, its connections after the change, the limit
+ * (0: none), presence TTL (ms). Returns -1 when the session does not exist, -2 when the limit
+ * would be passed (nothing written), else the connections holding it across live processes once
+ * this process's count is written. Other processes' expired fields are deleted on the way. Only
+ * field names are read (HKEYS then HGET), not the session's info. TIME is Redis's clock, the same
+ * for every process (scripts may write after it: Redis >= 5 replicates their effects).
+ */
+const PRESENCE_SCRIPT = `
+if redis.call('HEXISTS', KEYS[1], 'k') == 0 then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local others = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= ARGV[1] and string.sub(f, 1, 2) == 'p:' then
+    local count, expires = string.match(redis.call('HGET', KEYS[1], f), '^(%d+) (%d+)$')
+    if count == nil or tonumber(expires) <= now then
+      redis.call('HDEL', KEYS[1], f)
+    else
+      others = others + tonumber(count)
+    end
+  end
+end
+local own = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+if limit > 0 and others + own > limit then return -2 end
+if own > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.0f', own, now + tonumber(ARGV[4])))
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return others + own
+`;
+
 interface Script {
   readonly source: string;
   readonly sha: string;
@@ -105,6 +156,7 @@ function script(source: string): Script {
 
 const CREATE = script(CREATE_SCRIPT);
 const LOOKUP = script(LOOKUP_SCRIPT);
+const PRESENCE = script(PRESENCE_SCRIPT);
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
@@ -129,10 +181,17 @@ export class RedisSessionManager implements SessionManager {
   readonly #prefix: string;
   readonly #ttl: string;
   readonly #logger: Logger;
+  readonly #presenceTtl: number;
+  /** This process's field in each session hash it holds. */
+  readonly #presenceField = `p:${randomBytes(12).toString('base64url')}`;
+  /** This process's connections per session key: the truth its Redis fields are renewed from. */
+  readonly #held = new Map<string, number>();
+  #renewTimer: ReturnType<typeof setInterval> | undefined;
+  #renewing = false;
 
   constructor(options: RedisSessionManagerOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
-    const { client, prefix, ttl, logger } = options;
+    const { client, prefix, ttl, logger, presenceTtl } = options;
     if (client === null || typeof client !== 'object' || typeof client.sendCommand !== 'function') {
       throw new InvalidArgumentError('option client must have a sendCommand(args) method');
     }
@@ -142,6 +201,7 @@ export class RedisSessionManager implements SessionManager {
     this.#prefix = prefix ?? DEFAULT_REDIS_PREFIX;
     this.#ttl = ttl === undefined ? '' : String(checkInteger('ttl', ttl, 1, Number.MAX_SAFE_INTEGER));
     this.#logger = logger ?? consoleLogger;
+    this.#presenceTtl = checkInteger('presenceTtl', presenceTtl ?? DEFAULT_PRESENCE_TTL, 300, 86_400_000);
   }
 
   /** The Redis key of a session key's hash: prefix + SHA-256 hex. Undefined for a key no session can have. */
@@ -181,6 +241,99 @@ export class RedisSessionManager implements SessionManager {
     const redisKey = this.redisKey(key);
     if (redisKey === undefined) return;
     await this.#client.sendCommand(['DEL', redisKey]);
+  }
+
+  /**
+   * Counts a connection of this process on the session, atomically with the limit check across
+   * every process (see `presenceTtl`).
+   */
+  async onSessionAttach(key: string, limit: number): Promise<SessionAttachResult> {
+    const redisKey = this.redisKey(key);
+    if (redisKey === undefined) return 'not-found';
+    const count = this.#hold(key, 1);
+    let reply: unknown;
+    try {
+      reply = await this.#presence(redisKey, count, limit);
+    } catch (error) {
+      this.#correct(key);
+      throw error;
+    }
+    if (reply === -1 || reply === -2) {
+      this.#correct(key);
+      return reply === -1 ? 'not-found' : 'limit';
+    }
+    return 'attached';
+  }
+
+  /** Counts a connection of this process off the session; resolves with those left in all processes. */
+  async onSessionDetach(key: string): Promise<number> {
+    const redisKey = this.redisKey(key);
+    if (redisKey === undefined) return 0;
+    const reply = await this.#presence(redisKey, this.#hold(key, -1), 0);
+    return typeof reply === 'number' && reply > 0 ? reply : 0;
+  }
+
+  /** Stops renewing this process's counts (they expire after `presenceTtl`). */
+  async close(): Promise<void> {
+    clearInterval(this.#renewTimer);
+    this.#renewTimer = undefined;
+  }
+
+  /** Changes this process's count for `key` by `delta`; returns the new count. */
+  #hold(key: string, delta: 1 | -1): number {
+    const count = Math.max(0, (this.#held.get(key) ?? 0) + delta);
+    if (count > 0) this.#held.set(key, count);
+    else this.#held.delete(key);
+    if (this.#held.size > 0 && this.#renewTimer === undefined) {
+      this.#renewTimer = setInterval(() => void this.#renew(), Math.floor(this.#presenceTtl / 3));
+      this.#renewTimer.unref();
+    } else if (this.#held.size === 0 && this.#renewTimer !== undefined) {
+      clearInterval(this.#renewTimer);
+      this.#renewTimer = undefined;
+    }
+    return count;
+  }
+
+  /**
+   * An attach that did not count (refused, or failed): takes it back locally and writes the
+   * count again, since a later attach sent meanwhile may have written one that included it.
+   */
+  #correct(key: string): void {
+    const count = this.#hold(key, -1);
+    const redisKey = this.redisKey(key)!;
+    this.#presence(redisKey, count, 0).catch((error: unknown) => {
+      this.#logger.error('failed to correct a session connection count in Redis', { key: redisKey, error });
+    });
+  }
+
+  /** Writes this process's count of every session it holds again, with a fresh expiry. */
+  async #renew(): Promise<void> {
+    if (this.#renewing) return;
+    this.#renewing = true;
+    let failure: unknown;
+    try {
+      await Promise.all(
+        [...this.#held].map(([key, count]) =>
+          this.#presence(this.redisKey(key)!, count, 0).catch((error: unknown) => {
+            failure ??= error;
+          }),
+        ),
+      );
+    } finally {
+      this.#renewing = false;
+    }
+    if (failure !== undefined) {
+      this.#logger.error('failed to renew session connection counts in Redis', { error: failure });
+    }
+  }
+
+  #presence(redisKey: string, count: number, limit: number): Promise<unknown> {
+    return this.#eval(PRESENCE, redisKey, [
+      this.#presenceField,
+      String(count),
+      String(limit),
+      String(this.#presenceTtl),
+    ]);
   }
 
   /** EVALSHA, falling back to EVAL (which also caches the script) when Redis does not know it yet. */

@@ -38,9 +38,29 @@ export interface SessionManager {
   onSessionLookup(key: string): Promise<Session | null>;
   /** The session's last connection left or it was closed: delete it permanently. */
   onSessionClosed(key: string): Promise<void>;
+  /**
+   * Optional, with `onSessionDetach`: counts the connections holding each session across every
+   * server using this store, for stores shared by several processes. A connection of this
+   * process takes the session `key`: resolves `'attached'`, or `'limit'` when the session already
+   * has `limit` connections in all (0 = no limit; nothing is counted then), or `'not-found'` when
+   * it no longer exists. Without these two hooks each server counts only its own connections,
+   * which is right for a store used by one server (`MaxSessionConnections` and "delete when the
+   * last connection closes the session" are then per server).
+   */
+  onSessionAttach?(key: string, limit: number): Promise<SessionAttachResult>;
+  /**
+   * Optional, with `onSessionAttach`: a connection of this process let go of the session `key`
+   * (it closed the session, was dropped from it, or closed). Resolves with the number of
+   * connections still holding it anywhere (0 when the session no longer exists); the server
+   * deletes the session when that is 0 and the connection was closing it.
+   */
+  onSessionDetach?(key: string): Promise<number>;
   /** Releases timers/handles. Optional. */
   close?(): Promise<void>;
 }
+
+/** What `SessionManager.onSessionAttach` resolves with. */
+export type SessionAttachResult = 'attached' | 'limit' | 'not-found';
 
 /** Makes session keys, and recognises keys it could have made. */
 export interface SessionKeyGenerator {

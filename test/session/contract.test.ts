@@ -61,7 +61,13 @@ if (redis instanceof Error) {
         logger: silentLogger,
         ...(ttl === undefined ? {} : { ttl }),
       });
-      return { manager, cleanup: () => deletePrefix(redis, prefix) };
+      return {
+        manager,
+        cleanup: async () => {
+          await manager.close();
+          await deletePrefix(redis, prefix);
+        },
+      };
     });
   }
 }

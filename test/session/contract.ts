@@ -311,5 +311,39 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
         assert.equal(await manager.onSessionLookup(key), null);
       }
     });
+
+    it('counts connections with onSessionAttach/onSessionDetach, when it has them', async (t) => {
+      const manager = await setup(t);
+      if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {
+        assert.equal(manager.onSessionAttach, manager.onSessionDetach, 'both hooks or neither');
+        t.skip('this store leaves connection counts to each server');
+        return;
+      }
+      const session = newSession({ user: 'ada' });
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'not-found', 'no session yet');
+      await manager.onSessionCreated(session);
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'attached');
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'attached');
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'limit', 'two connections already');
+      assert.equal(await manager.onSessionAttach(session.key, 3), 'attached', 'a refused attach counts for nothing');
+      assert.equal(await manager.onSessionDetach(session.key), 2);
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'attached', 'limit 0: no limit');
+      assert.equal(await manager.onSessionDetach(session.key), 2);
+      assert.equal(await manager.onSessionDetach(session.key), 1);
+      assert.equal(await manager.onSessionDetach(session.key), 0);
+      assert.ok(await manager.onSessionLookup(session.key), 'counting never deletes');
+
+      // Concurrent attaches never pass the limit, whatever their order.
+      const results = await Promise.all(Array.from({ length: 20 }, () => manager.onSessionAttach!(session.key, 5)));
+      assert.equal(results.filter((r) => r === 'attached').length, 5);
+      assert.equal(results.filter((r) => r === 'limit').length, 15);
+
+      // A closed session: attaches find nothing, detaches of its old connections report 0.
+      await manager.onSessionClosed(session.key);
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'not-found');
+      assert.equal(await manager.onSessionDetach(session.key), 0);
+      assert.equal(await manager.onSessionLookup(session.key), null, 'a detach does not bring it back');
+      for (const key of HOSTILE_KEYS) assert.equal(await manager.onSessionAttach(key, 0), 'not-found');
+    });
   });
 }

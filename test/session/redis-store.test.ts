@@ -103,6 +103,43 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
       assert.deepEqual(Object.keys(await hgetall(manager.redisKey(session.key)!)).sort(), ['c', 'k', 'l']);
     });
 
+    it('counts connections in a p:<process> field of the session hash, "<count> <expiry>"', async (t) => {
+      const { manager } = setup(t, { presenceTtl: 60_000 });
+      t.after(() => manager.close());
+      const session = newSession({ user: 'ada' });
+      await manager.onSessionCreated(session);
+      const redisKey = manager.redisKey(session.key)!;
+      const [seconds] = (await redis.sendCommand(['TIME'])) as [string, string];
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'attached');
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'attached');
+      const fields = await hgetall(redisKey);
+      const presence = Object.keys(fields).filter((name) => name.startsWith('p:'));
+      assert.equal(presence.length, 1, 'one field per process, whatever its connections');
+      const [count, expiry] = fields[presence[0]!]!.split(' ').map(Number) as [number, number];
+      assert.equal(count, 2);
+      const expected = Number(seconds) * 1000 + 60_000;
+      assert.ok(
+        Math.abs(expiry - expected) < 5_000,
+        `expiry ${expiry} is about Redis's clock + presenceTtl (${expected})`,
+      );
+      assert.equal(fields.i, JSON.stringify({ user: 'ada' }), 'the session itself is untouched');
+
+      // An expired or corrupt field of another process counts for nothing and is cleaned away.
+      await redis.sendCommand(['HSET', redisKey, 'p:dead', '5 1000', 'p:garbage', 'x']);
+      assert.equal(await manager.onSessionAttach(session.key, 3), 'attached', '2 + 1 here; the dead 5 do not count');
+      assert.deepEqual(
+        Object.keys(await hgetall(redisKey)).filter((name) => name.startsWith('p:')),
+        presence,
+        'the dead fields are gone',
+      );
+      for (let i = 0; i < 3; i++) await manager.onSessionDetach(session.key);
+      assert.deepEqual(
+        Object.keys(await hgetall(redisKey)).sort(),
+        ['c', 'i', 'k', 'l'],
+        'no field once no connection',
+      );
+    });
+
     it('uses DEFAULT_REDIS_PREFIX when no prefix is given', async (t) => {
       const manager = new RedisSessionManager({ client: redis });
       const session = newSession();
@@ -307,6 +344,9 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
         { client, ttl: 0 },
         { client, ttl: 1.5 },
         { client, ttl: '1000' },
+        { client, presenceTtl: 0 },
+        { client, presenceTtl: 299 },
+        { client, presenceTtl: 1.5 },
       ];
       for (const options of bad) {
         assert.throws(() => new RedisSessionManager(options as RedisSessionManagerOptions), InvalidArgumentError);

@@ -1,0 +1,347 @@
+/**
+ * Sessions shared by several servers: `maxSessionConnections` counted over every server's
+ * connections, a session deleted only when its last connection anywhere closes it, and
+ * `server.closeSession(key)` reaching every server over the bus.
+ *
+ * Two cases of the same suite: two Servers sharing one MemorySessionManager and an in-process bus
+ * (always run), and two Servers as two processes would be over a real Redis, each with its own
+ * `RedisSessionManager`, Redis connections and `redisTopicBus` (skipped with the reason when Redis
+ * is unreachable, failing instead in CI; see test/session/redis.ts). The Redis case also covers a
+ * process that dies without letting go of its connections (`presenceTtl`).
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it, type TestContext } from 'node:test';
+import { utf8 } from '../../protocol/payload.ts';
+import { Client } from '../../src/client/client.ts';
+import { redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
+import { MaxSessionConnectionsError, SessionNotFoundError } from '../../src/errors.ts';
+import { Server } from '../../src/server/server.ts';
+import { MemorySessionManager } from '../../src/session/memory-store.ts';
+import { RedisSessionManager } from '../../src/session/redis-store.ts';
+import type { Session, SessionAttachResult, SessionManager } from '../../src/session/session.ts';
+import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
+import { login, sessionApp } from '../fixtures/session-helpers.ts';
+import { delay, recordingLogger, waitFor } from '../helpers.ts';
+import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
+
+/** Connections one session may have, on all servers together, in these tests. */
+const LIMIT = 2;
+/** The Redis managers' presenceTtl here: short, so a dead process stops counting within a test. */
+const PRESENCE_TTL = 900;
+
+/** What the suite needs of a store shared by two servers. */
+interface Shared {
+  /** The SessionManager and bus of one more server. */
+  node(): Promise<{ manager: SessionManager; bus: TopicBus }>;
+  /** Whether the store holds `key` (a lookup through its own manager). */
+  has(key: string): Promise<boolean>;
+}
+
+/** A bus inside this process: every listener of a channel gets each publish, a turn later. */
+function localBus(): () => TopicBus {
+  const channels = new Map<string, Set<(message: Uint8Array) => void>>();
+  return () => {
+    const mine = new Map<string, (message: Uint8Array) => void>();
+    return {
+      publish: async (channel, message) => {
+        for (const listener of channels.get(channel) ?? []) queueMicrotask(() => listener(message));
+      },
+      subscribe: async (channel, listener) => {
+        mine.set(channel, listener);
+        const set = channels.get(channel) ?? new Set();
+        channels.set(channel, set);
+        set.add(listener);
+      },
+      unsubscribe: async (channel) => {
+        const listener = mine.get(channel);
+        if (listener !== undefined) channels.get(channel)?.delete(listener);
+        mine.delete(channel);
+      },
+    };
+  };
+}
+
+async function startNode(t: TestContext, shared: Shared) {
+  const { manager, bus } = await shared.node();
+  const logger = recordingLogger();
+  const server = new Server({
+    transport: wsTransport({ host: '127.0.0.1', port: 0 }),
+    logger,
+    sessionManager: manager,
+    maxSessionConnections: LIMIT,
+    bus,
+    onRequest: sessionApp,
+  });
+  await server.listen();
+  t.after(() => server.shutdown({ timeout: 200 }));
+  return { server, url: `ws://127.0.0.1:${server.address()!.port}/`, logger };
+}
+
+async function client(t: TestContext, url: string): Promise<Client> {
+  const c = new Client(url, { transport: wsClientTransport(), reconnect: false, logger: recordingLogger() });
+  t.after(() => c.close());
+  await c.connect();
+  return c;
+}
+
+function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Shared>): void {
+  describe(`sessions across servers: ${name}`, () => {
+    it('maxSessionConnections counts the connections of every server', async (t) => {
+      const shared = await makeShared(t);
+      const a = await startNode(t, shared);
+      const b = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      const b1 = await client(t, b.url);
+      await b1.restoreSession(key);
+
+      const b2 = await client(t, b.url);
+      await assert.rejects(b2.restoreSession(key), MaxSessionConnectionsError, 'one on A and one on B make two');
+      const a2 = await client(t, a.url);
+      await assert.rejects(a2.restoreSession(key), MaxSessionConnectionsError);
+      assert.equal(b.server.sessionConnections(key).length, 1, 'a refused connection is not registered');
+
+      // A connection that goes away frees its slot everywhere, and the session stays stored.
+      await b1.close();
+      await waitFor(() => b.server.sessionConnections(key).length === 0, 2_000, 'b1 to leave');
+      await b2.restoreSession(key);
+      assert.equal(b2.session?.key, key);
+      assert.equal(await shared.has(key), true);
+    });
+
+    it('a session is deleted only when its last connection anywhere closes it', async (t) => {
+      const shared = await makeShared(t);
+      const a = await startNode(t, shared);
+      const b = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      const b1 = await client(t, b.url);
+      await b1.restoreSession(key);
+
+      await a1.closeSession();
+      assert.equal(a1.session, null);
+      assert.equal(await shared.has(key), true, 'B still has a connection on it');
+      assert.equal(b1.session?.key, key);
+
+      await b1.closeSession();
+      assert.equal(await shared.has(key), false, 'closed by the last connection: deleted');
+      const late = await client(t, a.url);
+      await assert.rejects(late.restoreSession(key), SessionNotFoundError);
+    });
+
+    it('server.closeSession(key) closes the session on every server', async (t) => {
+      const shared = await makeShared(t);
+      const a = await startNode(t, shared);
+      const b = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      const b1 = await client(t, b.url);
+      await b1.restoreSession(key);
+      const closedOnB = new Promise<void>((resolve) => b1.once('sessionClosed', () => resolve()));
+
+      assert.equal(await a.server.closeSession(key), 1, "the count is this server's connections");
+      await closedOnB;
+      assert.equal(b1.session, null);
+      await waitFor(() => b.server.sessionConnections(key).length === 0, 2_000, 'B to drop its connection');
+      assert.equal(await shared.has(key), false);
+      await waitFor(() => a1.session === null, 2_000, "A's own client to be told");
+
+      // The slots are free again and the key is gone for everyone.
+      const b2 = await client(t, b.url);
+      await assert.rejects(b2.restoreSession(key), SessionNotFoundError);
+      const fresh = await login(b2, 'bob');
+      const a2 = await client(t, a.url);
+      await a2.restoreSession(fresh.key);
+      assert.deepEqual(
+        b.logger.entries.filter((e) => e.level === 'error'),
+        [],
+      );
+    });
+  });
+}
+
+// -----------------------------------------------------------------------------------------------
+// One process: two Servers sharing a MemorySessionManager.
+
+defineSuite('a MemorySessionManager shared in one process', async () => {
+  const manager = new MemorySessionManager();
+  const bus = localBus();
+  return {
+    node: async () => ({ manager, bus: bus() }),
+    has: async (key) => (await manager.onSessionLookup(key)) !== null,
+  };
+});
+
+/** A MemorySessionManager whose attaches take `delay` ms: a window for races. */
+class SlowAttach extends MemorySessionManager {
+  constructor(private readonly attachDelay: number) {
+    super();
+  }
+  override async onSessionAttach(key: string, limit: number): Promise<SessionAttachResult> {
+    await delay(this.attachDelay);
+    return super.onSessionAttach(key, limit);
+  }
+}
+
+describe('sessions: a slow store count (pending attaches)', () => {
+  async function setup(t: TestContext) {
+    const manager = new SlowAttach(150);
+    const logger = recordingLogger();
+    const server = new Server({
+      transport: wsTransport({ host: '127.0.0.1', port: 0 }),
+      logger,
+      sessionManager: manager,
+      maxSessionConnections: LIMIT,
+      onRequest: sessionApp,
+    });
+    await server.listen();
+    t.after(() => server.shutdown({ timeout: 200 }));
+    return { server, manager, url: `ws://127.0.0.1:${server.address()!.port}/` };
+  }
+
+  it('a connection that closes while its restore is counted gives its slot back', async (t) => {
+    const { server, url } = await setup(t);
+    const owner = await client(t, url);
+    const { key } = await login(owner);
+    const quitter = await client(t, url);
+    const restoring = quitter.restoreSession(key).catch((error: unknown) => error);
+    await delay(30);
+    await quitter.close();
+    await restoring;
+    await delay(200);
+    assert.equal(server.sessionConnections(key).length, 1, 'only the owner is registered');
+    // The slot is free: one more connection fits under the limit of two, and no more.
+    const second = await client(t, url);
+    await second.restoreSession(key);
+    const third = await client(t, url);
+    await assert.rejects(third.restoreSession(key), MaxSessionConnectionsError);
+  });
+
+  it('a session closed by key while a restore is being counted is not restored', async (t) => {
+    const { server, manager, url } = await setup(t);
+    const owner = await client(t, url);
+    const { key } = await login(owner);
+    const late = await client(t, url);
+    const restoring = late.restoreSession(key);
+    await delay(30);
+    assert.equal(await server.closeSession(key), 1, 'the pending connection is not counted: its client was never told');
+    await assert.rejects(restoring, SessionNotFoundError);
+    assert.equal(late.session, null);
+    assert.deepEqual(server.sessionConnections(key), []);
+    assert.equal(await manager.onSessionLookup(key), null);
+  });
+
+  it('a connection that closes while its new session is counted leaves nothing stored', async (t) => {
+    const { server, manager } = await setup(t);
+    const created: Session[] = [];
+    const spy = manager.onSessionCreated.bind(manager);
+    manager.onSessionCreated = async (session) => {
+      created.push(session);
+      await spy(session);
+    };
+    const url = `ws://127.0.0.1:${server.address()!.port}/`;
+    const c = await client(t, url);
+    const logging = c.request('login', utf8('ada')).catch((error: unknown) => error);
+    await waitFor(() => created.length === 1, 2_000, 'the session to be stored');
+    await c.close();
+    await logging;
+    await waitFor(() => server.connections.size === 0, 2_000, 'the connection to close');
+    await delay(200);
+    assert.equal(await manager.onSessionLookup(created[0]!.key), null, 'the unannounced session is deleted');
+    assert.equal(server.activeSessionCount, 0);
+  });
+});
+
+// -----------------------------------------------------------------------------------------------
+// Processes: two Servers, each with its own Redis connections, as two processes have.
+
+const connected = await connectRedis();
+if (connected instanceof Error) {
+  redisUnreachable('sessions across servers over Redis', connected);
+} else {
+  const redis: TestRedisClient = connected;
+  const connections: TestRedisClient[] = [redis];
+  after(async () => {
+    for (const c of connections) await c.quit().catch(() => c.destroy());
+  });
+  async function connection(): Promise<TestRedisClient> {
+    const c = redis.duplicate();
+    c.on('error', () => {});
+    await c.connect();
+    connections.push(c);
+    return c;
+  }
+
+  async function redisShared(t: TestContext): Promise<Shared & { prefix: string }> {
+    const prefix = uniquePrefix();
+    t.after(() => deletePrefix(redis, prefix));
+    const reader = new RedisSessionManager({ client: redis, prefix: `${prefix}s:` });
+    return {
+      prefix,
+      node: async () => {
+        const manager = new RedisSessionManager({
+          client: await connection(),
+          prefix: `${prefix}s:`,
+          presenceTtl: PRESENCE_TTL,
+        });
+        t.after(() => manager.close());
+        const bus = redisTopicBus({
+          publisher: await connection(),
+          subscriber: await connection(),
+          prefix: `${prefix}t:`,
+        });
+        return { manager, bus };
+      },
+      has: async (key) => (await reader.onSessionLookup(key)) !== null,
+    };
+  }
+
+  defineSuite('RedisSessionManager and redisTopicBus, one Redis connection set per server', redisShared);
+
+  describe('sessions across servers over Redis: processes that die', () => {
+    it('the connections of a process that died stop counting after presenceTtl', async (t) => {
+      const shared = await redisShared(t);
+      const a = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      // Another process takes the second slot, then dies: its Redis connection is gone, and it
+      // never said its connection left.
+      const doomedClient = await connection();
+      const doomed = new RedisSessionManager({
+        client: doomedClient,
+        prefix: `${shared.prefix}s:`,
+        presenceTtl: PRESENCE_TTL,
+      });
+      assert.equal(await doomed.onSessionAttach(key, LIMIT), 'attached');
+      await doomed.close();
+      doomedClient.destroy();
+
+      const b = await startNode(t, shared);
+      const b1 = await client(t, b.url);
+      await assert.rejects(
+        b1.restoreSession(key),
+        MaxSessionConnectionsError,
+        'the dead process still counts at first',
+      );
+      await delay(PRESENCE_TTL + 200);
+      await b1.restoreSession(key);
+      assert.equal(b1.session?.key, key, 'its slot was freed when its presence expired');
+    });
+
+    it('a live process keeps counting past presenceTtl (its counts are renewed)', async (t) => {
+      const shared = await redisShared(t);
+      const a = await startNode(t, shared);
+      const b = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      const b1 = await client(t, b.url);
+      await b1.restoreSession(key);
+      await delay(PRESENCE_TTL * 2 + 200);
+      const b2 = await client(t, b.url);
+      await assert.rejects(b2.restoreSession(key), MaxSessionConnectionsError);
+      // And a close by one of them still leaves the session to the other.
+      await b1.closeSession();
+      assert.equal(await shared.has(key), true);
+    });
+  });
+}
