@@ -11,6 +11,7 @@ import { ProtocolError } from '../../protocol/errors.ts';
 import { toPayload } from '../../protocol/payload.ts';
 import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
 import type { Message, Payload, ReplyErrorMessage, RequestId, SpecialReplyMessage } from '../../protocol/types.ts';
+import type { RequestIdInput } from '../../protocol/encode.ts';
 import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
@@ -330,28 +331,58 @@ export class Peer implements SocketHandlers {
       const entry = new RunningRequest();
       this.#running ??= new Map();
       this.#running.set(key, entry);
+      // The reply needs the id and the name only. The id is a view into the received message,
+      // so it is kept as its number (or copied when it has none); and the callbacks that wait
+      // for the handler are made in `#whenAnswered`, away from this scope, whose closures share
+      // one context holding `message`. Otherwise the whole message, payload included, would stay
+      // alive until the handler settles, however early the handler let go of its payload.
+      const id: RequestIdInput = typeof key === 'number' ? key : message.id.slice();
       const incoming: IncomingMessage = { name: message.name, payload: message.payload };
-      callAsync(() => this.#hooks.handleRequest(incoming, entry)).then(
-        // The reply goes out before the next waiting message starts: in-order mode stays in order.
-        (value) => {
-          if (!entry.canceled) this.#reply(message.id, value);
-          this.#release(key, entry);
-        },
-        (error: unknown) => {
-          if (!entry.canceled) this.#replyError(message.id, message.name, error);
-          this.#release(key, entry);
-        },
+      this.#whenAnswered(
+        callAsync(() => this.#hooks.handleRequest(incoming, entry)),
+        key,
+        entry,
+        id,
+        message.name,
       );
     } else if (message.kind === 'signal') {
       const incoming: IncomingMessage = { name: message.name, payload: message.payload };
-      callAsync(() => this.#hooks.handleSignal(incoming)).then(
-        () => this.#releaseSlot(),
-        (error: unknown) => {
-          this.settings.logger.error('signal handler failed', { name: message.name, error });
-          this.#releaseSlot();
-        },
+      this.#whenHandled(
+        callAsync(() => this.#hooks.handleSignal(incoming)),
+        message.name,
       );
     }
+  }
+
+  /** Replies once a request's handler settles. The reply goes out before the next waiting message starts: in-order mode stays in order. */
+  #whenAnswered(
+    answer: Promise<ReplyValue>,
+    key: number | string,
+    entry: RunningRequest,
+    id: RequestIdInput,
+    name: string,
+  ): void {
+    answer.then(
+      (value) => {
+        if (!entry.canceled) this.#reply(id, value);
+        this.#release(key, entry);
+      },
+      (error: unknown) => {
+        if (!entry.canceled) this.#replyError(id, name, error);
+        this.#release(key, entry);
+      },
+    );
+  }
+
+  /** Frees a signal handler's slot once it settles. */
+  #whenHandled(done: Promise<void>, name: string): void {
+    done.then(
+      () => this.#releaseSlot(),
+      (error: unknown) => {
+        this.settings.logger.error('signal handler failed', { name, error });
+        this.#releaseSlot();
+      },
+    );
   }
 
   #release(key: number | string, entry: RunningRequest): void {
@@ -374,7 +405,7 @@ export class Peer implements SocketHandlers {
     if (!this.busy) this.becameIdle();
   }
 
-  #reply(id: RequestId, value: ReplyValue): void {
+  #reply(id: RequestIdInput, value: ReplyValue): void {
     if (this.#state === 'closed') return;
     let bytes: OutgoingMessage;
     try {
@@ -387,7 +418,7 @@ export class Peer implements SocketHandlers {
     this.sendRaw(bytes);
   }
 
-  #replyError(id: RequestId, name: string, error: unknown): void {
+  #replyError(id: RequestIdInput, name: string, error: unknown): void {
     if (this.#state === 'closed') return;
     let bytes: Uint8Array | undefined;
     if (error instanceof RequestError) {
