@@ -93,9 +93,15 @@ export class ConnectError extends DuplexwireError {
   override readonly name = 'ConnectError';
   readonly code = 'ERR_CONNECT';
   readonly status: number | undefined;
-  constructor(message: string, options?: ErrorOptions & { status?: number | undefined }) {
+  /**
+   * The body of a refused upgrade (its first 512 bytes in the ws transport), e.g. the JSON with
+   * which an application says why; undefined when the upgrade was not answered with a status.
+   */
+  readonly body: string | undefined;
+  constructor(message: string, options?: ErrorOptions & { status?: number | undefined; body?: string | undefined }) {
     super(message, options);
     this.status = options?.status;
+    this.body = options?.body;
   }
 }
 

@@ -50,12 +50,10 @@ export function truncateUtf8(text: string, maxBytes: number): string {
 }
 
 /** Headers a refusal writer sets itself: an owner's copy would break the response's framing. */
-const RESERVED_REFUSAL_HEADERS: ReadonlySet<string> = new Set([
-  'connection',
-  'content-length',
-  'content-type',
-  'transfer-encoding',
-]);
+const RESERVED_REFUSAL_HEADERS: ReadonlySet<string> = new Set(['connection', 'content-length', 'transfer-encoding']);
+
+/** The type of a refusal's body unless the owner names another (`Content-Type` in its headers). */
+export const DEFAULT_REFUSAL_CONTENT_TYPE = 'text/plain; charset=utf-8';
 
 /** RFC 9110 §5.6.2 `token`, the header names Node's `validateHeaderName` accepts. */
 const HTTP_TOKEN = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
@@ -71,10 +69,12 @@ export interface RefusalResponse {
   /** 200-599. */
   readonly status: number;
   readonly body: string;
+  /** The body's `Content-Type`: the owner's, else {@link DEFAULT_REFUSAL_CONTENT_TYPE}. */
+  readonly contentType: string;
   /**
    * The owner's extra headers, validated, without the ones the writer sets itself (`Connection`,
-   * `Content-Length`, `Content-Type`, `Transfer-Encoding`). Values are meant to be written as
-   * latin1, as Node writes header strings.
+   * `Content-Length`, `Transfer-Encoding`) and without `Content-Type` (in `contentType`). Values
+   * are meant to be written as latin1, as Node writes header strings.
    */
   readonly headers: ReadonlyArray<readonly [name: string, value: string]>;
 }
@@ -83,6 +83,7 @@ export interface RefusalResponse {
 const BARE_500: RefusalResponse = /* @__PURE__ */ Object.freeze({
   status: 500,
   body: '',
+  contentType: DEFAULT_REFUSAL_CONTENT_TYPE,
   headers: /* @__PURE__ */ Object.freeze([]),
 });
 
@@ -99,15 +100,19 @@ export function refusalResponse(
 ): RefusalResponse {
   if (!(Number.isInteger(status) && status >= 200 && status <= 599)) return BARE_500;
   const extra: Array<readonly [string, string]> = [];
+  let contentType = DEFAULT_REFUSAL_CONTENT_TYPE;
   if (headers !== undefined) {
     for (const [name, value] of Object.entries(headers)) {
-      if (RESERVED_REFUSAL_HEADERS.has(name.toLowerCase())) continue;
+      const lower = name.toLowerCase();
+      if (RESERVED_REFUSAL_HEADERS.has(lower)) continue;
       // `value` is typed string, but owners write JavaScript too: Node stringifies a number and
       // rejects undefined, and so do we.
       if (!HTTP_TOKEN.test(name) || value === undefined || INVALID_HEADER_VALUE_CHAR.test(String(value)))
         return BARE_500;
-      extra.push([name, String(value)]);
+      // One Content-Type, written where the default would be (a JSON refusal says so).
+      if (lower === 'content-type') contentType = String(value);
+      else extra.push([name, String(value)]);
     }
   }
-  return { status, body, headers: extra };
+  return { status, body, contentType, headers: extra };
 }

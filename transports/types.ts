@@ -148,8 +148,12 @@ export type UpgradeDecision =
       readonly accept: false;
       /** HTTP status sent instead of the upgrade, e.g. 401, 403, 503. */
       readonly status: number;
-      /** Short plain-text body. */
+      /** Short body, plain text unless `headers` name another `Content-Type`. */
       readonly body?: string;
+      /**
+       * Extra response headers. `Connection`, `Content-Length` and `Transfer-Encoding` are the
+       * adapter's and ignored; `Content-Type` replaces the default `text/plain; charset=utf-8`.
+       */
       readonly headers?: Readonly<Record<string, string>>;
     };
 

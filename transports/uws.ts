@@ -766,7 +766,7 @@ function respond(res: UWS.HttpResponse, refusal: RefusalResponse): void {
   // Outside the route handler (after an await) uWS needs the writes corked.
   res.cork(() => {
     res.writeStatus(`${refusal.status} ${STATUS_CODES[refusal.status] ?? 'Unknown'}`);
-    res.writeHeader('Content-Type', 'text/plain; charset=utf-8');
+    res.writeHeader('Content-Type', Buffer.from(refusal.contentType, 'latin1'));
     // latin1, as Node writes header strings; uWS would encode a JS string as UTF-8.
     for (const [name, value] of refusal.headers) res.writeHeader(name, Buffer.from(value, 'latin1'));
     // `true`: uWS adds `Connection: close` and closes once the response is written. It adds

@@ -558,14 +558,14 @@ function refuse(
   decidedBody?: string,
   decidedHeaders?: Readonly<Record<string, string>>,
 ): void {
-  const { status, body, headers } = refusalResponse(decidedStatus, decidedBody, decidedHeaders);
+  const { status, body, contentType, headers } = refusalResponse(decidedStatus, decidedBody, decidedHeaders);
   let extra = '';
   for (const [name, value] of headers) extra += `${name}: ${value}\r\n`;
   const bodyBytes = Buffer.from(body, 'utf8');
   const head =
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n` +
     'Connection: close\r\n' +
-    'Content-Type: text/plain; charset=utf-8\r\n' +
+    `Content-Type: ${contentType}\r\n` +
     `Content-Length: ${bodyBytes.length}\r\n` +
     `${extra}\r\n`;
   if (socket.destroyed || !socket.writable) {

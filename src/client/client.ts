@@ -62,6 +62,17 @@ export interface ClientOptions {
   readonly autoConnect?: boolean;
   /** Sub-protocol the server must announce. @default none */
   readonly subProtocol?: string | Uint8Array;
+  /**
+   * WebSocket subprotocols offered in the upgrade (`Sec-WebSocket-Protocol`), most preferred
+   * first: the server picks one (`client.protocol` tells which), or refuses the upgrade. Tokens
+   * of RFC 9110 §5.6.2, no duplicates. Unlike `subProtocol` (WebWire's AcceptConf field), this
+   * is settled before the connection exists, so a server can refuse an application version it
+   * does not speak with an HTTP status. @default none
+   *
+   * @example
+   * new Client(url, { protocols: ['chat.2', 'chat.1'] }).on('connect', () => ...client.protocol);
+   */
+  readonly protocols?: readonly string[];
   /** Largest message accepted from the server. @default 1 MiB */
   readonly maxMessageSize?: number;
   /** Handlers (server requests and signals) running at once. @default 32 */
@@ -160,6 +171,7 @@ interface ResolvedClientOptions extends Readonly<Record<IntegerOption, number>> 
   readonly headers: Readonly<Record<string, string>>;
   readonly reconnect: ReconnectPolicy | null;
   readonly subProtocol: Uint8Array;
+  readonly protocols: readonly string[];
   readonly protocolMinor: 0 | 1;
   readonly onRequest: ClientOptions['onRequest'];
   readonly sessionKeyStore: SessionKeyStore;
@@ -184,12 +196,28 @@ function resolveClientOptions(options: ClientOptions): ResolvedClientOptions {
     headers: { ...options.headers },
     reconnect: reconnect === false ? null : reconnectPolicy(reconnect === true ? {} : reconnect),
     subProtocol: subProtocolBytes(options.subProtocol),
+    protocols: checkProtocols(options.protocols),
     protocolMinor,
     onRequest: options.onRequest,
     sessionKeyStore: options.sessionKeyStore ?? defaultSessionKeyStore(),
     parseSessionInfo: options.parseSessionInfo,
     logger: options.logger ?? consoleLogger,
   });
+}
+
+/** RFC 9110 §5.6.2 `token`: what a subprotocol name may be (RFC 6455 §4.1). */
+const PROTOCOL_TOKEN = /^[!#$%&'*+\-.0-9A-Z^_`|a-z~]+$/;
+
+/**
+ * Checked here rather than left to the transport, which would fail every connection attempt the
+ * same way, and the client would retry it forever.
+ */
+function checkProtocols(protocols: readonly string[] | undefined): readonly string[] {
+  const list: unknown[] = protocols === undefined ? [] : [...protocols];
+  if (new Set(list).size < list.length || !list.every((p) => typeof p === 'string' && PROTOCOL_TOKEN.test(p))) {
+    throw new InvalidArgumentError('option protocols must be distinct tokens (RFC 9110 §5.6.2)');
+  }
+  return list as string[];
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -269,6 +297,15 @@ export class Client extends Emitter<ClientEvents> {
   /** What the server announced, while connected. */
   get serverInfo(): ServerInfo | undefined {
     return this.#server;
+  }
+
+  /**
+   * The WebSocket subprotocol the server chose of `protocols` for the current connection ('' for
+   * none), undefined while not connected.
+   */
+  get protocol(): string | undefined {
+    const peer = this.#connected();
+    return peer === undefined ? undefined : (peer.socket.protocol ?? '');
   }
 
   /** True when both ends speak v2.1 on the current connection. */
@@ -611,7 +648,12 @@ export class Client extends Emitter<ClientEvents> {
     try {
       socket = await this.#transport.connect(
         this.url,
-        { headers: options.headers, maxMessageSize: options.maxMessageSize, connectTimeout: options.connectTimeout },
+        {
+          headers: options.headers,
+          maxMessageSize: options.maxMessageSize,
+          connectTimeout: options.connectTimeout,
+          protocols: options.protocols,
+        },
         handlers,
       );
     } catch (error) {
@@ -619,6 +661,7 @@ export class Client extends Emitter<ClientEvents> {
       throw new ConnectError(`cannot connect to ${this.url}: ${failure?.message ?? String(error)}`, {
         cause: error,
         status: failure?.status,
+        body: failure?.body,
       });
     }
     if (this.#closedForGood()) {

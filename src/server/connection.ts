@@ -154,6 +154,14 @@ export class Connection {
     return this.handshake.remoteAddress;
   }
 
+  /**
+   * The WebSocket subprotocol the opening handshake settled on (`Sec-WebSocket-Protocol`, chosen
+   * by `beforeUpgrade`'s `protocol`), '' for none or on a transport without a handshake.
+   */
+  get protocol(): string {
+    return this.peer.socket.protocol ?? '';
+  }
+
   /** True while the connection is open (also while it drains). */
   get isOpen(): boolean {
     return this.peer.isOpen;

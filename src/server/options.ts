@@ -40,13 +40,32 @@ export type UpgradeVerdict =
       readonly concurrency?: number;
       /** Anything the application wants to keep with the connection (`conn.info`). */
       readonly info?: unknown;
+      /**
+       * The WebSocket subprotocol to answer with (`Sec-WebSocket-Protocol`): one the client
+       * offered, or '' for none; `conn.protocol` tells it later. One the client did not offer
+       * refuses the upgrade with 500 (the client would fail the handshake).
+       * @default the first one the client offered, or none
+       *
+       * @example Versioned application messages
+       * beforeUpgrade: (req) => {
+       *   const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+       *   return offered.includes('chat.2') ? { accept: true, protocol: 'chat.2' } : { accept: false, status: 426 };
+       * }
+       */
+      readonly protocol?: string;
     }
   | {
       readonly accept: false;
       /** HTTP status of the refusal. @default 403 */
       readonly status?: number;
-      /** Short plain-text body of the refusal. @default the status text */
+      /** Short body of the refusal, plain text unless `headers` say otherwise. @default the status text */
       readonly reason?: string;
+      /**
+       * Extra headers of the refusal, e.g. `Retry-After`, or `Content-Type: application/json` for
+       * a JSON `reason`. `Connection`, `Content-Length` and `Transfer-Encoding` are the
+       * transport's; an invalid name or value turns the refusal into a bare 500.
+       */
+      readonly headers?: Readonly<Record<string, string>>;
     };
 
 /** Why a connection ended. */

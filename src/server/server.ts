@@ -427,15 +427,20 @@ export class Server {
     if (verdict === undefined || verdict === true) return { accept: true };
     if (verdict === false) return refuse(403);
     if (verdict.accept) {
+      const { protocol } = verdict;
+      if (protocol !== undefined && typeof protocol !== 'string') {
+        this.options.logger.error('beforeUpgrade accepted with a protocol that is not a string; refusing with 500');
+        return refuse(500);
+      }
       pendingVerdicts.set(request, verdict);
-      return { accept: true };
+      return protocol === undefined ? { accept: true } : { accept: true, protocol };
     }
     const status = verdict.status ?? 403;
     if (!Number.isInteger(status) || status < 400 || status > 599) {
       this.options.logger.error('beforeUpgrade refused with an invalid status; using 500', { status });
       return refuse(500);
     }
-    return refuse(status, verdict.reason);
+    return refuse(status, verdict.reason, verdict.headers);
   }
 
   private accept(socket: TransportSocket, request: UpgradeRequest): SocketHandlers {
@@ -527,7 +532,8 @@ function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
   return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
 
-function refuse(status: number, reason?: string): UpgradeDecision {
+function refuse(status: number, reason?: string, headers?: Readonly<Record<string, string>>): UpgradeDecision {
   if (!Number.isInteger(status)) throw new InvalidArgumentError('status must be an integer');
-  return { accept: false, status, body: reason ?? STATUS_CODES[status] ?? 'refused' };
+  const body = reason ?? STATUS_CODES[status] ?? 'refused';
+  return headers === undefined ? { accept: false, status, body } : { accept: false, status, body, headers };
 }

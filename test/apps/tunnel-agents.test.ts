@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Client, RequestError } from '../../src/index.ts';
 import { wsClientTransport } from '../../transports/ws.ts';
-import { MSG_HTTP } from '../../src/apps/tunnel/wire.ts';
+import { MSG_HTTP, TUNNEL_PROTOCOL_VERSION, tunnelProtocol } from '../../src/apps/tunnel/wire.ts';
 import { ID, json, send, spawnAgent, startAgent, startProxy, startTarget, TOKEN } from '../fixtures/tunnel-helpers.ts';
 import { delay, recordingLogger, waitFor } from '../helpers.ts';
 
@@ -111,6 +111,7 @@ test('only requests never performed are retried: a draining agent’s refusals g
     const fake = new Client(proxy.agentsUrl, {
       transport: wsClientTransport(),
       headers: { 'x-duplexwire-agent-id': ID, authorization: `Bearer ${TOKEN}` },
+      protocols: [tunnelProtocol(TUNNEL_PROTOCOL_VERSION)],
       reconnect: false,
       logger: recordingLogger(),
       onRequest: (msg) => {

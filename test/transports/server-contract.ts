@@ -369,12 +369,19 @@ export function serverTransportContract(
               ? { accept: false, status: 403, body: 'secret', headers: { 'X-Evil': 'a\r\nSet-Cookie: x=1' } }
               : request.path === '/status'
                 ? { accept: false, status: 99 }
-                : {
-                    accept: false,
-                    status: 503,
-                    body: 'busy',
-                    headers: { 'Retry-After': '5', 'Content-Length': '999', 'X-Latin': 'caf\u00e9' },
-                  },
+                : request.path === '/json'
+                  ? {
+                      accept: false,
+                      status: 426,
+                      body: '{"code":"OLD"}',
+                      headers: { 'content-TYPE': 'application/json; charset=utf-8', Upgrade: 'websocket' },
+                    }
+                  : {
+                      accept: false,
+                      status: 503,
+                      body: 'busy',
+                      headers: { 'Retry-After': '5', 'Content-Length': '999', 'X-Latin': 'caf\u00e9' },
+                    },
         });
         const busy = await rawUpgrade(server.port, '/');
         assert.equal(busy.status, 503);
@@ -393,6 +400,13 @@ export function serverTransportContract(
         assert.equal(bad.headers['set-cookie'], undefined);
 
         assert.equal((await rawUpgrade(server.port, '/status')).status, 500);
+
+        // The owner's Content-Type replaces the default, once.
+        const json = await rawUpgrade(server.port, '/json');
+        assert.equal(json.status, 426);
+        assert.equal(json.body, '{"code":"OLD"}');
+        assert.equal(json.headers['content-type'], 'application/json; charset=utf-8');
+        assert.equal(json.headers.upgrade, 'websocket');
       },
     );
 

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Pool } from 'undici';
 import {
   Client,
+  ConnectError,
   type IncomingMessage as DuplexwireMessage,
   InvalidArgumentError,
   InvalidStateError,
@@ -45,6 +46,10 @@ import {
   MSG_HTTP,
   parseChunk,
   SIGNAL_DRAINING,
+  TUNNEL_PROTOCOL_VERSIONS,
+  TunnelVersionError,
+  tunnelProtocol,
+  tunnelVersionOf,
   WireError,
 } from './wire.ts';
 
@@ -103,6 +108,29 @@ function targetPool(origin: string, options: Pool.Options = {}): Pool {
 
 function httpTarget(url: URL, hostHeader: 'preserve' | 'rewrite', dispatcher: Pool): HttpTarget {
   return { basePath: url.pathname.replace(/\/+$/, ''), host: url.host, hostHeader, dispatcher };
+}
+
+/**
+ * The TunnelVersionError a refused upgrade means, or undefined: a 426, with the versions the
+ * proxy speaks when its body is the tunnel's `TUNNEL_VERSION_UNSUPPORTED` answer.
+ */
+function versionRefusal(error: unknown): TunnelVersionError | undefined {
+  if (!(error instanceof ConnectError) || error.status !== 426) return undefined;
+  let proxyVersions: number[] | undefined;
+  try {
+    const body = JSON.parse(error.body ?? '') as { code?: unknown; supported?: unknown };
+    const supported = body.supported;
+    if (
+      body.code === 'TUNNEL_VERSION_UNSUPPORTED' &&
+      Array.isArray(supported) &&
+      supported.every((v) => Number.isSafeInteger(v) && v > 0)
+    ) {
+      proxyVersions = supported as number[];
+    }
+  } catch {
+    // Not the proxy's JSON (something in front of it, or a cut body): the versions stay unknown.
+  }
+  return new TunnelVersionError(TUNNEL_PROTOCOL_VERSIONS, proxyVersions, { cause: error });
 }
 
 /**
@@ -192,6 +220,11 @@ export class TunnelAgent {
     this.client = new Client(options.proxyUrl, {
       transport: wsClientTransport(options.tls === undefined ? {} : { tls: options.tls }),
       headers: { [AGENT_ID_HEADER]: options.id, authorization: `Bearer ${options.token}` },
+      // Every tunnel version this agent speaks: the proxy answers with the highest it speaks too,
+      // or refuses the upgrade with 426 (wire.ts).
+      protocols: TUNNEL_PROTOCOL_VERSIONS.map(tunnelProtocol),
+      // Like a 401, a 426 is not retried (the client gives up on 4xx other than 408 and 429):
+      // only upgrading one side can change the answer.
       reconnect: options.reconnect ?? true,
       // A proxy that vanished without closing (partition, frozen host) is noticed in 30 s, not
       // when TCP gives up: the client pings it and reconnects after 30 s of silence.
@@ -206,28 +239,51 @@ export class TunnelAgent {
     this.client.on('connect', () => {
       // Credit belongs to one connection: the acks of the previous one will never come.
       this.window = new CreditWindow(this.connectionWindow);
-      this.logger.info('connected to the proxy', { url: this.client.url });
+      this.logger.info('connected to the proxy', { url: this.client.url, version: this.version });
     });
     this.client.on('disconnect', ({ code, reason }) =>
       this.logger.warn('disconnected from the proxy', { code, reason }),
     );
     this.client.on('reconnecting', ({ attempt, delay }) => this.logger.info('reconnecting', { attempt, delay }));
-    this.client.on('error', (error) => this.logger.warn('connection to the proxy failed', { error }));
+    this.client.on('error', (error) => {
+      const refusal = versionRefusal(error);
+      if (refusal === undefined) {
+        this.logger.warn('connection to the proxy failed', { error });
+        return;
+      }
+      // Once, at error level: the client gives up on it, so nothing else would say why.
+      this.logger.error('the proxy speaks none of the tunnel versions of this agent; not retrying', {
+        agentVersions: refusal.agentVersions,
+        proxyVersions: refusal.proxyVersions,
+        message: refusal.message,
+      });
+    });
   }
 
   /**
    * Connects. Resolves once connected (the agent then reconnects by itself whenever the
-   * connection drops); rejects when the proxy refuses the credentials (401) or the agent is closed.
+   * connection drops); rejects when the proxy refuses the credentials (ConnectError, 401), speaks
+   * none of the agent's tunnel versions (TunnelVersionError, 426), or the agent is closed.
    */
   async start(): Promise<void> {
     if (this.closing !== undefined) throw new InvalidStateError('the agent is closed');
     if (this.target.kind === 'node') await this.nodeTarget();
-    await this.client.connect();
+    try {
+      await this.client.connect();
+    } catch (error) {
+      throw versionRefusal(error) ?? error;
+    }
   }
 
   /** True while connected to the proxy. */
   get connected(): boolean {
     return this.client.isConnected;
+  }
+
+  /** The tunnel version settled with the proxy on the current connection; undefined while not connected. */
+  get version(): number | undefined {
+    const protocol = this.client.protocol;
+    return protocol === undefined ? undefined : tunnelVersionOf(protocol);
   }
 
   /** Requests being performed. */

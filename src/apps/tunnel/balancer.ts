@@ -8,6 +8,8 @@ import type { CreditWindow } from './flow.ts';
 export interface AgentEntry {
   readonly id: string;
   readonly conn: Connection;
+  /** The tunnel version settled at the agent's upgrade (`conn.protocol` is its subprotocol). */
+  readonly version: number;
   readonly connectedAt: number;
   /** Request-body bytes sent to this agent and not yet acked (all its streams together). */
   readonly window: CreditWindow;

@@ -19,6 +19,8 @@ export const TunnelErrorCode = {
   BadAgentResponse: 'BAD_AGENT_RESPONSE',
   AgentHandlerFailed: 'AGENT_HANDLER_FAILED',
   UpgradeUnsupportedByAgent: 'UPGRADE_UNSUPPORTED_BY_AGENT',
+  /** To agents, at the upgrade: none of the tunnel versions they offer is one the proxy speaks. */
+  TunnelVersionUnsupported: 'TUNNEL_VERSION_UNSUPPORTED',
 } as const;
 export type TunnelErrorCode = (typeof TunnelErrorCode)[keyof typeof TunnelErrorCode];
 
@@ -39,6 +41,9 @@ export const TUNNEL_ERROR_STATUS: Readonly<Record<TunnelErrorCode, number>> = {
   BAD_AGENT_RESPONSE: 502,
   AGENT_HANDLER_FAILED: 500,
   UPGRADE_UNSUPPORTED_BY_AGENT: 501,
+  // RFC 9110 §15.5.22: the request may succeed once the client speaks another protocol; RFC 6455
+  // §4.2.2 suggests it for a WebSocket version the server lacks, the same case one level up.
+  TUNNEL_VERSION_UNSUPPORTED: 426,
 };
 
 const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
@@ -57,8 +62,10 @@ const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
   BAD_AGENT_RESPONSE: 'the agent sent an invalid response',
   AGENT_HANDLER_FAILED: "the agent's handler failed",
   UPGRADE_UNSUPPORTED_BY_AGENT: "the agent's target cannot upgrade connections",
+  TUNNEL_VERSION_UNSUPPORTED: 'the agent offers no version of the tunnel protocol that this proxy speaks',
 };
 
-export function errorBody(code: TunnelErrorCode): string {
-  return JSON.stringify({ code, message: MESSAGES[code] });
+/** The JSON body of an answer; `extra` fields (e.g. the versions the proxy speaks) follow the message. */
+export function errorBody(code: TunnelErrorCode, extra?: Readonly<Record<string, unknown>>): string {
+  return JSON.stringify({ code, message: MESSAGES[code], ...extra });
 }

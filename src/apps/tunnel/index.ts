@@ -17,7 +17,7 @@ export {
 export { addForwarded, filterHeaders, redactHeaders, redactUrl } from './headers.ts';
 export { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
 export { jsonLogger, type JsonLoggerOptions, type LogLevel } from '../shared/log.ts';
-export { TunnelMetrics } from './metrics.ts';
+export { type AgentRefusal, TunnelMetrics } from './metrics.ts';
 export {
   DEFAULT_AGENT_TIMEOUT,
   DEFAULT_AGENTS_PATH,
@@ -38,6 +38,14 @@ export {
   type RoutingStrategy,
 } from './routing.ts';
 export { chooseTimeout, parseDuration } from './timeout.ts';
+export {
+  chooseTunnelVersion,
+  TUNNEL_PROTOCOL_VERSION,
+  TUNNEL_PROTOCOL_VERSIONS,
+  TunnelVersionError,
+  tunnelProtocol,
+  tunnelVersionOf,
+} from './wire.ts';
 export {
   type AgentAuthenticator,
   bearerToken,

@@ -32,9 +32,13 @@ export interface IdStats {
   readonly statusClasses: Map<string, number>;
 }
 
+/** Why an agent's upgrade was refused (the label values of `duplexwire_tunnel_agents_refused_total`). */
+export type AgentRefusal = 'credentials' | 'version';
+
 export class TunnelMetrics {
   readonly registry = new Registry();
   private readonly duration: Histogram<'client_id'>;
+  private readonly refused: Counter<'reason'>;
   private readonly labelled = new Set<string>();
   private readonly series = new Map<string, Series>();
   /** Per labelled id (plus OTHER_ID), for the status page. */
@@ -97,8 +101,22 @@ export class TunnelMetrics {
         for (const [id, n] of agentsConnected()) this.set({ client_id: id }, n);
       },
     });
+    // Not by client id: a refused id may be anything a stranger typed.
+    this.refused = new Counter({
+      name: 'duplexwire_tunnel_agents_refused_total',
+      help: 'Agent upgrades refused: bad credentials (401), or no tunnel version in common (426)',
+      labelNames: ['reason'],
+      registers,
+    });
+    // Both series exist from the start: an alert on a rate needs the zero.
+    for (const reason of ['credentials', 'version'] as const) this.refused.inc({ reason }, 0);
     if (options.defaultMetrics ?? true)
       collectDefaultMetrics({ register: this.registry, prefix: 'duplexwire_tunnel_' });
+  }
+
+  /** An agent's upgrade was refused. */
+  agentRefused(reason: AgentRefusal): void {
+    this.refused.inc({ reason });
   }
 
   /** Makes `id` a label value of its own (known ids: token store, connected agents). */

@@ -17,6 +17,7 @@ import {
   type Logger,
   RequestError,
   Server,
+  type UpgradeVerdict,
 } from '../../index.ts';
 import { wsTransport } from '../../../transports/ws.ts';
 import { type AgentEntry, Balancer } from './balancer.ts';
@@ -29,8 +30,9 @@ import {
 } from './constants.ts';
 import { CreditWindow } from './flow.ts';
 import { addForwarded, filterHeaders, headerValues, singleHeader } from './headers.ts';
-import { TunnelErrorCode } from './http-errors.ts';
+import { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
 import { jsonLogger } from '../shared/log.ts';
+import { parseProtocolOffer } from '../shared/websocket.ts';
 import { TunnelMetrics } from './metrics.ts';
 import { type ExchangeHost, ProxyExchange } from './proxy-exchange.ts';
 import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';
@@ -47,11 +49,15 @@ import {
 import {
   AgentErrorCode,
   BodyMode,
+  chooseTunnelVersion,
   decodeResponseHead,
   MSG_CHUNK,
   MSG_HEAD,
   parseChunk,
   SIGNAL_DRAINING,
+  TUNNEL_PROTOCOL_VERSIONS,
+  tunnelProtocol,
+  tunnelVersionOf,
   WireError,
 } from './wire.ts';
 
@@ -164,6 +170,22 @@ function positiveInteger(
 }
 
 type State = 'new' | 'serving' | 'draining' | 'closed';
+
+/**
+ * The answer to an agent that speaks none of this proxy's tunnel versions, the same for all: 426
+ * (RFC 9110 §15.5.22, which asks for the Upgrade header) with the tunnel's JSON error body, whose
+ * `supported` lists the versions this proxy speaks, for the agent to say which side to upgrade.
+ */
+const versionRefusal: UpgradeVerdict = Object.freeze({
+  accept: false,
+  status: TUNNEL_ERROR_STATUS[TunnelErrorCode.TunnelVersionUnsupported],
+  reason: errorBody(TunnelErrorCode.TunnelVersionUnsupported, { supported: TUNNEL_PROTOCOL_VERSIONS }),
+  headers: Object.freeze({
+    'content-type': 'application/json; charset=utf-8',
+    'cache-control': 'no-store',
+    upgrade: 'websocket',
+  }),
+});
 
 /**
  * The tunnel proxy.
@@ -333,7 +355,7 @@ export class TunnelProxy {
     this.http = server;
     this.server = new Server({
       transport: wsTransport({ server, path: this.agentsPath }),
-      beforeUpgrade: (request) => this.authenticate(request.headers, request.remoteAddress),
+      beforeUpgrade: (request) => this.admitAgent(request.headers, request.remoteAddress),
       onRequest: (conn, message) => this.onAgentRequest(conn, message.name, message.payload),
       onSignal: (conn, message) => {
         if (message.name === SIGNAL_DRAINING) {
@@ -446,12 +468,23 @@ export class TunnelProxy {
 
   // ------------------------------------------------------------------ agents
 
-  private authenticate(headers: Readonly<Record<string, string | undefined>>, remoteAddress: string) {
-    if (this.state !== 'serving') return { accept: false as const, status: 503, reason: 'proxy shutting down' };
+  /**
+   * An agent's upgrade: draining (503), then its credentials (401), then its tunnel version (426).
+   *
+   * Credentials come first. Until a peer has shown a token, the proxy tells it nothing about
+   * itself, and the 426 does: which tunnel versions it speaks, so roughly which build it runs.
+   * Nothing is lost by it: an agent with good credentials and an old version still gets the 426
+   * that names both versions (the one case where that matters), an agent wrong in both ways is
+   * told 401 and, once its token is fixed, 426, each answer true. Nor does the 426 let a
+   * wrong-version client test tokens: offering the right version already tells 401 from 101.
+   */
+  private admitAgent(headers: Readonly<Record<string, string | undefined>>, remoteAddress: string): UpgradeVerdict {
+    if (this.state !== 'serving') return { accept: false, status: 503, reason: 'proxy shutting down' };
     const id = headers[AGENT_ID_HEADER];
     if (id === undefined || !isValidClientId(id)) {
       this.logger.warn('agent refused: no valid id', { remoteAddress });
-      return { accept: false as const, status: 401, reason: 'bad agent credentials' };
+      this.metrics.agentRefused('credentials');
+      return { accept: false, status: 401, reason: 'bad agent credentials' };
     }
     // Insecure mode still checks the ids that have credentials: a development proxy must not
     // let anybody take over those.
@@ -459,14 +492,29 @@ export class TunnelProxy {
       const token = bearerToken(headers.authorization);
       if (token === undefined || !this.auth.verify(id, token)) {
         this.logger.warn('agent refused: bad credentials', { id, remoteAddress });
-        return { accept: false as const, status: 401, reason: 'bad agent credentials' };
+        this.metrics.agentRefused('credentials');
+        return { accept: false, status: 401, reason: 'bad agent credentials' };
       }
     }
-    return { accept: true as const, info: { id } };
+    // A malformed offer (ws would answer it 400 after the accept) holds no version either.
+    const offered = parseProtocolOffer(headers['sec-websocket-protocol']) ?? [];
+    const version = chooseTunnelVersion(offered);
+    if (version === undefined) {
+      const agentVersions = offered.map(tunnelVersionOf).filter((v) => v !== undefined);
+      this.logger.warn(
+        offered.length === 0
+          ? 'agent refused: it offers no tunnel version (an agent from before versions were negotiated)'
+          : 'agent refused: no tunnel version in common',
+        { id, remoteAddress, agentVersions: agentVersions.slice(0, 16), proxyVersions: TUNNEL_PROTOCOL_VERSIONS },
+      );
+      this.metrics.agentRefused('version');
+      return versionRefusal;
+    }
+    return { accept: true, protocol: tunnelProtocol(version), info: { id, version } };
   }
 
   private async agentConnected(conn: Connection): Promise<void> {
-    const id = (conn.info as { id: string }).id;
+    const { id, version } = conn.info as { id: string; version: number };
     if (!(await conn.negotiated())) {
       this.logger.warn('agent refused: it does not speak duplexwire v2.1', { id, agent: conn.id });
       await conn.close(1008, 'agents must speak duplexwire v2.1');
@@ -476,6 +524,7 @@ export class TunnelProxy {
     const entry: AgentEntry = {
       id,
       conn,
+      version,
       connectedAt: Date.now(),
       window: new CreditWindow(this.connectionWindow),
       inflight: 0,
@@ -485,7 +534,7 @@ export class TunnelProxy {
     this.entries.set(conn, entry);
     this.balancer.add(entry);
     this.metrics.know(id);
-    this.logger.info('agent connected', { id, agent: conn.id, remoteAddress: conn.remoteAddress });
+    this.logger.info('agent connected', { id, agent: conn.id, remoteAddress: conn.remoteAddress, version });
   }
 
   private agentDisconnected(conn: Connection, code: number, reason: string): void {

@@ -40,7 +40,7 @@ export function renderStatusPage(snapshot: StatusSnapshot): string {
   const agentRows = snapshot.agents
     .map(
       (a) =>
-        `<tr><td>${esc(a.id)}</td><td>${esc(a.conn.id)}</td><td>${esc(a.conn.remoteAddress)}</td>` +
+        `<tr><td>${esc(a.id)}</td><td>${esc(a.conn.id)}</td><td>${esc(a.conn.remoteAddress)}</td><td>${a.version}</td>` +
         `<td>${esc(age(snapshot.now - a.connectedAt))}</td><td>${a.inflight}</td><td>${a.served}</td>` +
         `<td>${a.draining ? 'draining' : a.conn.isOpen ? 'up' : 'closing'}</td></tr>`,
     )
@@ -60,8 +60,8 @@ td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f4f
 <body><h1>duplexwire tunnel proxy</h1>
 <p>State: ${snapshot.draining ? 'draining' : 'serving'} &middot; up ${esc(age(snapshot.now - snapshot.startedAt))} &middot; ${snapshot.agents.length} agent(s)</p>
 <h2>Agents</h2>
-<table><tr><th>client id</th><th>connection</th><th>address</th><th>connected</th><th>in flight</th><th>served</th><th>state</th></tr>
-${agentRows || '<tr><td colspan="7">none</td></tr>'}</table>
+<table><tr><th>client id</th><th>connection</th><th>address</th><th>version</th><th>connected</th><th>in flight</th><th>served</th><th>state</th></tr>
+${agentRows || '<tr><td colspan="8">none</td></tr>'}</table>
 <h2>Requests</h2>
 <table><tr><th>client id</th><th>requests</th><th>in flight</th><th>statuses</th><th>bytes in</th><th>bytes out</th></tr>
 ${statRows || '<tr><td colspan="6">none yet</td></tr>'}</table>

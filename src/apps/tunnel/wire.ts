@@ -17,9 +17,88 @@
  *
  * Structured heads are msgpack (small, binary-safe header values); body chunks are a tiny binary
  * frame so the bytes are never re-encoded: `[flags u8][seq u32 BE][sid length u8][sid][data]`.
+ *
+ * All of the above is version 1 of the tunnel's format. Proxy and agent settle the version before
+ * any message, as the WebSocket subprotocol of the agent's connection (`duplexwire-tunnel.<n>`,
+ * RFC 6455 §1.9): the agent offers the versions it speaks, the proxy answers with the highest it
+ * speaks too, or refuses the upgrade with 426 `TUNNEL_VERSION_UNSUPPORTED`. A change to anything
+ * above that an older peer would misread is a new version.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { binary, type Payload } from '../../index.ts';
+
+/** The version of the tunnel's messages this build writes (see the top of this file). */
+export const TUNNEL_PROTOCOL_VERSION = 1;
+/**
+ * Every version this build speaks, newest first: what an agent offers and a proxy accepts. Both
+ * ends speak each of them until one is dropped on purpose (a breaking release).
+ */
+export const TUNNEL_PROTOCOL_VERSIONS: readonly number[] = Object.freeze([TUNNEL_PROTOCOL_VERSION]);
+
+const PROTOCOL_PREFIX = 'duplexwire-tunnel.';
+/** `duplexwire-tunnel.<n>`: a positive decimal without leading zeros, so each version has one name. */
+const PROTOCOL_NAME = /^duplexwire-tunnel\.([1-9][0-9]{0,5})$/;
+
+/** The WebSocket subprotocol of a tunnel version: `duplexwire-tunnel.1`. */
+export function tunnelProtocol(version: number): string {
+  return `${PROTOCOL_PREFIX}${version}`;
+}
+
+/** The tunnel version a subprotocol names, or undefined for any other subprotocol. */
+export function tunnelVersionOf(protocol: string): number | undefined {
+  const match = PROTOCOL_NAME.exec(protocol);
+  return match === null ? undefined : Number(match[1]);
+}
+
+/**
+ * The version a proxy answers an offer with: the highest both speak, whatever the offer's order
+ * (an agent cannot talk a proxy down to an older version than both know), or undefined.
+ */
+export function chooseTunnelVersion(
+  offered: readonly string[],
+  supported: readonly number[] = TUNNEL_PROTOCOL_VERSIONS,
+): number | undefined {
+  let best: number | undefined;
+  for (const protocol of offered) {
+    const version = tunnelVersionOf(protocol);
+    if (version !== undefined && supported.includes(version) && (best === undefined || version > best)) best = version;
+  }
+  return best;
+}
+
+/**
+ * The proxy speaks none of the tunnel versions this agent offered (HTTP 426 at the upgrade).
+ * Retrying cannot help: one of the two must be upgraded. Says which from the versions of both.
+ */
+export class TunnelVersionError extends Error {
+  override readonly name = 'TunnelVersionError';
+  readonly code = 'TUNNEL_VERSION_UNSUPPORTED';
+  readonly status = 426;
+  /** What this agent offered. */
+  readonly agentVersions: readonly number[];
+  /** What the proxy speaks, from its answer; undefined when it did not say. */
+  readonly proxyVersions: readonly number[] | undefined;
+
+  constructor(agentVersions: readonly number[], proxyVersions: readonly number[] | undefined, options?: ErrorOptions) {
+    const agent = agentVersions.join(', ');
+    const proxy = proxyVersions === undefined ? undefined : proxyVersions.join(', ');
+    let advice = '';
+    if (proxyVersions !== undefined && proxyVersions.length > 0 && agentVersions.length > 0) {
+      advice =
+        Math.max(...proxyVersions) > Math.max(...agentVersions)
+          ? ': upgrade the agent'
+          : ': upgrade the proxy, or use an agent that speaks its version';
+    }
+    super(
+      proxy === undefined
+        ? `the proxy refused this agent's tunnel version ${agent} (426) without saying which it speaks`
+        : `the proxy speaks tunnel version ${proxy}, this agent ${agent}${advice}`,
+      options,
+    );
+    this.agentVersions = agentVersions;
+    this.proxyVersions = proxyVersions;
+  }
+}
 
 export const MSG_HTTP = 'tunnel.http';
 export const MSG_BODY = 'tunnel.body';

@@ -7,6 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
+import { Client } from '../../../src/client/client.ts';
 import { ConnectError } from '../../../src/errors.ts';
 import type { Connection } from '../../../src/server/connection.ts';
 import type { UpgradeRequest } from '../../../transports/types.ts';
@@ -192,4 +193,63 @@ test('a refused upgrade does not disturb an accepted connection on the same serv
   const client = await connectClient(t, url);
   assert.equal((await expectRefusal(`${url}?deny`)).status, 403);
   assert.equal(payloadText(await client.request('x', utf8(''))), 'ok');
+});
+
+test("WebSocket subprotocols: the client's offer, beforeUpgrade's choice, conn.protocol and client.protocol", async (t) => {
+  const offers: Array<string | undefined> = [];
+  const { url, server } = await startServer(t, {
+    beforeUpgrade: (request) => {
+      const offer = request.headers['sec-websocket-protocol'];
+      offers.push(offer);
+      if (request.query === 'default') return true;
+      return offer?.includes('app.1') === true ? { accept: true, protocol: 'app.1' } : { accept: true, protocol: '' };
+    },
+  });
+  const chosen = await connectClient(t, url, { protocols: ['app.2', 'app.1'] });
+  assert.deepEqual(
+    offers[0]?.split(',').map((p) => p.trim()),
+    ['app.2', 'app.1'],
+    'offered most preferred first',
+  );
+  assert.equal(chosen.protocol, 'app.1', "the server's choice, not the first offered");
+  assert.equal((await newestConnection(server)).protocol, 'app.1');
+
+  const byDefault = await connectClient(t, `${url}?default`, { protocols: ['app.2', 'app.1'] });
+  assert.equal(byDefault.protocol, 'app.2', 'without a choice: the first offered');
+
+  const none = await connectClient(t, url);
+  assert.equal(offers[2], undefined, 'nothing offered');
+  assert.equal(none.protocol, '');
+  await none.close();
+  assert.equal(none.protocol, undefined, 'not connected');
+
+  assert.throws(() => connectClientSync(url, ['a b']), /option protocols/);
+  assert.throws(() => connectClientSync(url, ['x', 'x']), /option protocols/);
+});
+
+function connectClientSync(url: string, protocols: string[]): void {
+  new Client(url, { autoConnect: false, protocols });
+}
+
+test('a refusal with headers: a JSON body with its Content-Type reaches ConnectError.body', async (t) => {
+  const body = JSON.stringify({ code: 'TOO_OLD', supported: [2] });
+  const { url } = await startServer(t, {
+    beforeUpgrade: () => ({
+      accept: false,
+      status: 426,
+      reason: body,
+      headers: { 'content-type': 'application/json; charset=utf-8', 'retry-after': '60' },
+    }),
+  });
+  const refusal = await expectRefusal(url);
+  assert.equal(refusal.status, 426);
+  assert.equal(refusal.body, body);
+  assert.equal(refusal.contentType, 'application/json; charset=utf-8');
+  const client = await connectClient(t, url, { autoConnect: false });
+  await assert.rejects(within(client.connect(), 2_000, 'connect'), (error: unknown) => {
+    assert.ok(error instanceof ConnectError);
+    assert.equal(error.status, 426);
+    assert.equal(error.body, body);
+    return true;
+  });
 });
