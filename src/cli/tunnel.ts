@@ -172,6 +172,14 @@ async function agentCommand(args: string[]): Promise<void> {
     logger,
   });
   onSignals(() => agent.close());
+  // The client gives up for good on a refusal that retrying cannot change (bad credentials, a
+  // proxy of another tunnel version) or when reconnect attempts run out. The process would then
+  // sit there connected to nothing: exit 1 instead, so that a supervisor sees it and says why.
+  agent.client.on('state', (state) => {
+    if (state !== 'disconnected') return;
+    logger.error('gave up connecting to the proxy; exiting');
+    void agent.close(0).finally(() => process.exit(1));
+  });
   await agent.start();
 }
 
