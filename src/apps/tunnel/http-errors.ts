@@ -19,6 +19,8 @@ export const TunnelErrorCode = {
   BadAgentResponse: 'BAD_AGENT_RESPONSE',
   AgentHandlerFailed: 'AGENT_HANDLER_FAILED',
   UpgradeUnsupportedByAgent: 'UPGRADE_UNSUPPORTED_BY_AGENT',
+  PeerUnreachable: 'PEER_UNREACHABLE',
+  ClusterUnavailable: 'CLUSTER_UNAVAILABLE',
 } as const;
 export type TunnelErrorCode = (typeof TunnelErrorCode)[keyof typeof TunnelErrorCode];
 
@@ -39,6 +41,8 @@ export const TUNNEL_ERROR_STATUS: Readonly<Record<TunnelErrorCode, number>> = {
   BAD_AGENT_RESPONSE: 502,
   AGENT_HANDLER_FAILED: 500,
   UPGRADE_UNSUPPORTED_BY_AGENT: 501,
+  PEER_UNREACHABLE: 502,
+  CLUSTER_UNAVAILABLE: 503,
 };
 
 const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
@@ -57,6 +61,8 @@ const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
   BAD_AGENT_RESPONSE: 'the agent sent an invalid response',
   AGENT_HANDLER_FAILED: "the agent's handler failed",
   UPGRADE_UNSUPPORTED_BY_AGENT: "the agent's target cannot upgrade connections",
+  PEER_UNREACHABLE: 'the proxy holding an agent for this client id could not be reached, or was lost',
+  CLUSTER_UNAVAILABLE: 'the cluster registry (Redis) could not be reached',
 };
 
 export function errorBody(code: TunnelErrorCode): string {
