@@ -159,18 +159,23 @@ export class ClusterRegistry {
    * (EVALSHA's fallback to EVAL could reorder two writes sent together).
    */
   private flush(): Promise<void> {
-    this.flushing ??= (async () => {
-      try {
-        while (this.dirty.size > 0) {
-          const ids = [...this.dirty];
-          this.dirty.clear();
-          await Promise.all(ids.map((id) => this.write(id, this.counts.get(id) ?? 0)));
-        }
-      } finally {
-        this.flushing = undefined;
-      }
-    })();
-    return this.flushing;
+    if (this.flushing !== undefined) return this.flushing;
+    if (this.dirty.size === 0) return Promise.resolve();
+    // Cleared from a later tick: an async function that finished synchronously would clear it
+    // before it is even set, leaving a settled promise behind that no later change would pass.
+    const flushing = this.writeDirty().finally(() => {
+      if (this.flushing === flushing) this.flushing = undefined;
+    });
+    this.flushing = flushing;
+    return flushing;
+  }
+
+  private async writeDirty(): Promise<void> {
+    while (this.dirty.size > 0) {
+      const ids = [...this.dirty];
+      this.dirty.clear();
+      await Promise.all(ids.map((id) => this.write(id, this.counts.get(id) ?? 0)));
+    }
   }
 
   private async write(id: string, count: number): Promise<void> {
