@@ -12,7 +12,7 @@ import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, describe, it, type TestContext } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import type { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
+import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import type { RedisCommandClient } from '../../src/apps/tunnel/cluster.ts';
 import { generateToken } from '../../src/apps/tunnel/tokens.ts';
 import { TunnelProxy, type TunnelProxyOptions } from '../../src/apps/tunnel/proxy.ts';
@@ -24,10 +24,12 @@ import {
   OTHER_TOKEN,
   readBody,
   send,
+  spawnCli,
   type StartedProxy,
   startAgent,
   startTarget,
   TOKEN,
+  tempFile,
 } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
 import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
@@ -530,14 +532,60 @@ if (connected instanceof Error) {
       const target = await startTarget(t, echoHandler);
       const a = await startNode(t, redis, p);
       const b = await startNode(t, redis, p);
-      const agent: TunnelAgent = await startAgent(t, b, { target: target.url });
+      await startAgent(t, b, { target: target.url });
       await waitRegistered(redis, p, ID, [b.advertise]);
-      void agent;
       await b.proxy.drain(0);
       await waitRegistered(redis, p, ID, []);
       const reply = await send(a.port);
       assert.equal(reply.status, 503);
       assert.equal(json(reply).code, 'NO_AGENT');
+    });
+
+    it('the command line: two proxy processes with --cluster-* and the built-in Redis client', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      const secretFile = await tempFile(t, 'secret', `${SECRET}\n`);
+      const ports: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const probe = createServer();
+        ports.push(await listen(probe));
+        await closeServer(probe);
+      }
+      const [portA, portB] = ports as [number, number];
+      const start = (port: number) => {
+        const cli = spawnCli(t, [
+          'tunnel',
+          'proxy',
+          '--listen',
+          `127.0.0.1:${port}`,
+          '--insecure',
+          '--cluster-redis',
+          process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+          '--cluster-advertise',
+          `http://127.0.0.1:${port}`,
+          '--cluster-secret-file',
+          secretFile,
+          '--cluster-prefix',
+          p,
+          '--cluster-ttl',
+          '2s',
+        ]);
+        return cli.line((l) => l.msg === 'listening').then(() => cli);
+      };
+      await Promise.all([start(portA), start(portB)]);
+      const agent = new TunnelAgent({
+        proxyUrl: `ws://127.0.0.1:${portB}/_tunnel`,
+        id: 'cli-7',
+        token: generateToken(),
+        target: target.url,
+        logger: recordingLogger(),
+      });
+      t.after(() => agent.close(0));
+      await agent.start();
+      await waitRegistered(redis, p, 'cli-7', [`http://127.0.0.1:${portB}`]);
+      const reply = await send(portA, { path: '/via-a', headers: { 'x-duplexwire-client-id': 'cli-7' } });
+      assert.equal(reply.status, 200);
+      assert.equal((json(reply) as { url: string }).url, '/via-a');
     });
   });
 }
