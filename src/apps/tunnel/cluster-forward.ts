@@ -239,8 +239,9 @@ export class ForwardExchange {
       return 'miss';
     }
     const switching = status === 101;
-    if (switching !== this.init.upgrade && switching) return 'failed';
     try {
+      // A switch to a request that asked for none is as invalid as a malformed head.
+      if (switching && !this.init.upgrade) throw new RangeError('101 without an upgrade');
       this.init.sink.head(status, filterHeaders(withoutClusterHeaders(headers), { upgrade: switching }));
     } catch {
       this.host.logger.warn('invalid response head from a peer proxy', { id: this.init.id, peer: this.peer });
