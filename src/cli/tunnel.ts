@@ -8,6 +8,8 @@ import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
+import { RespClient } from '../apps/shared/redis-client.ts';
+import type { TunnelClusterOptions } from '../apps/tunnel/cluster.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
@@ -19,7 +21,12 @@ export const TUNNEL_USAGE = `usage:
       [--backstream-compat] [--timeout 30s] [--max-timeout 5m] [--max-body 10MiB]
       [--agent-timeout 20s] [--forwarded replace|append] [--ops-listen host:port] [--no-ops]
       [--drain-timeout 30s] [--insecure] [--log-level info]
+      [--cluster-redis redis://127.0.0.1:6379 --cluster-advertise http://10.0.0.5:8080
+       --cluster-secret-file secret [--cluster-prefix duplexwire:tunnel:] [--cluster-ttl 15s]]
       The public side: users' HTTP requests are routed by client id to connected agents.
+      With --cluster-*, several proxies share their agents through Redis: a request for an id
+      with no agent here goes to the proxy that has one (at its advertised address). The secret
+      comes from --cluster-secret-file or DUPLEXWIRE_TUNNEL_CLUSTER_SECRET.
       tokens.json: { "<id>": "sha256:<hex>" | "<token>" | [...] } (see "tunnel token").
       --insecure accepts agents without credentials (development only).
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
@@ -39,6 +46,40 @@ function parseRoute(value: string, headerName: string | undefined, backstreamCom
   if (value === 'path') return { by: 'path' };
   if (value.startsWith('path:')) return { by: 'path', prefix: value.slice(5) };
   throw new RangeError(`--route must be header, host:<domain> or path[:/prefix], got ${JSON.stringify(value)}`);
+}
+
+/** The cluster options from `--cluster-*`, with a built-in Redis client; undefined without them. */
+async function clusterOption(values: {
+  'cluster-redis'?: string | undefined;
+  'cluster-advertise'?: string | undefined;
+  'cluster-secret-file'?: string | undefined;
+  'cluster-prefix'?: string | undefined;
+  'cluster-ttl'?: string | undefined;
+}): Promise<{ options: TunnelClusterOptions; client: RespClient } | undefined> {
+  const redis = values['cluster-redis'];
+  const advertise = values['cluster-advertise'];
+  const given = Object.entries(values).filter(([name, v]) => name.startsWith('cluster-') && v !== undefined);
+  if (given.length === 0) return undefined;
+  if (redis === undefined || advertise === undefined) {
+    throw new RangeError('a cluster needs --cluster-redis <url> and --cluster-advertise <http://address:port>');
+  }
+  const file = values['cluster-secret-file'];
+  const secret =
+    file === undefined ? process.env.DUPLEXWIRE_TUNNEL_CLUSTER_SECRET : (await readFile(file, 'utf8')).trim();
+  if (secret === undefined || secret === '') {
+    throw new RangeError('a cluster needs --cluster-secret-file <file> or DUPLEXWIRE_TUNNEL_CLUSTER_SECRET');
+  }
+  const client = new RespClient(redis);
+  return {
+    client,
+    options: {
+      client,
+      advertise,
+      secret,
+      ...(values['cluster-prefix'] === undefined ? {} : { prefix: values['cluster-prefix'] }),
+      ...(values['cluster-ttl'] === undefined ? {} : { ttl: values['cluster-ttl'] }),
+    },
+  };
 }
 
 async function proxyCommand(args: string[]): Promise<void> {
@@ -62,6 +103,11 @@ async function proxyCommand(args: string[]): Promise<void> {
       'no-ops': { type: 'boolean', default: false },
       'drain-timeout': { type: 'string' },
       'log-level': { type: 'string' },
+      'cluster-redis': { type: 'string' },
+      'cluster-advertise': { type: 'string' },
+      'cluster-secret-file': { type: 'string' },
+      'cluster-prefix': { type: 'string' },
+      'cluster-ttl': { type: 'string' },
     },
   });
   if (values.help) {
@@ -69,6 +115,7 @@ async function proxyCommand(args: string[]): Promise<void> {
     return;
   }
   const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'tunnel-proxy' } });
+  const cluster = await clusterOption(values);
   if (values.tokens === undefined && !values.insecure) {
     throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
   }
@@ -94,6 +141,7 @@ async function proxyCommand(args: string[]): Promise<void> {
     // With a separate ops listener the public one keeps only the health checks.
     publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
     logger,
+    ...(cluster === undefined ? {} : { cluster: cluster.options }),
   });
   const listen = hostPort(values.listen, '--listen');
   const address = await proxy.listen(listen);
@@ -123,6 +171,7 @@ async function proxyCommand(args: string[]): Promise<void> {
   }
   onSignals(async () => {
     await proxy.drain();
+    cluster?.client.close();
     await new Promise<void>((resolve) => (opsServer === undefined ? resolve() : opsServer.close(() => resolve())));
   });
 }

@@ -21,6 +21,8 @@ export const TunnelErrorCode = {
   UpgradeUnsupportedByAgent: 'UPGRADE_UNSUPPORTED_BY_AGENT',
   /** To agents, at the upgrade: none of the tunnel versions they offer is one the proxy speaks. */
   TunnelVersionUnsupported: 'TUNNEL_VERSION_UNSUPPORTED',
+  PeerUnreachable: 'PEER_UNREACHABLE',
+  ClusterUnavailable: 'CLUSTER_UNAVAILABLE',
 } as const;
 export type TunnelErrorCode = (typeof TunnelErrorCode)[keyof typeof TunnelErrorCode];
 
@@ -44,6 +46,8 @@ export const TUNNEL_ERROR_STATUS: Readonly<Record<TunnelErrorCode, number>> = {
   // RFC 9110 §15.5.22: the request may succeed once the client speaks another protocol; RFC 6455
   // §4.2.2 suggests it for a WebSocket version the server lacks, the same case one level up.
   TUNNEL_VERSION_UNSUPPORTED: 426,
+  PEER_UNREACHABLE: 502,
+  CLUSTER_UNAVAILABLE: 503,
 };
 
 const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
@@ -63,6 +67,8 @@ const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
   AGENT_HANDLER_FAILED: "the agent's handler failed",
   UPGRADE_UNSUPPORTED_BY_AGENT: "the agent's target cannot upgrade connections",
   TUNNEL_VERSION_UNSUPPORTED: 'the agent offers no version of the tunnel protocol that this proxy speaks',
+  PEER_UNREACHABLE: 'the proxy holding an agent for this client id could not be reached, or was lost',
+  CLUSTER_UNAVAILABLE: 'the cluster registry (Redis) could not be reached',
 };
 
 /** The JSON body of an answer; `extra` fields (e.g. the versions the proxy speaks) follow the message. */

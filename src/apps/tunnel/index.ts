@@ -8,6 +8,14 @@ export { TunnelAgent, type NodeHandler, type TunnelAgentOptions } from './agent.
 export type { FetchHandler } from './agent-fetch.ts';
 export type { AgentEntry } from './balancer.ts';
 export {
+  DEFAULT_CLUSTER_PREFIX,
+  DEFAULT_CLUSTER_TTL,
+  DEFAULT_PEER_CONNECT_TIMEOUT,
+  MIN_CLUSTER_SECRET_LENGTH,
+  type RedisCommandClient,
+  type TunnelClusterOptions,
+} from './cluster.ts';
+export {
   AGENT_ID_HEADER,
   DEFAULT_CHUNK_SIZE,
   DEFAULT_CONNECTION_WINDOW,

@@ -34,6 +34,19 @@ export interface IdStats {
 
 /** Why an agent's upgrade was refused (the label values of `duplexwire_tunnel_agents_refused_total`). */
 export type AgentRefusal = 'credentials' | 'version';
+/** Counters of a proxy in a cluster (see the `cluster` option). */
+export interface ClusterStats {
+  /** User requests this proxy sent to a peer proxy (forwarded out). */
+  forwardedOut: number;
+  /** Cluster requests this proxy took from peers (forwarded in). */
+  forwardedIn: number;
+  /** Attempts to reach a peer that failed before its answer (unreachable, lost). */
+  peerFailures: number;
+  /** Failed Redis commands of the registry. */
+  registryErrors: number;
+  /** Requests with a cluster header that failed authentication (served as ordinary requests). */
+  refused: number;
+}
 
 export class TunnelMetrics {
   readonly registry = new Registry();
@@ -43,8 +56,13 @@ export class TunnelMetrics {
   private readonly series = new Map<string, Series>();
   /** Per labelled id (plus OTHER_ID), for the status page. */
   readonly stats = new Map<string, IdStats>();
+  /** Cluster counters; registered as metrics only with `cluster: true`. */
+  readonly cluster: ClusterStats = { forwardedOut: 0, forwardedIn: 0, peerFailures: 0, registryErrors: 0, refused: 0 };
 
-  constructor(agentsConnected: () => Map<string, number>, options: { defaultMetrics?: boolean } = {}) {
+  constructor(
+    agentsConnected: () => Map<string, number>,
+    options: { defaultMetrics?: boolean; cluster?: boolean } = {},
+  ) {
     const registers = [this.registry];
     // Counters and gauges are read from `stats` when scraped: a request only adds to plain
     // numbers (prom-client hashes the labels on every update, a few µs per request in all).
@@ -110,6 +128,46 @@ export class TunnelMetrics {
     });
     // Both series exist from the start: an alert on a rate needs the zero.
     for (const reason of ['credentials', 'version'] as const) this.refused.inc({ reason }, 0);
+    if (options.cluster) {
+      const cluster = this.cluster;
+      new Counter({
+        name: 'duplexwire_tunnel_cluster_requests_total',
+        help: 'Requests between proxies of the cluster: out = forwarded to a peer, in = served for a peer',
+        labelNames: ['direction'],
+        registers,
+        collect() {
+          this.reset();
+          this.inc({ direction: 'out' }, cluster.forwardedOut);
+          this.inc({ direction: 'in' }, cluster.forwardedIn);
+        },
+      });
+      const plain = (name: string, help: string, read: () => number): void => {
+        new Counter({
+          name,
+          help,
+          registers,
+          collect() {
+            this.reset();
+            this.inc(read());
+          },
+        });
+      };
+      plain(
+        'duplexwire_tunnel_cluster_peer_failures_total',
+        'Attempts to reach a peer proxy that failed before its answer',
+        () => cluster.peerFailures,
+      );
+      plain(
+        'duplexwire_tunnel_cluster_registry_errors_total',
+        'Failed Redis commands of the cluster registry',
+        () => cluster.registryErrors,
+      );
+      plain(
+        'duplexwire_tunnel_cluster_refused_total',
+        'Requests with cluster headers that failed authentication (served as ordinary requests)',
+        () => cluster.refused,
+      );
+    }
     if (options.defaultMetrics ?? true)
       collectDefaultMetrics({ register: this.registry, prefix: 'duplexwire_tunnel_' });
   }

@@ -20,7 +20,20 @@ import {
   type UpgradeVerdict,
 } from '../../index.ts';
 import { wsTransport } from '../../../transports/ws.ts';
+import { Pool } from 'undici';
 import { type AgentEntry, Balancer } from './balancer.ts';
+import {
+  CLUSTER_AUTH_HEADER,
+  CLUSTER_ID_HEADER,
+  CLUSTER_MISS_HEADER,
+  CLUSTER_TIMEOUT_HEADER,
+  PeerResponseSink,
+  type ResolvedCluster,
+  resolveCluster,
+  type TunnelClusterOptions,
+} from './cluster.ts';
+import { type ForwardHost, ForwardExchange } from './cluster-forward.ts';
+import { ClusterRegistry } from './cluster-registry.ts';
 import {
   AGENT_ID_HEADER,
   DEFAULT_CHUNK_SIZE,
@@ -37,7 +50,7 @@ import { TunnelMetrics } from './metrics.ts';
 import { type ExchangeHost, ProxyExchange } from './proxy-exchange.ts';
 import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';
 import { ResponseSink, type Sink, SocketSink, writeRawError } from './sinks.ts';
-import { renderStatusPage } from './status-page.ts';
+import { type ClusterState, renderStatusPage } from './status-page.ts';
 import { chooseTimeout, durationOption } from './timeout.ts';
 import {
   type AgentAuthenticator,
@@ -140,7 +153,15 @@ export interface TunnelProxyOptions {
   readonly streamWindow?: number;
   /** Advanced: unacked bytes per agent connection. @default 4 MiB */
   readonly connectionWindow?: number;
+  /**
+   * Several proxies sharing their agents through Redis: a request for an id with no usable agent
+   * here goes to a live proxy that has one. @default undefined (a single proxy)
+   */
+  readonly cluster?: TunnelClusterOptions;
 }
+
+/** At most this many peers keep a connection pool; the oldest pool goes first. */
+const MAX_PEER_POOLS = 256;
 
 interface ResolvedOps {
   readonly healthz: string | undefined;
@@ -213,7 +234,7 @@ export class TunnelProxy {
   private readonly logger: Logger;
   private readonly balancer = new Balancer();
   private readonly streams = new Map<string, ProxyExchange>();
-  private readonly active = new Set<ProxyExchange>();
+  private readonly active = new Set<ProxyExchange | ForwardExchange>();
   private readonly entries = new Map<Connection, AgentEntry>();
   private readonly stripHeaders: ReadonlySet<string>;
   private readonly timeoutHeader: string;
@@ -228,6 +249,10 @@ export class TunnelProxy {
   private readonly drainTimeout: number;
   private readonly connectionWindow: number;
   private readonly host: ExchangeHost;
+  private readonly cluster: ResolvedCluster | undefined;
+  private readonly registry: ClusterRegistry | undefined;
+  private readonly forwardHost: ForwardHost | undefined;
+  private readonly peerPools = new Map<string, Pool>();
   private readonly startedAt = Date.now();
   private state: State = 'new';
   private server: Server | undefined;
@@ -257,7 +282,16 @@ export class TunnelProxy {
     this.agentsPath = options.agentsPath ?? DEFAULT_AGENTS_PATH;
     if (!this.agentsPath.startsWith('/')) throw new InvalidArgumentError('option agentsPath must start with /');
     this.timeoutHeader = (options.timeoutHeader ?? DEFAULT_TIMEOUT_HEADER).toLowerCase();
-    this.stripHeaders = new Set([...this.router.headerNames, this.timeoutHeader, AGENT_ID_HEADER]);
+    // The cluster's headers too, always: outside users must not be able to send them on.
+    this.stripHeaders = new Set([
+      ...this.router.headerNames,
+      this.timeoutHeader,
+      AGENT_ID_HEADER,
+      CLUSTER_AUTH_HEADER,
+      CLUSTER_ID_HEADER,
+      CLUSTER_TIMEOUT_HEADER,
+      CLUSTER_MISS_HEADER,
+    ]);
     this.requestTimeout = durationOption('requestTimeout', options.requestTimeout, DEFAULT_REQUEST_TIMEOUT);
     this.maxRequestTimeout = durationOption(
       'maxRequestTimeout',
@@ -287,7 +321,11 @@ export class TunnelProxy {
       throw new InvalidArgumentError("option publicOps must be 'all', 'health' or 'none'");
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-proxy' } });
     this.connectionWindow = positiveInteger('connectionWindow', options.connectionWindow, DEFAULT_CONNECTION_WINDOW);
-    this.metrics = new TunnelMetrics(() => this.agentCounts(), { defaultMetrics: options.processMetrics ?? true });
+    this.cluster = options.cluster === undefined ? undefined : resolveCluster(options.cluster);
+    this.metrics = new TunnelMetrics(() => this.agentCounts(), {
+      defaultMetrics: options.processMetrics ?? true,
+      cluster: this.cluster !== undefined,
+    });
     for (const id of this.auth?.ids() ?? []) this.metrics.know(id);
     const chunkSize = positiveInteger('chunkSize', options.chunkSize, DEFAULT_CHUNK_SIZE, 512 * 1024);
     const streamWindow = positiveInteger('streamWindow', options.streamWindow, DEFAULT_STREAM_WINDOW);
@@ -305,11 +343,51 @@ export class TunnelProxy {
       streamWindow,
       maxInflightPerAgent,
       streams: this.streams,
-      ended: (exchange) => {
-        this.active.delete(exchange);
-        if (this.active.size === 0) this.notifyIdle();
-      },
+      ended: (exchange) => this.ended(exchange),
     };
+    if (this.cluster !== undefined) {
+      const cluster = this.cluster;
+      this.registry = new ClusterRegistry({
+        client: cluster.client,
+        prefix: cluster.prefix,
+        advertise: cluster.advertise,
+        ttl: cluster.ttl,
+        logger: this.logger,
+        onError: () => this.metrics.cluster.registryErrors++,
+      });
+      this.forwardHost = {
+        cluster,
+        registry: this.registry,
+        metrics: this.metrics,
+        logger: this.logger,
+        peerInflight: new Map(),
+        pool: (url) => this.peerPool(url),
+        ended: (exchange) => this.ended(exchange),
+      };
+    }
+  }
+
+  private ended(exchange: ProxyExchange | ForwardExchange): void {
+    this.active.delete(exchange);
+    if (this.active.size === 0) this.notifyIdle();
+  }
+
+  private peerPool(url: string): Pool {
+    let pool = this.peerPools.get(url);
+    if (pool === undefined) {
+      if (this.peerPools.size >= MAX_PEER_POOLS) {
+        const [oldest, old] = this.peerPools.entries().next().value as [string, Pool];
+        this.peerPools.delete(oldest);
+        void old.close().catch(() => {});
+      }
+      pool = new Pool(url, {
+        connectTimeout: this.cluster!.connectTimeout,
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      });
+      this.peerPools.set(url, pool);
+    }
+    return pool;
   }
 
   // ------------------------------------------------------------------ lifecycle
@@ -363,6 +441,7 @@ export class TunnelProxy {
           if (entry !== undefined) {
             entry.draining = true;
             this.logger.info('agent draining', { id: entry.id, agent: conn.id });
+            this.register(entry.id);
           }
         }
       },
@@ -375,6 +454,7 @@ export class TunnelProxy {
       logger: this.logger,
     });
     await this.server.listen();
+    this.registry?.start();
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => this.handleRequest(req, res);
     const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void =>
       this.handleUpgrade(req, socket, head);
@@ -429,6 +509,8 @@ export class TunnelProxy {
     }
     this.state = 'draining';
     this.logger.info('draining', { inflight: this.active.size, timeout });
+    // Peers stop routing here at once (what still comes is answered as a miss, and retried there).
+    const deregistered = this.registry?.close();
     if (this.active.size > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = await Promise.race([
@@ -444,6 +526,10 @@ export class TunnelProxy {
       }
     }
     await this.server?.shutdown({ timeout: 1000 });
+    await deregistered;
+    const pools = [...this.peerPools.values()];
+    this.peerPools.clear();
+    await Promise.all(pools.map((pool) => pool.destroy().catch(() => {})));
     const http = this.http;
     // On a server the application owns, the listeners stay and answer 503 from now on: removed,
     // they would leave the application's users without any answer.
@@ -534,6 +620,7 @@ export class TunnelProxy {
     this.entries.set(conn, entry);
     this.balancer.add(entry);
     this.metrics.know(id);
+    this.register(id);
     this.logger.info('agent connected', { id, agent: conn.id, remoteAddress: conn.remoteAddress, version });
   }
 
@@ -542,7 +629,16 @@ export class TunnelProxy {
     if (entry === undefined) return;
     this.entries.delete(conn);
     this.balancer.remove(entry);
+    this.register(entry.id);
     this.logger.info('agent disconnected', { id: entry.id, agent: conn.id, code, reason, inflight: entry.inflight });
+  }
+
+  /** Writes this proxy's usable agents of `id` to the cluster registry. */
+  private register(id: string): void {
+    if (this.registry === undefined || this.state !== 'serving') return;
+    let usable = 0;
+    for (const entry of this.balancer.agents(id)) if (!entry.draining && entry.conn.isOpen) usable++;
+    this.registry.set(id, usable);
   }
 
   private agentCounts(): Map<string, number> {
@@ -590,14 +686,15 @@ export class TunnelProxy {
    * Use it directly when the application decides which requests go to the tunnel.
    */
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
-    const sink = new ResponseSink(res);
+    const fromPeer = this.isClusterRequest(req);
+    const sink = fromPeer ? new PeerResponseSink(res) : new ResponseSink(res);
     if (this.state !== 'serving') {
       sink.closeConnection = true;
-      if (this.servePublicOps(req, res)) return;
+      if (!fromPeer && this.servePublicOps(req, res)) return;
       sink.fail(TunnelErrorCode.ShuttingDown);
       return;
     }
-    const prepared = this.prepare(req, false);
+    const prepared = this.prepare(req, false, fromPeer);
     if (prepared.kind === 'ops') {
       if (!this.servePublicOps(req, res)) sink.fail(TunnelErrorCode.MissingClientId);
       return;
@@ -644,7 +741,7 @@ export class TunnelProxy {
       writeRawError(socket, TunnelErrorCode.UpgradeNotSupported);
       return;
     }
-    const prepared = this.prepare(req, true);
+    const prepared = this.prepare(req, true, this.isClusterRequest(req));
     if (prepared.kind !== 'routed') {
       writeRawError(socket, prepared.kind === 'ops' ? TunnelErrorCode.MissingClientId : prepared.code);
       return;
@@ -653,18 +750,39 @@ export class TunnelProxy {
     this.start(prepared, socket, new SocketSink(socket), BodyMode.Stream, 0, true, Number.POSITIVE_INFINITY);
   }
 
+  /**
+   * True for a request another proxy of the cluster forwarded, with the right secret. A wrong or
+   * absent secret makes it an ordinary request (its cluster headers are stripped like any
+   * tunnel header): outside users cannot make the proxy skip routing or the X-Forwarded-* rules.
+   */
+  private isClusterRequest(req: IncomingMessage): boolean {
+    const presented = req.headers[CLUSTER_AUTH_HEADER];
+    if (presented === undefined) return false;
+    if (this.cluster?.verify(typeof presented === 'string' ? presented : undefined)) return true;
+    if (this.cluster !== undefined) {
+      this.metrics.cluster.refused++;
+      // Never the secret presented: it may be a mistyped real one.
+      this.logger.warn('cluster request refused: bad secret; served as an ordinary request', {
+        remoteAddress: req.socket.remoteAddress,
+      });
+    }
+    return false;
+  }
+
   private prepare(
     req: IncomingMessage,
     upgrade: boolean,
+    fromPeer = false,
   ):
     | { kind: 'ops' }
     | { kind: 'error'; code: TunnelErrorCode }
-    | { kind: 'routed'; id: string; url: string; headers: string[]; timeout: number } {
+    | { kind: 'routed'; id: string; url: string; headers: string[]; timeout: number; fromPeer: boolean } {
     const raw = req.rawHeaders;
     const target = originForm(req.url ?? '');
     // Two Host headers: which one the target believes is anybody's guess (RFC 9112 §3.2).
     if (target === undefined || singleHeader(raw, 'host') === null)
       return { kind: 'error', code: TunnelErrorCode.BadRequest };
+    if (fromPeer) return this.preparePeer(raw, target, upgrade);
     const route = this.router.route(target, raw);
     if (route.kind === 'none') return { kind: 'ops' };
     if (route.kind === 'invalid') return { kind: 'error', code: TunnelErrorCode.InvalidClientId };
@@ -679,10 +797,66 @@ export class TunnelProxy {
       host: req.headers.host,
       mode: this.forwarded,
     });
-    return { kind: 'routed', id: route.id, url: route.url, headers, timeout: timeout.ms };
+    return { kind: 'routed', id: route.id, url: route.url, headers, timeout: timeout.ms, fromPeer: false };
+  }
+
+  /**
+   * A cluster request: the forwarding proxy routed it already (id in a header, target as the
+   * agent sees it) and wrote X-Forwarded-* as it saw the user; its deadline comes along.
+   */
+  private preparePeer(
+    raw: readonly string[],
+    target: string,
+    upgrade: boolean,
+  ):
+    | { kind: 'error'; code: TunnelErrorCode }
+    | { kind: 'routed'; id: string; url: string; headers: string[]; timeout: number; fromPeer: true } {
+    const id = singleHeader(raw, CLUSTER_ID_HEADER);
+    if (typeof id !== 'string' || !isValidClientId(id)) return { kind: 'error', code: TunnelErrorCode.InvalidClientId };
+    const left = Number(singleHeader(raw, CLUSTER_TIMEOUT_HEADER));
+    const timeout = Number.isInteger(left) && left >= 1 ? Math.min(left, 2 ** 31 - 1) : this.requestTimeout;
+    this.metrics.cluster.forwardedIn++;
+    const headers = filterHeaders(raw, { strip: this.stripHeaders, upgrade });
+    return { kind: 'routed', id, url: target, headers, timeout, fromPeer: true };
   }
 
   private start(
+    prepared: { id: string; url: string; headers: string[]; timeout: number; fromPeer: boolean },
+    source: IncomingMessage | Duplex,
+    sink: Sink,
+    bodyMode: BodyMode,
+    inlineLength: number,
+    upgrade: boolean,
+    maxBody: number,
+  ): void {
+    // No usable agent here (none, or all full or draining): a peer's may take it. A request from
+    // a peer is never forwarded again, so none can go round in circles.
+    if (
+      this.forwardHost !== undefined &&
+      !prepared.fromPeer &&
+      this.balancer.pick(prepared.id, this.host.maxInflightPerAgent) === undefined
+    ) {
+      const forward = new ForwardExchange(this.forwardHost, {
+        id: prepared.id,
+        method: (source as IncomingMessage).method ?? 'GET',
+        url: prepared.url,
+        headers: prepared.headers,
+        source,
+        sink,
+        hasBody: bodyMode !== BodyMode.None,
+        upgrade,
+        timeout: prepared.timeout,
+        maxBody,
+        local: () => this.startLocal(prepared, source, sink, bodyMode, inlineLength, upgrade, maxBody),
+      });
+      this.active.add(forward);
+      void forward.run();
+      return;
+    }
+    this.startLocal(prepared, source, sink, bodyMode, inlineLength, upgrade, maxBody);
+  }
+
+  private startLocal(
     prepared: { id: string; url: string; headers: string[]; timeout: number },
     source: IncomingMessage | Duplex,
     sink: Sink,
@@ -709,6 +883,19 @@ export class TunnelProxy {
   }
 
   // ------------------------------------------------------------------ ops
+
+  /** What /readyz and the status page say of the cluster. */
+  private clusterState(): ClusterState | undefined {
+    if (this.cluster === undefined || this.registry === undefined) return undefined;
+    const stats = this.metrics.cluster;
+    return {
+      advertise: this.cluster.advertise,
+      registry: this.registry.lastError === undefined ? 'ok' : 'failing',
+      forwardedOut: stats.forwardedOut,
+      forwardedIn: stats.forwardedIn,
+      peerFailures: stats.peerFailures,
+    };
+  }
 
   private servePublicOps(req: IncomingMessage, res: ServerResponse): boolean {
     if (this.publicOps === 'none') return false;
@@ -740,7 +927,13 @@ export class TunnelProxy {
     }
     if (path === ops.readyz) {
       const ready = this.ready;
-      send(ready ? 200 : 503, 'application/json', JSON.stringify({ status: ready ? 'ready' : this.state }));
+      // Redis failing does not make the proxy unready: its own agents still serve.
+      const cluster = this.clusterState();
+      send(
+        ready ? 200 : 503,
+        'application/json',
+        JSON.stringify({ status: ready ? 'ready' : this.state, ...(cluster === undefined ? {} : { cluster }) }),
+      );
       return true;
     }
     if (!all) return false;
@@ -764,6 +957,7 @@ export class TunnelProxy {
           draining: this.state !== 'serving',
           startedAt: this.startedAt,
           now: Date.now(),
+          cluster: this.clusterState(),
         }),
       );
       return true;

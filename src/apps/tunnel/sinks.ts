@@ -26,7 +26,7 @@ export interface Sink {
   onGone(listener: () => void): void;
 }
 
-function jsonHeaders(body: string, close: boolean): string[] {
+export function jsonHeaders(body: string, close: boolean): string[] {
   const headers = [
     'Content-Type',
     'application/json; charset=utf-8',
@@ -91,6 +91,11 @@ export class ResponseSink implements Sink {
   destroy(): void {
     this.ended = true;
     this.res.destroy();
+  }
+
+  /** For subclasses that write the answer themselves. */
+  protected markEnded(): void {
+    this.ended = true;
   }
 
   fail(code: TunnelErrorCode, closeConnection = false): void {

@@ -5,12 +5,23 @@
 import type { AgentEntry } from './balancer.ts';
 import type { IdStats } from './metrics.ts';
 
+/** A proxy's part in a cluster (see the `cluster` option). */
+export interface ClusterState {
+  readonly advertise: string;
+  /** `failing` while the last Redis command of the registry failed. */
+  readonly registry: 'ok' | 'failing';
+  readonly forwardedOut: number;
+  readonly forwardedIn: number;
+  readonly peerFailures: number;
+}
+
 export interface StatusSnapshot {
   readonly agents: readonly AgentEntry[];
   readonly stats: ReadonlyMap<string, IdStats>;
   readonly draining: boolean;
   readonly startedAt: number;
   readonly now: number;
+  readonly cluster?: ClusterState | undefined;
 }
 
 function esc(value: unknown): string {
@@ -59,7 +70,11 @@ export function renderStatusPage(snapshot: StatusSnapshot): string {
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f4f4f4}</style></head>
 <body><h1>duplexwire tunnel proxy</h1>
 <p>State: ${snapshot.draining ? 'draining' : 'serving'} &middot; up ${esc(age(snapshot.now - snapshot.startedAt))} &middot; ${snapshot.agents.length} agent(s)</p>
-<h2>Agents</h2>
+${
+  snapshot.cluster === undefined
+    ? ''
+    : `<p>Cluster: advertised as ${esc(snapshot.cluster.advertise)} &middot; registry ${esc(snapshot.cluster.registry)} &middot; forwarded out ${snapshot.cluster.forwardedOut}, in ${snapshot.cluster.forwardedIn} &middot; peer failures ${snapshot.cluster.peerFailures}</p>\n`
+}<h2>Agents</h2>
 <table><tr><th>client id</th><th>connection</th><th>address</th><th>version</th><th>connected</th><th>in flight</th><th>served</th><th>state</th></tr>
 ${agentRows || '<tr><td colspan="8">none</td></tr>'}</table>
 <h2>Requests</h2>

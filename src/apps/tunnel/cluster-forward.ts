@@ -1,0 +1,522 @@
+/**
+ * One user request that this proxy has no usable agent for, forwarded to a peer proxy that has one: the
+ * registry names the live peers, the request goes to one of them over HTTP (undici, a keep-alive
+ * pool per peer), and the answer streams back to the user.
+ *
+ * Both bodies stream with backpressure: the user's request body is read only as fast as the
+ * peer's socket takes it (undici pulls from `BodyRelay`, which pauses the user's request), and the
+ * peer's response is read only as fast as the user's socket takes it (`onData` returns false until
+ * the sink drains). A peer that cannot be reached, or answers that it has no agent able to take
+ * the request after all (CLUSTER_MISS_HEADER), is left for the next live one while no byte of the
+ * body was sent; after that its answer, or a 502, is what the user gets.
+ */
+import type { IncomingMessage } from 'node:http';
+import { type Duplex, Readable } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import type { Logger } from '../../index.ts';
+import {
+  CLUSTER_AUTH_HEADER,
+  CLUSTER_ID_HEADER,
+  CLUSTER_MISS_HEADER,
+  CLUSTER_TIMEOUT_HEADER,
+  type ResolvedCluster,
+  withoutClusterHeaders,
+} from './cluster.ts';
+import type { ClusterRegistry, PeerProxy } from './cluster-registry.ts';
+import { filterHeaders, headerValues, redactUrl } from './headers.ts';
+import { TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
+import type { TunnelMetrics } from './metrics.ts';
+import type { Sink } from './sinks.ts';
+
+/** What a forwarded exchange needs from its proxy. */
+export interface ForwardHost {
+  readonly cluster: ResolvedCluster;
+  readonly registry: ClusterRegistry;
+  readonly metrics: TunnelMetrics;
+  readonly logger: Logger;
+  /** The connection pool to a peer (by advertised origin). */
+  pool(url: string): Dispatcher;
+  /** Forwarded requests in flight per peer, for the choice among peers. */
+  readonly peerInflight: Map<string, number>;
+  /** The exchange is over. */
+  ended(exchange: ForwardExchange): void;
+}
+
+export interface ForwardInit {
+  readonly id: string;
+  readonly method: string;
+  /** The request target the agent's target sees (after routing), byte for byte. */
+  readonly url: string;
+  /** Headers to forward, already filtered and with X-Forwarded-* (as the agent will see them). */
+  readonly headers: readonly string[];
+  readonly source: IncomingMessage | Duplex;
+  readonly sink: Sink;
+  readonly hasBody: boolean;
+  readonly upgrade: boolean;
+  /** Milliseconds until the response head is due. */
+  readonly timeout: number;
+  readonly maxBody: number;
+  /** No peer has an agent for the id: serve (or refuse) the request as a single proxy would. */
+  readonly local: () => void;
+}
+
+type Outcome = 'ok' | 'timeout' | 'user-gone' | 'peer-error' | 'no-peer' | 'body-too-large' | 'drain-aborted';
+type AttemptResult = 'done' | 'unreachable' | TunnelErrorCode;
+
+/**
+ * The peer gets the deadline and answers 504 itself (after cancelling its agent's request); this
+ * proxy waits this much longer before giving up on a peer that does not answer at all.
+ */
+const PEER_GRACE = 500;
+/** Header names undici writes itself for an upgrade, and refuses to be given. */
+const UPGRADE_HEADERS: ReadonlySet<string> = new Set(['upgrade', 'connection']);
+
+export class ForwardExchange {
+  readonly startedAt = performance.now();
+  readonly init: ForwardInit;
+  private readonly host: ForwardHost;
+  private readonly label: string;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private finished = false;
+  private counted = false;
+  private headDone = false;
+  private status = 0;
+  private outcome: Outcome = 'ok';
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private peer: string | undefined;
+  /** Aborts the attempt in progress (undici's abort, once it connected). */
+  private abortAttempt: ((error?: Error) => void) | undefined;
+  private relay: BodyRelay | undefined;
+  private settleAttempt: ((result: AttemptResult) => void) | undefined;
+
+  constructor(host: ForwardHost, init: ForwardInit) {
+    this.host = host;
+    this.init = init;
+    this.label = host.metrics.label(init.id);
+  }
+
+  /** Milliseconds left until the response head is due. */
+  get remaining(): number {
+    return Math.max(1, Math.round(this.init.timeout - (performance.now() - this.startedAt)));
+  }
+
+  /** Runs the exchange to its end (or hands it to `serveLocally`). Never rejects. */
+  async run(): Promise<void> {
+    this.init.sink.onGone(() => this.abandon('user-gone'));
+    this.timer = setTimeout(() => this.timedOut(), this.init.timeout + PEER_GRACE);
+    let peers: PeerProxy[];
+    try {
+      peers = await this.host.registry.lookup(this.init.id);
+    } catch (error) {
+      this.host.logger.error('cluster registry lookup failed', { id: this.init.id, error });
+      this.begin();
+      this.answer(TunnelErrorCode.ClusterUnavailable, 'no-peer');
+      this.finish();
+      return;
+    }
+    if (this.finished) return;
+    if (peers.length === 0) {
+      // Nothing to forward to: the single proxy's answer (its own agents, busy or none).
+      this.finished = true;
+      clearTimeout(this.timer);
+      this.init.local();
+      this.host.ended(this);
+      return;
+    }
+    this.begin();
+    this.host.metrics.cluster.forwardedOut++;
+    let unreachable = false;
+    let busy = false;
+    try {
+      for (const peer of this.order(peers)) {
+        if (this.finished) return;
+        const result = await this.attempt(peer.url);
+        if (result === 'done') return;
+        if (result === 'unreachable') unreachable = true;
+        else if (result === TunnelErrorCode.AgentsBusy) busy = true;
+        // A peer that missed or could not be reached: the next one, while no body byte was sent.
+        if (this.relay?.touched) break;
+      }
+      this.answer(
+        busy ? TunnelErrorCode.AgentsBusy : unreachable ? TunnelErrorCode.PeerUnreachable : TunnelErrorCode.NoAgent,
+        'no-peer',
+      );
+    } catch (error) {
+      this.host.logger.error('cluster forward failed', { error, id: this.init.id });
+      this.answer(TunnelErrorCode.PeerUnreachable, 'peer-error');
+    } finally {
+      this.finish();
+    }
+  }
+
+  /** Abandons the exchange from outside: drain timed out. */
+  abort(): void {
+    if (this.finished) return;
+    this.outcome = 'drain-aborted';
+    this.abortAttempt?.();
+    this.init.sink.destroy();
+    this.finish();
+  }
+
+  private begin(): void {
+    if (this.counted) return;
+    this.counted = true;
+    this.host.metrics.started(this.label);
+  }
+
+  /** Least forwarded requests in flight from this proxy first, ties in random order. */
+  private order(peers: PeerProxy[]): PeerProxy[] {
+    const inflight = this.host.peerInflight;
+    return peers
+      .map((peer) => ({ peer, key: (inflight.get(peer.url) ?? 0) + Math.random() }))
+      .sort((a, b) => a.key - b.key)
+      .map((entry) => entry.peer);
+  }
+
+  // ------------------------------------------------------------------ one peer
+
+  private attempt(url: string): Promise<AttemptResult> {
+    const { init, host } = this;
+    this.peer = url;
+    const inflight = host.peerInflight;
+    inflight.set(url, (inflight.get(url) ?? 0) + 1);
+    const relay = init.hasBody && !init.upgrade ? new BodyRelay(init.source, (n) => this.countIn(n)) : undefined;
+    this.relay = relay;
+    const headers = filterHeaders(init.headers, init.upgrade ? { strip: UPGRADE_HEADERS } : {});
+    headers.push(
+      CLUSTER_AUTH_HEADER,
+      host.cluster.secret,
+      CLUSTER_ID_HEADER,
+      init.id,
+      CLUSTER_TIMEOUT_HEADER,
+      String(this.remaining),
+    );
+    const done = new Promise<AttemptResult>((resolve) => {
+      this.settleAttempt = resolve;
+    });
+    const handler = new PeerHandler(this, relay);
+    host.pool(url).dispatch(
+      {
+        path: init.url,
+        method: init.method as Dispatcher.HttpMethod,
+        headers,
+        body: relay ?? null,
+        upgrade: init.upgrade ? (headerValues(init.headers, 'upgrade')[0] ?? 'websocket') : null,
+        // The deadline is ours (until the head); after it a response may stream for hours.
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      },
+      handler,
+    );
+    return done.finally(() => {
+      this.abortAttempt = undefined;
+      this.settleAttempt = undefined;
+      const n = (inflight.get(url) ?? 1) - 1;
+      if (n > 0) inflight.set(url, n);
+      else inflight.delete(url);
+    });
+  }
+
+  /** @internal The attempt is over. */
+  settled(result: AttemptResult): void {
+    this.settleAttempt?.(result);
+  }
+
+  /** @internal undici connected: how to abort. */
+  connected(abort: (error?: Error) => void): void {
+    this.abortAttempt = abort;
+    if (this.finished) abort();
+  }
+
+  /** @internal The peer's response head: false when it was not written (a miss to retry, or an error). */
+  head(status: number, headers: string[]): 'written' | 'miss' | 'failed' {
+    if (this.finished) return 'failed';
+    const miss = headerValues(headers, CLUSTER_MISS_HEADER)[0] as TunnelErrorCode | undefined;
+    if (miss !== undefined && !this.relay?.touched && !this.headDone) {
+      this.host.logger.debug('peer proxy has no agent able to take the request', { id: this.init.id, peer: this.peer });
+      this.settled(miss in TUNNEL_ERROR_STATUS ? miss : TunnelErrorCode.NoAgent);
+      return 'miss';
+    }
+    const switching = status === 101;
+    try {
+      // A switch to a request that asked for none is as invalid as a malformed head.
+      if (switching && !this.init.upgrade) throw new RangeError('101 without an upgrade');
+      this.init.sink.head(status, filterHeaders(withoutClusterHeaders(headers), { upgrade: switching }));
+    } catch {
+      this.host.logger.warn('invalid response head from a peer proxy', { id: this.init.id, peer: this.peer });
+      this.answer(TunnelErrorCode.BadAgentResponse, 'peer-error');
+      this.finish();
+      return 'failed';
+    }
+    this.headDone = true;
+    clearTimeout(this.timer);
+    this.status = status;
+    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000);
+    return 'written';
+  }
+
+  /** @internal A piece of the peer's response body; a promise while the user's socket is full. */
+  data(chunk: Buffer): Promise<void> | undefined {
+    if (this.finished) return undefined;
+    this.bytesOut += chunk.length;
+    this.host.metrics.bytesOut(this.label, chunk.length);
+    return this.init.sink.write(chunk);
+  }
+
+  /** @internal The peer's response ended. */
+  complete(): void {
+    if (!this.finished) this.init.sink.end();
+    this.relay?.destroy();
+    this.settled('done');
+  }
+
+  /** @internal The attempt failed: `retryable` when nothing of it reached the peer or the user. */
+  failed(error: Error): void {
+    if (this.finished) {
+      this.settled('done');
+      return;
+    }
+    this.host.metrics.cluster.peerFailures++;
+    if (!this.headDone && !this.relay?.touched) {
+      this.host.logger.warn('peer proxy unreachable', { id: this.init.id, peer: this.peer, error });
+      this.settled('unreachable');
+      return;
+    }
+    this.host.logger.warn('peer proxy lost mid-request', { id: this.init.id, peer: this.peer, error });
+    this.answer(TunnelErrorCode.PeerUnreachable, 'peer-error');
+    this.settled('done');
+  }
+
+  /** @internal After the peer's 101: the raw bytes flow both ways until either side closes. */
+  upgraded(socket: Duplex): void {
+    const user = this.init.source as Duplex;
+    socket.on('error', () => {});
+    if (this.finished) {
+      socket.destroy();
+      this.settled('done');
+      return;
+    }
+    let open = 2;
+    const closed = (): void => {
+      if (--open > 0) return;
+      this.settled('done');
+    };
+    const end = (): void => {
+      user.destroy();
+      socket.destroy();
+    };
+    user.once('close', () => {
+      end();
+      closed();
+    });
+    socket.once('close', () => {
+      end();
+      closed();
+    });
+    // pipe() is the backpressure: each side is read only as fast as the other one writes.
+    user.pipe(socket);
+    socket.pipe(user);
+  }
+
+  private countIn(n: number): boolean {
+    this.bytesIn += n;
+    this.host.metrics.bytesIn(this.label, n);
+    if (this.bytesIn <= this.init.maxBody) return true;
+    this.outcome = 'body-too-large';
+    this.abortAttempt?.();
+    if (!this.init.sink.headSent) {
+      this.status = 413;
+      this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000);
+    }
+    this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
+    this.settled('done');
+    this.finish();
+    return false;
+  }
+
+  // ------------------------------------------------------------------ endings
+
+  private timedOut(): void {
+    if (this.headDone || this.finished) return;
+    this.begin();
+    this.abortAttempt?.();
+    this.answer(TunnelErrorCode.AgentTimeout, 'timeout');
+    this.settled('done');
+    this.finish();
+  }
+
+  private abandon(outcome: Outcome): void {
+    if (this.finished) return;
+    this.outcome = outcome;
+    this.abortAttempt?.();
+    this.settled('done');
+    this.finish();
+  }
+
+  /** An error answer, or a cut-off response when the head is already out. */
+  private answer(code: TunnelErrorCode, outcome: Outcome): void {
+    if (this.finished) return;
+    this.outcome = outcome;
+    const { sink } = this.init;
+    if (!sink.headSent) {
+      sink.fail(code);
+      this.status = TUNNEL_ERROR_STATUS[code];
+      this.host.metrics.answered(this.label, this.status, (performance.now() - this.startedAt) / 1000);
+    } else {
+      sink.destroy();
+    }
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    clearTimeout(this.timer);
+    this.relay?.destroy();
+    // What is left of the request body is read and dropped, as a single proxy does, so the
+    // user's connection stays usable (an upgraded socket is destroyed instead).
+    if (!this.init.upgrade && this.relay !== undefined) this.init.source.resume();
+    if (this.counted) this.host.metrics.finished(this.label);
+    this.host.ended(this);
+    const context = {
+      id: this.init.id,
+      method: this.init.method,
+      path: redactUrl(this.init.url),
+      status: this.status,
+      outcome: this.outcome,
+      ms: Math.round(performance.now() - this.startedAt),
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      peer: this.peer,
+    };
+    if (this.outcome === 'ok' || this.outcome === 'user-gone') this.host.logger.info('request', context);
+    else this.host.logger.warn('request', context);
+  }
+
+  get isFinished(): boolean {
+    return this.finished;
+  }
+}
+
+/** undici's handler of one attempt: passes everything to its exchange. */
+class PeerHandler implements Dispatcher.DispatchHandlers {
+  private readonly exchange: ForwardExchange;
+  private readonly relay: BodyRelay | undefined;
+  private resume: (() => void) | undefined;
+  private abort: ((error?: Error) => void) | undefined;
+  private over = false;
+
+  constructor(exchange: ForwardExchange, relay: BodyRelay | undefined) {
+    this.exchange = exchange;
+    this.relay = relay;
+  }
+
+  onConnect(abort: (error?: Error) => void): void {
+    this.abort = abort;
+    this.exchange.connected(abort);
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    // 100 Continue and other informational answers: the final one follows.
+    if (statusCode < 200 || this.over) return !this.over;
+    this.resume = resume;
+    const result = this.exchange.head(statusCode, latin1Pairs(rawHeaders));
+    if (result === 'written') return true;
+    // A miss or a refused head: this response is of no use. Aborting costs the connection, which
+    // is cheaper than reading a body nobody wants.
+    this.over = true;
+    this.relay?.destroy();
+    this.abort?.();
+    if (result === 'failed') this.exchange.settled('done');
+    return false;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.over) return false;
+    const wait = this.exchange.data(chunk);
+    if (wait === undefined) return true;
+    // The user's socket is full: undici stops reading the peer until it drains.
+    void wait.then(() => this.resume?.());
+    return false;
+  }
+
+  onComplete(): void {
+    if (this.over) return;
+    this.over = true;
+    this.exchange.complete();
+  }
+
+  onError(error: Error): void {
+    if (this.over) return;
+    this.over = true;
+    this.relay?.destroy();
+    this.exchange.failed(error);
+  }
+
+  onUpgrade(statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
+    if (this.over) {
+      socket.destroy();
+      return;
+    }
+    this.over = true;
+    if (this.exchange.head(statusCode, rawHeaders === null ? [] : latin1Pairs(rawHeaders)) !== 'written') {
+      socket.destroy();
+      this.exchange.settled('done');
+      return;
+    }
+    this.exchange.upgraded(socket);
+  }
+}
+
+/**
+ * The user's request body as undici reads it: the user's request is read only when undici asks
+ * for more, and destroying the relay (a retry, an ending) leaves the user's request alone. `touched`
+ * tells whether any byte left the user's request, after which no other peer can be tried.
+ */
+class BodyRelay extends Readable {
+  touched = false;
+  private readonly source: Readable;
+  private readonly accept: (n: number) => boolean;
+  private attached = false;
+  private readonly onData = (chunk: Buffer): void => {
+    this.touched = true;
+    if (!this.accept(chunk.length)) return;
+    if (!this.push(chunk)) this.source.pause();
+  };
+  private readonly onEnd = (): void => {
+    this.push(null);
+  };
+
+  constructor(source: Readable, take: (n: number) => boolean) {
+    super({ highWaterMark: 64 * 1024 });
+    this.source = source;
+    this.accept = take;
+  }
+
+  override _read(): void {
+    if (!this.attached) {
+      this.attached = true;
+      this.source.on('data', this.onData);
+      this.source.once('end', this.onEnd);
+    }
+    this.source.resume();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.source.off('data', this.onData);
+    this.source.off('end', this.onEnd);
+    // Not flowing without a reader: the bytes are the next peer's, or dumped by the ending.
+    if (this.attached) this.source.pause();
+    callback(error);
+  }
+}
+
+/** undici's raw headers (Buffers, or strings) as `[name, value, ...]` strings. */
+function latin1Pairs(raw: readonly (Buffer | string)[]): string[] {
+  const out = new Array<string>(raw.length);
+  for (let i = 0; i < raw.length; i++) {
+    const item = raw[i]!;
+    out[i] = typeof item === 'string' ? item : item.toString('latin1');
+  }
+  return out;
+}

@@ -1,0 +1,259 @@
+/**
+ * Which proxies of a cluster have agents for which client id, in Redis, so that a request reaching
+ * one proxy can be served through an agent connected to another.
+ *
+ * One hash per client id, `prefix + 'agents:' + id` (client ids are letters, digits and `_ . -`:
+ * nothing in one can reach outside the prefix), with one field per proxy process,
+ * `"<random instance id> <advertised URL>"` = `"<agents> <expiry, ms on the Redis clock>"`: the
+ * presence pattern of `RedisSessionManager` (src/session/redis-store.ts). A proxy writes its own
+ * field with each agent that comes or goes and renews every field it holds every third of `ttl`;
+ * a field past its expiry is a proxy that died (or lost Redis): it is ignored and deleted by the
+ * next script that meets it, so nothing is routed to that proxy for longer than `ttl`. TIME is
+ * Redis's clock, the same for every proxy whatever their own clocks say.
+ *
+ * Every script touches exactly one key (Redis Cluster routes a script by its keys), and writes
+ * are Lua scripts rather than MULTI/EXEC, which through a shared pipelined connection would take
+ * other callers' commands into the transaction.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type { Logger } from '../../index.ts';
+
+/** Anything that sends a raw Redis command (node-redis's client as is; see `RedisCommandClient`). */
+export interface RedisCommandClient {
+  sendCommand(args: string[]): Promise<unknown>;
+}
+
+/**
+ * KEYS[1] the id's hash; ARGV this proxy's field, its agents for the id, ttl (ms). Writes (or,
+ * with 0 agents, deletes) the field, deletes expired fields of others, and returns the agents of
+ * live proxies. The key's own expiry is only ever pushed later (other proxies may use a longer
+ * ttl), so Redis drops the hash of an id nobody renews.
+ */
+const REGISTER_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local own = tonumber(ARGV[2])
+if own > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.0f', own, now + ttl))
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local total = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local count, expires = string.match(redis.call('HGET', KEYS[1], f) or '', '^(%d+) (%d+)$')
+  if count == nil or tonumber(expires) <= now then
+    redis.call('HDEL', KEYS[1], f)
+  else
+    total = total + tonumber(count)
+  end
+end
+return total
+`;
+
+/**
+ * KEYS[1] the id's hash; ARGV this proxy's field. Returns `{field, agents, ...}` of the other live
+ * proxies; expired fields are deleted on the way.
+ */
+const LOOKUP_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local count, expires = string.match(redis.call('HGET', KEYS[1], f) or '', '^(%d+) (%d+)$')
+  if count == nil or tonumber(expires) <= now then
+    redis.call('HDEL', KEYS[1], f)
+  elseif f ~= ARGV[1] then
+    out[#out + 1] = f
+    out[#out + 1] = count
+  end
+end
+return out
+`;
+
+interface Script {
+  readonly source: string;
+  readonly sha: string;
+}
+
+function script(source: string): Script {
+  return { source, sha: createHash('sha1').update(source).digest('hex') };
+}
+
+const REGISTER = script(REGISTER_SCRIPT);
+const LOOKUP = script(LOOKUP_SCRIPT);
+
+/** A live proxy of the cluster that has agents for an id. */
+export interface PeerProxy {
+  /** Its advertised URL (origin), where the other proxies reach it. */
+  readonly url: string;
+  /** Its agents for the id. */
+  readonly agents: number;
+}
+
+export interface ClusterRegistryOptions {
+  readonly client: RedisCommandClient;
+  readonly prefix: string;
+  /** This proxy's advertised origin. */
+  readonly advertise: string;
+  /** Milliseconds a field stays valid without renewal. */
+  readonly ttl: number;
+  readonly logger: Logger;
+  /** Called with every failed Redis command (for the metrics). */
+  readonly onError?: (error: unknown) => void;
+}
+
+export class ClusterRegistry {
+  /** This process's field: a random instance id, so a restarted proxy at the same address is another field. */
+  readonly field: string;
+  private readonly options: ClusterRegistryOptions;
+  /** Agents of this proxy per id: the truth the fields are written from. */
+  private readonly counts = new Map<string, number>();
+  /** Ids whose field must be written again (a change since the last write). */
+  private readonly dirty = new Set<string>();
+  private flushing: Promise<void> | undefined;
+  private renewTimer: ReturnType<typeof setInterval> | undefined;
+  private closed = false;
+  /** The last Redis failure, cleared by the next success: what /readyz and the status page show. */
+  lastError: unknown;
+
+  constructor(options: ClusterRegistryOptions) {
+    this.options = options;
+    this.field = `${randomBytes(9).toString('base64url')} ${options.advertise}`;
+  }
+
+  key(id: string): string {
+    return `${this.options.prefix}agents:${id}`;
+  }
+
+  /** Starts renewing (every third of the ttl). */
+  start(): void {
+    if (this.renewTimer !== undefined || this.closed) return;
+    this.renewTimer = setInterval(
+      () => {
+        for (const id of this.counts.keys()) this.dirty.add(id);
+        void this.flush();
+      },
+      Math.max(1, Math.floor(this.options.ttl / 3)),
+    );
+    this.renewTimer.unref();
+  }
+
+  /** This proxy now has `count` usable agents for `id`; written to Redis at once (in order). */
+  set(id: string, count: number): void {
+    if (this.closed) return;
+    if (count > 0) this.counts.set(id, count);
+    else if (!this.counts.delete(id)) return;
+    this.dirty.add(id);
+    void this.flush();
+  }
+
+  /** Resolves once every change made so far is written (or failed). */
+  async settled(): Promise<void> {
+    while (this.flushing !== undefined) await this.flushing;
+  }
+
+  /**
+   * Writes dirty ids one flush at a time, so that a later count never lands before an earlier one
+   * (EVALSHA's fallback to EVAL could reorder two writes sent together).
+   */
+  private flush(): Promise<void> {
+    if (this.flushing !== undefined) return this.flushing;
+    if (this.dirty.size === 0) return Promise.resolve();
+    // Cleared from a later tick: an async function that finished synchronously would clear it
+    // before it is even set, leaving a settled promise behind that no later change would pass.
+    const flushing = this.writeDirty().finally(() => {
+      if (this.flushing === flushing) this.flushing = undefined;
+    });
+    this.flushing = flushing;
+    return flushing;
+  }
+
+  private async writeDirty(): Promise<void> {
+    while (this.dirty.size > 0) {
+      const ids = [...this.dirty];
+      this.dirty.clear();
+      await Promise.all(ids.map((id) => this.write(id, this.counts.get(id) ?? 0)));
+    }
+  }
+
+  private async write(id: string, count: number): Promise<void> {
+    try {
+      await this.eval(REGISTER, this.key(id), [this.field, String(count), String(this.options.ttl)]);
+    } catch (error) {
+      this.failed(error);
+      this.options.logger.error('cluster registry: failed to write this proxy’s agents', { id, error });
+    }
+  }
+
+  /** The other live proxies with agents for `id`. Rejects when Redis fails. */
+  async lookup(id: string): Promise<PeerProxy[]> {
+    let reply: unknown;
+    try {
+      reply = await this.eval(LOOKUP, this.key(id), [this.field]);
+    } catch (error) {
+      this.failed(error);
+      throw error;
+    }
+    const out: PeerProxy[] = [];
+    if (!Array.isArray(reply)) return out;
+    const own = this.options.advertise;
+    for (let i = 0; i + 1 < reply.length; i += 2) {
+      const field = text(reply[i]);
+      const agents = Number(text(reply[i + 1]));
+      const space = field?.indexOf(' ') ?? -1;
+      if (field === undefined || space < 0 || !(agents > 0)) continue;
+      const url = field.slice(space + 1);
+      // Never itself: a stale field of an earlier process at this same address included.
+      if (url !== own) out.push({ url, agents });
+    }
+    return out;
+  }
+
+  /** Stops renewing and deletes this proxy's fields (best effort: they expire anyway). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
+    await this.settled();
+    this.closed = true;
+    const ids = [...this.counts.keys()];
+    this.counts.clear();
+    this.dirty.clear();
+    await Promise.all(ids.map((id) => this.write(id, 0)));
+  }
+
+  /** Ids this proxy holds, with their agents. */
+  held(): ReadonlyMap<string, number> {
+    return this.counts;
+  }
+
+  private failed(error: unknown): void {
+    this.lastError = error;
+    this.options.onError?.(error);
+  }
+
+  /** EVALSHA, falling back to EVAL (which also caches the script) when Redis does not know it yet. */
+  private async eval(s: Script, key: string, args: string[]): Promise<unknown> {
+    const { client } = this.options;
+    let reply: unknown;
+    try {
+      reply = await client.sendCommand(['EVALSHA', s.sha, '1', key, ...args]);
+    } catch (error) {
+      if (!String((error as Error | null)?.message).startsWith('NOSCRIPT')) throw error;
+      reply = await client.sendCommand(['EVAL', s.source, '1', key, ...args]);
+    }
+    this.lastError = undefined;
+    return reply;
+  }
+}
+
+const decoder = new TextDecoder();
+
+function text(value: unknown): string | undefined {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number') return String(value);
+  if (value instanceof Uint8Array) return decoder.decode(value);
+  return undefined;
+}

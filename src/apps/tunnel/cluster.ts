@@ -1,0 +1,180 @@
+/**
+ * Several tunnel proxies sharing their agents: the `cluster` option, the headers of a request one
+ * proxy forwards to another, and how the receiving proxy recognises one.
+ *
+ * A cluster request is an ordinary HTTP/1.1 request to the peer's advertised address carrying the
+ * cluster secret. The receiving proxy serves it from its own agents only and never forwards it
+ * again: a request crosses at most one proxy-to-proxy hop, so two proxies that each believe the
+ * other has the agent cannot bounce it between them. Outside users cannot make one: the secret is
+ * compared as a SHA-256 digest in constant time, and every `x-duplexwire-cluster-*` header of an
+ * ordinary request is dropped before anything else looks at it.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { InvalidArgumentError } from '../../index.ts';
+import type { RedisCommandClient } from './cluster-registry.ts';
+import { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
+import { jsonHeaders, ResponseSink } from './sinks.ts';
+import { durationOption } from './timeout.ts';
+
+export type { RedisCommandClient } from './cluster-registry.ts';
+
+/** The shared secret; never forwarded to an agent, never logged. */
+export const CLUSTER_AUTH_HEADER = 'x-duplexwire-cluster-auth';
+/** The client id the request is for (the forwarding proxy has already routed it). */
+export const CLUSTER_ID_HEADER = 'x-duplexwire-cluster-id';
+/** Milliseconds left until the response head is due. */
+export const CLUSTER_TIMEOUT_HEADER = 'x-duplexwire-cluster-timeout';
+/**
+ * On the answer: the receiving proxy had no agent able to take it (no agent, all busy, shutting
+ * down). The forwarding proxy may try another peer while no body byte was sent.
+ */
+export const CLUSTER_MISS_HEADER = 'x-duplexwire-cluster-miss';
+/** Every header name of the cluster starts so; users' headers of that name are dropped. */
+export const CLUSTER_HEADER_PREFIX = 'x-duplexwire-cluster-';
+
+/** @default key prefix in Redis */
+export const DEFAULT_CLUSTER_PREFIX = 'duplexwire:tunnel:';
+/** @default 15 s: how long a proxy that died is still routed to, at most */
+export const DEFAULT_CLUSTER_TTL = 15_000;
+/** @default 3 s to connect to a peer proxy before trying another */
+export const DEFAULT_PEER_CONNECT_TIMEOUT = 3_000;
+/** Secrets carry at least 128 bits: 22 characters of base64url (`duplexwire tunnel token` makes one). */
+export const MIN_CLUSTER_SECRET_LENGTH = 22;
+
+export interface TunnelClusterOptions {
+  /**
+   * Sends raw Redis commands: a node-redis client as is, or ioredis wrapped as
+   * `{ sendCommand: (args) => redis.call(args[0]!, ...args.slice(1)) }` (see `RedisSessionManager`;
+   * every script touches one key, at `args[3]`, so cluster clients work wrapped the same way).
+   */
+  readonly client: RedisCommandClient;
+  /**
+   * This proxy's address as the other proxies reach it (an origin: `http://10.0.0.5:8080`). It
+   * must serve the same listener as the users' requests (or one that calls `handleRequest` and
+   * `handleUpgrade`), and should be private: the secret travels in a header.
+   */
+  readonly advertise: string;
+  /** Shared by every proxy of the cluster, at least 22 characters. */
+  readonly secret: string;
+  /** Prefix of the Redis keys. @default 'duplexwire:tunnel:' */
+  readonly prefix?: string;
+  /**
+   * How long this proxy's entries stay valid without being renewed (they are renewed every third
+   * of it): a proxy that died is routed to for at most this long. ms or '15s'. @default 15 s
+   */
+  readonly ttl?: number | string;
+  /** Time to connect to a peer before trying the next one. ms or '3s'. @default 3 s */
+  readonly connectTimeout?: number | string;
+}
+
+export interface ResolvedCluster {
+  readonly client: RedisCommandClient;
+  readonly advertise: string;
+  readonly prefix: string;
+  readonly ttl: number;
+  readonly connectTimeout: number;
+  /** True when `presented` is the cluster secret (constant time). */
+  verify(presented: string | undefined): boolean;
+  /** The secret, for the header of forwarded requests only. */
+  readonly secret: string;
+}
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}
+
+/** Validates the `cluster` option; the result is frozen. */
+export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
+  if (options === null || typeof options !== 'object')
+    throw new InvalidArgumentError('option cluster must be an object');
+  const { client, advertise, secret } = options;
+  if (client === null || typeof client !== 'object' || typeof client.sendCommand !== 'function') {
+    throw new InvalidArgumentError('option cluster.client must have a sendCommand(args) method');
+  }
+  let url: URL;
+  try {
+    url = new URL(advertise);
+  } catch {
+    throw new InvalidArgumentError('option cluster.advertise must be a URL such as http://10.0.0.5:8080');
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.pathname !== '/' || url.search || url.hash) {
+    throw new InvalidArgumentError('option cluster.advertise must be an http(s) origin such as http://10.0.0.5:8080');
+  }
+  if (typeof secret !== 'string' || secret.length < MIN_CLUSTER_SECRET_LENGTH || !/^[\x21-\x7e]+$/.test(secret)) {
+    throw new InvalidArgumentError(
+      `option cluster.secret must have at least ${MIN_CLUSTER_SECRET_LENGTH} printable characters (128 bits)`,
+    );
+  }
+  if (options.prefix !== undefined && typeof options.prefix !== 'string')
+    throw new InvalidArgumentError('option cluster.prefix must be a string');
+  const ttl = durationOption('cluster.ttl', options.ttl, DEFAULT_CLUSTER_TTL);
+  if (!(ttl >= 300 && ttl <= 86_400_000)) throw new InvalidArgumentError('option cluster.ttl must be 300 ms..24 h');
+  const connectTimeout = durationOption('cluster.connectTimeout', options.connectTimeout, DEFAULT_PEER_CONNECT_TIMEOUT);
+  if (!(connectTimeout >= 1 && connectTimeout <= 600_000))
+    throw new InvalidArgumentError('option cluster.connectTimeout must be 1 ms..10 min');
+  const expected = digest(secret);
+  return Object.freeze({
+    client,
+    advertise: url.origin,
+    prefix: options.prefix ?? DEFAULT_CLUSTER_PREFIX,
+    ttl,
+    connectTimeout,
+    secret,
+    verify(presented: string | undefined): boolean {
+      if (typeof presented !== 'string' || presented.length === 0 || presented.length > 1024) return false;
+      return timingSafeEqual(digest(presented), expected);
+    },
+  });
+}
+
+/** True for the proxy's own "nobody here can take it" answers, which another peer may not give. */
+export function isMiss(code: TunnelErrorCode): boolean {
+  return (
+    code === TunnelErrorCode.NoAgent || code === TunnelErrorCode.AgentsBusy || code === TunnelErrorCode.ShuttingDown
+  );
+}
+
+/**
+ * The response of a cluster request: the proxy's misses are marked for the forwarding proxy, and
+ * an agent's response cannot carry a cluster header (a target must not fake a miss).
+ */
+export class PeerResponseSink extends ResponseSink {
+  private readonly response: ServerResponse;
+
+  constructor(res: ServerResponse) {
+    super(res);
+    this.response = res;
+  }
+
+  override head(status: number, headers: readonly string[]): void {
+    super.head(status, withoutClusterHeaders(headers));
+  }
+
+  override fail(code: TunnelErrorCode, closeConnection = false): void {
+    if (!isMiss(code) || this.done || this.response.headersSent) {
+      super.fail(code, closeConnection);
+      return;
+    }
+    // Written here rather than through super.fail: the same answer, plus the mark.
+    this.markEnded();
+    const body = errorBody(code);
+    this.response.writeHead(TUNNEL_ERROR_STATUS[code], [
+      ...jsonHeaders(body, closeConnection || this.closeConnection),
+      CLUSTER_MISS_HEADER,
+      code,
+    ]);
+    this.response.end(body);
+  }
+}
+
+/** `raw` without any `x-duplexwire-cluster-*` header. */
+export function withoutClusterHeaders(raw: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length > CLUSTER_HEADER_PREFIX.length && name.toLowerCase().startsWith(CLUSTER_HEADER_PREFIX)) continue;
+    out.push(name, raw[i + 1]!);
+  }
+  return out;
+}

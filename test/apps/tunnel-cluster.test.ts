@@ -1,0 +1,591 @@
+/**
+ * Several tunnel proxies sharing their agents through a real Redis: a request reaching a proxy
+ * without the agent is served through the peer that has it, bodies stream both ways with
+ * backpressure, departures and deaths are seen within the TTL, outsiders cannot forge a cluster
+ * request, and no request goes round in circles. Proxies listen on 127.0.0.1 port 0; each is
+ * mounted on a server the test owns (its advertised address must be known before it starts, and
+ * a test kills one abruptly).
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, describe, it, type TestContext } from 'node:test';
+import { WebSocket, WebSocketServer } from 'ws';
+import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
+import type { RedisCommandClient } from '../../src/apps/tunnel/cluster.ts';
+import { generateToken } from '../../src/apps/tunnel/tokens.ts';
+import { TunnelProxy, type TunnelProxyOptions } from '../../src/apps/tunnel/proxy.ts';
+import {
+  echoHandler,
+  ID,
+  json,
+  OTHER_ID,
+  OTHER_TOKEN,
+  readBody,
+  send,
+  spawnCli,
+  type StartedProxy,
+  startAgent,
+  startTarget,
+  TOKEN,
+  tempFile,
+} from '../fixtures/tunnel-helpers.ts';
+import { recordingLogger, waitFor } from '../helpers.ts';
+import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
+
+const SECRET = generateToken();
+/** Short, so that a dead proxy is forgotten quickly. */
+const TTL = 900;
+
+interface Node extends StartedProxy {
+  readonly http: Server;
+  readonly advertise: string;
+}
+
+async function listen(server: Server): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+async function startNode(
+  t: TestContext,
+  client: RedisCommandClient,
+  prefix: string,
+  options: TunnelProxyOptions = {},
+): Promise<Node> {
+  const http = createServer({ requestTimeout: 0 });
+  const port = await listen(http);
+  const advertise = `http://127.0.0.1:${port}`;
+  const logger = recordingLogger();
+  const proxy = new TunnelProxy({
+    tokens: { [ID]: TOKEN, [OTHER_ID]: OTHER_TOKEN },
+    logger,
+    processMetrics: false,
+    cluster: { client, advertise, secret: SECRET, prefix, ttl: TTL },
+    ...options,
+  });
+  await proxy.attach(http);
+  t.after(async () => {
+    await proxy.close();
+    if (http.listening) await closeServer(http);
+  });
+  return {
+    proxy,
+    port,
+    base: advertise,
+    agentsUrl: `ws://127.0.0.1:${port}${proxy.agentsPath}`,
+    logger,
+    http,
+    advertise,
+  };
+}
+
+/** The advertised addresses of the proxies that have live fields for `id`. */
+async function registered(redis: TestRedisClient, prefix: string, id: string): Promise<string[]> {
+  const fields = (await redis.sendCommand(['HKEYS', `${prefix}agents:${id}`])) as string[];
+  return fields.map((f) => f.slice(f.indexOf(' ') + 1)).sort();
+}
+
+async function waitRegistered(redis: TestRedisClient, prefix: string, id: string, expected: string[]): Promise<void> {
+  const deadline = Date.now() + 3000;
+  for (;;) {
+    const now = await registered(redis, prefix, id);
+    if (JSON.stringify(now) === JSON.stringify([...expected].sort())) return;
+    if (Date.now() > deadline) throw new Error(`registry of ${id}: ${JSON.stringify(now)}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+function pattern(size: number): Buffer {
+  const out = Buffer.allocUnsafe(size);
+  for (let i = 0; i < size; i++) out[i] = (i * 31 + 7) & 0xff;
+  return out;
+}
+
+const connected = await connectRedis();
+if (connected instanceof Error) {
+  redisUnreachable('tunnel proxies sharing agents over Redis', connected);
+} else {
+  const redis = connected;
+  after(async () => {
+    await redis.quit();
+  });
+
+  describe('tunnel proxies sharing agents over Redis', () => {
+    let prefix = '';
+    const fresh = (t: TestContext): string => {
+      prefix = uniquePrefix();
+      t.after(() => deletePrefix(redis, prefix));
+      return prefix;
+    };
+
+    it('a request to a proxy without the agent is served through the peer that has it', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (req, res) => {
+        readBody(req).then((body) => {
+          const out = JSON.stringify({ method: req.method, url: req.url, rawHeaders: req.rawHeaders, body: `${body}` });
+          res.writeHead(201, ['X-Reply', 'yes', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Content-Type', 'text/json']);
+          res.end(out);
+        });
+      });
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      const reply = await send(a.port, {
+        method: 'POST',
+        path: '/any/a%2Fb/path?q=1&x=%20y',
+        headers: [
+          'Host',
+          `127.0.0.1:${a.port}`,
+          'x-duplexwire-client-id',
+          ID,
+          'X-Multi',
+          'one',
+          'x-multi',
+          'two',
+          'X-Forwarded-For',
+          '6.6.6.6',
+          'Content-Length',
+          '5',
+        ],
+        body: 'hello',
+      });
+      assert.equal(reply.status, 201);
+      assert.equal(reply.headers['x-reply'], 'yes');
+      assert.deepEqual(reply.headers['set-cookie'], ['a=1', 'b=2']);
+      assert.ok(!reply.rawHeaders.some((h) => h.toLowerCase().startsWith('x-duplexwire-cluster')));
+      const seen = json(reply) as { method: string; url: string; rawHeaders: string[]; body: string };
+      assert.equal(seen.method, 'POST');
+      assert.equal(seen.url, '/any/a%2Fb/path?q=1&x=%20y');
+      assert.equal(seen.body, 'hello');
+      const pairs: Array<[string, string]> = [];
+      for (let i = 0; i < seen.rawHeaders.length; i += 2) pairs.push([seen.rawHeaders[i]!, seen.rawHeaders[i + 1]!]);
+      assert.deepEqual(
+        pairs.filter(([n]) => n.toLowerCase() === 'x-multi'),
+        [
+          ['X-Multi', 'one'],
+          ['x-multi', 'two'],
+        ],
+      );
+      assert.ok(!pairs.some(([n]) => n.toLowerCase().startsWith('x-duplexwire')), JSON.stringify(pairs));
+      // As if A had served it itself: A's view of the user, once.
+      assert.deepEqual(
+        pairs.filter(([n]) => n.toLowerCase().startsWith('x-forwarded')),
+        [
+          ['X-Forwarded-For', '127.0.0.1'],
+          ['X-Forwarded-Proto', 'http'],
+          ['X-Forwarded-Host', `127.0.0.1:${a.port}`],
+        ],
+      );
+      assert.deepEqual(
+        pairs.filter(([n]) => n.toLowerCase() === 'host').map(([, v]) => v),
+        [`127.0.0.1:${a.port}`],
+      );
+      assert.equal(a.proxy.metrics.cluster.forwardedOut, 1);
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 1);
+      const metrics = await send(a.port, { path: '/metrics', headers: {} });
+      assert.match(metrics.text, /duplexwire_tunnel_cluster_requests_total\{direction="out"\} 1/);
+      const ready = json(await send(a.port, { path: '/readyz', headers: {} }));
+      assert.deepEqual(ready.cluster, {
+        advertise: a.advertise,
+        registry: 'ok',
+        forwardedOut: 1,
+        forwardedIn: 0,
+        peerFailures: 0,
+      });
+      // A GET without a body, and the other direction: B has the agent, so B serves it itself.
+      const direct = json(await send(b.port, { path: '/x' })) as { url: string };
+      assert.equal(direct.url, '/x');
+      assert.equal(b.proxy.metrics.cluster.forwardedOut, 0);
+    });
+
+    it('large bodies stream both ways through two proxies, and a slow end holds the other back', async (t) => {
+      const p = fresh(t);
+      // Larger than the buffers on the way (kernel's included) so that a held-back end must stall.
+      const total = 96 * 1024 * 1024;
+      const block = pattern(256 * 1024);
+      let uploadRead = 0;
+      let downloadWritten = 0;
+      const uploadHash = createHash('sha256');
+      const marks = { upMid: 0, upEnd: 0, downMid: 0, downEnd: 0 };
+      let uploadSent = 0;
+      let got = 0;
+      const target = await startTarget(t, (req, res) => {
+        if (req.method === 'POST') {
+          let paused = false;
+          req.on('data', (chunk: Buffer) => {
+            uploadHash.update(chunk);
+            uploadRead += chunk.length;
+            if (!paused && uploadRead >= 4 * 1024 * 1024) {
+              paused = true;
+              req.pause();
+              setTimeout(() => {
+                marks.upMid = uploadSent;
+              }, 600);
+              setTimeout(() => {
+                marks.upEnd = uploadSent;
+                req.resume();
+              }, 900);
+            }
+          });
+          req.on('end', () => res.end(String(uploadRead)));
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const pump = (): void => {
+          while (downloadWritten < total) {
+            downloadWritten += block.length;
+            if (!res.write(block)) {
+              res.once('drain', pump);
+              return;
+            }
+          }
+          res.end();
+        };
+        pump();
+      });
+      const a = await startNode(t, redis, p, { maxRequestBody: Number.POSITIVE_INFINITY });
+      const b = await startNode(t, redis, p, { maxRequestBody: Number.POSITIVE_INFINITY });
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+
+      const reply = await new Promise<string>((resolve, reject) => {
+        const req = request({
+          port: a.port,
+          host: '127.0.0.1',
+          method: 'POST',
+          headers: { 'x-duplexwire-client-id': ID, 'content-length': String(total) },
+        });
+        req.on('error', reject);
+        req.on('response', (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => {
+            text += c;
+          });
+          res.on('end', () => resolve(text));
+        });
+        const pump = (): void => {
+          while (uploadSent < total) {
+            uploadSent += block.length;
+            if (!req.write(block)) {
+              req.once('drain', pump);
+              return;
+            }
+          }
+          req.end();
+        };
+        pump();
+      });
+      const expected = createHash('sha256');
+      for (let n = 0; n < total; n += block.length) expected.update(block);
+      const digest = expected.digest('hex');
+      assert.equal(reply, String(total));
+      assert.equal(uploadHash.digest('hex'), digest);
+      assert.ok(marks.upEnd < total, `the user did not finish while the target was paused (${marks.upEnd})`);
+      assert.equal(marks.upEnd, marks.upMid, 'the user stalled while the target was paused');
+
+      const downloadHash = createHash('sha256');
+      await new Promise<void>((resolve, reject) => {
+        const req = request({ port: a.port, host: '127.0.0.1', headers: { 'x-duplexwire-client-id': ID } });
+        req.on('error', reject);
+        req.on('response', (res) => {
+          let paused = false;
+          res.on('data', (chunk: Buffer) => {
+            downloadHash.update(chunk);
+            got += chunk.length;
+            if (!paused && got >= 4 * 1024 * 1024) {
+              paused = true;
+              res.pause();
+              setTimeout(() => {
+                marks.downMid = downloadWritten;
+              }, 600);
+              setTimeout(() => {
+                marks.downEnd = downloadWritten;
+                res.resume();
+              }, 900);
+            }
+          });
+          res.on('end', resolve);
+        });
+        req.end();
+      });
+      assert.equal(got, total);
+      assert.equal(downloadHash.digest('hex'), digest);
+      assert.ok(marks.downEnd < total, `the target did not finish while the user was paused (${marks.downEnd})`);
+      assert.equal(marks.downEnd, marks.downMid, 'the target stalled while the user was paused');
+      assert.equal(a.proxy.metrics.cluster.forwardedOut, 2);
+      await waitFor(() => a.proxy.inflight === 0 && b.proxy.inflight === 0, 2000, 'both proxies idle');
+    });
+
+    it('the agent leaving B: B leaves the registry at once and A answers 503 promptly', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      const agent = await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      assert.equal((await send(a.port)).status, 200);
+      await agent.close(0);
+      await waitFor(() => b.proxy.agents(ID).length === 0, 2000, 'agent gone from B');
+      const started = performance.now();
+      const reply = await send(a.port);
+      assert.equal(reply.status, 503);
+      assert.equal(json(reply).code, 'NO_AGENT');
+      assert.ok(performance.now() - started < 500);
+      await waitRegistered(redis, p, ID, []);
+    });
+
+    it('B dies without cleaning up: A tries the other live proxy at once, and forgets B within the TTL', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      // B's own Redis connection: when B dies, so does it (nothing renews or deletes B's field).
+      const bRedis = await connectRedis();
+      assert.ok(!(bRedis instanceof Error));
+      t.after(() => bRedis.destroy());
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, bRedis, p);
+      const c = await startNode(t, redis, p);
+      const onB = await startAgent(t, b, { target: target.url, reconnect: { initialDelay: 5000, maxDelay: 5000 } });
+      const onC = await startAgent(t, c, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise, c.advertise]);
+
+      // B dies: its Redis connection, its listener and its connections go, nothing is cleaned up.
+      bRedis.destroy();
+      const bClosed = closeServer(b.http);
+      await onB.close(0);
+      await bClosed;
+      const diedAt = performance.now();
+      // Within the TTL B is still registered: A's attempt to reach it fails and C serves.
+      for (let i = 0; i < 6; i++) assert.equal((await send(a.port)).status, 200);
+      assert.ok(performance.now() - diedAt < TTL, 'still within the TTL');
+      assert.ok(a.proxy.metrics.cluster.peerFailures >= 1, 'A tried B at least once');
+      assert.ok(c.proxy.metrics.cluster.forwardedIn >= 6);
+      // After the TTL B's field is ignored (and deleted): A routes to C only.
+      await new Promise((resolve) => setTimeout(resolve, TTL + 100));
+      const failures = a.proxy.metrics.cluster.peerFailures;
+      for (let i = 0; i < 4; i++) assert.equal((await send(a.port)).status, 200);
+      assert.equal(a.proxy.metrics.cluster.peerFailures, failures, 'B no longer tried');
+      assert.deepEqual(await registered(redis, p, ID), [c.advertise]);
+      // And with no live proxy left holding an agent: 503.
+      await onC.close(0);
+      await waitRegistered(redis, p, ID, []);
+      const none = await send(a.port);
+      assert.equal(none.status, 503);
+      assert.equal(json(none).code, 'NO_AGENT');
+    });
+
+    it('a peer that cannot be reached, and none other: 502 PEER_UNREACHABLE', async (t) => {
+      const p = fresh(t);
+      const a = await startNode(t, redis, p);
+      // A registration of a proxy that is not there (an address nothing listens on).
+      const gone = createServer();
+      const port = await listen(gone);
+      await closeServer(gone);
+      const [seconds] = (await redis.sendCommand(['TIME'])) as [string, string];
+      await redis.sendCommand([
+        'HSET',
+        `${p}agents:${ID}`,
+        `ghost http://127.0.0.1:${port}`,
+        `1 ${Number(seconds) * 1000 + 60_000}`,
+      ]);
+      const reply = await send(a.port, { method: 'POST', body: 'x' });
+      assert.equal(reply.status, 502);
+      assert.equal(json(reply).code, 'PEER_UNREACHABLE');
+    });
+
+    it('outsiders cannot forge a cluster request: it is served as an ordinary one, its cluster headers dropped', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      const forged = {
+        'x-duplexwire-cluster-auth': generateToken(),
+        'x-duplexwire-cluster-id': ID,
+        'x-duplexwire-cluster-timeout': '1',
+        'x-forwarded-for': '6.6.6.6',
+      };
+      // The cluster id header routes nothing: no client id.
+      const unrouted = await send(b.port, { headers: forged });
+      assert.equal(unrouted.status, 400);
+      assert.equal(json(unrouted).code, 'MISSING_CLIENT_ID');
+      // With a routing header: an ordinary request; the agent sees none of it.
+      const reply = await send(b.port, { headers: { ...forged, 'x-duplexwire-client-id': ID } });
+      assert.equal(reply.status, 200);
+      const seen = json(reply) as { rawHeaders: string[] };
+      const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+      assert.ok(!names.some((n) => n.startsWith('x-duplexwire')), JSON.stringify(seen.rawHeaders));
+      const xff = seen.rawHeaders[seen.rawHeaders.findIndex((h) => h.toLowerCase() === 'x-forwarded-for') + 1];
+      assert.equal(xff, '127.0.0.1');
+      assert.equal(b.proxy.metrics.cluster.refused, 2);
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 0);
+      assert.ok(!JSON.stringify(b.logger.entries).includes(forged['x-duplexwire-cluster-auth']), 'secret never logged');
+      // The real secret is never logged either, on either side of a forwarded request.
+      const a = await startNode(t, redis, p);
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      assert.equal((await send(a.port)).status, 200);
+      assert.ok(!JSON.stringify([...a.logger.entries, ...b.logger.entries]).includes(SECRET));
+    });
+
+    it('no loop: two proxies that each believe the other has the agent answer 503 after one hop', async (t) => {
+      const p = fresh(t);
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      const [seconds] = (await redis.sendCommand(['TIME'])) as [string, string];
+      const expiry = `1 ${Number(seconds) * 1000 + 60_000}`;
+      await redis.sendCommand(['HSET', `${p}agents:${ID}`, `x ${a.advertise}`, expiry, `y ${b.advertise}`, expiry]);
+      for (const [from, to] of [
+        [a, b],
+        [b, a],
+      ] as const) {
+        const started = performance.now();
+        const reply = await send(from.port, { method: 'POST', body: 'payload' });
+        assert.equal(reply.status, 503);
+        assert.equal(json(reply).code, 'NO_AGENT');
+        assert.ok(performance.now() - started < 1000);
+        assert.ok(!reply.rawHeaders.some((h) => h.toLowerCase().startsWith('x-duplexwire-cluster')));
+        assert.equal(from.proxy.metrics.cluster.forwardedOut, 1);
+        assert.equal(to.proxy.metrics.cluster.forwardedIn, 1);
+      }
+    });
+
+    it('timeouts and users going away propagate through both proxies to the target', async (t) => {
+      const p = fresh(t);
+      const closes: string[] = [];
+      const target = await startTarget(t, (req) => {
+        req.socket.once('close', () => closes.push(req.url ?? ''));
+      });
+      const a = await startNode(t, redis, p, { requestTimeout: 300 });
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      const started = performance.now();
+      const reply = await send(a.port, { path: '/slow' });
+      const elapsed = performance.now() - started;
+      assert.equal(reply.status, 504);
+      assert.equal(json(reply).code, 'AGENT_TIMEOUT');
+      assert.ok(elapsed >= 280 && elapsed < 1500, `504 after ${elapsed} ms`);
+      await waitFor(() => closes.includes('/slow'), 2000, 'the target saw the cancel');
+      // A user who goes away.
+      await new Promise<void>((resolve) => {
+        const req = request({
+          port: a.port,
+          host: '127.0.0.1',
+          path: '/gone',
+          headers: { 'x-duplexwire-client-id': ID, 'x-duplexwire-request-timeout': '10s' },
+        });
+        req.on('error', () => resolve());
+        req.end();
+        setTimeout(() => req.destroy(), 150);
+      });
+      await waitFor(() => closes.includes('/gone'), 2000, 'the target saw the user leave');
+      await waitFor(() => a.proxy.inflight === 0 && b.proxy.inflight === 0, 2000, 'both proxies idle');
+    });
+
+    it('WebSocket upgrades pass through two proxies', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (_req, res) => res.end('plain'));
+      const wss = new WebSocketServer({ server: target.server });
+      t.after(() => wss.close());
+      wss.on('connection', (ws, req) => {
+        ws.send(`hello ${req.url} ${req.headers['x-forwarded-for']}`);
+        ws.on('message', (data, isBinary) => {
+          if (!isBinary && data.toString() === 'bye') ws.close(4001, 'see you');
+          else ws.send(data, { binary: isBinary });
+        });
+      });
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      const ws = new WebSocket(`ws://127.0.0.1:${a.port}/chat?room=1`, { headers: { 'x-duplexwire-client-id': ID } });
+      const messages: string[] = [];
+      ws.on('message', (data: Buffer) => messages.push(data.toString()));
+      await new Promise<void>((resolve, reject) => {
+        ws.once('open', resolve);
+        ws.once('error', reject);
+      });
+      const big = 'x'.repeat(2 * 1024 * 1024);
+      ws.send('one');
+      ws.send(big);
+      await waitFor(() => messages.length === 3, 5000, 'echoes');
+      assert.equal(messages[0], 'hello /chat?room=1 127.0.0.1');
+      assert.equal(messages[1], 'one');
+      assert.equal(messages[2], big);
+      const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
+      ws.send('bye');
+      assert.equal(await closed, 4001);
+      await waitFor(() => a.proxy.inflight === 0 && b.proxy.inflight === 0, 2000, 'both proxies idle');
+      assert.equal(a.proxy.metrics.cluster.forwardedOut, 1);
+    });
+
+    it('a draining proxy leaves the registry and its peers stop routing to it', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      await b.proxy.drain(0);
+      await waitRegistered(redis, p, ID, []);
+      const reply = await send(a.port);
+      assert.equal(reply.status, 503);
+      assert.equal(json(reply).code, 'NO_AGENT');
+    });
+
+    it('the command line: two proxy processes with --cluster-* and the built-in Redis client', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      const secretFile = await tempFile(t, 'secret', `${SECRET}\n`);
+      const ports: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const probe = createServer();
+        ports.push(await listen(probe));
+        await closeServer(probe);
+      }
+      const [portA, portB] = ports as [number, number];
+      const start = (port: number) => {
+        const cli = spawnCli(t, [
+          'tunnel',
+          'proxy',
+          '--listen',
+          `127.0.0.1:${port}`,
+          '--insecure',
+          '--cluster-redis',
+          process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+          '--cluster-advertise',
+          `http://127.0.0.1:${port}`,
+          '--cluster-secret-file',
+          secretFile,
+          '--cluster-prefix',
+          p,
+          '--cluster-ttl',
+          '2s',
+        ]);
+        return cli.line((l) => l.msg === 'listening').then(() => cli);
+      };
+      await Promise.all([start(portA), start(portB)]);
+      const agent = new TunnelAgent({
+        proxyUrl: `ws://127.0.0.1:${portB}/_tunnel`,
+        id: 'cli-7',
+        token: generateToken(),
+        target: target.url,
+        logger: recordingLogger(),
+      });
+      t.after(() => agent.close(0));
+      await agent.start();
+      await waitRegistered(redis, p, 'cli-7', [`http://127.0.0.1:${portB}`]);
+      const reply = await send(portA, { path: '/via-a', headers: { 'x-duplexwire-client-id': 'cli-7' } });
+      assert.equal(reply.status, 200);
+      assert.equal((json(reply) as { url: string }).url, '/via-a');
+    });
+  });
+}
