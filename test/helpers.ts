@@ -6,6 +6,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { WebSocket } from 'ws';
 import { Client, type ClientOptions } from '../src/client/client.ts';
 import type { Logger } from '../src/logger.ts';
@@ -174,4 +176,22 @@ export async function runNode(t: TestContext, args: readonly string[], deadlineM
   const [code, signal] = await exited;
   clearTimeout(deadline);
   return { code, signal, stdout, stderr };
+}
+
+let gc: (() => void) | undefined;
+
+/**
+ * Runs full garbage collections (three, a turn of the event loop apart, so that what finalizers
+ * and weak callbacks free goes too): for tests that measure what stays alive. Exposes `gc` the
+ * first time.
+ */
+export async function collectGarbage(): Promise<void> {
+  if (gc === undefined) {
+    setFlagsFromString('--expose-gc');
+    gc = runInNewContext('gc') as () => void;
+  }
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }

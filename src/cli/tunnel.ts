@@ -8,8 +8,8 @@ import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
-import { RespClient } from '../apps/shared/redis-client.ts';
 import type { TunnelClusterOptions } from '../apps/tunnel/cluster.ts';
+import type { Logger } from '../logger.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
@@ -48,14 +48,60 @@ function parseRoute(value: string, headerName: string | undefined, backstreamCom
   throw new RangeError(`--route must be header, host:<domain> or path[:/prefix], got ${JSON.stringify(value)}`);
 }
 
-/** The cluster options from `--cluster-*`, with a built-in Redis client; undefined without them. */
-async function clusterOption(values: {
-  'cluster-redis'?: string | undefined;
-  'cluster-advertise'?: string | undefined;
-  'cluster-secret-file'?: string | undefined;
-  'cluster-prefix'?: string | undefined;
-  'cluster-ttl'?: string | undefined;
-}): Promise<{ options: TunnelClusterOptions; client: RespClient } | undefined> {
+/** A connection to Redis for the command line's cluster: closed with the proxy. */
+interface ClusterRedis {
+  sendCommand(args: string[]): Promise<unknown>;
+  close(): Promise<unknown>;
+}
+
+/**
+ * Connects to Redis with node-redis (`redis`, an optional peer dependency: only `--cluster-*`
+ * needs it). Commands fail at once while the connection is down, rather than queue: the proxy
+ * then answers CLUSTER_UNAVAILABLE for what it cannot route, and node-redis reconnects.
+ */
+async function connectRedis(url: string, logger: Logger): Promise<ClusterRedis> {
+  let redis: typeof import('redis');
+  try {
+    redis = await import('redis');
+  } catch (error) {
+    throw new RangeError('--cluster-redis needs the redis package (npm install redis)', { cause: error });
+  }
+  const client = redis.createClient({ url, disableOfflineQueue: true });
+  let lastError = '';
+  client.on('error', (error: Error) => {
+    // node-redis repeats a failure on every reconnect attempt: log each distinct one once.
+    if (error.message === lastError) return;
+    lastError = error.message;
+    logger.warn('cluster Redis connection failed', { error });
+  });
+  client.on('ready', () => {
+    lastError = '';
+  });
+  // Not awaited: a proxy serves its own agents without Redis, and node-redis keeps trying.
+  client.connect().catch((error: unknown) => logger.error('cannot connect to the cluster Redis', { error }));
+  return {
+    sendCommand: (args) => client.sendCommand(args),
+    close: async () => {
+      try {
+        await client.close();
+      } catch {
+        client.destroy();
+      }
+    },
+  };
+}
+
+/** The cluster options from `--cluster-*`, with a Redis connection; undefined without them. */
+async function clusterOption(
+  values: {
+    'cluster-redis'?: string | undefined;
+    'cluster-advertise'?: string | undefined;
+    'cluster-secret-file'?: string | undefined;
+    'cluster-prefix'?: string | undefined;
+    'cluster-ttl'?: string | undefined;
+  },
+  logger: Logger,
+): Promise<{ options: TunnelClusterOptions; client: ClusterRedis } | undefined> {
   const redis = values['cluster-redis'];
   const advertise = values['cluster-advertise'];
   const given = Object.entries(values).filter(([name, v]) => name.startsWith('cluster-') && v !== undefined);
@@ -69,7 +115,7 @@ async function clusterOption(values: {
   if (secret === undefined || secret === '') {
     throw new RangeError('a cluster needs --cluster-secret-file <file> or DUPLEXWIRE_TUNNEL_CLUSTER_SECRET');
   }
-  const client = new RespClient(redis);
+  const client = await connectRedis(redis, logger);
   return {
     client,
     options: {
@@ -115,10 +161,10 @@ async function proxyCommand(args: string[]): Promise<void> {
     return;
   }
   const logger = jsonLogger({ level: logLevel(values['log-level']), fields: { component: 'tunnel-proxy' } });
-  const cluster = await clusterOption(values);
   if (values.tokens === undefined && !values.insecure) {
     throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
   }
+  const cluster = await clusterOption(values, logger);
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
   const routes = (values.route ?? ['header']).map((r) =>
     parseRoute(r, values['client-id-header'], values['backstream-compat']),
@@ -171,7 +217,7 @@ async function proxyCommand(args: string[]): Promise<void> {
   }
   onSignals(async () => {
     await proxy.drain();
-    cluster?.client.close();
+    await cluster?.client.close();
     await new Promise<void>((resolve) => (opsServer === undefined ? resolve() : opsServer.close(() => resolve())));
   });
 }

@@ -18,9 +18,10 @@
  * past its expiry is a process that died (or lost Redis) and counts for nothing, so neither the
  * limit nor "delete when the last connection closes the session" is held up by it for longer.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
+import { evalScript, LUA_NOW, type RedisCommandClient, type RedisScript, redisScript } from '../util/redis-script.ts';
 import { checkInteger } from '../util/validate.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import {
@@ -32,10 +33,7 @@ import {
   sessionToJsonValue,
 } from './session.ts';
 
-/** Anything that can send a raw Redis command: node-redis v4+ `client` as is ({ sendCommand(args) }), or ioredis via `{ sendCommand: (args) => ioredis.call(args[0], ...args.slice(1)) }`. */
-export interface RedisCommandClient {
-  sendCommand(args: string[]): Promise<unknown>;
-}
+export type { RedisCommandClient } from '../util/redis-script.ts';
 
 /** Prefix of the Redis keys of sessions. @default 'duplexwire:session:' */
 export const DEFAULT_REDIS_PREFIX = 'duplexwire:session:';
@@ -121,8 +119,7 @@ return v
  */
 const PRESENCE_SCRIPT = `
 if redis.call('HEXISTS', KEYS[1], 'k') == 0 then return -1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+${LUA_NOW}
 local others = 0
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if f ~= ARGV[1] and string.sub(f, 1, 2) == 'p:' then
@@ -145,18 +142,9 @@ end
 return others + own
 `;
 
-interface Script {
-  readonly source: string;
-  readonly sha: string;
-}
-
-function script(source: string): Script {
-  return { source, sha: createHash('sha1').update(source).digest('hex') };
-}
-
-const CREATE = script(CREATE_SCRIPT);
-const LOOKUP = script(LOOKUP_SCRIPT);
-const PRESENCE = script(PRESENCE_SCRIPT);
+const CREATE = redisScript(CREATE_SCRIPT);
+const LOOKUP = redisScript(LOOKUP_SCRIPT);
+const PRESENCE = redisScript(PRESENCE_SCRIPT);
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
@@ -336,13 +324,7 @@ export class RedisSessionManager implements SessionManager {
     ]);
   }
 
-  /** EVALSHA, falling back to EVAL (which also caches the script) when Redis does not know it yet. */
-  async #eval(s: Script, key: string, args: string[]): Promise<unknown> {
-    try {
-      return await this.#client.sendCommand(['EVALSHA', s.sha, '1', key, ...args]);
-    } catch (error) {
-      if (!String((error as Error | null)?.message).startsWith('NOSCRIPT')) throw error;
-      return this.#client.sendCommand(['EVAL', s.source, '1', key, ...args]);
-    }
+  #eval(s: RedisScript, key: string, args: string[]): Promise<unknown> {
+    return evalScript(this.#client, s, key, args);
   }
 }

@@ -10,24 +10,12 @@
 import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { WebSocketServer } from 'ws';
 import { encodeAcceptConf } from '../../protocol/encode.ts';
 import { binary } from '../../protocol/payload.ts';
 import { Client } from '../../src/client/client.ts';
 import { wsClientTransport } from '../../transports/ws.ts';
-import { recordingLogger, waitFor } from '../helpers.ts';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-
-async function collect(): Promise<void> {
-  for (let i = 0; i < 3; i++) {
-    gc();
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
+import { collectGarbage, recordingLogger, waitFor } from '../helpers.ts';
 
 const REQUESTS = 16;
 const SIZE = 1024 * 1024;
@@ -71,7 +59,7 @@ for (const [label, withSignal] of [
     });
     t.after(() => client.close());
     await client.connect();
-    await collect();
+    await collectGarbage();
     const before = process.memoryUsage().arrayBuffers;
 
     const controllers = Array.from({ length: REQUESTS }, () => new AbortController());
@@ -82,7 +70,7 @@ for (const [label, withSignal] of [
     }
     // Every request arrived whole (ClientConf first): all of them were written.
     await waitFor(() => received === REQUESTS + 1, 10_000, 'the server to read every request');
-    await collect();
+    await collectGarbage();
     const held = process.memoryUsage().arrayBuffers - before;
     assert.ok(
       held < (REQUESTS * SIZE) / 4,

@@ -11,21 +11,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { binary } from '../../protocol/payload.ts';
 import type { IncomingMessage } from '../../src/peer/peer.ts';
-import { connectClient, startServer, waitFor } from '../helpers.ts';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-
-async function collect(): Promise<void> {
-  for (let i = 0; i < 3; i++) {
-    gc();
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
+import { collectGarbage, connectClient, startServer, waitFor } from '../helpers.ts';
 
 const MESSAGES = 16;
 const SIZE = 1024 * 1024;
@@ -45,7 +33,7 @@ for (const kind of ['request', 'signal'] as const) {
       onSignal: (_conn, msg) => handle(msg).then(() => {}),
     });
     const client = await connectClient(t, url, { maxBufferedBytes: 4 * MESSAGES * SIZE, requestTimeout: 60_000 });
-    await collect();
+    await collectGarbage();
     const before = process.memoryUsage().arrayBuffers;
 
     const replies: Array<Promise<unknown>> = [];
@@ -55,7 +43,7 @@ for (const kind of ['request', 'signal'] as const) {
       else client.signal('hold', payload);
     }
     await waitFor(() => seen === MESSAGES, 10_000, 'every handler to start');
-    await collect();
+    await collectGarbage();
     const held = process.memoryUsage().arrayBuffers - before;
     assert.ok(
       held < (MESSAGES * SIZE) / 4,

@@ -13,7 +13,7 @@ import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { type AbortSignalLike, RequestError } from '../../index.ts';
 import { ResponseRelay, type ResponseSender, streamRest } from './agent-relay.ts';
-import { filterHeaders, headerValues, setHeader } from './headers.ts';
+import { filterHeaders, headerValues, latin1Pairs, setHeader } from './headers.ts';
 import { AgentErrorCode, BodyMode, type HttpHead, type HttpReply } from './wire.ts';
 
 /** Where an HTTP target is. */
@@ -331,13 +331,3 @@ export class HttpExchange implements Dispatcher.DispatchHandlers {
 
 /** Names undici writes itself for an upgrade, and refuses to be given. */
 const UPGRADE_HEADERS: ReadonlySet<string> = new Set(['upgrade', 'connection']);
-
-/** undici's raw headers (Buffers, or strings) as the `[name, value, ...]` strings the tunnel carries. */
-function latin1Pairs(raw: readonly (Buffer | string)[]): string[] {
-  const out = new Array<string>(raw.length);
-  for (let i = 0; i < raw.length; i++) {
-    const item = raw[i]!;
-    out[i] = typeof item === 'string' ? item : item.toString('latin1');
-  }
-  return out;
-}

@@ -23,10 +23,10 @@ import {
   withoutClusterHeaders,
 } from './cluster.ts';
 import type { ClusterRegistry, PeerProxy } from './cluster-registry.ts';
-import { filterHeaders, headerValues, redactUrl } from './headers.ts';
+import { filterHeaders, headerValues, latin1Pairs, redactUrl } from './headers.ts';
 import { TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
 import type { TunnelMetrics } from './metrics.ts';
-import type { Sink } from './sinks.ts';
+import { answerOrCut, type Sink } from './sinks.ts';
 
 /** What a forwarded exchange needs from its proxy. */
 export interface ForwardHost {
@@ -358,14 +358,10 @@ export class ForwardExchange {
   private answer(code: TunnelErrorCode, outcome: Outcome): void {
     if (this.finished) return;
     this.outcome = outcome;
-    const { sink } = this.init;
-    if (!sink.headSent) {
-      sink.fail(code);
-      this.status = TUNNEL_ERROR_STATUS[code];
-      this.host.metrics.answered(this.label, this.status, (performance.now() - this.startedAt) / 1000);
-    } else {
-      sink.destroy();
-    }
+    const status = answerOrCut(this.init.sink, code);
+    if (status === undefined) return;
+    this.status = status;
+    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000);
   }
 
   private finish(): void {
@@ -509,14 +505,4 @@ class BodyRelay extends Readable {
     if (this.attached) this.source.pause();
     callback(error);
   }
-}
-
-/** undici's raw headers (Buffers, or strings) as `[name, value, ...]` strings. */
-function latin1Pairs(raw: readonly (Buffer | string)[]): string[] {
-  const out = new Array<string>(raw.length);
-  for (let i = 0; i < raw.length; i++) {
-    const item = raw[i]!;
-    out[i] = typeof item === 'string' ? item : item.toString('latin1');
-  }
-  return out;
 }

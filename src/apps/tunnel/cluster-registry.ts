@@ -15,13 +15,17 @@
  * are Lua scripts rather than MULTI/EXEC, which through a shared pipelined connection would take
  * other callers' commands into the transaction.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../index.ts';
+import {
+  evalScript,
+  LUA_NOW,
+  type RedisCommandClient,
+  type RedisScript,
+  redisScript,
+} from '../../util/redis-script.ts';
 
-/** Anything that sends a raw Redis command (node-redis's client as is; see `RedisCommandClient`). */
-export interface RedisCommandClient {
-  sendCommand(args: string[]): Promise<unknown>;
-}
+export type { RedisCommandClient } from '../../util/redis-script.ts';
 
 /**
  * KEYS[1] the id's hash; ARGV this proxy's field, its agents for the id, ttl (ms). Writes (or,
@@ -30,8 +34,7 @@ export interface RedisCommandClient {
  * ttl), so Redis drops the hash of an id nobody renews.
  */
 const REGISTER_SCRIPT = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+${LUA_NOW}
 local ttl = tonumber(ARGV[3])
 local own = tonumber(ARGV[2])
 if own > 0 then
@@ -57,8 +60,7 @@ return total
  * proxies; expired fields are deleted on the way.
  */
 const LOOKUP_SCRIPT = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+${LUA_NOW}
 local out = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   local count, expires = string.match(redis.call('HGET', KEYS[1], f) or '', '^(%d+) (%d+)$')
@@ -72,17 +74,8 @@ end
 return out
 `;
 
-interface Script {
-  readonly source: string;
-  readonly sha: string;
-}
-
-function script(source: string): Script {
-  return { source, sha: createHash('sha1').update(source).digest('hex') };
-}
-
-const REGISTER = script(REGISTER_SCRIPT);
-const LOOKUP = script(LOOKUP_SCRIPT);
+const REGISTER = redisScript(REGISTER_SCRIPT);
+const LOOKUP = redisScript(LOOKUP_SCRIPT);
 
 /** A live proxy of the cluster that has agents for an id. */
 export interface PeerProxy {
@@ -234,16 +227,8 @@ export class ClusterRegistry {
     this.options.onError?.(error);
   }
 
-  /** EVALSHA, falling back to EVAL (which also caches the script) when Redis does not know it yet. */
-  private async eval(s: Script, key: string, args: string[]): Promise<unknown> {
-    const { client } = this.options;
-    let reply: unknown;
-    try {
-      reply = await client.sendCommand(['EVALSHA', s.sha, '1', key, ...args]);
-    } catch (error) {
-      if (!String((error as Error | null)?.message).startsWith('NOSCRIPT')) throw error;
-      reply = await client.sendCommand(['EVAL', s.source, '1', key, ...args]);
-    }
+  private async eval(s: RedisScript, key: string, args: string[]): Promise<unknown> {
+    const reply = await evalScript(this.options.client, s, key, args);
     this.lastError = undefined;
     return reply;
   }

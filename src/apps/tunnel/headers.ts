@@ -170,3 +170,13 @@ export function headersAreSafe(raw: readonly string[]): boolean {
   }
   return true;
 }
+
+/** undici's raw headers (Buffers, or strings) as the `[name, value, ...]` strings the tunnel carries. */
+export function latin1Pairs(raw: readonly (Buffer | string)[]): string[] {
+  const out = new Array<string>(raw.length);
+  for (let i = 0; i < raw.length; i++) {
+    const item = raw[i]!;
+    out[i] = typeof item === 'string' ? item : item.toString('latin1');
+  }
+  return out;
+}

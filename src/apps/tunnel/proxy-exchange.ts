@@ -21,9 +21,9 @@ import {
 import type { AgentEntry, Balancer } from './balancer.ts';
 import { acquireBoth, CreditWindow, messageCost, tryAcquireBoth } from './flow.ts';
 import { filterHeaders, redactUrl } from './headers.ts';
-import { TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
+import { TunnelErrorCode } from './http-errors.ts';
 import type { TunnelMetrics } from './metrics.ts';
-import type { Sink } from './sinks.ts';
+import { answerOrCut, type Sink } from './sinks.ts';
 import {
   AgentErrorCode,
   BodyMode,
@@ -505,14 +505,10 @@ export class ProxyExchange {
   private answer(code: TunnelErrorCode, outcome: Outcome): void {
     if (this.finished) return;
     this.outcome = outcome;
-    const { sink } = this.init;
-    if (!sink.headSent) {
-      sink.fail(code);
-      this.status = TUNNEL_ERROR_STATUS[code];
-      this.host.metrics.answered(this.label, this.status, (performance.now() - this.startedAt) / 1000);
-    } else {
-      sink.destroy();
-    }
+    const status = answerOrCut(this.init.sink, code);
+    if (status === undefined) return;
+    this.status = status;
+    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000);
   }
 
   private finish(): void {

@@ -26,6 +26,19 @@ export interface Sink {
   onGone(listener: () => void): void;
 }
 
+/**
+ * Answers `code` when no head went out yet and returns its status; otherwise cuts the response
+ * off (the user sees a broken response, never a second head) and returns undefined.
+ */
+export function answerOrCut(sink: Sink, code: TunnelErrorCode): number | undefined {
+  if (sink.headSent) {
+    sink.destroy();
+    return undefined;
+  }
+  sink.fail(code);
+  return TUNNEL_ERROR_STATUS[code];
+}
+
 export function jsonHeaders(body: string, close: boolean): string[] {
   const headers = [
     'Content-Type',
