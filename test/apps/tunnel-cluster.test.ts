@@ -30,6 +30,7 @@ import {
   startTarget,
   TOKEN,
   tempFile,
+  upload,
 } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
 import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
@@ -217,7 +218,7 @@ if (connected instanceof Error) {
       let downloadWritten = 0;
       const uploadHash = createHash('sha256');
       const marks = { upMid: 0, upEnd: 0, downMid: 0, downEnd: 0 };
-      let uploadSent = 0;
+      const progress = { sent: 0 };
       let got = 0;
       const target = await startTarget(t, (req, res) => {
         if (req.method === 'POST') {
@@ -229,10 +230,10 @@ if (connected instanceof Error) {
               paused = true;
               req.pause();
               setTimeout(() => {
-                marks.upMid = uploadSent;
+                marks.upMid = progress.sent;
               }, 600);
               setTimeout(() => {
-                marks.upEnd = uploadSent;
+                marks.upEnd = progress.sent;
                 req.resume();
               }, 900);
             }
@@ -258,33 +259,7 @@ if (connected instanceof Error) {
       await startAgent(t, b, { target: target.url });
       await waitRegistered(redis, p, ID, [b.advertise]);
 
-      const reply = await new Promise<string>((resolve, reject) => {
-        const req = request({
-          port: a.port,
-          host: '127.0.0.1',
-          method: 'POST',
-          headers: { 'x-duplexwire-client-id': ID, 'content-length': String(total) },
-        });
-        req.on('error', reject);
-        req.on('response', (res) => {
-          let text = '';
-          res.on('data', (c: Buffer) => {
-            text += c;
-          });
-          res.on('end', () => resolve(text));
-        });
-        const pump = (): void => {
-          while (uploadSent < total) {
-            uploadSent += block.length;
-            if (!req.write(block)) {
-              req.once('drain', pump);
-              return;
-            }
-          }
-          req.end();
-        };
-        pump();
-      });
+      const reply = await upload(a.port, block, total, progress);
       const expected = createHash('sha256');
       for (let n = 0; n < total; n += block.length) expected.update(block);
       const digest = expected.digest('hex');
@@ -541,7 +516,7 @@ if (connected instanceof Error) {
       assert.equal(json(reply).code, 'NO_AGENT');
     });
 
-    it('the command line: two proxy processes with --cluster-* and the built-in Redis client', async (t) => {
+    it('the command line: two proxy processes with --cluster-* (node-redis)', async (t) => {
       const p = fresh(t);
       const target = await startTarget(t, echoHandler);
       const secretFile = await tempFile(t, 'secret', `${SECRET}\n`);

@@ -10,7 +10,7 @@ import { request } from 'node:http';
 import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import { ID, send, startAgent, startProxy, startTarget } from '../fixtures/tunnel-helpers.ts';
+import { ID, send, startAgent, startProxy, startTarget, upload } from '../fixtures/tunnel-helpers.ts';
 import { delay, waitFor } from '../helpers.ts';
 
 test('server-sent events arrive as they are produced', async (t) => {
@@ -166,7 +166,7 @@ test('a large upload streams with its bytes intact, and a slow target holds the 
   const total = 256 * 1024 * 1024;
   const block = pattern(256 * 1024);
   let read = 0;
-  let sent = 0;
+  const progress = { sent: 0 };
   let writtenMidPause = 0;
   let writtenEndPause = 0;
   const hash = createHash('sha256');
@@ -179,10 +179,10 @@ test('a large upload streams with its bytes intact, and a slow target holds the 
         paused = true;
         req.pause();
         setTimeout(() => {
-          writtenMidPause = sent;
+          writtenMidPause = progress.sent;
         }, 500);
         setTimeout(() => {
-          writtenEndPause = sent;
+          writtenEndPause = progress.sent;
           req.resume();
         }, 800);
       }
@@ -191,33 +191,7 @@ test('a large upload streams with its bytes intact, and a slow target holds the 
   });
   const proxy = await startProxy(t, { maxRequestBody: Number.POSITIVE_INFINITY });
   await startAgent(t, proxy, { target: target.url });
-  const reply = await new Promise<string>((resolve, reject) => {
-    const req = request({
-      port: proxy.port,
-      host: '127.0.0.1',
-      method: 'POST',
-      headers: { 'x-duplexwire-client-id': ID, 'content-length': String(total) },
-    });
-    req.on('error', reject);
-    req.on('response', (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => {
-        text += c;
-      });
-      res.on('end', () => resolve(text));
-    });
-    const pump = (): void => {
-      while (sent < total) {
-        sent += block.length;
-        if (!req.write(block)) {
-          req.once('drain', pump);
-          return;
-        }
-      }
-      req.end();
-    };
-    pump();
-  });
+  const reply = await upload(proxy.port, block, total, progress);
   assert.equal(reply, String(total));
   const expected = createHash('sha256');
   for (let n = 0; n < total; n += block.length) expected.update(block);
