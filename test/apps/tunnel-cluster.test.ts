@@ -14,6 +14,7 @@ import { after, describe, it, type TestContext } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import type { RedisCommandClient } from '../../src/apps/tunnel/cluster.ts';
+import { LOOKUP_CACHE_TIME } from '../../src/apps/tunnel/cluster-registry.ts';
 import { generateToken } from '../../src/apps/tunnel/tokens.ts';
 import { TunnelProxy, type TunnelProxyOptions } from '../../src/apps/tunnel/proxy.ts';
 import {
@@ -61,6 +62,7 @@ async function startNode(
   client: RedisCommandClient,
   prefix: string,
   options: TunnelProxyOptions = {},
+  ttl = TTL,
 ): Promise<Node> {
   const http = createServer({ requestTimeout: 0 });
   const port = await listen(http);
@@ -70,7 +72,7 @@ async function startNode(
     tokens: { [ID]: TOKEN, [OTHER_ID]: OTHER_TOKEN },
     logger,
     processMetrics: false,
-    cluster: { client, advertise, secret: SECRET, prefix, ttl: TTL },
+    cluster: { client, advertise, secret: SECRET, prefix, ttl },
     ...options,
   });
   await proxy.attach(http);
@@ -299,6 +301,33 @@ if (connected instanceof Error) {
       assert.equal(marks.downEnd, marks.downMid, 'the target stalled while the user was paused');
       assert.equal(a.proxy.metrics.cluster.forwardedOut, 2);
       await waitFor(() => a.proxy.inflight === 0 && b.proxy.inflight === 0, 2000, 'both proxies idle');
+    });
+
+    it('concurrent requests for one id share one registry lookup, and an answer is reused briefly', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (_req, res) => res.end('ok'));
+      let lookups = 0;
+      const counting: RedisCommandClient = {
+        sendCommand: (args) => {
+          // The lookup script takes the key and this proxy's field only (the writes take three).
+          if (args[0]?.startsWith('EVAL') && args[3] === `${p}agents:${ID}` && args.length === 5) lookups++;
+          return redis.sendCommand(args);
+        },
+      };
+      // A ttl of 30 s: answers are used again for LOOKUP_CACHE_TIME (1 s), not a third of it.
+      const a = await startNode(t, counting, p, {}, 30_000);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+
+      const replies = await Promise.all(Array.from({ length: 20 }, () => send(a.port)));
+      assert.deepEqual(new Set(replies.map((r) => `${r.status} ${r.text}`)), new Set(['200 ok']));
+      assert.equal(lookups, 1, 'one lookup for 20 requests in flight together');
+      assert.equal((await send(a.port)).status, 200);
+      assert.equal(lookups, 1, 'the answer is used again for a while');
+      await new Promise((resolve) => setTimeout(resolve, LOOKUP_CACHE_TIME + 100));
+      assert.equal((await send(a.port)).status, 200);
+      assert.equal(lookups, 2, 'and asked again after it');
     });
 
     it('the agent leaving B: B leaves the registry at once and A answers 503 promptly', async (t) => {

@@ -77,6 +77,11 @@ return out
 const REGISTER = redisScript(REGISTER_SCRIPT);
 const LOOKUP = redisScript(LOOKUP_SCRIPT);
 
+/** How long a non-empty lookup answer is used again, at most (ms). */
+export const LOOKUP_CACHE_TIME = 1_000;
+/** Past this many ids, expired answers are swept before another is kept. */
+const MAX_CACHED_LOOKUPS = 10_000;
+
 /** A live proxy of the cluster that has agents for an id. */
 export interface PeerProxy {
   /** Its advertised URL (origin), where the other proxies reach it. */
@@ -106,6 +111,8 @@ export class ClusterRegistry {
   /** Ids whose field must be written again (a change since the last write). */
   private readonly dirty = new Set<string>();
   private flushing: Promise<void> | undefined;
+  /** Lookups in flight (`until` undefined) and recent non-empty answers, by id. */
+  private readonly lookups = new Map<string, { peers: Promise<PeerProxy[]>; until: number | undefined }>();
   private renewTimer: ReturnType<typeof setInterval> | undefined;
   private closed = false;
   /** The last Redis failure, cleared by the next success: what /readyz and the status page show. */
@@ -180,8 +187,40 @@ export class ClusterRegistry {
     }
   }
 
-  /** The other live proxies with agents for `id`. Rejects when Redis fails. */
-  async lookup(id: string): Promise<PeerProxy[]> {
+  /**
+   * The other live proxies with agents for `id`. Rejects when Redis fails.
+   *
+   * One Redis call serves every lookup of an id made while it is in flight, and a non-empty answer
+   * serves those of the next `LOOKUP_CACHE_TIME` ms (a third of the ttl when that is shorter):
+   * without it, each request forwarded for an id costs a script in Redis, thousands a second on a
+   * busy proxy. An answer that went stale is harmless: a peer that lost its agents answers that it
+   * has none, and one that died cannot be reached; either way the next peer is tried. An empty
+   * answer is not kept, so an agent that has just connected elsewhere is found at once.
+   */
+  lookup(id: string): Promise<PeerProxy[]> {
+    const now = performance.now();
+    const known = this.lookups.get(id);
+    if (known !== undefined && (known.until === undefined || now < known.until)) return known.peers;
+    if (this.lookups.size >= MAX_CACHED_LOOKUPS) {
+      for (const [cachedId, entry] of this.lookups)
+        if (entry.until !== undefined && now >= entry.until) this.lookups.delete(cachedId);
+    }
+    const entry: { peers: Promise<PeerProxy[]>; until: number | undefined } = { peers: this.ask(id), until: undefined };
+    this.lookups.set(id, entry);
+    entry.peers.then(
+      (peers) => {
+        if (this.lookups.get(id) !== entry) return;
+        if (peers.length === 0) this.lookups.delete(id);
+        else entry.until = performance.now() + Math.min(LOOKUP_CACHE_TIME, this.options.ttl / 3);
+      },
+      () => {
+        if (this.lookups.get(id) === entry) this.lookups.delete(id);
+      },
+    );
+    return entry.peers;
+  }
+
+  private async ask(id: string): Promise<PeerProxy[]> {
     let reply: unknown;
     try {
       reply = await this.eval(LOOKUP, this.key(id), [this.field]);
@@ -211,6 +250,7 @@ export class ClusterRegistry {
     this.renewTimer = undefined;
     await this.settled();
     this.closed = true;
+    this.lookups.clear();
     const ids = [...this.counts.keys()];
     this.counts.clear();
     this.dirty.clear();
