@@ -494,6 +494,23 @@ if (connected instanceof Error) {
       await waitFor(() => a.proxy.inflight === 0 && b.proxy.inflight === 0, 2000, 'both proxies idle');
     });
 
+    it("a cluster request cannot stretch the deadline past the receiving proxy's maxRequestTimeout", async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, () => {}); // never answers
+      const b = await startNode(t, redis, p, { maxRequestTimeout: 300 });
+      await startAgent(t, b, { target: target.url });
+      const started = performance.now();
+      const reply = await send(b.port, {
+        headers: {
+          'x-duplexwire-cluster-auth': SECRET,
+          'x-duplexwire-cluster-id': ID,
+          'x-duplexwire-cluster-timeout': String(60_000),
+        },
+      });
+      assert.equal(reply.status, 504);
+      assert.ok(performance.now() - started < 5_000, 'the 60 s asked for were capped');
+    });
+
     it('WebSocket upgrades pass through two proxies', async (t) => {
       const p = fresh(t);
       const target = await startTarget(t, (_req, res) => res.end('plain'));

@@ -814,7 +814,9 @@ export class TunnelProxy {
     const id = singleHeader(raw, CLUSTER_ID_HEADER);
     if (typeof id !== 'string' || !isValidClientId(id)) return { kind: 'error', code: TunnelErrorCode.InvalidClientId };
     const left = Number(singleHeader(raw, CLUSTER_TIMEOUT_HEADER));
-    const timeout = Number.isInteger(left) && left >= 1 ? Math.min(left, 2 ** 31 - 1) : this.requestTimeout;
+    // Capped here too: the forwarding proxy capped it with its own maximum, and this one's holds
+    // for the agents it serves whatever a peer (or a holder of the secret) asks.
+    const timeout = Number.isInteger(left) && left >= 1 ? Math.min(left, this.maxRequestTimeout) : this.requestTimeout;
     this.metrics.cluster.forwardedIn++;
     const headers = filterHeaders(raw, { strip: this.stripHeaders, upgrade });
     return { kind: 'routed', id, url: target, headers, timeout, fromPeer: true };
