@@ -186,6 +186,7 @@ test('credentials are checked before the version: a wrong version with a bad tok
   for (const offer of [['duplexwire-tunnel.99'], []]) {
     const refused = await rawAgent(proxy.agentsUrl, offer, badToken);
     assert.equal(refused.status, 401);
+    assert.deepEqual(JSON.parse(refused.body), { code: 'BAD_AGENT_CREDENTIALS', message: 'bad agent credentials' });
     assert.ok(!refused.body.includes('supported'), 'nothing about the proxy before credentials');
   }
   assert.equal(await metric(proxy, REFUSED_CREDENTIALS), 2);

@@ -19,6 +19,8 @@ export const TunnelErrorCode = {
   BadAgentResponse: 'BAD_AGENT_RESPONSE',
   AgentHandlerFailed: 'AGENT_HANDLER_FAILED',
   UpgradeUnsupportedByAgent: 'UPGRADE_UNSUPPORTED_BY_AGENT',
+  /** To agents, at the upgrade: no valid id, or a token that is not this id's. */
+  BadAgentCredentials: 'BAD_AGENT_CREDENTIALS',
   /** To agents, at the upgrade: none of the tunnel versions they offer is one the proxy speaks. */
   TunnelVersionUnsupported: 'TUNNEL_VERSION_UNSUPPORTED',
   PeerUnreachable: 'PEER_UNREACHABLE',
@@ -43,6 +45,7 @@ export const TUNNEL_ERROR_STATUS: Readonly<Record<TunnelErrorCode, number>> = {
   BAD_AGENT_RESPONSE: 502,
   AGENT_HANDLER_FAILED: 500,
   UPGRADE_UNSUPPORTED_BY_AGENT: 501,
+  BAD_AGENT_CREDENTIALS: 401,
   // RFC 9110 §15.5.22: the request may succeed once the client speaks another protocol; RFC 6455
   // §4.2.2 suggests it for a WebSocket version the server lacks, the same case one level up.
   TUNNEL_VERSION_UNSUPPORTED: 426,
@@ -66,6 +69,7 @@ const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
   BAD_AGENT_RESPONSE: 'the agent sent an invalid response',
   AGENT_HANDLER_FAILED: "the agent's handler failed",
   UPGRADE_UNSUPPORTED_BY_AGENT: "the agent's target cannot upgrade connections",
+  BAD_AGENT_CREDENTIALS: 'bad agent credentials',
   TUNNEL_VERSION_UNSUPPORTED: 'the agent offers no version of the tunnel protocol that this proxy speaks',
   PEER_UNREACHABLE: 'the proxy holding an agent for this client id could not be reached, or was lost',
   CLUSTER_UNAVAILABLE: 'the cluster registry (Redis) could not be reached',

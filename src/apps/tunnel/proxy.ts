@@ -197,16 +197,29 @@ type State = 'new' | 'serving' | 'draining' | 'closed';
  * (RFC 9110 §15.5.22, which asks for the Upgrade header) with the tunnel's JSON error body, whose
  * `supported` lists the versions this proxy speaks, for the agent to say which side to upgrade.
  */
-const versionRefusal: UpgradeVerdict = Object.freeze({
-  accept: false,
-  status: TUNNEL_ERROR_STATUS[TunnelErrorCode.TunnelVersionUnsupported],
-  reason: errorBody(TunnelErrorCode.TunnelVersionUnsupported, { supported: TUNNEL_PROTOCOL_VERSIONS }),
-  headers: Object.freeze({
+const versionRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.TunnelVersionUnsupported, {
+  supported: TUNNEL_PROTOCOL_VERSIONS,
+});
+/** The answer to an agent without a valid id and token: 401 with the tunnel's JSON error body. */
+const credentialsRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.BadAgentCredentials);
+/** The answer to an agent while the proxy drains: 503. */
+const drainingRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.ShuttingDown);
+
+/** A refused agent upgrade with the tunnel's JSON error body, like every answer of the proxy. */
+function agentRefusal(code: TunnelErrorCode, extra?: Readonly<Record<string, unknown>>): UpgradeVerdict {
+  const headers: Record<string, string> = {
     'content-type': 'application/json; charset=utf-8',
     'cache-control': 'no-store',
-    upgrade: 'websocket',
-  }),
-});
+  };
+  // RFC 9110 §15.5.22 asks a 426 to say what to upgrade to.
+  if (code === TunnelErrorCode.TunnelVersionUnsupported) headers.upgrade = 'websocket';
+  return Object.freeze({
+    accept: false,
+    status: TUNNEL_ERROR_STATUS[code],
+    reason: errorBody(code, extra),
+    headers: Object.freeze(headers),
+  });
+}
 
 /**
  * The tunnel proxy.
@@ -565,12 +578,12 @@ export class TunnelProxy {
    * wrong-version client test tokens: offering the right version already tells 401 from 101.
    */
   private admitAgent(headers: Readonly<Record<string, string | undefined>>, remoteAddress: string): UpgradeVerdict {
-    if (this.state !== 'serving') return { accept: false, status: 503, reason: 'proxy shutting down' };
+    if (this.state !== 'serving') return drainingRefusal;
     const id = headers[AGENT_ID_HEADER];
     if (id === undefined || !isValidClientId(id)) {
       this.logger.warn('agent refused: no valid id', { remoteAddress });
       this.metrics.agentRefused('credentials');
-      return { accept: false, status: 401, reason: 'bad agent credentials' };
+      return credentialsRefusal;
     }
     // Insecure mode still checks the ids that have credentials: a development proxy must not
     // let anybody take over those.
@@ -579,7 +592,7 @@ export class TunnelProxy {
       if (token === undefined || !this.auth.verify(id, token)) {
         this.logger.warn('agent refused: bad credentials', { id, remoteAddress });
         this.metrics.agentRefused('credentials');
-        return { accept: false, status: 401, reason: 'bad agent credentials' };
+        return credentialsRefusal;
       }
     }
     // A malformed offer (ws would answer it 400 after the accept) holds no version either.
