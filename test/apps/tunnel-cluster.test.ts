@@ -13,7 +13,7 @@ import type { AddressInfo } from 'node:net';
 import { after, describe, it, type TestContext } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
-import type { RedisCommandClient } from '../../src/apps/tunnel/cluster.ts';
+import { CLUSTER_CLOCK_SKEW, type RedisCommandClient, resolveCluster } from '../../src/apps/tunnel/cluster.ts';
 import { LOOKUP_CACHE_TIME } from '../../src/apps/tunnel/cluster-registry.ts';
 import { generateToken } from '../../src/apps/tunnel/tokens.ts';
 import { TunnelProxy, type TunnelProxyOptions } from '../../src/apps/tunnel/proxy.ts';
@@ -439,6 +439,48 @@ if (connected instanceof Error) {
       assert.ok(!JSON.stringify([...a.logger.entries, ...b.logger.entries]).includes(SECRET));
     });
 
+    it('cluster requests are signed: the secret never travels, and a signature serves only its own request, peer and time', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, echoHandler);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      const signer = resolveCluster({ client: redis, advertise: b.advertise, secret: SECRET });
+      const facts = { audience: b.advertise, method: 'GET', target: '/x', id: ID, timeout: '5000' };
+      const headers = (auth: string, id = ID) => ({
+        'x-duplexwire-cluster-auth': auth,
+        'x-duplexwire-cluster-id': id,
+        'x-duplexwire-cluster-timeout': '5000',
+        'x-forwarded-for': '10.9.8.7',
+      });
+      const xff = (reply: Awaited<ReturnType<typeof send>>): string | undefined => {
+        const raw = (json(reply) as { rawHeaders: string[] }).rawHeaders;
+        const at = raw.findIndex((h) => h.toLowerCase() === 'x-forwarded-for');
+        return at < 0 ? undefined : raw[at + 1];
+      };
+      // A good signature: served as a peer's request (its X-Forwarded-For is the first proxy's).
+      const good = await send(b.port, { path: '/x', headers: headers(signer.sign(facts)) });
+      assert.equal(good.status, 200);
+      assert.equal(xff(good), '10.9.8.7');
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 1);
+
+      const refusedBefore = b.proxy.metrics.cluster.refused;
+      const replays: Array<[string, Record<string, string>, string]> = [
+        ['the secret itself', headers(SECRET), '/x'],
+        ['another path', headers(signer.sign(facts)), '/y'],
+        ['another client id', headers(signer.sign(facts), OTHER_ID), '/x'],
+        ['another peer', headers(signer.sign({ ...facts, audience: 'http://127.0.0.1:1' })), '/x'],
+        ['a longer deadline', { ...headers(signer.sign(facts)), 'x-duplexwire-cluster-timeout': '60000' }, '/x'],
+        ['an old one', headers(`v1.${Date.now() - CLUSTER_CLOCK_SKEW - 1_000}.${'A'.repeat(43)}`), '/x'],
+      ];
+      for (const [what, forged, path] of replays) {
+        // Not a peer's request: without a routing header it routes nowhere.
+        const reply = await send(b.port, { path, headers: forged });
+        assert.equal(reply.status, 400, what);
+      }
+      assert.equal(b.proxy.metrics.cluster.refused - refusedBefore, replays.length);
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 1);
+    });
+
     it('no loop: two proxies that each believe the other has the agent answer 503 after one hop', async (t) => {
       const p = fresh(t);
       const a = await startNode(t, redis, p);
@@ -502,7 +544,13 @@ if (connected instanceof Error) {
       const started = performance.now();
       const reply = await send(b.port, {
         headers: {
-          'x-duplexwire-cluster-auth': SECRET,
+          'x-duplexwire-cluster-auth': resolveCluster({ client: redis, advertise: b.advertise, secret: SECRET }).sign({
+            audience: b.advertise,
+            method: 'GET',
+            target: '/',
+            id: ID,
+            timeout: String(60_000),
+          }),
           'x-duplexwire-cluster-id': ID,
           'x-duplexwire-cluster-timeout': String(60_000),
         },

@@ -184,13 +184,14 @@ export class ForwardExchange {
     const relay = init.hasBody && !init.upgrade ? new BodyRelay(init.source, (n) => this.countIn(n)) : undefined;
     this.relay = relay;
     const headers = filterHeaders(init.headers, init.upgrade ? { strip: UPGRADE_HEADERS } : {});
+    const timeout = String(this.remaining);
     headers.push(
       CLUSTER_AUTH_HEADER,
-      host.cluster.secret,
+      host.cluster.sign({ audience: url, method: init.method, target: init.url, id: init.id, timeout }),
       CLUSTER_ID_HEADER,
       init.id,
       CLUSTER_TIMEOUT_HEADER,
-      String(this.remaining),
+      timeout,
     );
     const done = new Promise<AttemptResult>((resolve) => {
       this.settleAttempt = resolve;

@@ -2,14 +2,16 @@
  * Several tunnel proxies sharing their agents: the `cluster` option, the headers of a request one
  * proxy forwards to another, and how the receiving proxy recognises one.
  *
- * A cluster request is an ordinary HTTP/1.1 request to the peer's advertised address carrying the
- * cluster secret. The receiving proxy serves it from its own agents only and never forwards it
- * again: a request crosses at most one proxy-to-proxy hop, so two proxies that each believe the
- * other has the agent cannot bounce it between them. Outside users cannot make one: the secret is
- * compared as a SHA-256 digest in constant time, and every `x-duplexwire-cluster-*` header of an
- * ordinary request is dropped before anything else looks at it.
+ * A cluster request is an ordinary HTTP/1.1 request to the peer's advertised address, signed with
+ * the cluster secret (which never travels): an HMAC-SHA256 over the time, the peer it is meant
+ * for, the method, the path and query, the client id and the deadline. The receiving proxy serves
+ * it from its own agents only and never forwards it again: a request crosses at most one
+ * proxy-to-proxy hop, so two proxies that each believe the other has the agent cannot bounce it
+ * between them. Outside users cannot make one: the signature is compared in constant time, and
+ * every `x-duplexwire-cluster-*` header of an ordinary request is dropped before anything else
+ * looks at it.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { InvalidArgumentError } from '../../index.ts';
 import type { RedisCommandClient } from './cluster-registry.ts';
@@ -19,7 +21,10 @@ import { durationOption } from './timeout.ts';
 
 export type { RedisCommandClient } from './cluster-registry.ts';
 
-/** The shared secret; never forwarded to an agent, never logged. */
+/**
+ * The signature of a cluster request: `v1.<unix ms>.<HMAC-SHA256, base64url>`
+ * (see {@link ResolvedCluster.sign}); never forwarded to an agent, never logged.
+ */
 export const CLUSTER_AUTH_HEADER = 'x-duplexwire-cluster-auth';
 /** The client id the request is for (the forwarding proxy has already routed it). */
 export const CLUSTER_ID_HEADER = 'x-duplexwire-cluster-id';
@@ -41,6 +46,24 @@ export const DEFAULT_CLUSTER_TTL = 15_000;
 export const DEFAULT_PEER_CONNECT_TIMEOUT = 3_000;
 /** Secrets carry at least 128 bits: 22 characters of base64url (`duplexwire tunnel token` makes one). */
 export const MIN_CLUSTER_SECRET_LENGTH = 22;
+/**
+ * How far the time of a signed cluster request may be from the receiving proxy's clock, either
+ * way (ms): the window in which a captured request could be replayed as it was, to the same peer.
+ * The proxies' clocks must agree within it (NTP).
+ */
+export const CLUSTER_CLOCK_SKEW = 30_000;
+
+/** What the signature of a cluster request covers, besides its time. */
+export interface ClusterRequestFacts {
+  /** The origin of the proxy it is sent to (its `advertise`): a request signed for one peer is refused by the others. */
+  readonly audience: string;
+  readonly method: string;
+  /** The request target as sent (path and query, byte for byte). */
+  readonly target: string;
+  readonly id: string;
+  /** The deadline header's value. */
+  readonly timeout: string;
+}
 
 export interface TunnelClusterOptions {
   /**
@@ -55,7 +78,7 @@ export interface TunnelClusterOptions {
    * `handleUpgrade`), and should be private: the secret travels in a header.
    */
   readonly advertise: string;
-  /** Shared by every proxy of the cluster, at least 22 characters. */
+  /** Shared by every proxy of the cluster, at least 22 characters: the key that signs their requests to each other (it never travels). */
   readonly secret: string;
   /** Prefix of the Redis keys. @default 'duplexwire:tunnel:' */
   readonly prefix?: string;
@@ -74,14 +97,19 @@ export interface ResolvedCluster {
   readonly prefix: string;
   readonly ttl: number;
   readonly connectTimeout: number;
-  /** True when `presented` is the cluster secret (constant time). */
-  verify(presented: string | undefined): boolean;
-  /** The secret, for the header of forwarded requests only. */
-  readonly secret: string;
+  /** The value of {@link CLUSTER_AUTH_HEADER} for a request with these facts, signed now. */
+  sign(facts: ClusterRequestFacts): string;
+  /** True when `presented` signs these facts with the cluster secret, within the clock skew (constant time). */
+  verify(presented: string | undefined, facts: ClusterRequestFacts): boolean;
 }
 
-function digest(text: string): Buffer {
-  return createHash('sha256').update(text, 'utf8').digest();
+const SIGNATURE = /^v1\.(\d{1,15})\.([A-Za-z0-9_-]{43})$/;
+
+function mac(key: Buffer, time: string, facts: ClusterRequestFacts): Buffer {
+  // Newline-separated: none of the fields can hold one (Node refuses them in paths and headers).
+  return createHmac('sha256', key)
+    .update(`v1\n${time}\n${facts.audience}\n${facts.method}\n${facts.target}\n${facts.id}\n${facts.timeout}`, 'utf8')
+    .digest();
 }
 
 /** Validates the `cluster` option; the result is frozen. */
@@ -113,17 +141,22 @@ export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
   const connectTimeout = durationOption('cluster.connectTimeout', options.connectTimeout, DEFAULT_PEER_CONNECT_TIMEOUT);
   if (!(connectTimeout >= 1 && connectTimeout <= 600_000))
     throw new InvalidArgumentError('option cluster.connectTimeout must be 1 ms..10 min');
-  const expected = digest(secret);
+  // The key is a digest of the secret: any length of secret makes a full-size HMAC key.
+  const key = createHash('sha256').update(secret, 'utf8').digest();
   return Object.freeze({
     client,
     advertise: url.origin,
     prefix: options.prefix ?? DEFAULT_CLUSTER_PREFIX,
     ttl,
     connectTimeout,
-    secret,
-    verify(presented: string | undefined): boolean {
-      if (typeof presented !== 'string' || presented.length === 0 || presented.length > 1024) return false;
-      return timingSafeEqual(digest(presented), expected);
+    sign(facts: ClusterRequestFacts): string {
+      const time = String(Date.now());
+      return `v1.${time}.${mac(key, time, facts).toString('base64url')}`;
+    },
+    verify(presented: string | undefined, facts: ClusterRequestFacts): boolean {
+      const m = typeof presented === 'string' ? SIGNATURE.exec(presented) : null;
+      if (m === null || Math.abs(Date.now() - Number(m[1])) > CLUSTER_CLOCK_SKEW) return false;
+      return timingSafeEqual(Buffer.from(m[2]!, 'base64url'), mac(key, m[1]!, facts));
     },
   });
 }

@@ -764,21 +764,35 @@ export class TunnelProxy {
   }
 
   /**
-   * True for a request another proxy of the cluster forwarded, with the right secret. A wrong or
-   * absent secret makes it an ordinary request (its cluster headers are stripped like any
-   * tunnel header): outside users cannot make the proxy skip routing or the X-Forwarded-* rules.
+   * True for a request another proxy of the cluster forwarded, signed for this proxy with the
+   * cluster secret. A bad, stale or absent signature makes it an ordinary request (its cluster
+   * headers are stripped like any tunnel header): outside users cannot make the proxy skip
+   * routing or the X-Forwarded-* rules.
    */
   private isClusterRequest(req: IncomingMessage): boolean {
-    const presented = req.headers[CLUSTER_AUTH_HEADER];
-    if (presented === undefined) return false;
-    if (this.cluster?.verify(typeof presented === 'string' ? presented : undefined)) return true;
-    if (this.cluster !== undefined) {
-      this.metrics.cluster.refused++;
-      // Never the secret presented: it may be a mistyped real one.
-      this.logger.warn('cluster request refused: bad secret; served as an ordinary request', {
-        remoteAddress: req.socket.remoteAddress,
-      });
+    const { headers } = req;
+    const presented = headers[CLUSTER_AUTH_HEADER];
+    if (presented === undefined || this.cluster === undefined) return false;
+    const id = headers[CLUSTER_ID_HEADER];
+    const timeout = headers[CLUSTER_TIMEOUT_HEADER];
+    if (
+      typeof presented === 'string' &&
+      typeof id === 'string' &&
+      typeof timeout === 'string' &&
+      this.cluster.verify(presented, {
+        audience: this.cluster.advertise,
+        method: req.method ?? '',
+        target: req.url ?? '',
+        id,
+        timeout,
+      })
+    ) {
+      return true;
     }
+    this.metrics.cluster.refused++;
+    this.logger.warn('cluster request refused: bad or stale signature; served as an ordinary request', {
+      remoteAddress: req.socket.remoteAddress,
+    });
     return false;
   }
 
