@@ -86,7 +86,8 @@ async function client(t: TestContext, url: string): Promise<Client> {
 
 function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Shared>): void {
   describe(`sessions across servers: ${name}`, () => {
-    it('maxSessionConnections counts the connections of every server', async (t) => {
+    /** Servers A and B on one store; a session created by a1 on A and restored by b1 on B. */
+    async function sessionOnBoth(t: TestContext) {
       const shared = await makeShared(t);
       const a = await startNode(t, shared);
       const b = await startNode(t, shared);
@@ -94,6 +95,11 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
       const { key } = await login(a1);
       const b1 = await client(t, b.url);
       await b1.restoreSession(key);
+      return { shared, a, b, a1, b1, key };
+    }
+
+    it('maxSessionConnections counts the connections of every server', async (t) => {
+      const { shared, a, b, b1, key } = await sessionOnBoth(t);
 
       const b2 = await client(t, b.url);
       await assert.rejects(b2.restoreSession(key), MaxSessionConnectionsError, 'one on A and one on B make two');
@@ -110,13 +116,7 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
     });
 
     it('a session is deleted only when its last connection anywhere closes it', async (t) => {
-      const shared = await makeShared(t);
-      const a = await startNode(t, shared);
-      const b = await startNode(t, shared);
-      const a1 = await client(t, a.url);
-      const { key } = await login(a1);
-      const b1 = await client(t, b.url);
-      await b1.restoreSession(key);
+      const { shared, a, a1, b1, key } = await sessionOnBoth(t);
 
       await a1.closeSession();
       assert.equal(a1.session, null);
@@ -130,13 +130,7 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
     });
 
     it('server.closeSession(key) closes the session on every server', async (t) => {
-      const shared = await makeShared(t);
-      const a = await startNode(t, shared);
-      const b = await startNode(t, shared);
-      const a1 = await client(t, a.url);
-      const { key } = await login(a1);
-      const b1 = await client(t, b.url);
-      await b1.restoreSession(key);
+      const { shared, a, b, a1, b1, key } = await sessionOnBoth(t);
       const closedOnB = new Promise<void>((resolve) => b1.once('sessionClosed', () => resolve()));
 
       assert.equal(await a.server.closeSession(key), 1, "the count is this server's connections");
