@@ -14,7 +14,7 @@ import { after, describe, it, type TestContext } from 'node:test';
 import { utf8 } from '../../protocol/payload.ts';
 import { Client } from '../../src/client/client.ts';
 import { redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
-import { MaxSessionConnectionsError, SessionNotFoundError } from '../../src/errors.ts';
+import { InternalError, MaxSessionConnectionsError, SessionNotFoundError } from '../../src/errors.ts';
 import { Server } from '../../src/server/server.ts';
 import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import { RedisSessionManager } from '../../src/session/redis-store.ts';
@@ -178,8 +178,7 @@ class SlowAttach extends MemorySessionManager {
 }
 
 describe('sessions: a slow store count (pending attaches)', () => {
-  async function setup(t: TestContext) {
-    const manager = new SlowAttach(150);
+  async function setup(t: TestContext, manager: MemorySessionManager = new SlowAttach(150)) {
     const logger = recordingLogger();
     const server = new Server({
       transport: wsTransport({ host: '127.0.0.1', port: 0 }),
@@ -190,8 +189,43 @@ describe('sessions: a slow store count (pending attaches)', () => {
     });
     await server.listen();
     t.after(() => server.shutdown({ timeout: 200 }));
-    return { server, manager, url: `ws://127.0.0.1:${server.address()!.port}/` };
+    return { server, manager, logger, url: `ws://127.0.0.1:${server.address()!.port}/` };
   }
+
+  it('a store whose count fails: the restore gets an internal error, a new session is not kept', async (t) => {
+    let failing = false;
+    class FailingCount extends MemorySessionManager {
+      override async onSessionAttach(key: string, limit: number): Promise<SessionAttachResult> {
+        if (failing) throw new Error('count store down');
+        return super.onSessionAttach(key, limit);
+      }
+    }
+    const { server, manager, logger, url } = await setup(t, new FailingCount());
+    const owner = await client(t, url);
+    const { key } = await login(owner);
+    failing = true;
+    const other = await client(t, url);
+    await assert.rejects(other.restoreSession(key), InternalError);
+    assert.equal(other.session, null);
+    assert.equal(server.sessionConnections(key).length, 1, 'the failed restore left no registration');
+    assert.ok(logger.entries.some((e) => e.level === 'error' && e.message.includes('attach')));
+
+    const created: string[] = [];
+    const store = manager.onSessionCreated.bind(manager);
+    manager.onSessionCreated = async (session) => {
+      created.push(session.key);
+      await store(session);
+    };
+    const third = await client(t, url);
+    await assert.rejects(login(third), InternalError, 'the handler failed with the store: an internal-error reply');
+    assert.equal(created.length, 1);
+    assert.equal(await manager.onSessionLookup(created[0]!), null, 'the session nobody was told of is deleted');
+    assert.equal(third.session, null);
+
+    failing = false;
+    await other.restoreSession(key);
+    assert.equal(server.sessionConnections(key).length, 2);
+  });
 
   it('a connection that closes while its restore is counted gives its slot back', async (t) => {
     const { server, url } = await setup(t);
