@@ -176,6 +176,8 @@ export class RedisSessionManager implements SessionManager {
   readonly #held = new Map<string, number>();
   #renewTimer: ReturnType<typeof setInterval> | undefined;
   #renewing = false;
+  /** The last presence write of each session still in flight: the next one waits for it. */
+  readonly #presenceQueue = new Map<string, Promise<void>>();
 
   constructor(options: RedisSessionManagerOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
@@ -315,7 +317,28 @@ export class RedisSessionManager implements SessionManager {
     }
   }
 
+  /**
+   * Runs the presence script for one session after the ones before it for that session have
+   * answered. Sent together, two writes could land out of order (an EVALSHA refused with NOSCRIPT
+   * and resent as EVAL after a later one went through, once another process has loaded the
+   * script meanwhile), and an older count would overwrite a newer one.
+   */
   #presence(redisKey: string, count: number, limit: number): Promise<unknown> {
+    const previous = this.#presenceQueue.get(redisKey);
+    const run = (): Promise<unknown> => this.#presenceNow(redisKey, count, limit);
+    const result = previous === undefined ? run() : previous.then(run, run);
+    const settled = result.then(
+      () => {},
+      () => {},
+    );
+    this.#presenceQueue.set(redisKey, settled);
+    void settled.then(() => {
+      if (this.#presenceQueue.get(redisKey) === settled) this.#presenceQueue.delete(redisKey);
+    });
+    return result;
+  }
+
+  #presenceNow(redisKey: string, count: number, limit: number): Promise<unknown> {
     return this.#eval(PRESENCE, redisKey, [
       this.#presenceField,
       String(count),
