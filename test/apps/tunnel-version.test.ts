@@ -162,13 +162,14 @@ test('a raw client offering only unknown versions gets 426 with the JSON answer,
   assert.equal(accepted.status, 101);
   assert.equal(accepted.protocol, CURRENT);
   assert.ok(accepted.messages >= 1, 'the AcceptConf came');
-  // A malformed offer (a duplicate, which ws clients cannot send) holds no version.
+  // A malformed offer (a duplicate, which ws clients cannot send) is a bad request, not a version question.
   const malformed = await rawUpgrade(proxy.port, '/_tunnel', {
     'sec-websocket-protocol': `${CURRENT}, ${CURRENT}`,
     'x-duplexwire-agent-id': ID,
     authorization: `Bearer ${TOKEN}`,
   });
-  assert.equal(malformed.status, 426);
+  assert.equal(malformed.status, 400);
+  assert.equal((JSON.parse(malformed.body) as { code: string }).code, 'BAD_REQUEST');
 });
 
 test('an agent offering no subprotocol (from before versions were negotiated) is refused with 426 too', async (t) => {

@@ -202,6 +202,8 @@ const versionRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.TunnelVersio
 });
 /** The answer to an agent without a valid id and token: 401 with the tunnel's JSON error body. */
 const credentialsRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.BadAgentCredentials);
+/** The answer to an agent whose Sec-WebSocket-Protocol is not a list of distinct tokens: 400. */
+const malformedOfferRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.BadRequest);
 /** The answer to an agent while the proxy drains: 503. */
 const drainingRefusal: UpgradeVerdict = agentRefusal(TunnelErrorCode.ShuttingDown);
 
@@ -595,8 +597,13 @@ export class TunnelProxy {
         return credentialsRefusal;
       }
     }
-    // A malformed offer (ws would answer it 400 after the accept) holds no version either.
-    const offered = parseProtocolOffer(headers['sec-websocket-protocol']) ?? [];
+    const offered = parseProtocolOffer(headers['sec-websocket-protocol']);
+    if (offered === undefined) {
+      // Not a list of distinct tokens (RFC 6455 §4.1): a broken request, not a version question.
+      this.logger.warn('agent refused: malformed Sec-WebSocket-Protocol', { id, remoteAddress });
+      this.metrics.agentRefused('version');
+      return malformedOfferRefusal;
+    }
     const version = chooseTunnelVersion(offered);
     if (version === undefined) {
       const agentVersions = offered.map(tunnelVersionOf).filter((v) => v !== undefined);
