@@ -22,11 +22,13 @@ export const TUNNEL_USAGE = `usage:
       [--agent-timeout 20s] [--forwarded replace|append] [--ops-listen host:port] [--no-ops]
       [--drain-timeout 30s] [--insecure] [--log-level info]
       [--cluster-redis redis://127.0.0.1:6379 --cluster-advertise http://10.0.0.5:8080
-       --cluster-secret-file secret [--cluster-prefix duplexwire:tunnel:] [--cluster-ttl 15s]]
+       --cluster-secret-file secret [--cluster-prefix duplexwire:tunnel:] [--cluster-ttl 15s]
+       [--cluster-ca ca.pem]]
       The public side: users' HTTP requests are routed by client id to connected agents.
       With --cluster-*, several proxies share their agents through Redis: a request for an id
       with no agent here goes to the proxy that has one (at its advertised address). The secret
-      comes from --cluster-secret-file or DUPLEXWIRE_TUNNEL_CLUSTER_SECRET.
+      comes from --cluster-secret-file or DUPLEXWIRE_TUNNEL_CLUSTER_SECRET; --cluster-ca trusts a
+      private certificate authority for peers advertised at https: addresses.
       tokens.json: { "<id>": "sha256:<hex>" | "<token>" | [...] } (see "tunnel token").
       --insecure accepts agents without credentials (development only).
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
@@ -99,6 +101,7 @@ async function clusterOption(
     'cluster-secret-file'?: string | undefined;
     'cluster-prefix'?: string | undefined;
     'cluster-ttl'?: string | undefined;
+    'cluster-ca'?: string | undefined;
   },
   logger: Logger,
 ): Promise<{ options: TunnelClusterOptions; client: ClusterRedis } | undefined> {
@@ -115,6 +118,8 @@ async function clusterOption(
   if (secret === undefined || secret === '') {
     throw new RangeError('a cluster needs --cluster-secret-file <file> or DUPLEXWIRE_TUNNEL_CLUSTER_SECRET');
   }
+  const caFile = values['cluster-ca'];
+  const ca = caFile === undefined ? undefined : await readFile(caFile);
   const client = await connectRedis(redis, logger);
   return {
     client,
@@ -124,6 +129,7 @@ async function clusterOption(
       secret,
       ...(values['cluster-prefix'] === undefined ? {} : { prefix: values['cluster-prefix'] }),
       ...(values['cluster-ttl'] === undefined ? {} : { ttl: values['cluster-ttl'] }),
+      ...(ca === undefined ? {} : { tls: { ca } }),
     },
   };
 }
@@ -154,6 +160,7 @@ async function proxyCommand(args: string[]): Promise<void> {
       'cluster-secret-file': { type: 'string' },
       'cluster-prefix': { type: 'string' },
       'cluster-ttl': { type: 'string' },
+      'cluster-ca': { type: 'string' },
     },
   });
   if (values.help) {

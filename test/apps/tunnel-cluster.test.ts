@@ -8,7 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { after, describe, it, type TestContext } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -34,6 +36,7 @@ import {
   upload,
 } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
+import { testCertificate } from '../transports/helpers.ts';
 import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
 
 const SECRET = generateToken();
@@ -557,6 +560,62 @@ if (connected instanceof Error) {
       });
       assert.equal(reply.status, 504);
       assert.ok(performance.now() - started < 5_000, 'the 60 s asked for were capped');
+    });
+
+    it('a peer at an https: origin, trusted through cluster.tls.ca', async (t) => {
+      const cert = testCertificate(t);
+      if (cert === undefined) {
+        t.skip('openssl is not available to make a certificate');
+        return;
+      }
+      const p = fresh(t);
+      const target = await startTarget(t, (req, res) => res.end(`tls ${req.url}`));
+      const https = createHttpsServer({ key: readFileSync(cert.keyFile), cert: cert.cert, requestTimeout: 0 });
+      const port = await listen(https as unknown as Server);
+      const advertise = `https://127.0.0.1:${port}`;
+      const b = new TunnelProxy({
+        tokens: { [ID]: TOKEN },
+        logger: recordingLogger(),
+        processMetrics: false,
+        cluster: { client: redis, advertise, secret: SECRET, prefix: p, ttl: TTL },
+      });
+      await b.attach(https as unknown as Server);
+      t.after(async () => {
+        await b.close();
+        await closeServer(https as unknown as Server);
+      });
+      const agent = new TunnelAgent({
+        proxyUrl: `wss://127.0.0.1:${port}${b.agentsPath}`,
+        id: ID,
+        token: TOKEN,
+        target: target.url,
+        tls: { ca: cert.cert },
+        logger: recordingLogger(),
+        reconnect: false,
+      });
+      t.after(() => agent.close(0));
+      await agent.start();
+      await waitRegistered(redis, p, ID, [advertise]);
+
+      // This proxy only forwards (it has no agent), so the address it advertises is never used.
+      const trusting = await startNode(t, redis, p, {
+        cluster: {
+          client: redis,
+          advertise: 'http://127.0.0.1:1',
+          secret: SECRET,
+          prefix: p,
+          ttl: TTL,
+          tls: { ca: cert.cert },
+        },
+      });
+      const reply = await send(trusting.port, { path: '/over-tls' });
+      assert.equal(reply.status, 200);
+      assert.equal(reply.text, 'tls /over-tls');
+      // Without the CA the peer's certificate is not trusted: it cannot be reached.
+      const doubting = await startNode(t, redis, p);
+      const refused = await send(doubting.port, { path: '/over-tls' });
+      assert.equal(refused.status, 502);
+      assert.equal(json(refused).code, 'PEER_UNREACHABLE');
     });
 
     it('WebSocket upgrades pass through two proxies', async (t) => {

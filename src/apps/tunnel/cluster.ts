@@ -89,6 +89,11 @@ export interface TunnelClusterOptions {
   readonly ttl?: number | string;
   /** Time to connect to a peer before trying the next one. ms or '3s'. @default 3 s */
   readonly connectTimeout?: number | string;
+  /**
+   * TLS for peers advertised at `https:` origins: `ca` to trust a private certificate authority
+   * (PEM), `rejectUnauthorized: false` to skip verification (tests only). @default Node's defaults
+   */
+  readonly tls?: { readonly ca?: string | Buffer; readonly rejectUnauthorized?: boolean };
 }
 
 export interface ResolvedCluster {
@@ -97,6 +102,8 @@ export interface ResolvedCluster {
   readonly prefix: string;
   readonly ttl: number;
   readonly connectTimeout: number;
+  /** TLS options for `https:` peers (only the ones given). */
+  readonly tls: { readonly ca?: string | Buffer; readonly rejectUnauthorized?: boolean };
   /** The value of {@link CLUSTER_AUTH_HEADER} for a request with these facts, signed now. */
   sign(facts: ClusterRequestFacts): string;
   /** True when `presented` signs these facts with the cluster secret, within the clock skew (constant time). */
@@ -141,6 +148,13 @@ export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
   const connectTimeout = durationOption('cluster.connectTimeout', options.connectTimeout, DEFAULT_PEER_CONNECT_TIMEOUT);
   if (!(connectTimeout >= 1 && connectTimeout <= 600_000))
     throw new InvalidArgumentError('option cluster.connectTimeout must be 1 ms..10 min');
+  const tls = options.tls;
+  if (tls !== undefined && (tls === null || typeof tls !== 'object'))
+    throw new InvalidArgumentError('option cluster.tls must be an object');
+  if (tls?.ca !== undefined && typeof tls.ca !== 'string' && !Buffer.isBuffer(tls.ca))
+    throw new InvalidArgumentError('option cluster.tls.ca must be a PEM string or Buffer');
+  if (tls?.rejectUnauthorized !== undefined && typeof tls.rejectUnauthorized !== 'boolean')
+    throw new InvalidArgumentError('option cluster.tls.rejectUnauthorized must be a boolean');
   // The key is a digest of the secret: any length of secret makes a full-size HMAC key.
   const key = createHash('sha256').update(secret, 'utf8').digest();
   return Object.freeze({
@@ -149,6 +163,10 @@ export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
     prefix: options.prefix ?? DEFAULT_CLUSTER_PREFIX,
     ttl,
     connectTimeout,
+    tls: Object.freeze({
+      ...(tls?.ca === undefined ? {} : { ca: tls.ca }),
+      ...(tls?.rejectUnauthorized === undefined ? {} : { rejectUnauthorized: tls.rejectUnauthorized }),
+    }),
     sign(facts: ClusterRequestFacts): string {
       const time = String(Date.now());
       return `v1.${time}.${mac(key, time, facts).toString('base64url')}`;

@@ -397,6 +397,7 @@ export class TunnelProxy {
       }
       pool = new Pool(url, {
         connectTimeout: this.cluster!.connectTimeout,
+        connect: { ...this.cluster!.tls },
         headersTimeout: 0,
         bodyTimeout: 0,
       });
