@@ -655,6 +655,40 @@ if (connected instanceof Error) {
       assert.equal(a.proxy.metrics.cluster.forwardedOut, 1);
     });
 
+    it('a forwarded WebSocket upgrade that meets a peer without the agent goes on to the next peer', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (_req, res) => res.end('plain'));
+      const wss = new WebSocketServer({ server: target.server });
+      t.after(() => wss.close());
+      wss.on('connection', (ws) => ws.send('hello'));
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      const c = await startNode(t, redis, p); // listed as having an agent, has none
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      const [seconds] = (await redis.sendCommand(['TIME'])) as [string, string];
+      await redis.sendCommand([
+        'HSET',
+        `${p}agents:${ID}`,
+        `stale ${c.advertise}`,
+        `1 ${Number(seconds) * 1000 + 60_000}`,
+      ]);
+      // B looks busier to A, so C is tried first.
+      (a.proxy as unknown as { forwardHost: { peerInflight: Map<string, number> } }).forwardHost.peerInflight.set(
+        b.advertise,
+        5,
+      );
+      const ws = new WebSocket(`ws://127.0.0.1:${a.port}/chat`, { headers: { 'x-duplexwire-client-id': ID } });
+      const first = await new Promise<string>((resolve, reject) => {
+        ws.once('message', (data: Buffer) => resolve(data.toString()));
+        ws.once('error', reject);
+      });
+      assert.equal(first, 'hello');
+      assert.equal(c.proxy.metrics.cluster.forwardedIn, 1, 'C was asked first, and had no agent');
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 1);
+      ws.close();
+    });
+
     it('a draining proxy leaves the registry and its peers stop routing to it', async (t) => {
       const p = fresh(t);
       const target = await startTarget(t, echoHandler);

@@ -16,7 +16,7 @@ import type { ServerResponse } from 'node:http';
 import { InvalidArgumentError } from '../../index.ts';
 import type { RedisCommandClient } from './cluster-registry.ts';
 import { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
-import { jsonHeaders, ResponseSink } from './sinks.ts';
+import { jsonHeaders, ResponseSink, SocketSink } from './sinks.ts';
 import { durationOption } from './timeout.ts';
 
 export type { RedisCommandClient } from './cluster-registry.ts';
@@ -216,6 +216,20 @@ export class PeerResponseSink extends ResponseSink {
       code,
     ]);
     this.response.end(body);
+  }
+}
+
+/**
+ * The raw socket of an upgrade from a peer: the proxy's misses are marked, as
+ * {@link PeerResponseSink} marks them, so that the forwarding proxy tries its next peer.
+ */
+export class PeerSocketSink extends SocketSink {
+  override head(status: number, headers: readonly string[]): void {
+    super.head(status, withoutClusterHeaders(headers));
+  }
+
+  protected override errorHeaders(code: TunnelErrorCode): readonly string[] {
+    return isMiss(code) ? [CLUSTER_MISS_HEADER, code] : [];
   }
 }
 

@@ -28,6 +28,7 @@ import {
   CLUSTER_MISS_HEADER,
   CLUSTER_TIMEOUT_HEADER,
   PeerResponseSink,
+  PeerSocketSink,
   type ResolvedCluster,
   resolveCluster,
   type TunnelClusterOptions,
@@ -762,13 +763,15 @@ export class TunnelProxy {
       writeRawError(socket, TunnelErrorCode.UpgradeNotSupported);
       return;
     }
-    const prepared = this.prepare(req, true, this.isClusterRequest(req));
+    const fromPeer = this.isClusterRequest(req);
+    const prepared = this.prepare(req, true, fromPeer);
     if (prepared.kind !== 'routed') {
       writeRawError(socket, prepared.kind === 'ops' ? TunnelErrorCode.MissingClientId : prepared.code);
       return;
     }
     if (head.length > 0) socket.unshift(head);
-    this.start(prepared, socket, new SocketSink(socket), BodyMode.Stream, 0, true, Number.POSITIVE_INFINITY);
+    const sink = fromPeer ? new PeerSocketSink(socket) : new SocketSink(socket);
+    this.start(prepared, socket, sink, BodyMode.Stream, 0, true, Number.POSITIVE_INFINITY);
   }
 
   /**

@@ -131,10 +131,10 @@ export class ResponseSink implements Sink {
 }
 
 /** Writes a whole HTTP/1.1 response on a raw socket and closes it once flushed. */
-export function writeRawError(socket: Duplex, code: TunnelErrorCode): void {
+export function writeRawError(socket: Duplex, code: TunnelErrorCode, extraHeaders: readonly string[] = []): void {
   const body = errorBody(code);
   const status = TUNNEL_ERROR_STATUS[code];
-  writeRawHead(socket, status, jsonHeaders(body, true));
+  writeRawHead(socket, status, [...jsonHeaders(body, true), ...extraHeaders]);
   socket.end(body);
 }
 
@@ -208,7 +208,12 @@ export class SocketSink implements Sink {
     }
     this.sent = true;
     this.ended = true;
-    writeRawError(this.socket, code);
+    writeRawError(this.socket, code, this.errorHeaders(code));
+  }
+
+  /** Extra headers of an error answer (none here; a peer's sink marks its misses). */
+  protected errorHeaders(_code: TunnelErrorCode): readonly string[] {
+    return [];
   }
 
   onGone(listener: () => void): void {
