@@ -462,6 +462,15 @@ export class Connection {
       return;
     }
     this.sessionBusy = true;
+    try {
+      await this.restore(id, key, settings);
+    } finally {
+      this.sessionBusy = false;
+    }
+  }
+
+  /** Looks the session up and attaches this connection to it; answers the restore request. */
+  private async restore(id: RequestId, key: string, settings: SessionSettings): Promise<void> {
     let session: Session | null;
     let json = '';
     try {
@@ -477,8 +486,6 @@ export class Connection {
       this.context.options.logger.error('session store failed to look up a session', { error });
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
       return;
-    } finally {
-      this.sessionBusy = false;
     }
     if (session === null || !this.peer.isOpen) {
       this.peer.sendRaw(encodeSpecialReply(id, 'session-not-found'));
@@ -488,7 +495,6 @@ export class Connection {
     // (the reference checked, awaited, then registered): racing restores cannot pass the limit,
     // and a key that does not exist is "not found" for every one of them. A store that counts
     // across processes then checks the limit across them, atomically on its side.
-    this.sessionBusy = true;
     let attached: SessionAttachResult;
     try {
       attached = await this.attaching(key);
@@ -496,8 +502,6 @@ export class Connection {
       this.context.options.logger.error('session store failed to attach a connection to a session', { error });
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
       return;
-    } finally {
-      this.sessionBusy = false;
     }
     if (attached !== 'attached') {
       this.peer.sendRaw(encodeSpecialReply(id, attached === 'limit' ? 'max-session-connections' : 'session-not-found'));

@@ -23,6 +23,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
 import { evalScript, LUA_NOW, type RedisCommandClient, type RedisScript, redisScript } from '../util/redis-script.ts';
 import { checkInteger } from '../util/validate.ts';
+import { KeyedQueue } from './keyed-queue.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import {
   formatSessionTime,
@@ -176,8 +177,8 @@ export class RedisSessionManager implements SessionManager {
   readonly #held = new Map<string, number>();
   #renewTimer: ReturnType<typeof setInterval> | undefined;
   #renewing = false;
-  /** The last presence write of each session still in flight: the next one waits for it. */
-  readonly #presenceQueue = new Map<string, Promise<void>>();
+  /** Presence writes, one at a time per session (see `#presence`). */
+  readonly #presenceQueue = new KeyedQueue();
 
   constructor(options: RedisSessionManagerOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
@@ -324,18 +325,7 @@ export class RedisSessionManager implements SessionManager {
    * script meanwhile), and an older count would overwrite a newer one.
    */
   #presence(redisKey: string, count: number, limit: number): Promise<unknown> {
-    const previous = this.#presenceQueue.get(redisKey);
-    const run = (): Promise<unknown> => this.#presenceNow(redisKey, count, limit);
-    const result = previous === undefined ? run() : previous.then(run, run);
-    const settled = result.then(
-      () => {},
-      () => {},
-    );
-    this.#presenceQueue.set(redisKey, settled);
-    void settled.then(() => {
-      if (this.#presenceQueue.get(redisKey) === settled) this.#presenceQueue.delete(redisKey);
-    });
-    return result;
+    return this.#presenceQueue.run(redisKey, () => this.#presenceNow(redisKey, count, limit));
   }
 
   #presenceNow(redisKey: string, count: number, limit: number): Promise<unknown> {

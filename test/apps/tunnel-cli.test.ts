@@ -11,7 +11,19 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
-import { ID, send, spawnCli, startAgent, startTarget, tempFile, TOKEN } from '../fixtures/tunnel-helpers.ts';
+import {
+  ID,
+  OTHER_ID,
+  OTHER_TOKEN,
+  send,
+  spawnAgent,
+  spawnCli,
+  startAgent,
+  startProxy,
+  startTarget,
+  tempFile,
+  TOKEN,
+} from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger } from '../helpers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -158,27 +170,10 @@ test('proxy and agent processes: a request through both; SIGTERM drains, finishi
 test('an agent process refused for good on a reconnect exits 1 and says why', async (t) => {
   const target = await startTarget(t, (_req, res) => res.end('ok'));
   // A proxy that knows the agent, then, on the same port, one that no longer does.
-  let proxy = new TunnelProxy({ tokens: { [ID]: TOKEN }, logger: recordingLogger(), processMetrics: false });
-  await proxy.listen({ host: '127.0.0.1', port: 0 });
-  const { port } = proxy.address()!;
-  t.after(() => proxy.close());
-  const tokenFile = await tempFile(t, 'token', `${TOKEN}\n`);
-  const agent = spawnCli(t, [
-    'tunnel',
-    'agent',
-    '--proxy',
-    `ws://127.0.0.1:${port}/_tunnel`,
-    '--id',
-    ID,
-    '--token-file',
-    tokenFile,
-    '--target',
-    target.url,
-  ]);
-  await agent.line((l) => l.msg === 'connected to the proxy');
-  await proxy.close();
-  proxy = new TunnelProxy({ tokens: { other: TOKEN }, logger: recordingLogger(), processMetrics: false });
-  await proxy.listen({ host: '127.0.0.1', port });
+  const first = await startProxy(t);
+  const agent = await spawnAgent(t, first, target.url);
+  await first.proxy.close();
+  await startProxy(t, { tokens: { [OTHER_ID]: OTHER_TOKEN } }, first.port);
   await agent.line((l) => l.msg === 'gave up connecting to the proxy; exiting');
   assert.equal(await agent.exited, 1);
   assert.ok(agent.logs.some((l) => l.msg === 'connection to the proxy failed' && JSON.stringify(l).includes('401')));

@@ -34,6 +34,8 @@ import {
   TOKEN,
   tempFile,
   upload,
+  writeBlocks,
+  pattern,
 } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
 import { testCertificate } from '../transports/helpers.ts';
@@ -108,12 +110,6 @@ async function waitRegistered(redis: TestRedisClient, prefix: string, id: string
     if (Date.now() > deadline) throw new Error(`registry of ${id}: ${JSON.stringify(now)}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-function pattern(size: number): Buffer {
-  const out = Buffer.allocUnsafe(size);
-  for (let i = 0; i < size; i++) out[i] = (i * 31 + 7) & 0xff;
-  return out;
 }
 
 const connected = await connectRedis();
@@ -220,7 +216,7 @@ if (connected instanceof Error) {
       const total = 96 * 1024 * 1024;
       const block = pattern(256 * 1024);
       let uploadRead = 0;
-      let downloadWritten = 0;
+      const download = { sent: 0 };
       const uploadHash = createHash('sha256');
       const marks = { upMid: 0, upEnd: 0, downMid: 0, downEnd: 0 };
       const progress = { sent: 0 };
@@ -247,17 +243,7 @@ if (connected instanceof Error) {
           return;
         }
         res.writeHead(200, { 'content-type': 'application/octet-stream' });
-        const pump = (): void => {
-          while (downloadWritten < total) {
-            downloadWritten += block.length;
-            if (!res.write(block)) {
-              res.once('drain', pump);
-              return;
-            }
-          }
-          res.end();
-        };
-        pump();
+        writeBlocks(res, block, total, download);
       });
       const a = await startNode(t, redis, p, { maxRequestBody: Number.POSITIVE_INFINITY });
       const b = await startNode(t, redis, p, { maxRequestBody: Number.POSITIVE_INFINITY });
@@ -286,10 +272,10 @@ if (connected instanceof Error) {
               paused = true;
               res.pause();
               setTimeout(() => {
-                marks.downMid = downloadWritten;
+                marks.downMid = download.sent;
               }, 600);
               setTimeout(() => {
-                marks.downEnd = downloadWritten;
+                marks.downEnd = download.sent;
                 res.resume();
               }, 900);
             }

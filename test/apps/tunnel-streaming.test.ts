@@ -10,7 +10,16 @@ import { request } from 'node:http';
 import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import { ID, send, startAgent, startProxy, startTarget, upload } from '../fixtures/tunnel-helpers.ts';
+import {
+  ID,
+  pattern,
+  send,
+  startAgent,
+  startProxy,
+  startTarget,
+  upload,
+  writeBlocks,
+} from '../fixtures/tunnel-helpers.ts';
 import { delay, waitFor } from '../helpers.ts';
 
 test('server-sent events arrive as they are produced', async (t) => {
@@ -94,32 +103,15 @@ test('chunked responses stay chunked, Content-Length responses keep it; HEAD and
   assert.equal(notModified.headers.etag, '"x"');
 });
 
-/** Writes `total` bytes of a repeating pattern to `write`, honouring its backpressure. */
-function pattern(size: number): Buffer {
-  const out = Buffer.alloc(size);
-  for (let i = 0; i < size; i++) out[i] = (i * 31 + 7) & 0xff;
-  return out;
-}
-
 test('a large download streams with its bytes intact, and a slow user holds the target back', async (t) => {
   // Larger than every buffer on the way, the kernel's included (Linux autotunes a loopback receive
   // buffer up to tcp_rmem's maximum, 32 MiB here): a target that is held back must stall.
   const total = 256 * 1024 * 1024;
   const block = pattern(256 * 1024);
-  let written = 0;
+  const progress = { sent: 0 };
   const target = await startTarget(t, (_req, res) => {
     res.writeHead(200, { 'content-type': 'application/octet-stream' });
-    const pump = (): void => {
-      while (written < total) {
-        written += block.length;
-        if (!res.write(block)) {
-          res.once('drain', pump);
-          return;
-        }
-      }
-      res.end();
-    };
-    pump();
+    writeBlocks(res, block, total, progress);
   });
   const proxy = await startProxy(t);
   await startAgent(t, proxy, { target: target.url });
@@ -141,10 +133,10 @@ test('a large download streams with its bytes intact, and a slow user holds the 
           // While the user reads nothing, the target must stop: windows, not buffers. Once the
           // buffers on the way are full, its writes stall.
           setTimeout(() => {
-            writtenMidPause = written;
+            writtenMidPause = progress.sent;
           }, 500);
           setTimeout(() => {
-            writtenEndPause = written;
+            writtenEndPause = progress.sent;
             res.resume();
           }, 800);
         }

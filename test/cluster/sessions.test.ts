@@ -61,20 +61,37 @@ function localBus(): () => TopicBus {
   };
 }
 
-async function startNode(t: TestContext, shared: Shared) {
-  const { manager, bus } = await shared.node();
+/** A server with the login/whoami app on `manager` (and `bus`), at most LIMIT connections a session. */
+async function startSessionServer(t: TestContext, manager: SessionManager, bus?: TopicBus) {
   const logger = recordingLogger();
   const server = new Server({
     transport: wsTransport({ host: '127.0.0.1', port: 0 }),
     logger,
     sessionManager: manager,
     maxSessionConnections: LIMIT,
-    bus,
+    ...(bus === undefined ? {} : { bus }),
     onRequest: sessionApp,
   });
   await server.listen();
   t.after(() => server.shutdown({ timeout: 200 }));
   return { server, url: `ws://127.0.0.1:${server.address()!.port}/`, logger };
+}
+
+/** One more server on the shared store and bus. */
+async function startNode(t: TestContext, shared: Shared) {
+  const { manager, bus } = await shared.node();
+  return startSessionServer(t, manager, bus);
+}
+
+/** Servers A and B on one store; a session created by a1 on A and restored by b1 on B. */
+async function sessionOnBoth(t: TestContext, shared: Shared) {
+  const a = await startNode(t, shared);
+  const b = await startNode(t, shared);
+  const a1 = await client(t, a.url);
+  const { key } = await login(a1);
+  const b1 = await client(t, b.url);
+  await b1.restoreSession(key);
+  return { shared, a, b, a1, b1, key };
 }
 
 async function client(t: TestContext, url: string): Promise<Client> {
@@ -86,20 +103,8 @@ async function client(t: TestContext, url: string): Promise<Client> {
 
 function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Shared>): void {
   describe(`sessions across servers: ${name}`, () => {
-    /** Servers A and B on one store; a session created by a1 on A and restored by b1 on B. */
-    async function sessionOnBoth(t: TestContext) {
-      const shared = await makeShared(t);
-      const a = await startNode(t, shared);
-      const b = await startNode(t, shared);
-      const a1 = await client(t, a.url);
-      const { key } = await login(a1);
-      const b1 = await client(t, b.url);
-      await b1.restoreSession(key);
-      return { shared, a, b, a1, b1, key };
-    }
-
     it('maxSessionConnections counts the connections of every server', async (t) => {
-      const { shared, a, b, b1, key } = await sessionOnBoth(t);
+      const { shared, a, b, b1, key } = await sessionOnBoth(t, await makeShared(t));
 
       const b2 = await client(t, b.url);
       await assert.rejects(b2.restoreSession(key), MaxSessionConnectionsError, 'one on A and one on B make two');
@@ -116,7 +121,7 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
     });
 
     it('a session is deleted only when its last connection anywhere closes it', async (t) => {
-      const { shared, a, a1, b1, key } = await sessionOnBoth(t);
+      const { shared, a, a1, b1, key } = await sessionOnBoth(t, await makeShared(t));
 
       await a1.closeSession();
       assert.equal(a1.session, null);
@@ -130,7 +135,7 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
     });
 
     it('server.closeSession(key) closes the session on every server', async (t) => {
-      const { shared, a, b, a1, b1, key } = await sessionOnBoth(t);
+      const { shared, a, b, a1, b1, key } = await sessionOnBoth(t, await makeShared(t));
       const closedOnB = new Promise<void>((resolve) => b1.once('sessionClosed', () => resolve()));
 
       assert.equal(await a.server.closeSession(key), 1, "the count is this server's connections");
@@ -179,17 +184,7 @@ class SlowAttach extends MemorySessionManager {
 
 describe('sessions: a slow store count (pending attaches)', () => {
   async function setup(t: TestContext, manager: MemorySessionManager = new SlowAttach(150)) {
-    const logger = recordingLogger();
-    const server = new Server({
-      transport: wsTransport({ host: '127.0.0.1', port: 0 }),
-      logger,
-      sessionManager: manager,
-      maxSessionConnections: LIMIT,
-      onRequest: sessionApp,
-    });
-    await server.listen();
-    t.after(() => server.shutdown({ timeout: 200 }));
-    return { server, manager, logger, url: `ws://127.0.0.1:${server.address()!.port}/` };
+    return { ...(await startSessionServer(t, manager)), manager };
   }
 
   it('a store whose count fails: the restore gets an internal error, a new session is not kept', async (t) => {
@@ -357,13 +352,7 @@ if (connected instanceof Error) {
     });
 
     it('a live process keeps counting past presenceTtl (its counts are renewed)', async (t) => {
-      const shared = await redisShared(t);
-      const a = await startNode(t, shared);
-      const b = await startNode(t, shared);
-      const a1 = await client(t, a.url);
-      const { key } = await login(a1);
-      const b1 = await client(t, b.url);
-      await b1.restoreSession(key);
+      const { shared, b, b1, key } = await sessionOnBoth(t, await redisShared(t));
       await delay(PRESENCE_TTL * 2 + 200);
       const b2 = await client(t, b.url);
       await assert.rejects(b2.restoreSession(key), MaxSessionConnectionsError);

@@ -12,11 +12,10 @@
  * looks at it.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
-import type { ServerResponse } from 'node:http';
 import { InvalidArgumentError } from '../../index.ts';
 import type { RedisCommandClient } from './cluster-registry.ts';
-import { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
-import { jsonHeaders, ResponseSink, SocketSink } from './sinks.ts';
+import { TunnelErrorCode } from './http-errors.ts';
+import { ResponseSink, SocketSink } from './sinks.ts';
 import { durationOption } from './timeout.ts';
 
 export type { RedisCommandClient } from './cluster-registry.ts';
@@ -191,31 +190,12 @@ export function isMiss(code: TunnelErrorCode): boolean {
  * an agent's response cannot carry a cluster header (a target must not fake a miss).
  */
 export class PeerResponseSink extends ResponseSink {
-  private readonly response: ServerResponse;
-
-  constructor(res: ServerResponse) {
-    super(res);
-    this.response = res;
-  }
-
   override head(status: number, headers: readonly string[]): void {
     super.head(status, withoutClusterHeaders(headers));
   }
 
-  override fail(code: TunnelErrorCode, closeConnection = false): void {
-    if (!isMiss(code) || this.done || this.response.headersSent) {
-      super.fail(code, closeConnection);
-      return;
-    }
-    // Written here rather than through super.fail: the same answer, plus the mark.
-    this.markEnded();
-    const body = errorBody(code);
-    this.response.writeHead(TUNNEL_ERROR_STATUS[code], [
-      ...jsonHeaders(body, closeConnection || this.closeConnection),
-      CLUSTER_MISS_HEADER,
-      code,
-    ]);
-    this.response.end(body);
+  protected override errorHeaders(code: TunnelErrorCode): readonly string[] {
+    return missHeaders(code);
   }
 }
 
@@ -229,8 +209,13 @@ export class PeerSocketSink extends SocketSink {
   }
 
   protected override errorHeaders(code: TunnelErrorCode): readonly string[] {
-    return isMiss(code) ? [CLUSTER_MISS_HEADER, code] : [];
+    return missHeaders(code);
   }
+}
+
+/** The header marking one of the proxy's misses for the forwarding proxy; none for other answers. */
+function missHeaders(code: TunnelErrorCode): readonly string[] {
+  return isMiss(code) ? [CLUSTER_MISS_HEADER, code] : [];
 }
 
 /** `raw` without any `x-duplexwire-cluster-*` header. */

@@ -48,7 +48,7 @@ import { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.t
 import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
 import { TunnelMetrics } from './metrics.ts';
-import { type ExchangeHost, ProxyExchange } from './proxy-exchange.ts';
+import { type ExchangeHost, type ExchangeInit, ProxyExchange } from './proxy-exchange.ts';
 import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';
 import { ResponseSink, type Sink, SocketSink, writeRawError } from './sinks.ts';
 import { type ClusterState, renderStatusPage } from './status-page.ts';
@@ -869,43 +869,7 @@ export class TunnelProxy {
     upgrade: boolean,
     maxBody: number,
   ): void {
-    // No usable agent here (none, or all full or draining): a peer's may take it. A request from
-    // a peer is never forwarded again, so none can go round in circles.
-    if (
-      this.forwardHost !== undefined &&
-      !prepared.fromPeer &&
-      this.balancer.pick(prepared.id, this.host.maxInflightPerAgent) === undefined
-    ) {
-      const forward = new ForwardExchange(this.forwardHost, {
-        id: prepared.id,
-        method: (source as IncomingMessage).method ?? 'GET',
-        url: prepared.url,
-        headers: prepared.headers,
-        source,
-        sink,
-        hasBody: bodyMode !== BodyMode.None,
-        upgrade,
-        timeout: prepared.timeout,
-        maxBody,
-        local: () => this.startLocal(prepared, source, sink, bodyMode, inlineLength, upgrade, maxBody),
-      });
-      this.active.add(forward);
-      void forward.run();
-      return;
-    }
-    this.startLocal(prepared, source, sink, bodyMode, inlineLength, upgrade, maxBody);
-  }
-
-  private startLocal(
-    prepared: { id: string; url: string; headers: string[]; timeout: number },
-    source: IncomingMessage | Duplex,
-    sink: Sink,
-    bodyMode: BodyMode,
-    inlineLength: number,
-    upgrade: boolean,
-    maxBody: number,
-  ): void {
-    const exchange = new ProxyExchange(this.host, {
+    const init: ExchangeInit = {
       id: prepared.id,
       method: (source as IncomingMessage).method ?? 'GET',
       url: prepared.url,
@@ -917,7 +881,29 @@ export class TunnelProxy {
       upgrade,
       timeout: prepared.timeout,
       maxBody,
-    });
+    };
+    // No usable agent here (none, or all full or draining): a peer's may take it. A request from
+    // a peer is never forwarded again, so none can go round in circles.
+    if (
+      this.forwardHost !== undefined &&
+      !prepared.fromPeer &&
+      this.balancer.pick(prepared.id, this.host.maxInflightPerAgent) === undefined
+    ) {
+      const forward = new ForwardExchange(this.forwardHost, {
+        ...init,
+        source,
+        hasBody: bodyMode !== BodyMode.None,
+        local: () => this.startLocal(init),
+      });
+      this.active.add(forward);
+      void forward.run();
+      return;
+    }
+    this.startLocal(init);
+  }
+
+  private startLocal(init: ExchangeInit): void {
+    const exchange = new ProxyExchange(this.host, init);
     this.active.add(exchange);
     void exchange.run();
   }

@@ -106,11 +106,6 @@ export class ResponseSink implements Sink {
     this.res.destroy();
   }
 
-  /** For subclasses that write the answer themselves. */
-  protected markEnded(): void {
-    this.ended = true;
-  }
-
   fail(code: TunnelErrorCode, closeConnection = false): void {
     if (this.done) return;
     if (this.res.headersSent) {
@@ -119,8 +114,16 @@ export class ResponseSink implements Sink {
     }
     const body = errorBody(code);
     this.ended = true;
-    this.res.writeHead(TUNNEL_ERROR_STATUS[code], jsonHeaders(body, closeConnection || this.closeConnection));
+    this.res.writeHead(TUNNEL_ERROR_STATUS[code], [
+      ...jsonHeaders(body, closeConnection || this.closeConnection),
+      ...this.errorHeaders(code),
+    ]);
     this.res.end(body);
+  }
+
+  /** Extra headers of an error answer (none here; a peer's sink marks its misses). */
+  protected errorHeaders(_code: TunnelErrorCode): readonly string[] {
+    return [];
   }
 
   onGone(listener: () => void): void {
