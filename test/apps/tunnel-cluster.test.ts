@@ -15,7 +15,12 @@ import type { AddressInfo } from 'node:net';
 import { after, describe, it, type TestContext } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
-import { CLUSTER_CLOCK_SKEW, type RedisCommandClient, resolveCluster } from '../../src/apps/tunnel/cluster.ts';
+import {
+  CLUSTER_CLOCK_SKEW,
+  type RedisCommandClient,
+  resolveCluster,
+  SeenSignatures,
+} from '../../src/apps/tunnel/cluster.ts';
 import { LOOKUP_CACHE_TIME } from '../../src/apps/tunnel/cluster-registry.ts';
 import { generateToken } from '../../src/apps/tunnel/tokens.ts';
 import { TunnelProxy, type TunnelProxyOptions } from '../../src/apps/tunnel/proxy.ts';
@@ -111,6 +116,57 @@ async function waitRegistered(redis: TestRedisClient, prefix: string, id: string
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
+
+describe('remembered cluster signatures', () => {
+  it('a nonce is accepted once, and forgotten only when the clock skew refuses its signature anyway', () => {
+    const seen = new SeenSignatures();
+    const now = 1_000_000;
+    assert.equal(seen.add('a', now, now), true);
+    assert.equal(seen.add('a', now, now), false, 'a replay');
+    assert.equal(seen.add('b', now - 5, now), true, 'another nonce, a little older');
+    // Still within the skew: still remembered.
+    assert.equal(seen.add('a', now, now + CLUSTER_CLOCK_SKEW), false);
+    // Past it: forgotten (verify refuses the stale time before asking).
+    assert.equal(seen.add('c', now + CLUSTER_CLOCK_SKEW + 1, now + CLUSTER_CLOCK_SKEW + 1), true);
+    assert.equal(seen.size, 1);
+  });
+
+  it('full: the oldest is forgotten and nothing up to its time passes again', () => {
+    const seen = new SeenSignatures(3);
+    const now = 1_000_000;
+    for (const [nonce, time] of [
+      ['a', now - 30],
+      ['b', now - 20],
+      ['c', now - 10],
+    ] as const) {
+      assert.equal(seen.add(nonce, time, now), true);
+    }
+    assert.equal(seen.add('d', now, now), true, 'makes room by forgetting a');
+    assert.equal(seen.size, 3);
+    assert.equal(seen.add('a', now - 30, now), false, 'a cannot come back');
+    assert.equal(seen.add('e', now - 25, now), false, 'nor anything not newer than it');
+    assert.equal(seen.add('f', now - 29, now), false);
+    assert.equal(seen.add('g', now + 1, now), true, 'newer ones pass');
+  });
+
+  it('the proxy signs each request with its own nonce, so two alike requests in one millisecond both pass', () => {
+    const cluster = resolveCluster({
+      client: { sendCommand: async () => null },
+      advertise: 'http://127.0.0.1:1',
+      secret: SECRET,
+    });
+    const facts = { audience: 'http://127.0.0.1:1', method: 'GET', target: '/', id: ID, timeout: '30000' };
+    const signatures = Array.from({ length: 50 }, () => cluster.sign(facts));
+    assert.equal(new Set(signatures).size, 50);
+    for (const signature of signatures) assert.equal(cluster.verify(signature, facts), 'ok');
+    assert.equal(cluster.verify(signatures[0], facts), 'replayed');
+    assert.equal(cluster.verify(signatures[1], { ...facts, target: '/other' }), 'invalid');
+    const good = signatures[2]!;
+    const at = good.length - 10; // inside the MAC
+    const forged = `${good.slice(0, at)}${good[at] === 'A' ? 'B' : 'A'}${good.slice(at + 1)}`;
+    assert.equal(cluster.verify(forged, facts), 'invalid');
+  });
+});
 
 const connected = await connectRedis();
 if (connected instanceof Error) {
@@ -428,7 +484,7 @@ if (connected instanceof Error) {
       assert.ok(!JSON.stringify([...a.logger.entries, ...b.logger.entries]).includes(SECRET));
     });
 
-    it('cluster requests are signed: the secret never travels, and a signature serves only its own request, peer and time', async (t) => {
+    it('cluster requests are signed: the secret never travels, and a signature serves only its own request, peer and time, once', async (t) => {
       const p = fresh(t);
       const target = await startTarget(t, echoHandler);
       const b = await startNode(t, redis, p);
@@ -447,7 +503,8 @@ if (connected instanceof Error) {
         return at < 0 ? undefined : raw[at + 1];
       };
       // A good signature: served as a peer's request (its X-Forwarded-For is the first proxy's).
-      const good = await send(b.port, { path: '/x', headers: headers(signer.sign(facts)) });
+      const goodAuth = signer.sign(facts);
+      const good = await send(b.port, { path: '/x', headers: headers(goodAuth) });
       assert.equal(good.status, 200);
       assert.equal(xff(good), '10.9.8.7');
       assert.equal(b.proxy.metrics.cluster.forwardedIn, 1);
@@ -459,7 +516,14 @@ if (connected instanceof Error) {
         ['another client id', headers(signer.sign(facts), OTHER_ID), '/x'],
         ['another peer', headers(signer.sign({ ...facts, audience: 'http://127.0.0.1:1' })), '/x'],
         ['a longer deadline', { ...headers(signer.sign(facts)), 'x-duplexwire-cluster-timeout': '60000' }, '/x'],
-        ['an old one', headers(`v1.${Date.now() - CLUSTER_CLOCK_SKEW - 1_000}.${'A'.repeat(43)}`), '/x'],
+        [
+          'an old one',
+          headers(`v1.${Date.now() - CLUSTER_CLOCK_SKEW - 1_000}.${'A'.repeat(16)}.${'A'.repeat(43)}`),
+          '/x',
+        ],
+        // The body is not signed: without the proxy remembering signatures, this one would be
+        // served again with any body, to the agent, as the first proxy's request.
+        ['the good one again', headers(goodAuth), '/x'],
       ];
       for (const [what, forged, path] of replays) {
         // Not a peer's request: without a routing header it routes nowhere.

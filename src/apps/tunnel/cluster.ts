@@ -11,7 +11,7 @@
  * every `x-duplexwire-cluster-*` header of an ordinary request is dropped before anything else
  * looks at it.
  */
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { InvalidArgumentError } from '../../index.ts';
 import type { RedisCommandClient } from './cluster-registry.ts';
 import { TunnelErrorCode } from './http-errors.ts';
@@ -21,7 +21,7 @@ import { durationOption } from './timeout.ts';
 export type { RedisCommandClient } from './cluster-registry.ts';
 
 /**
- * The signature of a cluster request: `v1.<unix ms>.<HMAC-SHA256, base64url>`
+ * The signature of a cluster request: `v1.<unix ms>.<nonce>.<HMAC-SHA256, base64url>`
  * (see {@link ResolvedCluster.sign}); never forwarded to an agent, never logged.
  */
 export const CLUSTER_AUTH_HEADER = 'x-duplexwire-cluster-auth';
@@ -47,10 +47,17 @@ export const DEFAULT_PEER_CONNECT_TIMEOUT = 3_000;
 export const MIN_CLUSTER_SECRET_LENGTH = 22;
 /**
  * How far the time of a signed cluster request may be from the receiving proxy's clock, either
- * way (ms): the window in which a captured request could be replayed as it was, to the same peer.
- * The proxies' clocks must agree within it (NTP).
+ * way (ms). The proxies' clocks must agree within it (NTP). A receiving proxy remembers the
+ * signatures it accepted for this long, so none serves twice.
  */
 export const CLUSTER_CLOCK_SKEW = 30_000;
+/**
+ * Signatures a proxy remembers at most (about 85 bytes of heap each, 17 MB in all). Past that, the oldest is forgotten
+ * and every signature not newer than it is refused from then on: a replay never passes, and only
+ * a proxy receiving more than about this many forwarded requests per {@link CLUSTER_CLOCK_SKEW}
+ * refuses some that arrive later than newer ones.
+ */
+export const MAX_REMEMBERED_SIGNATURES = 200_000;
 
 /** What the signature of a cluster request covers, besides its time. */
 export interface ClusterRequestFacts {
@@ -103,19 +110,69 @@ export interface ResolvedCluster {
   readonly connectTimeout: number;
   /** TLS options for `https:` peers (only the ones given). */
   readonly tls: { readonly ca?: string | Buffer; readonly rejectUnauthorized?: boolean };
-  /** The value of {@link CLUSTER_AUTH_HEADER} for a request with these facts, signed now. */
+  /** The value of {@link CLUSTER_AUTH_HEADER} for a request with these facts, signed now, with a fresh nonce. */
   sign(facts: ClusterRequestFacts): string;
-  /** True when `presented` signs these facts with the cluster secret, within the clock skew (constant time). */
-  verify(presented: string | undefined, facts: ClusterRequestFacts): boolean;
+  /**
+   * `'ok'` when `presented` signs these facts with the cluster secret (constant time), within the
+   * clock skew, and was never accepted before (it is remembered from now on); `'replayed'` for a
+   * good signature seen before; `'invalid'` otherwise.
+   */
+  verify(presented: string | undefined, facts: ClusterRequestFacts): 'ok' | 'invalid' | 'replayed';
 }
 
-const SIGNATURE = /^v1\.(\d{1,15})\.([A-Za-z0-9_-]{43})$/;
+/** 96 random bits per signature: two requests never share one, so a second use is a replay. */
+const NONCE_BYTES = 12;
+const SIGNATURE = /^v1\.(\d{1,15})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})$/;
 
-function mac(key: Buffer, time: string, facts: ClusterRequestFacts): Buffer {
+function mac(key: Buffer, time: string, nonce: string, facts: ClusterRequestFacts): Buffer {
   // Newline-separated: none of the fields can hold one (Node refuses them in paths and headers).
   return createHmac('sha256', key)
-    .update(`v1\n${time}\n${facts.audience}\n${facts.method}\n${facts.target}\n${facts.id}\n${facts.timeout}`, 'utf8')
+    .update(
+      `v1\n${time}\n${nonce}\n${facts.audience}\n${facts.method}\n${facts.target}\n${facts.id}\n${facts.timeout}`,
+      'utf8',
+    )
     .digest();
+}
+
+/**
+ * The nonces of the signatures a proxy accepted, until their time is past the clock skew (the
+ * signature is refused as stale from then on anyway). The body of a cluster request is not
+ * signed (it streams), so without this a captured request could be sent again, with another body,
+ * within the skew.
+ */
+export class SeenSignatures {
+  /** Nonce -> the signature's time; in the order accepted, which is about the order of time. */
+  private readonly seen = new Map<string, number>();
+  /** Signatures with a time up to this one are refused: the newest time ever forgotten early. */
+  private floor = Number.NEGATIVE_INFINITY;
+  private readonly max: number;
+
+  constructor(max = MAX_REMEMBERED_SIGNATURES) {
+    this.max = max;
+  }
+
+  get size(): number {
+    return this.seen.size;
+  }
+
+  /** Records the signature; false when it was seen (or may have been: older than one forgotten). */
+  add(nonce: string, time: number, now: number): boolean {
+    // Forget what the skew refuses anyway. Entries are about in time order: stop at the first
+    // still-valid one (an older one behind it is kept a little longer, which costs only memory).
+    for (const [old, oldTime] of this.seen) {
+      if (oldTime >= now - CLUSTER_CLOCK_SKEW) break;
+      this.seen.delete(old);
+    }
+    if (time <= this.floor || this.seen.has(nonce)) return false;
+    if (this.seen.size >= this.max) {
+      const [oldest, oldestTime] = this.seen.entries().next().value as [string, number];
+      this.seen.delete(oldest);
+      this.floor = Math.max(this.floor, oldestTime);
+      if (time <= this.floor) return false;
+    }
+    this.seen.set(nonce, time);
+    return true;
+  }
 }
 
 /** Validates the `cluster` option; the result is frozen. */
@@ -156,6 +213,7 @@ export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
     throw new InvalidArgumentError('option cluster.tls.rejectUnauthorized must be a boolean');
   // The key is a digest of the secret: any length of secret makes a full-size HMAC key.
   const key = createHash('sha256').update(secret, 'utf8').digest();
+  const seen = new SeenSignatures();
   return Object.freeze({
     client,
     advertise: url.origin,
@@ -168,12 +226,17 @@ export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
     }),
     sign(facts: ClusterRequestFacts): string {
       const time = String(Date.now());
-      return `v1.${time}.${mac(key, time, facts).toString('base64url')}`;
+      const nonce = randomBytes(NONCE_BYTES).toString('base64url');
+      return `v1.${time}.${nonce}.${mac(key, time, nonce, facts).toString('base64url')}`;
     },
-    verify(presented: string | undefined, facts: ClusterRequestFacts): boolean {
+    verify(presented: string | undefined, facts: ClusterRequestFacts): 'ok' | 'invalid' | 'replayed' {
       const m = typeof presented === 'string' ? SIGNATURE.exec(presented) : null;
-      if (m === null || Math.abs(Date.now() - Number(m[1])) > CLUSTER_CLOCK_SKEW) return false;
-      return timingSafeEqual(Buffer.from(m[2]!, 'base64url'), mac(key, m[1]!, facts));
+      const now = Date.now();
+      const time = Number(m?.[1]);
+      if (m === null || Math.abs(now - time) > CLUSTER_CLOCK_SKEW) return 'invalid';
+      if (!timingSafeEqual(Buffer.from(m[3]!, 'base64url'), mac(key, m[1]!, m[2]!, facts))) return 'invalid';
+      // Only after the MAC: strangers cannot fill the memory.
+      return seen.add(m[2]!, time, now) ? 'ok' : 'replayed';
     },
   });
 }

@@ -8,9 +8,11 @@ export { TunnelAgent, type NodeHandler, type TunnelAgentOptions } from './agent.
 export type { FetchHandler } from './agent-fetch.ts';
 export type { AgentEntry } from './balancer.ts';
 export {
+  CLUSTER_CLOCK_SKEW,
   DEFAULT_CLUSTER_PREFIX,
   DEFAULT_CLUSTER_TTL,
   DEFAULT_PEER_CONNECT_TIMEOUT,
+  MAX_REMEMBERED_SIGNATURES,
   MIN_CLUSTER_SECRET_LENGTH,
   type RedisCommandClient,
   type TunnelClusterOptions,

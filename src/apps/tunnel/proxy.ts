@@ -776,9 +776,9 @@ export class TunnelProxy {
 
   /**
    * True for a request another proxy of the cluster forwarded, signed for this proxy with the
-   * cluster secret. A bad, stale or absent signature makes it an ordinary request (its cluster
-   * headers are stripped like any tunnel header): outside users cannot make the proxy skip
-   * routing or the X-Forwarded-* rules.
+   * cluster secret, and never seen before. A bad, stale or replayed signature makes it an
+   * ordinary request (its cluster headers are stripped like any tunnel header): outside users
+   * cannot make the proxy skip routing or the X-Forwarded-* rules.
    */
   private isClusterRequest(req: IncomingMessage): boolean {
     const { headers } = req;
@@ -786,24 +786,24 @@ export class TunnelProxy {
     if (presented === undefined || this.cluster === undefined) return false;
     const id = headers[CLUSTER_ID_HEADER];
     const timeout = headers[CLUSTER_TIMEOUT_HEADER];
-    if (
-      typeof presented === 'string' &&
-      typeof id === 'string' &&
-      typeof timeout === 'string' &&
-      this.cluster.verify(presented, {
-        audience: this.cluster.advertise,
-        method: req.method ?? '',
-        target: req.url ?? '',
-        id,
-        timeout,
-      })
-    ) {
-      return true;
-    }
+    const verdict =
+      typeof presented === 'string' && typeof id === 'string' && typeof timeout === 'string'
+        ? this.cluster.verify(presented, {
+            audience: this.cluster.advertise,
+            method: req.method ?? '',
+            target: req.url ?? '',
+            id,
+            timeout,
+          })
+        : 'invalid';
+    if (verdict === 'ok') return true;
     this.metrics.cluster.refused++;
-    this.logger.warn('cluster request refused: bad or stale signature; served as an ordinary request', {
-      remoteAddress: req.socket.remoteAddress,
-    });
+    this.logger.warn(
+      verdict === 'replayed'
+        ? 'cluster request refused: its signature was used before (a replay); served as an ordinary request'
+        : 'cluster request refused: bad or stale signature; served as an ordinary request',
+      { remoteAddress: req.socket.remoteAddress },
+    );
     return false;
   }
 
