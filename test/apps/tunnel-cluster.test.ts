@@ -252,6 +252,15 @@ if (connected instanceof Error) {
       assert.equal(b.proxy.metrics.cluster.forwardedIn, 1);
       const metrics = await send(a.port, { path: '/metrics', headers: {} });
       assert.match(metrics.text, /duplexwire_tunnel_cluster_requests_total\{direction="out"\} 1/);
+      // The user's request once as a user's (on the proxy the user reached), once as a peer's.
+      const requests = (text: string) =>
+        text.split('\n').filter((l) => l.startsWith('duplexwire_tunnel_requests_total{'));
+      assert.deepEqual(requests(metrics.text), [
+        `duplexwire_tunnel_requests_total{client_id="${ID}",status_class="2xx",source="user"} 1`,
+      ]);
+      assert.deepEqual(requests((await send(b.port, { path: '/metrics', headers: {} })).text), [
+        `duplexwire_tunnel_requests_total{client_id="${ID}",status_class="2xx",source="peer"} 1`,
+      ]);
       const ready = json(await send(a.port, { path: '/readyz', headers: {} }));
       assert.deepEqual(ready.cluster, {
         advertise: a.advertise,

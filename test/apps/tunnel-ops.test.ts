@@ -69,9 +69,18 @@ test('/healthz, /readyz, /metrics and /status', async (t) => {
   const metrics = await send(proxy.port, { path: '/metrics', headers: {} });
   assert.equal(metrics.status, 200);
   const text = metrics.text;
-  assert.match(text, new RegExp(`duplexwire_tunnel_requests_total\\{client_id="${ID}",status_class="2xx"\\} 1`));
-  assert.match(text, new RegExp(`duplexwire_tunnel_requests_total\\{client_id="${ID}",status_class="5xx"\\} 1`));
-  assert.match(text, new RegExp(`duplexwire_tunnel_requests_total\\{client_id="${OTHER_ID}",status_class="5xx"\\} 1`));
+  assert.match(
+    text,
+    new RegExp(`duplexwire_tunnel_requests_total\\{client_id="${ID}",status_class="2xx",source="user"\\} 1`),
+  );
+  assert.match(
+    text,
+    new RegExp(`duplexwire_tunnel_requests_total\\{client_id="${ID}",status_class="5xx",source="user"\\} 1`),
+  );
+  assert.match(
+    text,
+    new RegExp(`duplexwire_tunnel_requests_total\\{client_id="${OTHER_ID}",status_class="5xx",source="user"\\} 1`),
+  );
   assert.match(text, new RegExp(`duplexwire_tunnel_request_duration_seconds_count\\{client_id="${ID}"\\} 2`));
   assert.match(text, new RegExp(`duplexwire_tunnel_agents_connected\\{client_id="${ID}"\\} 1`));
   assert.match(text, new RegExp(`duplexwire_tunnel_bytes_total\\{client_id="${ID}",direction="in"\\} 6`));

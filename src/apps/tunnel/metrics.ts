@@ -29,7 +29,10 @@ export interface IdStats {
   inflight: number;
   bytesIn: number;
   bytesOut: number;
+  /** Answers to users' requests, by status class (forwarded to a peer proxy or not). */
   readonly statusClasses: Map<string, number>;
+  /** Answers to requests a peer proxy forwarded here (its user's request, counted there too). */
+  readonly peerStatusClasses: Map<string, number>;
 }
 
 /** Why an agent's upgrade was refused (the label values of `duplexwire_tunnel_agents_refused_total`). */
@@ -69,13 +72,17 @@ export class TunnelMetrics {
     const stats = this.stats;
     new Counter({
       name: 'duplexwire_tunnel_requests_total',
-      help: 'HTTP requests answered by the proxy, by client id and status class (2xx, 4xx, ...)',
-      labelNames: ['client_id', 'status_class'],
+      help:
+        'HTTP requests answered by the proxy, by client id, status class (2xx, 4xx, ...) and source ' +
+        '(user, or peer: forwarded by another proxy of the cluster, which counts it as a user request)',
+      labelNames: ['client_id', 'status_class', 'source'],
       registers,
       collect() {
         this.reset();
         for (const [id, s] of stats) {
-          for (const [status_class, n] of s.statusClasses) this.inc({ client_id: id, status_class }, n);
+          for (const [status_class, n] of s.statusClasses) this.inc({ client_id: id, status_class, source: 'user' }, n);
+          for (const [status_class, n] of s.peerStatusClasses)
+            this.inc({ client_id: id, status_class, source: 'peer' }, n);
         }
       },
     });
@@ -189,7 +196,14 @@ export class TunnelMetrics {
   private seriesOf(label: string): Series {
     let series = this.series.get(label);
     if (series === undefined) {
-      const stats: IdStats = { requests: 0, inflight: 0, bytesIn: 0, bytesOut: 0, statusClasses: new Map() };
+      const stats: IdStats = {
+        requests: 0,
+        inflight: 0,
+        bytesIn: 0,
+        bytesOut: 0,
+        statusClasses: new Map(),
+        peerStatusClasses: new Map(),
+      };
       this.stats.set(label, stats);
       series = { stats, duration: this.duration.labels({ client_id: label }) };
       this.series.set(label, series);
@@ -205,14 +219,15 @@ export class TunnelMetrics {
     this.seriesOf(label).stats.inflight--;
   }
 
-  /** A response head went out (or an error answer). */
-  answered(label: string, status: number, seconds: number): void {
+  /** A response head went out (or an error answer), to a user or, `fromPeer`, to a peer proxy. */
+  answered(label: string, status: number, seconds: number, fromPeer = false): void {
     const series = this.seriesOf(label);
     series.duration.observe(seconds);
     const stats = series.stats;
     const statusClass = STATUS_CLASSES[Math.floor(status / 100)] ?? `${Math.floor(status / 100)}xx`;
     stats.requests++;
-    stats.statusClasses.set(statusClass, (stats.statusClasses.get(statusClass) ?? 0) + 1);
+    const classes = fromPeer ? stats.peerStatusClasses : stats.statusClasses;
+    classes.set(statusClass, (classes.get(statusClass) ?? 0) + 1);
   }
 
   bytesIn(label: string, n: number): void {

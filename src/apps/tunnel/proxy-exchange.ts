@@ -67,6 +67,8 @@ export interface ExchangeInit {
   readonly timeout: number;
   /** Request-body limit (Infinity for upgrades). */
   readonly maxBody: number;
+  /** Forwarded by a peer proxy of the cluster (counted as such in the metrics). */
+  readonly fromPeer: boolean;
 }
 
 type Outcome =
@@ -320,7 +322,7 @@ export class ProxyExchange {
     this.headDone = true;
     clearTimeout(this.timer);
     this.status = status;
-    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000);
+    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000, this.init.fromPeer);
     return true;
   }
 
@@ -462,7 +464,7 @@ export class ProxyExchange {
     this.stopReading();
     if (!this.init.sink.headSent) {
       this.status = 413;
-      this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000);
+      this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000, this.init.fromPeer);
     }
     // An unread body remains on the connection: the answer closes it.
     this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
@@ -508,7 +510,7 @@ export class ProxyExchange {
     const status = answerOrCut(this.init.sink, code);
     if (status === undefined) return;
     this.status = status;
-    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000);
+    this.host.metrics.answered(this.label, status, (performance.now() - this.startedAt) / 1000, this.init.fromPeer);
   }
 
   private finish(): void {

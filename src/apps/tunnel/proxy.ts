@@ -722,7 +722,7 @@ export class TunnelProxy {
       return;
     }
     if (prepared.kind === 'error') {
-      this.metrics.answered(this.metrics.label(undefined), 400, 0);
+      this.metrics.answered(this.metrics.label(undefined), 400, 0, fromPeer);
       sink.fail(prepared.code);
       return;
     }
@@ -735,7 +735,7 @@ export class TunnelProxy {
       bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
     if (length !== undefined && length > this.maxRequestBody) {
       // Refused before any byte of it is read or anything reaches an agent.
-      this.metrics.answered(this.metrics.label(prepared.id), 413, 0);
+      this.metrics.answered(this.metrics.label(prepared.id), 413, 0, fromPeer);
       sink.fail(TunnelErrorCode.BodyTooLarge, true);
       return;
     }
@@ -881,6 +881,7 @@ export class TunnelProxy {
       upgrade,
       timeout: prepared.timeout,
       maxBody,
+      fromPeer: prepared.fromPeer,
     };
     // No usable agent here (none, or all full or draining): a peer's may take it. A request from
     // a peer is never forwarded again, so none can go round in circles.

@@ -59,7 +59,10 @@ export function renderStatusPage(snapshot: StatusSnapshot): string {
   const statRows = [...snapshot.stats]
     .sort(([a], [b]) => (a < b ? -1 : 1))
     .map(([id, s]) => {
-      const classes = [...s.statusClasses].map(([k, v]) => `${esc(k)}: ${v}`).join(', ');
+      const classes = [
+        ...[...s.statusClasses].map(([k, v]) => `${k}: ${v}`),
+        ...[...s.peerStatusClasses].map(([k, v]) => `${k} for peers: ${v}`),
+      ].join(', ');
       return `<tr><td>${esc(id)}</td><td>${s.requests}</td><td>${s.inflight}</td><td>${esc(classes)}</td><td>${esc(bytes(s.bytesIn))}</td><td>${esc(bytes(s.bytesOut))}</td></tr>`;
     })
     .join('\n');
