@@ -119,6 +119,17 @@ export interface WsClientTransportOptions {
   highWaterMark?: number;
   /** For `wss:` URLs. @default undefined (the system's trusted CAs, certificates verified) */
   tls?: WsClientTlsOptions;
+  /**
+   * An HTTP proxy to reach the server through, with `CONNECT` (what corporate egress proxies
+   * allow): `http://proxy.internal:3128`, with `user:password@` for Basic authentication, or an
+   * `https:` URL for a TLS connection to the proxy itself. The proxy sees only the server's host
+   * and port: a `wss:` connection is encrypted end to end and its certificate checked as without
+   * a proxy (`tls`). A proxy that refuses (407 without valid credentials, 403 for a host its
+   * policy denies, 502 when it cannot reach the server) fails the attempt with that `status`.
+   * Uses the `https-proxy-agent` package, loaded on the first connection.
+   * @default undefined: a direct connection
+   */
+  proxy?: string | URL;
 }
 
 /** TLS settings for `wss:` connections. */
@@ -493,6 +504,27 @@ function checkHighWaterMark(value: number | undefined): number {
   return value;
 }
 
+/** The proxy URL, checked: http(s), no path. */
+function checkProxy(value: string | URL): URL {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new RangeError('proxy must be a URL such as http://proxy.internal:3128');
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || (url.pathname !== '/' && url.pathname !== '')) {
+    throw new RangeError(
+      `proxy must be an http: or https: origin such as http://proxy.internal:3128, got ${redact(url)}`,
+    );
+  }
+  return url;
+}
+
+/** A URL as it may be logged: its credentials left out. */
+function redact(url: URL): string {
+  return url.username === '' && url.password === '' ? url.origin : `${url.protocol}//***@${url.host}`;
+}
+
 function checkMaxMessageSize(value: number): void {
   // ws reads maxPayload 0 as "unlimited", the opposite of what a limit of 0 means.
   if (!(value > 0)) throw new RangeError(`maxMessageSize must be > 0, got ${value}`);
@@ -834,96 +866,128 @@ function connectError(message: string, code: string): Error & { code: string } {
 export function wsClientTransport(options: WsClientTransportOptions = {}): ClientTransport {
   const highWaterMark = checkHighWaterMark(options.highWaterMark);
   const tls = options.tls;
+  const proxy = options.proxy === undefined ? undefined : checkProxy(options.proxy);
+  /** https-proxy-agent, loaded on the first connection through `proxy`. */
+  let proxyModule: Promise<typeof import('https-proxy-agent')> | undefined;
+
+  const connect = (
+    url: string,
+    connectOptions: ClientConnectOptions,
+    handlers: SocketHandlers,
+    proxyAgent: typeof import('https-proxy-agent').HttpsProxyAgent | undefined,
+  ): Promise<TransportSocket> =>
+    new Promise<TransportSocket>((resolve, reject) => {
+      checkMaxMessageSize(connectOptions.maxMessageSize);
+      const wsOptions: ClientOptions = {
+        maxPayload: connectOptions.maxMessageSize,
+        perMessageDeflate: false,
+        followRedirects: false,
+        // No handshakeTimeout: in ws it is an idle timeout on the HTTP request; the timer below
+        // is a deadline for the whole attempt, refusal body included.
+      };
+      if (connectOptions.headers !== undefined) wsOptions.headers = { ...connectOptions.headers };
+      if (tls?.ca !== undefined) wsOptions.ca = tls.ca;
+      if (tls?.rejectUnauthorized !== undefined) wsOptions.rejectUnauthorized = tls.rejectUnauthorized;
+      // An agent per attempt, so that an abandoned attempt can close its connection to the proxy
+      // even while the proxy has not answered the CONNECT (https-proxy-agent does not watch the
+      // request it serves): the socket is made with this signal.
+      const abandon = proxyAgent === undefined ? undefined : new AbortController();
+      /** The proxy answered the CONNECT with this status, not 200. */
+      let proxyRefusal: number | undefined;
+      if (proxyAgent !== undefined && proxy !== undefined && abandon !== undefined) {
+        const agent = new proxyAgent(proxy, { signal: abandon.signal });
+        agent.once('proxyConnect', (answer: { statusCode: number }) => {
+          if (answer.statusCode !== 200) proxyRefusal = answer.statusCode;
+        });
+        wsOptions.agent = agent;
+      }
+
+      const protocols = [...(connectOptions.protocols ?? [])];
+      // Throws synchronously on a malformed URL or an invalid or duplicated subprotocol: turned
+      // into a rejection by the executor.
+      const ws = new WebSocket(url, protocols, wsOptions);
+      const adapter = new WsTransportSocket(ws, highWaterMark, false);
+      // Wired before 'open': the first server message can share a TCP packet with the 101.
+      adapter.wire(handlers);
+
+      let settled = false;
+      const fail = (err: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        // Aborts the request; the 'error' and 'close' ws emits for it are ignored (settled,
+        // and the adapter reports no close before open).
+        ws.terminate();
+        abandon?.abort();
+        reject(err);
+      };
+      const timer = setTimeout(() => {
+        fail(connectError(`connect timed out after ${connectOptions.connectTimeout} ms`, 'ETIMEDOUT'));
+      }, connectOptions.connectTimeout);
+
+      ws.once('upgrade', (res: IncomingMessage) => {
+        adapter.setNetSocket(res.socket);
+        // ws fails a 101 without Sec-WebSocket-Protocol when it offered some ("Server sent no
+        // subprotocol", lib/websocket.js), and has no option against it; RFC 6455 §4.1 only
+        // fails an answer that names one not offered. ws emits 'upgrade' before that check
+        // (after which it only reads the header): naming the first offered for the server
+        // passes it, and the adapter reports the server's real answer, none. Everything else
+        // ws checks (accept key, an answer not offered) is unchanged. test/transports/ws.test.ts
+        // pins this against ws upgrades.
+        if (
+          connectOptions.acceptNoProtocol === true &&
+          protocols.length > 0 &&
+          res.headers['sec-websocket-protocol'] === undefined
+        ) {
+          res.headers['sec-websocket-protocol'] = protocols[0];
+          adapter.markNoProtocol();
+        }
+      });
+      ws.once('open', () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        adapter.markOpen();
+        // ws emits 'open' once it has taken the socket, its 'data' listener first.
+        adapter.watchReads();
+        resolve(adapter);
+      });
+      // After open, errors are followed by 'close', which the adapter reports.
+      ws.on('error', fail);
+      ws.once('unexpected-response', (_req, res: IncomingMessage) => {
+        const status = res.statusCode ?? 0;
+        // The proxy's answer to CONNECT, which https-proxy-agent hands on as the response.
+        const refusedBy = proxyRefusal === undefined ? '' : `proxy ${redact(proxy!)} refused CONNECT`;
+        const chunks: Buffer[] = [];
+        let size = 0;
+        const finish = (): void => {
+          const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY_BYTES).toString('utf8');
+          const err: ConnectFailure = Object.assign(
+            new Error(`${refusedBy || 'upgrade refused'} with HTTP ${status}`),
+            {
+              status,
+              body,
+            },
+          );
+          fail(err);
+        };
+        res.on('data', (chunk: Buffer) => {
+          chunks.push(chunk);
+          size += chunk.length;
+          // Enough for a diagnostic; the rest of a large body is not worth waiting for.
+          if (size >= MAX_REFUSAL_BODY_BYTES) finish();
+        });
+        res.once('end', finish);
+        res.once('error', finish);
+        res.once('close', finish);
+      });
+    });
 
   return {
     connect(url: string, connectOptions: ClientConnectOptions, handlers: SocketHandlers): Promise<TransportSocket> {
-      return new Promise<TransportSocket>((resolve, reject) => {
-        checkMaxMessageSize(connectOptions.maxMessageSize);
-        const wsOptions: ClientOptions = {
-          maxPayload: connectOptions.maxMessageSize,
-          perMessageDeflate: false,
-          followRedirects: false,
-          // No handshakeTimeout: in ws it is an idle timeout on the HTTP request; the timer below
-          // is a deadline for the whole attempt, refusal body included.
-        };
-        if (connectOptions.headers !== undefined) wsOptions.headers = { ...connectOptions.headers };
-        if (tls?.ca !== undefined) wsOptions.ca = tls.ca;
-        if (tls?.rejectUnauthorized !== undefined) wsOptions.rejectUnauthorized = tls.rejectUnauthorized;
-
-        const protocols = [...(connectOptions.protocols ?? [])];
-        // Throws synchronously on a malformed URL or an invalid or duplicated subprotocol: turned
-        // into a rejection by the executor.
-        const ws = new WebSocket(url, protocols, wsOptions);
-        const adapter = new WsTransportSocket(ws, highWaterMark, false);
-        // Wired before 'open': the first server message can share a TCP packet with the 101.
-        adapter.wire(handlers);
-
-        let settled = false;
-        const fail = (err: Error): void => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          // Aborts the request; the 'error' and 'close' ws emits for it are ignored (settled,
-          // and the adapter reports no close before open).
-          ws.terminate();
-          reject(err);
-        };
-        const timer = setTimeout(() => {
-          fail(connectError(`connect timed out after ${connectOptions.connectTimeout} ms`, 'ETIMEDOUT'));
-        }, connectOptions.connectTimeout);
-
-        ws.once('upgrade', (res: IncomingMessage) => {
-          adapter.setNetSocket(res.socket);
-          // ws fails a 101 without Sec-WebSocket-Protocol when it offered some ("Server sent no
-          // subprotocol", lib/websocket.js), and has no option against it; RFC 6455 §4.1 only
-          // fails an answer that names one not offered. ws emits 'upgrade' before that check
-          // (after which it only reads the header): naming the first offered for the server
-          // passes it, and the adapter reports the server's real answer, none. Everything else
-          // ws checks (accept key, an answer not offered) is unchanged. test/transports/ws.test.ts
-          // pins this against ws upgrades.
-          if (
-            connectOptions.acceptNoProtocol === true &&
-            protocols.length > 0 &&
-            res.headers['sec-websocket-protocol'] === undefined
-          ) {
-            res.headers['sec-websocket-protocol'] = protocols[0];
-            adapter.markNoProtocol();
-          }
-        });
-        ws.once('open', () => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          adapter.markOpen();
-          // ws emits 'open' once it has taken the socket, its 'data' listener first.
-          adapter.watchReads();
-          resolve(adapter);
-        });
-        // After open, errors are followed by 'close', which the adapter reports.
-        ws.on('error', fail);
-        ws.once('unexpected-response', (_req, res: IncomingMessage) => {
-          const status = res.statusCode ?? 0;
-          const chunks: Buffer[] = [];
-          let size = 0;
-          const finish = (): void => {
-            const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY_BYTES).toString('utf8');
-            const err: ConnectFailure = Object.assign(new Error(`upgrade refused with HTTP ${status}`), {
-              status,
-              body,
-            });
-            fail(err);
-          };
-          res.on('data', (chunk: Buffer) => {
-            chunks.push(chunk);
-            size += chunk.length;
-            // Enough for a diagnostic; the rest of a large body is not worth waiting for.
-            if (size >= MAX_REFUSAL_BODY_BYTES) finish();
-          });
-          res.once('end', finish);
-          res.once('error', finish);
-          res.once('close', finish);
-        });
-      });
+      if (proxy === undefined) return connect(url, connectOptions, handlers, undefined);
+      proxyModule ??= import('https-proxy-agent');
+      return proxyModule.then(({ HttpsProxyAgent }) => connect(url, connectOptions, handlers, HttpsProxyAgent));
     },
   };
 }

@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
+import { egressProxyFor, redactedUrl } from './egress-proxy.ts';
 import type { TunnelClusterOptions } from '../apps/tunnel/cluster.ts';
 import type { Logger } from '../logger.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
@@ -33,9 +34,12 @@ export const TUNNEL_USAGE = `usage:
       --insecure accepts agents without credentials (development only).
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
       --target http://127.0.0.1:3000 [--host-header preserve|rewrite] [--drain-timeout 30s]
-      [--insecure-tls] [--log-level info]
+      [--egress-proxy http://user:pass@egress:3128 | direct] [--insecure-tls] [--log-level info]
       The private side: dials out to the proxy and performs its requests against the target.
       The token comes from --token-file or the DUPLEXWIRE_TUNNEL_TOKEN environment variable.
+      --egress-proxy: an HTTP proxy to dial out through (CONNECT); without it HTTPS_PROXY
+      (wss:), HTTP_PROXY (ws:) or ALL_PROXY is used unless NO_PROXY lists the host; 'direct'
+      ignores them.
   duplexwire tunnel token [--id 4711]
       Prints a new random token (256 bits) and the line for the proxy's token file.
 `;
@@ -240,6 +244,7 @@ async function agentCommand(args: string[]): Promise<void> {
       target: { type: 'string' },
       'host-header': { type: 'string' },
       'drain-timeout': { type: 'string' },
+      'egress-proxy': { type: 'string' },
       'insecure-tls': { type: 'boolean', default: false },
       'log-level': { type: 'string' },
     },
@@ -263,16 +268,20 @@ async function agentCommand(args: string[]): Promise<void> {
     level: logLevel(values['log-level']),
     fields: { component: 'tunnel-agent', id: values.id },
   });
+  const egressProxy = egressProxyFor(values.proxy, values['egress-proxy']);
   const agent = new TunnelAgent({
     proxyUrl: values.proxy,
     id: values.id,
     token,
     target: values.target,
     hostHeader,
+    ...(egressProxy === undefined ? {} : { egressProxy }),
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 30_000),
     ...(values['insecure-tls'] ? { tls: { rejectUnauthorized: false }, targetTls: { rejectUnauthorized: false } } : {}),
     logger,
   });
+  if (egressProxy !== undefined)
+    logger.info('dialing out through an HTTP proxy', { egressProxy: redactedUrl(egressProxy) });
   onSignals(() => agent.close());
   // The client gives up for good on a refusal that retrying cannot change (bad credentials, a
   // proxy of another tunnel version) or when reconnect attempts run out. The process would then

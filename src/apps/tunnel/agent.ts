@@ -22,6 +22,7 @@ import {
   type RequestContext,
   RequestError,
 } from '../../index.ts';
+import type { ClientTransport } from '../../../transports/types.ts';
 import { type WsClientTlsOptions, wsClientTransport } from '../../../transports/ws.ts';
 import { FetchExchange, type FetchHandler } from './agent-fetch.ts';
 import { type HttpTarget, HttpExchange } from './agent-http.ts';
@@ -77,6 +78,13 @@ export interface TunnelAgentOptions {
   readonly reconnect?: boolean | ReconnectOptions;
   /** TLS settings for a `wss:` proxy URL. */
   readonly tls?: WsClientTlsOptions;
+  /**
+   * An HTTP proxy the agent reaches the tunnel proxy through, with CONNECT, for networks whose
+   * only way out is such a proxy: `http://egress.internal:3128`, `user:password@` in it for
+   * Basic authentication (see `proxy` of `wsClientTransport`). The target is reached directly.
+   * @default a direct connection
+   */
+  readonly egressProxy?: string | URL;
   /** TLS settings for an `https:` target (e.g. `{ rejectUnauthorized: false }` for a self-signed one). */
   readonly targetTls?: { readonly ca?: string | Buffer; readonly rejectUnauthorized?: boolean };
   /** How long `close()` lets requests in flight finish. @default 30 s */
@@ -217,8 +225,17 @@ export class TunnelAgent {
           ? { kind: 'node', handler: handler as NodeHandler }
           : { kind: 'fetch', handler: handler as FetchHandler };
     }
+    let transport: ClientTransport;
+    try {
+      transport = wsClientTransport({
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
+        ...(options.egressProxy === undefined ? {} : { proxy: options.egressProxy }),
+      });
+    } catch (error) {
+      throw new InvalidArgumentError(`option egressProxy: ${(error as Error).message}`, { cause: error });
+    }
     this.client = new Client(options.proxyUrl, {
-      transport: wsClientTransport(options.tls === undefined ? {} : { tls: options.tls }),
+      transport,
       headers: { [AGENT_ID_HEADER]: options.id, authorization: `Bearer ${options.token}` },
       // Every tunnel version this agent speaks: the proxy answers with the highest it speaks too,
       // or refuses the upgrade with 426 (wire.ts).

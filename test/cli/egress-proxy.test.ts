@@ -1,0 +1,73 @@
+/**
+ * Which HTTP proxy the command line dials out through: the flag, or the environment as curl
+ * reads it (proxy-from-env for NO_PROXY), and how it is logged.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { egressProxyFor, redactedUrl } from '../../src/cli/egress-proxy.ts';
+
+const NAMES = ['http_proxy', 'https_proxy', 'all_proxy', 'no_proxy'];
+
+/** Runs `fn` with exactly these proxy variables set (others of the kind cleared). */
+function withProxyEnv(vars: Record<string, string>, fn: () => void): void {
+  const names = [...NAMES, ...NAMES.map((n) => n.toUpperCase())];
+  const saved = new Map(names.map((n) => [n, process.env[n]]));
+  for (const n of names) delete process.env[n];
+  Object.assign(process.env, vars);
+  try {
+    fn();
+  } finally {
+    for (const [n, v] of saved) {
+      if (v === undefined) delete process.env[n];
+      else process.env[n] = v;
+    }
+  }
+}
+
+test('the flag wins over the environment; "direct" means none', () => {
+  withProxyEnv({ HTTPS_PROXY: 'http://env:3128' }, () => {
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', 'http://flag:8080'), 'http://flag:8080');
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', 'direct'), undefined);
+  });
+});
+
+test('HTTPS_PROXY for wss:, HTTP_PROXY for ws:, ALL_PROXY for both, lower case first', () => {
+  withProxyEnv({ HTTPS_PROXY: 'http://secure:3128', HTTP_PROXY: 'http://plain:3128' }, () => {
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), 'http://secure:3128');
+    assert.equal(egressProxyFor('ws://tunnel.example/_t', undefined), 'http://plain:3128');
+  });
+  withProxyEnv({ ALL_PROXY: 'http://all:3128' }, () => {
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), 'http://all:3128');
+  });
+  withProxyEnv({ https_proxy: 'http://lower:1', HTTPS_PROXY: 'http://upper:2' }, () => {
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), 'http://lower:1');
+  });
+  withProxyEnv({}, () => assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), undefined));
+});
+
+test('a proxy without a scheme is an http: one, even for wss: (as curl reads it)', () => {
+  withProxyEnv({ HTTPS_PROXY: 'egress.internal:3128' }, () => {
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), 'http://egress.internal:3128');
+  });
+  withProxyEnv({ HTTPS_PROXY: 'https://egress.internal:3129' }, () => {
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), 'https://egress.internal:3129');
+  });
+});
+
+test('NO_PROXY: hosts, suffixes, ports and * go direct', () => {
+  withProxyEnv({ HTTPS_PROXY: 'http://p:3128', NO_PROXY: 'localhost,.corp.example,tunnel.example:8443' }, () => {
+    assert.equal(egressProxyFor('wss://localhost/_t', undefined), undefined);
+    assert.equal(egressProxyFor('wss://edge.corp.example/_t', undefined), undefined);
+    assert.equal(egressProxyFor('wss://tunnel.example:8443/_t', undefined), undefined);
+    assert.equal(egressProxyFor('wss://tunnel.example/_t', undefined), 'http://p:3128', 'another port (443)');
+  });
+  withProxyEnv({ HTTPS_PROXY: 'http://p:3128', NO_PROXY: '*' }, () => {
+    assert.equal(egressProxyFor('wss://anything.example/_t', undefined), undefined);
+  });
+});
+
+test('logged without credentials', () => {
+  assert.equal(redactedUrl('http://alice:secret@egress:3128'), 'http://***@egress:3128/');
+  assert.equal(redactedUrl('http://egress:3128'), 'http://egress:3128/');
+  assert.equal(redactedUrl('not a url'), '(not a URL)');
+});
