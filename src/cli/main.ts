@@ -15,14 +15,17 @@ import { Client } from '../client/client.ts';
 import { DuplexwireError, InvalidArgumentError } from '../errors.ts';
 import { Server } from '../server/server.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
+import { egressProxyFor } from './egress-proxy.ts';
 
 const USAGE = `usage:
   duplexwire demo [--host 127.0.0.1] [--port 8080]
       Runs a demo server: request "echo" returns its payload, request "time" the server time;
       a signal "broadcast" is sent on to every client, any other signal is echoed back.
-  duplexwire request <url> <name> [text] [--timeout ms]
+  duplexwire request <url> <name> [text] [--timeout ms] [--egress-proxy url|direct]
       Sends one UTF-8 request and prints the reply, e.g.
       duplexwire request ws://127.0.0.1:8080/ echo hello
+      Through an HTTP proxy given by --egress-proxy, or else by HTTPS_PROXY (wss:), HTTP_PROXY
+      (ws:) or ALL_PROXY unless NO_PROXY lists the host; --egress-proxy direct ignores them.
   duplexwire tunnel proxy|agent|token ...
       The HTTP tunnel (duplexwire tunnel --help for its options).
   duplexwire bridge --backend <url> --secret-file <file> ...
@@ -88,7 +91,7 @@ async function request(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { timeout: { type: 'string', default: '10000' } },
+    options: { timeout: { type: 'string', default: '10000' }, 'egress-proxy': { type: 'string' } },
   });
   const [url, name, text = ''] = positionals;
   if (url === undefined || name === undefined) {
@@ -96,8 +99,10 @@ async function request(args: string[]): Promise<void> {
     process.exitCode = 2;
     return;
   }
+  // Through an HTTP proxy when given one, or when the environment names one (HTTPS_PROXY, ...).
+  const proxy = egressProxyFor(url, values['egress-proxy']);
   const client = new Client(url, {
-    transport: wsClientTransport(),
+    transport: wsClientTransport(proxy === undefined ? {} : { proxy }),
     reconnect: false,
     requestTimeout: Number(values.timeout),
   });

@@ -3,8 +3,18 @@
  * reads it (proxy-from-env for NO_PROXY), and how it is logged.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { test } from 'node:test';
+import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { egressProxyFor, redactedUrl } from '../../src/cli/egress-proxy.ts';
+import { Server } from '../../src/server/server.ts';
+import { wsTransport } from '../../transports/ws.ts';
+import { startConnectProxy } from '../fixtures/connect-proxy.ts';
+import { recordingLogger } from '../helpers.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 const NAMES = ['http_proxy', 'https_proxy', 'all_proxy', 'no_proxy'];
 
@@ -70,4 +80,31 @@ test('logged without credentials', () => {
   assert.equal(redactedUrl('http://alice:secret@egress:3128'), 'http://***@egress:3128/');
   assert.equal(redactedUrl('http://egress:3128'), 'http://egress:3128/');
   assert.equal(redactedUrl('not a url'), '(not a URL)');
+});
+
+test('duplexwire request goes through the proxy the environment names', async (t) => {
+  const server = new Server({
+    transport: wsTransport({ port: 0, host: '127.0.0.1' }),
+    logger: recordingLogger(),
+    onRequest: (_conn, msg) => utf8(`echo ${payloadText(msg.payload)}`),
+  });
+  await server.listen();
+  t.after(() => server.shutdown({ timeout: 200 }));
+  const proxy = await startConnectProxy(t);
+  const url = `ws://127.0.0.1:${server.address()!.port}/`;
+  const env: Record<string, string | undefined> = { ...process.env };
+  for (const name of NAMES) {
+    delete env[name];
+    delete env[name.toUpperCase()];
+  }
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--import', 'tsx', 'src/cli/main.ts', 'request', url, 'x', 'hi'],
+    { cwd: ROOT, env: { ...env, HTTP_PROXY: proxy.url }, timeout: 20_000 },
+  );
+  assert.equal(stdout.trim(), 'echo hi');
+  assert.deepEqual(
+    proxy.requests.map((r) => r.target),
+    [`127.0.0.1:${server.address()!.port}`],
+  );
 });
