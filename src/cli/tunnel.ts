@@ -6,6 +6,7 @@ import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
+import type { HealthCheckOptions } from '../apps/tunnel/health.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
 import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
 import { egressProxyFor, redactedUrl } from './egress-proxy.ts';
@@ -35,11 +36,14 @@ export const TUNNEL_USAGE = `usage:
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
       --target http://127.0.0.1:3000 [--host-header preserve|rewrite] [--drain-timeout 30s]
       [--egress-proxy http://user:pass@egress:3128 | direct] [--insecure-tls] [--log-level info]
+      [--health-check /healthz [--health-interval 10s] [--health-timeout 2s]]
       The private side: dials out to the proxy and performs its requests against the target.
       The token comes from --token-file or the DUPLEXWIRE_TUNNEL_TOKEN environment variable.
       --egress-proxy: an HTTP proxy to dial out through (CONNECT); without it HTTPS_PROXY
       (wss:), HTTP_PROXY (ws:) or ALL_PROXY is used unless NO_PROXY lists the host; 'direct'
       ignores them.
+      --health-check: GET this path of the target every interval; after 3 failures in a row the
+      proxy prefers the id's other agents until a check passes again.
   duplexwire tunnel token [--id 4711]
       Prints a new random token (256 bits) and the line for the proxy's token file.
 `;
@@ -245,6 +249,9 @@ async function agentCommand(args: string[]): Promise<void> {
       'host-header': { type: 'string' },
       'drain-timeout': { type: 'string' },
       'egress-proxy': { type: 'string' },
+      'health-check': { type: 'string' },
+      'health-interval': { type: 'string' },
+      'health-timeout': { type: 'string' },
       'insecure-tls': { type: 'boolean', default: false },
       'log-level': { type: 'string' },
     },
@@ -276,6 +283,7 @@ async function agentCommand(args: string[]): Promise<void> {
     target: values.target,
     hostHeader,
     ...(egressProxy === undefined ? {} : { egressProxy }),
+    ...healthCheckFlags(values['health-check'], values['health-interval'], values['health-timeout']),
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 30_000),
     ...(values['insecure-tls'] ? { tls: { rejectUnauthorized: false }, targetTls: { rejectUnauthorized: false } } : {}),
     logger,
@@ -292,6 +300,26 @@ async function agentCommand(args: string[]): Promise<void> {
     void agent.close(0).finally(() => process.exit(1));
   });
   await agent.start();
+}
+
+/** The agent's `healthCheck` from its flags (the intervals are checked by the agent). */
+function healthCheckFlags(
+  path: string | undefined,
+  interval: string | undefined,
+  timeout: string | undefined,
+): { healthCheck?: HealthCheckOptions } {
+  if (path === undefined) {
+    if (interval !== undefined || timeout !== undefined)
+      throw new RangeError('--health-interval and --health-timeout need --health-check <path>');
+    return {};
+  }
+  return {
+    healthCheck: {
+      path,
+      ...(interval === undefined ? {} : { interval }),
+      ...(timeout === undefined ? {} : { timeout }),
+    },
+  };
 }
 
 function tokenCommand(args: string[]): void {

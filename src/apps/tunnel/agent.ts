@@ -21,6 +21,7 @@ import {
   type ReconnectOptions,
   type RequestContext,
   RequestError,
+  utf8,
 } from '../../index.ts';
 import type { ClientTransport } from '../../../transports/types.ts';
 import { type WsClientTlsOptions, wsClientTransport } from '../../../transports/ws.ts';
@@ -28,6 +29,7 @@ import { FetchExchange, type FetchHandler } from './agent-fetch.ts';
 import { type HttpTarget, HttpExchange } from './agent-http.ts';
 import { ResponseSender } from './agent-relay.ts';
 import { CreditWindow } from './flow.ts';
+import { type HealthCheckOptions, resolveHealthCheck, TargetHealth } from './health.ts';
 import { errorBody, TunnelErrorCode } from './http-errors.ts';
 import { jsonLogger } from '../shared/log.ts';
 import {
@@ -47,6 +49,7 @@ import {
   MSG_HTTP,
   parseChunk,
   SIGNAL_DRAINING,
+  SIGNAL_HEALTH,
   TUNNEL_PROTOCOL_VERSIONS,
   TunnelVersionError,
   tunnelProtocol,
@@ -87,6 +90,13 @@ export interface TunnelAgentOptions {
   readonly egressProxy?: string | URL;
   /** TLS settings for an `https:` target (e.g. `{ rejectUnauthorized: false }` for a self-signed one). */
   readonly targetTls?: { readonly ca?: string | Buffer; readonly rejectUnauthorized?: boolean };
+  /**
+   * Health checks of `target`: a GET of `path` every `interval` (10 s); after `failures` (3) in a
+   * row without a 2xx within `timeout` (2 s) the agent tells the proxy its target is unhealthy,
+   * and the proxy sends the id's requests to its other agents while any is healthy. The first
+   * passing check makes it healthy again. Only with `target`. @default no checks
+   */
+  readonly healthCheck?: HealthCheckOptions;
   /** How long `close()` lets requests in flight finish. @default 30 s */
   readonly drainTimeout?: number | string;
   /** @default JSON lines on stderr, level info */
@@ -175,6 +185,8 @@ export class TunnelAgent {
   private nodeServer: { server: HttpServer; dir: string | undefined; target: HttpTarget } | undefined;
   private nodeServerStarting: Promise<HttpTarget> | undefined;
   private idleWaiters: Array<() => void> = [];
+  /** The target's health checks (`healthCheck`). */
+  private readonly health: TargetHealth | undefined;
 
   constructor(options: TunnelAgentOptions) {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options are required');
@@ -216,7 +228,17 @@ export class TunnelAgent {
             }),
       });
       this.target = { kind: 'http', http: httpTarget(url, this.hostHeader, this.targetPool) };
+      if (options.healthCheck !== undefined) {
+        this.health = new TargetHealth(
+          resolveHealthCheck(options.healthCheck),
+          this.target.http,
+          () => this.sendHealth(),
+          this.logger,
+        );
+      }
     } else {
+      if (options.healthCheck !== undefined)
+        throw new InvalidArgumentError('option healthCheck needs a target URL (a handler runs in this process)');
       const handler = options.handler!;
       if (typeof handler !== 'function') throw new InvalidArgumentError('option handler must be a function');
       const kind = options.handlerType ?? (handler.length >= 2 ? 'node' : 'fetch');
@@ -257,6 +279,8 @@ export class TunnelAgent {
       // Credit belongs to one connection: the acks of the previous one will never come.
       this.window = new CreditWindow(this.connectionWindow);
       this.logger.info('connected to the proxy', { url: this.client.url, version: this.version });
+      // The proxy takes a new connection's agent as healthy.
+      if (this.health?.healthy === false) this.sendHealth();
     });
     this.client.on('disconnect', ({ code, reason }) =>
       this.logger.warn('disconnected from the proxy', { code, reason }),
@@ -285,6 +309,7 @@ export class TunnelAgent {
   async start(): Promise<void> {
     if (this.closing !== undefined) throw new InvalidStateError('the agent is closed');
     if (this.target.kind === 'node') await this.nodeTarget();
+    this.health?.start();
     try {
       await this.client.connect();
     } catch (error) {
@@ -308,6 +333,17 @@ export class TunnelAgent {
     return this.exchanges.size;
   }
 
+  /** False while the target fails its health checks (always true without `healthCheck`). */
+  get healthy(): boolean {
+    return this.health?.healthy ?? true;
+  }
+
+  /** Tells the proxy the target's health, when connected (else after the next connect). */
+  private sendHealth(): void {
+    if (!this.client.isConnected || this.health === undefined) return;
+    this.client.signal(SIGNAL_HEALTH, utf8(this.health.healthy ? 'up' : 'down'));
+  }
+
   /**
    * Drains and closes: the proxy is told to route nothing new here, new requests are refused
    * (the proxy retries them on another agent), requests in flight finish (up to `timeout`),
@@ -319,6 +355,7 @@ export class TunnelAgent {
   }
 
   private async runClose(timeout: number): Promise<void> {
+    this.health?.stop();
     this.draining = true;
     this.client.signal(SIGNAL_DRAINING, { encoding: 'binary', data: new Uint8Array(0) });
     if (this.exchanges.size > 0 && timeout > 0) {

@@ -1,6 +1,7 @@
 /**
- * The agents of each client id and the choice among them: least requests in flight, ties broken
- * round-robin so that an idle pool still spreads its load.
+ * The agents of each client id and the choice among them: healthy agents first (of those whose
+ * target is health-checked), then least requests in flight, ties broken round-robin so that an
+ * idle pool still spreads its load.
  */
 import type { Connection } from '../../index.ts';
 import type { CreditWindow } from './flow.ts';
@@ -19,6 +20,8 @@ export interface AgentEntry {
   served: number;
   /** The agent said it is draining: nothing new goes to it. */
   draining: boolean;
+  /** False while the agent says its target fails its health checks: others are preferred. */
+  healthy: boolean;
 }
 
 export class Balancer {
@@ -44,7 +47,9 @@ export class Balancer {
 
   /**
    * The agent for a new request to `id`, or undefined when none can take it. Agents in `exclude`
-   * (already tried), closing, draining or at `maxInflight` are skipped.
+   * (already tried), closing, draining or at `maxInflight` are skipped. An unhealthy agent is
+   * picked only when no healthy one can take the request: its target may still answer it, which
+   * a 503 from the proxy never would.
    */
   pick(id: string, maxInflight: number, exclude?: ReadonlySet<AgentEntry>): AgentEntry | undefined {
     const list = this.byId.get(id);
@@ -52,12 +57,17 @@ export class Balancer {
     const n = list.length;
     const start = this.turn++ % n;
     let best: AgentEntry | undefined;
+    let fallback: AgentEntry | undefined;
     for (let k = 0; k < n; k++) {
       const entry = list[(start + k) % n]!;
       if (entry.draining || !entry.conn.isOpen || entry.inflight >= maxInflight || exclude?.has(entry)) continue;
-      if (best === undefined || entry.inflight < best.inflight) best = entry;
+      if (!entry.healthy) {
+        if (fallback === undefined || entry.inflight < fallback.inflight) fallback = entry;
+      } else if (best === undefined || entry.inflight < best.inflight) {
+        best = entry;
+      }
     }
-    return best;
+    return best ?? fallback;
   }
 
   /** True when `id` has at least one agent registered (usable or not). */

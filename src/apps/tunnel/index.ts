@@ -6,6 +6,12 @@
  */
 export { TunnelAgent, type NodeHandler, type TunnelAgentOptions } from './agent.ts';
 export type { FetchHandler } from './agent-fetch.ts';
+export {
+  DEFAULT_HEALTH_FAILURES,
+  DEFAULT_HEALTH_INTERVAL,
+  DEFAULT_HEALTH_TIMEOUT,
+  type HealthCheckOptions,
+} from './health.ts';
 export type { AgentEntry } from './balancer.ts';
 export {
   CLUSTER_CLOCK_SKEW,

@@ -51,6 +51,12 @@ export interface ClusterStats {
   refused: number;
 }
 
+function countById(agents: ReadonlyArray<{ readonly id: string }>): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const { id } of agents) counts.set(id, (counts.get(id) ?? 0) + 1);
+  return counts;
+}
+
 export class TunnelMetrics {
   readonly registry = new Registry();
   private readonly duration: Histogram<'client_id'>;
@@ -63,7 +69,7 @@ export class TunnelMetrics {
   readonly cluster: ClusterStats = { forwardedOut: 0, forwardedIn: 0, peerFailures: 0, registryErrors: 0, refused: 0 };
 
   constructor(
-    agentsConnected: () => Map<string, number>,
+    agents: () => ReadonlyArray<{ readonly id: string; readonly healthy: boolean }>,
     options: { defaultMetrics?: boolean; cluster?: boolean } = {},
   ) {
     const registers = [this.registry];
@@ -123,7 +129,19 @@ export class TunnelMetrics {
       registers,
       collect() {
         this.reset();
-        for (const [id, n] of agentsConnected()) this.set({ client_id: id }, n);
+        for (const [id, n] of countById(agents())) this.set({ client_id: id }, n);
+      },
+    });
+    new Gauge({
+      name: 'duplexwire_tunnel_agents_unhealthy',
+      help: 'Agents whose target fails its health checks, by client id',
+      labelNames: ['client_id'],
+      registers,
+      collect() {
+        this.reset();
+        const all = agents();
+        for (const id of new Set(all.map((a) => a.id))) this.set({ client_id: id }, 0);
+        for (const [id, n] of countById(all.filter((a) => !a.healthy))) this.set({ client_id: id }, n);
       },
     });
     // Not by client id: a refused id may be anything a stranger typed.

@@ -15,6 +15,8 @@ import {
   InvalidArgumentError,
   InvalidStateError,
   type Logger,
+  type Payload,
+  payloadText,
   RequestError,
   Server,
   type UpgradeVerdict,
@@ -69,6 +71,7 @@ import {
   MSG_HEAD,
   parseChunk,
   SIGNAL_DRAINING,
+  SIGNAL_HEALTH,
   TUNNEL_PROTOCOL_VERSIONS,
   tunnelProtocol,
   tunnelVersionOf,
@@ -252,6 +255,8 @@ export class TunnelProxy {
   private readonly streams = new Map<string, ProxyExchange>();
   private readonly active = new Set<ProxyExchange | ForwardExchange>();
   private readonly entries = new Map<Connection, AgentEntry>();
+  /** What agents said before they were registered (see `onAgentSignal`). */
+  private readonly early = new WeakMap<Connection, Partial<Pick<AgentEntry, 'draining' | 'healthy'>>>();
   private readonly stripHeaders: ReadonlySet<string>;
   private readonly timeoutHeader: string;
   private readonly requestTimeout: number;
@@ -338,7 +343,7 @@ export class TunnelProxy {
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-proxy' } });
     this.connectionWindow = positiveInteger('connectionWindow', options.connectionWindow, DEFAULT_CONNECTION_WINDOW);
     this.cluster = options.cluster === undefined ? undefined : resolveCluster(options.cluster);
-    this.metrics = new TunnelMetrics(() => this.agentCounts(), {
+    this.metrics = new TunnelMetrics(() => this.balancer.agents(), {
       defaultMetrics: options.processMetrics ?? true,
       cluster: this.cluster !== undefined,
     });
@@ -452,16 +457,7 @@ export class TunnelProxy {
       transport: wsTransport({ server, path: this.agentsPath }),
       beforeUpgrade: (request) => this.admitAgent(request.headers, request.remoteAddress),
       onRequest: (conn, message) => this.onAgentRequest(conn, message.name, message.payload),
-      onSignal: (conn, message) => {
-        if (message.name === SIGNAL_DRAINING) {
-          const entry = this.entries.get(conn);
-          if (entry !== undefined) {
-            entry.draining = true;
-            this.logger.info('agent draining', { id: entry.id, agent: conn.id });
-            this.register(entry.id);
-          }
-        }
-      },
+      onSignal: (conn, message) => this.onAgentSignal(conn, message.name, message.payload),
       onClientConnected: (conn) => this.agentConnected(conn),
       onClientDisconnected: (conn, info) => this.agentDisconnected(conn, info.code, info.reason),
       readTimeout: this.agentTimeout,
@@ -621,6 +617,44 @@ export class TunnelProxy {
     return { accept: true, protocol: tunnelProtocol(version), info: { id, version } };
   }
 
+  /**
+   * An agent's signal: it drains, or its target's health changed. One that comes before the
+   * agent is registered (it can share a read with the ClientConf, which registration awaits) is
+   * kept for the registration.
+   */
+  private onAgentSignal(conn: Connection, name: string, payload: Payload): void {
+    let state: Partial<Pick<AgentEntry, 'draining' | 'healthy'>>;
+    if (name === SIGNAL_DRAINING) state = { draining: true };
+    else if (name === SIGNAL_HEALTH) {
+      const text = payloadText(payload);
+      if (text !== 'up' && text !== 'down') return;
+      state = { healthy: text === 'up' };
+    } else return;
+    const entry = this.entries.get(conn);
+    if (entry === undefined) {
+      this.early.set(conn, { ...this.early.get(conn), ...state });
+      return;
+    }
+    this.applyAgentState(entry, state);
+  }
+
+  private applyAgentState(entry: AgentEntry, state: Partial<Pick<AgentEntry, 'draining' | 'healthy'>>): void {
+    if (state.draining === true && !entry.draining) {
+      entry.draining = true;
+      this.logger.info('agent draining', { id: entry.id, agent: entry.conn.id });
+      this.register(entry.id);
+    }
+    if (state.healthy !== undefined && state.healthy !== entry.healthy) {
+      entry.healthy = state.healthy;
+      this.logger[state.healthy ? 'info' : 'warn'](
+        state.healthy
+          ? "agent's target healthy again"
+          : "agent's target unhealthy: other agents of its id are preferred",
+        { id: entry.id, agent: entry.conn.id },
+      );
+    }
+  }
+
   private async agentConnected(conn: Connection): Promise<void> {
     const { id, version } = conn.info as { id: string; version: number };
     if (!(await conn.negotiated())) {
@@ -638,7 +672,13 @@ export class TunnelProxy {
       inflight: 0,
       served: 0,
       draining: false,
+      healthy: true,
     };
+    const early = this.early.get(conn);
+    if (early !== undefined) {
+      this.early.delete(conn);
+      Object.assign(entry, early);
+    }
     this.entries.set(conn, entry);
     this.balancer.add(entry);
     this.metrics.know(id);
@@ -663,17 +703,7 @@ export class TunnelProxy {
     this.registry.set(id, usable);
   }
 
-  private agentCounts(): Map<string, number> {
-    const counts = new Map<string, number>();
-    for (const entry of this.balancer.agents()) counts.set(entry.id, (counts.get(entry.id) ?? 0) + 1);
-    return counts;
-  }
-
-  private onAgentRequest(
-    conn: Connection,
-    name: string,
-    payload: import('../../index.ts').Payload,
-  ): Promise<void> | undefined {
+  private onAgentRequest(conn: Connection, name: string, payload: Payload): Promise<void> | undefined {
     try {
       const chunk = parseChunk(name, payload);
       if (chunk !== undefined) {

@@ -53,7 +53,7 @@ export function renderStatusPage(snapshot: StatusSnapshot): string {
       (a) =>
         `<tr><td>${esc(a.id)}</td><td>${esc(a.conn.id)}</td><td>${esc(a.conn.remoteAddress)}</td><td>${a.version}</td>` +
         `<td>${esc(age(snapshot.now - a.connectedAt))}</td><td>${a.inflight}</td><td>${a.served}</td>` +
-        `<td>${a.draining ? 'draining' : a.conn.isOpen ? 'up' : 'closing'}</td></tr>`,
+        `<td>${a.draining ? 'draining' : !a.conn.isOpen ? 'closing' : a.healthy ? 'up' : 'up, target unhealthy'}</td></tr>`,
     )
     .join('\n');
   const statRows = [...snapshot.stats]

@@ -106,6 +106,11 @@ export const MSG_HEAD = 'tunnel.head';
 export const MSG_CHUNK = 'tunnel.chunk';
 /** Signal from an agent: it is draining, route nothing new to it. */
 export const SIGNAL_DRAINING = 'tunnel.draining';
+/**
+ * Signal from an agent whose target is health-checked: `down` when the checks fail, `up` when they
+ * pass again (UTF-8). Agents start healthy; one that is unhealthy says so after each connect.
+ */
+export const SIGNAL_HEALTH = 'tunnel.health';
 
 /** Error codes an agent answers `tunnel.http` with (RequestError codes). */
 export const AgentErrorCode = {

@@ -1,0 +1,176 @@
+/**
+ * Health checks of an agent's target (`healthCheck`): the agent tells the proxy when its target
+ * turns unhealthy and healthy again, the proxy prefers the id's healthy agents, still uses an
+ * unhealthy one when no other can take a request, and shows the state in its metrics and status
+ * page. A reconnecting agent says again what it knows.
+ */
+import assert from 'node:assert/strict';
+import type { ServerResponse } from 'node:http';
+import { test } from 'node:test';
+import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
+import { InvalidArgumentError } from '../../src/errors.ts';
+import {
+  ID,
+  send,
+  spawnCli,
+  startAgent,
+  startProxy,
+  startTarget,
+  type Target,
+  tempFile,
+  TOKEN,
+} from '../fixtures/tunnel-helpers.ts';
+import { waitFor } from '../helpers.ts';
+
+/** A target whose /healthz answers `state.status` (or never, with 0), and says who it is. */
+async function checkedTarget(
+  t: Parameters<typeof startTarget>[0],
+  name: string,
+): Promise<Target & { state: { status: number }; checks: () => number }> {
+  const state = { status: 200 };
+  let checks = 0;
+  const target = await startTarget(t, (req, res: ServerResponse) => {
+    if (req.url === '/healthz') {
+      checks++;
+      if (state.status === 0) return; // hangs
+      res.statusCode = state.status;
+      res.end();
+      return;
+    }
+    res.end(name);
+  });
+  return Object.assign(target, { state, checks: () => checks });
+}
+
+const FAST = { path: '/healthz', interval: 30, timeout: 25, failures: 2 } as const;
+
+test('an unhealthy target: its agent is avoided while another is healthy, and used again once it recovers', async (t) => {
+  const proxy = await startProxy(t);
+  const a = await checkedTarget(t, 'a');
+  const b = await checkedTarget(t, 'b');
+  const agentA = await startAgent(t, proxy, { target: a.url, healthCheck: FAST });
+  await startAgent(t, proxy, { target: b.url, healthCheck: FAST });
+  const served = async (n: number): Promise<Record<string, number>> => {
+    const counts: Record<string, number> = {};
+    for (let i = 0; i < n; i++) {
+      const reply = await send(proxy.port);
+      counts[reply.text] = (counts[reply.text] ?? 0) + 1;
+    }
+    return counts;
+  };
+  assert.deepEqual(Object.keys(await served(10)).sort(), ['a', 'b'], 'both serve while healthy');
+
+  a.state.status = 503;
+  await waitFor(() => proxy.proxy.agents(ID).some((e) => !e.healthy), 3000, 'the proxy hears a is unhealthy');
+  assert.equal(agentA.healthy, false);
+  assert.deepEqual(await served(10), { b: 10 });
+  const metrics = await send(proxy.port, { path: '/metrics', headers: {} });
+  assert.match(metrics.text, new RegExp(`duplexwire_tunnel_agents_unhealthy\\{client_id="${ID}"\\} 1`));
+  assert.match(metrics.text, new RegExp(`duplexwire_tunnel_agents_connected\\{client_id="${ID}"\\} 2`));
+  assert.match((await send(proxy.port, { path: '/status', headers: {} })).text, /up, target unhealthy/);
+  assert.ok(proxy.logger.entries.some((e) => e.level === 'warn' && e.message.startsWith("agent's target unhealthy")));
+
+  a.state.status = 204;
+  await waitFor(() => proxy.proxy.agents(ID).every((e) => e.healthy), 3000, 'the proxy hears a recovered');
+  assert.equal(agentA.healthy, true);
+  assert.deepEqual(Object.keys(await served(10)).sort(), ['a', 'b']);
+});
+
+test('a check that gets no answer within its timeout fails; one failure alone changes nothing', async (t) => {
+  const proxy = await startProxy(t);
+  const a = await checkedTarget(t, 'a');
+  const agent = await startAgent(t, proxy, { target: a.url, healthCheck: { ...FAST, failures: 3 } });
+  a.state.status = 503;
+  const seen = a.checks();
+  await waitFor(() => a.checks() >= seen + 1, 2000, 'one failing check');
+  a.state.status = 200;
+  // Passing checks reset the count: still healthy after many intervals.
+  const later = a.checks();
+  await waitFor(() => a.checks() >= later + 4, 2000, 'more checks');
+  assert.equal(agent.healthy, true);
+  a.state.status = 0;
+  await waitFor(() => !agent.healthy, 3000, 'hung checks make it unhealthy');
+  await waitFor(() => proxy.proxy.agents(ID).every((e) => !e.healthy), 2000, 'the proxy hears it');
+});
+
+test('no healthy agent: the unhealthy one still serves (its target may answer, a 503 never would)', async (t) => {
+  const proxy = await startProxy(t);
+  const a = await checkedTarget(t, 'a');
+  await startAgent(t, proxy, { target: a.url, healthCheck: FAST });
+  a.state.status = 500;
+  await waitFor(() => proxy.proxy.agents(ID).every((e) => !e.healthy), 3000, 'unhealthy');
+  const reply = await send(proxy.port);
+  assert.equal(reply.status, 200);
+  assert.equal(reply.text, 'a');
+});
+
+test('an agent that reconnects while unhealthy says so again on its new connection', async (t) => {
+  const proxy = await startProxy(t);
+  const a = await checkedTarget(t, 'a');
+  const agent = await startAgent(t, proxy, { target: a.url, healthCheck: FAST });
+  a.state.status = 503;
+  await waitFor(() => proxy.proxy.agents(ID).every((e) => !e.healthy), 3000, 'unhealthy');
+  const first = proxy.proxy.agents(ID)[0]!.conn;
+  await first.close(1001, 'test drops the agent');
+  await waitFor(
+    () => proxy.proxy.agents(ID).length === 1 && proxy.proxy.agents(ID)[0]!.conn !== first,
+    5000,
+    'the agent reconnected',
+  );
+  await waitFor(() => proxy.proxy.agents(ID).every((e) => !e.healthy), 2000, 'unhealthy on the new connection');
+  assert.equal(agent.healthy, false);
+});
+
+test('healthCheck is checked: a path, sane durations, and only with a target URL', () => {
+  const base = { proxyUrl: 'ws://127.0.0.1:1/_t', id: ID, token: TOKEN };
+  for (const healthCheck of [
+    { path: 'healthz' },
+    { path: '/a b' },
+    { path: '/h', interval: 5 },
+    { path: '/h', interval: 1000, timeout: 2000 },
+    { path: '/h', failures: 0 },
+    { path: '/h', failures: 1.5 },
+  ]) {
+    assert.throws(
+      () => new TunnelAgent({ ...base, target: 'http://127.0.0.1:1', healthCheck }),
+      InvalidArgumentError,
+      JSON.stringify(healthCheck),
+    );
+  }
+  assert.throws(
+    () => new TunnelAgent({ ...base, handler: () => new Response('x'), healthCheck: { path: '/h' } }),
+    /needs a target URL/,
+  );
+});
+
+test('the command line: --health-check with --health-interval and --health-timeout', async (t) => {
+  const proxy = await startProxy(t);
+  const a = await checkedTarget(t, 'a');
+  a.state.status = 503;
+  const tokenFile = await tempFile(t, 'token', TOKEN);
+  const cli = spawnCli(t, [
+    'tunnel',
+    'agent',
+    '--proxy',
+    proxy.agentsUrl,
+    '--id',
+    ID,
+    '--token-file',
+    tokenFile,
+    '--target',
+    a.url,
+    '--health-check',
+    '/healthz',
+    '--health-interval',
+    '50ms',
+    '--health-timeout',
+    '40ms',
+  ]);
+  const warned = await cli.line((l) => l.msg === 'target unhealthy');
+  assert.equal(warned.path, '/healthz');
+  await waitFor(
+    () => proxy.proxy.agents(ID).length === 1 && !proxy.proxy.agents(ID)[0]!.healthy,
+    5000,
+    'the proxy hears it',
+  );
+});
