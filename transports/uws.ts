@@ -864,6 +864,9 @@ const STOP_TIMEOUT_MS = 2000;
  *   are not HTTP at all are left unanswered until uWS's HTTP timeout (below) closes them. Either
  *   way no upgrade happens and `handlers.upgrade` is not called. (Node limits a request's header
  *   bytes, not their number, so `ws` upgrades a request with more than 48 headers.)
+ * - A request head over 4 KiB that arrives in more than one read is closed without an answer
+ *   (uWS v20.30's fixed fallback buffer; `UWS_HTTP_MAX_HEADERS_SIZE` is not read by this build);
+ *   one that arrives in one read is held to Node's `maxHeaderSize` (16 KiB, 431) as with `ws`.
  * - A connection must deliver its whole request within uWS's fixed HTTP timeout (10 s, checked
  *   every 4 s, so 10-14 s), else it is closed without an answer; the `ws` transport's
  *   `handshakeTimeout` has the same default and is configurable, uWS v20's is not.
