@@ -16,7 +16,7 @@
  * ```
  */
 
-import { STATUS_CODES } from 'node:http';
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
 import { createRequire } from 'node:module';
 import { SocketAddress } from 'node:net';
 import type * as UWS from 'uWebSockets.js';
@@ -27,7 +27,7 @@ import {
   refusalResponse,
   truncateUtf8,
 } from './close-frame.ts';
-import { chooseProtocol } from './handshake.ts';
+import { chooseProtocol, type HandshakeFault, handshakeFault, isUpgradeRequest } from './handshake.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import { frameHeaderLength } from './ws-frame.ts';
 import type {
@@ -731,20 +731,47 @@ const SINGLE_VALUE_HEADERS: ReadonlySet<string> = new Set([
   'user-agent',
 ]);
 
-/** Request headers as `ws.ts` sees them through Node: lower-case names, repeats joined like Node. */
-function readHeaders(req: UWS.HttpRequest): Record<string, string | undefined> {
+/**
+ * Request headers as `ws.ts` sees them through Node: lower-case names, repeats joined like Node;
+ * with the size of the request's head as Node counts it against `maxHeaderSize` (request line
+ * and header lines; within a few bytes, which only matters at the limit itself).
+ */
+function readHeaders(
+  req: UWS.HttpRequest,
+  path: string,
+  query: string,
+): { headers: Record<string, string | undefined>; headBytes: number } {
   // Null prototype: header names are chosen by the peer (`__proto__`, `constructor`).
   const headers: Record<string, string | undefined> = Object.create(null);
+  // "GET " + target + " HTTP/1.1\r\n" ... "\r\n"
+  let headBytes = path.length + (query === '' ? 0 : query.length + 1) + 17;
   req.forEach((name, value) => {
+    headBytes += name.length + value.length + 4;
     const previous = headers[name];
     if (previous === undefined) headers[name] = value;
     else if (!SINGLE_VALUE_HEADERS.has(name)) headers[name] = `${previous}${name === 'cookie' ? '; ' : ', '}${value}`;
   });
-  return headers;
+  return { headers, headBytes };
 }
 
-/** A 16-byte nonce in base64 (RFC 6455 §4.1), the check `ws` makes. */
-const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/;
+/**
+ * What Node's HTTP server decides before the `ws` transport sees a request, decided here alike:
+ * a head over Node's `maxHeaderSize` gets 431 (uWS's own limit is far higher), a request that is
+ * not an upgrade 426 (uWS would upgrade one without `Connection: upgrade`); then, as in `ws.ts`,
+ * another path 404 and another protocol (h2c) 400. Undefined when the handshake itself is next.
+ */
+function preflight(
+  expectedPath: string | undefined,
+  path: string,
+  headers: Readonly<Record<string, string | undefined>>,
+  headBytes: number,
+): HandshakeFault | undefined {
+  if (headBytes > maxHeaderSize) return { status: 431 };
+  if (!isUpgradeRequest(headers)) return { status: 426 };
+  if (expectedPath !== undefined && path !== expectedPath) return { status: 404 };
+  if (headers.upgrade?.toLowerCase() !== 'websocket') return { status: 400 };
+  return undefined;
+}
 
 /**
  * The peer's address in Node's notation. uWS writes IPv6 in full (`0000:...:0001`, IPv4-mapped as
@@ -782,6 +809,9 @@ function statusRefusal(status: number): RefusalResponse {
 function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
   return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
+
+/** A malformed upgrade that uWS did not route to `upgrade` and the checks above let through. */
+const BAD_UPGRADE: HandshakeFault = { status: 400 };
 
 /* ------------------------------------------------------------------------------------------- */
 /* Server                                                                                      */
@@ -828,12 +858,21 @@ const STOP_TIMEOUT_MS = 2000;
  *   message over a slow link from a silent one.
  * - Frames a client sends before it got the 101 are dropped by uWS (RFC 6455 §4.1 tells clients
  *   to wait; browsers and `ws` do; uNetworking/uWebSockets#213).
- * - uWS's HTTP parser closes the connection, without a response, on a header name with `_`.
+ * - uWS's HTTP parser answers nothing to requests that Node answers 400 (or 431): a header name
+ *   with `_` or a request of more than 48 headers are closed at once; HTTP/1.0, a target that is
+ *   not a path (absolute-form, `*`), lines ended by a bare LF, a lower-case method and bytes that
+ *   are not HTTP at all are left unanswered until uWS's HTTP timeout (below) closes them. Either
+ *   way no upgrade happens and `handlers.upgrade` is not called. (Node limits a request's header
+ *   bytes, not their number, so `ws` upgrades a request with more than 48 headers.)
+ * - A request head over 4 KiB that arrives in more than one read is closed without an answer
+ *   (uWS v20.30's fixed fallback buffer; `UWS_HTTP_MAX_HEADERS_SIZE` is not read by this build);
+ *   one that arrives in one read is held to Node's `maxHeaderSize` (16 KiB, 431) as with `ws`.
+ * - A connection must deliver its whole request within uWS's fixed HTTP timeout (10 s, checked
+ *   every 4 s, so 10-14 s), else it is closed without an answer; the `ws` transport's
+ *   `handshakeTimeout` has the same default and is configurable, uWS v20's is not.
  * - Refusals and 426/404/400 answers carry `Connection: close` and uWS's own `Date` and
  *   `uWebSockets` headers; plain HTTP connections are closed after the 426 (`ws` keeps them).
  * - The upgrade URL has no trailing `?` when the query is empty (uWS does not report it).
- * - The key and version of the handshake are checked before `handlers.upgrade` runs (`ws` checks
- *   them after an accept); both answer 400.
  * - `stop()` terminates accepted connections and pending upgrades; an idle keep-alive HTTP
  *   connection (never upgraded) is closed by uWS's own HTTP timeout (10 s), uWS v20 offering no
  *   way to close it from here.
@@ -912,9 +951,8 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       const path = req.getUrl();
       // getQuery() is undefined (not '') without a query, despite its typings.
       const query = (req.getQuery() as string | undefined) ?? '';
-      const headers = readHeaders(req);
+      const { headers, headBytes } = readHeaders(req, path, query);
       const key = headers['sec-websocket-key'] ?? '';
-      const version = headers['sec-websocket-version'];
       const extensions = headers['sec-websocket-extensions'] ?? '';
       const remoteAddress = remoteAddressOf(res);
       // Before any async step: a response used after its client left is a crash in uWS.
@@ -924,17 +962,10 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         run.pending.delete(res);
       });
 
-      if (opts.path !== undefined && path !== opts.path) {
-        respond(res, statusRefusal(404));
-        return;
-      }
-      // Other protocols (h2c) are not ours; a bad key or version would fail the handshake.
-      if (
-        headers.upgrade?.toLowerCase() !== 'websocket' ||
-        !WEBSOCKET_KEY.test(key) ||
-        (version !== '13' && version !== '8')
-      ) {
-        respond(res, statusRefusal(400));
+      // uWS routes here any GET with a 24-character key; everything else it hands to `any`.
+      const refusal = preflight(opts.path, path, headers, headBytes) ?? handshakeFault('GET', '1.1', path, headers);
+      if (refusal !== undefined) {
+        respond(res, refusalResponse(refusal.status, STATUS_CODES[refusal.status], refusal.headers));
         return;
       }
       if (run.stopped) {
@@ -1049,12 +1080,14 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         },
       })
       .any('/*', (res, req) => {
-        // Requests that are not WebSocket upgrades (uWS routes only those with a 24-character
-        // key to `upgrade`), answered as the `ws` transport's own HTTP server does.
-        const upgradeHeader = req.getHeader('upgrade');
+        // Requests that are not WebSocket upgrades, or malformed ones (uWS routes only GETs with
+        // a 24-character key to `upgrade`), answered as the `ws` transport's own HTTP server does.
         const path = req.getUrl();
-        if (upgradeHeader === '') respond(res, statusRefusal(426));
-        else respond(res, statusRefusal(opts.path !== undefined && path !== opts.path ? 404 : 400));
+        const method = req.getMethod().toUpperCase();
+        const { headers, headBytes } = readHeaders(req, path, (req.getQuery() as string | undefined) ?? '');
+        const refusal =
+          preflight(opts.path, path, headers, headBytes) ?? handshakeFault(method, '1.1', path, headers) ?? BAD_UPGRADE;
+        respond(res, refusalResponse(refusal.status, STATUS_CODES[refusal.status], refusal.headers));
       });
 
     const ready = new Promise<void>((resolve, reject) => {

@@ -35,7 +35,7 @@ import {
   refusalResponse,
   truncateUtf8,
 } from './close-frame.ts';
-import { chooseProtocol } from './handshake.ts';
+import { chooseProtocol, handshakeFault } from './handshake.ts';
 import { clientFrame, releaseFrameBuffer, serverFrameStart } from './ws-frame.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
@@ -61,6 +61,10 @@ export const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
 export const DEFAULT_HOST = '127.0.0.1';
 /** @see WsListenOptions.port */
 export const DEFAULT_PORT = 8080;
+/** @see WsListenOptions.handshakeTimeout */
+export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
+/** The longest delay a timer takes (2^31 - 1 ms); Node fires a longer one after 1 ms. */
+const MAX_TIMER_DELAY = 2 ** 31 - 1;
 
 /** Options both server modes share. */
 export interface WsCommonServerOptions {
@@ -93,6 +97,18 @@ export interface WsListenOptions extends WsCommonServerOptions {
   port?: number;
   /** Serve `wss:` with these. @default undefined (plain `ws:`) */
   tls?: WsServerTlsOptions;
+  /**
+   * Milliseconds a TCP connection has, from the moment it is accepted, to deliver a complete
+   * upgrade request; then it is closed without an answer. Bounds what a peer holds by connecting
+   * and sending nothing, part of a request, or a request one byte at a time (slowloris), which
+   * Node's own `headersTimeout` leaves open for 60 to 90 s. Plain HTTP connections (answered 426)
+   * are closed by then too. Once the request is complete, `upgradeTimeout` of the Server bounds the
+   * decision. With `tls`, the TLS handshake has the same time again (tls `handshakeTimeout`).
+   * Same default as the fixed HTTP timeout of uWebSockets.js. An attached server keeps the
+   * application's own settings (`headersTimeout`, `requestTimeout`).
+   * @default DEFAULT_HANDSHAKE_TIMEOUT (10000)
+   */
+  handshakeTimeout?: number;
   server?: never;
 }
 
@@ -538,6 +554,7 @@ interface ResolvedServerOptions {
   readonly port: number;
   readonly tls: WsServerTlsOptions | undefined;
   readonly exclusive: boolean;
+  readonly handshakeTimeout: number;
 }
 
 function resolveServerOptions(options: WsServerTransportOptions): Readonly<ResolvedServerOptions> {
@@ -549,7 +566,12 @@ function resolveServerOptions(options: WsServerTransportOptions): Readonly<Resol
   if (options.path !== undefined && !options.path.startsWith('/')) {
     throw new RangeError(`path must start with '/', got ${JSON.stringify(options.path)}`);
   }
+  const handshakeTimeout = listen?.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  if (!(Number.isInteger(handshakeTimeout) && handshakeTimeout >= 1 && handshakeTimeout <= MAX_TIMER_DELAY)) {
+    throw new RangeError(`handshakeTimeout must be an integer in 1..${MAX_TIMER_DELAY} (ms), got ${handshakeTimeout}`);
+  }
   return Object.freeze({
+    handshakeTimeout,
     path: options.path,
     highWaterMark: checkHighWaterMark(options.highWaterMark),
     attach: options.server,
@@ -644,6 +666,9 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     readonly pending: Set<Duplex>;
     /** Accepted WebSockets not closed yet. */
     readonly live: Set<WebSocket>;
+    /** Connections of an owned server still within their `handshakeTimeout`. */
+    readonly handshaking: Map<Duplex, ReturnType<typeof setTimeout>>;
+    readonly onConnection: (socket: Duplex) => void;
     stopped: boolean;
   }
 
@@ -664,7 +689,9 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     const owned = opts.attach === undefined;
     const http =
       opts.attach ??
-      (opts.tls === undefined ? createHttpServer() : createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }));
+      (opts.tls === undefined
+        ? createHttpServer()
+        : createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert, handshakeTimeout: opts.handshakeTimeout }));
     const pending = new Set<Duplex>();
     const live = new Set<WebSocket>();
 
@@ -714,6 +741,8 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     };
 
     const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      // The request is complete: from here on `upgradeTimeout` bounds the wait, not this timer.
+      if (owned) forgetHandshake(socket);
       const url = req.url ?? '/';
       const queryStart = url.indexOf('?');
       const path = queryStart === -1 ? url : url.slice(0, queryStart);
@@ -725,8 +754,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         }
         return;
       }
-      // Other protocols (h2c) are not ours to decide on; ws checks the rest of the handshake
-      // (key, version) after the owner accepted.
+      // Other protocols (h2c) are not ours to decide on.
       if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
         if (owned || opts.exclusive) {
           socket.on('error', noop);
@@ -742,6 +770,13 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         return;
       }
       const request = buildUpgradeRequest(req, url, path);
+      // Checked before the owner is asked, as uWS does: ws would check after an accept, so a hook
+      // (an authentication call, say) would run for requests that can never be upgraded.
+      const fault = handshakeFault(req.method ?? '', req.httpVersion, url, request.headers);
+      if (fault !== undefined) {
+        refuse(socket, fault.status, STATUS_CODES[fault.status], fault.headers);
+        return;
+      }
       let result: UpgradeDecision | PromiseLike<UpgradeDecision>;
       try {
         result = handlers.upgrade(request);
@@ -766,11 +801,37 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         });
     };
 
-    const run: Run = { http, owned, onUpgrade, pending, live, stopped: false };
+    /**
+     * Connections of an owned server that have not delivered an upgrade request yet, each with the
+     * timer that closes it at `handshakeTimeout` (a real deadline: data does not reset it, or a
+     * peer sending a byte at a time would hold the socket forever). Plain HTTP connections keep
+     * theirs: they get 426 and have nothing more to do here, as uWS closes them.
+     */
+    const handshaking = new Map<Duplex, ReturnType<typeof setTimeout>>();
+    const forgetHandshake = (socket: Duplex): void => {
+      const timer = handshaking.get(socket);
+      if (timer === undefined) return;
+      clearTimeout(timer);
+      handshaking.delete(socket);
+    };
+    const onConnection = (socket: Duplex): void => {
+      handshaking.set(
+        socket,
+        setTimeout(() => {
+          handshaking.delete(socket);
+          socket.destroy();
+        }, opts.handshakeTimeout),
+      );
+      socket.once('close', () => forgetHandshake(socket));
+    };
+
+    const run: Run = { http, owned, onUpgrade, pending, live, handshaking, onConnection, stopped: false };
     http.on('upgrade', onUpgrade);
     if (!owned) return { run, ready: Promise.resolve() };
 
     http.on('request', answerUpgradeRequired);
+    // For HTTPS, the socket Node parses HTTP on (and hands to 'upgrade') is the TLS one.
+    http.on(opts.tls === undefined ? 'connection' : 'secureConnection', onConnection);
     const ready = new Promise<void>((resolve, reject) => {
       const onError = (err: Error): void => {
         http.off('listening', onListening);
@@ -797,6 +858,8 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     run.http.off('upgrade', run.onUpgrade);
     for (const socket of run.pending) socket.destroy();
     run.pending.clear();
+    for (const timer of run.handshaking.values()) clearTimeout(timer);
+    run.handshaking.clear();
     // Wait for the terminated sockets' 'close' so that every onClose ran when stop() resolves.
     const closed = [...run.live].map((ws) => new Promise<void>((resolve) => ws.once('close', () => resolve())));
     for (const ws of run.live) ws.terminate();
@@ -814,6 +877,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       });
     }
     run.http.off('request', answerUpgradeRequired);
+    run.http.off(opts.tls === undefined ? 'connection' : 'secureConnection', run.onConnection);
     run.http.off('error', noop);
   }
 

@@ -71,7 +71,6 @@ serverTransportContract('memory', memoryFactory(), {
   closeReportsPeerCode: true,
   farOversizeGetsCloseFrame: true,
   framesBeforeUpgrade: true,
-  handshakeCheckedBeforeDecision: true,
 });
 
 interface PairFixture extends Fixture {

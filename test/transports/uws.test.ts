@@ -54,7 +54,6 @@ serverTransportContract(
     closeReportsPeerCode: false,
     farOversizeGetsCloseFrame: false,
     framesBeforeUpgrade: false,
-    handshakeCheckedBeforeDecision: true,
   },
 );
 

@@ -33,7 +33,6 @@ serverTransportContract(
     closeReportsPeerCode: true,
     farOversizeGetsCloseFrame: true,
     framesBeforeUpgrade: true,
-    handshakeCheckedBeforeDecision: false,
   },
 );
 

@@ -1,0 +1,4 @@
+import { uwsUnderTest } from '../transport-under-test.ts';
+import { upgradeFuzz } from './upgrade-fuzz.ts';
+
+upgradeFuzz(await uwsUnderTest());

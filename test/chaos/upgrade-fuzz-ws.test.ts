@@ -1,0 +1,4 @@
+import { wsUnderTest } from '../transport-under-test.ts';
+import { upgradeFuzz } from './upgrade-fuzz.ts';
+
+upgradeFuzz(wsUnderTest);
