@@ -131,6 +131,12 @@ export interface UpgradeRequest {
   /** Request headers with lower-case names; repeated headers are joined by the adapter as Node does. */
   readonly headers: Readonly<Record<string, string | undefined>>;
   readonly remoteAddress: string;
+  /**
+   * Aborted when the client goes away before its upgrade is answered: an owner deciding
+   * asynchronously (an authentication call) can stop, and its answer will go nowhere. Optional
+   * in the contract; the ws and uWebSockets.js adapters give one.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** The owner's answer to an upgrade request. */

@@ -957,9 +957,11 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       const remoteAddress = remoteAddressOf(res);
       // Before any async step: a response used after its client left is a crash in uWS.
       let aborted = false;
+      const abandon = new AbortController();
       res.onAborted(() => {
         aborted = true;
         run.pending.delete(res);
+        abandon.abort();
       });
 
       // uWS routes here any GET with a 24-character key; everything else it hands to `any`.
@@ -978,6 +980,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         query,
         headers,
         remoteAddress,
+        signal: abandon.signal,
       };
 
       const decide = (decision: UpgradeDecision): void => {

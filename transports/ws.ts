@@ -61,6 +61,8 @@ export const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
 export const DEFAULT_HOST = '127.0.0.1';
 /** @see WsListenOptions.port */
 export const DEFAULT_PORT = 8080;
+/** Bytes a client may send before its upgrade is answered (it should send none). */
+const MAX_EARLY_BYTES = 64 * 1024;
 /** @see WsListenOptions.handshakeTimeout */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 /** The longest delay a timer takes (2^31 - 1 ms); Node fires a longer one after 1 ms. */
@@ -586,7 +588,7 @@ function resolveServerOptions(options: WsServerTransportOptions): Readonly<Resol
 /* Server                                                                                      */
 /* ------------------------------------------------------------------------------------------- */
 
-function buildUpgradeRequest(req: IncomingMessage, url: string, path: string): UpgradeRequest {
+function buildUpgradeRequest(req: IncomingMessage, url: string, path: string, signal: AbortSignal): UpgradeRequest {
   const queryStart = url.indexOf('?');
   // Null prototype: header names are chosen by the peer (`__proto__`, `constructor`).
   const headers: Record<string, string | undefined> = Object.create(null);
@@ -599,6 +601,7 @@ function buildUpgradeRequest(req: IncomingMessage, url: string, path: string): U
     query: queryStart === -1 ? '' : url.slice(queryStart + 1),
     headers,
     remoteAddress: req.socket.remoteAddress ?? '',
+    signal,
   };
 }
 
@@ -769,7 +772,8 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         socket.destroy();
         return;
       }
-      const request = buildUpgradeRequest(req, url, path);
+      const abandon = new AbortController();
+      const request = buildUpgradeRequest(req, url, path, abandon.signal);
       // Checked before the owner is asked, as uWS does: ws would check after an accept, so a hook
       // (an authentication call, say) would run for requests that can never be upgraded.
       const fault = handshakeFault(req.method ?? '', req.httpVersion, url, request.headers);
@@ -787,17 +791,37 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         decide(result, req, socket, head, request);
         return;
       }
+      // While the owner decides, the socket is read, or a client that leaves would go unnoticed
+      // (Node hands it over paused): its FIN ends the wait. What it sends early (it should wait
+      // for the 101, RFC 6455 §4.1) is kept for the WebSocket, up to a bound.
       pending.add(socket);
-      const forget = (): void => {
-        pending.delete(socket);
+      const early: Buffer[] = [];
+      let earlyBytes = 0;
+      const onData = (chunk: Buffer): void => {
+        earlyBytes += chunk.length;
+        if (earlyBytes > MAX_EARLY_BYTES) socket.destroy();
+        else early.push(chunk);
       };
-      socket.once('close', forget);
+      const onEnd = (): void => {
+        socket.destroy();
+      };
+      const left = (): void => {
+        pending.delete(socket);
+        abandon.abort();
+      };
+      socket.on('data', onData);
+      socket.once('end', onEnd);
+      socket.once('close', left);
       Promise.resolve(result)
         .catch((): UpgradeDecision => ({ accept: false, status: 500 }))
         .then((decision) => {
-          forget();
-          socket.off('close', forget);
-          decide(decision, req, socket, head, request);
+          pending.delete(socket);
+          socket.off('data', onData);
+          socket.off('end', onEnd);
+          socket.off('close', left);
+          // Not paused: ws adds its own 'data' listener within decide(), in this same turn, and
+          // an explicit pause would keep it from flowing.
+          decide(decision, req, socket, early.length === 0 ? head : Buffer.concat([head, ...early]), request);
         });
     };
 

@@ -98,7 +98,9 @@ export interface ServerOptions {
    * Decides on an upgrade before the WebSocket exists: authentication, origin checks,
    * per-connection settings. Returning `false` (or `{ accept: false }`) refuses with 403.
    * A throw refuses with 500 and is logged. A promise that has not settled within
-   * `upgradeTimeout` refuses with 503.
+   * `upgradeTimeout` refuses with 503. `request.signal` is aborted when the client goes away
+   * before the decision (ws and uWebSockets.js transports): pass it on to an authentication call
+   * to stop it; what the hook settles with then is ignored, and nothing is logged.
    */
   readonly beforeUpgrade?: (request: UpgradeRequest) => UpgradeVerdict | Promise<UpgradeVerdict>;
   /**

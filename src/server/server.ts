@@ -382,10 +382,13 @@ export class Server {
     const timeout = this.options.upgradeTimeout;
     return new Promise<UpgradeDecision>((resolve, reject) => {
       let settled = false;
+      // The client left: its answer goes nowhere, and the hook is not late (no warning).
+      const left = (): void => finish(() => refuse(503, 'the client went away'));
       const finish = (decide: () => UpgradeDecision): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        request.signal?.removeEventListener('abort', left);
         this.pendingUpgrades.delete(finish);
         try {
           resolve(decide());
@@ -406,6 +409,8 @@ export class Server {
         });
       }, timeout);
       this.pendingUpgrades.add(finish);
+      if (request.signal?.aborted === true) left();
+      else request.signal?.addEventListener('abort', left, { once: true });
       // Both callbacks are given, so a late rejection is handled (ignored), never unhandled;
       // `finish` makes a late accept a no-op, so it cannot reach `pendingVerdicts`.
       Promise.resolve(verdict).then(

@@ -888,6 +888,41 @@ export function serverTransportContract(
       },
     );
 
+    contractCase(
+      'a frame sent while the owner decides asynchronously is delivered once it accepts',
+      network() || (!caps.framesBeforeUpgrade && 'frames a client sends before the 101 are dropped'),
+      async (t) => {
+        let release = (): void => {};
+        const decided = new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        const server = await startServer(t, { upgrade: () => decided.then(() => ({ accept: true }) as const) });
+        const raw = await rawWebSocket(t, server.port, '', false);
+        await until(() => server.upgrades.length === 1, 'the upgrade asked about');
+        // Its own TCP write, well after the request: not part of the upgrade's `head`.
+        await delay(30);
+        raw.write(maskedFrame(0x1, Uint8Array.from([0x68, 0x69])));
+        await delay(30);
+        release();
+        await until(() => server.accepted[0]?.rec.messages.length === 1, 'text frame');
+        assert.deepEqual(server.accepted[0]!.rec.messages[0], { data: new TextEncoder().encode('hi'), binary: false });
+      },
+    );
+
+    contractCase(
+      "a client that leaves while the owner decides aborts the upgrade request's signal",
+      network(),
+      async (t) => {
+        const server = await startServer(t, { upgrade: () => new Promise<UpgradeDecision>(() => {}) });
+        const raw = await rawWebSocket(t, server.port, '', false);
+        await until(() => server.upgrades.length === 1, 'the upgrade asked about');
+        const signal = server.upgrades[0]!.signal;
+        assert.ok(signal !== undefined && !signal.aborted);
+        raw.end();
+        await until(() => signal.aborted, 'the signal aborted');
+      },
+    );
+
     /* ---------------------------------------------------------------------------------------- */
     /* Lifecycle                                                                                */
     /* ---------------------------------------------------------------------------------------- */

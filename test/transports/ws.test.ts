@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { DEFAULT_HIGH_WATER_MARK, wsClientTransport, wsTransport } from '../../transports/ws.ts';
-import { bytes, connectWith, MAX, rawUpgrade, recorder, serve, until } from './helpers.ts';
+import { bytes, connectWith, MAX, rawUpgrade, rawWebSocket, recorder, serve, until } from './helpers.ts';
 import { loopbackFactory, serverTransportContract } from './server-contract.ts';
 
 serverTransportContract(
@@ -174,4 +174,16 @@ test('onActivity: chunks that complete no message are reported, on both ends; wh
   await until(() => rec.messages.length === 21 && remote.rec.messages.length === 21, 'large messages');
   assert.ok(rec.activities >= 3, `client: ${rec.activities}`);
   assert.ok(remote.rec.activities >= 3, `server: ${remote.rec.activities}`);
+});
+
+test('a client sending more than 64 KiB before its upgrade is answered is cut off, and the owner told', async (t) => {
+  const fixture = await serve(t, wsTransport({ host: '127.0.0.1', port: 0 }), {
+    upgrade: () => new Promise(() => {}),
+  });
+  const raw = await rawWebSocket(t, fixture.port, '', false);
+  await until(() => fixture.upgrades.length === 1, 'the upgrade asked about');
+  const closed = new Promise<void>((resolve) => raw.once('close', () => resolve()));
+  raw.write(Buffer.alloc(64 * 1024 + 1));
+  await closed;
+  await until(() => fixture.upgrades[0]!.signal?.aborted === true, 'the signal aborted');
 });
