@@ -10,6 +10,7 @@
  * `upgradeTimeout` gets 503 and frees its slot.
  */
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { test } from 'node:test';
 import { WebSocket } from 'ws';
 import { WsProxy } from '../../src/apps/wsproxy/index.ts';
@@ -385,4 +386,29 @@ test('upgradeTimeout and heartbeatInterval are checked (heartbeatInterval 0 is o
   }
   assert.doesNotThrow(() => new WsProxy({ upstream: 'ws://127.0.0.1:1/', heartbeatInterval: 0 }));
   assert.throws(() => new WsProxy({ upstream: 'ws://127.0.0.1:1/#fragment' }), /fragment/);
+});
+
+test('a client that leaves while its upstream is dialed: the upstream, once open, is closed at once', async (t) => {
+  let release = (): void => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const upstream = await startUpstream(t, { beforeUpgrade: () => held });
+  const { proxy, port } = await startWsProxy(t, { upstream: upstream.url });
+  const raw = connect(port, '127.0.0.1');
+  raw.on('error', () => {});
+  t.after(() => raw.destroy());
+  await new Promise<void>((resolve) => raw.once('connect', () => resolve()));
+  raw.write(`GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n${UPGRADE_LINES.join('\r\n')}\r\n\r\n`);
+  await waitFor(() => proxy.linkCount === 0 && upstream.connections.length === 0, 1000, 'dialing');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  raw.destroy();
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  release();
+  const opened = await upstream.connection();
+  const started = performance.now();
+  await opened.closed;
+  // Not the 5 s fallback: the transport said the client had left.
+  assert.ok(performance.now() - started < 2000, `closed after ${Math.round(performance.now() - started)} ms`);
+  await waitFor(() => proxy.linkCount === 0, 2000, 'no link left');
 });

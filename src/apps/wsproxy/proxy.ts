@@ -241,7 +241,10 @@ export class WsProxy {
   private readonly upstreamTransport: ClientTransport;
   private readonly links = new Set<Link>();
   /** Upstreams opened for an upgrade whose client connection has not opened yet. */
-  private readonly waiting = new Map<UpgradeRequest, { link: Link; timer: ReturnType<typeof setTimeout> }>();
+  private readonly waiting = new Map<
+    UpgradeRequest,
+    { link: Link; timer: ReturnType<typeof setTimeout>; abandon: () => void }
+  >();
   private deciding = 0;
   /** Ends each `upstream` answer being waited for (`awaitChoice`) at once; used by `close()`. */
   private readonly pendingChoices = new Set<() => void>();
@@ -485,25 +488,37 @@ export class WsProxy {
     // Nothing is read from the upstream until its client can take it (a few messages may already
     // be on their way: they wait in `early`).
     upstream.pause();
-    if (link.upstreamClosed || this.closing !== undefined) {
+    const clientLeft = request.signal?.aborted === true;
+    if (link.upstreamClosed || this.closing !== undefined || clientLeft) {
       link.closing = true;
-      closeSide(upstream, UNTRACKED, WsProxyCloseCode.GoingAway, 'proxy shutting down');
+      closeSide(
+        upstream,
+        UNTRACKED,
+        WsProxyCloseCode.GoingAway,
+        // A proxy closing drops its pending upgrades too: that is why their clients "left".
+        clientLeft && this.closing === undefined ? 'the client left' : 'proxy shutting down',
+      );
       return refuse(
         link.upstreamClosed ? 502 : 503,
         link.upstreamClosed ? 'the upstream closed' : 'the proxy is shutting down',
       );
     }
     // The transport opens the client's connection right after this answer, or drops the upgrade
-    // when the client left meanwhile: then the upstream must be closed too.
-    const timer = setTimeout(() => {
-      if (this.waiting.get(request)?.link === link) {
-        this.waiting.delete(request);
-        link.closing = true;
-        closeSide(upstream, UNTRACKED, WsProxyCloseCode.GoingAway, 'the client left');
-      }
-    }, 5_000);
+    // when the client left meanwhile: then the upstream must be closed too, at once when the
+    // transport says the client left (`request.signal`), else after a while.
+    const abandon = (): void => {
+      const entry = this.waiting.get(request);
+      if (entry?.link !== link) return;
+      clearTimeout(entry.timer);
+      request.signal?.removeEventListener('abort', abandon);
+      this.waiting.delete(request);
+      link.closing = true;
+      closeSide(upstream, UNTRACKED, WsProxyCloseCode.GoingAway, 'the client left');
+    };
+    const timer = setTimeout(abandon, 5_000);
     timer.unref();
-    this.waiting.set(request, { link, timer });
+    request.signal?.addEventListener('abort', abandon, { once: true });
+    this.waiting.set(request, { link, timer, abandon });
     this.links.add(link);
     this.metrics.links.inc();
     // The client gets the subprotocol the upstream chose (one the client offered: the upstream's
@@ -519,6 +534,7 @@ export class WsProxy {
       return IGNORE;
     }
     clearTimeout(entry.timer);
+    request.signal?.removeEventListener('abort', entry.abandon);
     const { link } = entry;
     link.client = client;
     link.clientBeat = this.heartbeat.track(client, () => this.timedOut(link, 'client'));
