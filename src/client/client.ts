@@ -418,9 +418,8 @@ export class Client extends Emitter<ClientEvents> {
     const updated = this.#currentSession?.key === session.key;
     this.#currentSession = session;
     // Same key, already stored: nothing to save.
-    if (updated) return this.emit('sessionUpdated', session);
-    this.#persist((store) => store.save(session.key));
-    this.emit('sessionCreated', session);
+    if (!updated) this.#persist((store) => store.save(session.key));
+    this.emit(updated ? 'sessionUpdated' : 'sessionCreated', session);
   }
 
   /** Drops the session and its stored key; 'sessionClosed' when there was a session. */
