@@ -64,7 +64,7 @@ export class InternalError extends DuplexwireError {
   readonly code = 'ERR_INTERNAL';
 }
 
-/** Session restore: no session with that key (type 3). */
+/** No session with that key: a restore (type 3), or an update of a session the store no longer has. */
 export class SessionNotFoundError extends DuplexwireError {
   override readonly name = 'SessionNotFoundError';
   readonly code = 'ERR_SESSION_NOT_FOUND';
@@ -80,6 +80,21 @@ export class MaxSessionConnectionsError extends DuplexwireError {
 export class SessionsDisabledError extends DuplexwireError {
   override readonly name = 'SessionsDisabledError';
   readonly code = 'ERR_SESSIONS_DISABLED';
+}
+
+/**
+ * The session store lacks an optional hook the operation needs (`hook` names it), e.g.
+ * `onSessionUpdate` for `updateSession`: the operation is refused rather than done in part.
+ */
+export class SessionStoreUnsupportedError extends DuplexwireError {
+  override readonly name = 'SessionStoreUnsupportedError';
+  readonly code = 'ERR_SESSION_STORE_UNSUPPORTED';
+  /** The missing `SessionManager` method. */
+  readonly hook: string | undefined;
+  constructor(message: string, options?: ErrorOptions & { hook?: string }) {
+    super(message, options);
+    this.hook = options?.hook;
+  }
 }
 
 /** The peer speaks protocol v2.0 and cannot receive what was asked (requests to a client, cancel). */
@@ -148,6 +163,7 @@ export const ERROR_CLASSES: ReadonlyArray<new (message: string) => DuplexwireErr
   SessionNotFoundError,
   MaxSessionConnectionsError,
   SessionsDisabledError,
+  SessionStoreUnsupportedError,
   PeerUnsupportedError,
   ConnectError,
   IncompatibleServerError,

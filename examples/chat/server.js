@@ -3,7 +3,8 @@
  * and the WebSocket endpoint /ws. Requests from a page:
  *   join  (its name)     -> the last 50 messages; from then on it gets every `message` signal
  *   say   (a message)    -> an empty reply once everyone has been sent the message
- * Joining creates a session, so a reload of the page comes back under the same name.
+ * Joining creates a session, so a reload of the page comes back under the same name; joining
+ * again under another name renames the session (same key, every connection holding it).
  *
  *   node examples/chat/server.js                 # http://127.0.0.1:8080/
  *   HOST=0.0.0.0 PORT=9000 node examples/chat/server.js
@@ -38,7 +39,7 @@ const http = createServer((req, res) => {
 
 // At most 10,000 names remembered (the least recently used go first), each for a day after its last use.
 const sessions = new MemorySessionManager({ maxSessions: 10_000, maxAge: 86_400_000 });
-const members = new Map(); // connection -> name, for every connection that joined
+const members = new Set(); // every connection that joined; its name is its session's
 const joining = new Set(); // connections whose join is storing their session
 const history = []; // the last HISTORY messages, oldest first
 
@@ -59,20 +60,21 @@ const server = new Server({
           if (joining.has(conn)) throw new RequestError('BUSY', 'a join is already under way');
           joining.add(conn);
           try {
-            await conn.closeSession(); // a new name on this connection: drop the old session
-            await conn.createSession({ name });
+            if (conn.session === null) await conn.createSession({ name });
+            else await conn.updateSession({ name }); // a rename: same session, its other connections too
           } finally {
             joining.delete(conn);
           }
         }
         if (!conn.isOpen) return; // it left while its session was being stored
         // In the same tick as the history is taken: every later message reaches this connection.
-        members.set(conn, name);
+        members.add(conn);
         conn.subscribe(ROOM);
         return utf8(JSON.stringify(history));
       }
       case 'say': {
-        const from = members.get(conn);
+        // From the session, so a rename made on another of its connections counts here too.
+        const from = members.has(conn) ? conn.session?.info?.name : undefined;
         if (from === undefined) throw new RequestError('NOT_JOINED', 'join before you say something');
         const text = payloadText(msg.payload).trim();
         if (text.length === 0 || text.length > MAX_TEXT) {

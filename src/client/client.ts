@@ -135,6 +135,11 @@ export interface ClientEvents {
   state: (state: ClientState) => void;
   /** The server created a session for this client (type 21). */
   sessionCreated: (session: Session) => void;
+  /**
+   * The server changed the info of the session this client holds (type 21 with its key): the
+   * session is `client.session` now.
+   */
+  sessionUpdated: (session: Session) => void;
   /** The session was restored (after a reconnect or by `restoreSession`). */
   sessionRestored: (session: Session) => void;
   /** The session ended (closed by either side, or not found on restore). */
@@ -398,7 +403,10 @@ export class Client extends Emitter<ClientEvents> {
     return parse === undefined || session.info === undefined ? session : { ...session, info: parse(session.info) };
   }
 
-  /** The server told us of a new session (type 21). */
+  /**
+   * The server told us of a session (type 21): a new one, or, with the key we hold, the one we
+   * hold updated (a v2.0 client simply replaces its session either way).
+   */
   #sessionCreated(json: string): void {
     let session: Session;
     try {
@@ -407,9 +415,11 @@ export class Client extends Emitter<ClientEvents> {
       this.#options.logger.error('unreadable session from the server', { error });
       return;
     }
+    const updated = this.#currentSession?.key === session.key;
     this.#currentSession = session;
-    this.#persist((store) => store.save(session.key));
-    this.emit('sessionCreated', session);
+    // Same key, already stored: nothing to save.
+    if (!updated) this.#persist((store) => store.save(session.key));
+    this.emit(updated ? 'sessionUpdated' : 'sessionCreated', session);
   }
 
   /** Drops the session and its stored key; 'sessionClosed' when there was a session. */

@@ -139,12 +139,17 @@ export class BusSubscriptions {
 }
 
 /**
- * The channel of session closes (`server.closeSession(key)`): empty, which no topic can be. A
- * message on it is a bus message whose body is `[SESSION_CLOSED u8][session key (UTF-8)]`.
+ * The channel of session changes made by key (`server.closeSession(key)`, `updateSession`):
+ * empty, which no topic can be. A message on it is a bus message whose body starts with its
+ * kind: `[SESSION_CLOSED u8][session key (UTF-8)]` or `[SESSION_UPDATED u8][session JSON (UTF-8)]`
+ * (the `sessionToJson` form, which holds the key). A server that does not know a kind logs and
+ * ignores it, so servers of different versions can share a bus.
  */
 export const SESSIONS_CHANNEL = '';
-/** The one kind of message on `SESSIONS_CHANNEL`: a session was closed by key. */
+/** On `SESSIONS_CHANNEL`: a session was closed by key. */
 const SESSION_CLOSED = 1;
+/** On `SESSIONS_CHANNEL`: a session's info was replaced; the body carries the session as stored. */
+const SESSION_UPDATED = 2;
 
 /** The body of a bus message telling that the session `key` was closed. */
 export function encodeSessionClosedBody(key: string): Uint8Array {
@@ -165,12 +170,31 @@ export function decodeSessionClosedBody(body: Uint8Array): string | undefined {
   }
 }
 
+/** The body of a bus message telling that a session is now `json` (its `sessionToJson` form). */
+export function encodeSessionUpdatedBody(json: string): Uint8Array {
+  const text = new TextEncoder().encode(json);
+  const out = new Uint8Array(1 + text.length);
+  out[0] = SESSION_UPDATED;
+  out.set(text, 1);
+  return out;
+}
+
+/** The session JSON of a session-updated body (not checked as a session), or undefined for anything else. */
+export function decodeSessionUpdatedBody(body: Uint8Array): string | undefined {
+  if (body.length < 2 || body[0] !== SESSION_UPDATED) return undefined;
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(body.subarray(1));
+  } catch {
+    return undefined;
+  }
+}
+
 /** First byte of a bus message: the format's version. */
 const BUS_FORMAT = 1;
 
 /**
  * A bus message: `[format u8][origin length u8][origin (ASCII)][body]`, the body being the
- * encoded signal of a publish (or, on `SESSIONS_CHANNEL`, a session-closed body).
+ * encoded signal of a publish (or, on `SESSIONS_CHANNEL`, a session-closed or session-updated body).
  */
 export function encodeBusMessage(origin: string, signal: Uint8Array): Uint8Array {
   const out = new Uint8Array(2 + origin.length + signal.length);

@@ -16,11 +16,18 @@ import {
   LimitExceededError,
   PeerUnsupportedError,
   SessionsDisabledError,
+  SessionStoreUnsupportedError,
   ShutdownError,
 } from '../errors.ts';
 import type { IncomingMessage, PeerHooks, ReplyValue, RequestContext, RequestOptions } from '../peer/peer.ts';
 import { ServerPeer } from '../peer/server-peer.ts';
-import { type Session, type SessionAttachResult, sessionToJson } from '../session/session.ts';
+import {
+  checkSessionInfo,
+  type Session,
+  type SessionAttachResult,
+  type SessionManager,
+  sessionToJson,
+} from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 import { checkTopic, type TopicRegistry } from './topics.ts';
@@ -37,6 +44,31 @@ export interface ConnectionContext {
   readonly sessions: SessionSettings | null;
   readonly registry: SessionRegistry<Connection>;
   readonly topics: TopicRegistry<Connection>;
+  /** `Server`'s update of the session `key` (store, this server's connections, the bus). */
+  readonly updateSession: (key: string, info: SessionInfo) => Promise<SessionUpdate>;
+}
+
+/** A session's info, as `createSession` and `updateSession` take it. */
+export type SessionInfo = Readonly<Record<string, unknown>> | undefined;
+
+/** What an update of a session did: the session as stored now, and how many connections here were told. */
+export interface SessionUpdate {
+  readonly session: Session;
+  readonly told: number;
+}
+
+/**
+ * The store's `onSessionUpdate`, bound, or SessionStoreUnsupportedError: without it an update
+ * could only change this process's copies, which the next restore would undo.
+ */
+export function sessionUpdateHook(manager: SessionManager): NonNullable<SessionManager['onSessionUpdate']> {
+  if (typeof manager.onSessionUpdate !== 'function') {
+    throw new SessionStoreUnsupportedError(
+      'the session store has no onSessionUpdate(key, info) hook, which updateSession needs (see "Your own store" in the README)',
+      { hook: 'onSessionUpdate' },
+    );
+  }
+  return manager.onSessionUpdate.bind(manager);
 }
 
 /** The key of `Connection`'s method sending encoded signal bytes: internal, not exported by the package. */
@@ -84,6 +116,11 @@ export class Connection {
   private pendingSession: string | null = null;
   /** The pending session was closed by key meanwhile. */
   private pendingDropped = false;
+  /**
+   * The latest update of the pending session that arrived while it was pending (a restore's
+   * lookup may have read the info before it): what the connection takes once attached.
+   */
+  private pendingUpdate: { readonly session: Session; readonly json: string } | null = null;
   /** The topics this connection subscribes to; created on the first subscribe (most have none). */
   private subscribed: Set<string> | undefined;
 
@@ -335,6 +372,7 @@ export class Connection {
     const session: Session = { key, creation: now, lastLookup: now, info };
     const notification = encodeSessionCreated(sessionToJson(session));
     this.sessionBusy = true;
+    this.pendingUpdate = null;
     let attached: SessionAttachResult;
     try {
       // Stored first: a client is never told of a session the store does not have.
@@ -353,9 +391,63 @@ export class Connection {
       if (!this.peer.isOpen) throw new DisconnectedError('the connection closed while the session was created');
       throw new InvalidStateError('the session was closed while it was created');
     }
-    this.currentSession = session;
-    this.peer.sendRaw(notification);
-    return session;
+    // Updated by key while it was being attached: the client hears of the session as it is now.
+    const update = this.takePendingUpdate();
+    const current = update?.session ?? session;
+    this.currentSession = current;
+    this.peer.sendRaw(update === null ? notification : encodeSessionCreated(update.json));
+    return current;
+  }
+
+  /**
+   * Replaces the info of this connection's session with `info` (replaced, not merged: pass the
+   * whole info; undefined removes it), in the store first, then everywhere the session is held:
+   * every connection holding it is sent the session again (type 21, same key: a v2.0 client
+   * simply takes the new one; the `Client` emits `sessionUpdated`) and its `conn.session`
+   * changes, on this server and, with the `bus` option, on the others. Resolves with the session
+   * as stored. Same as `server.updateSession(conn.session.key, info)`.
+   *
+   * Rejects with SessionsDisabledError, InvalidArgumentError (info JSON would not keep exactly,
+   * as for `createSession`), SessionStoreUnsupportedError (the store has no `onSessionUpdate`),
+   * DisconnectedError, InvalidStateError (the connection has no session), SessionNotFoundError
+   * (the store no longer has it, e.g. expired) or the store's error.
+   *
+   * @example
+   * if (msg.name === 'rename') {
+   *   await conn.updateSession({ ...conn.session?.info, name: payloadText(msg.payload) });
+   * }
+   */
+  async updateSession(info?: Readonly<Record<string, unknown>>): Promise<Session> {
+    const settings = this.requireSessions();
+    checkSessionInfo(info);
+    sessionUpdateHook(settings.manager);
+    if (!this.peer.isOpen) throw new DisconnectedError('the connection is closed');
+    const session = this.currentSession;
+    if (session === null) throw new InvalidStateError('this connection has no session');
+    return (await this.context.updateSession(session.key, info)).session;
+  }
+
+  /** The update kept while the session was pending (see `sessionUpdated`), once. */
+  private takePendingUpdate(): { readonly session: Session; readonly json: string } | null {
+    const update = this.pendingUpdate;
+    this.pendingUpdate = null;
+    return update;
+  }
+
+  /**
+   * @internal Used by `Server` once the store has `session` (an update of its info): a connection
+   * holding it takes it and its client is told (`notification`, type 21 with `json`); one still
+   * attaching it keeps it for when it is attached. Returns true when the client was told.
+   */
+  sessionUpdated(session: Session, json: string, notification: Uint8Array): boolean {
+    if (this.currentSession?.key === session.key) {
+      this.currentSession = session;
+      if (!this.peer.isOpen) return false;
+      this.peer.sendRaw(notification);
+      return true;
+    }
+    if (this.pendingSession === session.key) this.pendingUpdate = { session, json };
+    return false;
   }
 
   /**
@@ -462,9 +554,17 @@ export class Connection {
       return;
     }
     this.sessionBusy = true;
+    // Pending from before the lookup: an update of the session landing between the lookup and
+    // the attach reaches this connection (see `sessionUpdated`) instead of being lost.
+    this.pendingSession = key;
+    this.pendingUpdate = null;
+    this.context.registry.expect(key, this);
     try {
       await this.restore(id, key, settings);
     } finally {
+      this.context.registry.unexpect(key, this);
+      this.pendingSession = null;
+      this.pendingUpdate = null;
       this.sessionBusy = false;
     }
   }
@@ -507,8 +607,12 @@ export class Connection {
       this.peer.sendRaw(encodeSpecialReply(id, attached === 'limit' ? 'max-session-connections' : 'session-not-found'));
       return;
     }
-    this.currentSession = session;
-    this.peer.sendRaw(encodeReply(id, utf8(json)));
+    // An update that came after the lookup read the session is newer than what it read; one that
+    // came before is what the lookup read, or older than an update still to arrive (which then
+    // reaches this connection as it holds the session).
+    const update = this.takePendingUpdate();
+    this.currentSession = update?.session ?? session;
+    this.peer.sendRaw(encodeReply(id, utf8(update?.json ?? json)));
   }
 
   /** Last resort for a session request that failed unexpectedly: logged, internal-error reply. */

@@ -1,21 +1,33 @@
 import { STATUS_CODES } from 'node:http';
 import { nanoid } from 'nanoid';
 import { decode } from '../../protocol/decode.ts';
-import { encodeAcceptConf, encodeSignal } from '../../protocol/encode.ts';
+import { encodeAcceptConf, encodeSessionCreated, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
 import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
-import { InvalidArgumentError, InvalidStateError, SessionsDisabledError } from '../errors.ts';
+import { InvalidArgumentError, InvalidStateError, SessionNotFoundError, SessionsDisabledError } from '../errors.ts';
 import {
   BusSubscriptions,
   decodeBusMessage,
   decodeSessionClosedBody,
+  decodeSessionUpdatedBody,
   encodeBusMessage,
   encodeSessionClosedBody,
+  encodeSessionUpdatedBody,
   SESSIONS_CHANNEL,
 } from '../cluster/bus.ts';
+import { KeyedQueue } from '../session/keyed-queue.ts';
+import { checkSessionInfo, type Session, sessionFromJson, sessionToJson } from '../session/session.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
-import { ADMIT_PUBLISH, Connection, SEND_SIGNAL, TRANSPORT_SOCKET } from './connection.ts';
-import { SessionRegistry } from './session-registry.ts';
+import {
+  ADMIT_PUBLISH,
+  Connection,
+  SEND_SIGNAL,
+  type SessionInfo,
+  type SessionUpdate,
+  sessionUpdateHook,
+  TRANSPORT_SOCKET,
+} from './connection.ts';
+import { SessionRegistry, type SessionSettings } from './session-registry.ts';
 import { checkTopic, TopicRegistry } from './topics.ts';
 import {
   type DisconnectInfo,
@@ -56,6 +68,8 @@ export class Server {
   private readonly acceptConf: Uint8Array;
   private readonly live = new Set<Connection>();
   private readonly registry: SessionRegistry<Connection>;
+  /** Updates of one session run one at a time, in call order, store write and fan-out together. */
+  private readonly sessionUpdates = new KeyedQueue();
   private readonly topicRegistry: TopicRegistry<Connection>;
   /** This process on the bus: its own messages come back to it and are ignored. */
   private readonly busOrigin = nanoid();
@@ -80,7 +94,7 @@ export class Server {
       const subscriptions = new BusSubscriptions(
         bus,
         (topic, message) =>
-          topic === SESSIONS_CHANNEL ? this.sessionClosedOnBus(message) : this.fromBus(topic, message),
+          topic === SESSIONS_CHANNEL ? this.sessionChangedOnBus(message) : this.fromBus(topic, message),
         (doing, topic, error) => this.options.logger.error(`${doing} on the bus failed`, { topic, error }),
       );
       this.busSubscriptions = subscriptions;
@@ -118,7 +132,7 @@ export class Server {
       throw error;
     }
     this.state = 'listening';
-    // Sessions closed by key on other servers reach their connections here.
+    // Sessions closed or updated by key on other servers reach their connections here.
     if (this.options.sessions !== null) this.busSubscriptions?.want(SESSIONS_CHANNEL, true);
   }
 
@@ -302,16 +316,101 @@ export class Server {
     return count;
   }
 
-  /** A session closed by key on another server, from the bus. */
-  private sessionClosedOnBus(message: Uint8Array): void {
+  /**
+   * Replaces the info of the session `key` with `info` (replaced, not merged; undefined removes
+   * it): the store first (its `onSessionUpdate`), then every connection holding the session is
+   * sent it again (type 21 with the same key; the `Client` emits `sessionUpdated`) and its
+   * `conn.session` changes. Connections still restoring the session get the new info too. With
+   * the `bus` option, the other servers update their connections as well. Resolves with the
+   * number of this server's connections that were told, as `closeSession(key)` counts.
+   *
+   * Updates of one session made through this server are applied in call order. Rejects with
+   * SessionsDisabledError, InvalidArgumentError (info JSON would not keep exactly),
+   * SessionStoreUnsupportedError (the store has no `onSessionUpdate`), SessionNotFoundError (no
+   * such session: nothing is sent) or the store's error.
+   *
+   * @example
+   * // An administrator renames a user: every tab of theirs sees it at once.
+   * await server.updateSession(key, { user: 'ada', name: 'Ada Lovelace' });
+   */
+  async updateSession(key: string, info?: Readonly<Record<string, unknown>>): Promise<number> {
+    return (await this.updateSessionByKey(key, info)).told;
+  }
+
+  /** `updateSession`, and `conn.updateSession` through each connection's context. */
+  private readonly updateSessionByKey = async (key: string, info: SessionInfo): Promise<SessionUpdate> => {
+    const settings = this.options.sessions;
+    if (settings === null) throw new SessionsDisabledError('sessions are disabled on this server');
+    checkSessionInfo(info);
+    const update = sessionUpdateHook(settings.manager);
+    // As for a restore: a key the generator could not have made is unknown, and no store is asked.
+    if (!settings.keyGenerator.isValid(key)) throw new SessionNotFoundError('no session has this key');
+    return this.sessionUpdates.run(key, async () => {
+      const session = await update(key, info);
+      if (session === null) throw new SessionNotFoundError('the session store has no session with this key');
+      const json = sessionToJson(session);
+      const told = this.sessionUpdated(session, json);
+      const { bus } = this.options;
+      if (bus !== undefined) {
+        const message = encodeBusMessage(this.busOrigin, encodeSessionUpdatedBody(json));
+        this.onBus('updating a session', SESSIONS_CHANNEL, () => bus.publish(SESSIONS_CHANNEL, message));
+      }
+      return { session, told };
+    });
+  };
+
+  /** Gives this server's connections of `session` its new state (encoded once); returns how many were told. */
+  private sessionUpdated(session: Session, json: string): number {
+    const notification = encodeSessionCreated(json);
+    let told = 0;
+    for (const conn of this.registry.audience(session.key))
+      if (conn.sessionUpdated(session, json, notification)) told++;
+    return told;
+  }
+
+  /** A session closed or updated by key on another server, from the bus. */
+  private sessionChangedOnBus(message: Uint8Array): void {
     const decoded = decodeBusMessage(message);
     if (decoded?.origin === this.busOrigin) return;
-    const key = decoded === undefined ? undefined : decodeSessionClosedBody(decoded.signal);
-    if (key === undefined || this.options.sessions === null || !this.options.sessions.keyGenerator.isValid(key)) {
-      this.options.logger.warn('a bus message that is not a duplexwire session close was ignored');
-      return;
+    const settings = this.options.sessions;
+    if (decoded !== undefined && settings !== null) {
+      const key = decodeSessionClosedBody(decoded.signal);
+      if (key !== undefined && settings.keyGenerator.isValid(key)) {
+        this.dropSession(key);
+        return;
+      }
+      const json = decodeSessionUpdatedBody(decoded.signal);
+      if (json !== undefined && this.sessionUpdatedOnBus(json, settings)) return;
     }
-    this.dropSession(key);
+    this.options.logger.warn('a bus message that is not a duplexwire session change was ignored');
+  }
+
+  /**
+   * A session updated on another server (already stored): given to this server's connections as
+   * a restore gives it, through `parseSessionInfo`. False when `text` is not a session.
+   */
+  private sessionUpdatedOnBus(text: string, settings: SessionSettings): boolean {
+    let session: Session;
+    try {
+      session = sessionFromJson(text);
+    } catch {
+      return false;
+    }
+    if (!settings.keyGenerator.isValid(session.key)) return false;
+    let json: string;
+    try {
+      const parse = settings.parseInfo;
+      if (parse !== undefined && session.info !== undefined) session = { ...session, info: parse(session.info) };
+      json = sessionToJson(session);
+    } catch (error) {
+      // As a restore would fail: this server's connections keep what they had.
+      this.options.logger.error('a session updated on another server could not be given to its connections here', {
+        error,
+      });
+      return true;
+    }
+    this.sessionUpdated(session, json);
+    return true;
   }
 
   /** True from `shutdown()` on. */
@@ -474,6 +573,7 @@ export class Server {
       sessions: this.options.sessions,
       registry: this.registry,
       topics: this.topicRegistry,
+      updateSession: this.updateSessionByKey,
     });
     this.live.add(conn);
     const handlers = conn.start();

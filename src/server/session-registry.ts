@@ -23,6 +23,8 @@ export interface SessionSettings {
  */
 export class SessionRegistry<Conn> {
   private readonly byKey = new Map<string, Set<Conn>>();
+  /** Connections looking a session up to restore it, before they attach: an update must reach them too. */
+  private readonly restoring = new Map<string, Set<Conn>>();
   private readonly maxConnections: number;
   private readonly manager: SessionManager | undefined;
   private readonly logger: Logger;
@@ -87,6 +89,34 @@ export class SessionRegistry<Conn> {
     if (set === undefined || !set.delete(conn)) return -1;
     if (set.size === 0) this.byKey.delete(key);
     return set.size;
+  }
+
+  /**
+   * `conn` is about to take the session `key` (its restore is looking it up) until `unexpect`:
+   * meanwhile `audience(key)` includes it, so that an update landing between the lookup and the
+   * attach is not lost.
+   */
+  expect(key: string, conn: Conn): void {
+    let set = this.restoring.get(key);
+    if (set === undefined) {
+      set = new Set();
+      this.restoring.set(key, set);
+    }
+    set.add(conn);
+  }
+
+  unexpect(key: string, conn: Conn): void {
+    const set = this.restoring.get(key);
+    if (set === undefined || !set.delete(conn)) return;
+    if (set.size === 0) this.restoring.delete(key);
+  }
+
+  /** Whom an update of `key` concerns here: the connections holding it and those about to (a copy). */
+  audience(key: string): Conn[] {
+    const held = this.byKey.get(key);
+    const coming = this.restoring.get(key);
+    if (coming === undefined) return [...(held ?? [])];
+    return [...new Set([...(held ?? []), ...coming])];
   }
 
   /** The connections of a session in this process (a copy). */

@@ -26,7 +26,7 @@ import { consoleLogger, type Logger } from '../logger.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import { KeyedQueue } from './keyed-queue.ts';
-import { type Session, type SessionManager, sessionFromJson, sessionToJson } from './session.ts';
+import { checkSessionInfo, type Session, type SessionManager, sessionFromJson, sessionToJson } from './session.ts';
 
 /** Longest sweep period when `sweepInterval` is not given. @default 60 s */
 export const DEFAULT_SWEEP_INTERVAL = 60_000;
@@ -160,6 +160,31 @@ export class FileSessionManager implements SessionManager {
         const session: Session = { ...stored, lastLookup: new Date(Math.max(now, stored.lastLookup.getTime())) };
         await this.#write(hash, sessionToJson(session));
         return session;
+      }),
+    );
+  }
+
+  /**
+   * Replaces the info of a stored session: read, then written back whole with the same atomic
+   * write-then-rename as every write, under the key's queue (a concurrent lookup or close of the
+   * session runs before or after it, never in between). lastLookup is kept.
+   */
+  async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
+    checkSessionInfo(info);
+    const hash = sessionKeyHash(key);
+    if (hash === undefined) return null;
+    await this.#prepare();
+    return this.#queue.run(hash, () =>
+      this.#withFile(async () => {
+        const stored = await this.#read(hash);
+        if (stored === null || stored.key !== key) return null;
+        if (this.#isExpired(stored, Date.now())) {
+          await this.#remove(hash);
+          return null;
+        }
+        const text = sessionToJson({ ...stored, info });
+        await this.#write(hash, text);
+        return sessionFromJson(text);
       }),
     );
   }

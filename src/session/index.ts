@@ -26,6 +26,7 @@ export {
   type RedisSessionManagerOptions,
 } from './redis-store.ts';
 export {
+  checkSessionInfo,
   DEFAULT_SESSION_KEY_BYTES,
   defaultKeyGenerator,
   formatSessionTime,

@@ -6,6 +6,7 @@
  */
 import { checkInteger } from '../util/validate.ts';
 import {
+  checkSessionInfo,
   type Session,
   type SessionAttachResult,
   type SessionManager,
@@ -94,6 +95,24 @@ export class MemorySessionManager implements SessionManager {
     const session: Session = { ...stored, lastLookup };
     this.#sessions.set(key, { json: sessionToJson(session), lastLookup: lastLookup.getTime() });
     return session;
+  }
+
+  /**
+   * Replaces the info of a stored session. Its place in the order of use stays (an update is not
+   * a lookup), and so do lastLookup and the `maxAge` counted from it.
+   */
+  async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
+    checkSessionInfo(info);
+    const entry = this.#sessions.get(key);
+    if (entry === undefined) return null;
+    if (this.#expired(entry, Date.now())) {
+      this.#sessions.delete(key);
+      return null;
+    }
+    const json = sessionToJson({ ...sessionFromJson(entry.json), info });
+    // Set on a key already in the Map: its position (least recently used first) is kept.
+    this.#sessions.set(key, { json, lastLookup: entry.lastLookup });
+    return sessionFromJson(json);
   }
 
   async onSessionClosed(key: string): Promise<void> {

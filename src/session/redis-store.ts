@@ -26,6 +26,7 @@ import { checkInteger } from '../util/validate.ts';
 import { KeyedQueue } from './keyed-queue.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import {
+  checkSessionInfo,
   formatSessionTime,
   type Session,
   type SessionAttachResult,
@@ -143,7 +144,24 @@ end
 return others + own
 `;
 
+/**
+ * KEYS[1] session hash; ARGV [i]. Returns nil when there is no session (no `k`: a hash holding
+ * only presence fields is none), else sets `i` (or deletes it without ARGV[1]) and returns
+ * {k, c, l, i}. Nothing else changes: `l`, the presence fields and the expiry (HSET and HDEL keep
+ * a key's TTL) stay as they are.
+ */
+const UPDATE_SCRIPT = `
+if redis.call('HEXISTS', KEYS[1], 'k') == 0 then return false end
+if ARGV[1] then
+  redis.call('HSET', KEYS[1], 'i', ARGV[1])
+else
+  redis.call('HDEL', KEYS[1], 'i')
+end
+return redis.call('HMGET', KEYS[1], 'k', 'c', 'l', 'i')
+`;
+
 const CREATE = redisScript(CREATE_SCRIPT);
+const UPDATE = redisScript(UPDATE_SCRIPT);
 const LOOKUP = redisScript(LOOKUP_SCRIPT);
 const PRESENCE = redisScript(PRESENCE_SCRIPT);
 
@@ -212,11 +230,28 @@ export class RedisSessionManager implements SessionManager {
     const redisKey = this.redisKey(key);
     if (redisKey === undefined) return null;
     const now = formatSessionTime(new Date());
-    const reply = await this.#eval(LOOKUP, redisKey, [now, this.#ttl]);
+    return this.#session(key, redisKey, await this.#eval(LOOKUP, redisKey, [now, this.#ttl]));
+  }
+
+  /**
+   * Replaces the session's info in one script (see UPDATE_SCRIPT): lastLookup, the expiry and
+   * the connection counts are left alone.
+   */
+  async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
+    checkSessionInfo(info);
+    const redisKey = this.redisKey(key);
+    if (redisKey === undefined) return null;
+    // As on create: the info as its own JSON text, never through Lua's cjson.
+    const args = info === undefined ? [] : [JSON.stringify(info)];
+    return this.#session(key, redisKey, await this.#eval(UPDATE, redisKey, args));
+  }
+
+  /** The session in a script's {k, c, l, i} reply, or null (none, or corrupt: logged). */
+  #session(key: string, redisKey: string, reply: unknown): Session | null {
     if (reply === null || reply === undefined) return null;
     try {
       if (!Array.isArray(reply) || reply.length !== 4)
-        throw new InvalidArgumentError('unexpected reply to the lookup script');
+        throw new InvalidArgumentError('unexpected reply to a session script');
       const [k, c, l, i] = reply.map(replyText);
       const session = sessionFromJsonValue({ k, c, l, i: i === null || i === undefined ? undefined : JSON.parse(i) });
       if (session.key !== key) throw new InvalidArgumentError('session key does not match the Redis key');

@@ -39,6 +39,16 @@ export interface SessionManager {
   /** The session's last connection left or it was closed: delete it permanently. */
   onSessionClosed(key: string): Promise<void>;
   /**
+   * Optional: replaces the info of the session `key` with `info` (undefined: no info), atomically,
+   * and resolves with the session as now stored, or null when there is no such session (expired
+   * ones included). Key, creation and lastLookup stay as they are: an update is not a lookup, so
+   * it neither moves lastLookup nor restarts an expiry counted from it. Rejects with
+   * InvalidArgumentError, storing nothing, when `info` is not JSON-exact (see `Session.info`).
+   * Without it, `conn.updateSession()` and `server.updateSession()` reject with
+   * SessionStoreUnsupportedError.
+   */
+  onSessionUpdate?(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null>;
+  /**
    * Optional, with `onSessionDetach`: counts the connections holding each session across every
    * server using this store, for stores shared by several processes. A connection of this
    * process takes the session `key`: resolves `'attached'`, or `'limit'` when the session already
@@ -208,7 +218,11 @@ function checkJsonValue(value: unknown, path: string, ancestors: Set<object>): v
   }
 }
 
-function checkInfo(info: unknown): asserts info is Record<string, unknown> | undefined {
+/**
+ * Throws InvalidArgumentError unless `info` may be a session's info: undefined, or a plain object
+ * that JSON keeps exactly (see `Session.info`).
+ */
+export function checkSessionInfo(info: unknown): asserts info is Record<string, unknown> | undefined {
   if (info === undefined) return;
   if (info === null || typeof info !== 'object' || Array.isArray(info)) {
     throw new InvalidArgumentError('session info must be a plain object or undefined');
@@ -246,7 +260,7 @@ export function sessionToJsonValue(session: Session): SessionJson {
   }
   const c = formatSessionTime(session.creation);
   const l = formatSessionTime(session.lastLookup);
-  checkInfo(session.info);
+  checkSessionInfo(session.info);
   return session.info === undefined ? { k: session.key, c, l } : { k: session.key, c, l, i: session.info };
 }
 

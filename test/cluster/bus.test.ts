@@ -4,7 +4,16 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { BusSubscriptions, decodeBusMessage, encodeBusMessage, type TopicBus } from '../../src/cluster/bus.ts';
+import {
+  BusSubscriptions,
+  decodeBusMessage,
+  decodeSessionClosedBody,
+  decodeSessionUpdatedBody,
+  encodeBusMessage,
+  encodeSessionClosedBody,
+  encodeSessionUpdatedBody,
+  type TopicBus,
+} from '../../src/cluster/bus.ts';
 
 /** A bus whose calls wait until the test settles them, recording their order and overlap. */
 function scriptedBus() {
@@ -142,4 +151,18 @@ test('bus messages: origin and signal round trip; anything else is refused', () 
   assert.equal(decodeBusMessage(Uint8Array.of(2, 0, 1)), undefined, 'another format');
   assert.equal(decodeBusMessage(Uint8Array.of(1, 5, 0x61)), undefined, 'cut short');
   assert.equal(decodeBusMessage(encodeBusMessage('x', new Uint8Array(0))), undefined, 'no signal');
+});
+
+test('session bodies: a close is [1][key], an update [2][session JSON]; each decoder refuses the other kind', () => {
+  const json = '{"k":"key","c":"2026-01-01T00:00:00.000Z","l":"2026-01-01T00:00:00.000Z","i":{"name":"Ада 🔑"}}';
+  const updated = encodeSessionUpdatedBody(json);
+  assert.equal(updated[0], 2);
+  assert.equal(decodeSessionUpdatedBody(updated), json);
+  assert.equal(decodeSessionClosedBody(updated), undefined, 'an update is not a close');
+  const closed = encodeSessionClosedBody('key');
+  assert.deepEqual([...closed], [1, 0x6b, 0x65, 0x79], 'the close body is unchanged');
+  assert.equal(decodeSessionUpdatedBody(closed), undefined, 'a close is not an update');
+  assert.equal(decodeSessionUpdatedBody(Uint8Array.of(2)), undefined, 'empty');
+  assert.equal(decodeSessionUpdatedBody(Uint8Array.of(2, 0xff)), undefined, 'not UTF-8');
+  assert.equal(decodeSessionUpdatedBody(Uint8Array.of(3, 0x7b)), undefined, 'another kind');
 });

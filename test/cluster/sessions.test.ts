@@ -11,16 +11,27 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it, type TestContext } from 'node:test';
-import { utf8 } from '../../protocol/payload.ts';
+import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { Client } from '../../src/client/client.ts';
-import { redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
+import {
+  encodeBusMessage,
+  encodeSessionUpdatedBody,
+  redisTopicBus,
+  SESSIONS_CHANNEL,
+  type TopicBus,
+} from '../../src/cluster/bus.ts';
 import { InternalError, MaxSessionConnectionsError, SessionNotFoundError } from '../../src/errors.ts';
 import { Server } from '../../src/server/server.ts';
 import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import { RedisSessionManager } from '../../src/session/redis-store.ts';
-import type { Session, SessionAttachResult, SessionManager } from '../../src/session/session.ts';
+import {
+  type Session,
+  type SessionAttachResult,
+  type SessionManager,
+  sessionToJson,
+} from '../../src/session/session.ts';
 import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
-import { login, sessionApp } from '../fixtures/session-helpers.ts';
+import { login, sessionApp, whoami } from '../fixtures/session-helpers.ts';
 import { delay, recordingLogger, waitFor } from '../helpers.ts';
 import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
 
@@ -94,6 +105,17 @@ async function sessionOnBoth(t: TestContext, shared: Shared) {
   return { shared, a, b, a1, b1, key };
 }
 
+/** The next `sessionUpdated` of `c`, failing after 2 s rather than hanging the run. */
+function updateOf(c: Client): Promise<Session> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no 'sessionUpdated' within 2000 ms")), 2_000);
+    c.once('sessionUpdated', (session) => {
+      clearTimeout(timer);
+      resolve(session);
+    });
+  });
+}
+
 async function client(t: TestContext, url: string): Promise<Client> {
   const c = new Client(url, { transport: wsClientTransport(), reconnect: false, logger: recordingLogger() });
   t.after(() => c.close());
@@ -156,6 +178,60 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
         [],
       );
     });
+
+    it('server.updateSession(key) on A reaches the connections on B; conn.updateSession on B reaches A', async (t) => {
+      const { a, b, a1, b1, key } = await sessionOnBoth(t, await makeShared(t));
+      const events: string[] = [];
+      for (const c of [a1, b1]) {
+        c.on('sessionCreated', () => events.push('sessionCreated'));
+        c.on('sessionClosed', () => events.push('sessionClosed'));
+      }
+      const onB = updateOf(b1);
+      const onA = updateOf(a1);
+
+      assert.equal(await a.server.updateSession(key, { user: 'grace' }), 1, "the count is this server's connections");
+      assert.equal((await onB).key, key);
+      assert.deepEqual(b1.session?.info, { user: 'grace' });
+      assert.deepEqual((await onA).info, { user: 'grace' });
+      await waitFor(
+        () => b.server.sessionConnections(key)[0]?.session?.info?.user === 'grace',
+        2_000,
+        "B's conn.session",
+      );
+      assert.deepEqual(await whoami(b1), { key, info: { user: 'grace' } });
+
+      // The other way round, through a request handler on B.
+      const backOnA = updateOf(a1);
+      assert.equal(payloadText(await b1.request('rename', utf8('hopper'))), 'ok');
+      assert.deepEqual((await backOnA).info, { user: 'hopper' });
+      assert.deepEqual(await whoami(a1), { key, info: { user: 'hopper' } });
+
+      // A client restoring the session anywhere later gets what was stored last.
+      const late = await client(t, b.url);
+      await b1.close();
+      await waitFor(() => b.server.sessionConnections(key).length === 0, 2_000, 'b1 to leave');
+      assert.deepEqual((await late.restoreSession(key)).info, { user: 'hopper' });
+      assert.deepEqual(events, []);
+      for (const { logger } of [a, b]) {
+        assert.deepEqual(
+          logger.entries.filter((e) => e.level === 'error' || e.level === 'warn'),
+          [],
+        );
+      }
+    });
+
+    it('an update of a session closed on another server tells nobody and rejects SessionNotFoundError', async (t) => {
+      const { a, b, a1, b1, key } = await sessionOnBoth(t, await makeShared(t));
+      await b.server.closeSession(key);
+      await waitFor(() => a1.session === null, 2_000, 'the close to reach A');
+      let updated = 0;
+      for (const c of [a1, b1]) c.on('sessionUpdated', () => updated++);
+      await assert.rejects(a.server.updateSession(key, { user: 'eve' }), SessionNotFoundError);
+      await delay(50);
+      assert.equal(updated, 0);
+      assert.equal(a1.session, null);
+      assert.equal(b1.session, null);
+    });
   });
 }
 
@@ -169,6 +245,51 @@ defineSuite('a MemorySessionManager shared in one process', async () => {
     node: async () => ({ manager, bus: bus() }),
     has: async (key) => (await manager.onSessionLookup(key)) !== null,
   };
+});
+
+describe('sessions on the bus: what a server does with the session messages of others', () => {
+  it('an update from another server is given as a restore gives it (parseSessionInfo); what is not one is logged and ignored', async (t) => {
+    const manager = new MemorySessionManager();
+    const bus = localBus();
+    const other = bus();
+    const logger = recordingLogger();
+    const server = new Server({
+      transport: wsTransport({ host: '127.0.0.1', port: 0 }),
+      logger,
+      sessionManager: manager,
+      bus: bus(),
+      parseSessionInfo: (info) => ({ ...info, parsed: true }),
+      onRequest: sessionApp,
+    });
+    await server.listen();
+    t.after(() => server.shutdown({ timeout: 200 }));
+    const c = await client(t, `ws://127.0.0.1:${server.address()!.port}/`);
+    const session = await login(c);
+    await delay(20); // the server's subscription to SESSIONS_CHANNEL
+    const publish = (body: Uint8Array) => other.publish(SESSIONS_CHANNEL, encodeBusMessage('another-server', body));
+
+    const updated = updateOf(c);
+    const stored = await manager.onSessionUpdate(session.key, { user: 'grace' });
+    await publish(encodeSessionUpdatedBody(sessionToJson(stored!)));
+    assert.deepEqual((await updated).info, { user: 'grace', parsed: true });
+    assert.deepEqual(server.sessionConnections(session.key)[0]?.session?.info, { user: 'grace', parsed: true });
+
+    let updates = 0;
+    c.on('sessionUpdated', () => updates++);
+    const bogus = [
+      Uint8Array.of(9, 0x61), // a kind this server does not know (a newer server's)
+      encodeSessionUpdatedBody('not json'),
+      encodeSessionUpdatedBody(sessionToJson({ ...stored!, key: 'not-a-valid-key', info: { user: 'eve' } })),
+    ];
+    for (const body of bogus) await publish(body);
+    await waitFor(
+      () => logger.entries.filter((e) => e.message.includes('not a duplexwire session change')).length === 3,
+      1_000,
+      'three warnings',
+    );
+    assert.equal(updates, 0);
+    assert.deepEqual(c.session?.info, { user: 'grace', parsed: true });
+  });
 });
 
 /** A MemorySessionManager whose attaches take `delay` ms: a window for races. */

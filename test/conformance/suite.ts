@@ -40,6 +40,7 @@ const SUITES: readonly SuiteFile[] = [
   { file: 'session/registry', network: true },
   { file: 'session/client', network: true },
   { file: 'session/restart', network: true },
+  { file: 'session/update' },
 ];
 
 export async function runConformance(transport: TransportUnderTest): Promise<void> {

@@ -253,6 +253,17 @@ test('chat: Node clients join, say, hear each other, get the history; limits are
     });
     assert.deepEqual(again.client.session?.info, { name: 'alice' });
     assert.equal(again.client.session?.key, key);
+
+    // Joining again under another name renames the session: same key, on both connections.
+    const renamed = new Promise<unknown>((resolve) => alice.client.once('sessionUpdated', (s) => resolve(s.info)));
+    await again.join('alicia');
+    assert.deepEqual(await renamed, { name: 'alicia' });
+    assert.equal(alice.client.session?.key, key);
+    assert.deepEqual(again.client.session?.info, { name: 'alicia' });
+    const heard = bob.heard.length;
+    await alice.say('still me');
+    await until('bob to hear the renamed alice', () => bob.heard.length === heard + 1);
+    assert.equal(bob.heard.at(-1)!.from, 'alicia', 'the name comes from the session, wherever it was renamed');
   });
 
   assert.equal(await server.stop(), 0, 'a graceful shutdown on SIGTERM');

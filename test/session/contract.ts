@@ -312,6 +312,170 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
       }
     });
 
+    /** The store's onSessionUpdate, or undefined after skipping the test (the hook is optional). */
+    function updateHook(
+      t: TestContext,
+      manager: SessionManager,
+    ): NonNullable<SessionManager['onSessionUpdate']> | undefined {
+      if (manager.onSessionUpdate === undefined) {
+        t.skip('this store has no onSessionUpdate (updateSession is refused with it)');
+        return undefined;
+      }
+      return manager.onSessionUpdate.bind(manager);
+    }
+
+    it('onSessionUpdate replaces the info; key, creation and lastLookup stay', async (t) => {
+      const manager = await setup(t);
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      const created: Session = {
+        key: defaultKeyGenerator.generate(),
+        creation: at(-120_000),
+        lastLookup: at(-60_000),
+        info: { user: 'ada', roles: ['admin'] },
+      };
+      await manager.onSessionCreated(created);
+
+      const updated = await update(created.key, { user: 'grace' });
+      assert.ok(updated);
+      assert.equal(updated.key, created.key);
+      assert.equal(updated.creation.getTime(), created.creation.getTime());
+      assert.equal(updated.lastLookup.getTime(), created.lastLookup.getTime(), 'an update is not a lookup');
+      assert.deepStrictEqual(updated.info, { user: 'grace' }, 'replaced, not merged: roles is gone');
+
+      const before = Date.now();
+      const found = await manager.onSessionLookup(created.key);
+      assert.ok(found);
+      assert.deepStrictEqual(found.info, { user: 'grace' });
+      assert.equal(found.creation.getTime(), created.creation.getTime());
+      assert.ok(found.lastLookup.getTime() >= before, 'lookups still move lastLookup after an update');
+
+      // Once looked up, an update keeps the new lastLookup too.
+      const again = await update(created.key, { user: 'ada' });
+      assert.equal(again?.lastLookup.getTime(), found.lastLookup.getTime());
+
+      // undefined: no info at all (no "i"), as a session created without info.
+      const bare = await update(created.key, undefined);
+      assert.ok(bare);
+      assert.ok('info' in bare);
+      assert.equal(bare.info, undefined);
+      const stored = await manager.onSessionLookup(created.key);
+      assert.equal(stored?.info, undefined);
+      assert.ok(!sessionToJson(stored!).includes('"i"'));
+      assert.deepStrictEqual((await update(created.key, { back: true }))?.info, { back: true }, 'and back');
+    });
+
+    it('onSessionUpdate of an unknown or closed key resolves null and stores nothing', async (t) => {
+      const manager = await setup(t);
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      const unknown = defaultKeyGenerator.generate();
+      assert.equal(await update(unknown, { user: 'eve' }), null);
+      assert.equal(await manager.onSessionLookup(unknown), null, 'an update never creates a session');
+      const session = newSession({ user: 'ada' });
+      await manager.onSessionCreated(session);
+      await manager.onSessionClosed(session.key);
+      assert.equal(await update(session.key, { user: 'eve' }), null);
+      assert.equal(await manager.onSessionLookup(session.key), null, 'an update never resurrects a session');
+      const bystander = newSession({ bystander: true });
+      await manager.onSessionCreated(bystander);
+      for (const key of HOSTILE_KEYS) assert.equal(await update(key, { x: 1 }), null, `update ${JSON.stringify(key)}`);
+      assert.deepEqual((await manager.onSessionLookup(bystander.key))?.info, { bystander: true });
+    });
+
+    for (const [label, info] of INFO_SAMPLES) {
+      it(`onSessionUpdate round-trips info exactly: ${label}`, async (t) => {
+        const manager = await setup(t);
+        const update = updateHook(t, manager);
+        if (update === undefined) return;
+        const created = newSession({ before: true });
+        await manager.onSessionCreated(created);
+        assert.deepStrictEqual((await update(created.key, info))?.info, info);
+        for (let i = 0; i < 2; i++) assert.deepStrictEqual((await manager.onSessionLookup(created.key))?.info, info);
+        assert.equal(({} as Record<string, unknown>).polluted, undefined, 'Object.prototype untouched');
+      });
+    }
+
+    it('onSessionUpdate refuses info it could not store faithfully (InvalidArgumentError), keeping the old', async (t) => {
+      const manager = await setup(t);
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      const session = newSession({ user: 'ada' });
+      await manager.onSessionCreated(session);
+      const cyclic: Record<string, unknown> = {};
+      cyclic.self = cyclic;
+      const bad: unknown[] = [
+        { when: new Date() },
+        { missing: undefined },
+        { n: Number.NaN },
+        { f: () => 1 },
+        { m: new Map() },
+        cyclic,
+        [1, 2],
+        null,
+        'text',
+      ];
+      for (const info of bad) {
+        await assert.rejects(update(session.key, info as Record<string, unknown>), InvalidArgumentError);
+        await assert.rejects(
+          update(defaultKeyGenerator.generate(), info as Record<string, unknown>),
+          InvalidArgumentError,
+        );
+      }
+      assert.deepEqual((await manager.onSessionLookup(session.key))?.info, { user: 'ada' });
+    });
+
+    it('onSessionUpdate keeps stored state apart from the objects passed in and handed out', async (t) => {
+      const manager = await setup(t);
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      const session = newSession();
+      await manager.onSessionCreated(session);
+      const info = { list: [1, 2] };
+      const updated = await update(session.key, info);
+      info.list.push(3);
+      (updated!.info!.list as number[]).push(99);
+      assert.deepEqual((await manager.onSessionLookup(session.key))?.info, { list: [1, 2] });
+    });
+
+    it('onSessionUpdate racing closes and lookups never resurrects a session; the last update wins', async (t) => {
+      const manager = await setup(t);
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      const sessions = Array.from({ length: 50 }, (_, i) => newSession({ i }));
+      await Promise.all(sessions.map((s) => manager.onSessionCreated(s)));
+      await Promise.all(
+        sessions.flatMap((s, i) =>
+          i % 2 === 0
+            ? [update(s.key, { i, n: 1 }), manager.onSessionClosed(s.key), update(s.key, { i, n: 2 })]
+            : [update(s.key, { i, n: 1 }), manager.onSessionLookup(s.key), update(s.key, { i, n: 2 })],
+        ),
+      );
+      for (const [i, s] of sessions.entries()) {
+        const found = await manager.onSessionLookup(s.key);
+        if (i % 2 === 0) assert.equal(found, null, 'closed stays closed');
+        else assert.deepEqual(found?.info, { i, n: 2 });
+      }
+    });
+
+    it('onSessionUpdate leaves the connection counts alone, when the store counts', async (t) => {
+      const manager = await setup(t);
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {
+        t.skip('this store leaves connection counts to each server');
+        return;
+      }
+      const session = newSession({ user: 'ada' });
+      await manager.onSessionCreated(session);
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'attached');
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'attached');
+      await update(session.key, { user: 'grace' });
+      assert.equal(await manager.onSessionAttach(session.key, 2), 'limit', 'still two connections');
+      assert.equal(await manager.onSessionDetach(session.key), 1);
+      assert.deepEqual((await manager.onSessionLookup(session.key))?.info, { user: 'grace' });
+    });
+
     it('counts connections with onSessionAttach/onSessionDetach, when it has them', async (t) => {
       const manager = await setup(t);
       if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {

@@ -140,6 +140,33 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
       );
     });
 
+    it('an update rewrites only i: k, c, l, the presence fields and the expiry stay', async (t) => {
+      const { manager } = setup(t, { presenceTtl: 60_000, ttl: 60_000 });
+      t.after(() => manager.close());
+      const session = newSession({ user: 'ada' });
+      await manager.onSessionCreated(session);
+      const redisKey = manager.redisKey(session.key)!;
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'attached');
+      await redis.sendCommand(['PEXPIRE', redisKey, '50000']);
+      const before = await hgetall(redisKey);
+
+      const info = { user: 'grace', empty: {}, list: [], big: 2 ** 70 };
+      await manager.onSessionUpdate(session.key, info);
+      assert.deepEqual(await hgetall(redisKey), { ...before, i: JSON.stringify(info) });
+      const left = await pttl(redisKey);
+      assert.ok(left > 40_000 && left <= 50_000, `the expiry is not restarted: PTTL ${left}`);
+
+      await manager.onSessionUpdate(session.key, undefined);
+      const { i: _, ...withoutInfo } = before;
+      assert.deepEqual(await hgetall(redisKey), withoutInfo, 'no i field without info');
+
+      // A hash left with only presence fields is no session: nothing is written into it.
+      await redis.sendCommand(['DEL', redisKey]);
+      await redis.sendCommand(['HSET', redisKey, 'p:other', '1 1']);
+      assert.equal(await manager.onSessionUpdate(session.key, { user: 'eve' }), null);
+      assert.deepEqual(await hgetall(redisKey), { 'p:other': '1 1' });
+    });
+
     it('uses DEFAULT_REDIS_PREFIX when no prefix is given', async (t) => {
       const manager = new RedisSessionManager({ client: redis });
       const session = newSession();
