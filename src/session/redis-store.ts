@@ -13,7 +13,8 @@
  * the transaction.
  *
  * Connections holding a session are counted in the same hash, one field per process (per
- * manager): `p:<random id>` = `"<connections> <expiry, ms on the Redis clock>"`. A process writes
+ * manager): `p:<instance>` = `"<connections> <expiry, ms on the Redis clock>"` (`instanceId`,
+ * random by default). A process writes
  * its own count with each attach and detach and renews it every third of `presenceTtl`; a field
  * past its expiry is a process that died (or lost Redis) and counts for nothing, so neither the
  * limit nor "delete when the last connection closes the session" is held up by it for longer.
@@ -66,7 +67,18 @@ export interface RedisSessionManagerOptions {
    * @default 30000
    */
   readonly presenceTtl?: number;
+  /**
+   * This process's name in the session hashes (`p:<instanceId>`): a name that outlives the
+   * process, such as a pod name or `host:port`, lets a process restarted in place take over the
+   * counts it left behind as soon as its clients restore their sessions, instead of waiting for
+   * them to expire (`presenceTtl`). Must be unique among the live processes sharing the store: two
+   * with one name would overwrite each other's counts. 1..128 of A-Z a-z 0-9 . _ : -
+   * @default a random name per manager
+   */
+  readonly instanceId?: string;
 }
+
+const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** @see RedisSessionManagerOptions.presenceTtl */
 export const DEFAULT_PRESENCE_TTL = 30_000;
@@ -190,7 +202,7 @@ export class RedisSessionManager implements SessionManager {
   readonly #logger: Logger;
   readonly #presenceTtl: number;
   /** This process's field in each session hash it holds. */
-  readonly #presenceField = `p:${randomBytes(12).toString('base64url')}`;
+  readonly #presenceField: string;
   /** This process's connections per session key: the truth its Redis fields are renewed from. */
   readonly #held = new Map<string, number>();
   #renewTimer: ReturnType<typeof setInterval> | undefined;
@@ -200,7 +212,7 @@ export class RedisSessionManager implements SessionManager {
 
   constructor(options: RedisSessionManagerOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
-    const { client, prefix, ttl, logger, presenceTtl } = options;
+    const { client, prefix, ttl, logger, presenceTtl, instanceId } = options;
     if (client === null || typeof client !== 'object' || typeof client.sendCommand !== 'function') {
       throw new InvalidArgumentError('option client must have a sendCommand(args) method');
     }
@@ -211,6 +223,10 @@ export class RedisSessionManager implements SessionManager {
     this.#ttl = ttl === undefined ? '' : String(checkInteger('ttl', ttl, 1, Number.MAX_SAFE_INTEGER));
     this.#logger = logger ?? consoleLogger;
     this.#presenceTtl = checkInteger('presenceTtl', presenceTtl ?? DEFAULT_PRESENCE_TTL, 300, 86_400_000);
+    if (instanceId !== undefined && (typeof instanceId !== 'string' || !INSTANCE_ID.test(instanceId))) {
+      throw new InvalidArgumentError('option instanceId must be 1..128 of A-Z a-z 0-9 . _ : -');
+    }
+    this.#presenceField = `p:${instanceId ?? randomBytes(12).toString('base64url')}`;
   }
 
   /** The Redis key of a session key's hash: prefix + SHA-256 hex. Undefined for a key no session can have. */

@@ -20,7 +20,12 @@ import {
   SESSIONS_CHANNEL,
   type TopicBus,
 } from '../../src/cluster/bus.ts';
-import { InternalError, MaxSessionConnectionsError, SessionNotFoundError } from '../../src/errors.ts';
+import {
+  InternalError,
+  InvalidArgumentError,
+  MaxSessionConnectionsError,
+  SessionNotFoundError,
+} from '../../src/errors.ts';
 import { Server } from '../../src/server/server.ts';
 import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import { RedisSessionManager } from '../../src/session/redis-store.ts';
@@ -470,6 +475,46 @@ if (connected instanceof Error) {
       await delay(PRESENCE_TTL + 200);
       await b1.restoreSession(key);
       assert.equal(b1.session?.key, key, 'its slot was freed when its presence expired');
+    });
+
+    it('a process restarted in place with the same instanceId takes over its counts at once', async (t) => {
+      const shared = await redisShared(t);
+      const a = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      // Process "web-1" holds the second slot, then is killed: its count stays behind.
+      const killed = new RedisSessionManager({
+        client: await connection(),
+        prefix: `${shared.prefix}s:`,
+        presenceTtl: 60_000,
+        instanceId: 'web-1',
+      });
+      assert.equal(await killed.onSessionAttach(key, LIMIT), 'attached');
+      await killed.close();
+      // Another process cannot have the slot while the dead one's count lasts...
+      const other = new RedisSessionManager({ client: await connection(), prefix: `${shared.prefix}s:` });
+      t.after(() => other.close());
+      assert.equal(await other.onSessionAttach(key, LIMIT), 'limit');
+      // ...but "web-1" restarted replaces its own count: its client's restore gets the slot back.
+      const restarted = new RedisSessionManager({
+        client: await connection(),
+        prefix: `${shared.prefix}s:`,
+        presenceTtl: 60_000,
+        instanceId: 'web-1',
+      });
+      t.after(() => restarted.close());
+      assert.equal(await restarted.onSessionAttach(key, LIMIT), 'attached');
+      assert.equal(await restarted.onSessionDetach(key), 1, "a1's connection on A remains");
+    });
+
+    it('instanceId is checked', () => {
+      for (const instanceId of ['', 'a b', 'x'.repeat(129), 'é']) {
+        assert.throws(
+          () => new RedisSessionManager({ client: redis, instanceId }),
+          InvalidArgumentError,
+          JSON.stringify(instanceId),
+        );
+      }
     });
 
     it('a live process keeps counting past presenceTtl (its counts are renewed)', async (t) => {
