@@ -1003,6 +1003,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        connectOptions.signal?.removeEventListener('abort', onAbort);
         // Aborts the request; the 'error' and 'close' ws emits for it are ignored (settled,
         // and the adapter reports no close before open).
         ws.terminate();
@@ -1012,6 +1013,10 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
       const timer = setTimeout(() => {
         fail(connectError(`connect timed out after ${connectOptions.connectTimeout} ms`, 'ETIMEDOUT'));
       }, connectOptions.connectTimeout);
+      const { signal } = connectOptions;
+      const onAbort = (): void => fail(connectError('connect aborted', 'ABORT_ERR'));
+      if (signal?.aborted === true) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
 
       ws.once('upgrade', (res: IncomingMessage) => {
         adapter.setNetSocket(res.socket);
@@ -1035,6 +1040,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        connectOptions.signal?.removeEventListener('abort', onAbort);
         adapter.markOpen();
         // ws emits 'open' once it has taken the socket, its 'data' listener first.
         adapter.watchReads();

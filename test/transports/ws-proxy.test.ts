@@ -128,6 +128,17 @@ test('a proxy that never answers CONNECT: the attempt times out and its socket i
   await waitFor(() => proxy.openSockets() === 0, 2_000, 'the socket to the proxy is closed');
 });
 
+test('client.close() while the proxy has not answered CONNECT closes the socket to the proxy at once', async (t) => {
+  const proxy = await startConnectProxy(t, { mode: 'hang' });
+  // The default connect timeout (10 s) would otherwise keep the attempt and its socket.
+  const c = client(t, 'ws://127.0.0.1:9/', { transport: wsClientTransport({ proxy: proxy.url }) });
+  const connecting = assert.rejects(c.connect());
+  await waitFor(() => proxy.requests.length === 1, 2_000, 'the CONNECT sent');
+  await c.close();
+  await waitFor(() => proxy.openSockets() === 0, 1_000, 'the socket to the proxy is closed');
+  await connecting;
+});
+
 test('the proxy option is checked', () => {
   for (const bad of ['not a url', 'ftp://proxy:21', 'http://proxy:3128/some/path', 'socks5://proxy:1080']) {
     assert.throws(() => wsClientTransport({ proxy: bad }), RangeError, bad);
