@@ -822,6 +822,10 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
           // Not paused: ws adds its own 'data' listener within decide(), in this same turn, and
           // an explicit pause would keep it from flowing.
           decide(decision, req, socket, early.length === 0 ? head : Buffer.concat([head, ...early]), request);
+          // Destroyed with its 'close' still to come (the decision came in the tick of the FIN),
+          // or by ws for a client that had sent one: the client left all the same, and an owner
+          // holding something for it (wsproxy's upstream) must hear it now.
+          if (socket.destroyed) abandon.abort();
         });
     };
 
