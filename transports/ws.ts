@@ -540,7 +540,8 @@ function checkProxy(value: string | URL): URL {
 
 /** A URL as it may be logged: its credentials left out. */
 function redact(url: URL): string {
-  return url.username === '' && url.password === '' ? url.origin : `${url.protocol}//***@${url.host}`;
+  // Not `origin`: that is 'null' for a scheme other than http(s), as in the refusal of socks5:.
+  return `${url.protocol}//${url.username === '' && url.password === '' ? '' : '***@'}${url.host}`;
 }
 
 function checkMaxMessageSize(value: number): void {

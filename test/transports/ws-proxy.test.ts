@@ -147,6 +147,9 @@ test('the proxy option is checked', () => {
     () => wsClientTransport({ proxy: 'http://user:pw@proxy:3128/x' }),
     (error: unknown) => error instanceof RangeError && !error.message.includes('pw'),
   );
+  // The refused URL is named (without credentials), whatever its scheme.
+  assert.throws(() => wsClientTransport({ proxy: 'socks5://proxy:1080' }), /got socks5:\/\/proxy:1080$/);
+  assert.throws(() => wsClientTransport({ proxy: 'socks5://u:pw@proxy:1080' }), /got socks5:\/\/\*\*\*@proxy:1080$/);
   wsClientTransport({ proxy: 'http://proxy:3128' });
   wsClientTransport({ proxy: new URL('https://proxy.internal:443/') });
 });
