@@ -234,6 +234,12 @@ export interface ClientConnectOptions {
    * @default false: such an answer fails the attempt, as the `ws` library does
    */
   readonly acceptNoProtocol?: boolean;
+  /**
+   * Aborted when the caller gives the attempt up (the client is closed): the transport ends it
+   * at once, its sockets (to a proxy that has not answered, say) closed, and rejects. Optional: a
+   * transport that ignores it ends the attempt at `connectTimeout`.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /**

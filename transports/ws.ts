@@ -540,7 +540,8 @@ function checkProxy(value: string | URL): URL {
 
 /** A URL as it may be logged: its credentials left out. */
 function redact(url: URL): string {
-  return url.username === '' && url.password === '' ? url.origin : `${url.protocol}//***@${url.host}`;
+  // Not `origin`: that is 'null' for a scheme other than http(s), as in the refusal of socks5:.
+  return `${url.protocol}//${url.username === '' && url.password === '' ? '' : '***@'}${url.host}`;
 }
 
 function checkMaxMessageSize(value: number): void {
@@ -822,6 +823,10 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
           // Not paused: ws adds its own 'data' listener within decide(), in this same turn, and
           // an explicit pause would keep it from flowing.
           decide(decision, req, socket, early.length === 0 ? head : Buffer.concat([head, ...early]), request);
+          // Destroyed with its 'close' still to come (the decision came in the tick of the FIN),
+          // or by ws for a client that had sent one: the client left all the same, and an owner
+          // holding something for it (wsproxy's upstream) must hear it now.
+          if (socket.destroyed) abandon.abort();
         });
     };
 
@@ -1003,6 +1008,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        connectOptions.signal?.removeEventListener('abort', onAbort);
         // Aborts the request; the 'error' and 'close' ws emits for it are ignored (settled,
         // and the adapter reports no close before open).
         ws.terminate();
@@ -1012,6 +1018,10 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
       const timer = setTimeout(() => {
         fail(connectError(`connect timed out after ${connectOptions.connectTimeout} ms`, 'ETIMEDOUT'));
       }, connectOptions.connectTimeout);
+      const { signal } = connectOptions;
+      const onAbort = (): void => fail(connectError('connect aborted', 'ABORT_ERR'));
+      if (signal?.aborted === true) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
 
       ws.once('upgrade', (res: IncomingMessage) => {
         adapter.setNetSocket(res.socket);
@@ -1035,6 +1045,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        connectOptions.signal?.removeEventListener('abort', onAbort);
         adapter.markOpen();
         // ws emits 'open' once it has taken the socket, its 'data' listener first.
         adapter.watchReads();

@@ -274,6 +274,8 @@ export class Client extends Emitter<ClientEvents> {
    * so close() ends it and waits for `lost` itself.
    */
   #attempt: { readonly peer: Peer; readonly lost: Promise<unknown> } | undefined;
+  /** Ends the transport's connect in progress (before its socket is open); used by close(). */
+  #connecting: AbortController | undefined;
 
   constructor(url: string, options: ClientOptions = {}) {
     super();
@@ -495,6 +497,9 @@ export class Client extends Emitter<ClientEvents> {
     this.#setState('closed');
     this.#settleWaiters(new DisconnectedError('the client was closed'));
     this.#wakeLoop?.();
+    // An attempt whose socket is not open yet (a TCP connect, a proxy's CONNECT) would otherwise
+    // go on until connectTimeout.
+    this.#connecting?.abort();
     const attempt = this.#attempt;
     const peer = this.#peer;
     if (attempt !== undefined) {
@@ -655,6 +660,8 @@ export class Client extends Emitter<ClientEvents> {
     };
 
     let socket: TransportSocket;
+    const connecting = new AbortController();
+    this.#connecting = connecting;
     try {
       socket = await this.#transport.connect(
         this.url,
@@ -663,6 +670,7 @@ export class Client extends Emitter<ClientEvents> {
           maxMessageSize: options.maxMessageSize,
           connectTimeout: options.connectTimeout,
           protocols: options.protocols,
+          signal: connecting.signal,
         },
         handlers,
       );
@@ -673,6 +681,8 @@ export class Client extends Emitter<ClientEvents> {
         status: failure?.status,
         body: failure?.body,
       });
+    } finally {
+      if (this.#connecting === connecting) this.#connecting = undefined;
     }
     if (this.#closedForGood()) {
       socket.close(CLOSE_NORMAL, 'client closed');

@@ -7,7 +7,9 @@
 import assert from 'node:assert/strict';
 import type { ServerResponse } from 'node:http';
 import { test } from 'node:test';
+import { Pool } from 'undici';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
+import { TargetHealth } from '../../src/apps/tunnel/health.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import {
   ID,
@@ -20,7 +22,7 @@ import {
   tempFile,
   TOKEN,
 } from '../fixtures/tunnel-helpers.ts';
-import { waitFor } from '../helpers.ts';
+import { recordingLogger, waitFor } from '../helpers.ts';
 
 /** A target whose /healthz answers `state.status` (or never, with 0), and says who it is. */
 async function checkedTarget(
@@ -119,6 +121,62 @@ test('an agent that reconnects while unhealthy says so again on its new connecti
   );
   await waitFor(() => proxy.proxy.agents(ID).every((e) => !e.healthy), 2000, 'unhealthy on the new connection');
   assert.equal(agent.healthy, false);
+});
+
+test('an agent whose start() is refused stops checking its target', async (t) => {
+  const proxy = await startProxy(t);
+  const a = await checkedTarget(t, 'a');
+  const agent = new TunnelAgent({
+    proxyUrl: proxy.agentsUrl,
+    id: ID,
+    token: `${TOKEN}-wrong`,
+    target: a.url,
+    healthCheck: FAST,
+    logger: recordingLogger(),
+  });
+  t.after(() => agent.close(0));
+  await assert.rejects(agent.start());
+  const after = a.checks();
+  await new Promise((resolve) => setTimeout(resolve, 6 * FAST.interval));
+  assert.ok(a.checks() <= after + 1, `${a.checks() - after} checks after the refusal`);
+});
+
+test('a check in flight across stop() and start() is not counted, and the new one can still be stopped', async (t) => {
+  // The first check hangs until aborted; every later one passes at once.
+  let checks = 0;
+  const aborted: number[] = [];
+  const target = await startTarget(t, (req, res) => {
+    const n = ++checks;
+    if (n === 1 || n === 3) {
+      req.socket.once('close', () => aborted.push(n));
+      return;
+    }
+    res.end();
+  });
+  const pool = new Pool(target.url);
+  t.after(() => pool.destroy());
+  const changes: boolean[] = [];
+  const health = new TargetHealth(
+    { path: '/healthz', interval: 50, timeout: 2_000, failures: 1 },
+    { dispatcher: pool, basePath: '' },
+    (healthy) => changes.push(healthy),
+    recordingLogger(),
+  );
+  t.after(() => health.stop());
+  health.start();
+  await waitFor(() => checks === 1, 2000, 'the first check in flight');
+  health.stop();
+  health.start();
+  await waitFor(() => checks >= 3, 2000, 'checks after the restart');
+  // The aborted first check was no failure of the target (failures: 1 would have turned it).
+  assert.deepEqual(changes, []);
+  assert.equal(health.healthy, true);
+  // The third check hangs: stop() aborts it at once, not at its 2 s timeout.
+  health.stop();
+  await waitFor(() => aborted.includes(3), 1000, 'the check in flight aborted by stop()');
+  const stoppedAt = checks;
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(checks, stoppedAt, 'no check after stop()');
 });
 
 test('healthCheck is checked: a path, sane durations, and only with a target URL', () => {

@@ -76,6 +76,18 @@ test('NO_PROXY: hosts, suffixes, ports and * go direct', () => {
   });
 });
 
+test('NO_PROXY: a bare IPv6 address (::1) goes direct, as curl reads it', () => {
+  withProxyEnv({ HTTP_PROXY: 'http://p:3128', NO_PROXY: 'localhost,127.0.0.1,::1' }, () => {
+    assert.equal(egressProxyFor('ws://[::1]:8080/', undefined), undefined);
+    assert.equal(egressProxyFor('ws://[0:0:0:0:0:0:0:1]/', undefined), undefined, 'the same address written long');
+    assert.equal(egressProxyFor('ws://[fd00::1]/', undefined), 'http://p:3128');
+  });
+  withProxyEnv({ HTTP_PROXY: 'http://p:3128', NO_PROXY: '[fd00::1]:8080' }, () => {
+    assert.equal(egressProxyFor('ws://[fd00::1]:8080/', undefined), undefined);
+    assert.equal(egressProxyFor('ws://[fd00::1]:8081/', undefined), 'http://p:3128');
+  });
+});
+
 test('logged without credentials', () => {
   assert.equal(redactedUrl('http://alice:secret@egress:3128'), 'http://***@egress:3128/');
   assert.equal(redactedUrl('http://egress:3128'), 'http://egress:3128/');

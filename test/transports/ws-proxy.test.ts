@@ -128,6 +128,17 @@ test('a proxy that never answers CONNECT: the attempt times out and its socket i
   await waitFor(() => proxy.openSockets() === 0, 2_000, 'the socket to the proxy is closed');
 });
 
+test('client.close() while the proxy has not answered CONNECT closes the socket to the proxy at once', async (t) => {
+  const proxy = await startConnectProxy(t, { mode: 'hang' });
+  // The default connect timeout (10 s) would otherwise keep the attempt and its socket.
+  const c = client(t, 'ws://127.0.0.1:9/', { transport: wsClientTransport({ proxy: proxy.url }) });
+  const connecting = assert.rejects(c.connect());
+  await waitFor(() => proxy.requests.length === 1, 2_000, 'the CONNECT sent');
+  await c.close();
+  await waitFor(() => proxy.openSockets() === 0, 1_000, 'the socket to the proxy is closed');
+  await connecting;
+});
+
 test('the proxy option is checked', () => {
   for (const bad of ['not a url', 'ftp://proxy:21', 'http://proxy:3128/some/path', 'socks5://proxy:1080']) {
     assert.throws(() => wsClientTransport({ proxy: bad }), RangeError, bad);
@@ -136,6 +147,9 @@ test('the proxy option is checked', () => {
     () => wsClientTransport({ proxy: 'http://user:pw@proxy:3128/x' }),
     (error: unknown) => error instanceof RangeError && !error.message.includes('pw'),
   );
+  // The refused URL is named (without credentials), whatever its scheme.
+  assert.throws(() => wsClientTransport({ proxy: 'socks5://proxy:1080' }), /got socks5:\/\/proxy:1080$/);
+  assert.throws(() => wsClientTransport({ proxy: 'socks5://u:pw@proxy:1080' }), /got socks5:\/\/\*\*\*@proxy:1080$/);
   wsClientTransport({ proxy: 'http://proxy:3128' });
   wsClientTransport({ proxy: new URL('https://proxy.internal:443/') });
 });

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { test } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { DEFAULT_HIGH_WATER_MARK, wsClientTransport, wsTransport } from '../../transports/ws.ts';
@@ -186,4 +187,25 @@ test('a client sending more than 64 KiB before its upgrade is answered is cut of
   raw.write(Buffer.alloc(64 * 1024 + 1));
   await closed;
   await until(() => fixture.upgrades[0]!.signal?.aborted === true, 'the signal aborted');
+});
+
+test('a client gone when the decision comes, its socket closing but not closed yet: the signal is aborted all the same', async (t) => {
+  const http = createServer();
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => http.close(() => resolve())));
+  let accept = (): void => {};
+  // Registered before the transport's: the decision comes in the very read that brings the
+  // client's FIN, before the socket, destroyed for it, emits 'close'.
+  http.on('upgrade', (_req, socket: Duplex) => socket.once('end', () => accept()));
+  const fixture = await serve(t, wsTransport({ server: http }), {
+    upgrade: () =>
+      new Promise((resolve) => {
+        accept = () => resolve({ accept: true });
+      }),
+  });
+  const raw = await rawWebSocket(t, (http.address() as AddressInfo).port, '', false);
+  await until(() => fixture.upgrades.length === 1, 'the upgrade asked about');
+  raw.end();
+  await until(() => fixture.upgrades[0]!.signal?.aborted === true, 'the signal aborted');
+  assert.equal(fixture.accepted.length, 0);
 });

@@ -313,6 +313,9 @@ export class TunnelAgent {
     try {
       await this.client.connect();
     } catch (error) {
+      // The client gave up for good (refused, or closed): checking the target for a proxy that
+      // will never hear of it would go on forever. A later start() checks again.
+      this.health?.stop();
       throw versionRefusal(error) ?? error;
     }
   }

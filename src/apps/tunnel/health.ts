@@ -64,6 +64,8 @@ export class TargetHealth {
   private running: AbortController | undefined;
   private failedInRow = 0;
   private stopped = true;
+  /** Bumped by each start(): a check still in flight from before a stop() then ends its loop. */
+  private generation = 0;
   /** Until the checks say otherwise, the target is taken as healthy. */
   healthy = true;
 
@@ -84,7 +86,7 @@ export class TargetHealth {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    void this.run();
+    void this.run(++this.generation);
   }
 
   stop(): void {
@@ -93,9 +95,11 @@ export class TargetHealth {
     this.running?.abort();
   }
 
-  private async run(): Promise<void> {
+  private async run(generation: number): Promise<void> {
     const failure = await this.probe();
-    if (this.stopped) return;
+    // Stopped, or stopped and started again while this check was in flight: its (aborted)
+    // result is not a failure of the target, and the new start runs its own loop.
+    if (this.stopped || generation !== this.generation) return;
     if (failure === undefined) {
       this.failedInRow = 0;
       if (!this.healthy) {
@@ -111,7 +115,7 @@ export class TargetHealth {
         this.onChange(false);
       }
     }
-    this.timer = setTimeout(() => void this.run(), this.check.interval);
+    this.timer = setTimeout(() => void this.run(generation), this.check.interval);
     this.timer.unref?.();
   }
 
@@ -135,7 +139,8 @@ export class TargetHealth {
       return (error as Error).message;
     } finally {
       clearTimeout(timer);
-      this.running = undefined;
+      // Not a newer check's controller: stop() must still be able to abort that one.
+      if (this.running === controller) this.running = undefined;
     }
   }
 }
