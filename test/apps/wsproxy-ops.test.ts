@@ -128,9 +128,14 @@ test('close() while an upstream is being dialed: the late upstream connection is
   assert.notEqual(typeof answer === 'string' ? 0 : answer.status, 101, 'the client was not linked');
   release();
   const late = await upstream.connection(1);
-  // Not left to ws's 30 s close timer: the proxy reads the upstream's answer to its close.
+  // Not left to ws's 30 s close timer. The client's upgrade was dropped with the proxy's pending
+  // upgrades, which ends the dial made for it (`request.signal`): the proxy's end of the socket is
+  // gone (1006); had the upstream answered first, the proxy would close it with 1001.
   const closed = await within(late.closed, 2000, 'the late upstream connection to close');
-  assert.deepEqual(closed, { code: 1001, reason: 'proxy shutting down' });
+  assert.ok(
+    (closed.code === 1006 && closed.reason === '') || (closed.code === 1001 && closed.reason === 'proxy shutting down'),
+    JSON.stringify(closed),
+  );
 });
 
 test('after close() nothing keeps the process alive', async (t) => {

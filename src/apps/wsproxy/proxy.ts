@@ -466,10 +466,14 @@ export class WsProxy {
           // An upstream may choose none of the client's subprotocols (RFC 6455 §4.2.2): the client
           // then gets none, as it would directly.
           acceptNoProtocol: true,
+          // A client that leaves ends the dial made for it.
+          ...(request.signal === undefined ? {} : { signal: request.signal }),
         },
         this.upstreamHandlers(link),
       );
     } catch (error) {
+      // The client left: nothing went wrong upstream, and nobody hears the answer.
+      if (request.signal?.aborted === true) return refuse(503, 'the client left');
       const failure = error as ConnectFailure;
       if (typeof failure.status === 'number' && failure.status >= 400 && failure.status <= 599) {
         this.metrics.upstreamFailures.inc({ reason: 'refused' });
