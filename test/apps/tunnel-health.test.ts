@@ -121,6 +121,9 @@ test('an agent that reconnects while unhealthy says so again on its new connecti
   );
   await waitFor(() => proxy.proxy.agents(ID).every((e) => !e.healthy), 2000, 'unhealthy on the new connection');
   assert.equal(agent.healthy, false);
+  // Logged for each connection, whether the signal came before the agent was registered or after.
+  const said = proxy.logger.entries.filter((e) => e.message.startsWith("agent's target unhealthy"));
+  assert.equal(said.length, 2);
 });
 
 test('an agent whose start() is refused stops checking its target', async (t) => {

@@ -674,16 +674,18 @@ export class TunnelProxy {
       draining: false,
       healthy: true,
     };
-    const early = this.early.get(conn);
-    if (early !== undefined) {
-      this.early.delete(conn);
-      Object.assign(entry, early);
-    }
     this.entries.set(conn, entry);
     this.balancer.add(entry);
     this.metrics.know(id);
     this.register(id);
     this.logger.info('agent connected', { id, agent: conn.id, remoteAddress: conn.remoteAddress, version });
+    // What it said before this point, applied (and logged) now, in the same turn: no request can
+    // have been routed to it in between.
+    const early = this.early.get(conn);
+    if (early !== undefined) {
+      this.early.delete(conn);
+      this.applyAgentState(entry, early);
+    }
   }
 
   private agentDisconnected(conn: Connection, code: number, reason: string): void {
