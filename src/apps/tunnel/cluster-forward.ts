@@ -154,9 +154,9 @@ export class ForwardExchange {
   abort(): void {
     if (this.finished) return;
     this.outcome = 'drain-aborted';
-    this.abortAttempt?.();
     this.init.sink.destroy();
     this.finish();
+    this.stopAttempt();
   }
 
   private begin(): void {
@@ -325,14 +325,13 @@ export class ForwardExchange {
     this.host.metrics.bytesIn(this.label, n);
     if (this.bytesIn <= this.init.maxBody) return true;
     this.outcome = 'body-too-large';
-    this.abortAttempt?.();
     if (!this.init.sink.headSent) {
       this.status = 413;
       this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000);
     }
     this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
-    this.settled('done');
     this.finish();
+    this.stopAttempt();
     return false;
   }
 
@@ -341,18 +340,32 @@ export class ForwardExchange {
   private timedOut(): void {
     if (this.headDone || this.finished) return;
     this.begin();
-    this.abortAttempt?.();
+    if (this.settleAttempt !== undefined) {
+      // The peer had the deadline and should have answered 504 itself by now.
+      this.host.metrics.cluster.peerFailures++;
+      this.host.logger.warn('peer proxy did not answer in time', { id: this.init.id, peer: this.peer });
+    }
     this.answer(TunnelErrorCode.AgentTimeout, 'timeout');
-    this.settled('done');
     this.finish();
+    this.stopAttempt();
   }
 
   private abandon(outcome: Outcome): void {
     if (this.finished) return;
     this.outcome = outcome;
+    this.finish();
+    this.stopAttempt();
+  }
+
+  /**
+   * Aborts the attempt in progress, once the exchange is finished: undici reports the abort
+   * through `onError` at once, and a finished exchange takes that for what it is (our own
+   * ending), not for a peer lost mid-request, which would count a peer failure and answer 502
+   * instead of the 413, 504 or user-gone it is.
+   */
+  private stopAttempt(): void {
     this.abortAttempt?.();
     this.settled('done');
-    this.finish();
   }
 
   /** An error answer, or a cut-off response when the head is already out. */

@@ -1,0 +1,187 @@
+/**
+ * Edge cases of requests forwarded between tunnel proxies, through a real Redis: how each way an
+ * exchange can end (the user leaving, a body over the limit, the deadline, a drain) is answered,
+ * counted and cleaned up on both proxies, and bodies and upgraded streams arriving whole.
+ */
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { after, describe, it, type TestContext } from 'node:test';
+import type { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
+import { fakeField, type Node, startNode, waitRegistered } from '../fixtures/tunnel-cluster-helpers.ts';
+import { ID, json, readBody, send, startAgent, startTarget } from '../fixtures/tunnel-helpers.ts';
+import { waitFor } from '../helpers.ts';
+import { connectRedis, deletePrefix, redisUnreachable, uniquePrefix } from '../session/redis.ts';
+
+/** Forwarded requests in flight per peer, as the forwarding proxy counts them. */
+function peerInflight(proxy: TunnelProxy): Map<string, number> {
+  return (proxy as unknown as { forwardHost: { peerInflight: Map<string, number> } }).forwardHost.peerInflight;
+}
+
+/** Answers per status class the proxy counted for its users (as in requests_total{source="user"}). */
+function userAnswers(proxy: TunnelProxy): Record<string, number> {
+  return Object.fromEntries(proxy.metrics.stats.get(ID)?.statusClasses ?? []);
+}
+
+/** The outcome of the last logged request. */
+function outcomes(node: Node): unknown[] {
+  return node.logger.entries.filter((e) => e.message === 'request').map((e) => e.context?.outcome);
+}
+
+async function idle(...nodes: Node[]): Promise<void> {
+  await waitFor(
+    () => nodes.every((n) => n.proxy.inflight === 0 && peerInflight(n.proxy).size === 0),
+    3000,
+    'every proxy idle, nothing in flight to a peer',
+  );
+}
+
+/**
+ * A chunked POST (no Content-Length) of `total` bytes in 16 KiB blocks; resolves with the status
+ * and text of the answer, or `error` when the connection died first.
+ */
+function chunkedUpload(port: number, total: number): Promise<{ status: number; text: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const req = request({
+      port,
+      host: '127.0.0.1',
+      method: 'POST',
+      headers: { 'x-duplexwire-client-id': ID, 'transfer-encoding': 'chunked' },
+    });
+    const block = Buffer.alloc(16 * 1024, 'z');
+    let sent = 0;
+    let answered = false;
+    req.on('error', (error) => {
+      if (!answered) resolve({ error: error.message });
+    });
+    req.on('response', (res) => {
+      answered = true;
+      readBody(res).then(
+        (body) => resolve({ status: res.statusCode ?? 0, text: body.toString() }),
+        (error: Error) => resolve({ error: error.message }),
+      );
+    });
+    const pump = (): void => {
+      while (sent < total && !answered && !req.destroyed) {
+        sent += block.length;
+        if (!req.write(block)) {
+          req.once('drain', pump);
+          return;
+        }
+      }
+      if (!req.destroyed) req.end();
+    };
+    pump();
+  });
+}
+
+const connected = await connectRedis();
+if (connected instanceof Error) {
+  redisUnreachable('edge cases of requests forwarded between tunnel proxies', connected);
+} else {
+  const redis = connected;
+  after(async () => {
+    await redis.quit();
+  });
+
+  describe('edge cases of requests forwarded between tunnel proxies', () => {
+    const fresh = (t: TestContext): string => {
+      const prefix = uniquePrefix();
+      t.after(() => deletePrefix(redis, prefix));
+      return prefix;
+    };
+
+    /** A forwards to B, which has the agent of `target`. */
+    async function pair(t: TestContext, target: string, aOptions = {}, bOptions = {}): Promise<[Node, Node]> {
+      const p = fresh(t);
+      const a = await startNode(t, redis, p, aOptions);
+      const b = await startNode(t, redis, p, bOptions);
+      await startAgent(t, b, { target });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      return [a, b];
+    }
+
+    it('a chunked body over the forwarding proxy’s maxRequestBody: 413, not a peer failure', async (t) => {
+      const target = await startTarget(t, (req, res) => {
+        readBody(req).then(
+          () => res.end('read it all'),
+          () => {},
+        );
+      });
+      const [a, b] = await pair(t, target.url, { maxRequestBody: 64 * 1024 }, { maxRequestBody: Infinity });
+      const reply = await chunkedUpload(a.port, 4 * 1024 * 1024);
+      assert.ok('status' in reply, JSON.stringify(reply));
+      assert.equal(reply.status, 413);
+      assert.equal(JSON.parse(reply.text).code, 'BODY_TOO_LARGE');
+      assert.equal(a.proxy.metrics.cluster.peerFailures, 0);
+      await idle(a, b);
+      assert.deepEqual(userAnswers(a.proxy), { '4xx': 1 });
+      assert.deepEqual(outcomes(a), ['body-too-large']);
+    });
+
+    it('a user who leaves mid-request-body: counted as gone, not as a peer failure or a 502', async (t) => {
+      let received = 0;
+      const target = await startTarget(t, (req) => {
+        req.on('data', (c: Buffer) => {
+          received += c.length;
+        });
+      });
+      const [a, b] = await pair(t, target.url);
+      const req = request({
+        port: a.port,
+        host: '127.0.0.1',
+        method: 'POST',
+        headers: { 'x-duplexwire-client-id': ID, 'transfer-encoding': 'chunked' },
+      });
+      req.on('error', () => {});
+      req.write(Buffer.alloc(32 * 1024, 'q'));
+      await waitFor(() => received >= 32 * 1024, 3000, 'the target got the first bytes');
+      req.destroy();
+      await idle(a, b);
+      assert.equal(a.proxy.metrics.cluster.peerFailures, 0);
+      assert.deepEqual(userAnswers(a.proxy), {});
+      assert.deepEqual(outcomes(a), ['user-gone']);
+    });
+
+    it('a user who leaves mid-response-body: counted as gone, not as a peer failure', async (t) => {
+      const target = await startTarget(t, (_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('first part');
+      });
+      const [a, b] = await pair(t, target.url);
+      await new Promise<void>((resolve) => {
+        const req = request({ port: a.port, host: '127.0.0.1', headers: { 'x-duplexwire-client-id': ID } });
+        req.on('error', () => resolve());
+        req.on('response', (res) => {
+          res.once('data', () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.end();
+      });
+      await idle(a, b);
+      assert.equal(a.proxy.metrics.cluster.peerFailures, 0);
+      assert.deepEqual(userAnswers(a.proxy), { '2xx': 1 });
+      assert.deepEqual(outcomes(a), ['user-gone']);
+    });
+
+    it('a peer that took the body and never answers: 504 at the deadline, not 502', async (t) => {
+      const p = fresh(t);
+      // Not a proxy: it reads the body and says nothing.
+      const hung = await startTarget(t, (req) => {
+        req.resume();
+      });
+      const a = await startNode(t, redis, p, { requestTimeout: 300 });
+      await fakeField(redis, p, ID, 'hung', hung.url);
+      const started = performance.now();
+      const reply = await send(a.port, { method: 'POST', body: 'sent whole' });
+      const elapsed = performance.now() - started;
+      assert.equal(reply.status, 504, reply.text);
+      assert.equal(json(reply).code, 'AGENT_TIMEOUT');
+      assert.ok(elapsed >= 300 && elapsed < 2000, `after ${elapsed} ms`);
+      assert.equal(a.proxy.metrics.cluster.peerFailures, 1, 'the peer failed to answer its deadline');
+      assert.deepEqual(outcomes(a), ['timeout']);
+      await idle(a);
+    });
+  });
+}
