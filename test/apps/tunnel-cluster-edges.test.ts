@@ -165,6 +165,31 @@ if (connected instanceof Error) {
       assert.deepEqual(outcomes(a), ['user-gone']);
     });
 
+    it('an empty chunked body goes on to the next peer after a miss', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (req, res) => {
+        readBody(req).then((body) => res.end(`got ${body.length}`));
+      });
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      const c = await startNode(t, redis, p); // listed as having an agent, has none
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      await fakeField(redis, p, ID, 'stale', c.advertise);
+      // B looks busier to A, so C is tried first.
+      peerInflight(a.proxy).set(b.advertise, 5);
+      const reply = await send(a.port, {
+        method: 'POST',
+        headers: { 'x-duplexwire-client-id': ID, 'transfer-encoding': 'chunked', 'x-duplexwire-request-timeout': '3s' },
+        body: '',
+        chunked: true,
+      });
+      assert.equal(c.proxy.metrics.cluster.forwardedIn, 1, 'C was asked first, and had no agent');
+      assert.equal(reply.status, 200, reply.text);
+      assert.equal(reply.text, 'got 0');
+      peerInflight(a.proxy).delete(b.advertise);
+      await idle(a, b, c);
+    });
     it('a peer that took the body and never answers: 504 at the deadline, not 502', async (t) => {
       const p = fresh(t);
       // Not a proxy: it reads the body and says nothing.

@@ -506,6 +506,11 @@ class BodyRelay extends Readable {
   override _read(): void {
     if (!this.attached) {
       this.attached = true;
+      // An empty body's end was taken by the relay to a peer that missed: 'end' comes only once.
+      if (this.source.readableEnded) {
+        this.push(null);
+        return;
+      }
       this.source.on('data', this.onData);
       this.source.once('end', this.onEnd);
     }
