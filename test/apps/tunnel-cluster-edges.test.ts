@@ -208,5 +208,56 @@ if (connected instanceof Error) {
       assert.deepEqual(outcomes(a), ['timeout']);
       await idle(a);
     });
+    it('a peer lost after it took a bodiless POST: 502, never performed again on another peer', async (t) => {
+      const p = fresh(t);
+      const hits = { b: 0, c: 0 };
+      let b: Node | undefined;
+      // B's target takes the request, then B's connection from A is cut: B took it, no answer came.
+      const targetB = await startTarget(t, (req) => {
+        hits.b++;
+        req.resume();
+        setTimeout(() => b?.http.closeAllConnections(), 50);
+      });
+      const targetC = await startTarget(t, (_req, res) => {
+        hits.c++;
+        res.end('again');
+      });
+      const a = await startNode(t, redis, p);
+      b = await startNode(t, redis, p);
+      const c = await startNode(t, redis, p);
+      await startAgent(t, b, { target: targetB.url });
+      await startAgent(t, c, { target: targetC.url });
+      await waitRegistered(redis, p, ID, [b.advertise, c.advertise]);
+      // C looks busier to A, so B is tried first.
+      peerInflight(a.proxy).set(c.advertise, 5);
+      const reply = await send(a.port, { method: 'POST', path: '/charge', headers: { 'x-duplexwire-client-id': ID } });
+      peerInflight(a.proxy).delete(c.advertise);
+      assert.equal(hits.b, 1);
+      assert.equal(hits.c, 0, 'performed once only');
+      assert.equal(reply.status, 502, reply.text);
+      assert.equal(json(reply).code, 'PEER_UNREACHABLE');
+      await idle(a);
+    });
+
+    it('a peer lost after it took a GET: the GET goes on to the next peer (idempotent)', async (t) => {
+      const p = fresh(t);
+      let b: Node | undefined;
+      const targetB = await startTarget(t, () => {
+        setTimeout(() => b?.http.closeAllConnections(), 50);
+      });
+      const targetC = await startTarget(t, (_req, res) => res.end('from C'));
+      const a = await startNode(t, redis, p);
+      b = await startNode(t, redis, p);
+      const c = await startNode(t, redis, p);
+      await startAgent(t, b, { target: targetB.url });
+      await startAgent(t, c, { target: targetC.url });
+      await waitRegistered(redis, p, ID, [b.advertise, c.advertise]);
+      peerInflight(a.proxy).set(c.advertise, 5);
+      const reply = await send(a.port, { path: '/read' });
+      peerInflight(a.proxy).delete(c.advertise);
+      assert.equal(reply.status, 200, reply.text);
+      assert.equal(reply.text, 'from C');
+      await idle(a);
+    });
   });
 }

@@ -68,6 +68,12 @@ type AttemptResult = 'done' | 'unreachable' | TunnelErrorCode;
  * proxy waits this much longer before giving up on a peer that does not answer at all.
  */
 const PEER_GRACE = 500;
+/**
+ * Methods a request of which may be sent again after a peer that took it was lost before its
+ * answer (RFC 9110 §9.2.2): performing them twice has the effect of once. Any other request,
+ * once sent, is never sent to another peer: its agent may have performed it already.
+ */
+const IDEMPOTENT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 /** Header names undici writes itself for an upgrade, and refuses to be given. */
 const UPGRADE_HEADERS: ReadonlySet<string> = new Set(['upgrade', 'connection']);
 
@@ -88,6 +94,8 @@ export class ForwardExchange {
   /** Aborts the attempt in progress (undici's abort, once it connected). */
   private abortAttempt: ((error?: Error) => void) | undefined;
   private relay: BodyRelay | undefined;
+  /** The attempt in progress has a connection, so its head went out (undici writes it at once). */
+  private sent = false;
   private settleAttempt: ((result: AttemptResult) => void) | undefined;
 
   constructor(host: ForwardHost, init: ForwardInit) {
@@ -179,6 +187,7 @@ export class ForwardExchange {
   private attempt(url: string): Promise<AttemptResult> {
     const { init, host } = this;
     this.peer = url;
+    this.sent = false;
     const inflight = host.peerInflight;
     inflight.set(url, (inflight.get(url) ?? 0) + 1);
     const relay = init.hasBody && !init.upgrade ? new BodyRelay(init.source, (n) => this.countIn(n)) : undefined;
@@ -227,6 +236,7 @@ export class ForwardExchange {
   /** @internal undici connected: how to abort. */
   connected(abort: (error?: Error) => void): void {
     this.abortAttempt = abort;
+    this.sent = true;
     if (this.finished) abort();
   }
 
@@ -272,14 +282,16 @@ export class ForwardExchange {
     this.settled('done');
   }
 
-  /** @internal The attempt failed: `retryable` when nothing of it reached the peer or the user. */
+  /** @internal The attempt failed: the next peer is tried when nothing of it reached the user and it cannot have been performed, or may be twice. */
   failed(error: Error): void {
     if (this.finished) {
       this.settled('done');
       return;
     }
     this.host.metrics.cluster.peerFailures++;
-    if (!this.headDone && !this.relay?.touched) {
+    // Unreachable: no connection, so nothing was sent; or a request the peer may have performed
+    // already, but that may be performed twice.
+    if (!this.headDone && !this.relay?.touched && (!this.sent || IDEMPOTENT.has(this.init.method))) {
       this.host.logger.warn('peer proxy unreachable', { id: this.init.id, peer: this.peer, error });
       this.settled('unreachable');
       return;
