@@ -5,7 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { connect } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { after, describe, it, type TestContext } from 'node:test';
+import { REGISTRY_CLOSE_TIMEOUT } from '../../src/apps/tunnel/cluster-registry.ts';
 import type { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { fakeField, type Node, startNode, waitRegistered } from '../fixtures/tunnel-cluster-helpers.ts';
 import { ID, json, readBody, send, startAgent, startTarget } from '../fixtures/tunnel-helpers.ts';
@@ -258,6 +261,87 @@ if (connected instanceof Error) {
       assert.equal(reply.status, 200, reply.text);
       assert.equal(reply.text, 'from C');
       await idle(a);
+    });
+    it('closing either proxy with forwarded requests in flight ends them on both', async (t) => {
+      const closes: string[] = [];
+      const target = await startTarget(t, (req) => {
+        req.resume();
+        req.socket.once('close', () => closes.push(req.url ?? ''));
+      });
+      const p = fresh(t);
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      const a2 = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      // The forwarding proxy closes: its user is cut off, the peer and the target see it go.
+      const cut = send(a.port, { path: '/a-closes', method: 'POST', body: 'x' }).then(
+        (r) => r.status,
+        () => 'cut',
+      );
+      await waitFor(() => b.proxy.inflight === 1, 2000, 'forwarded to B');
+      const started = performance.now();
+      await a.proxy.close();
+      assert.ok(performance.now() - started < 1500);
+      assert.equal(await cut, 'cut');
+      await waitFor(() => closes.includes('/a-closes'), 2000, 'the target saw the cancel');
+      await idle(a, b);
+      // The receiving proxy closes: the forwarding proxy's user gets 502 at once.
+      const lost = send(a2.port, { path: '/b-closes', method: 'POST', body: 'x' });
+      await waitFor(() => b.proxy.inflight === 1, 2000, 'forwarded to B');
+      await b.proxy.close();
+      const reply = await lost;
+      assert.equal(reply.status, 502, reply.text);
+      assert.equal(json(reply).code, 'PEER_UNREACHABLE');
+      await idle(a2, b);
+    });
+
+    it('a proxy closes while Redis does not answer (its fields expire by themselves)', {
+      timeout: 10_000,
+    }, async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (_req, res) => res.end('ok'));
+      let hang = false;
+      const client = {
+        sendCommand: (args: string[]) => (hang ? new Promise<never>(() => {}) : redis.sendCommand(args)),
+      };
+      const b = await startNode(t, client, p);
+      // Upgrade sockets are not the server's to close: without an answer one would stay open.
+      const upgrades: Duplex[] = [];
+      b.http.on('upgrade', (_req, socket: Duplex) => upgrades.push(socket));
+      const agent = await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      // Redis goes quiet (a network partition, or node-redis queueing commands while offline).
+      hang = true;
+      // The write of the agent's departure hangs.
+      await agent.close(0);
+      const started = performance.now();
+      const closed = b.proxy.close();
+      // The agents' transport has stopped while the registry is still being left: an agent that
+      // connects now is told 503, not left waiting for an answer.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const answer = await new Promise<string>((resolve) => {
+        const socket = connect(b.port, '127.0.0.1');
+        socket.setTimeout(1000, () => {
+          socket.destroy();
+          resolve('no answer');
+        });
+        let text = '';
+        socket.on('data', (c: Buffer) => {
+          text += c.toString('latin1');
+        });
+        socket.on('close', () => resolve(text.split('\r\n')[0] ?? ''));
+        socket.on('error', () => {});
+        socket.write(
+          'GET /_tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+            'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+        );
+      });
+      for (const socket of upgrades) socket.destroy();
+      assert.match(answer, /^HTTP\/1\.1 503 /);
+      await closed;
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed < REGISTRY_CLOSE_TIMEOUT + 1000, `closed after ${elapsed} ms`);
     });
   });
 }

@@ -277,6 +277,8 @@ export class TunnelProxy {
   private detach: (() => void) | undefined;
   private idleWaiters: Array<() => void> = [];
   private draining: Promise<void> | undefined;
+  /** The agents' transport stopped (and took its 'upgrade' listener off the server). */
+  private agentsStopped = false;
 
   constructor(options: TunnelProxyOptions = {}) {
     if (options.tokens === undefined && options.insecure !== true) {
@@ -543,6 +545,7 @@ export class TunnelProxy {
       }
     }
     await this.server?.shutdown({ timeout: 1000 });
+    this.agentsStopped = true;
     await deregistered;
     const pools = [...this.peerPools.values()];
     this.peerPools.clear();
@@ -753,8 +756,10 @@ export class TunnelProxy {
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
     const isWebSocket = req.headers.upgrade?.toLowerCase() === 'websocket';
-    // While draining, the agents' transport refuses agents itself (503); once closed it is gone.
-    if (path === this.agentsPath && isWebSocket && this.state !== 'closed') return;
+    // While draining, the agents' transport refuses agents itself (503). Once it stopped it is
+    // gone, before the drain ends (the registry is still being left): an agent reconnecting then
+    // must get the 503 from here, or its socket would wait for an answer that never comes.
+    if (path === this.agentsPath && isWebSocket && !this.agentsStopped) return;
     if (this.state !== 'serving') {
       writeRawError(socket, TunnelErrorCode.ShuttingDown);
       return;
