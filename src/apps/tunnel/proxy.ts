@@ -737,9 +737,12 @@ export class TunnelProxy {
     else if (length !== undefined && length > 0)
       bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
     if (length !== undefined && length > this.maxRequestBody) {
-      // Refused before any byte of it is read or anything reaches an agent.
+      // Refused before any byte of it is read or anything reaches an agent. A peer's connection
+      // stays open, its body read and dropped: closed, it would be reset by the body arriving,
+      // and the 413 lost on its way (see ProxyExchange.tooLarge).
       this.metrics.answered(this.metrics.label(prepared.id), 413, 0, fromPeer);
-      sink.fail(TunnelErrorCode.BodyTooLarge, true);
+      if (fromPeer) req.resume();
+      sink.fail(TunnelErrorCode.BodyTooLarge, !fromPeer);
       return;
     }
     if (bodyMode === BodyMode.None) req.resume();
