@@ -4,14 +4,15 @@
  * counted and cleaned up on both proxies, and bodies and upgraded streams arriving whole.
  */
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
+import { Agent, request } from 'node:http';
 import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, describe, it, type TestContext } from 'node:test';
 import { REGISTRY_CLOSE_TIMEOUT } from '../../src/apps/tunnel/cluster-registry.ts';
 import type { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { fakeField, type Node, startNode, waitRegistered } from '../fixtures/tunnel-cluster-helpers.ts';
-import { ID, json, readBody, send, startAgent, startTarget } from '../fixtures/tunnel-helpers.ts';
+import { ID, json, readBody, send, startAgent, startTarget, upload } from '../fixtures/tunnel-helpers.ts';
+import { WebSocket, WebSocketServer } from 'ws';
 import { waitFor } from '../helpers.ts';
 import { connectRedis, deletePrefix, redisUnreachable, uniquePrefix } from '../session/redis.ts';
 
@@ -342,6 +343,128 @@ if (connected instanceof Error) {
       await closed;
       const elapsed = performance.now() - started;
       assert.ok(elapsed < REGISTRY_CLOSE_TIMEOUT + 1000, `closed after ${elapsed} ms`);
+    });
+    it('a body over the receiving proxy’s maxRequestBody: its 413 reaches the user, not a 502', async (t) => {
+      const target = await startTarget(t, (req, res) => {
+        readBody(req).then(
+          () => res.end('read it all'),
+          () => {},
+        );
+      });
+      const [a, b] = await pair(t, target.url, { maxRequestBody: Infinity }, { maxRequestBody: 64 * 1024 });
+      const reply = await chunkedUpload(a.port, 4 * 1024 * 1024);
+      assert.ok('status' in reply, JSON.stringify(reply));
+      assert.equal(reply.status, 413);
+      assert.equal(JSON.parse(reply.text).code, 'BODY_TOO_LARGE');
+      await idle(a, b);
+      // Announced by Content-Length: refused by B before it reads any of it.
+      const announced = await upload(a.port, Buffer.alloc(64 * 1024, 'y'), 4 * 1024 * 1024);
+      assert.equal(JSON.parse(announced).code, 'BODY_TOO_LARGE');
+      assert.equal(a.proxy.metrics.cluster.peerFailures, 0);
+      await idle(a, b);
+    });
+
+    it('HEAD, 204 and 304 through two proxies, one after the other on one connection', async (t) => {
+      const target = await startTarget(t, (req, res) => {
+        if (req.url === '/204') res.writeHead(204).end();
+        else if (req.url === '/304') res.writeHead(304, { etag: '"x"' }).end();
+        else
+          res
+            .writeHead(200, { 'content-length': '11', 'content-type': 'text/plain' })
+            .end(req.method === 'HEAD' ? undefined : 'hello world');
+      });
+      const [a, b] = await pair(t, target.url);
+      const keepAlive = new Agent({ keepAlive: true, maxSockets: 1 });
+      t.after(() => keepAlive.destroy());
+      const one = (method: string, path: string) =>
+        new Promise<{ status: number; body: string; length: string | undefined }>((resolve, reject) => {
+          const req = request({
+            port: a.port,
+            host: '127.0.0.1',
+            method,
+            path,
+            agent: keepAlive,
+            headers: { 'x-duplexwire-client-id': ID },
+          });
+          req.on('error', reject);
+          req.on('response', (res) => {
+            readBody(res).then(
+              (body) =>
+                resolve({ status: res.statusCode ?? 0, body: body.toString(), length: res.headers['content-length'] }),
+              reject,
+            );
+          });
+          req.end();
+        });
+      assert.deepEqual(await one('HEAD', '/'), { status: 200, body: '', length: '11' });
+      assert.deepEqual(await one('GET', '/204'), { status: 204, body: '', length: undefined });
+      assert.deepEqual(await one('GET', '/304'), { status: 304, body: '', length: undefined });
+      assert.deepEqual(await one('GET', '/'), { status: 200, body: 'hello world', length: '11' });
+      await idle(a, b);
+    });
+
+    it('200 requests at once through two proxies', async (t) => {
+      const target = await startTarget(t, (req, res) => {
+        setTimeout(() => res.end(req.url), 20);
+      });
+      const [a, b] = await pair(t, target.url);
+      const replies = await Promise.all(Array.from({ length: 200 }, (_, i) => send(a.port, { path: `/${i}` })));
+      assert.deepEqual(
+        replies.map((r) => `${r.status} ${r.text}`),
+        replies.map((_, i) => `200 /${i}`),
+      );
+      assert.equal(b.proxy.metrics.cluster.refused, 0);
+      await idle(a, b);
+    });
+
+    it('forwarded WebSocket upgrades end on both proxies whichever side goes', async (t) => {
+      const target = await startTarget(t, (_req, res) => res.end('plain'));
+      const wss = new WebSocketServer({ server: target.server });
+      t.after(() => wss.close());
+      wss.on('connection', (ws, req) => {
+        if (req.url === '/target-closes') setTimeout(() => ws.close(4002, 'bye'), 50);
+        if (req.url === '/target-dies') setTimeout(() => ws.terminate(), 50);
+        ws.on('message', (data) => ws.send(data));
+      });
+      const [a, b] = await pair(t, target.url);
+      for (const path of ['/user-closes', '/user-dies', '/target-closes', '/target-dies']) {
+        const ws = new WebSocket(`ws://127.0.0.1:${a.port}${path}`, { headers: { 'x-duplexwire-client-id': ID } });
+        ws.on('error', () => {});
+        await new Promise<void>((resolve, reject) => {
+          ws.once('open', resolve);
+          ws.once('unexpected-response', () => reject(new Error('refused')));
+        });
+        const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+        if (path === '/user-closes') ws.close(1000);
+        if (path === '/user-dies') ws.terminate();
+        await closed;
+        await idle(a, b);
+      }
+    });
+
+    it('the registry: written once Redis answers again, and after SCRIPT FLUSH', async (t) => {
+      const p = fresh(t);
+      const target = await startTarget(t, (_req, res) => res.end('ok'));
+      let down = true;
+      const flaky = {
+        sendCommand: (args: string[]) =>
+          down ? Promise.reject(new Error('connection refused')) : redis.sendCommand(args),
+      };
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, flaky, p);
+      await startAgent(t, b, { target: target.url });
+      assert.ok(b.proxy.metrics.cluster.registryErrors >= 1);
+      assert.equal((await send(a.port)).status, 503);
+      down = false;
+      // Renewed every third of the ttl.
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      assert.equal((await send(a.port)).status, 200);
+      await redis.sendCommand(['SCRIPT', 'FLUSH']);
+      await new Promise((resolve) => setTimeout(resolve, 1100)); // past the lookup cache
+      assert.equal((await send(a.port)).status, 200);
+      await new Promise((resolve) => setTimeout(resolve, 1000)); // past the ttl: renewed
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      assert.equal((await send(a.port)).status, 200);
     });
   });
 }
