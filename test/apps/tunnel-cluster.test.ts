@@ -11,7 +11,6 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { after, describe, it, type TestContext } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
@@ -23,17 +22,15 @@ import {
 } from '../../src/apps/tunnel/cluster.ts';
 import { LOOKUP_CACHE_TIME } from '../../src/apps/tunnel/cluster-registry.ts';
 import { generateToken } from '../../src/apps/tunnel/tokens.ts';
-import { TunnelProxy, type TunnelProxyOptions } from '../../src/apps/tunnel/proxy.ts';
+import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import {
   echoHandler,
   ID,
   json,
   OTHER_ID,
-  OTHER_TOKEN,
   readBody,
   send,
   spawnCli,
-  type StartedProxy,
   startAgent,
   startTarget,
   TOKEN,
@@ -42,80 +39,18 @@ import {
   writeBlocks,
   pattern,
 } from '../fixtures/tunnel-helpers.ts';
+import {
+  closeServer,
+  listen,
+  registered,
+  SECRET,
+  startNode,
+  TTL,
+  waitRegistered,
+} from '../fixtures/tunnel-cluster-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
 import { testCertificate } from '../transports/helpers.ts';
-import { connectRedis, deletePrefix, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
-
-const SECRET = generateToken();
-/** Short, so that a dead proxy is forgotten quickly. */
-const TTL = 900;
-
-interface Node extends StartedProxy {
-  readonly http: Server;
-  readonly advertise: string;
-}
-
-async function listen(server: Server): Promise<number> {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
-}
-
-async function startNode(
-  t: TestContext,
-  client: RedisCommandClient,
-  prefix: string,
-  options: TunnelProxyOptions = {},
-  ttl = TTL,
-): Promise<Node> {
-  const http = createServer({ requestTimeout: 0 });
-  const port = await listen(http);
-  const advertise = `http://127.0.0.1:${port}`;
-  const logger = recordingLogger();
-  const proxy = new TunnelProxy({
-    tokens: { [ID]: TOKEN, [OTHER_ID]: OTHER_TOKEN },
-    logger,
-    processMetrics: false,
-    cluster: { client, advertise, secret: SECRET, prefix, ttl },
-    ...options,
-  });
-  await proxy.attach(http);
-  t.after(async () => {
-    await proxy.close();
-    if (http.listening) await closeServer(http);
-  });
-  return {
-    proxy,
-    port,
-    base: advertise,
-    agentsUrl: `ws://127.0.0.1:${port}${proxy.agentsPath}`,
-    logger,
-    http,
-    advertise,
-  };
-}
-
-/** The advertised addresses of the proxies that have live fields for `id`. */
-async function registered(redis: TestRedisClient, prefix: string, id: string): Promise<string[]> {
-  const fields = (await redis.sendCommand(['HKEYS', `${prefix}agents:${id}`])) as string[];
-  return fields.map((f) => f.slice(f.indexOf(' ') + 1)).sort();
-}
-
-async function waitRegistered(redis: TestRedisClient, prefix: string, id: string, expected: string[]): Promise<void> {
-  const deadline = Date.now() + 3000;
-  for (;;) {
-    const now = await registered(redis, prefix, id);
-    if (JSON.stringify(now) === JSON.stringify([...expected].sort())) return;
-    if (Date.now() > deadline) throw new Error(`registry of ${id}: ${JSON.stringify(now)}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
+import { connectRedis, deletePrefix, redisUnreachable, uniquePrefix } from '../session/redis.ts';
 
 describe('remembered cluster signatures', () => {
   it('a nonce is accepted once, and forgotten only when the clock skew refuses its signature anyway', () => {

@@ -68,6 +68,12 @@ type AttemptResult = 'done' | 'unreachable' | TunnelErrorCode;
  * proxy waits this much longer before giving up on a peer that does not answer at all.
  */
 const PEER_GRACE = 500;
+/**
+ * Methods a request of which may be sent again after a peer that took it was lost before its
+ * answer (RFC 9110 §9.2.2): performing them twice has the effect of once. Any other request,
+ * once sent, is never sent to another peer: its agent may have performed it already.
+ */
+const IDEMPOTENT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 /** Header names undici writes itself for an upgrade, and refuses to be given. */
 const UPGRADE_HEADERS: ReadonlySet<string> = new Set(['upgrade', 'connection']);
 
@@ -88,6 +94,8 @@ export class ForwardExchange {
   /** Aborts the attempt in progress (undici's abort, once it connected). */
   private abortAttempt: ((error?: Error) => void) | undefined;
   private relay: BodyRelay | undefined;
+  /** The attempt in progress has a connection, so its head went out (undici writes it at once). */
+  private sent = false;
   private settleAttempt: ((result: AttemptResult) => void) | undefined;
 
   constructor(host: ForwardHost, init: ForwardInit) {
@@ -154,9 +162,9 @@ export class ForwardExchange {
   abort(): void {
     if (this.finished) return;
     this.outcome = 'drain-aborted';
-    this.abortAttempt?.();
     this.init.sink.destroy();
     this.finish();
+    this.stopAttempt();
   }
 
   private begin(): void {
@@ -179,6 +187,7 @@ export class ForwardExchange {
   private attempt(url: string): Promise<AttemptResult> {
     const { init, host } = this;
     this.peer = url;
+    this.sent = false;
     const inflight = host.peerInflight;
     inflight.set(url, (inflight.get(url) ?? 0) + 1);
     const relay = init.hasBody && !init.upgrade ? new BodyRelay(init.source, (n) => this.countIn(n)) : undefined;
@@ -227,6 +236,7 @@ export class ForwardExchange {
   /** @internal undici connected: how to abort. */
   connected(abort: (error?: Error) => void): void {
     this.abortAttempt = abort;
+    this.sent = true;
     if (this.finished) abort();
   }
 
@@ -272,14 +282,16 @@ export class ForwardExchange {
     this.settled('done');
   }
 
-  /** @internal The attempt failed: `retryable` when nothing of it reached the peer or the user. */
+  /** @internal The attempt failed: the next peer is tried when nothing of it reached the user and it cannot have been performed, or may be twice. */
   failed(error: Error): void {
     if (this.finished) {
       this.settled('done');
       return;
     }
     this.host.metrics.cluster.peerFailures++;
-    if (!this.headDone && !this.relay?.touched) {
+    // Unreachable: no connection, so nothing was sent; or a request the peer may have performed
+    // already, but that may be performed twice.
+    if (!this.headDone && !this.relay?.touched && (!this.sent || IDEMPOTENT.has(this.init.method))) {
       this.host.logger.warn('peer proxy unreachable', { id: this.init.id, peer: this.peer, error });
       this.settled('unreachable');
       return;
@@ -325,14 +337,13 @@ export class ForwardExchange {
     this.host.metrics.bytesIn(this.label, n);
     if (this.bytesIn <= this.init.maxBody) return true;
     this.outcome = 'body-too-large';
-    this.abortAttempt?.();
     if (!this.init.sink.headSent) {
       this.status = 413;
       this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000);
     }
     this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
-    this.settled('done');
     this.finish();
+    this.stopAttempt();
     return false;
   }
 
@@ -341,18 +352,32 @@ export class ForwardExchange {
   private timedOut(): void {
     if (this.headDone || this.finished) return;
     this.begin();
-    this.abortAttempt?.();
+    if (this.settleAttempt !== undefined) {
+      // The peer had the deadline and should have answered 504 itself by now.
+      this.host.metrics.cluster.peerFailures++;
+      this.host.logger.warn('peer proxy did not answer in time', { id: this.init.id, peer: this.peer });
+    }
     this.answer(TunnelErrorCode.AgentTimeout, 'timeout');
-    this.settled('done');
     this.finish();
+    this.stopAttempt();
   }
 
   private abandon(outcome: Outcome): void {
     if (this.finished) return;
     this.outcome = outcome;
+    this.finish();
+    this.stopAttempt();
+  }
+
+  /**
+   * Aborts the attempt in progress, once the exchange is finished: undici reports the abort
+   * through `onError` at once, and a finished exchange takes that for what it is (our own
+   * ending), not for a peer lost mid-request, which would count a peer failure and answer 502
+   * instead of the 413, 504 or user-gone it is.
+   */
+  private stopAttempt(): void {
     this.abortAttempt?.();
     this.settled('done');
-    this.finish();
   }
 
   /** An error answer, or a cut-off response when the head is already out. */
@@ -493,6 +518,11 @@ class BodyRelay extends Readable {
   override _read(): void {
     if (!this.attached) {
       this.attached = true;
+      // An empty body's end was taken by the relay to a peer that missed: 'end' comes only once.
+      if (this.source.readableEnded) {
+        this.push(null);
+        return;
+      }
       this.source.on('data', this.onData);
       this.source.once('end', this.onEnd);
     }

@@ -79,6 +79,12 @@ const LOOKUP = redisScript(LOOKUP_SCRIPT);
 
 /** How long a non-empty lookup answer is used again, at most (ms). */
 export const LOOKUP_CACHE_TIME = 1_000;
+/**
+ * How long `close()` waits for Redis, at most (ms): a Redis that does not answer (a partition, or
+ * a client queueing commands while it reconnects) must not keep a draining proxy from stopping,
+ * and the fields it could not delete expire within the ttl anyway.
+ */
+export const REGISTRY_CLOSE_TIMEOUT = 2_000;
 /** Past this many ids, expired answers are swept before another is kept. */
 const MAX_CACHED_LOOKUPS = 10_000;
 
@@ -243,18 +249,29 @@ export class ClusterRegistry {
     return out;
   }
 
-  /** Stops renewing and deletes this proxy's fields (best effort: they expire anyway). */
+  /**
+   * Stops renewing and deletes this proxy's fields (best effort: they expire anyway), waiting for
+   * Redis {@link REGISTRY_CLOSE_TIMEOUT} at most.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     clearInterval(this.renewTimer);
     this.renewTimer = undefined;
-    await this.settled();
-    this.closed = true;
-    this.lookups.clear();
-    const ids = [...this.counts.keys()];
-    this.counts.clear();
-    this.dirty.clear();
-    await Promise.all(ids.map((id) => this.write(id, 0)));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const gaveUp = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, REGISTRY_CLOSE_TIMEOUT);
+    });
+    try {
+      await Promise.race([this.settled(), gaveUp]);
+      this.closed = true;
+      this.lookups.clear();
+      const ids = [...this.counts.keys()];
+      this.counts.clear();
+      this.dirty.clear();
+      await Promise.race([Promise.all(ids.map((id) => this.write(id, 0))), gaveUp]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Ids this proxy holds, with their agents. */

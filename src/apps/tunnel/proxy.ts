@@ -282,6 +282,8 @@ export class TunnelProxy {
   private detach: (() => void) | undefined;
   private idleWaiters: Array<() => void> = [];
   private draining: Promise<void> | undefined;
+  /** The agents' transport stopped (and took its 'upgrade' listener off the server). */
+  private agentsStopped = false;
 
   constructor(options: TunnelProxyOptions = {}) {
     if (options.tokens === undefined && options.insecure !== true) {
@@ -539,6 +541,7 @@ export class TunnelProxy {
       }
     }
     await this.server?.shutdown({ timeout: 1000 });
+    this.agentsStopped = true;
     await deregistered;
     const pools = [...this.peerPools.values()];
     this.peerPools.clear();
@@ -766,9 +769,12 @@ export class TunnelProxy {
     else if (length !== undefined && length > 0)
       bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
     if (length !== undefined && length > this.maxRequestBody) {
-      // Refused before any byte of it is read or anything reaches an agent.
+      // Refused before any byte of it is read or anything reaches an agent. A peer's connection
+      // stays open, its body read and dropped: closed, it would be reset by the body arriving,
+      // and the 413 lost on its way (see ProxyExchange.tooLarge).
       this.metrics.answered(this.metrics.label(prepared.id), 413, 0, fromPeer);
-      sink.fail(TunnelErrorCode.BodyTooLarge, true);
+      if (fromPeer) req.resume();
+      sink.fail(TunnelErrorCode.BodyTooLarge, !fromPeer);
       return;
     }
     if (bodyMode === BodyMode.None) req.resume();
@@ -785,8 +791,10 @@ export class TunnelProxy {
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
     const isWebSocket = req.headers.upgrade?.toLowerCase() === 'websocket';
-    // While draining, the agents' transport refuses agents itself (503); once closed it is gone.
-    if (path === this.agentsPath && isWebSocket && this.state !== 'closed') return;
+    // While draining, the agents' transport refuses agents itself (503). Once it stopped it is
+    // gone, before the drain ends (the registry is still being left): an agent reconnecting then
+    // must get the 503 from here, or its socket would wait for an answer that never comes.
+    if (path === this.agentsPath && isWebSocket && !this.agentsStopped) return;
     if (this.state !== 'serving') {
       writeRawError(socket, TunnelErrorCode.ShuttingDown);
       return;
