@@ -2,8 +2,10 @@
  * What the two wire fuzzes share (`wire-fuzz.test.ts`: hostile clients against a Server;
  * `client-fuzz.test.ts`: a hostile server against a Client): the FUZZ_* settings, message bytes
  * laid out by hand, payload generators biased towards the protocol's edges (invalid UTF-8, UTF-16
- * surrogate halves), byte-level mutations, fragment cuts and a histogram for the run summary.
+ * surrogate halves), byte-level mutations, fragment cuts, a histogram for the run summary, and
+ * the run of the property itself (`checkFuzz`, shared with `upgrade-fuzz.ts`).
  */
+import assert from 'node:assert/strict';
 import fc from 'fast-check';
 
 /** A non-negative integer from the environment (FUZZ_RUNS, FUZZ_SEED), or undefined when unset. */
@@ -164,4 +166,48 @@ export class Histogram {
   toJSON(): Record<string, number> {
     return Object.fromEntries([...this.counts].sort(([a], [b]) => a.localeCompare(b)));
   }
+}
+
+/** How a fuzz runs its property: `FUZZ_RUNS`/`FUZZ_SEED`/`FUZZ_PATH` and a time limit. */
+export interface FuzzRun<T> {
+  readonly runs: number;
+  readonly seed: number;
+  /** Replays one counterexample (with `seed`). */
+  readonly path: string | undefined;
+  /** Past this the property counts as failed: a scenario that hangs. */
+  readonly timeLimit: number;
+  /** Put before the failure's first line (the transport, say); '' for none. */
+  readonly label: string;
+  /** A failing scenario as text, after `scenario:`. */
+  readonly describe: (scenario: T) => string;
+}
+
+/**
+ * Runs `property` over `arb` as fast-check does, and on failure fails with what replays it: the
+ * seed and path, the error with its stack, and the shrunk scenario.
+ */
+export async function checkFuzz<T>(
+  arb: fc.Arbitrary<T>,
+  property: (scenario: T) => Promise<void>,
+  run: FuzzRun<T>,
+): Promise<void> {
+  const details = await fc.check(fc.asyncProperty(arb, property), {
+    numRuns: run.runs,
+    seed: run.seed,
+    ...(run.path === undefined ? {} : { path: run.path }),
+    interruptAfterTimeLimit: run.timeLimit,
+    markInterruptAsFailure: true,
+  });
+  if (!details.failed) return;
+  const error = details.errorInstance;
+  const scenario = details.counterexample?.[0];
+  const label = run.label === '' ? '' : `${run.label}: `;
+  assert.fail(
+    [
+      `${label}${details.interrupted ? `interrupted after ${run.timeLimit} ms (a hang?)` : 'property failed'} after ${details.numRuns} runs and ${details.numShrinks} shrinks`,
+      `replay: FUZZ_SEED=${details.seed} FUZZ_PATH=${details.counterexamplePath ?? ''}`,
+      `error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+      scenario === undefined ? '' : `scenario:\n${run.describe(scenario)}`,
+    ].join('\n'),
+  );
 }

@@ -44,7 +44,7 @@ import type { ServerTransport, UpgradeRequest } from '../../transports/types.ts'
 import { DEFAULT_HANDSHAKE_TIMEOUT, wsClientTransport, wsTransport } from '../../transports/ws.ts';
 import { delay, hex, recordingLogger, waitFor } from '../helpers.ts';
 import type { TransportUnderTest } from '../transport-under-test.ts';
-import { envInteger, Histogram, latin1, requestBytes } from './fuzz-helpers.ts';
+import { checkFuzz, envInteger, Histogram, latin1, requestBytes } from './fuzz-helpers.ts';
 
 const CI = process.env.CI === 'true';
 const DEFAULT_RUNS = CI ? 300 : 80;
@@ -665,31 +665,14 @@ export function upgradeFuzz(under: TransportUnderTest): void {
       const faults = watchFaults(t);
       const h = await startHarness(t, under);
       const started = performance.now();
-      const details = await fc.check(
-        fc.asyncProperty(scenarioArb, async (scenario) => {
+      await checkFuzz(
+        scenarioArb,
+        async (scenario) => {
           await runScenario(h, transport, scenario);
           assert.deepEqual(faults, [], 'uncaught exception, unhandled rejection or warning');
-        }),
-        {
-          numRuns: RUNS,
-          seed: SEED,
-          ...(PATH === undefined ? {} : { path: PATH }),
-          interruptAfterTimeLimit: PROPERTY_MS,
-          markInterruptAsFailure: true,
         },
+        { runs: RUNS, seed: SEED, path: PATH, timeLimit: PROPERTY_MS, label: transport, describe: describeScenario },
       );
-      if (details.failed) {
-        const error = details.errorInstance;
-        const scenario = details.counterexample?.[0];
-        assert.fail(
-          [
-            `${transport}: ${details.interrupted ? `interrupted after ${PROPERTY_MS} ms (a hang?)` : 'property failed'} after ${details.numRuns} runs and ${details.numShrinks} shrinks`,
-            `replay: FUZZ_SEED=${details.seed} FUZZ_PATH=${details.counterexamplePath ?? ''}`,
-            `error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
-            scenario === undefined ? '' : `scenario:\n${describeScenario(scenario)}`,
-          ].join('\n'),
-        );
-      }
       console.log(
         `upgrade-fuzz ${transport}: ${JSON.stringify({ seed: SEED, runs: h.stats.runs, ms: Math.round(performance.now() - started), outcomes: h.stats.outcomes, why: h.stats.why })}`,
       );

@@ -59,6 +59,7 @@ import { Server } from '../../src/server/server.ts';
 import { wsClientTransport } from '../../transports/ws.ts';
 import { hex, recordingLogger, waitFor } from '../helpers.ts';
 import {
+  checkFuzz,
   concat,
   envInteger,
   fragmentBounds,
@@ -883,31 +884,21 @@ async function fuzz(t: TestContext, under: TransportUnderTest, transport: Transp
   });
   const h = await startHarness(t, under, transport);
   const started = performance.now();
-  const details = await fc.check(
-    fc.asyncProperty(scenarioArb, async (scenario) => {
+  await checkFuzz(
+    scenarioArb,
+    async (scenario) => {
       await runScenario(h, scenario);
       assert.deepEqual(faults, [], 'uncaught exception or unhandled rejection');
-    }),
+    },
     {
-      numRuns: RUNS,
+      runs: RUNS,
       seed: SEED,
-      ...(PATH === undefined ? {} : { path: PATH }),
-      interruptAfterTimeLimit: PROPERTY_MS,
-      markInterruptAsFailure: true,
+      path: PATH,
+      timeLimit: PROPERTY_MS,
+      label: transport,
+      describe: (scenario) => `(hex)\n${describeScenario(scenario)}`,
     },
   );
-  if (details.failed) {
-    const error = details.errorInstance;
-    const scenario = details.counterexample?.[0];
-    assert.fail(
-      [
-        `${transport}: ${details.interrupted ? `interrupted after ${PROPERTY_MS} ms (a hang?)` : 'property failed'} after ${details.numRuns} runs and ${details.numShrinks} shrinks`,
-        `replay: FUZZ_SEED=${details.seed} FUZZ_PATH=${details.counterexamplePath ?? ''}`,
-        `error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
-        scenario === undefined ? '' : `scenario (hex):\n${describeScenario(scenario)}`,
-      ].join('\n'),
-    );
-  }
   const elapsed = Math.round(performance.now() - started);
   const { stats } = h;
   console.log(
