@@ -7,17 +7,7 @@ import { test } from 'node:test';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import { startConnectProxy } from '../fixtures/connect-proxy.ts';
-import {
-  ID,
-  send,
-  spawnCli,
-  startAgent,
-  startProxy,
-  startTarget,
-  tempFile,
-  TOKEN,
-} from '../fixtures/tunnel-helpers.ts';
-import { waitFor } from '../helpers.ts';
+import { ID, send, spawnAgent, startAgent, startProxy, startTarget, TOKEN } from '../fixtures/tunnel-helpers.ts';
 
 test('an agent dials out through an egress proxy with Basic credentials; requests reach its target', async (t) => {
   const target = await startTarget(t, (req, res) => res.end(`target saw ${req.url}`));
@@ -49,30 +39,14 @@ test('the command line: HTTP_PROXY from the environment, --egress-proxy direct t
   const target = await startTarget(t, (_req, res) => res.end('ok'));
   const proxy = await startProxy(t);
   const egress = await startConnectProxy(t);
-  const tokenFile = await tempFile(t, 'token', TOKEN);
-  const args = [
-    'tunnel',
-    'agent',
-    '--proxy',
-    proxy.agentsUrl,
-    '--id',
-    ID,
-    '--token-file',
-    tokenFile,
-    '--target',
-    target.url,
-  ];
   const env = { HTTP_PROXY: egress.url, http_proxy: '', NO_PROXY: '', no_proxy: '', ALL_PROXY: '', all_proxy: '' };
-  const viaProxy = spawnCli(t, args, env);
+  const viaProxy = await spawnAgent(t, proxy, target.url, { env });
   const announced = await viaProxy.line((l) => l.msg === 'dialing out through an HTTP proxy');
   assert.equal(announced.egressProxy, `${egress.url}/`);
-  await viaProxy.line((l) => l.msg === 'connected to the proxy');
-  await waitFor(() => proxy.proxy.agents(ID).length === 1, 5000, 'the agent registered');
   assert.equal((await send(proxy.port)).status, 200);
   assert.equal(egress.tunnels, 1);
 
-  const direct = spawnCli(t, [...args, '--egress-proxy', 'direct'], env);
-  await direct.line((l) => l.msg === 'connected to the proxy');
+  const direct = await spawnAgent(t, proxy, target.url, { env, args: ['--egress-proxy', 'direct'] });
   assert.equal(egress.requests.length, 1, 'the second agent did not use the proxy');
   assert.ok(!direct.logs.some((l) => l.msg === 'dialing out through an HTTP proxy'));
 });
@@ -80,21 +54,10 @@ test('the command line: HTTP_PROXY from the environment, --egress-proxy direct t
 test('the command line: an agent whose egress proxy refuses it (407) exits 1 and says why', async (t) => {
   const proxy = await startProxy(t);
   const egress = await startConnectProxy(t, { credentials: 'agent:pw' });
-  const tokenFile = await tempFile(t, 'token', TOKEN);
-  const cli = spawnCli(t, [
-    'tunnel',
-    'agent',
-    '--proxy',
-    proxy.agentsUrl,
-    '--id',
-    ID,
-    '--token-file',
-    tokenFile,
-    '--target',
-    'http://127.0.0.1:1',
-    '--egress-proxy',
-    `http://agent:wrong@${egress.url.slice(7)}`,
-  ]);
+  const cli = await spawnAgent(t, proxy, 'http://127.0.0.1:1', {
+    args: ['--egress-proxy', `http://agent:wrong@${egress.url.slice(7)}`],
+    registered: false,
+  });
   assert.equal(await cli.exited, 1);
   const said = JSON.stringify(cli.logs);
   assert.match(said, /refused CONNECT with HTTP 407/);

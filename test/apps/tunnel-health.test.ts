@@ -14,12 +14,11 @@ import { InvalidArgumentError } from '../../src/errors.ts';
 import {
   ID,
   send,
-  spawnCli,
+  spawnAgent,
   startAgent,
   startProxy,
   startTarget,
   type Target,
-  tempFile,
   TOKEN,
 } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
@@ -208,25 +207,10 @@ test('the command line: --health-check with --health-interval and --health-timeo
   const proxy = await startProxy(t);
   const a = await checkedTarget(t, 'a');
   a.state.status = 503;
-  const tokenFile = await tempFile(t, 'token', TOKEN);
-  const cli = spawnCli(t, [
-    'tunnel',
-    'agent',
-    '--proxy',
-    proxy.agentsUrl,
-    '--id',
-    ID,
-    '--token-file',
-    tokenFile,
-    '--target',
-    a.url,
-    '--health-check',
-    '/healthz',
-    '--health-interval',
-    '50ms',
-    '--health-timeout',
-    '40ms',
-  ]);
+  const cli = await spawnAgent(t, proxy, a.url, {
+    args: ['--health-check', '/healthz', '--health-interval', '50ms', '--health-timeout', '40ms'],
+    registered: false,
+  });
   const warned = await cli.line((l) => l.msg === 'target unhealthy');
   assert.equal(warned.path, '/healthz');
   await waitFor(
