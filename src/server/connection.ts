@@ -457,8 +457,12 @@ export class Connection {
    * connection detached again, since its client was never told of the session.
    */
   private async attaching(key: string): Promise<SessionAttachResult> {
-    this.pendingSession = key;
-    this.pendingDropped = false;
+    // A restore made the session pending before its lookup (see `clientRestoreSession`): a close
+    // by key during the lookup must not be forgotten here.
+    if (this.pendingSession !== key) {
+      this.pendingSession = key;
+      this.pendingDropped = false;
+    }
     try {
       const result = await this.context.registry.attach(key, this);
       if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
@@ -555,8 +559,11 @@ export class Connection {
     }
     this.sessionBusy = true;
     // Pending from before the lookup: an update of the session landing between the lookup and
-    // the attach reaches this connection (see `sessionUpdated`) instead of being lost.
+    // the attach reaches this connection (see `sessionUpdated`) instead of being lost, and so
+    // does a close by key (see `dropSession`): the lookup may have read the session before the
+    // store deleted it.
     this.pendingSession = key;
+    this.pendingDropped = false;
     this.pendingUpdate = null;
     this.context.registry.expect(key, this);
     try {

@@ -312,7 +312,9 @@ export class Server {
   /** Tells this server's connections of the session `key` that it is closed; returns how many held it. */
   private dropSession(key: string): number {
     let count = 0;
-    for (const conn of this.registry.connections(key)) if (conn.dropSession(key)) count++;
+    // The audience, not only the holders: a connection whose restore is still looking the
+    // session up may have read it before the store deleted it, and must not attach it then.
+    for (const conn of this.registry.audience(key)) if (conn.dropSession(key)) count++;
     return count;
   }
 
