@@ -5,7 +5,7 @@
  * never holds a session the store deleted.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { SessionNotFoundError } from '../../src/errors.ts';
 import type { IncomingMessage, ReplyValue } from '../../src/peer/peer.ts';
@@ -68,4 +68,90 @@ test('server.closeSession(key) while a restore is looking the session up: the re
   assert.deepEqual(await whoami(late), null, 'the server side holds nothing either');
   assert.deepEqual(server.sessionConnections(key), []);
   assert.equal(server.activeSessionCount, 0);
+});
+
+/**
+ * A memory store that, once `after` is set, runs it just after the next attach has been counted:
+ * in the same turn of the event loop as the restore's reply, so that what it sends reaches the
+ * client in the same read as that reply.
+ */
+class AfterAttach extends MemorySessionManager {
+  after: ((key: string) => void) | undefined;
+  override async onSessionAttach(key: string, limit: number): Promise<SessionAttachResult> {
+    const result = await super.onSessionAttach(key, limit);
+    const after = this.after;
+    this.after = undefined;
+    if (after !== undefined) setImmediate(() => after(key));
+    return result;
+  }
+}
+
+async function restoredThen(t: TestContext, then: (server: Server, key: string) => void) {
+  const store = new AfterAttach();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const owner = await connectClient(t, url);
+  const { key } = await login(owner, 'ada');
+  const late = await connectClient(t, url);
+  const events: string[] = [];
+  for (const event of ['sessionCreated', 'sessionUpdated', 'sessionRestored'] as const) {
+    late.on(event, (session: Session) => events.push(`${event} ${JSON.stringify(session.info ?? null)}`));
+  }
+  late.on('sessionClosed', () => events.push('sessionClosed'));
+  store.after = (k) => then(server, k);
+  const restored = await late.restoreSession(key);
+  assert.equal(restored.key, key);
+  return { server, late, key, events };
+}
+
+test('a close by key right after a restore was answered (same read at the client): the client ends without the session', async (t) => {
+  const { server, late, key, events } = await restoredThen(t, (server, key) => void server.closeSession(key));
+  await waitFor(() => events.includes('sessionClosed'), 1_000, 'sessionClosed');
+  await delay(20);
+  assert.deepEqual(events, ['sessionRestored {"user":"ada"}', 'sessionClosed']);
+  assert.equal(late.session, null, 'as the server: the session is closed');
+  assert.deepEqual(await whoami(late), null);
+  assert.deepEqual(server.sessionConnections(key), []);
+});
+
+test('an update right after a restore was answered (same read at the client): the client ends with the new info', async (t) => {
+  const { late, key, events } = await restoredThen(
+    t,
+    (server, key) => void server.updateSession(key, { user: 'grace' }),
+  );
+  await waitFor(() => events.length === 2, 1_000, 'the update');
+  await delay(20);
+  assert.deepEqual(events, ['sessionRestored {"user":"ada"}', 'sessionUpdated {"user":"grace"}']);
+  assert.deepEqual(late.session?.info, { user: 'grace' }, 'as the server');
+  assert.deepEqual(await whoami(late), { key, info: { user: 'grace' } });
+});
+
+/** A memory store that, once `after` is set, runs it just after the next detach was counted (see AfterAttach). */
+class AfterDetach extends MemorySessionManager {
+  after: ((key: string) => void) | undefined;
+  override async onSessionDetach(key: string): Promise<number> {
+    const left = await super.onSessionDetach(key);
+    const after = this.after;
+    this.after = undefined;
+    if (after !== undefined) setImmediate(() => after(key));
+    return left;
+  }
+}
+
+test('client.closeSession() answered, then a new session created at once (same read at the client): the client holds the new one', async (t) => {
+  const store = new AfterDetach();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const client = await connectClient(t, url);
+  await login(client, 'ada');
+  const conn = [...server.connections][0]!;
+  let created: Promise<Session> | undefined;
+  store.after = () => {
+    created = conn.createSession({ user: 'bob' });
+  };
+  await client.closeSession();
+  await waitFor(() => created !== undefined, 1_000, 'the new session');
+  const fresh = await created!;
+  await delay(20);
+  assert.equal(conn.session?.key, fresh.key);
+  assert.equal(client.session?.key, fresh.key, 'the client holds what the server holds');
+  assert.deepEqual(await whoami(client), { key: fresh.key, info: { user: 'bob' } });
 });
