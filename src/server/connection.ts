@@ -356,7 +356,7 @@ export class Connection {
    * is JSON-serialisable application data the client sees too.
    *
    * Rejects with SessionsDisabledError, DisconnectedError, InvalidStateError (the connection
-   * already has a session: its key is kept) or the store's error.
+   * already has a session: its key is kept; or is restoring or closing one) or the store's error.
    */
   async createSession(info?: Readonly<Record<string, unknown>>): Promise<Session> {
     const settings = this.requireSessions();
@@ -488,14 +488,24 @@ export class Connection {
   /**
    * Closes this connection's session: the client is told (type 22) and, when this was the
    * session's last connection (on every server, with a store that counts across processes), the
-   * store deletes it. Nothing happens without a session.
+   * store deletes it. Nothing happens without a session. When the store fails, the connection
+   * has let go of the session all the same (its client is told) and the store's error is thrown.
    */
   async closeSession(): Promise<void> {
     this.requireSessions();
     const session = this.currentSession;
     if (session === null) return;
-    await this.detachSession(session);
-    if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
+    // Busy while the store answers, as for the client's close: a createSession in another
+    // handler meanwhile would send its NotifySessionCreated before this close's
+    // NotifySessionClosed, and the client would drop the new session the connection holds.
+    this.sessionBusy = true;
+    try {
+      await this.detachSession(session);
+    } finally {
+      this.sessionBusy = false;
+      // Told even when the store failed: the connection no longer holds the session either way.
+      if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
+    }
   }
 
   /**

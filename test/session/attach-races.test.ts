@@ -155,3 +155,72 @@ test('client.closeSession() answered, then a new session created at once (same r
   assert.equal(client.session?.key, fresh.key, 'the client holds what the server holds');
   assert.deepEqual(await whoami(client), { key: fresh.key, info: { user: 'bob' } });
 });
+
+/** A memory store whose detaches wait while `holdDetach` is set. */
+class SlowDetach extends MemorySessionManager {
+  holdDetach: Promise<void> | undefined;
+  detaches = 0;
+  override async onSessionDetach(key: string): Promise<number> {
+    this.detaches++;
+    await this.holdDetach;
+    return super.onSessionDetach(key);
+  }
+}
+
+test('conn.closeSession() while the store counts the detach, and a createSession in another handler: no type 22 after the new session', async (t) => {
+  const store = new SlowDetach();
+  const app = async (conn: Connection, message: IncomingMessage): Promise<ReplyValue> => {
+    if (message.name === 'logout') {
+      await conn.closeSession();
+      return 'out';
+    }
+    return sessionApp(conn, message);
+  };
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: app, concurrency: 2 });
+  const client = await connectClient(t, url);
+  const first = await login(client, 'ada');
+  const conn = [...server.connections][0]!;
+  const held = gate();
+  store.holdDetach = held.wait;
+  const logout = client.request('logout', utf8(''));
+  await waitFor(() => store.detaches === 1, 1_000, 'the detach');
+  // The connection is closing its session: a second one must not slip in meanwhile.
+  const relogin = await client.request('login', utf8('bob')).then(
+    (reply) => payloadText(reply),
+    (error: unknown) => error,
+  );
+  held.open();
+  assert.equal(payloadText(await logout), 'out');
+  await delay(20);
+  assert.equal(
+    client.session?.key ?? null,
+    conn.session?.key ?? null,
+    `the client holds what the server holds (login: ${String(relogin)})`,
+  );
+  assert.notEqual(conn.session?.key, first.key);
+  assert.equal(await store.onSessionLookup(first.key), null, 'the first session is deleted');
+});
+
+test('conn.closeSession() when the store fails to count the detach: rejects, and the client is told all the same', async (t) => {
+  const store = new SlowDetach();
+  const app = async (conn: Connection, message: IncomingMessage): Promise<ReplyValue> => {
+    if (message.name === 'logout') {
+      const failed = await conn.closeSession().then(
+        () => 'no error',
+        (error: unknown) => (error as Error).message,
+      );
+      return failed;
+    }
+    return sessionApp(conn, message);
+  };
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: app });
+  const client = await connectClient(t, url);
+  await login(client, 'ada');
+  store.holdDetach = Promise.reject(new Error('store down'));
+  store.holdDetach.catch(() => {});
+  assert.equal(payloadText(await client.request('logout', utf8(''))), 'store down');
+  const conn = [...server.connections][0]!;
+  assert.equal(conn.session, null);
+  await waitFor(() => client.session === null, 1_000, 'the client to be told');
+  assert.deepEqual(await whoami(client), null);
+});
