@@ -453,6 +453,8 @@ export class Server {
     for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, 'server shutting down');
     await Promise.all([...this.live].map((conn) => conn.closed));
     if (wasListening) await this.options.transport.stop();
+    // The closed connections' sessions are let go of in the store (see SessionRegistry.idle).
+    await this.registry.idle();
     this.busSubscriptions?.want(SESSIONS_CHANNEL, false);
     if (this.options.ownsSessionManager) await this.options.sessions?.manager.close?.();
     this.state = 'stopped';
