@@ -492,9 +492,16 @@ export class Client extends Emitter<ClientEvents> {
       this.emit('error', toError(error));
     }
     if (key === null) return;
+    // While the key store answered, the server may have created a session on this connection
+    // (onClientConnected): it holds that one now, and would refuse the restore (SESSION_ACTIVE).
+    if (this.#currentSession !== null && this.#currentSession.key !== key) return;
     try {
       await this.#restoreOn(peer, key);
     } catch (error) {
+      // The server created a session on this connection while the restore was on its way: it
+      // refused the restore (SESSION_ACTIVE) because of that one, which stays, with its key. A
+      // lost connection is seen by the caller.
+      if (this.#currentSession !== null && this.#currentSession.key !== key) return;
       if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
         // Gone for good: forget it.
         await this.#forgetSession().catch((e: unknown) => this.emit('error', toError(e)));

@@ -224,3 +224,43 @@ test('conn.closeSession() when the store fails to count the detach: rejects, and
   await waitFor(() => client.session === null, 1_000, 'the client to be told');
   assert.deepEqual(await whoami(client), null);
 });
+
+test('a session the server creates while the client reads its key store to restore an old one: the client keeps the new one', async (t) => {
+  const store = new MemorySessionManager();
+  let createOnConnect = false;
+  const { url, server } = await startServer(t, {
+    sessionManager: store,
+    onRequest: sessionApp,
+    onClientConnected: async (conn) => {
+      // Once the client has spoken: its key store is being read meanwhile.
+      if (createOnConnect && (await conn.negotiated())) await conn.createSession({ user: 'anonymous' });
+    },
+  });
+  const first = await connectClient(t, url);
+  const old = await login(first, 'ada');
+  // A key store that is slow to answer, remembering the old session.
+  let stored: string | null = old.key;
+  const keyStore = {
+    load: async () => {
+      await delay(100);
+      return stored;
+    },
+    save: (key: string) => {
+      stored = key;
+    },
+    clear: () => {
+      stored = null;
+    },
+  };
+  createOnConnect = true;
+  const client = await connectClient(t, url, { autoConnect: false, sessionKeyStore: keyStore });
+  const errors: unknown[] = [];
+  client.on('error', (error) => errors.push(error));
+  await client.connect();
+  await delay(20);
+  const conn = [...server.connections].at(-1)!;
+  assert.ok(conn.session !== null, 'the server created a session on the connection');
+  assert.equal(client.session?.key, conn.session.key, 'the client holds it too');
+  assert.equal(stored, conn.session.key, 'and its key store remembers it');
+  assert.deepEqual(errors, []);
+});
