@@ -382,20 +382,53 @@ export class Client extends Emitter<ClientEvents> {
     if (this.#currentSession === null) return;
     const peer = this.#connected();
     if (peer === undefined) throw new DisconnectedError('not connected');
-    await peer.request('closeSession', (id) => encodeCloseSession(id), { timeout: this.#options.requestTimeout });
-    await this.#forgetSession();
+    let forgotten: Promise<void> | undefined;
+    // Forgotten as the reply is read, not once awaited: a session the server creates right after
+    // (a login racing this logout) can come in the same read, and is handled before an await
+    // resumes; forgetting after it would drop the new session the server holds.
+    await peer.request(
+      'closeSession',
+      (id) => encodeCloseSession(id),
+      { timeout: this.#options.requestTimeout },
+      () => {
+        forgotten = this.#forgetSession();
+        forgotten.catch(() => {}); // awaited below
+      },
+    );
+    await forgotten;
   }
 
   async #restoreOn(peer: Peer, key: string): Promise<Session> {
-    const reply = await peer.request('restoreSession', (id) => encodeRestoreSession(id, encodeUtf8(key)), {
-      timeout: this.#options.requestTimeout,
-    });
-    const session = this.#parseSession(payloadText(reply));
-    this.#currentSession = session;
-    // The server has attached the session whatever the key store does: a store that fails is
-    // reported, as for a created session, and does not make the client believe it has none.
-    this.#persist((store) => store.save(session.key));
-    this.emit('sessionRestored', session);
+    let session: Session | undefined;
+    let failure: unknown;
+    // Taken as the reply is read, not once awaited: the server may close or update the session
+    // right after attaching it, and that NotifySessionClosed or NotifySessionCreated can come in
+    // the same read as the reply, handled before an await resumes. Applying the reply after it
+    // would leave the client holding a closed session, or its info from before the update.
+    await peer.request(
+      'restoreSession',
+      (id) => encodeRestoreSession(id, encodeUtf8(key)),
+      { timeout: this.#options.requestTimeout },
+      (reply) => {
+        try {
+          session = this.#parseSession(payloadText(reply));
+        } catch (error) {
+          failure = error;
+          return;
+        }
+        const restored = session;
+        this.#currentSession = restored;
+        // The server has attached the session whatever the key store does: a store that fails is
+        // reported, as for a created session, and does not make the client believe it has none.
+        this.#persist((store) => store.save(restored.key));
+        try {
+          this.emit('sessionRestored', restored);
+        } catch (error) {
+          failure = error; // a throwing listener rejects the restore, as it did before
+        }
+      },
+    );
+    if (session === undefined || failure !== undefined) throw failure;
     return session;
   }
 
@@ -461,9 +494,16 @@ export class Client extends Emitter<ClientEvents> {
       this.emit('error', toError(error));
     }
     if (key === null) return;
+    // While the key store answered, the server may have created a session on this connection
+    // (onClientConnected): it holds that one now, and would refuse the restore (SESSION_ACTIVE).
+    if (this.#currentSession !== null && this.#currentSession.key !== key) return;
     try {
       await this.#restoreOn(peer, key);
     } catch (error) {
+      // The server created a session on this connection while the restore was on its way: it
+      // refused the restore (SESSION_ACTIVE) because of that one, which stays, with its key. A
+      // lost connection is seen by the caller.
+      if (this.#currentSession !== null && this.#currentSession.key !== key) return;
       if (error instanceof SessionNotFoundError || error instanceof SessionsDisabledError) {
         // Gone for good: forget it.
         await this.#forgetSession().catch((e: unknown) => this.emit('error', toError(e)));

@@ -90,6 +90,8 @@ export interface PeerHooks {
 
 interface PendingRequest {
   readonly resolve: (payload: Payload) => void;
+  /** Called with the reply as it is read, before `resolve` (see `request`'s `onReply`). */
+  readonly onReply: ((payload: Payload) => void) | undefined;
   readonly reject: (error: Error) => void;
   /** The request's name, quoted into error messages only when one is made. */
   readonly name: string;
@@ -289,7 +291,11 @@ export class Peer implements SocketHandlers {
         this.#dispatch(message);
         return;
       case 'reply':
-        this.#answered(message.id)?.resolve(message.payload);
+        {
+          const entry = this.#answered(message.id);
+          entry?.onReply?.(message.payload);
+          entry?.resolve(message.payload);
+        }
         return;
       case 'reply-error':
         this.#answered(message.id)?.reject(replyErrorToError(message));
@@ -538,8 +544,18 @@ export class Peer implements SocketHandlers {
   /**
    * Sends a request built by `build(id)` and waits for its reply. Used for application requests
    * and for the session requests of the client. Settles exactly once.
+   *
+   * `onReply` (internal, for the client's session requests) is called with a successful reply
+   * as it is read, before the messages read after it: whoever awaits the promise runs only after
+   * those (ws delivers all the messages of one read at once), too late for state that the next
+   * message may change, such as the session a restore reply carries. It must not throw.
    */
-  request(name: string, build: (id: number) => OutgoingMessage, options: RequestOptions = {}): Promise<Payload> {
+  request(
+    name: string,
+    build: (id: number) => OutgoingMessage,
+    options: RequestOptions = {},
+    onReply?: (payload: Payload) => void,
+  ): Promise<Payload> {
     if (this.#state !== 'open') {
       return Promise.reject(new DisconnectedError('the connection is closed', { closeCode: this.#closeCode }));
     }
@@ -564,7 +580,7 @@ export class Peer implements SocketHandlers {
     // was written.
     let entry!: PendingRequest;
     const reply = new Promise<Payload>((resolve, reject) => {
-      entry = { resolve, reject, name, timeout, signal, onAbort: undefined };
+      entry = { resolve, onReply, reject, name, timeout, signal, onAbort: undefined };
     });
     this.#pending ??= new Map();
     this.#pending.set(id, entry);

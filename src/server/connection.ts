@@ -356,7 +356,7 @@ export class Connection {
    * is JSON-serialisable application data the client sees too.
    *
    * Rejects with SessionsDisabledError, DisconnectedError, InvalidStateError (the connection
-   * already has a session: its key is kept) or the store's error.
+   * already has a session: its key is kept; or is restoring or closing one) or the store's error.
    */
   async createSession(info?: Readonly<Record<string, unknown>>): Promise<Session> {
     const settings = this.requireSessions();
@@ -457,8 +457,12 @@ export class Connection {
    * connection detached again, since its client was never told of the session.
    */
   private async attaching(key: string): Promise<SessionAttachResult> {
-    this.pendingSession = key;
-    this.pendingDropped = false;
+    // A restore made the session pending before its lookup (see `clientRestoreSession`): a close
+    // by key during the lookup must not be forgotten here.
+    if (this.pendingSession !== key) {
+      this.pendingSession = key;
+      this.pendingDropped = false;
+    }
     try {
       const result = await this.context.registry.attach(key, this);
       if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
@@ -484,14 +488,24 @@ export class Connection {
   /**
    * Closes this connection's session: the client is told (type 22) and, when this was the
    * session's last connection (on every server, with a store that counts across processes), the
-   * store deletes it. Nothing happens without a session.
+   * store deletes it. Nothing happens without a session. When the store fails, the connection
+   * has let go of the session all the same (its client is told) and the store's error is thrown.
    */
   async closeSession(): Promise<void> {
     this.requireSessions();
     const session = this.currentSession;
     if (session === null) return;
-    await this.detachSession(session);
-    if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
+    // Busy while the store answers, as for the client's close: a createSession in another
+    // handler meanwhile would send its NotifySessionCreated before this close's
+    // NotifySessionClosed, and the client would drop the new session the connection holds.
+    this.sessionBusy = true;
+    try {
+      await this.detachSession(session);
+    } finally {
+      this.sessionBusy = false;
+      // Told even when the store failed: the connection no longer holds the session either way.
+      if (this.peer.isOpen) this.peer.sendRaw(encodeSessionClosed());
+    }
   }
 
   /**
@@ -555,8 +569,11 @@ export class Connection {
     }
     this.sessionBusy = true;
     // Pending from before the lookup: an update of the session landing between the lookup and
-    // the attach reaches this connection (see `sessionUpdated`) instead of being lost.
+    // the attach reaches this connection (see `sessionUpdated`) instead of being lost, and so
+    // does a close by key (see `dropSession`): the lookup may have read the session before the
+    // store deleted it.
     this.pendingSession = key;
+    this.pendingDropped = false;
     this.pendingUpdate = null;
     this.context.registry.expect(key, this);
     try {

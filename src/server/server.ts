@@ -312,7 +312,9 @@ export class Server {
   /** Tells this server's connections of the session `key` that it is closed; returns how many held it. */
   private dropSession(key: string): number {
     let count = 0;
-    for (const conn of this.registry.connections(key)) if (conn.dropSession(key)) count++;
+    // The audience, not only the holders: a connection whose restore is still looking the
+    // session up may have read it before the store deleted it, and must not attach it then.
+    for (const conn of this.registry.audience(key)) if (conn.dropSession(key)) count++;
     return count;
   }
 
@@ -451,6 +453,8 @@ export class Server {
     for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, 'server shutting down');
     await Promise.all([...this.live].map((conn) => conn.closed));
     if (wasListening) await this.options.transport.stop();
+    // The closed connections' sessions are let go of in the store (see SessionRegistry.idle).
+    await this.registry.idle();
     this.busSubscriptions?.want(SESSIONS_CHANNEL, false);
     if (this.options.ownsSessionManager) await this.options.sessions?.manager.close?.();
     this.state = 'stopped';

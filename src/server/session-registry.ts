@@ -25,6 +25,13 @@ export class SessionRegistry<Conn> {
   private readonly byKey = new Map<string, Set<Conn>>();
   /** Connections looking a session up to restore it, before they attach: an update must reach them too. */
   private readonly restoring = new Map<string, Set<Conn>>();
+  /**
+   * The store's attaches and detaches not answered yet. `Server.shutdown()` waits for them: the
+   * connections it closes let go of their sessions in the store, and an application closing its
+   * store client (Redis) once the shutdown resolved would otherwise cut those writes off, leaving
+   * the connections counted (their slots of `maxSessionConnections` taken) until the counts expire.
+   */
+  private readonly inflight = new Set<Promise<void>>();
   private readonly maxConnections: number;
   private readonly manager: SessionManager | undefined;
   private readonly logger: Logger;
@@ -52,7 +59,7 @@ export class SessionRegistry<Conn> {
     if (this.manager === undefined) return 'attached';
     let result: SessionAttachResult;
     try {
-      result = await this.manager.onSessionAttach!(key, this.maxConnections);
+      result = await this.track(this.manager.onSessionAttach!(key, this.maxConnections));
     } catch (error) {
       this.remove(key, conn);
       throw error;
@@ -69,7 +76,27 @@ export class SessionRegistry<Conn> {
   async detach(key: string, conn: Conn): Promise<number> {
     const left = this.remove(key, conn);
     if (left < 0 || this.manager === undefined) return left;
-    return this.manager.onSessionDetach!(key);
+    return this.track(this.manager.onSessionDetach!(key));
+  }
+
+  private track<T>(call: Promise<T>): Promise<T> {
+    const done = call.then(
+      () => {},
+      () => {},
+    );
+    this.inflight.add(done);
+    void done.then(() => this.inflight.delete(done));
+    return call;
+  }
+
+  /** Resolves once every store call made so far, and any made meanwhile, was answered. */
+  async idle(): Promise<void> {
+    for (let round = 0; this.inflight.size > 0 && round < 100; round++) {
+      await Promise.all(this.inflight);
+      // An attach answered for a connection that closed meanwhile is released by its caller a few
+      // microtasks later: a turn of the event loop lets that detach start before looking again.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
   }
 
   /**
