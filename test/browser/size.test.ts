@@ -20,14 +20,16 @@ import { gzipSync } from 'node:zlib';
  * WebSocket `protocols`, checked up front, `client.protocol` and `ConnectError.body`; 11,330 with
  * session updates: `SessionStoreUnsupportedError` 52 bytes, the client's `sessionUpdated` 23;
  * 11,363 with `close()` ending a connect in progress; 11,276 once `duplexwire/client` stopped
- * exporting what only a server throws and the catalogue's `ERROR_CLASSES`). What is left is the
+ * exporting what only a server throws and the catalogue's `ERROR_CLASSES`; 11,367 with session
+ * replies applied as they are read, which keeps `client.session` right when a close, an update
+ * or a new session follows in the same read). What is left is the
  * feature set, measured on this bundle: with every
  * message text deleted it is still ~9,560 bytes; without the client's sessions ~9,490, and
  * without sessions, reconnect and the request queue ~9,000 (~8,120 with no message text either).
  * So 8 KB means moving features out of the default bundle (a product decision, not a
- * minification one); until that is decided, this keeps the bundle from growing (11,224 + ~1%).
+ * minification one); until that is decided, this keeps the bundle from growing (11,367 + ~0.3%).
  */
-const BUDGET_BYTES = 11_340;
+const BUDGET_BYTES = 11_400;
 
 const bundleUrl = new URL('../../dist/browser/duplexwire-client.js', import.meta.url);
 const metaUrl = new URL('../../dist/browser/duplexwire-client.meta.json', import.meta.url);
