@@ -83,7 +83,21 @@ export interface WsCommonServerOptions {
    * @default DEFAULT_HIGH_WATER_MARK (64 KiB)
    */
   highWaterMark?: number;
+  /** @default 'microtask'; see {@link WriteBatching} */
+  writeBatching?: WriteBatching;
 }
+
+/**
+ * When the sends made in one turn of the event loop are written to the socket, together:
+ * - `'microtask'`: once the code sending them has run (its microtasks included). The latency
+ *   of a message grows by nothing measurable.
+ * - `'immediate'`: at the end of the event loop's I/O phase (`setImmediate`), so that the sends
+ *   made by the callbacks of every socket read in that phase share one write per connection: a
+ *   relay that answers many peers over one connection (the tunnel's proxy and agent) spends ~10%
+ *   less CPU per message under load (`npm run bench:tunnel`). A message then waits until the
+ *   phase's other callbacks have run: microseconds when idle, more when busy.
+ */
+export type WriteBatching = 'microtask' | 'immediate';
 
 /** TLS material for a transport that owns an HTTPS server. */
 export interface WsServerTlsOptions {
@@ -137,6 +151,8 @@ export interface WsClientTransportOptions {
   highWaterMark?: number;
   /** For `wss:` URLs. @default undefined (the system's trusted CAs, certificates verified) */
   tls?: WsClientTlsOptions;
+  /** @default 'microtask'; see {@link WriteBatching} */
+  writeBatching?: WriteBatching;
   /**
    * An HTTP proxy to reach the server through, with `CONNECT` (what corporate egress proxies
    * allow): `http://proxy.internal:3128`, with `user:password@` for Basic authentication, or an
@@ -221,11 +237,25 @@ interface Tagged {
 
 /** Adapters corked in the current turn (see `#cork`); one microtask uncorks them all. */
 let corked: WsTransportSocket[] = [];
+/** The same for adapters batching until `setImmediate` (`writeBatching: 'immediate'`). */
+let corkedUntilImmediate: WsTransportSocket[] = [];
 
 function uncorkAll(): void {
   const batch = corked;
   corked = [];
   for (const socket of batch) socket.uncork();
+}
+
+function uncorkAllImmediate(): void {
+  const batch = corkedUntilImmediate;
+  corkedUntilImmediate = [];
+  for (const socket of batch) socket.uncork();
+}
+
+function checkWriteBatching(value: WriteBatching | undefined): boolean {
+  if (value === undefined || value === 'microtask') return false;
+  if (value === 'immediate') return true;
+  throw new RangeError(`writeBatching must be 'microtask' or 'immediate', got ${JSON.stringify(value)}`);
 }
 
 function adapterOf(emitter: object): WsTransportSocket {
@@ -286,8 +316,12 @@ class WsTransportSocket implements TransportSocket {
   #delivered = 0;
   #deliveredAtLastRead = 0;
 
-  constructor(ws: WebSocket, highWaterMark: number, open: boolean, live?: Set<WebSocket>) {
+  /** `writeBatching: 'immediate'`: corked until `setImmediate` rather than a microtask. */
+  readonly #untilImmediate: boolean;
+
+  constructor(ws: WebSocket, highWaterMark: number, open: boolean, untilImmediate: boolean, live?: Set<WebSocket>) {
     this.#ws = ws;
+    this.#untilImmediate = untilImmediate;
     // Server sockets are created open, client sockets before their handshake; only clients mask.
     this.#masked = !open;
     this.#highWaterMark = highWaterMark;
@@ -449,7 +483,7 @@ class WsTransportSocket implements TransportSocket {
    * its own, and on loopback that system call costs more than all the JavaScript around it: with
    * many messages in flight this more than halves the CPU time per message (bench/RESULTS.md).
    * Order is kept (ws corks and uncorks around each frame; corks nest), and latency gains at most
-   * the rest of the current turn. A batch that reaches the high-water mark is written at once
+   * the rest of the current turn (`writeBatching: 'immediate'`: of the event loop's I/O phase). A batch that reaches the high-water mark is written at once
    * (`#afterSend`), so corking never shows up as backpressure.
    */
   #cork(): void {
@@ -457,7 +491,9 @@ class WsTransportSocket implements TransportSocket {
     if (this.#corked || net === undefined) return;
     this.#corked = true;
     net.cork();
-    if (corked.push(this) === 1) queueMicrotask(uncorkAll);
+    if (this.#untilImmediate) {
+      if (corkedUntilImmediate.push(this) === 1) setImmediate(uncorkAllImmediate);
+    } else if (corked.push(this) === 1) queueMicrotask(uncorkAll);
   }
 
   /** Writes what the sends of this turn corked (once; later calls do nothing). */
@@ -552,6 +588,7 @@ function checkMaxMessageSize(value: number): void {
 interface ResolvedServerOptions {
   readonly path: string | undefined;
   readonly highWaterMark: number;
+  readonly untilImmediate: boolean;
   readonly attach: HttpServer | HttpsServer | undefined;
   readonly host: string;
   readonly port: number;
@@ -577,6 +614,7 @@ function resolveServerOptions(options: WsServerTransportOptions): Readonly<Resol
     handshakeTimeout,
     path: options.path,
     highWaterMark: checkHighWaterMark(options.highWaterMark),
+    untilImmediate: checkWriteBatching(options.writeBatching),
     attach: options.server,
     exclusive: options.server !== undefined && options.exclusive === true,
     host: listen?.host ?? DEFAULT_HOST,
@@ -706,7 +744,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
           return;
         }
         // The adapter adds `ws` to `live` and takes it out on 'close' (wired below).
-        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true, live);
+        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true, opts.untilImmediate, live);
         adapter.setNetSocket(socket);
         let socketHandlers: SocketHandlers;
         try {
@@ -958,6 +996,7 @@ function connectError(message: string, code: string): Error & { code: string } {
  */
 export function wsClientTransport(options: WsClientTransportOptions = {}): ClientTransport {
   const highWaterMark = checkHighWaterMark(options.highWaterMark);
+  const untilImmediate = checkWriteBatching(options.writeBatching);
   const tls = options.tls;
   const proxy = options.proxy === undefined ? undefined : checkProxy(options.proxy);
   /** https-proxy-agent, loaded on the first connection through `proxy`. */
@@ -999,7 +1038,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
       // Throws synchronously on a malformed URL or an invalid or duplicated subprotocol: turned
       // into a rejection by the executor.
       const ws = new WebSocket(url, protocols, wsOptions);
-      const adapter = new WsTransportSocket(ws, highWaterMark, false);
+      const adapter = new WsTransportSocket(ws, highWaterMark, false, untilImmediate);
       // Wired before 'open': the first server message can share a TCP packet with the 101.
       adapter.wire(handlers);
 

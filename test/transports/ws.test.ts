@@ -209,3 +209,27 @@ test('a client gone when the decision comes, its socket closing but not closed y
   await until(() => fixture.upgrades[0]!.signal?.aborted === true, 'the signal aborted');
   assert.equal(fixture.accepted.length, 0);
 });
+
+test("writeBatching 'immediate': the sends of a turn stay corked past its microtasks, written at setImmediate, in order", async (t) => {
+  for (const writeBatching of ['microtask', 'immediate'] as const) {
+    const fixture = await serve(t, wsTransport({ host: '127.0.0.1', port: 0, writeBatching }));
+    const { rec } = await connectWith(t, wsClientTransport({ writeBatching }), fixture.url);
+    await until(() => fixture.accepted.length === 1, 'accepted');
+    const server = fixture.accepted[0]!.socket;
+    for (let i = 0; i < 3; i++) server.send(Uint8Array.of(i));
+    await Promise.resolve();
+    await Promise.resolve();
+    // Corked bytes are still the socket's own; a microtask's uncork has handed them to the OS.
+    if (writeBatching === 'immediate') assert.ok(server.bufferedAmount > 0, 'still corked after the microtasks');
+    else assert.equal(server.bufferedAmount, 0, 'written once the microtasks ran');
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(server.bufferedAmount, 0);
+    await until(() => rec.messages.length === 3, 'the three messages');
+    assert.deepEqual(
+      rec.messages.map((m) => [...m.data]),
+      [[0], [1], [2]],
+    );
+  }
+  assert.throws(() => wsTransport({ writeBatching: 'later' as 'immediate' }), RangeError);
+  assert.throws(() => wsClientTransport({ writeBatching: 'later' as 'immediate' }), RangeError);
+});

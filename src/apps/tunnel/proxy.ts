@@ -456,7 +456,8 @@ export class TunnelProxy {
     this.state = 'serving';
     this.http = server;
     this.server = new Server({
-      transport: wsTransport({ server, path: this.agentsPath }),
+      // Many users' requests go to one agent connection: their sends of one I/O phase share a write.
+      transport: wsTransport({ server, path: this.agentsPath, writeBatching: 'immediate' }),
       beforeUpgrade: (request) => this.admitAgent(request.headers, request.remoteAddress),
       onRequest: (conn, message) => this.onAgentRequest(conn, message.name, message.payload),
       onSignal: (conn, message) => this.onAgentSignal(conn, message.name, message.payload),
