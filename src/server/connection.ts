@@ -531,8 +531,12 @@ export class Connection {
   /** Detaches this connection from `session`; deletes it from the store when no connection holds it any more. */
   private async detachSession(session: Session): Promise<void> {
     this.currentSession = null;
-    const left = await this.context.registry.detach(session.key, this);
-    if (left === 0) await this.context.sessions!.manager.onSessionClosed(session.key);
+    // Closing: a store that counts across processes deletes it with the count (see onSessionDetach).
+    const left = await this.context.registry.detach(session.key, this, true);
+    if (left !== 0) return;
+    // Restores of it here that are still looking it up would attach a session being deleted.
+    for (const conn of this.context.registry.audience(session.key)) conn.dropSession(session.key);
+    await this.context.sessions!.manager.onSessionClosed(session.key);
   }
 
   /** Client asked to close its session (type 31): empty reply, no type 22. */

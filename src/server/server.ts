@@ -300,12 +300,17 @@ export class Server {
     const settings = this.options.sessions;
     if (settings === null) throw new SessionsDisabledError('sessions are disabled on this server');
     const count = this.dropSession(key);
-    const { bus } = this.options;
-    if (bus !== undefined) {
-      const message = encodeBusMessage(this.busOrigin, encodeSessionClosedBody(key));
-      this.onBus('closing a session', SESSIONS_CHANNEL, () => bus.publish(SESSIONS_CHANNEL, message));
+    try {
+      await settings.manager.onSessionClosed(key);
+    } finally {
+      // Deleted first, then announced: a restore another server starts once it has heard finds
+      // nothing, where it would have taken the session the store was about to delete.
+      const { bus } = this.options;
+      if (bus !== undefined) {
+        const message = encodeBusMessage(this.busOrigin, encodeSessionClosedBody(key));
+        this.onBus('closing a session', SESSIONS_CHANNEL, () => bus.publish(SESSIONS_CHANNEL, message));
+      }
     }
-    await settings.manager.onSessionClosed(key);
     return count;
   }
 

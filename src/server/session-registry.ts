@@ -73,10 +73,10 @@ export class SessionRegistry<Conn> {
    * it: across processes when the store counts them, else in this process; -1 when `conn` did not
    * hold it (nothing was done).
    */
-  async detach(key: string, conn: Conn): Promise<number> {
+  async detach(key: string, conn: Conn, closing = false): Promise<number> {
     const left = this.remove(key, conn);
     if (left < 0 || this.manager === undefined) return left;
-    return this.track(this.manager.onSessionDetach!(key));
+    return this.track(this.manager.onSessionDetach!(key, closing));
   }
 
   private track<T>(call: Promise<T>): Promise<T> {

@@ -134,11 +134,14 @@ export class MemorySessionManager implements SessionManager {
     return 'attached';
   }
 
-  async onSessionDetach(key: string): Promise<number> {
+  async onSessionDetach(key: string, closing = false): Promise<number> {
     const count = (this.#holders.get(key) ?? 1) - 1;
     if (count > 0) this.#holders.set(key, count);
     else this.#holders.delete(key);
-    return this.#sessions.has(key) ? count : 0;
+    if (!this.#sessions.has(key)) return 0;
+    // The last holder closed it: gone in the same step, before another server can attach it.
+    if (closing && count === 0) this.#sessions.delete(key);
+    return count;
   }
 
   #expired(entry: Entry, now: number): boolean {

@@ -125,9 +125,10 @@ return v
 
 /**
  * KEYS[1] session hash; ARGV this process's field, its connections after the change, the limit
- * (0: none), presence TTL (ms). Returns -1 when the session does not exist, -2 when the limit
- * would be passed (nothing written), else the connections holding it across live processes once
- * this process's count is written. Other processes' expired fields are deleted on the way. Only
+ * (0: none), presence TTL (ms), and '1' when a connection closing the session is counted off.
+ * Returns -1 when the session does not exist, -2 when the limit would be passed (nothing
+ * written), else the connections holding it across live processes once this process's count is
+ * written; when that is 0 and the session was being closed, the session is deleted too. Other processes' expired fields are deleted on the way. Only
  * field names are read (HKEYS then HGET), not the session's info. TIME is Redis's clock, the same
  * for every process (scripts may write after it: Redis >= 5 replicates their effects).
  */
@@ -150,6 +151,8 @@ local limit = tonumber(ARGV[3])
 if limit > 0 and others + own > limit then return -2 end
 if own > 0 then
   redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.0f', own, now + tonumber(ARGV[4])))
+elseif others == 0 and ARGV[5] == '1' then
+  redis.call('DEL', KEYS[1])
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
@@ -308,10 +311,10 @@ export class RedisSessionManager implements SessionManager {
   }
 
   /** Counts a connection of this process off the session; resolves with those left in all processes. */
-  async onSessionDetach(key: string): Promise<number> {
+  async onSessionDetach(key: string, closing = false): Promise<number> {
     const redisKey = this.redisKey(key);
     if (redisKey === undefined) return 0;
-    const reply = await this.#presence(redisKey, this.#hold(key, -1), 0);
+    const reply = await this.#presence(redisKey, this.#hold(key, -1), 0, closing);
     return typeof reply === 'number' && reply > 0 ? reply : 0;
   }
 
@@ -375,16 +378,17 @@ export class RedisSessionManager implements SessionManager {
    * and resent as EVAL after a later one went through, once another process has loaded the
    * script meanwhile), and an older count would overwrite a newer one.
    */
-  #presence(redisKey: string, count: number, limit: number): Promise<unknown> {
-    return this.#presenceQueue.run(redisKey, () => this.#presenceNow(redisKey, count, limit));
+  #presence(redisKey: string, count: number, limit: number, closing = false): Promise<unknown> {
+    return this.#presenceQueue.run(redisKey, () => this.#presenceNow(redisKey, count, limit, closing));
   }
 
-  #presenceNow(redisKey: string, count: number, limit: number): Promise<unknown> {
+  #presenceNow(redisKey: string, count: number, limit: number, closing: boolean): Promise<unknown> {
     return this.#eval(PRESENCE, redisKey, [
       this.#presenceField,
       String(count),
       String(limit),
       String(this.#presenceTtl),
+      closing ? '1' : '',
     ]);
   }
 

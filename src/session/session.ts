@@ -61,10 +61,13 @@ export interface SessionManager {
   /**
    * Optional, with `onSessionAttach`: a connection of this process let go of the session `key`
    * (it closed the session, was dropped from it, or closed). Resolves with the number of
-   * connections still holding it anywhere (0 when the session no longer exists); the server
-   * deletes the session when that is 0 and the connection was closing it.
+   * connections still holding it anywhere (0 when the session no longer exists). With `closing`
+   * (the connection closed the session), a store deletes the session in the same atomic step when
+   * that number is 0: a restore elsewhere could otherwise attach it between the count and the
+   * delete, and hold a session about to vanish. The server still calls `onSessionClosed` then
+   * (so deleting twice must be harmless), for stores that do not.
    */
-  onSessionDetach?(key: string): Promise<number>;
+  onSessionDetach?(key: string, closing?: boolean): Promise<number>;
   /** Releases timers/handles. Optional. */
   close?(): Promise<void>;
 }

@@ -252,6 +252,33 @@ defineSuite('a MemorySessionManager shared in one process', async () => {
   };
 });
 
+describe('sessions across servers: close by key, then restore', () => {
+  it('server.closeSession(key) deletes before it tells the others: a restore there once told finds nothing', async (t) => {
+    // Deletes take a while (a slow store): announced first, the close let B's restore take it.
+    class SlowDelete extends MemorySessionManager {
+      override async onSessionClosed(key: string): Promise<void> {
+        await delay(150);
+        return super.onSessionClosed(key);
+      }
+    }
+    const manager = new SlowDelete();
+    const bus = localBus();
+    const a = await startSessionServer(t, manager, bus());
+    const b = await startSessionServer(t, manager, bus());
+    const a1 = await client(t, a.url);
+    const { key } = await login(a1);
+    const b1 = await client(t, b.url);
+    await b1.restoreSession(key);
+    const told = new Promise<void>((resolve) => b1.once('sessionClosed', () => resolve()));
+    const closing = a.server.closeSession(key);
+    await told;
+    const b2 = await client(t, b.url);
+    await assert.rejects(b2.restoreSession(key), SessionNotFoundError);
+    await closing;
+    assert.equal(b.server.activeSessionCount, 0);
+  });
+});
+
 describe('sessions on the bus: what a server does with the session messages of others', () => {
   it('an update from another server is given as a restore gives it (parseSessionInfo); what is not one is logged and ignored', async (t) => {
     const manager = new MemorySessionManager();

@@ -264,3 +264,48 @@ test('a session the server creates while the client reads its key store to resto
   assert.equal(stored, conn.session.key, 'and its key store remembers it');
   assert.deepEqual(errors, []);
 });
+
+test("the last connection closing its session while a restore here is looking it up: the restore gets 'not found'", async (t) => {
+  const store = new GatedPlainStore();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const owner = await connectClient(t, url);
+  const { key } = await login(owner, 'ada');
+  const late = await connectClient(t, url);
+  const held = gate();
+  store.holdLookup = held.wait;
+  const restoring = late.restoreSession(key);
+  await waitFor(() => store.lookups === 1, 1_000, "the restore's lookup");
+  // The owner, its only holder, closes it: deleted while the lookup (which read it) waits.
+  await owner.closeSession();
+  await waitFor(() => store.inner.size === 0, 1_000, 'deleted');
+  held.open();
+  await assert.rejects(restoring, SessionNotFoundError);
+  assert.equal(late.session, null);
+  assert.deepEqual(await whoami(late), null);
+  assert.equal(server.activeSessionCount, 0);
+});
+
+/** A memory store shared by two servers whose deletes by `onSessionClosed` come late. */
+class SlowDelete extends MemorySessionManager {
+  override async onSessionClosed(key: string): Promise<void> {
+    await delay(200);
+    return super.onSessionClosed(key);
+  }
+}
+
+test('the last connection anywhere closing its session: it is gone with the count, so a restore on another server cannot take it meanwhile', async (t) => {
+  const store = new SlowDelete();
+  const a = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const b = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const owner = await connectClient(t, a.url);
+  const { key } = await login(owner, 'ada');
+  const closing = owner.closeSession();
+  // Counted off and deleted in one step (the store's onSessionDetach with closing); before, the
+  // session stayed until the late onSessionClosed, and this restore took it.
+  await waitFor(() => a.server.activeSessionCount === 0, 1_000, 'the owner counted off');
+  const other = await connectClient(t, b.url);
+  await assert.rejects(other.restoreSession(key), SessionNotFoundError);
+  await closing;
+  assert.equal(other.session, null);
+  assert.equal(b.server.activeSessionCount, 0);
+});

@@ -509,5 +509,23 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
       assert.equal(await manager.onSessionLookup(session.key), null, 'a detach does not bring it back');
       for (const key of HOSTILE_KEYS) assert.equal(await manager.onSessionAttach(key, 0), 'not-found');
     });
+
+    it('onSessionDetach with closing deletes the session with its last count, and only then', async (t) => {
+      const manager = await setup(t);
+      if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {
+        t.skip('this store leaves connection counts to each server');
+        return;
+      }
+      const session = newSession({ user: 'ada' });
+      await manager.onSessionCreated(session);
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'attached');
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'attached');
+      assert.equal(await manager.onSessionDetach(session.key, true), 1, 'another connection holds it');
+      assert.ok(await manager.onSessionLookup(session.key), 'kept while held');
+      assert.equal(await manager.onSessionDetach(session.key, true), 0);
+      assert.equal(await manager.onSessionLookup(session.key), null, 'gone with the last count');
+      assert.equal(await manager.onSessionAttach(session.key, 0), 'not-found');
+      await manager.onSessionClosed(session.key); // the server's own delete after it: harmless
+    });
   });
 }
