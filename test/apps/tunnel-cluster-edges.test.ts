@@ -8,7 +8,7 @@ import { Agent, request } from 'node:http';
 import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, describe, it, type TestContext } from 'node:test';
-import { REGISTRY_CLOSE_TIMEOUT } from '../../src/apps/tunnel/cluster-registry.ts';
+import { LOOKUP_TIMEOUT, REGISTRY_CLOSE_TIMEOUT } from '../../src/apps/tunnel/cluster-registry.ts';
 import type { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { fakeField, type Node, startNode, waitRegistered } from '../fixtures/tunnel-cluster-helpers.ts';
 import { ID, json, readBody, send, startAgent, startTarget, upload } from '../fixtures/tunnel-helpers.ts';
@@ -344,6 +344,27 @@ if (connected instanceof Error) {
       const elapsed = performance.now() - started;
       assert.ok(elapsed < REGISTRY_CLOSE_TIMEOUT + 1000, `closed after ${elapsed} ms`);
     });
+    it('a lookup Redis does not answer: 503 CLUSTER_UNAVAILABLE within LOOKUP_TIMEOUT, not 504 at the deadline', {
+      timeout: 15_000,
+    }, async (t) => {
+      const p = fresh(t);
+      let hang = false;
+      const client = {
+        sendCommand: (args: string[]) => (hang ? new Promise<never>(() => {}) : redis.sendCommand(args)),
+      };
+      const a = await startNode(t, client, p);
+      hang = true;
+      const started = performance.now();
+      const reply = await send(a.port, {
+        headers: { 'x-duplexwire-client-id': ID, 'x-duplexwire-request-timeout': '10s' },
+      });
+      const elapsed = performance.now() - started;
+      assert.equal(reply.status, 503);
+      assert.equal(json(reply).code, 'CLUSTER_UNAVAILABLE');
+      assert.ok(elapsed >= LOOKUP_TIMEOUT - 100 && elapsed < LOOKUP_TIMEOUT + 2000, `answered after ${elapsed} ms`);
+      assert.ok(a.proxy.metrics.cluster.registryErrors >= 1);
+    });
+
     it('a body over the receiving proxy’s maxRequestBody: its 413 reaches the user, not a 502', async (t) => {
       const target = await startTarget(t, (req, res) => {
         readBody(req).then(

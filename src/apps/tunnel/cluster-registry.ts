@@ -80,6 +80,12 @@ const LOOKUP = redisScript(LOOKUP_SCRIPT);
 /** How long a non-empty lookup answer is used again, at most (ms). */
 export const LOOKUP_CACHE_TIME = 1_000;
 /**
+ * How long a lookup waits for Redis (ms): a Redis that does not answer (a partition, a client
+ * queueing commands while it reconnects) gets users a prompt 503 `CLUSTER_UNAVAILABLE`, not a
+ * 504 at their deadline.
+ */
+export const LOOKUP_TIMEOUT = 2_000;
+/**
  * How long `close()` waits for Redis, at most (ms): a Redis that does not answer (a partition, or
  * a client queueing commands while it reconnects) must not keep a draining proxy from stopping,
  * and the fields it could not delete expire within the ttl anyway.
@@ -228,11 +234,22 @@ export class ClusterRegistry {
 
   private async ask(id: string): Promise<PeerProxy[]> {
     let reply: unknown;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      reply = await this.eval(LOOKUP, this.key(id), [this.field]);
+      reply = await Promise.race([
+        this.eval(LOOKUP, this.key(id), [this.field]),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`the cluster registry did not answer within ${LOOKUP_TIMEOUT} ms`)),
+            LOOKUP_TIMEOUT,
+          );
+        }),
+      ]);
     } catch (error) {
       this.failed(error);
       throw error;
+    } finally {
+      clearTimeout(timer);
     }
     const out: PeerProxy[] = [];
     if (!Array.isArray(reply)) return out;
