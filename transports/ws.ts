@@ -235,26 +235,24 @@ interface Tagged {
   [ADAPTER]?: WsTransportSocket;
 }
 
-/** Adapters corked in the current turn (see `#cork`); one microtask uncorks them all. */
-let corked: WsTransportSocket[] = [];
-/** The same for adapters batching until `setImmediate` (`writeBatching: 'immediate'`). */
-let corkedUntilImmediate: WsTransportSocket[] = [];
+/**
+ * Adapters corked in the current turn (see `#cork`), by their `writeBatching`: one microtask, or
+ * one `setImmediate`, uncorks each list.
+ */
+const corked: Record<WriteBatching, WsTransportSocket[]> = { microtask: [], immediate: [] };
 
-function uncorkAll(): void {
-  const batch = corked;
-  corked = [];
+function uncorkAll(batching: WriteBatching): void {
+  const batch = corked[batching];
+  corked[batching] = [];
   for (const socket of batch) socket.uncork();
 }
 
-function uncorkAllImmediate(): void {
-  const batch = corkedUntilImmediate;
-  corkedUntilImmediate = [];
-  for (const socket of batch) socket.uncork();
-}
+const uncorkMicrotask = (): void => uncorkAll('microtask');
+const uncorkImmediate = (): void => uncorkAll('immediate');
 
-function checkWriteBatching(value: WriteBatching | undefined): boolean {
-  if (value === undefined || value === 'microtask') return false;
-  if (value === 'immediate') return true;
+function checkWriteBatching(value: WriteBatching | undefined): WriteBatching {
+  if (value === undefined) return 'microtask';
+  if (value === 'microtask' || value === 'immediate') return value;
   throw new RangeError(`writeBatching must be 'microtask' or 'immediate', got ${JSON.stringify(value)}`);
 }
 
@@ -316,12 +314,12 @@ class WsTransportSocket implements TransportSocket {
   #delivered = 0;
   #deliveredAtLastRead = 0;
 
-  /** `writeBatching: 'immediate'`: corked until `setImmediate` rather than a microtask. */
-  readonly #untilImmediate: boolean;
+  /** Until when a batch of sends stays corked (see {@link WriteBatching}). */
+  readonly #batching: WriteBatching;
 
-  constructor(ws: WebSocket, highWaterMark: number, open: boolean, untilImmediate: boolean, live?: Set<WebSocket>) {
+  constructor(ws: WebSocket, highWaterMark: number, open: boolean, batching: WriteBatching, live?: Set<WebSocket>) {
     this.#ws = ws;
-    this.#untilImmediate = untilImmediate;
+    this.#batching = batching;
     // Server sockets are created open, client sockets before their handshake; only clients mask.
     this.#masked = !open;
     this.#highWaterMark = highWaterMark;
@@ -491,9 +489,9 @@ class WsTransportSocket implements TransportSocket {
     if (this.#corked || net === undefined) return;
     this.#corked = true;
     net.cork();
-    if (this.#untilImmediate) {
-      if (corkedUntilImmediate.push(this) === 1) setImmediate(uncorkAllImmediate);
-    } else if (corked.push(this) === 1) queueMicrotask(uncorkAll);
+    if (corked[this.#batching].push(this) > 1) return;
+    if (this.#batching === 'immediate') setImmediate(uncorkImmediate);
+    else queueMicrotask(uncorkMicrotask);
   }
 
   /** Writes what the sends of this turn corked (once; later calls do nothing). */
@@ -588,7 +586,7 @@ function checkMaxMessageSize(value: number): void {
 interface ResolvedServerOptions {
   readonly path: string | undefined;
   readonly highWaterMark: number;
-  readonly untilImmediate: boolean;
+  readonly writeBatching: WriteBatching;
   readonly attach: HttpServer | HttpsServer | undefined;
   readonly host: string;
   readonly port: number;
@@ -614,7 +612,7 @@ function resolveServerOptions(options: WsServerTransportOptions): Readonly<Resol
     handshakeTimeout,
     path: options.path,
     highWaterMark: checkHighWaterMark(options.highWaterMark),
-    untilImmediate: checkWriteBatching(options.writeBatching),
+    writeBatching: checkWriteBatching(options.writeBatching),
     attach: options.server,
     exclusive: options.server !== undefined && options.exclusive === true,
     host: listen?.host ?? DEFAULT_HOST,
@@ -744,7 +742,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
           return;
         }
         // The adapter adds `ws` to `live` and takes it out on 'close' (wired below).
-        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true, opts.untilImmediate, live);
+        const adapter = new WsTransportSocket(ws, opts.highWaterMark, true, opts.writeBatching, live);
         adapter.setNetSocket(socket);
         let socketHandlers: SocketHandlers;
         try {
@@ -996,7 +994,7 @@ function connectError(message: string, code: string): Error & { code: string } {
  */
 export function wsClientTransport(options: WsClientTransportOptions = {}): ClientTransport {
   const highWaterMark = checkHighWaterMark(options.highWaterMark);
-  const untilImmediate = checkWriteBatching(options.writeBatching);
+  const writeBatching = checkWriteBatching(options.writeBatching);
   const tls = options.tls;
   const proxy = options.proxy === undefined ? undefined : checkProxy(options.proxy);
   /** https-proxy-agent, loaded on the first connection through `proxy`. */
@@ -1038,7 +1036,7 @@ export function wsClientTransport(options: WsClientTransportOptions = {}): Clien
       // Throws synchronously on a malformed URL or an invalid or duplicated subprotocol: turned
       // into a rejection by the executor.
       const ws = new WebSocket(url, protocols, wsOptions);
-      const adapter = new WsTransportSocket(ws, highWaterMark, false, untilImmediate);
+      const adapter = new WsTransportSocket(ws, highWaterMark, false, writeBatching);
       // Wired before 'open': the first server message can share a TCP packet with the 101.
       adapter.wire(handlers);
 

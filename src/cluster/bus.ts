@@ -153,35 +153,36 @@ const SESSION_UPDATED = 2;
 
 /** The body of a bus message telling that the session `key` was closed. */
 export function encodeSessionClosedBody(key: string): Uint8Array {
-  const text = new TextEncoder().encode(key);
-  const out = new Uint8Array(1 + text.length);
-  out[0] = SESSION_CLOSED;
-  out.set(text, 1);
-  return out;
+  return sessionBody(SESSION_CLOSED, key);
 }
 
 /** The key of a session-closed body, or undefined for anything else. */
 export function decodeSessionClosedBody(body: Uint8Array): string | undefined {
-  if (body.length < 2 || body[0] !== SESSION_CLOSED) return undefined;
-  try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(body.subarray(1));
-  } catch {
-    return undefined;
-  }
+  return sessionBodyText(body, SESSION_CLOSED);
 }
 
 /** The body of a bus message telling that a session is now `json` (its `sessionToJson` form). */
 export function encodeSessionUpdatedBody(json: string): Uint8Array {
-  const text = new TextEncoder().encode(json);
-  const out = new Uint8Array(1 + text.length);
-  out[0] = SESSION_UPDATED;
-  out.set(text, 1);
-  return out;
+  return sessionBody(SESSION_UPDATED, json);
 }
 
 /** The session JSON of a session-updated body (not checked as a session), or undefined for anything else. */
 export function decodeSessionUpdatedBody(body: Uint8Array): string | undefined {
-  if (body.length < 2 || body[0] !== SESSION_UPDATED) return undefined;
+  return sessionBodyText(body, SESSION_UPDATED);
+}
+
+/** `[kind u8][text (UTF-8)]`. */
+function sessionBody(kind: number, text: string): Uint8Array {
+  const bytes = new TextEncoder().encode(text);
+  const out = new Uint8Array(1 + bytes.length);
+  out[0] = kind;
+  out.set(bytes, 1);
+  return out;
+}
+
+/** The text of a body of this kind, or undefined for another kind, no text or invalid UTF-8. */
+function sessionBodyText(body: Uint8Array, kind: number): string | undefined {
+  if (body.length < 2 || body[0] !== kind) return undefined;
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(body.subarray(1));
   } catch {

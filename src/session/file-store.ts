@@ -144,6 +144,33 @@ export class FileSessionManager implements SessionManager {
   }
 
   async onSessionLookup(key: string): Promise<Session | null> {
+    // Never backwards, even if the clock is: lastLookup only grows.
+    const written = await this.#rewrite(key, (stored, now) => ({
+      ...stored,
+      lastLookup: new Date(Math.max(now, stored.lastLookup.getTime())),
+    }));
+    return written?.session ?? null;
+  }
+
+  /**
+   * Replaces the info of a stored session: read, then written back whole with the same atomic
+   * write-then-rename as every write, under the key's queue (a concurrent lookup or close of the
+   * session runs before or after it, never in between). lastLookup is kept.
+   */
+  async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
+    checkSessionInfo(info);
+    const written = await this.#rewrite(key, (stored) => ({ ...stored, info }));
+    return written === null ? null : sessionFromJson(written.text);
+  }
+
+  /**
+   * Under the key's queue: the live session `key` as `change` makes it from the stored one,
+   * written back; null when there is none (an expired one is removed).
+   */
+  async #rewrite(
+    key: string,
+    change: (stored: Session, now: number) => Session,
+  ): Promise<{ session: Session; text: string } | null> {
     const hash = sessionKeyHash(key);
     if (hash === undefined) return null;
     await this.#prepare();
@@ -156,35 +183,10 @@ export class FileSessionManager implements SessionManager {
           await this.#remove(hash);
           return null;
         }
-        // Never backwards, even if the clock is: lastLookup only grows.
-        const session: Session = { ...stored, lastLookup: new Date(Math.max(now, stored.lastLookup.getTime())) };
-        await this.#write(hash, sessionToJson(session));
-        return session;
-      }),
-    );
-  }
-
-  /**
-   * Replaces the info of a stored session: read, then written back whole with the same atomic
-   * write-then-rename as every write, under the key's queue (a concurrent lookup or close of the
-   * session runs before or after it, never in between). lastLookup is kept.
-   */
-  async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
-    checkSessionInfo(info);
-    const hash = sessionKeyHash(key);
-    if (hash === undefined) return null;
-    await this.#prepare();
-    return this.#queue.run(hash, () =>
-      this.#withFile(async () => {
-        const stored = await this.#read(hash);
-        if (stored === null || stored.key !== key) return null;
-        if (this.#isExpired(stored, Date.now())) {
-          await this.#remove(hash);
-          return null;
-        }
-        const text = sessionToJson({ ...stored, info });
+        const session = change(stored, now);
+        const text = sessionToJson(session);
         await this.#write(hash, text);
-        return sessionFromJson(text);
+        return { session, text };
       }),
     );
   }

@@ -49,7 +49,11 @@ class GatedPlainStore implements SessionManager {
   }
 }
 
-test('server.closeSession(key) while a restore is looking the session up: the restore gets "not found", nothing holds the deleted session', async (t) => {
+/**
+ * A server on a `GatedPlainStore`, an owner holding a session, and a second client restoring it
+ * whose lookup has read the session and waits until `held.open()`.
+ */
+async function restoreHeldInLookup(t: TestContext) {
   const store = new GatedPlainStore();
   const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
   const owner = await connectClient(t, url);
@@ -58,8 +62,13 @@ test('server.closeSession(key) while a restore is looking the session up: the re
   const held = gate();
   store.holdLookup = held.wait;
   const restoring = late.restoreSession(key);
-  // The lookup has read the session when it is closed by key.
   await waitFor(() => store.lookups === 1, 1_000, "the restore's lookup");
+  return { store, server, owner, key, late, held, restoring };
+}
+
+test('server.closeSession(key) while a restore is looking the session up: the restore gets "not found", nothing holds the deleted session', async (t) => {
+  // The lookup has read the session when it is closed by key.
+  const { store, server, key, late, held, restoring } = await restoreHeldInLookup(t);
   assert.equal(await server.closeSession(key), 1, 'the owner held it');
   assert.equal(await store.inner.onSessionLookup(key), null, 'deleted');
   held.open();
@@ -266,15 +275,7 @@ test('a session the server creates while the client reads its key store to resto
 });
 
 test("the last connection closing its session while a restore here is looking it up: the restore gets 'not found'", async (t) => {
-  const store = new GatedPlainStore();
-  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
-  const owner = await connectClient(t, url);
-  const { key } = await login(owner, 'ada');
-  const late = await connectClient(t, url);
-  const held = gate();
-  store.holdLookup = held.wait;
-  const restoring = late.restoreSession(key);
-  await waitFor(() => store.lookups === 1, 1_000, "the restore's lookup");
+  const { store, server, owner, late, held, restoring } = await restoreHeldInLookup(t);
   // The owner, its only holder, closes it: deleted while the lookup (which read it) waits.
   await owner.closeSession();
   await waitFor(() => store.inner.size === 0, 1_000, 'deleted');

@@ -313,6 +313,16 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
     });
 
     /** The store's onSessionUpdate, or undefined after skipping the test (the hook is optional). */
+    /** True when the store counts connections (`onSessionAttach`/`onSessionDetach`); else the test is skipped. */
+    function countsConnections(
+      t: TestContext,
+      manager: SessionManager,
+    ): manager is SessionManager & Required<Pick<SessionManager, 'onSessionAttach' | 'onSessionDetach'>> {
+      if (manager.onSessionAttach !== undefined && manager.onSessionDetach !== undefined) return true;
+      t.skip('this store leaves connection counts to each server');
+      return false;
+    }
+
     function updateHook(
       t: TestContext,
       manager: SessionManager,
@@ -462,10 +472,7 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
       const manager = await setup(t);
       const update = updateHook(t, manager);
       if (update === undefined) return;
-      if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {
-        t.skip('this store leaves connection counts to each server');
-        return;
-      }
+      if (!countsConnections(t, manager)) return;
       const session = newSession({ user: 'ada' });
       await manager.onSessionCreated(session);
       assert.equal(await manager.onSessionAttach(session.key, 2), 'attached');
@@ -478,11 +485,12 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
 
     it('counts connections with onSessionAttach/onSessionDetach, when it has them', async (t) => {
       const manager = await setup(t);
-      if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {
-        assert.equal(manager.onSessionAttach, manager.onSessionDetach, 'both hooks or neither');
-        t.skip('this store leaves connection counts to each server');
-        return;
-      }
+      assert.equal(
+        manager.onSessionAttach === undefined,
+        manager.onSessionDetach === undefined,
+        'both hooks or neither',
+      );
+      if (!countsConnections(t, manager)) return;
       const session = newSession({ user: 'ada' });
       assert.equal(await manager.onSessionAttach(session.key, 2), 'not-found', 'no session yet');
       await manager.onSessionCreated(session);
@@ -512,10 +520,7 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
 
     it('onSessionDetach with closing deletes the session with its last count, and only then', async (t) => {
       const manager = await setup(t);
-      if (manager.onSessionAttach === undefined || manager.onSessionDetach === undefined) {
-        t.skip('this store leaves connection counts to each server');
-        return;
-      }
+      if (!countsConnections(t, manager)) return;
       const session = newSession({ user: 'ada' });
       await manager.onSessionCreated(session);
       assert.equal(await manager.onSessionAttach(session.key, 0), 'attached');
