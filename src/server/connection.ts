@@ -23,6 +23,7 @@ import type { IncomingMessage, PeerHooks, ReplyValue, RequestContext, RequestOpt
 import { ServerPeer } from '../peer/server-peer.ts';
 import {
   checkSessionInfo,
+  isStaleSession,
   type Session,
   type SessionAttachResult,
   type SessionManager,
@@ -437,16 +438,23 @@ export class Connection {
   /**
    * @internal Used by `Server` once the store has `session` (an update of its info): a connection
    * holding it takes it and its client is told (`notification`, type 21 with `json`); one still
-   * attaching it keeps it for when it is attached. Returns true when the client was told.
+   * attaching it keeps it for when it is attached. An update older than the one held or kept (by
+   * version: see `Session.version`) is ignored. Returns true when the client was told.
    */
   sessionUpdated(session: Session, json: string, notification: Uint8Array): boolean {
     if (this.currentSession?.key === session.key) {
+      if (isStaleSession(session, this.currentSession)) return false;
       this.currentSession = session;
       if (!this.peer.isOpen) return false;
       this.peer.sendRaw(notification);
       return true;
     }
-    if (this.pendingSession === session.key) this.pendingUpdate = { session, json };
+    if (
+      this.pendingSession === session.key &&
+      (this.pendingUpdate === null || !isStaleSession(session, this.pendingUpdate.session))
+    ) {
+      this.pendingUpdate = { session, json };
+    }
     return false;
   }
 
@@ -630,8 +638,10 @@ export class Connection {
     }
     // An update that came after the lookup read the session is newer than what it read; one that
     // came before is what the lookup read, or older than an update still to arrive (which then
-    // reaches this connection as it holds the session).
-    const update = this.takePendingUpdate();
+    // reaches this connection as it holds the session). With versions, the newer of the two is
+    // known: an update written before the lookup but heard after it is older than what it read.
+    let update = this.takePendingUpdate();
+    if (update !== null && isStaleSession(update.session, session)) update = null;
     this.currentSession = update?.session ?? session;
     this.peer.sendRaw(encodeReply(id, utf8(update?.json ?? json)));
   }

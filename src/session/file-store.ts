@@ -26,7 +26,15 @@ import { consoleLogger, type Logger } from '../logger.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import { KeyedQueue } from './keyed-queue.ts';
-import { checkSessionInfo, type Session, type SessionManager, sessionFromJson, sessionToJson } from './session.ts';
+import {
+  checkSessionInfo,
+  checkSessionVersion,
+  type Session,
+  type SessionManager,
+  sessionFromJsonValue,
+  sessionToJson,
+  sessionToJsonValue,
+} from './session.ts';
 
 /** Longest sweep period when `sweepInterval` is not given. @default 60 s */
 export const DEFAULT_SWEEP_INTERVAL = 60_000;
@@ -82,13 +90,38 @@ export interface SweepResult {
   readonly tempFiles: number;
 }
 
+/**
+ * A session file's text: the `sessionToJson` form, plus `"v"` (its `version`) once the info was
+ * updated. A version-0 session is exactly `sessionToJson`, as files were before versions; earlier
+ * releases ignore the unknown `"v"`.
+ */
+function fileText(session: Session): string {
+  const version = session.version ?? 0;
+  return version === 0 ? sessionToJson(session) : JSON.stringify({ ...sessionToJsonValue(session), v: version });
+}
+
+/** The session in a file's text, with its version (0 without `"v"`). Throws InvalidArgumentError. */
+function fromFileText(text: string): Session {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new InvalidArgumentError('session file is not valid JSON', { cause: error });
+  }
+  const session = sessionFromJsonValue(value);
+  const v = (value as { v?: unknown }).v;
+  const version = v === undefined ? 0 : checkSessionVersion(v);
+  if (version === undefined) throw new InvalidArgumentError('session file "v" must be a non-negative integer');
+  return { ...session, version };
+}
+
 function isNotFound(error: unknown): boolean {
   return (error as NodeJS.ErrnoException | null)?.code === 'ENOENT';
 }
 
 /**
  * A `SessionManager` keeping each session in `<dir>/<sha256(key)>.json` (the `sessionToJson`
- * form). Store failures (permissions, disk full) reject; a missing, expired or corrupt file is
+ * form, with `"v"` once updated: see `fileText`). Store failures (permissions, disk full) reject; a missing, expired or corrupt file is
  * "no session" (corrupt files are logged and left in place for inspection).
  *
  * @example
@@ -137,7 +170,7 @@ export class FileSessionManager implements SessionManager {
   }
 
   async onSessionCreated(session: Session): Promise<void> {
-    const text = sessionToJson(session); // validates the session, key included
+    const text = fileText({ ...session, version: 0 }); // validates the session, key included
     const hash = sessionKeyHash(session.key)!;
     await this.#prepare();
     await this.#queue.run(hash, () => this.#withFile(() => this.#write(hash, text)));
@@ -155,12 +188,13 @@ export class FileSessionManager implements SessionManager {
   /**
    * Replaces the info of a stored session: read, then written back whole with the same atomic
    * write-then-rename as every write, under the key's queue (a concurrent lookup or close of the
-   * session runs before or after it, never in between). lastLookup is kept.
+   * session runs before or after it, never in between). lastLookup is kept; the version goes up
+   * by one, in that same write.
    */
   async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
     checkSessionInfo(info);
-    const written = await this.#rewrite(key, (stored) => ({ ...stored, info }));
-    return written === null ? null : sessionFromJson(written.text);
+    const written = await this.#rewrite(key, (stored) => ({ ...stored, info, version: (stored.version ?? 0) + 1 }));
+    return written === null ? null : fromFileText(written.text);
   }
 
   /**
@@ -184,7 +218,7 @@ export class FileSessionManager implements SessionManager {
           return null;
         }
         const session = change(stored, now);
-        const text = sessionToJson(session);
+        const text = fileText(session);
         await this.#write(hash, text);
         return { session, text };
       }),
@@ -307,10 +341,10 @@ export class FileSessionManager implements SessionManager {
       throw error;
     }
     try {
-      const session = sessionFromJson(text);
+      const session = fromFileText(text);
       if (sessionKeyHash(session.key) !== hash)
         throw new InvalidArgumentError('session key does not match the file name');
-      sessionToJson(session); // the write-back must not fail later (e.g. a year outside 0000..9999)
+      fileText(session); // the write-back must not fail later (e.g. a year outside 0000..9999)
       return session;
     } catch (error) {
       this.#logger.error('ignoring a corrupt session file', { file: path, error });
