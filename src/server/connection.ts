@@ -556,14 +556,59 @@ export class Connection {
     }
     this.sessionBusy = true;
     try {
-      await this.detachSession(session);
+      try {
+        await this.detachSession(session);
+      } catch (error) {
+        this.context.options.logger.error('session store failed to close a session', { error });
+        await this.clientCloseFailed(id, session);
+        return;
+      }
       this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
-    } catch (error) {
-      this.context.options.logger.error('session store failed to close a session', { error });
-      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
     } finally {
       this.sessionBusy = false;
     }
+  }
+
+  /**
+   * The store failed while closing the session the client asked to close. The client is told the
+   * close failed (internal-error: `InternalError`) and must end up holding the session exactly
+   * when this connection does, so the connection takes the session back (attaches it again):
+   * - taken back: the store still has it; the client keeps it and can close it again;
+   * - 'not-found': the store deleted it after all (the failure came after the delete, or only its
+   *   answer was lost), or it was closed by key meanwhile: the close succeeded, and is answered so;
+   * - refused ('limit': another connection took the slot) or failed again (the store is down):
+   *   the connection holds nothing, so the client is told it lost the session (type 22) before
+   *   the failure. The store may still have it until it expires.
+   */
+  private async clientCloseFailed(id: RequestId, session: Session): Promise<void> {
+    let attached: SessionAttachResult | undefined;
+    if (this.peer.isOpen) {
+      this.pendingUpdate = null;
+      try {
+        attached = await this.attaching(session.key);
+      } catch (error) {
+        this.context.options.logger.error('session store failed to attach a connection to a session', { error });
+      }
+    }
+    if (attached === 'attached') {
+      // An update heard while it was being taken back is newer than what the client holds.
+      const update = this.takePendingUpdate();
+      if (update !== null && !isStaleSession(update.session, session)) {
+        this.currentSession = update.session;
+        this.peer.sendRaw(encodeSessionCreated(update.json));
+      } else {
+        this.currentSession = session;
+      }
+      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
+      return;
+    }
+    this.pendingUpdate = null;
+    if (attached === 'not-found') {
+      this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      return;
+    }
+    this.peer.sendRaw(encodeSessionClosed());
+    this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
   }
 
   /** Client asked to restore a session (type 32). */

@@ -96,7 +96,11 @@ export interface SessionManager {
    * (the connection closed the session), a store deletes the session in the same atomic step when
    * that number is 0: a restore elsewhere could otherwise attach it between the count and the
    * delete, and hold a session about to vanish. The server still calls `onSessionClosed` then
-   * (so deleting twice must be harmless), for stores that do not.
+   * (so deleting twice must be harmless), for stores that do not. When it rejects while a client
+   * closes its session, the server attaches the connection again (`onSessionAttach`) to give the
+   * client back the session it still holds: a store must count so that a detach that failed (or
+   * whose answer was lost) followed by that attach leaves the count right, as `RedisSessionManager`
+   * does by writing each process's count whole rather than adding and subtracting.
    */
   onSessionDetach?(key: string, closing?: boolean): Promise<number>;
   /** Releases timers/handles. Optional. */
