@@ -14,9 +14,23 @@
  * - operations on one key run one at a time (`keyed-queue.ts`), so a lookup's write-back cannot
  *   resurrect a session closed meanwhile.
  *
- * One process per directory: the per-key ordering is in memory. Several processes sharing one
- * directory never corrupt a file, but a lookup in one may write back a session another has just
- * closed. Use `RedisSessionManager` for several processes.
+ * One process per directory, one manager per directory in it. The per-key ordering is in memory,
+ * and the store has no `onSessionAttach` / `onSessionDetach`: each `Server` counts its own
+ * connections (several sharing one manager keep its writes in order, but count, and delete on
+ * close, each for itself, as below). Several processes sharing one
+ * directory never corrupt a file, but nothing between them is atomic:
+ * - `maxSessionConnections` holds per process (N processes: up to N times the limit);
+ * - a close deletes the file when the closing process has no connection left on the session,
+ *   though others may have: their connections keep it in memory, and fail to restore it later;
+ * - a lookup in one process may write back a session another has just closed (resurrecting it);
+ * - two updates in two processes may both read version n and both write n + 1, so one is lost
+ *   and `Session.version` no longer orders them.
+ * Shared counts are deliberately not built on files: it would take a cross-process lock around
+ * every read-modify-write (Node has no `flock`; lock files need stale-lock recovery after a crash,
+ * guessed from timestamps, and are unreliable on network filesystems, which is where a shared
+ * directory would live), and counts of a process that died would stay forever without the
+ * expiring presence `RedisSessionManager` keeps. For several processes use `RedisSessionManager`
+ * (with `redisTopicBus`).
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
@@ -61,7 +75,8 @@ export interface FileSessionManagerOptions {
   /**
    * Directory of the session files, created (mode 0700, with any missing parents) on first use.
    * If it exists with permissions for group or others, it is changed to 0700 and a warning is
-   * logged. Give the store a directory of its own.
+   * logged. Give the store a directory of its own, used by this process only (see the module
+   * comment: several processes sharing it count connections, and order writes, each on their own).
    */
   readonly dir: string;
   /**
