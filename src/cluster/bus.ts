@@ -3,6 +3,8 @@
  * `server.publish` to the other processes, which deliver it to their own subscribers. A process
  * listens to a topic's channel only while one of its connections subscribes to it.
  */
+import { InvalidArgumentError } from '../errors.ts';
+import { checkSessionVersion, type Session, sessionFromJsonValue, sessionToJsonValue } from '../session/session.ts';
 
 /**
  * What `Server` needs from a bus: publish to a channel, and listen to channels. Every process that
@@ -142,7 +144,8 @@ export class BusSubscriptions {
  * The channel of session changes made by key (`server.closeSession(key)`, `updateSession`):
  * empty, which no topic can be. A message on it is a bus message whose body starts with its
  * kind: `[SESSION_CLOSED u8][session key (UTF-8)]` or `[SESSION_UPDATED u8][session JSON (UTF-8)]`
- * (the `sessionToJson` form, which holds the key). A server that does not know a kind logs and
+ * (the `sessionToJson` form, which holds the key, plus `"v"`, the session's version, when the store
+ * keeps versions: see `sessionUpdatedJson`). A server that does not know a kind logs and
  * ignores it, so servers of different versions can share a bus.
  */
 export const SESSIONS_CHANNEL = '';
@@ -169,6 +172,31 @@ export function encodeSessionUpdatedBody(json: string): Uint8Array {
 /** The session JSON of a session-updated body (not checked as a session), or undefined for anything else. */
 export function decodeSessionUpdatedBody(body: Uint8Array): string | undefined {
   return sessionBodyText(body, SESSION_UPDATED);
+}
+
+/**
+ * The session JSON of a session-updated body: the `sessionToJson` form, plus `"v"` when the
+ * session has a `version`. A receiver applies an update only when it is newer than the session its
+ * connections hold (see `Session.version`): two servers updating one session at once each
+ * publish, and a third may hear them in either order. Servers of releases without versions ignore
+ * `"v"` (unknown members are), and what they send has none, which is applied as before.
+ */
+export function sessionUpdatedJson(session: Session): string {
+  const json = sessionToJsonValue(session);
+  return JSON.stringify(session.version === undefined ? json : { ...json, v: session.version });
+}
+
+/** The session, with its version when there is a valid `"v"`, of `sessionUpdatedJson` text. Throws InvalidArgumentError. */
+export function sessionFromUpdatedJson(text: string): Session {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new InvalidArgumentError('session JSON is not valid JSON', { cause: error });
+  }
+  const session = sessionFromJsonValue(value);
+  const version = checkSessionVersion((value as { v?: unknown }).v);
+  return version === undefined ? session : { ...session, version };
 }
 
 /** `[kind u8][text (UTF-8)]`. */

@@ -23,6 +23,7 @@ import type { IncomingMessage, PeerHooks, ReplyValue, RequestContext, RequestOpt
 import { ServerPeer } from '../peer/server-peer.ts';
 import {
   checkSessionInfo,
+  isStaleSession,
   type Session,
   type SessionAttachResult,
   type SessionManager,
@@ -437,16 +438,23 @@ export class Connection {
   /**
    * @internal Used by `Server` once the store has `session` (an update of its info): a connection
    * holding it takes it and its client is told (`notification`, type 21 with `json`); one still
-   * attaching it keeps it for when it is attached. Returns true when the client was told.
+   * attaching it keeps it for when it is attached. An update older than the one held or kept (by
+   * version: see `Session.version`) is ignored. Returns true when the client was told.
    */
   sessionUpdated(session: Session, json: string, notification: Uint8Array): boolean {
     if (this.currentSession?.key === session.key) {
+      if (isStaleSession(session, this.currentSession)) return false;
       this.currentSession = session;
       if (!this.peer.isOpen) return false;
       this.peer.sendRaw(notification);
       return true;
     }
-    if (this.pendingSession === session.key) this.pendingUpdate = { session, json };
+    if (
+      this.pendingSession === session.key &&
+      (this.pendingUpdate === null || !isStaleSession(session, this.pendingUpdate.session))
+    ) {
+      this.pendingUpdate = { session, json };
+    }
     return false;
   }
 
@@ -548,14 +556,59 @@ export class Connection {
     }
     this.sessionBusy = true;
     try {
-      await this.detachSession(session);
+      try {
+        await this.detachSession(session);
+      } catch (error) {
+        this.context.options.logger.error('session store failed to close a session', { error });
+        await this.clientCloseFailed(id, session);
+        return;
+      }
       this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
-    } catch (error) {
-      this.context.options.logger.error('session store failed to close a session', { error });
-      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
     } finally {
       this.sessionBusy = false;
     }
+  }
+
+  /**
+   * The store failed while closing the session the client asked to close. The client is told the
+   * close failed (internal-error: `InternalError`) and must end up holding the session exactly
+   * when this connection does, so the connection takes the session back (attaches it again):
+   * - taken back: the store still has it; the client keeps it and can close it again;
+   * - 'not-found': the store deleted it after all (the failure came after the delete, or only its
+   *   answer was lost), or it was closed by key meanwhile: the close succeeded, and is answered so;
+   * - refused ('limit': another connection took the slot) or failed again (the store is down):
+   *   the connection holds nothing, so the client is told it lost the session (type 22) before
+   *   the failure. The store may still have it until it expires.
+   */
+  private async clientCloseFailed(id: RequestId, session: Session): Promise<void> {
+    let attached: SessionAttachResult | undefined;
+    if (this.peer.isOpen) {
+      this.pendingUpdate = null;
+      try {
+        attached = await this.attaching(session.key);
+      } catch (error) {
+        this.context.options.logger.error('session store failed to attach a connection to a session', { error });
+      }
+    }
+    if (attached === 'attached') {
+      // An update heard while it was being taken back is newer than what the client holds.
+      const update = this.takePendingUpdate();
+      if (update !== null && !isStaleSession(update.session, session)) {
+        this.currentSession = update.session;
+        this.peer.sendRaw(encodeSessionCreated(update.json));
+      } else {
+        this.currentSession = session;
+      }
+      this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
+      return;
+    }
+    this.pendingUpdate = null;
+    if (attached === 'not-found') {
+      this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      return;
+    }
+    this.peer.sendRaw(encodeSessionClosed());
+    this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
   }
 
   /** Client asked to restore a session (type 32). */
@@ -630,8 +683,10 @@ export class Connection {
     }
     // An update that came after the lookup read the session is newer than what it read; one that
     // came before is what the lookup read, or older than an update still to arrive (which then
-    // reaches this connection as it holds the session).
-    const update = this.takePendingUpdate();
+    // reaches this connection as it holds the session). With versions, the newer of the two is
+    // known: an update written before the lookup but heard after it is older than what it read.
+    let update = this.takePendingUpdate();
+    if (update !== null && isStaleSession(update.session, session)) update = null;
     this.currentSession = update?.session ?? session;
     this.peer.sendRaw(encodeReply(id, utf8(update?.json ?? json)));
   }

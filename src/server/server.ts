@@ -14,9 +14,11 @@ import {
   encodeSessionClosedBody,
   encodeSessionUpdatedBody,
   SESSIONS_CHANNEL,
+  sessionFromUpdatedJson,
+  sessionUpdatedJson,
 } from '../cluster/bus.ts';
 import { KeyedQueue } from '../session/keyed-queue.ts';
-import { checkSessionInfo, type Session, sessionFromJson, sessionToJson } from '../session/session.ts';
+import { checkSessionInfo, type Session, sessionToJson } from '../session/session.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import {
   ADMIT_PUBLISH,
@@ -331,7 +333,11 @@ export class Server {
    * the `bus` option, the other servers update their connections as well. Resolves with the
    * number of this server's connections that were told, as `closeSession(key)` counts.
    *
-   * Updates of one session made through this server are applied in call order. Rejects with
+   * Updates of one session made through this server are applied in call order. Across servers,
+   * with a store that keeps versions (every built-in store), the store's order wins: a connection
+   * never takes an update older than the session it holds, so two servers updating one session
+   * at once leave every connection with the one the store wrote last, and this call then tells
+   * no connection when it lost that race. Rejects with
    * SessionsDisabledError, InvalidArgumentError (info JSON would not keep exactly),
    * SessionStoreUnsupportedError (the store has no `onSessionUpdate`), SessionNotFoundError (no
    * such session: nothing is sent) or the store's error.
@@ -359,14 +365,17 @@ export class Server {
       const told = this.sessionUpdated(session, json);
       const { bus } = this.options;
       if (bus !== undefined) {
-        const message = encodeBusMessage(this.busOrigin, encodeSessionUpdatedBody(json));
+        const message = encodeBusMessage(this.busOrigin, encodeSessionUpdatedBody(sessionUpdatedJson(session)));
         this.onBus('updating a session', SESSIONS_CHANNEL, () => bus.publish(SESSIONS_CHANNEL, message));
       }
       return { session, told };
     });
   };
 
-  /** Gives this server's connections of `session` its new state (encoded once); returns how many were told. */
+  /**
+   * Gives this server's connections of `session` its new state (encoded once), unless they hold
+   * a newer one (see `Session.version`); returns how many were told.
+   */
   private sessionUpdated(session: Session, json: string): number {
     const notification = encodeSessionCreated(json);
     let told = 0;
@@ -394,12 +403,14 @@ export class Server {
 
   /**
    * A session updated on another server (already stored): given to this server's connections as
-   * a restore gives it, through `parseSessionInfo`. False when `text` is not a session.
+   * a restore gives it, through `parseSessionInfo`, unless they hold a newer version (the bus may
+   * deliver two servers' updates in the other order than the store wrote them). False when `text`
+   * is not a session.
    */
   private sessionUpdatedOnBus(text: string, settings: SessionSettings): boolean {
     let session: Session;
     try {
-      session = sessionFromJson(text);
+      session = sessionFromUpdatedJson(text);
     } catch {
       return false;
     }

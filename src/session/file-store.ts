@@ -14,9 +14,23 @@
  * - operations on one key run one at a time (`keyed-queue.ts`), so a lookup's write-back cannot
  *   resurrect a session closed meanwhile.
  *
- * One process per directory: the per-key ordering is in memory. Several processes sharing one
- * directory never corrupt a file, but a lookup in one may write back a session another has just
- * closed. Use `RedisSessionManager` for several processes.
+ * One process per directory, one manager per directory in it. The per-key ordering is in memory,
+ * and the store has no `onSessionAttach` / `onSessionDetach`: each `Server` counts its own
+ * connections (several sharing one manager keep its writes in order, but count, and delete on
+ * close, each for itself, as below). Several processes sharing one
+ * directory never corrupt a file, but nothing between them is atomic:
+ * - `maxSessionConnections` holds per process (N processes: up to N times the limit);
+ * - a close deletes the file when the closing process has no connection left on the session,
+ *   though others may have: their connections keep it in memory, and fail to restore it later;
+ * - a lookup in one process may write back a session another has just closed (resurrecting it);
+ * - two updates in two processes may both read version n and both write n + 1, so one is lost
+ *   and `Session.version` no longer orders them.
+ * Shared counts are deliberately not built on files: it would take a cross-process lock around
+ * every read-modify-write (Node has no `flock`; lock files need stale-lock recovery after a crash,
+ * guessed from timestamps, and are unreliable on network filesystems, which is where a shared
+ * directory would live), and counts of a process that died would stay forever without the
+ * expiring presence `RedisSessionManager` keeps. For several processes use `RedisSessionManager`
+ * (with `redisTopicBus`).
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
@@ -26,7 +40,15 @@ import { consoleLogger, type Logger } from '../logger.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import { sessionKeyHash } from './key-hash.ts';
 import { KeyedQueue } from './keyed-queue.ts';
-import { checkSessionInfo, type Session, type SessionManager, sessionFromJson, sessionToJson } from './session.ts';
+import {
+  checkSessionInfo,
+  checkSessionVersion,
+  type Session,
+  type SessionManager,
+  sessionFromJsonValue,
+  sessionToJson,
+  sessionToJsonValue,
+} from './session.ts';
 
 /** Longest sweep period when `sweepInterval` is not given. @default 60 s */
 export const DEFAULT_SWEEP_INTERVAL = 60_000;
@@ -53,7 +75,8 @@ export interface FileSessionManagerOptions {
   /**
    * Directory of the session files, created (mode 0700, with any missing parents) on first use.
    * If it exists with permissions for group or others, it is changed to 0700 and a warning is
-   * logged. Give the store a directory of its own.
+   * logged. Give the store a directory of its own, used by this process only (see the module
+   * comment: several processes sharing it count connections, and order writes, each on their own).
    */
   readonly dir: string;
   /**
@@ -82,13 +105,38 @@ export interface SweepResult {
   readonly tempFiles: number;
 }
 
+/**
+ * A session file's text: the `sessionToJson` form, plus `"v"` (its `version`) once the info was
+ * updated. A version-0 session is exactly `sessionToJson`, as files were before versions; earlier
+ * releases ignore the unknown `"v"`.
+ */
+function fileText(session: Session): string {
+  const version = session.version ?? 0;
+  return version === 0 ? sessionToJson(session) : JSON.stringify({ ...sessionToJsonValue(session), v: version });
+}
+
+/** The session in a file's text, with its version (0 without `"v"`). Throws InvalidArgumentError. */
+function fromFileText(text: string): Session {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new InvalidArgumentError('session file is not valid JSON', { cause: error });
+  }
+  const session = sessionFromJsonValue(value);
+  const v = (value as { v?: unknown }).v;
+  const version = v === undefined ? 0 : checkSessionVersion(v);
+  if (version === undefined) throw new InvalidArgumentError('session file "v" must be a non-negative integer');
+  return { ...session, version };
+}
+
 function isNotFound(error: unknown): boolean {
   return (error as NodeJS.ErrnoException | null)?.code === 'ENOENT';
 }
 
 /**
  * A `SessionManager` keeping each session in `<dir>/<sha256(key)>.json` (the `sessionToJson`
- * form). Store failures (permissions, disk full) reject; a missing, expired or corrupt file is
+ * form, with `"v"` once updated: see `fileText`). Store failures (permissions, disk full) reject; a missing, expired or corrupt file is
  * "no session" (corrupt files are logged and left in place for inspection).
  *
  * @example
@@ -137,7 +185,7 @@ export class FileSessionManager implements SessionManager {
   }
 
   async onSessionCreated(session: Session): Promise<void> {
-    const text = sessionToJson(session); // validates the session, key included
+    const text = fileText({ ...session, version: 0 }); // validates the session, key included
     const hash = sessionKeyHash(session.key)!;
     await this.#prepare();
     await this.#queue.run(hash, () => this.#withFile(() => this.#write(hash, text)));
@@ -155,12 +203,13 @@ export class FileSessionManager implements SessionManager {
   /**
    * Replaces the info of a stored session: read, then written back whole with the same atomic
    * write-then-rename as every write, under the key's queue (a concurrent lookup or close of the
-   * session runs before or after it, never in between). lastLookup is kept.
+   * session runs before or after it, never in between). lastLookup is kept; the version goes up
+   * by one, in that same write.
    */
   async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
     checkSessionInfo(info);
-    const written = await this.#rewrite(key, (stored) => ({ ...stored, info }));
-    return written === null ? null : sessionFromJson(written.text);
+    const written = await this.#rewrite(key, (stored) => ({ ...stored, info, version: (stored.version ?? 0) + 1 }));
+    return written === null ? null : fromFileText(written.text);
   }
 
   /**
@@ -184,7 +233,7 @@ export class FileSessionManager implements SessionManager {
           return null;
         }
         const session = change(stored, now);
-        const text = sessionToJson(session);
+        const text = fileText(session);
         await this.#write(hash, text);
         return { session, text };
       }),
@@ -307,10 +356,10 @@ export class FileSessionManager implements SessionManager {
       throw error;
     }
     try {
-      const session = sessionFromJson(text);
+      const session = fromFileText(text);
       if (sessionKeyHash(session.key) !== hash)
         throw new InvalidArgumentError('session key does not match the file name');
-      sessionToJson(session); // the write-back must not fail later (e.g. a year outside 0000..9999)
+      fileText(session); // the write-back must not fail later (e.g. a year outside 0000..9999)
       return session;
     } catch (error) {
       this.#logger.error('ignoring a corrupt session file', { file: path, error });

@@ -38,6 +38,8 @@ interface Entry {
   readonly json: string;
   /** Its lastLookup, in ms: what `maxAge` is measured from. */
   readonly lastLookup: number;
+  /** Updates of its info so far (`Session.version`). */
+  readonly version: number;
 }
 
 /**
@@ -79,7 +81,11 @@ export class MemorySessionManager implements SessionManager {
     // A key stored again moves to the end, as a new session.
     this.#sessions.delete(session.key);
     while (this.#sessions.size >= this.#maxSessions) this.#dropOldest();
-    this.#sessions.set(session.key, { json: sessionToJson(session), lastLookup: session.lastLookup.getTime() });
+    this.#sessions.set(session.key, {
+      json: sessionToJson(session),
+      lastLookup: session.lastLookup.getTime(),
+      version: 0,
+    });
   }
 
   async onSessionLookup(key: string): Promise<Session | null> {
@@ -92,14 +98,18 @@ export class MemorySessionManager implements SessionManager {
     const stored = sessionFromJson(entry.json);
     // Never move backwards, even if the clock does: lastLookup only grows.
     const lastLookup = new Date(Math.max(now, entry.lastLookup));
-    const session: Session = { ...stored, lastLookup };
-    this.#sessions.set(key, { json: sessionToJson(session), lastLookup: lastLookup.getTime() });
-    return session;
+    this.#sessions.set(key, {
+      json: sessionToJson({ ...stored, lastLookup }),
+      lastLookup: lastLookup.getTime(),
+      version: entry.version,
+    });
+    return { ...stored, lastLookup, version: entry.version };
   }
 
   /**
    * Replaces the info of a stored session. Its place in the order of use stays (an update is not
-   * a lookup), and so do lastLookup and the `maxAge` counted from it.
+   * a lookup), and so do lastLookup and the `maxAge` counted from it. The version goes up by one
+   * (synchronously with the write: nothing else runs in between).
    */
   async onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
     checkSessionInfo(info);
@@ -111,8 +121,9 @@ export class MemorySessionManager implements SessionManager {
     }
     const json = sessionToJson({ ...sessionFromJson(entry.json), info });
     // Set on a key already in the Map: its position (least recently used first) is kept.
-    this.#sessions.set(key, { json, lastLookup: entry.lastLookup });
-    return sessionFromJson(json);
+    const version = entry.version + 1;
+    this.#sessions.set(key, { json, lastLookup: entry.lastLookup, version });
+    return { ...sessionFromJson(json), version };
   }
 
   async onSessionClosed(key: string): Promise<void> {

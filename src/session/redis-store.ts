@@ -4,8 +4,9 @@
  *
  * Each session is a hash at `prefix + sha256(key)` (the key itself is never part of a Redis key:
  * a listing of keys reveals no session key, and no key can reach outside the prefix) with fields
- * `k` (key), `c` (creation), `l` (last lookup), both RFC 3339 as in the JSON form, and `i`: the
- * info as its own JSON text, absent when there is none. Info never goes through Lua's cjson,
+ * `k` (key), `c` (creation), `l` (last lookup), both RFC 3339 as in the JSON form, `i`: the
+ * info as its own JSON text, absent when there is none, and `v`: the session's version
+ * (`Session.version`), absent until the first update (0), incremented by the update script. Info never goes through Lua's cjson,
  * which would rewrite it (`{}` and `[]` both become `{}`, big integers lose digits).
  *
  * Writes are Lua scripts, each a single atomic command. Not MULTI/EXEC: through a shared,
@@ -100,7 +101,7 @@ return 1
 
 /**
  * KEYS[1] session hash; ARGV now (RFC 3339, 24 characters), ttl ('' for none). Returns nil, or
- * {k, c, l, i} after moving l to now unless it is later already: with several processes and their
+ * {k, c, l, i, v} after moving l to now unless it is later already: with several processes and their
  * clocks, lastLookup never goes backwards. A malformed l is left alone (the session is reported
  * as corrupt and treated as absent, as the file store does). Times are compared as numbers (YYYYMMDD, HHMMSSmmm:
  * both below 2^53), because Lua compares strings with strcoll, in the Redis server's locale.
@@ -112,7 +113,7 @@ local function parts(t)
   return tonumber(t:sub(1, 4) .. t:sub(6, 7) .. t:sub(9, 10)),
     tonumber(t:sub(12, 13) .. t:sub(15, 16) .. t:sub(18, 19) .. t:sub(21, 23))
 end
-local v = redis.call('HMGET', KEYS[1], 'k', 'c', 'l', 'i')
+local v = redis.call('HMGET', KEYS[1], 'k', 'c', 'l', 'i', 'v')
 local nd, nt = parts(ARGV[1])
 local od, ot = parts(v[3])
 if od ~= nil and ot ~= nil and (nd > od or (nd == od and nt > ot)) then
@@ -161,9 +162,10 @@ return others + own
 
 /**
  * KEYS[1] session hash; ARGV [i]. Returns nil when there is no session (no `k`: a hash holding
- * only presence fields is none), else sets `i` (or deletes it without ARGV[1]) and returns
- * {k, c, l, i}. Nothing else changes: `l`, the presence fields and the expiry (HSET and HDEL keep
- * a key's TTL) stay as they are.
+ * only presence fields is none), else sets `i` (or deletes it without ARGV[1]), adds 1 to `v`
+ * (the version: one script, so the order of versions is the order in which Redis ran the
+ * updates) and returns {k, c, l, i, v}. Nothing else changes: `l`, the presence fields and the
+ * expiry (HSET, HDEL and HINCRBY keep a key's TTL) stay as they are.
  */
 const UPDATE_SCRIPT = `
 if redis.call('HEXISTS', KEYS[1], 'k') == 0 then return false end
@@ -172,7 +174,8 @@ if ARGV[1] then
 else
   redis.call('HDEL', KEYS[1], 'i')
 end
-return redis.call('HMGET', KEYS[1], 'k', 'c', 'l', 'i')
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return redis.call('HMGET', KEYS[1], 'k', 'c', 'l', 'i', 'v')
 `;
 
 const CREATE = redisScript(CREATE_SCRIPT);
@@ -265,16 +268,19 @@ export class RedisSessionManager implements SessionManager {
     return this.#session(key, redisKey, await this.#eval(UPDATE, redisKey, args));
   }
 
-  /** The session in a script's {k, c, l, i} reply, or null (none, or corrupt: logged). */
+  /** The session in a script's {k, c, l, i, v} reply, or null (none, or corrupt: logged). */
   #session(key: string, redisKey: string, reply: unknown): Session | null {
     if (reply === null || reply === undefined) return null;
     try {
-      if (!Array.isArray(reply) || reply.length !== 4)
+      if (!Array.isArray(reply) || reply.length !== 5)
         throw new InvalidArgumentError('unexpected reply to a session script');
-      const [k, c, l, i] = reply.map(replyText);
+      const [k, c, l, i, v] = reply.map(replyText);
       const session = sessionFromJsonValue({ k, c, l, i: i === null || i === undefined ? undefined : JSON.parse(i) });
       if (session.key !== key) throw new InvalidArgumentError('session key does not match the Redis key');
-      return session;
+      // No `v`: never updated (or stored by a release without versions).
+      const version = v === null || v === undefined ? 0 : /^\d{1,15}$/.test(v) ? Number(v) : undefined;
+      if (version === undefined) throw new InvalidArgumentError('session version in Redis is not a count');
+      return { ...session, version };
     } catch (error) {
       // Logged by Redis key only: the session key is a credential.
       this.#logger.error('ignoring a corrupt session in Redis', { key: redisKey, error });

@@ -20,6 +20,30 @@ export interface Session {
    * session is written, rather than coming back different from the store.
    */
   readonly info: Readonly<Record<string, unknown>> | undefined;
+  /**
+   * Server side only, never sent to clients: the store's count of updates of this session's info,
+   * as the store wrote it. 0 for a session as created, one more with each `onSessionUpdate`, the
+   * increment made in the same atomic step as the write, so that the store's order of writes is
+   * the order of versions. Servers use it to apply the updates they hear of from each other (over
+   * the `bus`, which may deliver them out of order) in that order, ignoring one older than what
+   * they hold. Undefined when the store keeps no versions (a custom store may not): updates are
+   * then applied in the order they arrive.
+   */
+  readonly version?: number;
+}
+
+/**
+ * True when `incoming` is no newer than `held`, by their versions: an update that must not replace
+ * the session held (it was written before it, or is the same write heard twice). False whenever
+ * either has no version: without versions, what arrives last wins.
+ */
+export function isStaleSession(incoming: Session, held: Session): boolean {
+  return incoming.version !== undefined && held.version !== undefined && incoming.version <= held.version;
+}
+
+/** `version` when it is one (a non-negative safe integer), else undefined. */
+export function checkSessionVersion(version: unknown): number | undefined {
+  return typeof version === 'number' && Number.isSafeInteger(version) && version >= 0 ? version : undefined;
 }
 
 /**
@@ -34,7 +58,10 @@ export interface Session {
 export interface SessionManager {
   /** A session was created (the client has been told). Persist it. */
   onSessionCreated(session: Session): Promise<void>;
-  /** The session with this key, or null. Must update the stored last-lookup time (and return the session with it updated). */
+  /**
+   * The session with this key, or null. Must update the stored last-lookup time (and return the
+   * session with it updated). A store that keeps versions returns the stored `version`.
+   */
   onSessionLookup(key: string): Promise<Session | null>;
   /** The session's last connection left or it was closed: delete it permanently. */
   onSessionClosed(key: string): Promise<void>;
@@ -42,7 +69,11 @@ export interface SessionManager {
    * Optional: replaces the info of the session `key` with `info` (undefined: no info), atomically,
    * and resolves with the session as now stored, or null when there is no such session (expired
    * ones included). Key, creation and lastLookup stay as they are: an update is not a lookup, so
-   * it neither moves lastLookup nor restarts an expiry counted from it. Rejects with
+   * it neither moves lastLookup nor restarts an expiry counted from it. A store that keeps versions
+   * (every built-in store does) adds 1 to the session's `version` in the same atomic step and
+   * returns the new one: that is what lets several servers agree on which of two concurrent updates
+   * came last (see `Session.version`). Without versions, a server applies updates in the order it
+   * hears of them, so with several servers a concurrent pair may end in the older one on some. Rejects with
    * InvalidArgumentError, storing nothing, when `info` is not JSON-exact (see `Session.info`).
    * Without it, `conn.updateSession()` and `server.updateSession()` reject with
    * SessionStoreUnsupportedError.
@@ -65,7 +96,11 @@ export interface SessionManager {
    * (the connection closed the session), a store deletes the session in the same atomic step when
    * that number is 0: a restore elsewhere could otherwise attach it between the count and the
    * delete, and hold a session about to vanish. The server still calls `onSessionClosed` then
-   * (so deleting twice must be harmless), for stores that do not.
+   * (so deleting twice must be harmless), for stores that do not. When it rejects while a client
+   * closes its session, the server attaches the connection again (`onSessionAttach`) to give the
+   * client back the session it still holds: a store must count so that a detach that failed (or
+   * whose answer was lost) followed by that attach leaves the count right, as `RedisSessionManager`
+   * does by writing each process's count whole rather than adding and subtracting.
    */
   onSessionDetach?(key: string, closing?: boolean): Promise<number>;
   /** Releases timers/handles. Optional. */

@@ -14,6 +14,8 @@ import { after, describe, it, type TestContext } from 'node:test';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { Client } from '../../src/client/client.ts';
 import {
+  decodeBusMessage,
+  decodeSessionUpdatedBody,
   encodeBusMessage,
   encodeSessionUpdatedBody,
   redisTopicBus,
@@ -75,6 +77,45 @@ function localBus(): () => TopicBus {
       },
     };
   };
+}
+
+/**
+ * `bus` as a server sees it, with `subscribed` resolving once its subscription to the sessions
+ * channel is in place, and, with `hold`, the session updates it hears held until `hold` of them
+ * have come, then delivered in the reverse order (`delivered` counts them): the order in which
+ * two processes' publishes reach a third is Redis's, not the store's.
+ */
+function tappedBus(bus: TopicBus, hold = 0) {
+  let subscribed!: () => void;
+  const tap = {
+    subscribed: new Promise<void>((resolve) => {
+      subscribed = resolve;
+    }),
+    delivered: 0,
+    bus: {
+      publish: (channel, message) => bus.publish(channel, message),
+      unsubscribe: (channel) => bus.unsubscribe(channel),
+      subscribe: async (channel, listener) => {
+        const held: Uint8Array[] = [];
+        await bus.subscribe(channel, (message) => {
+          const decoded = decodeBusMessage(message);
+          const update = decoded === undefined ? undefined : decodeSessionUpdatedBody(decoded.signal);
+          if (hold === 0 || channel !== SESSIONS_CHANNEL || update === undefined) {
+            listener(message);
+            return;
+          }
+          held.push(message);
+          if (held.length < hold) return;
+          for (const m of held.reverse()) {
+            tap.delivered++;
+            listener(m);
+          }
+        });
+        if (channel === SESSIONS_CHANNEL) subscribed();
+      },
+    } satisfies TopicBus,
+  };
+  return tap;
 }
 
 /** A server with the login/whoami app on `manager` (and `bus`), at most LIMIT connections a session. */
@@ -223,6 +264,80 @@ function defineSuite(name: string, makeShared: (t: TestContext) => Promise<Share
           [],
         );
       }
+    });
+
+    it("updates by A then B (in the store) heard in the other order on C: C keeps B's, its client is never told A's after it", async (t) => {
+      const shared = await makeShared(t);
+      const a = await startNode(t, shared);
+      const b = await startNode(t, shared);
+      const node = await shared.node();
+      const tap = tappedBus(node.bus, 2);
+      const c = await startSessionServer(t, node.manager, tap.bus);
+      await tap.subscribed;
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      const c1 = await client(t, c.url);
+      await c1.restoreSession(key);
+      const told: unknown[] = [];
+      c1.on('sessionUpdated', (session) => told.push(session.info));
+
+      // The store writes A's first (version 1), then B's (version 2); C hears B's, then A's.
+      await a.server.updateSession(key, { user: 'first' });
+      await b.server.updateSession(key, { user: 'second' });
+      await waitFor(() => tap.delivered === 2, 2_000, 'both updates to reach C');
+      // A reply comes after every notification C sent before it: c1 has heard all it will.
+      assert.deepEqual(await whoami(c1), { key, info: { user: 'second' } });
+      assert.deepEqual(told, [{ user: 'second' }], 'the newer once; the older, heard last, ignored');
+      assert.deepEqual(c1.session?.info, { user: 'second' });
+      assert.equal(c.server.sessionConnections(key)[0]?.session?.version, 2);
+      assert.deepEqual(await whoami(a1), { key, info: { user: 'second' } });
+    });
+
+    it('an update the store wrote before another is not applied by its own server after that one', async (t) => {
+      const shared = await makeShared(t);
+      const node = await shared.node();
+      const inner = node.manager;
+      let stored!: () => void;
+      const storedFirst = new Promise<void>((resolve) => {
+        stored = resolve;
+      });
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      // A's store call answers late: written first, but applied on A after B's update arrived.
+      const late: SessionManager = {
+        onSessionCreated: (session) => inner.onSessionCreated(session),
+        onSessionLookup: (key) => inner.onSessionLookup(key),
+        onSessionClosed: (key) => inner.onSessionClosed(key),
+        onSessionAttach: (key, limit) => inner.onSessionAttach!(key, limit),
+        onSessionDetach: (key, closing) => inner.onSessionDetach!(key, closing),
+        onSessionUpdate: async (key, info) => {
+          const session = await inner.onSessionUpdate!(key, info);
+          stored();
+          await released;
+          return session;
+        },
+      };
+      const tap = tappedBus(node.bus);
+      const a = await startSessionServer(t, late, tap.bus);
+      await tap.subscribed;
+      const b = await startNode(t, shared);
+      const a1 = await client(t, a.url);
+      const { key } = await login(a1);
+      const told: unknown[] = [];
+      a1.on('sessionUpdated', (session) => told.push(session.info));
+
+      const first = a.server.updateSession(key, { user: 'first' });
+      await storedFirst;
+      const heard = updateOf(a1);
+      await b.server.updateSession(key, { user: 'second' });
+      assert.deepEqual((await heard).info, { user: 'second' });
+      release();
+      assert.equal(await first, 0, "A's update is older than what its connection holds: nobody is told");
+      assert.deepEqual(await whoami(a1), { key, info: { user: 'second' } });
+      assert.deepEqual(told, [{ user: 'second' }]);
+      assert.deepEqual(a1.session?.info, { user: 'second' });
     });
 
     it('an update of a session closed on another server tells nobody and rejects SessionNotFoundError', async (t) => {

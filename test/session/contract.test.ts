@@ -15,11 +15,13 @@ import { connectRedis, deletePrefix, redisUnreachable, uniquePrefix } from './re
 
 sessionManagerContract('MemorySessionManager', async () => ({
   manager: new MemorySessionManager(),
+  versions: true,
   cleanup: async () => {},
 }));
 
 sessionManagerContract('MemorySessionManager with maxAge and maxSessions', async () => ({
   manager: new MemorySessionManager({ maxAge: 3_600_000, maxSessions: 10_000 }),
+  versions: true,
   cleanup: async () => {},
 }));
 
@@ -28,6 +30,7 @@ sessionManagerContract('FileSessionManager', async () => {
   const manager = new FileSessionManager({ dir: join(parent, 'sessions'), logger: silentLogger });
   return {
     manager,
+    versions: true,
     cleanup: async () => {
       await manager.close();
       await rm(parent, { recursive: true, force: true });
@@ -40,6 +43,7 @@ sessionManagerContract('FileSessionManager with maxAge', async () => {
   const manager = new FileSessionManager({ dir: join(parent, 'sessions'), maxAge: 3_600_000, logger: silentLogger });
   return {
     manager,
+    versions: true,
     cleanup: async () => {
       await manager.close();
       await rm(parent, { recursive: true, force: true });
@@ -63,6 +67,7 @@ if (redis instanceof Error) {
       });
       return {
         manager,
+        versions: true,
         cleanup: async () => {
           await manager.close();
           await deletePrefix(redis, prefix);

@@ -11,6 +11,8 @@ import { defaultKeyGenerator, type Session, type SessionManager, sessionToJson }
 
 export interface ManagerFixture {
   readonly manager: SessionManager;
+  /** The store keeps `Session.version` (every built-in store): checked, never skipped. @default false */
+  readonly versions?: boolean;
   cleanup(): Promise<void>;
 }
 
@@ -466,6 +468,45 @@ export function sessionManagerContract(name: string, make: () => Promise<Manager
         if (i % 2 === 0) assert.equal(found, null, 'closed stays closed');
         else assert.deepEqual(found?.info, { i, n: 2 });
       }
+    });
+
+    it('versions: 0 as created, one more per update in the order the store wrote them, returned by lookups', async (t) => {
+      const fixture = await make();
+      t.after(() => fixture.cleanup());
+      const { manager } = fixture;
+      const update = updateHook(t, manager);
+      if (update === undefined) return;
+      const session = newSession({ n: 0 });
+      await manager.onSessionCreated({ ...session, version: 7 }); // a version passed in is not the store's
+      const created = await manager.onSessionLookup(session.key);
+      if (created?.version === undefined && fixture.versions !== true) {
+        t.skip('this store keeps no versions (servers apply updates in the order they hear of them)');
+        return;
+      }
+      assert.equal(created?.version, 0);
+      assert.equal((await update(session.key, { n: 1 }))?.version, 1);
+      assert.equal((await manager.onSessionLookup(session.key))?.version, 1, 'a lookup neither adds nor loses one');
+      assert.equal((await manager.onSessionLookup(session.key))?.version, 1);
+
+      // Concurrent updates: each its own version, with its own info; the stored one is the highest.
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => update(session.key, { n: i + 2 })));
+      const versions = results.map((r) => r?.version ?? -1).sort((a, b) => a - b);
+      assert.deepEqual(
+        versions,
+        Array.from({ length: 20 }, (_, i) => i + 2),
+      );
+      const last = results.find((r) => r?.version === 21);
+      const stored = await manager.onSessionLookup(session.key);
+      assert.equal(stored?.version, 21);
+      assert.deepEqual(stored?.info, last?.info, 'what is stored is the update with the highest version');
+      assert.ok(!sessionToJson(stored!).includes('"v"'), 'the version is never part of the wire form');
+
+      // Other sessions count their own; a closed one is gone with its count.
+      const other = newSession();
+      await manager.onSessionCreated(other);
+      assert.equal((await update(other.key, { x: 1 }))?.version, 1);
+      await manager.onSessionClosed(session.key);
+      assert.equal(await update(session.key, { n: 99 }), null);
     });
 
     it('onSessionUpdate leaves the connection counts alone, when the store counts', async (t) => {

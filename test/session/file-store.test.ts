@@ -125,6 +125,25 @@ describe('FileSessionManager: files', () => {
     }
   });
 
+  it('keeps the version as "v" once the info is updated; a file with a bad "v" is corrupt', async (t) => {
+    const { manager, dir, logger } = await setup(t);
+    const session = newSession({ a: 1 });
+    await manager.onSessionCreated(session);
+    const file = join(dir, `${sha256(session.key)}.json`);
+    assert.equal((await manager.onSessionUpdate(session.key, { a: 2 }))?.version, 1);
+    const text = await readFile(file, 'utf8');
+    assert.equal(JSON.parse(text).v, 1);
+    assert.deepEqual(sessionFromJson(text).info, { a: 2 }, 'still a session to a reader without versions');
+    assert.equal((await manager.onSessionLookup(session.key))?.version, 1);
+
+    for (const v of ['"1"', '-1', '1.5', 'null']) {
+      await writeFile(file, text.replace('"v":1', `"v":${v}`), { mode: 0o600 });
+      const before = logger.entries.length;
+      assert.equal(await manager.onSessionLookup(session.key), null, `"v":${v}`);
+      assert.equal(logger.entries[before]?.level, 'error');
+    }
+  });
+
   it('persists the new lastLookup of a lookup', async (t) => {
     const { manager, dir } = await setup(t);
     const old = new Date(Date.now() - 60_000);

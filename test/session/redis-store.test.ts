@@ -140,7 +140,7 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
       );
     });
 
-    it('an update rewrites only i: k, c, l, the presence fields and the expiry stay', async (t) => {
+    it('an update rewrites only i and v (the version): k, c, l, the presence fields and the expiry stay', async (t) => {
       const { manager } = setup(t, { presenceTtl: 60_000, ttl: 60_000 });
       t.after(() => manager.close());
       const session = newSession({ user: 'ada' });
@@ -152,13 +152,18 @@ function defineTests(redis: TestRedisClient, otherRedis: TestRedisClient): void 
 
       const info = { user: 'grace', empty: {}, list: [], big: 2 ** 70 };
       await manager.onSessionUpdate(session.key, info);
-      assert.deepEqual(await hgetall(redisKey), { ...before, i: JSON.stringify(info) });
+      assert.equal(before.v, undefined, 'no v before the first update: version 0');
+      assert.deepEqual(await hgetall(redisKey), { ...before, i: JSON.stringify(info), v: '1' });
       const left = await pttl(redisKey);
       assert.ok(left > 40_000 && left <= 50_000, `the expiry is not restarted: PTTL ${left}`);
 
       await manager.onSessionUpdate(session.key, undefined);
       const { i: _, ...withoutInfo } = before;
-      assert.deepEqual(await hgetall(redisKey), withoutInfo, 'no i field without info');
+      assert.deepEqual(await hgetall(redisKey), { ...withoutInfo, v: '2' }, 'no i field without info');
+
+      // A corrupt version makes a corrupt session (logged, treated as absent), as a corrupt time does.
+      await redis.sendCommand(['HSET', redisKey, 'v', 'x']);
+      assert.equal(await manager.onSessionLookup(session.key), null);
 
       // A hash left with only presence fields is no session: nothing is written into it.
       await redis.sendCommand(['DEL', redisKey]);
