@@ -5,6 +5,7 @@
  * through the connection's callback URL: POST a message, DELETE to close. Built on the transport
  * contract (the clients are plain WebSocket clients, not duplexwire peers).
  */
+import { setMaxListeners } from 'node:events';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import { nanoid } from 'nanoid';
@@ -300,6 +301,10 @@ export class WsHttpBridge {
 
   constructor(options: WsHttpBridgeOptions) {
     this.options = resolve(options);
+    // Every POST under way and every one waiting for its turn listens to this signal until it ends:
+    // as many as there are connections (one each at most) and accepted upgrades, each removed when
+    // its POST ends. Past Node's default of 10 it would warn of an EventTarget memory leak.
+    setMaxListeners(0, this.stopping.signal);
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'bridge' } });
     this.heartbeat = new Heartbeat(this.options.heartbeatInterval);
     this.endpoint = new Endpoint({
