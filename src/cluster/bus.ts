@@ -3,6 +3,7 @@
  * `server.publish` to the other processes, which deliver it to their own subscribers. A process
  * listens to a topic's channel only while one of its connections subscribes to it.
  */
+import { reconnectPolicy } from '../client/backoff.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { checkSessionVersion, type Session, sessionFromJsonValue, sessionToJsonValue } from '../session/session.ts';
 
@@ -86,19 +87,43 @@ export function redisTopicBus(options: RedisTopicBusOptions): TopicBus {
   };
 }
 
+/** First wait before a failed bus call is made again (then doubled per failure, with jitter). */
+export const BUS_RETRY_FIRST_DELAY = 100;
+/** Longest wait between two attempts of a failed bus call. */
+export const BUS_RETRY_MAX_DELAY = 5_000;
+/** The client's reconnect backoff, with the bus's delays: doubling, each drawn from 50-100%. */
+const BUS_RETRY = reconnectPolicy({ initialDelay: BUS_RETRY_FIRST_DELAY, maxDelay: BUS_RETRY_MAX_DELAY });
+
+interface TopicState {
+  wanted: boolean;
+  actual: boolean;
+  busy: boolean;
+  /** Failed calls in a row (for the backoff). */
+  failures: number;
+  /** The next attempt after a failure, if one is due. */
+  retry: ReturnType<typeof setTimeout> | undefined;
+}
+
 /**
  * Keeps a process's subscriptions on a bus in line with the topics it has subscribers for, one
  * bus call at a time per topic: `want(topic, true)` when a topic gets its first subscriber,
  * `want(topic, false)` when it loses its last. Calls never overlap for a topic, so a bus never sees
  * an unsubscribe and a subscribe of one channel in flight together (node-redis mishandles that: a
  * quick leave and rejoin could leave the process deaf to the topic), and a burst of changes ends
- * in the state last wanted. A failed call is reported; the next change tries again.
+ * in the state last wanted.
+ *
+ * A failed call is reported and made again, after 100 ms doubling up to 5 s (with jitter), until
+ * it succeeds or is no longer wanted; a change of the topic tries again at once. Without this the
+ * process would stay deaf to a topic for as long as it keeps a subscriber: node-redis rejects a
+ * SUBSCRIBE still waiting for its reply when the connection breaks, and after reconnecting it
+ * subscribes again only to the channels Redis had confirmed. `stop()` ends the retries.
  */
 export class BusSubscriptions {
   readonly #bus: TopicBus;
   readonly #deliver: (topic: string, message: Uint8Array) => void;
   readonly #failed: (doing: string, topic: string, error: unknown) => void;
-  readonly #topics = new Map<string, { wanted: boolean; actual: boolean; busy: boolean }>();
+  readonly #topics = new Map<string, TopicState>();
+  #stopped = false;
 
   constructor(
     bus: TopicBus,
@@ -114,14 +139,29 @@ export class BusSubscriptions {
     let state = this.#topics.get(topic);
     if (state === undefined) {
       if (!wanted) return;
-      state = { wanted, actual: false, busy: false };
+      state = { wanted, actual: false, busy: false, failures: 0, retry: undefined };
       this.#topics.set(topic, state);
     }
     state.wanted = wanted;
+    // A change is made at once, a retry due or not.
+    clearTimeout(state.retry);
+    state.retry = undefined;
     if (!state.busy) void this.#settle(topic, state);
   }
 
-  async #settle(topic: string, state: { wanted: boolean; actual: boolean; busy: boolean }): Promise<void> {
+  /**
+   * No more retries: their timers are cleared (none outlives the server). Calls that `want` makes
+   * from now on (the unsubscribes of a shutdown) are still made, once.
+   */
+  stop(): void {
+    this.#stopped = true;
+    for (const state of this.#topics.values()) {
+      clearTimeout(state.retry);
+      state.retry = undefined;
+    }
+  }
+
+  async #settle(topic: string, state: TopicState): Promise<void> {
     state.busy = true;
     while (state.wanted !== state.actual) {
       const subscribing = state.wanted;
@@ -130,13 +170,26 @@ export class BusSubscriptions {
           ? this.#bus.subscribe(topic, (message) => this.#deliver(topic, message))
           : this.#bus.unsubscribe(topic));
         state.actual = subscribing;
+        state.failures = 0;
       } catch (error) {
         this.#failed(subscribing ? 'subscribing' : 'unsubscribing', topic, error);
+        if (!this.#stopped && state.wanted !== state.actual) this.#retryLater(topic, state);
         break;
       }
     }
     state.busy = false;
-    if (!state.wanted && !state.actual) this.#topics.delete(topic);
+    if (!state.wanted && !state.actual && state.retry === undefined) this.#topics.delete(topic);
+  }
+
+  #retryLater(topic: string, state: TopicState): void {
+    state.failures++;
+    // Jittered: the processes that lost Redis together do not all come back at the same moment.
+    const delay = BUS_RETRY.delay(state.failures);
+    state.retry = setTimeout(() => {
+      state.retry = undefined;
+      if (!state.busy) void this.#settle(topic, state);
+    }, delay);
+    state.retry.unref?.();
   }
 }
 

@@ -472,6 +472,8 @@ export class Server {
     // The closed connections' sessions are let go of in the store (see SessionRegistry.idle).
     await this.registry.idle();
     this.busSubscriptions?.want(SESSIONS_CHANNEL, false);
+    // Failed bus calls are retried on a timer: not after the server stopped.
+    this.busSubscriptions?.stop();
     if (this.options.ownsSessionManager) await this.options.sessions?.manager.close?.();
     this.state = 'stopped';
   }

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WsHttpBridge } from '../../src/apps/bridge/index.ts';
@@ -366,4 +366,44 @@ test('heartbeat: a client sending a large message over a slow link for 10 interv
   assert.deepEqual(backend.events('close', id), []);
   assert.equal(client.ended, undefined);
   assert.equal(bridge.bridge.connectionCount, 1);
+});
+
+test('a client closed by the bridge while its reading was paused, that keeps sending, is read to its close frame but holds no more than the queue limits', async (t) => {
+  // The bridge must read on after its close frame (to find the client's), and a client that does
+  // not read its own side does not see the close: what it sends meanwhile must not pile up.
+  const SIZE = 64 * 1024;
+  const AFTER = 128; // 8 MiB sent after the DELETE, with maxQueuedBytes 1 MiB
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  t.after(() => release());
+  const backend = await startBackend(t, async (req) => {
+    if (req.event === 'message') await held;
+    return { status: 204 };
+  });
+  const bridge = await startBridge(t, backend, { maxQueuedMessages: 4, maxMessageSize: SIZE, backendTimeout: 10_000 });
+  const sockets: Socket[] = [];
+  bridge.server.on('connection', (socket: Socket) => sockets.push(socket));
+  const { client, id } = await connected(t, backend, bridge);
+  const [socket] = sockets;
+  assert.ok(socket, "the bridge's side of the client connection");
+  for (let i = 0; i < 8; i++) client.ws.send(Buffer.alloc(SIZE, i));
+  const [first] = await backend.waitFor((r) => r.event === 'message' && r.connection === id);
+  await waitFor(() => socket.isPaused(), 3000, 'the bridge to stop reading');
+  client.ws.pause(); // it will not see the close frame
+  const reply = await call(bridge.port, { method: 'DELETE', path: callbackPath(first!) });
+  assert.equal(reply.status, 204);
+  const before = socket.bytesRead;
+  for (let i = 0; i < AFTER; i++) client.ws.send(Buffer.alloc(SIZE, 0xaa));
+  // The bridge reads it all (it looks for the close frame), whether it keeps it or not.
+  await waitFor(() => socket.bytesRead - before >= AFTER * SIZE, 10_000, 'the bridge to read what came after');
+  release();
+  client.ws.resume();
+  assert.equal((await client.closed).code, 1000);
+  const close = await closeEvent(backend, id, 10_000);
+  const posted = backend.events('message', id).length;
+  const { dropped } = close.json<{ dropped: number }>();
+  assert.ok(posted <= 1 + 8 + 4 + 1, `at most what was queued before and the limits' worth after: ${posted} posted`);
+  assert.equal(posted + dropped, 8 + AFTER, 'every message read is either posted or counted as dropped');
 });

@@ -289,3 +289,38 @@ test('maxBackendRequests: a POST that waits longer than backendTimeout for its t
   assert.equal(backend.events('message', c!.id).length, 0, 'c was never sent');
   assert.equal((await a!.client.closed).code, 1011, 'a timed out');
 });
+
+test('many POSTs at once raise no "possible EventTarget memory leak" warning', async (t) => {
+  // Each POST, and each one waiting for its turn, listens to the bridge's stop signal until it
+  // ends: a dozen at once is ordinary load, not a leak, and must not warn (Node's default limit is 10).
+  const COUNT = 12;
+  const warnings: string[] = [];
+  const onWarning = (warning: Error): void => {
+    warnings.push(`${warning.name}: ${warning.message}`);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  t.after(() => release());
+  const backend = await startBackend(t, async (req) => {
+    if (req.event === 'message') await held;
+    return { status: 204 };
+  });
+  // Half of them in flight, half waiting for a turn.
+  const bridge = await startBridge(t, backend, { maxBackendRequests: COUNT / 2, backendTimeout: 5_000 });
+  const clients = await Promise.all(Array.from({ length: COUNT }, () => connected(t, backend, bridge)));
+  for (const [i, { client }] of clients.entries()) client.ws.send(`from ${i}`);
+  await backend.waitFor((r) => r.event === 'message', COUNT / 2);
+  await Promise.all(clients.map(({ client }) => roundTrip(client)));
+  // Warnings are emitted on the next tick.
+  await new Promise((resolve) => setImmediate(resolve));
+  release();
+  await backend.waitFor((r) => r.event === 'message', COUNT);
+  assert.deepEqual(
+    warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')),
+    [],
+  );
+});

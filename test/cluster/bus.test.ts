@@ -1,10 +1,12 @@
 /**
  * BusSubscriptions against a scripted bus: one call at a time per topic, whatever the burst of
- * changes, ending in the state last wanted; failures reported and retried on the next change.
+ * changes, ending in the state last wanted; failures reported and retried, on a timer and on the
+ * next change.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  BUS_RETRY_FIRST_DELAY,
   BusSubscriptions,
   decodeBusMessage,
   decodeSessionClosedBody,
@@ -14,6 +16,7 @@ import {
   encodeSessionUpdatedBody,
   type TopicBus,
 } from '../../src/cluster/bus.ts';
+import { delay, waitFor } from '../helpers.ts';
 
 /** A bus whose calls wait until the test settles them, recording their order and overlap. */
 function scriptedBus() {
@@ -120,6 +123,52 @@ test('a failed call is reported; the next change tries again', async () => {
   subs.want('t', true);
   assert.deepEqual(script.calls, ['subscribe t', 'subscribe t']);
   await script.next();
+});
+
+test('a failed call is made again after a while, until it succeeds; stop() ends the retries', async () => {
+  const script = scriptedBus();
+  const failures: string[] = [];
+  const subs = new BusSubscriptions(
+    script.bus,
+    () => {},
+    (doing, topic) => failures.push(`${doing} ${topic}`),
+  );
+  subs.want('t', true);
+  await script.next(new Error('connection lost'));
+  // No change of the topic follows (its subscriber stays): the subscription is still made.
+  await waitFor(() => script.pending === 1, 3_000, 'the retry');
+  await script.next(new Error('still down'));
+  await waitFor(() => script.pending === 1, 3_000, 'the second retry');
+  await script.next();
+  assert.deepEqual(script.calls, ['subscribe t', 'subscribe t', 'subscribe t']);
+  assert.deepEqual(failures, ['subscribing t', 'subscribing t']);
+
+  subs.want('u', true);
+  await script.next(new Error('down'));
+  subs.stop();
+  await delay(BUS_RETRY_FIRST_DELAY * 3);
+  assert.equal(script.pending, 0, 'no retry after stop()');
+  assert.deepEqual(script.calls.slice(3), ['subscribe u']);
+});
+
+test('a change while a retry is due is made at once; one no longer wanted is not retried', async () => {
+  const script = scriptedBus();
+  const subs = new BusSubscriptions(
+    script.bus,
+    () => {},
+    () => {},
+  );
+  subs.want('t', true);
+  await script.next();
+  subs.want('t', false);
+  await script.next(new Error('down'));
+  // Subscribed again before the retry of the unsubscribe: nothing to do, and nothing is retried.
+  subs.want('t', true);
+  assert.equal(script.pending, 0);
+  await delay(BUS_RETRY_FIRST_DELAY * 3);
+  assert.equal(script.pending, 0, 'still as wanted: no retry');
+  assert.deepEqual(script.calls, ['subscribe t', 'unsubscribe t']);
+  subs.stop();
 });
 
 test('a bus that throws instead of rejecting is reported the same way', () => {

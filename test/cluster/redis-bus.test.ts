@@ -5,14 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it, type TestContext } from 'node:test';
+import { createClient } from 'redis';
 import { EMPTY_PAYLOAD, payloadText, utf8 } from '../../protocol/payload.ts';
 import { encodeSignal } from '../../protocol/encode.ts';
 import { Client } from '../../src/client/client.ts';
-import { encodeBusMessage, redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
+import { BUS_RETRY_FIRST_DELAY, encodeBusMessage, redisTopicBus, type TopicBus } from '../../src/cluster/bus.ts';
 import { Server } from '../../src/server/server.ts';
 import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
 import { delay, recordingLogger, waitFor } from '../helpers.ts';
-import { connectRedis, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
+import { FaultProxy } from '../fixtures/fault-proxy.ts';
+import { connectRedis, REDIS_URL, redisUnreachable, type TestRedisClient, uniquePrefix } from '../session/redis.ts';
 
 const connected = await connectRedis();
 
@@ -41,8 +43,8 @@ if (connected instanceof Error) {
   }
 
   /** Polls Redis until `channel` has `count` listeners. */
-  async function untilListeners(channel: string, count: number, what: string): Promise<void> {
-    const deadline = Date.now() + 2_000;
+  async function untilListeners(channel: string, count: number, what: string, timeout = 2_000): Promise<void> {
+    const deadline = Date.now() + timeout;
     while ((await listeners(channel)) !== count) {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
       await new Promise((resolve) => setTimeout(resolve, 10));
@@ -130,6 +132,44 @@ if (connected instanceof Error) {
       assert.deepEqual(onA.heard, ['said:after rejoin']);
     });
 
+    it('a SUBSCRIBE lost with the Redis connection is made again: the server does not stay deaf to the topic', async (t) => {
+      // node-redis rejects a SUBSCRIBE still waiting for its reply when the connection breaks,
+      // and after reconnecting subscribes again only to the channels Redis had confirmed.
+      const redisPort = Number(new URL(REDIS_URL).port || 6379);
+      const proxy = await FaultProxy.start({ targetPort: redisPort, targetHost: new URL(REDIS_URL).hostname });
+      t.after(() => proxy.close());
+      const firstLink = proxy.nextLink();
+      const subscriber = createClient({
+        url: `redis://127.0.0.1:${proxy.port}`,
+        socket: { connectTimeout: 2_000, reconnectStrategy: () => 20 },
+      });
+      subscriber.on('error', () => {});
+      await subscriber.connect();
+      t.after(() => subscriber.destroy());
+      const link = await firstLink;
+      const prefix = uniquePrefix();
+      const a = await node(t, prefix, redisTopicBus({ publisher, subscriber, prefix }));
+      const b = await node(t, prefix);
+      const onA = await member(t, a.url);
+      const onB = await member(t, b.url);
+      await onB.client.request('join', utf8('other'));
+      await untilListeners(`${prefix}other`, 1, 'B listening');
+
+      link.up.pause();
+      await onA.client.request('join', utf8('room'));
+      await waitFor(() => link.up.held > 0, 2_000, 'the SUBSCRIBE held on its way to Redis');
+      link.reset();
+      await waitFor(
+        () => a.logger.entries.some((e) => e.message === 'subscribing on the bus failed'),
+        2_000,
+        'the failed SUBSCRIBE reported',
+      );
+      await untilListeners(`${prefix}room`, 1, 'A listening again after the reconnect', 5_000);
+      await onB.client.request('say', utf8('room|after the outage'));
+      await waitFor(() => onA.heard.length === 1, 2_000, 'the publish from the other server');
+      assert.deepEqual(onA.heard, ['said:after the outage']);
+    });
+
     it('a server listens to a channel only while one of its connections subscribes to the topic', async (t) => {
       const prefix = uniquePrefix();
       const a = await node(t, prefix);
@@ -188,11 +228,16 @@ if (connected instanceof Error) {
           a.logger.entries
             .filter((e) => e.level === 'error' && /on the bus failed/.test(e.message))
             .map((e) => e.message);
-        await waitFor(() => failures().length === 2, 2_000, 'subscribe and publish failures logged');
-        // Never subscribed on the bus: leaving calls nothing there.
+        await waitFor(() => failures().length >= 2, 2_000, 'subscribe and publish failures logged');
+        // Never subscribed on the bus: leaving calls nothing there, and the retries stop.
         await m.client.request('leave', utf8('t'));
-        await delay(20);
-        assert.deepEqual(failures().sort(), ['publishing on the bus failed', 'subscribing on the bus failed']);
+        const after = failures().length;
+        await delay(BUS_RETRY_FIRST_DELAY * 3);
+        assert.equal(failures().length, after, 'no call once the topic is not wanted');
+        assert.deepEqual([...new Set(failures())].sort(), [
+          'publishing on the bus failed',
+          'subscribing on the bus failed',
+        ]);
       });
     }
 

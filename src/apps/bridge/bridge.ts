@@ -5,6 +5,7 @@
  * through the connection's callback URL: POST a message, DELETE to close. Built on the transport
  * contract (the clients are plain WebSocket clients, not duplexwire peers).
  */
+import { setMaxListeners } from 'node:events';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import { nanoid } from 'nanoid';
@@ -211,6 +212,11 @@ interface BridgeConnection {
   beat: HeartbeatTracking;
   busy: boolean;
   paused: boolean;
+  /**
+   * The bridge closed the client (a DELETE, `close()`, a failure, too slow): it is read on until
+   * its close frame, never paused again, and what it sends past the queue limits is dropped.
+   */
+  closing: boolean;
   /** The backend failed an event: nothing more is sent for this connection but its close. */
   failed: boolean;
   /** Messages received after the failure, never queued: the close event counts them as dropped. */
@@ -300,6 +306,10 @@ export class WsHttpBridge {
 
   constructor(options: WsHttpBridgeOptions) {
     this.options = resolve(options);
+    // Every POST under way and every one waiting for its turn listens to this signal until it ends:
+    // as many as there are connections (one each at most) and accepted upgrades, each removed when
+    // its POST ends. Past Node's default of 10 it would warn of an EventTarget memory leak.
+    setMaxListeners(0, this.stopping.signal);
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'bridge' } });
     this.heartbeat = new Heartbeat(this.options.heartbeatInterval);
     this.endpoint = new Endpoint({
@@ -369,7 +379,7 @@ export class WsHttpBridge {
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const conn of this.connections.values()) {
-        if (conn.ended === undefined) conn.socket.close(1001, 'bridge shutting down');
+        if (conn.ended === undefined) this.closeClient(conn, 1001, 'bridge shutting down');
       }
       for (const { id, timer } of this.accepted.values()) {
         clearTimeout(timer);
@@ -563,6 +573,7 @@ export class WsHttpBridge {
       beat: UNTRACKED,
       busy: false,
       paused: false,
+      closing: false,
       failed: false,
       dropped: 0,
       ended: undefined,
@@ -576,7 +587,7 @@ export class WsHttpBridge {
       this.logger.info('nothing came from a client for two heartbeat intervals; dropped it', { id: conn.id });
     });
     this.logger.debug('connection open', { id: conn.id });
-    if (this.closing !== undefined) socket.close(1001, 'bridge shutting down');
+    if (this.closing !== undefined) this.closeClient(conn, 1001, 'bridge shutting down');
     else if (accepted.welcome !== undefined) {
       // Sent once the transport installed the handlers this returns.
       const { body, contentType } = accepted.welcome;
@@ -609,7 +620,14 @@ export class WsHttpBridge {
 
   private received(conn: BridgeConnection, data: Uint8Array, binary: boolean): void {
     if (conn.ended !== undefined) return;
-    if (conn.failed) {
+    const { maxQueuedMessages, maxQueuedBytes } = this.options;
+    if (
+      conn.failed ||
+      // A client being closed is read on (its close frame must be read), so reading cannot pause:
+      // one that goes on sending, not reading the close (RFC 6455 §5.5.1 lets the bridge
+      // discard what follows its close frame), would otherwise fill the queue without bound.
+      (conn.closing && (conn.queue.length >= maxQueuedMessages || conn.queuedBytes >= maxQueuedBytes))
+    ) {
       conn.dropped++;
       return;
     }
@@ -617,8 +635,11 @@ export class WsHttpBridge {
     conn.queuedBytes += data.byteLength;
     // Bounded by count and by bytes: a client may send faster than the backend answers, but only
     // this much waits in the bridge (what is on its way stays in TCP, at the client).
-    const { maxQueuedMessages, maxQueuedBytes } = this.options;
-    if ((conn.queue.length >= maxQueuedMessages || conn.queuedBytes >= maxQueuedBytes) && !conn.paused) {
+    if (
+      (conn.queue.length >= maxQueuedMessages || conn.queuedBytes >= maxQueuedBytes) &&
+      !conn.paused &&
+      !conn.closing
+    ) {
       conn.paused = true;
       conn.socket.pause();
       // Unread, its pongs would look like silence: the heartbeat waits while the bridge does.
@@ -687,15 +708,8 @@ export class WsHttpBridge {
     if (failure !== undefined) {
       conn.failed = true;
       this.logger.warn('message event failed; closing the client', { id: conn.id, failure });
-      if (conn.ended === undefined) {
-        // The transport reads a paused socket again to finish the handshake, and the heartbeat
-        // watches it again. What the client sends meanwhile is counted as dropped (`received`).
-        if (conn.paused) {
-          conn.paused = false;
-          conn.beat.resume();
-        }
-        conn.socket.close(1011, 'backend error');
-      }
+      // What the client sends meanwhile is counted as dropped (`received`).
+      if (conn.ended === undefined) this.closeClient(conn, 1011, 'backend error');
     }
   }
 
@@ -726,6 +740,19 @@ export class WsHttpBridge {
     this.logger.debug('connection closed', { id, code: ended.code, dropped });
   }
 
+  /**
+   * Closes a client. The transport reads a paused socket again to finish the closing handshake,
+   * and the heartbeat watches it again; `received` keeps what it sends within the queue limits.
+   */
+  private closeClient(conn: BridgeConnection, code: number, reason: string): void {
+    conn.closing = true;
+    if (conn.paused) {
+      conn.paused = false;
+      conn.beat.resume();
+    }
+    conn.socket.close(code, reason);
+  }
+
   private callbackFor(conn: BridgeConnection): string {
     return `${this.callbackBase()}connections/${conn.token}`;
   }
@@ -744,7 +771,7 @@ export class WsHttpBridge {
   private deliver(conn: BridgeConnection, body: Uint8Array, contentType: string): 'sent' | 'gone' | 'bad-text' {
     if (conn.ended !== undefined) return 'gone';
     if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
-      conn.socket.close(1008, 'too slow');
+      this.closeClient(conn, 1008, 'too slow');
       return 'gone';
     }
     let result: ReturnType<TransportSocket['send']>;
@@ -814,7 +841,7 @@ export class WsHttpBridge {
           message: 'the body is empty or {"code": 1000 or 3000-4999, "reason": "..."}',
         });
       }
-      conn.socket.close(close.code, close.reason);
+      this.closeClient(conn, close.code, close.reason);
       return answer(204);
     }
     const result = this.deliver(conn, body, headerValue(req.headers['content-type']) ?? '');
