@@ -1,7 +1,10 @@
 /**
- * One user request that this proxy has no usable agent for, forwarded to a peer proxy that has one: the
- * registry names the live peers, the request goes to one of them over HTTP (undici, a keep-alive
- * pool per peer), and the answer streams back to the user.
+ * One user request that this proxy has no usable agent for, or only unhealthy ones, forwarded to a
+ * peer proxy that has one: the registry names the live peers and how many healthy agents each
+ * has, the request goes to one of them over HTTP (undici, a keep-alive pool per peer), and the
+ * answer streams back to the user. The order: a peer with a healthy agent, then this proxy's own
+ * unhealthy agent, then a peer with only unhealthy ones (as `Balancer.pick` orders one proxy's
+ * agents: an unhealthy target may still answer, which a 503 never would).
  *
  * Both bodies stream with backpressure: the user's request body is read only as fast as the
  * peer's socket takes it (undici pulls from `BodyRelay`, which pauses the user's request), and the
@@ -56,8 +59,16 @@ export interface ForwardInit {
   /** Milliseconds until the response head is due. */
   readonly timeout: number;
   readonly maxBody: number;
-  /** No peer has an agent for the id: serve (or refuse) the request as a single proxy would. */
-  readonly local: () => void;
+  /**
+   * This proxy has an agent able to take the request, but its target is unhealthy: only peers
+   * with a healthy agent are tried, and this proxy's agent serves it when none of them takes it.
+   */
+  readonly unhealthyHere: boolean;
+  /**
+   * No peer to try (or none took it, and nothing of the request reached one): serve (or refuse)
+   * the request as a single proxy would, with `timeout` ms left until the response head.
+   */
+  readonly local: (timeout: number) => void;
 }
 
 type Outcome = 'ok' | 'timeout' | 'user-gone' | 'peer-error' | 'no-peer' | 'body-too-large' | 'drain-aborted';
@@ -113,23 +124,32 @@ export class ForwardExchange {
   async run(): Promise<void> {
     this.init.sink.onGone(() => this.abandon('user-gone'));
     this.timer = setTimeout(() => this.timedOut(), this.init.timeout + PEER_GRACE);
+    const { unhealthyHere } = this.init;
     let peers: PeerProxy[];
     try {
-      peers = await this.host.registry.lookup(this.init.id);
+      // With an agent here to fall back on, an answer of no peers may be a second old: without
+      // it, each request to an id whose only agents here are unhealthy would cost a script.
+      peers = await this.host.registry.lookup(this.init.id, unhealthyHere);
     } catch (error) {
       this.host.logger.error('cluster registry lookup failed', { id: this.init.id, error });
+      if (this.finished) return;
+      if (unhealthyHere) {
+        this.serveHere();
+        return;
+      }
       this.begin();
       this.answer(TunnelErrorCode.ClusterUnavailable, 'no-peer');
       this.finish();
       return;
     }
     if (this.finished) return;
-    if (peers.length === 0) {
-      // Nothing to forward to: the single proxy's answer (its own agents, busy or none).
-      this.finished = true;
-      clearTimeout(this.timer);
-      this.init.local();
-      this.host.ended(this);
+    const healthy = this.order(peers.filter((peer) => peer.healthy > 0));
+    const candidates = unhealthyHere
+      ? healthy
+      : [...healthy, ...this.order(peers.filter((peer) => peer.healthy === 0))];
+    if (candidates.length === 0) {
+      // Nothing to forward to: the single proxy's answer (its own agents, busy, unhealthy or none).
+      this.serveHere();
       return;
     }
     this.begin();
@@ -137,7 +157,7 @@ export class ForwardExchange {
     let unreachable = false;
     let busy = false;
     try {
-      for (const peer of this.order(peers)) {
+      for (const peer of candidates) {
         if (this.finished) return;
         const result = await this.attempt(peer.url);
         if (result === 'done') return;
@@ -145,6 +165,10 @@ export class ForwardExchange {
         else if (result === TunnelErrorCode.AgentsBusy) busy = true;
         // A peer that missed or could not be reached: the next one, while no body byte was sent.
         if (this.relay?.touched) break;
+      }
+      if (unhealthyHere && !this.relay?.touched && !this.finished) {
+        this.serveHere();
+        return;
       }
       this.answer(
         busy ? TunnelErrorCode.AgentsBusy : unreachable ? TunnelErrorCode.PeerUnreachable : TunnelErrorCode.NoAgent,
@@ -165,6 +189,19 @@ export class ForwardExchange {
     this.init.sink.destroy();
     this.finish();
     this.stopAttempt();
+  }
+
+  /**
+   * Hands the request to this proxy's own agents, as a single proxy would serve it: no peer was
+   * tried, or none took it and no byte of the body left the user's request.
+   */
+  private serveHere(): void {
+    this.finished = true;
+    clearTimeout(this.timer);
+    this.relay?.destroy();
+    if (this.counted) this.host.metrics.finished(this.label);
+    this.init.local(this.remaining);
+    this.host.ended(this);
   }
 
   private begin(): void {
