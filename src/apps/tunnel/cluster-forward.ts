@@ -107,6 +107,11 @@ export class ForwardExchange {
   private relay: BodyRelay | undefined;
   /** The attempt in progress has a connection, so its head went out (undici writes it at once). */
   private sent = false;
+  /**
+   * The peer answered 413 while the user was still sending the body: the rest is not read, and
+   * the user's connection closes after the answer.
+   */
+  private closeUser = false;
   private settleAttempt: ((result: AttemptResult) => void) | undefined;
 
   constructor(host: ForwardHost, init: ForwardInit) {
@@ -287,10 +292,21 @@ export class ForwardExchange {
       return 'miss';
     }
     const switching = status === 101;
+    // A 413 (the peer's limit, or its target's) while the user is still sending the body: as
+    // after this proxy's own 413, the rest is not read and the user's connection closes after the
+    // answer (kept open, it would read the rest only to drop it, or wait for a body that never
+    // ends). The peer's connection is dropped by undici, answered before the body went.
+    const relay = this.relay;
+    if (status === 413 && relay !== undefined && !(this.init.source as IncomingMessage).complete) {
+      this.closeUser = true;
+      relay.hold();
+    }
     try {
       // A switch to a request that asked for none is as invalid as a malformed head.
       if (switching && !this.init.upgrade) throw new RangeError('101 without an upgrade');
-      this.init.sink.head(status, filterHeaders(withoutClusterHeaders(headers), { upgrade: switching }));
+      const out = filterHeaders(withoutClusterHeaders(headers), { upgrade: switching });
+      if (this.closeUser) out.push('Connection', 'close');
+      this.init.sink.head(status, out);
     } catch {
       this.host.logger.warn('invalid response head from a peer proxy', { id: this.init.id, peer: this.peer });
       this.answer(TunnelErrorCode.BadAgentResponse, 'peer-error');
@@ -433,8 +449,9 @@ export class ForwardExchange {
     clearTimeout(this.timer);
     this.relay?.destroy();
     // What is left of the request body is read and dropped, as a single proxy does, so the
-    // user's connection stays usable (an upgraded socket is destroyed instead).
-    if (!this.init.upgrade && this.relay !== undefined) this.init.source.resume();
+    // user's connection stays usable (an upgraded socket is destroyed instead; after a 413 the
+    // connection closes instead).
+    if (!this.init.upgrade && this.relay !== undefined && !this.closeUser) this.init.source.resume();
     if (this.counted) this.host.metrics.finished(this.label);
     this.host.ended(this);
     const context = {
@@ -537,6 +554,7 @@ class BodyRelay extends Readable {
   private readonly source: Readable;
   private readonly accept: (n: number) => boolean;
   private attached = false;
+  private held = false;
   private readonly onData = (chunk: Buffer): void => {
     this.touched = true;
     if (!this.accept(chunk.length)) return;
@@ -553,6 +571,7 @@ class BodyRelay extends Readable {
   }
 
   override _read(): void {
+    if (this.held) return;
     if (!this.attached) {
       this.attached = true;
       // An empty body's end was taken by the relay to a peer that missed: 'end' comes only once.
@@ -564,6 +583,14 @@ class BodyRelay extends Readable {
       this.source.once('end', this.onEnd);
     }
     this.source.resume();
+  }
+
+  /** Reads no more of the user's request, which stays paused; the relay itself stays open. */
+  hold(): void {
+    this.held = true;
+    this.source.off('data', this.onData);
+    this.source.off('end', this.onEnd);
+    if (this.attached) this.source.pause();
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
