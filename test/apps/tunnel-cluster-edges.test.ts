@@ -385,6 +385,48 @@ if (connected instanceof Error) {
       await idle(a, b);
     });
 
+    it('a 413 relayed from the receiving proxy closes the user’s connection, as one of the proxy’s own does', async (t) => {
+      const target = await startTarget(t, (req, res) => {
+        readBody(req).then(
+          () => res.end('read it all'),
+          () => {},
+        );
+      });
+      const [a, b] = await pair(t, target.url, { maxRequestBody: Infinity }, { maxRequestBody: 1024 });
+      // Over B's limit, and not the end of the body: the user is still sending it.
+      const answer = await new Promise<{ text: string; closed: boolean }>((resolve) => {
+        const socket = connect(a.port, '127.0.0.1');
+        let text = '';
+        const timer = setTimeout(() => {
+          socket.destroy();
+          resolve({ text, closed: false });
+        }, 5000);
+        socket.on('data', (c: Buffer) => {
+          text += c.toString('latin1');
+        });
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ text, closed: true });
+        });
+        socket.on('error', () => {});
+        const block = 'x'.repeat(4096);
+        socket.write(
+          `POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nx-duplexwire-client-id: ${ID}\r\nTransfer-Encoding: chunked\r\n\r\n` +
+            `${block.length.toString(16)}\r\n${block}\r\n`,
+        );
+      });
+      assert.match(answer.text, /^HTTP\/1\.1 413 /);
+      assert.match(answer.text, /\r\nconnection: close\r\n/i);
+      assert.match(answer.text, /"code":"BODY_TOO_LARGE"/);
+      assert.ok(answer.closed, `the user's connection is still open after: ${answer.text}`);
+      assert.equal(a.proxy.metrics.cluster.peerFailures, 0);
+      // A fresh connection is served as usual.
+      const next = await send(a.port, { method: 'POST', body: 'small' });
+      assert.equal(next.status, 200);
+      assert.equal(next.text, 'read it all');
+      await idle(a, b);
+    });
+
     it('HEAD, 204 and 304 through two proxies, one after the other on one connection', async (t) => {
       const target = await startTarget(t, (req, res) => {
         if (req.url === '/204') res.writeHead(204).end();

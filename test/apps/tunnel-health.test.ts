@@ -5,45 +5,23 @@
  * page. A reconnecting agent says again what it knows.
  */
 import assert from 'node:assert/strict';
-import type { ServerResponse } from 'node:http';
 import { test } from 'node:test';
 import { Pool } from 'undici';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import { TargetHealth } from '../../src/apps/tunnel/health.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import {
+  checkedTarget,
+  FAST_HEALTH_CHECK as FAST,
   ID,
   send,
   spawnAgent,
   startAgent,
   startProxy,
   startTarget,
-  type Target,
   TOKEN,
 } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
-
-/** A target whose /healthz answers `state.status` (or never, with 0), and says who it is. */
-async function checkedTarget(
-  t: Parameters<typeof startTarget>[0],
-  name: string,
-): Promise<Target & { state: { status: number }; checks: () => number }> {
-  const state = { status: 200 };
-  let checks = 0;
-  const target = await startTarget(t, (req, res: ServerResponse) => {
-    if (req.url === '/healthz') {
-      checks++;
-      if (state.status === 0) return; // hangs
-      res.statusCode = state.status;
-      res.end();
-      return;
-    }
-    res.end(name);
-  });
-  return Object.assign(target, { state, checks: () => checks });
-}
-
-const FAST = { path: '/healthz', interval: 30, timeout: 25, failures: 2 } as const;
 
 test('an unhealthy target: its agent is avoided while another is healthy, and used again once it recovers', async (t) => {
   const proxy = await startProxy(t);

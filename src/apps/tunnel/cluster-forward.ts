@@ -1,7 +1,10 @@
 /**
- * One user request that this proxy has no usable agent for, forwarded to a peer proxy that has one: the
- * registry names the live peers, the request goes to one of them over HTTP (undici, a keep-alive
- * pool per peer), and the answer streams back to the user.
+ * One user request that this proxy has no usable agent for, or only unhealthy ones, forwarded to a
+ * peer proxy that has one: the registry names the live peers and how many healthy agents each
+ * has, the request goes to one of them over HTTP (undici, a keep-alive pool per peer), and the
+ * answer streams back to the user. The order: a peer with a healthy agent, then this proxy's own
+ * unhealthy agent, then a peer with only unhealthy ones (as `Balancer.pick` orders one proxy's
+ * agents: an unhealthy target may still answer, which a 503 never would).
  *
  * Both bodies stream with backpressure: the user's request body is read only as fast as the
  * peer's socket takes it (undici pulls from `BodyRelay`, which pauses the user's request), and the
@@ -56,8 +59,16 @@ export interface ForwardInit {
   /** Milliseconds until the response head is due. */
   readonly timeout: number;
   readonly maxBody: number;
-  /** No peer has an agent for the id: serve (or refuse) the request as a single proxy would. */
-  readonly local: () => void;
+  /**
+   * This proxy has an agent able to take the request, but its target is unhealthy: only peers
+   * with a healthy agent are tried, and this proxy's agent serves it when none of them takes it.
+   */
+  readonly unhealthyHere: boolean;
+  /**
+   * No peer to try (or none took it, and nothing of the request reached one): serve (or refuse)
+   * the request as a single proxy would, with `timeout` ms left until the response head.
+   */
+  readonly local: (timeout: number) => void;
 }
 
 type Outcome = 'ok' | 'timeout' | 'user-gone' | 'peer-error' | 'no-peer' | 'body-too-large' | 'drain-aborted';
@@ -96,6 +107,11 @@ export class ForwardExchange {
   private relay: BodyRelay | undefined;
   /** The attempt in progress has a connection, so its head went out (undici writes it at once). */
   private sent = false;
+  /**
+   * The peer answered 413 while the user was still sending the body: the rest is not read, and
+   * the user's connection closes after the answer.
+   */
+  private closeUser = false;
   private settleAttempt: ((result: AttemptResult) => void) | undefined;
 
   constructor(host: ForwardHost, init: ForwardInit) {
@@ -113,23 +129,32 @@ export class ForwardExchange {
   async run(): Promise<void> {
     this.init.sink.onGone(() => this.abandon('user-gone'));
     this.timer = setTimeout(() => this.timedOut(), this.init.timeout + PEER_GRACE);
+    const { unhealthyHere } = this.init;
     let peers: PeerProxy[];
     try {
-      peers = await this.host.registry.lookup(this.init.id);
+      // With an agent here to fall back on, an answer of no peers may be a second old: without
+      // it, each request to an id whose only agents here are unhealthy would cost a script.
+      peers = await this.host.registry.lookup(this.init.id, unhealthyHere);
     } catch (error) {
       this.host.logger.error('cluster registry lookup failed', { id: this.init.id, error });
+      if (this.finished) return;
+      if (unhealthyHere) {
+        this.serveHere();
+        return;
+      }
       this.begin();
       this.answer(TunnelErrorCode.ClusterUnavailable, 'no-peer');
       this.finish();
       return;
     }
     if (this.finished) return;
-    if (peers.length === 0) {
-      // Nothing to forward to: the single proxy's answer (its own agents, busy or none).
-      this.finished = true;
-      clearTimeout(this.timer);
-      this.init.local();
-      this.host.ended(this);
+    const healthy = this.order(peers.filter((peer) => peer.healthy > 0));
+    const candidates = unhealthyHere
+      ? healthy
+      : [...healthy, ...this.order(peers.filter((peer) => peer.healthy === 0))];
+    if (candidates.length === 0) {
+      // Nothing to forward to: the single proxy's answer (its own agents, busy, unhealthy or none).
+      this.serveHere();
       return;
     }
     this.begin();
@@ -137,7 +162,7 @@ export class ForwardExchange {
     let unreachable = false;
     let busy = false;
     try {
-      for (const peer of this.order(peers)) {
+      for (const peer of candidates) {
         if (this.finished) return;
         const result = await this.attempt(peer.url);
         if (result === 'done') return;
@@ -145,6 +170,10 @@ export class ForwardExchange {
         else if (result === TunnelErrorCode.AgentsBusy) busy = true;
         // A peer that missed or could not be reached: the next one, while no body byte was sent.
         if (this.relay?.touched) break;
+      }
+      if (unhealthyHere && !this.relay?.touched && !this.finished) {
+        this.serveHere();
+        return;
       }
       this.answer(
         busy ? TunnelErrorCode.AgentsBusy : unreachable ? TunnelErrorCode.PeerUnreachable : TunnelErrorCode.NoAgent,
@@ -165,6 +194,19 @@ export class ForwardExchange {
     this.init.sink.destroy();
     this.finish();
     this.stopAttempt();
+  }
+
+  /**
+   * Hands the request to this proxy's own agents, as a single proxy would serve it: no peer was
+   * tried, or none took it and no byte of the body left the user's request.
+   */
+  private serveHere(): void {
+    this.finished = true;
+    clearTimeout(this.timer);
+    this.relay?.destroy();
+    if (this.counted) this.host.metrics.finished(this.label);
+    this.init.local(this.remaining);
+    this.host.ended(this);
   }
 
   private begin(): void {
@@ -250,10 +292,21 @@ export class ForwardExchange {
       return 'miss';
     }
     const switching = status === 101;
+    // A 413 (the peer's limit, or its target's) while the user is still sending the body: as
+    // after this proxy's own 413, the rest is not read and the user's connection closes after the
+    // answer (kept open, it would read the rest only to drop it, or wait for a body that never
+    // ends). The peer's connection is dropped by undici, answered before the body went.
+    const relay = this.relay;
+    if (status === 413 && relay !== undefined && !(this.init.source as IncomingMessage).complete) {
+      this.closeUser = true;
+      relay.hold();
+    }
     try {
       // A switch to a request that asked for none is as invalid as a malformed head.
       if (switching && !this.init.upgrade) throw new RangeError('101 without an upgrade');
-      this.init.sink.head(status, filterHeaders(withoutClusterHeaders(headers), { upgrade: switching }));
+      const out = filterHeaders(withoutClusterHeaders(headers), { upgrade: switching });
+      if (this.closeUser) out.push('Connection', 'close');
+      this.init.sink.head(status, out);
     } catch {
       this.host.logger.warn('invalid response head from a peer proxy', { id: this.init.id, peer: this.peer });
       this.answer(TunnelErrorCode.BadAgentResponse, 'peer-error');
@@ -396,8 +449,9 @@ export class ForwardExchange {
     clearTimeout(this.timer);
     this.relay?.destroy();
     // What is left of the request body is read and dropped, as a single proxy does, so the
-    // user's connection stays usable (an upgraded socket is destroyed instead).
-    if (!this.init.upgrade && this.relay !== undefined) this.init.source.resume();
+    // user's connection stays usable (an upgraded socket is destroyed instead; after a 413 the
+    // connection closes instead).
+    if (!this.init.upgrade && this.relay !== undefined && !this.closeUser) this.init.source.resume();
     if (this.counted) this.host.metrics.finished(this.label);
     this.host.ended(this);
     const context = {
@@ -500,6 +554,7 @@ class BodyRelay extends Readable {
   private readonly source: Readable;
   private readonly accept: (n: number) => boolean;
   private attached = false;
+  private held = false;
   private readonly onData = (chunk: Buffer): void => {
     this.touched = true;
     if (!this.accept(chunk.length)) return;
@@ -516,6 +571,7 @@ class BodyRelay extends Readable {
   }
 
   override _read(): void {
+    if (this.held) return;
     if (!this.attached) {
       this.attached = true;
       // An empty body's end was taken by the relay to a peer that missed: 'end' comes only once.
@@ -527,6 +583,14 @@ class BodyRelay extends Readable {
       this.source.once('end', this.onEnd);
     }
     this.source.resume();
+  }
+
+  /** Reads no more of the user's request, which stays paused; the relay itself stays open. */
+  hold(): void {
+    this.held = true;
+    this.source.off('data', this.onData);
+    this.source.off('end', this.onEnd);
+    if (this.attached) this.source.pause();
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {

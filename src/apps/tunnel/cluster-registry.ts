@@ -3,13 +3,21 @@
  * one proxy can be served through an agent connected to another.
  *
  * One hash per client id, `prefix + 'agents:' + id` (client ids are letters, digits and `_ . -`:
- * nothing in one can reach outside the prefix), with one field per proxy process,
- * `"<random instance id> <advertised URL>"` = `"<agents> <expiry, ms on the Redis clock>"`: the
- * presence pattern of `RedisSessionManager` (src/session/redis-store.ts). A proxy writes its own
- * field with each agent that comes or goes and renews every field it holds every third of `ttl`;
- * a field past its expiry is a proxy that died (or lost Redis): it is ignored and deleted by the
- * next script that meets it, so nothing is routed to that proxy for longer than `ttl`. TIME is
- * Redis's clock, the same for every proxy whatever their own clocks say.
+ * nothing in one can reach outside the prefix), with two fields per proxy process:
+ * `"<random instance id> <advertised URL>"` = `"<agents> <expiry, ms on the Redis clock>"`, and
+ * `"<random instance id>/healthy"` = `"<healthy agents> <expiry>"` (those of its usable agents
+ * whose target passes its health checks). The presence pattern of `RedisSessionManager`
+ * (src/session/redis-store.ts). A proxy writes its own fields with each agent that comes, goes,
+ * drains or changes health, and renews every field it holds every third of `ttl`; a field past
+ * its expiry is a proxy that died (or lost Redis): it is ignored and deleted by the next script
+ * that meets it, so nothing is routed to that proxy for longer than `ttl`. TIME is Redis's clock,
+ * the same for every proxy whatever their own clocks say.
+ *
+ * The health count is a field of its own, not a third number in the first one, so that proxies
+ * of either version share a registry during a rolling upgrade: an older proxy reads the `/healthy`
+ * field as one of a proxy without an address (no space in its name) and skips it, where a longer
+ * value would fail its pattern and be deleted; a newer proxy takes a proxy without a `/healthy`
+ * field (an older one) as having only healthy agents, which is all an older proxy knows.
  *
  * Every script touches exactly one key (Redis Cluster routes a script by its keys), and writes
  * are Lua scripts rather than MULTI/EXEC, which through a shared pipelined connection would take
@@ -27,28 +35,34 @@ import {
 
 export type { RedisCommandClient } from '../../util/redis-script.ts';
 
+/** The name of a proxy's health field: its instance id (no space, no `/`) and this. */
+export const HEALTH_FIELD_SUFFIX = '/healthy';
+
 /**
- * KEYS[1] the id's hash; ARGV this proxy's field, its agents for the id, ttl (ms). Writes (or,
- * with 0 agents, deletes) the field, deletes expired fields of others, and returns the agents of
- * live proxies. The key's own expiry is only ever pushed later (other proxies may use a longer
- * ttl), so Redis drops the hash of an id nobody renews.
+ * KEYS[1] the id's hash; ARGV this proxy's field, its agents for the id, ttl (ms), its healthy
+ * agents, its health field. Writes (or, with 0 agents, deletes) both fields, deletes expired
+ * fields of others, and returns the agents of live proxies. The key's own expiry is only ever
+ * pushed later (other proxies may use a longer ttl), so Redis drops the hash of an id nobody
+ * renews.
  */
 const REGISTER_SCRIPT = `
 ${LUA_NOW}
 local ttl = tonumber(ARGV[3])
 local own = tonumber(ARGV[2])
 if own > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.0f', own, now + ttl))
+  local expires = now + ttl
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.0f', own, expires),
+    ARGV[5], string.format('%d %.0f', tonumber(ARGV[4]), expires))
   if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 else
-  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1], ARGV[5])
 end
 local total = 0
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   local count, expires = string.match(redis.call('HGET', KEYS[1], f) or '', '^(%d+) (%d+)$')
   if count == nil or tonumber(expires) <= now then
     redis.call('HDEL', KEYS[1], f)
-  else
+  elseif string.find(f, ' ', 1, true) then
     total = total + tonumber(count)
   end
 end
@@ -56,20 +70,29 @@ return total
 `;
 
 /**
- * KEYS[1] the id's hash; ARGV this proxy's field. Returns `{field, agents, ...}` of the other live
- * proxies; expired fields are deleted on the way.
+ * KEYS[1] the id's hash; ARGV this proxy's field. Returns `{field, agents, healthy agents, ...}`
+ * of the other live proxies (healthy = agents for a proxy without a health field: one from before
+ * health was shared); expired fields are deleted on the way.
  */
 const LOOKUP_SCRIPT = `
 ${LUA_NOW}
-local out = {}
+local live = {}
+local proxies = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   local count, expires = string.match(redis.call('HGET', KEYS[1], f) or '', '^(%d+) (%d+)$')
   if count == nil or tonumber(expires) <= now then
     redis.call('HDEL', KEYS[1], f)
-  elseif f ~= ARGV[1] then
-    out[#out + 1] = f
-    out[#out + 1] = count
+  else
+    live[f] = count
+    if f ~= ARGV[1] and string.find(f, ' ', 1, true) then proxies[#proxies + 1] = f end
   end
+end
+local out = {}
+for _, f in ipairs(proxies) do
+  local instance = string.match(f, '^(%S+) ')
+  out[#out + 1] = f
+  out[#out + 1] = live[f]
+  out[#out + 1] = live[instance .. '${HEALTH_FIELD_SUFFIX}'] or live[f]
 end
 return out
 `;
@@ -94,12 +117,28 @@ export const REGISTRY_CLOSE_TIMEOUT = 2_000;
 /** Past this many ids, expired answers are swept before another is kept. */
 const MAX_CACHED_LOOKUPS = 10_000;
 
+interface CachedLookup {
+  readonly peers: Promise<PeerProxy[]>;
+  /** Until when the answer is used again; undefined while the lookup is in flight. */
+  until: number | undefined;
+  /** No live peer: used again only by a lookup that accepts that (see `lookup`). */
+  empty: boolean;
+}
+
 /** A live proxy of the cluster that has agents for an id. */
 export interface PeerProxy {
   /** Its advertised URL (origin), where the other proxies reach it. */
   readonly url: string;
   /** Its agents for the id. */
   readonly agents: number;
+  /** Those of them whose target passes its health checks (all, for a proxy that does not say). */
+  readonly healthy: number;
+}
+
+/** A proxy's agents for an id: those able to take requests, and the healthy ones among them. */
+export interface AgentCounts {
+  readonly usable: number;
+  readonly healthy: number;
 }
 
 export interface ClusterRegistryOptions {
@@ -117,14 +156,16 @@ export interface ClusterRegistryOptions {
 export class ClusterRegistry {
   /** This process's field: a random instance id, so a restarted proxy at the same address is another field. */
   readonly field: string;
+  /** This process's health field (see {@link HEALTH_FIELD_SUFFIX}). */
+  readonly healthField: string;
   private readonly options: ClusterRegistryOptions;
   /** Agents of this proxy per id: the truth the fields are written from. */
-  private readonly counts = new Map<string, number>();
+  private readonly counts = new Map<string, AgentCounts>();
   /** Ids whose field must be written again (a change since the last write). */
   private readonly dirty = new Set<string>();
   private flushing: Promise<void> | undefined;
-  /** Lookups in flight (`until` undefined) and recent non-empty answers, by id. */
-  private readonly lookups = new Map<string, { peers: Promise<PeerProxy[]>; until: number | undefined }>();
+  /** Lookups in flight (`until` undefined) and recent answers, by id. */
+  private readonly lookups = new Map<string, CachedLookup>();
   private renewTimer: ReturnType<typeof setInterval> | undefined;
   private closed = false;
   /** The last Redis failure, cleared by the next success: what /readyz and the status page show. */
@@ -132,7 +173,9 @@ export class ClusterRegistry {
 
   constructor(options: ClusterRegistryOptions) {
     this.options = options;
-    this.field = `${randomBytes(9).toString('base64url')} ${options.advertise}`;
+    const instance = randomBytes(9).toString('base64url');
+    this.field = `${instance} ${options.advertise}`;
+    this.healthField = `${instance}${HEALTH_FIELD_SUFFIX}`;
   }
 
   key(id: string): string {
@@ -152,11 +195,17 @@ export class ClusterRegistry {
     this.renewTimer.unref();
   }
 
-  /** This proxy now has `count` usable agents for `id`; written to Redis at once (in order). */
-  set(id: string, count: number): void {
+  /**
+   * This proxy now has `usable` agents for `id` able to take requests, `healthy` of them with a
+   * healthy target; written to Redis at once (in order) when that changed.
+   */
+  set(id: string, usable: number, healthy = usable): void {
     if (this.closed) return;
-    if (count > 0) this.counts.set(id, count);
-    else if (!this.counts.delete(id)) return;
+    if (usable > 0) {
+      const known = this.counts.get(id);
+      if (known !== undefined && known.usable === usable && known.healthy === healthy) return;
+      this.counts.set(id, { usable, healthy: Math.min(healthy, usable) });
+    } else if (!this.counts.delete(id)) return;
     this.dirty.add(id);
     void this.flush();
   }
@@ -186,13 +235,19 @@ export class ClusterRegistry {
     while (this.dirty.size > 0) {
       const ids = [...this.dirty];
       this.dirty.clear();
-      await Promise.all(ids.map((id) => this.write(id, this.counts.get(id) ?? 0)));
+      await Promise.all(ids.map((id) => this.write(id, this.counts.get(id))));
     }
   }
 
-  private async write(id: string, count: number): Promise<void> {
+  private async write(id: string, counts: AgentCounts | undefined): Promise<void> {
     try {
-      await this.eval(REGISTER, this.key(id), [this.field, String(count), String(this.options.ttl)]);
+      await this.eval(REGISTER, this.key(id), [
+        this.field,
+        String(counts?.usable ?? 0),
+        String(this.options.ttl),
+        String(counts?.healthy ?? 0),
+        this.healthField,
+      ]);
     } catch (error) {
       this.failed(error);
       this.options.logger.error('cluster registry: failed to write this proxy’s agents', { id, error });
@@ -207,23 +262,25 @@ export class ClusterRegistry {
    * without it, each request forwarded for an id costs a script in Redis, thousands a second on a
    * busy proxy. An answer that went stale is harmless: a peer that lost its agents answers that it
    * has none, and one that died cannot be reached; either way the next peer is tried. An empty
-   * answer is not kept, so an agent that has just connected elsewhere is found at once.
+   * answer is used again only with `emptyToo` (a proxy that has an agent of its own to fall back
+   * on, an unhealthy one): otherwise an agent that has just connected elsewhere is found at once.
    */
-  lookup(id: string): Promise<PeerProxy[]> {
+  lookup(id: string, emptyToo = false): Promise<PeerProxy[]> {
     const now = performance.now();
     const known = this.lookups.get(id);
-    if (known !== undefined && (known.until === undefined || now < known.until)) return known.peers;
+    if (known !== undefined && (known.until === undefined || (now < known.until && (emptyToo || !known.empty))))
+      return known.peers;
     if (this.lookups.size >= MAX_CACHED_LOOKUPS) {
       for (const [cachedId, entry] of this.lookups)
         if (entry.until !== undefined && now >= entry.until) this.lookups.delete(cachedId);
     }
-    const entry: { peers: Promise<PeerProxy[]>; until: number | undefined } = { peers: this.ask(id), until: undefined };
+    const entry: CachedLookup = { peers: this.ask(id), until: undefined, empty: false };
     this.lookups.set(id, entry);
     entry.peers.then(
       (peers) => {
         if (this.lookups.get(id) !== entry) return;
-        if (peers.length === 0) this.lookups.delete(id);
-        else entry.until = performance.now() + Math.min(LOOKUP_CACHE_TIME, this.options.ttl / 3);
+        entry.empty = peers.length === 0;
+        entry.until = performance.now() + Math.min(LOOKUP_CACHE_TIME, this.options.ttl / 3);
       },
       () => {
         if (this.lookups.get(id) === entry) this.lookups.delete(id);
@@ -254,14 +311,15 @@ export class ClusterRegistry {
     const out: PeerProxy[] = [];
     if (!Array.isArray(reply)) return out;
     const own = this.options.advertise;
-    for (let i = 0; i + 1 < reply.length; i += 2) {
+    for (let i = 0; i + 2 < reply.length; i += 3) {
       const field = text(reply[i]);
       const agents = Number(text(reply[i + 1]));
+      const healthy = Number(text(reply[i + 2]));
       const space = field?.indexOf(' ') ?? -1;
       if (field === undefined || space < 0 || !(agents > 0)) continue;
       const url = field.slice(space + 1);
       // Never itself: a stale field of an earlier process at this same address included.
-      if (url !== own) out.push({ url, agents });
+      if (url !== own) out.push({ url, agents, healthy: healthy >= 0 ? Math.min(healthy, agents) : agents });
     }
     return out;
   }
@@ -285,14 +343,14 @@ export class ClusterRegistry {
       const ids = [...this.counts.keys()];
       this.counts.clear();
       this.dirty.clear();
-      await Promise.race([Promise.all(ids.map((id) => this.write(id, 0))), gaveUp]);
+      await Promise.race([Promise.all(ids.map((id) => this.write(id, undefined))), gaveUp]);
     } finally {
       clearTimeout(timer);
     }
   }
 
   /** Ids this proxy holds, with their agents. */
-  held(): ReadonlyMap<string, number> {
+  held(): ReadonlyMap<string, AgentCounts> {
     return this.counts;
   }
 

@@ -363,6 +363,8 @@ export class ProxyExchange {
       source.once('end', done);
       // The user went away: onGone abandons the exchange; resolve so run() can return.
       source.once('close', done);
+      // Paused by an attempt to forward it to a peer (which read none of it): read it here.
+      if (source.readableFlowing === false) source.resume();
     });
   }
 
@@ -383,6 +385,10 @@ export class ProxyExchange {
       source.off('data', onData);
       source.off('end', onEnd);
     };
+    // A request an attempt to forward it to a peer paused (it read none of it, or only the end
+    // of an empty body, which comes once): read it here.
+    if (source.readableEnded) onEnd();
+    else if (source.readableFlowing === false) source.resume();
   }
 
   private onBodyData(chunk: Buffer): void {

@@ -656,6 +656,8 @@ export class TunnelProxy {
           : "agent's target unhealthy: other agents of its id are preferred",
         { id: entry.id, agent: entry.conn.id },
       );
+      // Peers prefer a proxy with a healthy agent of the id to one with only unhealthy ones.
+      this.register(entry.id);
     }
   }
 
@@ -701,12 +703,17 @@ export class TunnelProxy {
     this.logger.info('agent disconnected', { id: entry.id, agent: conn.id, code, reason, inflight: entry.inflight });
   }
 
-  /** Writes this proxy's usable agents of `id` to the cluster registry. */
+  /** Writes this proxy's usable agents of `id`, and how many of them are healthy, to the cluster registry. */
   private register(id: string): void {
     if (this.registry === undefined || this.state !== 'serving') return;
     let usable = 0;
-    for (const entry of this.balancer.agents(id)) if (!entry.draining && entry.conn.isOpen) usable++;
-    this.registry.set(id, usable);
+    let healthy = 0;
+    for (const entry of this.balancer.agents(id)) {
+      if (entry.draining || !entry.conn.isOpen) continue;
+      usable++;
+      if (entry.healthy) healthy++;
+    }
+    this.registry.set(id, usable, healthy);
   }
 
   private onAgentRequest(conn: Connection, name: string, payload: Payload): Promise<void> | undefined {
@@ -924,18 +931,18 @@ export class TunnelProxy {
       maxBody,
       fromPeer: prepared.fromPeer,
     };
-    // No usable agent here (none, or all full or draining): a peer's may take it. A request from
-    // a peer is never forwarded again, so none can go round in circles.
-    if (
-      this.forwardHost !== undefined &&
-      !prepared.fromPeer &&
-      this.balancer.pick(prepared.id, this.host.maxInflightPerAgent) === undefined
-    ) {
-      const forward = new ForwardExchange(this.forwardHost, {
+    // No usable agent here (none, or all full or draining), or only unhealthy ones: a peer's
+    // healthy agent may take it (then this proxy's unhealthy one, then a peer's unhealthy one).
+    // A request from a peer is never forwarded again, so none can go round in circles.
+    const forwardHost = prepared.fromPeer ? undefined : this.forwardHost;
+    const here = forwardHost === undefined ? undefined : this.balancer.pick(prepared.id, this.host.maxInflightPerAgent);
+    if (forwardHost !== undefined && (here === undefined || !here.healthy)) {
+      const forward = new ForwardExchange(forwardHost, {
         ...init,
         source,
         hasBody: bodyMode !== BodyMode.None,
-        local: () => this.startLocal(init),
+        unhealthyHere: here !== undefined,
+        local: (timeout) => this.startLocal({ ...init, timeout }),
       });
       this.active.add(forward);
       void forward.run();
