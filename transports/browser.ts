@@ -98,8 +98,10 @@ function connectFailure(message: string, code?: string): ConnectFailure {
  *
  * `connect` resolves once the WebSocket is open. It rejects with a {@link ConnectFailure} without
  * `status` when the socket fails or closes first, with one whose `code` is `ETIMEDOUT` after
- * `connectTimeout` ms, and with the constructor's `SyntaxError` for a malformed URL. A failed
- * attempt never calls `onClose`; after open, `onClose` is called exactly once.
+ * `connectTimeout` ms, with one whose `code` is `ABORT_ERR` when `connectOptions.signal` is
+ * aborted first (`client.close()` during a connect), and with the constructor's `SyntaxError` for a
+ * malformed URL. A failed attempt never calls `onClose`; after open, `onClose` is called exactly
+ * once.
  *
  * @example
  * ```ts
@@ -142,10 +144,12 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
         let queueHead = 0;
         let queuedBytes = 0;
 
+        const { signal } = connectOptions;
         const fail = (message: string, code?: string): void => {
           if (settled) return;
           settled = true;
           clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
           // Aborts the attempt; the events the browser fires for it are ignored (not open).
           ws.close();
           reject(connectFailure(message, code));
@@ -154,6 +158,9 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           () => fail(`connect timed out after ${connectTimeout} ms`, 'ETIMEDOUT'),
           connectTimeout,
         );
+        const onAbort = (): void => fail('connect aborted', 'ABORT_ERR');
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener('abort', onAbort, { once: true });
 
         const dropQueue = (): void => {
           queue = [];
@@ -308,6 +315,7 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
           settled = true;
           open = true;
           clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
           resolve(socket);
         };
         // Browsers hide why (no status, no errno): the close event after it carries the code.

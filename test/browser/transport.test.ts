@@ -164,8 +164,8 @@ test('connect rejects a refused upgrade the same way (a browser sees no status)'
   assert.deepEqual(r.closes, []);
 });
 
-test('connect times out with ETIMEDOUT and closes the attempt', async (t) => {
-  // Accepts TCP and never answers the upgrade.
+/** A server that accepts TCP and never answers the upgrade; `sockets` are its open connections. */
+async function silentServer(t: TestContext): Promise<{ url: string; sockets: Set<Socket> }> {
   const sockets = new Set<Socket>();
   const silent = createNetServer((socket) => {
     sockets.add(socket);
@@ -178,14 +178,15 @@ test('connect times out with ETIMEDOUT and closes the attempt', async (t) => {
     for (const socket of sockets) socket.destroy();
     return new Promise<void>((resolve) => silent.close(() => resolve()));
   });
+  return { url: `ws://127.0.0.1:${(silent.address() as AddressInfo).port}/`, sockets };
+}
+
+test('connect times out with ETIMEDOUT and closes the attempt', async (t) => {
+  const { url, sockets } = await silentServer(t);
   const r = recorder();
   const started = performance.now();
   await assert.rejects(
-    transport().connect(
-      `ws://127.0.0.1:${(silent.address() as AddressInfo).port}/`,
-      { maxMessageSize: 1024, connectTimeout: 100 },
-      r,
-    ),
+    transport().connect(url, { maxMessageSize: 1024, connectTimeout: 100 }, r),
     (e: ConnectFailure & { code?: string }) => {
       assert.equal(e.code, 'ETIMEDOUT');
       assert.match(e.message, /timed out after 100 ms/);
@@ -197,6 +198,54 @@ test('connect times out with ETIMEDOUT and closes the attempt', async (t) => {
   for (let i = 0; i < 100 && sockets.size > 0; i++) await tick(10);
   assert.equal(sockets.size, 0);
   assert.deepEqual(r.closes, []);
+});
+
+test('an aborted signal ends the attempt at once with ABORT_ERR and closes its connection', async (t) => {
+  const { url, sockets } = await silentServer(t);
+  const r = recorder();
+  const controller = new AbortController();
+  const attempt = transport().connect(
+    url,
+    { maxMessageSize: 1024, connectTimeout: 30_000, signal: controller.signal },
+    r,
+  );
+  // The server has the attempt's connection (and never answers it).
+  await waitFor(() => sockets.size === 1, 2000, 'the attempt to reach the server');
+  const started = performance.now();
+  controller.abort();
+  await assert.rejects(attempt, (e: ConnectFailure & { code?: string }) => {
+    assert.equal(e.code, 'ABORT_ERR');
+    assert.match(e.message, /connect aborted/);
+    return true;
+  });
+  assert.ok(performance.now() - started < 1500, 'rejected at the abort, not at connectTimeout');
+  await waitFor(() => sockets.size === 0, 2000, "the attempt's connection to close");
+  assert.deepEqual(r.closes, []);
+
+  // A signal aborted before the call: rejected the same way, without waiting for anything.
+  await assert.rejects(
+    transport().connect(url, { maxMessageSize: 1024, connectTimeout: 30_000, signal: AbortSignal.abort() }, r),
+    (e: ConnectFailure & { code?: string }) => e.code === 'ABORT_ERR',
+  );
+  await waitFor(() => sockets.size === 0, 2000, "the second attempt's connection to close");
+});
+
+test('client.close() while the browser transport connects ends the attempt at once', async (t) => {
+  const { url, sockets } = await silentServer(t);
+  const client = new Client(url, {
+    transport: transport(),
+    connectTimeout: 30_000,
+    reconnect: false,
+    logger: silentLogger,
+  });
+  client.on('error', () => {});
+  const connecting = client.connect().catch((error: unknown) => error);
+  await waitFor(() => sockets.size === 1, 2000, 'the attempt to reach the server');
+  const started = performance.now();
+  await client.close();
+  assert.ok(performance.now() - started < 1500, 'close() waited for connectTimeout');
+  assert.ok((await connecting) instanceof Error, 'connect() rejects');
+  await waitFor(() => sockets.size === 0, 2000, "the attempt's connection to close");
 });
 
 test('a malformed URL and bad options are refused', async () => {
