@@ -50,6 +50,23 @@ end
 return out
 `;
 
+/**
+ * An agent on `node` whose target fails its health checks (503 on /healthz) and answers every
+ * other request with its method and body; resolves once the proxy knows the agent is unhealthy.
+ */
+async function unhealthyEchoAgent(t: TestContext, node: Node): Promise<void> {
+  const target = await startTarget(t, (req, res) => {
+    if (req.url === '/healthz') {
+      res.statusCode = 503;
+      res.end();
+      return;
+    }
+    readBody(req).then((body) => res.end(`${req.method} ${body}`));
+  });
+  await startAgent(t, node, { target: target.url, healthCheck: FAST_HEALTH_CHECK });
+  await waitFor(() => node.proxy.agents(ID).every((e) => !e.healthy), 3000, 'the proxy hears its agent is unhealthy');
+}
+
 const connected = await connectRedis();
 if (connected instanceof Error) {
   redisUnreachable('agent health shared between tunnel proxies', connected);
@@ -152,16 +169,7 @@ if (connected instanceof Error) {
       const p = fresh(t);
       const a = await startNode(t, redis, p);
       const d = await startNode(t, redis, p); // no agent: it answers a miss
-      const target = await startTarget(t, (req, res) => {
-        if (req.url === '/healthz') {
-          res.statusCode = 503;
-          res.end();
-          return;
-        }
-        readBody(req).then((body) => res.end(`${req.method} ${body}`));
-      });
-      await startAgent(t, a, { target: target.url, healthCheck: FAST_HEALTH_CHECK });
-      await waitFor(() => a.proxy.agents(ID).every((e) => !e.healthy), 3000, 'A hears its agent is unhealthy');
+      await unhealthyEchoAgent(t, a);
       await healthSays(p, a, 1, 0);
       // D as a proxy from before health was shared writes itself: no health field, so healthy.
       await fakeField(redis, p, ID, 'older', d.advertise);
@@ -182,16 +190,7 @@ if (connected instanceof Error) {
     it('a PUT whose peer was lost before any byte of its body came: served here, read from its first byte', async (t) => {
       const p = fresh(t);
       const a = await startNode(t, redis, p);
-      const target = await startTarget(t, (req, res) => {
-        if (req.url === '/healthz') {
-          res.statusCode = 503;
-          res.end();
-          return;
-        }
-        readBody(req).then((body) => res.end(`${req.method} ${body}`));
-      });
-      await startAgent(t, a, { target: target.url, healthCheck: FAST_HEALTH_CHECK });
-      await waitFor(() => a.proxy.agents(ID).every((e) => !e.healthy), 3000, 'A hears its agent is unhealthy');
+      await unhealthyEchoAgent(t, a);
       // E takes connections and drops them when told; the registry says it has a healthy agent.
       const held: Socket[] = [];
       const e = createNetServer((socket) => held.push(socket));

@@ -107,14 +107,20 @@ test('a change while a call is in flight is made after it', async () => {
   assert.deepEqual(script.calls.slice(2), ['subscribe u', 'subscribe t'], 'topics are independent');
 });
 
-test('a failed call is reported; the next change tries again', async () => {
-  const script = scriptedBus();
+/** Subscriptions on `bus` that record their failures as `"<doing> <topic>"`. */
+function failureRecording(bus: TopicBus): { subs: BusSubscriptions; failures: string[] } {
   const failures: string[] = [];
   const subs = new BusSubscriptions(
-    script.bus,
+    bus,
     () => {},
     (doing, topic) => failures.push(`${doing} ${topic}`),
   );
+  return { subs, failures };
+}
+
+test('a failed call is reported; the next change tries again', async () => {
+  const script = scriptedBus();
+  const { subs, failures } = failureRecording(script.bus);
   subs.want('t', true);
   await script.next(new Error('down'));
   assert.deepEqual(failures, ['subscribing t']);
@@ -127,12 +133,7 @@ test('a failed call is reported; the next change tries again', async () => {
 
 test('a failed call is made again after a while, until it succeeds; stop() ends the retries', async () => {
   const script = scriptedBus();
-  const failures: string[] = [];
-  const subs = new BusSubscriptions(
-    script.bus,
-    () => {},
-    (doing, topic) => failures.push(`${doing} ${topic}`),
-  );
+  const { subs, failures } = failureRecording(script.bus);
   subs.want('t', true);
   await script.next(new Error('connection lost'));
   // No change of the topic follows (its subscriber stays): the subscription is still made.
