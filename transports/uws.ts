@@ -844,6 +844,10 @@ const STOP_TIMEOUT_MS = 2000;
  *   (§5.4); a close frame with an invalid code is answered with an empty close frame and
  *   reported as 1006 (§7.4.1). None lets a peer past the adapter's limits or the protocol's
  *   validation: what reaches the core is still a whole message, checked as any other.
+ * - A close frame with a code from 1012 to 1014 or 3000 to 3999, valid by RFC 6455 §7.4.2 and
+ *   the IANA registry (`ws` accepts them), is refused by uWS v20.30 as an invalid close payload:
+ *   the owner sees 1006 and the peer gets an empty close frame (1005 for it). The codes a server
+ *   sends itself are unaffected. Peers should close with 1000, 1001 or 4000-4999.
  * - `close()` does not wait for the peer's close frame: uWS sends ours and reports the close at
  *   once, so `onClose` carries the code and reason we sent (`ws` reports the peer's echo, which a
  *   conforming peer makes identical).

@@ -4,12 +4,13 @@
  * phone that lost its network) is dropped, and the other side is told as for any vanished peer
  * (1001 for the upstream, 1014 for the client), freeing the link's slot. Peers that answer pings
  * stay linked however long they are idle; a side the proxy itself stopped reading (backpressure)
- * is not judged meanwhile; `heartbeatInterval: 0` pings nobody. First the shared `Heartbeat`
+ * is not judged meanwhile, unless it does not take what waits for it either (both sides waiting
+ * for each other); `heartbeatInterval: 0` pings nobody. First the shared `Heartbeat`
  * itself, on mock timers.
  */
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
-import type { WebSocket } from 'ws';
+import { createWebSocketStream, type WebSocket } from 'ws';
 import { Heartbeat, UNTRACKED } from '../../src/apps/shared/heartbeat.ts';
 import {
   get,
@@ -73,6 +74,37 @@ test('Heartbeat: one timer pings every tracked socket, drops one silent for two 
   assert.equal(heartbeat.track(fake()), UNTRACKED);
   assert.equal(new Heartbeat(0).track(fake()), UNTRACKED, 'interval 0: off');
   assert.throws(() => new Heartbeat(-1), RangeError);
+});
+
+test('Heartbeat: a paused socket that owes a drain is judged by its drains alone', (t) => {
+  t.mock.timers.enable({ apis: ['setInterval'] });
+  const fake = () => ({
+    terminated: false,
+    ping() {},
+    terminate() {
+      this.terminated = true;
+    },
+  });
+  const heartbeat = new Heartbeat(1000);
+  t.after(() => heartbeat.stop());
+  const [draining, stuck, clear] = [fake(), fake(), fake()];
+  const drainingBeat = heartbeat.track(draining);
+  const stuckBeat = heartbeat.track(stuck);
+  const clearBeat = heartbeat.track(clear);
+  for (const beat of [drainingBeat, stuckBeat, clearBeat]) {
+    beat.owing();
+    beat.pause();
+  }
+  // A drain settles what was owed: paused and owing nothing, it is not judged any more.
+  clearBeat.drained();
+  for (let i = 0; i < 5; i++) {
+    drainingBeat.drained();
+    drainingBeat.owing();
+    t.mock.timers.tick(1000);
+  }
+  assert.equal(draining.terminated, false);
+  assert.equal(stuck.terminated, true);
+  assert.equal(clear.terminated, false);
 });
 
 async function link(t: TestContext, proxy: StartedProxy, upstream: Upstream) {
@@ -183,6 +215,37 @@ test('a side the proxy stopped reading (its peer does not keep up) is not judged
   assert.equal(connection.ended, undefined);
   client.ws.pause();
   assert.equal((await within(connection.closed, 10 * INTERVAL, 'the upstream to be closed')).code, 1001);
+});
+
+test('a client that sends, reads nothing, then vanishes, linked to an upstream that stops reading while its replies back up, is dropped', async (t) => {
+  // An echo with backpressure: it stops reading the proxy while its replies wait to be written.
+  const upstream = await startUpstream(t, {
+    onConnection: (c) => {
+      const duplex = createWebSocketStream(c.ws);
+      duplex.on('error', () => {});
+      duplex.pipe(duplex);
+    },
+  });
+  const proxy = await startWsProxy(t, { upstream: upstream.url, heartbeatInterval: INTERVAL });
+  const { client, upstream: connection } = await link(t, proxy, upstream);
+  client.ws.pause();
+  // The client sends until its own buffer fills: the proxy stopped reading it (the upstream does
+  // not take more), and the proxy stopped reading the upstream (the client does not take more).
+  let sent = 0;
+  const deadline = Date.now() + 8000;
+  while (client.ws.bufferedAmount < 4 * 1024 * 1024) {
+    if (Date.now() > deadline) throw new Error(`the proxy never stopped reading the client (${sent} sent)`);
+    for (let i = 0; i < 16; i++) client.ws.send(Buffer.alloc(64 * 1024, sent++ % 251));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  // Then it vanishes: sends nothing more, reads nothing, no FIN. Both sides of the link are
+  // paused, each waiting for the other; the client takes nothing of what waits for it.
+  const closed = await within(connection.closed, 20 * INTERVAL, 'the upstream to be closed');
+  assert.deepEqual(closed, { code: 1001, reason: 'client went away' });
+  await waitFor(() => proxy.proxy.linkCount === 0, 2000, 'linkCount 0');
+  const metrics = (await get(proxy.port, '/metrics')).text;
+  assert.equal(sample(metrics, 'duplexwire_wsproxy_heartbeat_timeouts_total', 'side="client"'), 1);
+  assert.equal(sample(metrics, 'duplexwire_wsproxy_heartbeat_timeouts_total', 'side="upstream"') ?? 0, 0);
 });
 
 // Found with the fault suite (test/chaos/faults.ts): the heartbeat saw only whole messages,

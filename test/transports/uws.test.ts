@@ -82,6 +82,25 @@ test('a peer that keeps sending while paused is closed with 1008 at maxPausedByt
   assert.equal(remote.rec.messages.length, 0, 'a paused owner loses what waited');
 });
 
+// uWS v20.30 (WebSocketProtocol.h parseClosePayload) refuses codes above 1011 and below 4000,
+// though RFC 6455 §7.4.2 and the IANA registry allow them (ws does): pinned so that the difference
+// listed on uwsTransport and in the README is noticed when uWS changes.
+test('a peer closing with 1012-1014 or 3000-3999 is seen as 1006 by the owner and gets an empty close frame', async (t) => {
+  const server = await startServer(t);
+  const codes = [1012, 1013, 1014, 3000, 3999, 4000];
+  for (const [i, code] of codes.entries()) {
+    const { socket, rec } = await connect(t, server.url);
+    await until(() => server.accepted.length === i + 1, 'connection');
+    const remote = server.accepted[i]!;
+    socket.close(code, 'bye');
+    await until(() => remote.rec.closes.length === 1 && rec.closes.length === 1, `both closes (${code})`);
+    const refused = code < 4000;
+    assert.deepEqual(remote.rec.closes, [refused ? { code: 1006, reason: '' } : { code, reason: 'bye' }], `${code}`);
+    // ws reports what the answering close frame said: none (1005), not the code it sent.
+    assert.deepEqual(rec.closes, [refused ? { code: 1005, reason: '' } : { code, reason: 'bye' }], `${code}`);
+  }
+});
+
 test('a send beyond maxBackpressure is dropped and closes with 1008, never silently', async (t) => {
   const server = await startServer(t, { transport: { highWaterMark: 1024, maxBackpressure: 256 * 1024 } });
   const { socket: client, rec } = await connect(t, server.url);

@@ -18,7 +18,8 @@
  * const heartbeat = new Heartbeat(30_000);
  * // when a connection opens:
  * const beat = heartbeat.track(socket, () => logger.info('peer timed out'));
- * // its handlers: onMessage, onPing and onActivity call beat.seen(), onClose calls beat.untrack();
+ * // its handlers: onMessage, onPing and onActivity call beat.seen(), onDrain beat.drained(), onClose
+ * // beat.untrack(); a send to it that answers 'backpressure' calls beat.owing();
  * // the owner stops reading it (backpressure): socket.pause() with beat.pause(), and
  * // socket.resume() with beat.resume().
  * // when the application closes:
@@ -45,8 +46,19 @@ export interface HeartbeatTracking {
    */
   seen(): void;
   /**
+   * A send to the socket answered `backpressure`: the owner waits for the peer to take what was
+   * queued for it, until `drained()`.
+   */
+  owing(): void;
+  /** The peer took what was queued for it (`SocketHandlers.onDrain`): `seen`, and owes nothing. */
+  drained(): void;
+  /**
    * The owner stopped reading the socket (`TransportSocket.pause`, backpressure): what the peer
-   * sends, its pongs included, stays unread, so it is neither pinged nor judged until `resume`.
+   * sends, its pongs included, stays unread, so it is not judged until `resume`, unless it owes
+   * a drain (`owing`): a peer that neither takes what it was sent nor can be heard is judged all
+   * the same, by its drains alone. Else two peers each waiting for the other to read (an echo
+   * upstream that stops reading while its replies back up, a client that sends and reads
+   * nothing) would hold their link forever, a vanished one included.
    */
   pause(): void;
   /** The owner reads the socket again; counts as a sign of life, its clock starts over. */
@@ -58,6 +70,8 @@ export interface HeartbeatTracking {
 /** What `track` returns when the heartbeat is off or stopped. */
 export const UNTRACKED: HeartbeatTracking = Object.freeze({
   seen() {},
+  owing() {},
+  drained() {},
   pause() {},
   resume() {},
   untrack() {},
@@ -69,6 +83,8 @@ class Tracked implements HeartbeatTracking {
   /** Ticks in a row without anything. */
   missed = 0;
   paused = false;
+  /** A send answered backpressure and no drain followed yet. */
+  owes = false;
 
   constructor(
     readonly socket: HeartbeatSocket,
@@ -79,6 +95,15 @@ class Tracked implements HeartbeatTracking {
 
   seen(): void {
     this.alive = true;
+  }
+
+  owing(): void {
+    this.owes = true;
+  }
+
+  drained(): void {
+    this.alive = true;
+    this.owes = false;
   }
 
   pause(): void {
@@ -153,7 +178,7 @@ export class Heartbeat {
 
   #tick(): void {
     for (const tracked of this.#tracked) {
-      if (tracked.paused) continue;
+      if (tracked.paused && !tracked.owes) continue;
       if (tracked.alive) {
         tracked.alive = false;
         tracked.missed = 0;

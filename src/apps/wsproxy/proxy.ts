@@ -566,7 +566,7 @@ export class WsProxy {
       },
       onDrain: () => {
         // The client took what was queued for it: alive, and ready for more of the upstream.
-        link.clientBeat.seen();
+        link.clientBeat.drained();
         resumeSide(link.upstream, link.upstreamBeat);
       },
       onPing: () => link.clientBeat.seen(),
@@ -585,8 +585,13 @@ export class WsProxy {
     };
   }
 
-  /** The heartbeat terminated one side of `link`; its `onClose` (1006) closes the other as usual. */
+  /**
+   * The heartbeat terminated one side of `link`; its `onClose` (1006) closes the other as usual.
+   * The other side is no longer judged: when the two waited for each other, both would time out
+   * in the same tick, and the other one is to be closed with a code, not terminated.
+   */
   private timedOut(link: Link, side: 'client' | 'upstream'): void {
+    (side === 'client' ? link.upstreamBeat : link.clientBeat).untrack();
     this.metrics.heartbeatTimeouts.inc({ side });
     this.logger.info('nothing came from one side for two heartbeat intervals; dropped it', { link: link.id, side });
   }
@@ -600,7 +605,7 @@ export class WsProxy {
         else this.forward(link, 'client', data, binary);
       },
       onDrain: () => {
-        link.upstreamBeat.seen();
+        link.upstreamBeat.drained();
         if (link.client !== undefined) resumeSide(link.client, link.clientBeat);
       },
       onPing: () => link.upstreamBeat.seen(),
@@ -623,7 +628,8 @@ export class WsProxy {
   private forward(link: Link, to: 'client' | 'upstream', data: Uint8Array, binary: boolean): void {
     const target = to === 'client' ? link.client : link.upstream;
     const source = to === 'client' ? link.upstream : link.client;
-    const sourceBeat = to === 'client' ? link.upstreamBeat : link.clientBeat;
+    const [targetBeat, sourceBeat] =
+      to === 'client' ? [link.clientBeat, link.upstreamBeat] : [link.upstreamBeat, link.clientBeat];
     if (target === undefined || link.closing) return;
     this.metrics.messages.inc({ direction: to });
     this.metrics.bytes.inc({ direction: to }, data.byteLength);
@@ -633,7 +639,9 @@ export class WsProxy {
         this.closeLink(link, WsProxyCloseCode.PolicyViolation, 'too slow');
         return;
       }
-      // Reading the sender resumes on the receiver's drain.
+      // Reading the sender resumes on the receiver's drain, which the heartbeat waits for even
+      // while the proxy does not read the receiver either (each side waiting for the other).
+      targetBeat.owing();
       if (source !== undefined) pauseSide(source, sourceBeat);
     }
   }
