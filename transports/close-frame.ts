@@ -88,8 +88,9 @@ const BARE_500: RefusalResponse = /* @__PURE__ */ Object.freeze({
 });
 
 /**
- * Checks a refusal decision. Invalid owner input (a status outside 200-599, a header name that is
- * not a token, a value with CR/LF or another forbidden character) becomes a bare 500: a decision
+ * Checks a refusal decision. Invalid owner input (a status outside 200-599, a body that is not a
+ * string, a header name that is not a token, a value with CR/LF or another forbidden character)
+ * becomes a bare 500: a decision
  * must never be able to inject bytes into the response. Shared so that every server adapter
  * answers the same decision with the same response.
  */
@@ -99,6 +100,8 @@ export function refusalResponse(
   headers?: Readonly<Record<string, string>>,
 ): RefusalResponse {
   if (!(Number.isInteger(status) && status >= 200 && status <= 599)) return BARE_500;
+  // Typed string too, but owners write JavaScript: another body is their bug, answered as one.
+  if (typeof body !== 'string') return BARE_500;
   const extra: Array<readonly [string, string]> = [];
   let contentType = DEFAULT_REFUSAL_CONTENT_TYPE;
   if (headers !== undefined) {

@@ -363,19 +363,22 @@ export function serverTransportContract(
               ? { accept: false, status: 403, body: 'secret', headers: { 'X-Evil': 'a\r\nSet-Cookie: x=1' } }
               : request.path === '/status'
                 ? { accept: false, status: 99 }
-                : request.path === '/json'
-                  ? {
-                      accept: false,
-                      status: 426,
-                      body: '{"code":"OLD"}',
-                      headers: { 'content-TYPE': 'application/json; charset=utf-8', Upgrade: 'websocket' },
-                    }
-                  : {
-                      accept: false,
-                      status: 503,
-                      body: 'busy',
-                      headers: { 'Retry-After': '5', 'Content-Length': '999', 'X-Latin': 'caf\u00e9' },
-                    },
+                : request.path === '/number-body'
+                  ? // An owner writing JavaScript: a body that is not a string.
+                    ({ accept: false, status: 403, body: 42 } as unknown as UpgradeDecision)
+                  : request.path === '/json'
+                    ? {
+                        accept: false,
+                        status: 426,
+                        body: '{"code":"OLD"}',
+                        headers: { 'content-TYPE': 'application/json; charset=utf-8', Upgrade: 'websocket' },
+                      }
+                    : {
+                        accept: false,
+                        status: 503,
+                        body: 'busy',
+                        headers: { 'Retry-After': '5', 'Content-Length': '999', 'X-Latin': 'caf\u00e9' },
+                      },
         });
         const busy = await rawUpgrade(server.port, '/');
         assert.equal(busy.status, 503);
@@ -394,6 +397,9 @@ export function serverTransportContract(
         assert.equal(bad.headers['set-cookie'], undefined);
 
         assert.equal((await rawUpgrade(server.port, '/status')).status, 500);
+        const numberBody = await rawUpgrade(server.port, '/number-body');
+        assert.equal(numberBody.status, 500);
+        assert.equal(numberBody.body, '');
 
         // The owner's Content-Type replaces the default, once.
         const json = await rawUpgrade(server.port, '/json');
