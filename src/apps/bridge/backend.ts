@@ -64,6 +64,7 @@ export async function postEvent(
     'x-bridge-signature': sign(
       backend.secret,
       {
+        domain: 'event',
         action: request.event,
         subject: request.connection,
         contentType: request.contentType,

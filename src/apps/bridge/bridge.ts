@@ -26,7 +26,8 @@ import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKE
 import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
 import { type BackendAnswer, BackendError, type EventRequest, postEvent } from './backend.ts';
-import { MIN_SECRET_BYTES, SIGNATURE_HEADER, verifySignature } from './signature.ts';
+import { SeenSignatures } from '../shared/seen-signatures.ts';
+import { checkSignature, DEFAULT_SIGNATURE_TOLERANCE, MIN_SECRET_BYTES, SIGNATURE_HEADER } from './signature.ts';
 
 /** @default 10 s */
 export const DEFAULT_BACKEND_TIMEOUT = 10_000;
@@ -302,6 +303,12 @@ export class WsHttpBridge {
   private readonly stopping = new AbortController();
   private readonly endpoint: Endpoint;
   private readonly heartbeat: Heartbeat;
+  /**
+   * Nonces of the signed callbacks accepted within the tolerance: each is used once, so one
+   * captured on its way (a log, a proxy) cannot be sent again. Bounded (the oldest is forgotten,
+   * and nothing older passes after it).
+   */
+  private readonly seenCallbacks = new SeenSignatures(DEFAULT_SIGNATURE_TOLERANCE);
   private closing: Promise<void> | undefined;
 
   constructor(options: WsHttpBridgeOptions) {
@@ -818,16 +825,20 @@ export class WsHttpBridge {
       });
     }
     if (body === 'aborted') return;
-    if (
-      this.options.requireSignedCallbacks &&
-      !verifySignature(
+    if (this.options.requireSignedCallbacks) {
+      const verdict = checkSignature(
         this.options.backend.secret,
         headerValue(req.headers[SIGNATURE_HEADER]),
-        { action: method, subject: token, contentType: headerValue(req.headers['content-type']) },
+        { domain: 'callback', action: method, subject: token, contentType: headerValue(req.headers['content-type']) },
         body,
-      )
-    ) {
-      return answer(401, { code: 'BAD_SIGNATURE', message: 'the callback is not signed with the secret' });
+        { seen: this.seenCallbacks },
+      );
+      if (verdict === 'invalid') {
+        return answer(401, { code: 'BAD_SIGNATURE', message: 'the callback is not signed with the secret' });
+      }
+      if (verdict === 'replayed') {
+        return answer(401, { code: 'REPLAYED', message: 'this signature was used before; sign each callback anew' });
+      }
     }
     const conn = this.connections.get(token);
     if (conn === undefined || conn.ended !== undefined) {
