@@ -233,6 +233,8 @@ interface BridgeConnection {
 interface Accepted {
   readonly id: string;
   readonly timer: ReturnType<typeof setTimeout>;
+  /** Posts its close event when the client leaves before the connection opens (`request.signal`). */
+  readonly gone: () => void;
   /** The backend's answer to `connect`, when it had a body: the client's first message. */
   readonly welcome: { readonly body: Uint8Array; readonly contentType: string } | undefined;
 }
@@ -250,7 +252,7 @@ class BridgeMetrics {
     this.connections = new Gauge({ name: 'duplexwire_bridge_connections', help: 'Open client connections', registers });
     this.events = new Counter({
       name: 'duplexwire_bridge_events_total',
-      help: 'Events posted to the backend, by event and result (ok, refused, failed)',
+      help: 'Events posted to the backend, by event and result (ok, refused, failed, abandoned: the client left first)',
       labelNames: ['event', 'result'],
       registers,
     });
@@ -388,8 +390,9 @@ export class WsHttpBridge {
       for (const conn of this.connections.values()) {
         if (conn.ended === undefined) this.closeClient(conn, 1001, 'bridge shutting down');
       }
-      for (const { id, timer } of this.accepted.values()) {
+      for (const [request, { id, timer, gone }] of this.accepted) {
         clearTimeout(timer);
+        request.signal?.removeEventListener('abort', gone);
         this.sendOrphanClose(id, 'the bridge is shutting down');
       }
       this.accepted.clear();
@@ -415,10 +418,13 @@ export class WsHttpBridge {
     }
   }
 
-  /** Posts an event to the backend, tracked (for `close()`) and aborted when the bridge stops. */
-  private post(request: EventRequest): Promise<BackendAnswer> {
-    const posting = this.turn().then(() =>
-      postEvent(this.options.backend, request, this.stopping.signal).finally(() => this.nextTurn()),
+  /**
+   * Posts an event to the backend, tracked (for `close()`) and aborted when the bridge stops, or
+   * when `left` aborts (the client of a `connect` left: the backend's answer would go nowhere).
+   */
+  private post(request: EventRequest, left?: AbortSignal): Promise<BackendAnswer> {
+    const posting = this.turn(left).then(() =>
+      postEvent(this.options.backend, request, this.stopping.signal, left).finally(() => this.nextTurn()),
     );
     this.inflight.add(posting);
     posting.then(
@@ -430,9 +436,11 @@ export class WsHttpBridge {
 
   /**
    * Resolves when this POST may be sent (`maxBackendRequests`); rejects with BackendError
-   * `timeout` after `backendTimeout` of waiting, or `aborted` when the bridge stops.
+   * `timeout` after `backendTimeout` of waiting, `aborted` when the bridge stops, or `left` when
+   * `left` aborts (it then never takes a turn).
    */
-  private turn(): Promise<void> {
+  private turn(left?: AbortSignal): Promise<void> {
+    if (left?.aborted) return Promise.reject(new BackendError('left', 'the client left'));
     if (this.sending < this.options.maxBackendRequests && this.turns.length === 0) {
       this.sending++;
       return Promise.resolve();
@@ -444,8 +452,10 @@ export class WsHttpBridge {
         if (index >= 0) this.turns.splice(index, 1);
         clearTimeout(timer);
         stop.removeEventListener('abort', onStop);
+        left?.removeEventListener('abort', onLeft);
         reject(error);
       };
+      const onLeft = (): void => leave(new BackendError('left', 'the client left'));
       const timer = setTimeout(
         () =>
           leave(new BackendError('timeout', `no turn to reach the backend within ${this.options.backend.timeout} ms`)),
@@ -456,6 +466,7 @@ export class WsHttpBridge {
       const go = (): void => {
         clearTimeout(timer);
         stop.removeEventListener('abort', onStop);
+        left?.removeEventListener('abort', onLeft);
         this.sending++;
         resolve();
       };
@@ -464,6 +475,7 @@ export class WsHttpBridge {
         return;
       }
       stop.addEventListener('abort', onStop, { once: true });
+      left?.addEventListener('abort', onLeft, { once: true });
       this.turns.push(go);
     });
   }
@@ -502,12 +514,17 @@ export class WsHttpBridge {
     let answer: BackendAnswer | BackendError;
     const started = performance.now();
     try {
-      answer = await this.post({
-        event: 'connect',
-        connection: id,
-        body,
-        contentType: 'application/json',
-      });
+      // A client that leaves meanwhile (`request.signal`) ends the wait for a turn, or the POST:
+      // its answer would go nowhere, and the backend may be spared the work.
+      answer = await this.post(
+        {
+          event: 'connect',
+          connection: id,
+          body,
+          contentType: 'application/json',
+        },
+        request.signal,
+      );
     } catch (error) {
       answer = error instanceof BackendError ? error : new BackendError('unreachable', String(error));
     } finally {
@@ -521,6 +538,12 @@ export class WsHttpBridge {
       this.metrics.events.inc({ event: 'connect', result: accepted ? 'ok' : 'failed' });
       if (accepted) this.sendOrphanClose(id, 'the bridge is shutting down');
       return refuse(503, 'the bridge is shutting down');
+    }
+    if (answer instanceof BackendError && answer.reason === 'left') {
+      // Never accepted: the backend gets no close event for it.
+      this.metrics.events.inc({ event: 'connect', result: 'abandoned' });
+      this.logger.debug('the client left before its connect was answered', { id });
+      return refuse(503, 'the client left');
     }
     if (answer instanceof BackendError) {
       this.metrics.events.inc({ event: 'connect', result: 'failed' });
@@ -542,14 +565,26 @@ export class WsHttpBridge {
       return refuse(502, 'the backend failed');
     }
     this.metrics.events.inc({ event: 'connect', result: 'ok' });
-    // The transport opens the connection right after this answer, or drops the upgrade quietly
-    // when the client left meanwhile: then the backend must still hear that it closed.
-    const timer = setTimeout(() => {
-      if (this.accepted.delete(request)) this.sendOrphanClose(id, 'the client left during the upgrade');
-    }, ACCEPT_GRACE);
+    // Accepted by the backend, so it must hear when the connection ends, even one that never
+    // opens: the client left after the answer (now, or before the transport opens the
+    // connection: `request.signal`), or the transport dropped the upgrade quietly (after a while).
+    if (request.signal?.aborted) {
+      this.sendOrphanClose(id, 'the client left during the upgrade');
+      return refuse(503, 'the client left');
+    }
+    const gone = (): void => {
+      const entry = this.accepted.get(request);
+      if (entry?.id !== id) return;
+      this.accepted.delete(request);
+      clearTimeout(entry.timer);
+      request.signal?.removeEventListener('abort', gone);
+      this.sendOrphanClose(id, 'the client left during the upgrade');
+    };
+    const timer = setTimeout(gone, ACCEPT_GRACE);
     timer.unref();
+    request.signal?.addEventListener('abort', gone, { once: true });
     const welcome = answer.body.length > 0 ? { body: answer.body, contentType: answer.contentType } : undefined;
-    this.accepted.set(request, { id, timer, welcome });
+    this.accepted.set(request, { id, timer, gone, welcome });
     // The subprotocol is the backend's to choose, among those the client offered; none unless it says.
     return { accept: true, protocol: answer.protocol };
   }
@@ -567,6 +602,7 @@ export class WsHttpBridge {
       return { onMessage() {}, onDrain() {}, onPing() {}, onClose() {} };
     }
     clearTimeout(accepted.timer);
+    request.signal?.removeEventListener('abort', accepted.gone);
     let finish!: () => void;
     const done = new Promise<void>((resolveDone) => {
       finish = resolveDone;
