@@ -497,7 +497,9 @@ export class WsHttpBridge {
     const offered = parseProtocolOffer(request.headers['sec-websocket-protocol']);
     if (offered === undefined) return refuse(400, 'malformed Sec-WebSocket-Protocol');
     const id = nanoid();
-    const headers: Record<string, string> = {};
+    // Null prototype: the client names the headers, and one named `__proto__` would otherwise set
+    // the prototype (dropped from the JSON) instead of being passed on.
+    const headers: Record<string, string> = Object.create(null);
     for (const [name, value] of Object.entries(request.headers)) {
       if (value !== undefined && !DROPPED_HEADERS.has(name) && !name.startsWith('proxy-')) headers[name] = value;
     }
