@@ -52,6 +52,11 @@ const TOKEN_LENGTH = 32; // nanoid: 6 bits per character, 192 bits
 const TOKEN_PATH = /^\/connections\/([A-Za-z0-9_-]{32})$/;
 const TEXT_TYPE = 'text/plain; charset=utf-8';
 const BINARY_TYPE = 'application/octet-stream';
+/**
+ * What a queued message counts for against `maxQueuedBytes` besides its bytes: about what holding
+ * one costs (its entry, its buffer's object), so that empty messages fill the byte limit too.
+ */
+export const QUEUED_MESSAGE_OVERHEAD = 128;
 /** How long an accepted upgrade may take to become a connection before it counts as gone. */
 const ACCEPT_GRACE = 5_000;
 /** Upgrade headers the backend has no use for (the handshake's own, and hop-by-hop ones). */
@@ -207,7 +212,7 @@ interface BridgeConnection {
   readonly socket: TransportSocket;
   readonly queue: Array<{ readonly data: Uint8Array; readonly binary: boolean }>;
   /** A POST of this connection is under way. */
-  /** Bytes of the messages in `queue`. */
+  /** Bytes of the messages in `queue`, each counted with QUEUED_MESSAGE_OVERHEAD. */
   queuedBytes: number;
   /** Its place in the heartbeat. */
   beat: HeartbeatTracking;
@@ -665,7 +670,7 @@ export class WsHttpBridge {
 
   private received(conn: BridgeConnection, data: Uint8Array, binary: boolean): void {
     if (conn.ended !== undefined) return;
-    const { maxQueuedMessages, maxQueuedBytes } = this.options;
+    const { maxQueuedMessages, maxQueuedBytes, maxMessageSize } = this.options;
     if (
       conn.failed ||
       // A client being closed is read on (its close frame must be read), so reading cannot pause:
@@ -676,8 +681,19 @@ export class WsHttpBridge {
       conn.dropped++;
       return;
     }
+    const cost = data.byteLength + QUEUED_MESSAGE_OVERHEAD;
+    // Pausing stops reading, but what the last read brought is still delivered (the ws transport
+    // hands on every message of a chunk: one 64 KiB read holds ~10,000 empty frames, uWS reads
+    // more at once). A client within its rights overshoots the pause by at most one message and
+    // one read's worth; one that sends far more than that in a single write is closed.
+    if (conn.queuedBytes + cost > 2 * maxQueuedBytes + maxMessageSize + QUEUED_MESSAGE_OVERHEAD) {
+      conn.dropped++;
+      this.logger.warn('a client overran its queue past the pause; closed', { id: conn.id });
+      this.closeClient(conn, 1008, 'too many messages');
+      return;
+    }
     conn.queue.push({ data, binary });
-    conn.queuedBytes += data.byteLength;
+    conn.queuedBytes += cost;
     // Bounded by count and by bytes: a client may send faster than the backend answers, but only
     // this much waits in the bridge (what is on its way stays in TCP, at the client).
     if (
@@ -700,7 +716,7 @@ export class WsHttpBridge {
       for (;;) {
         const next = conn.failed ? undefined : conn.queue.shift();
         if (next === undefined) break;
-        conn.queuedBytes -= next.data.byteLength;
+        conn.queuedBytes -= next.data.byteLength + QUEUED_MESSAGE_OVERHEAD;
         const { maxQueuedMessages, maxQueuedBytes } = this.options;
         if (
           conn.paused &&
