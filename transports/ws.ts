@@ -625,12 +625,21 @@ function resolveServerOptions(options: WsServerTransportOptions): Readonly<Resol
 /* Server                                                                                      */
 /* ------------------------------------------------------------------------------------------- */
 
+const PROTO = '__proto__';
+
 function buildUpgradeRequest(req: IncomingMessage, url: string, path: string, signal: AbortSignal): UpgradeRequest {
   const queryStart = url.indexOf('?');
   // Null prototype: header names are chosen by the peer (`__proto__`, `constructor`).
   const headers: Record<string, string | undefined> = Object.create(null);
   for (const [name, value] of Object.entries(req.headers)) {
     headers[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  // Node's `req.headers` is a plain object, where a header named `__proto__` sets nothing and is
+  // lost: taken from the raw headers (repeats joined as Node joins unknown headers).
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i]!.toLowerCase() !== PROTO) continue;
+    const previous = headers[PROTO];
+    headers[PROTO] = previous === undefined ? req.rawHeaders[i + 1]! : `${previous}, ${req.rawHeaders[i + 1]!}`;
   }
   return {
     url,

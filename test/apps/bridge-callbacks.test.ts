@@ -208,7 +208,7 @@ test('requireSignedCallbacks: unsigned or wrongly signed 401; signed with sign()
   const body = Buffer.from('signed hello');
   const signature = (fields: { action: string; subject: string }, bytes: Uint8Array, secret = SECRET, at?: number) =>
     ({
-      'x-bridge-signature': sign(secret, { ...fields, contentType: 'text/plain' }, bytes, at),
+      'x-bridge-signature': sign(secret, { domain: 'callback', ...fields, contentType: 'text/plain' }, bytes, at),
       'content-type': 'text/plain',
     }) as Record<string, string>;
   const wrong: Array<[string, Record<string, string>]> = [
@@ -326,4 +326,41 @@ test('without callbackUrl the callback URL is the address the bridge listens on'
   });
   assert.equal(reply.status, 204);
   assert.equal((await client.waitMessages(1))[0]!.text, 'back');
+});
+
+test('requireSignedCallbacks: a signed callback is used once; a replay within the tolerance is refused', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend, { requireSignedCallbacks: true });
+  const { client, path } = await withCallback(t, backend, bridge);
+  const url = `${bridge.base}${path.slice(1)}`;
+  const body = Buffer.from('once');
+  const headers = {
+    'content-type': 'text/plain',
+    'x-bridge-signature': signCallback(SECRET, { method: 'POST', url, contentType: 'text/plain' }, body),
+  };
+  assert.equal((await call(bridge.port, { method: 'POST', path, headers, body })).status, 204);
+  const again = await call(bridge.port, { method: 'POST', path, headers, body });
+  assert.equal(again.status, 401, 'the same signature again');
+  assert.equal(JSON.parse(again.text).code, 'REPLAYED');
+  // The same message signed anew is another callback.
+  const fresh = signCallback(SECRET, { method: 'POST', url, contentType: 'text/plain' }, body);
+  const second = await call(bridge.port, {
+    method: 'POST',
+    path,
+    headers: { ...headers, 'x-bridge-signature': fresh },
+    body,
+  });
+  assert.equal(second.status, 204);
+  await client.waitMessages(2);
+  // A DELETE captured and replayed is refused the same way (before it finds the connection gone).
+  const del = { 'x-bridge-signature': signCallback(SECRET, { method: 'DELETE', url }, new Uint8Array(0)) };
+  assert.equal((await call(bridge.port, { method: 'DELETE', path, headers: del })).status, 204);
+  const replayedDelete = await call(bridge.port, { method: 'DELETE', path, headers: del });
+  assert.equal(replayedDelete.status, 401);
+  assert.equal(JSON.parse(replayedDelete.text).code, 'REPLAYED');
+  assert.equal((await client.closed).code, 1000);
+  assert.deepEqual(
+    client.messages.map((m) => m.text),
+    ['once', 'once'],
+  );
 });

@@ -73,6 +73,23 @@ test('connect: a signed POST with the id, path, query, headers (handshake and ho
   assert.equal(new Set(ids).size, 2);
 });
 
+test('connect: headers named like Object properties (__proto__, constructor, toString) arrive like any other', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend);
+  // A computed key: `{ '__proto__': ... }` in a literal would set the prototype instead.
+  const headers: Record<string, string> = { ['__proto__']: 'proto-value', constructor: 'ctor', tostring: 'ts' };
+  assert.ok(Object.hasOwn(headers, '__proto__'));
+  await connected(t, backend, bridge, { headers });
+  const [connect] = backend.events('connect');
+  // Parsed without a reviver, JSON keeps `__proto__` as an own property.
+  const sent = connect!.json<{ headers: Record<string, string> }>().headers;
+  assert.ok(Object.hasOwn(sent, '__proto__'), `__proto__ is in ${connect!.body.toString('utf8')}`);
+  assert.equal(Object.getOwnPropertyDescriptor(sent, '__proto__')?.value, 'proto-value');
+  assert.equal(sent.constructor, 'ctor');
+  assert.equal(sent.tostring, 'ts');
+  assert.equal(sent['x-nothing'], undefined);
+});
+
 test('a 2xx body is the first message: text for text/*, binary otherwise; an empty body sends nothing', async (t) => {
   const backend = await startBackend(t, (req) => {
     if (req.event !== 'connect') return { status: 204 };

@@ -207,6 +207,41 @@ for (const [limit, options] of [
   });
 }
 
+test('one write of 10,000 empty messages: what is read past the pause is bounded, the client closed with 1008 past it', async (t) => {
+  // Pausing stops reading, but the ws transport still delivers every message of the chunk it
+  // read: without a bound in bytes that counts each message's cost, all 10,000 would queue.
+  const COUNT = 10_000;
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  t.after(() => release());
+  const backend = await startBackend(t, async (req) => {
+    if (req.event === 'message') await held;
+    return { status: 204 };
+  });
+  const limits = { maxQueuedMessages: 4, maxQueuedBytes: 4096, maxMessageSize: 1024 };
+  const bridge = await startBridge(t, backend, { ...limits, backendTimeout: 20_000 });
+  const { client, id } = await connected(t, backend, bridge);
+  client.ws.send('first'); // in flight, held: the rest queues behind it
+  await backend.waitFor((r) => r.event === 'message' && r.connection === id);
+  // Empty masked text frames (FIN + text, mask bit, zero mask), 6 bytes each, in one write.
+  const frame = Buffer.from([0x81, 0x80, 0, 0, 0, 0]);
+  const frames = Buffer.concat(Array.from({ length: COUNT }, () => frame));
+  (client.ws as unknown as { _socket: Socket })._socket.write(frames);
+  await waitFor(() => client.ended !== undefined, 5000, 'the client closed');
+  assert.deepEqual(client.ended, { code: 1008, reason: 'too many messages' });
+  release();
+  const [close] = await backend.waitFor((r) => r.event === 'close' && r.connection === id, 1, 10_000);
+  const posted = backend.events('message', id).length - 1;
+  const { dropped } = close!.json<{ dropped: number }>();
+  // Each message counts 128 bytes and its own against 2 × maxQueuedBytes + maxMessageSize.
+  const bound = Math.ceil((2 * limits.maxQueuedBytes + limits.maxMessageSize + 128) / 128);
+  assert.ok(posted <= bound, `${posted} messages queued past the pause, at most ${bound}`);
+  assert.ok(posted >= limits.maxQueuedMessages, `${posted} queued: the pause limits at least`);
+  assert.equal(posted + dropped, COUNT, 'every message read is either posted or counted as dropped');
+});
+
 test('a failure while reading is paused still closes the client at once, and the close event follows', async (t) => {
   const SIZE = 64 * 1024;
   const backend = await startBackend(t, (req) => (req.event === 'message' ? undefined : { status: 204 }));

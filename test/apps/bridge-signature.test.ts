@@ -1,7 +1,8 @@
 /**
  * Bridge, signatures: `sign` and `verifySignature` as a backend uses them (HMAC-SHA256 over the
- * timestamp, action, subject and body; `t=<unix ms>,v1=<hex>`), and every event the bridge posts
- * verifying against the secret, while any change to it does not.
+ * domain, timestamp, nonce, action, subject, content type, callback URL and body;
+ * `t=<unix ms>,n=<nonce>,v2=<hex>`), every event the bridge posts verifying against the secret
+ * while any change to it does not, and events and callbacks never passing as one another.
  */
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
@@ -9,35 +10,91 @@ import { test } from 'node:test';
 import {
   DEFAULT_SIGNATURE_TOLERANCE,
   MIN_SECRET_BYTES,
+  parseSignature,
+  SeenSignatures,
   SIGNATURE_HEADER,
   sign,
+  signCallback,
   verifyEvent,
   verifySignature,
 } from '../../src/apps/bridge/index.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import { call, callbackPath, connected, SECRET, startBackend, startBridge } from '../fixtures/bridge-helpers.ts';
 
-const fields = { action: 'message', subject: 'conn-1' };
+const fields = { domain: 'event', action: 'message', subject: 'conn-1' } as const;
+const NONCE = 'nonce-0123456789_ABC';
 const body = new TextEncoder().encode('hello ✓');
 const NOW = 1_750_000_000_000;
 
-test('sign: t=<unix ms>,v1=<hex HMAC-SHA256 of "v1\\n<t>\\n<action>\\n<subject>\\n<content type>\\n<callback>\\n" + body>', () => {
-  const header = sign(SECRET, fields, body, NOW);
-  const expected = createHmac('sha256', SECRET).update(`v1\n${NOW}\nmessage\nconn-1\n\n\n`).update(body).digest('hex');
-  assert.equal(header, `t=${NOW},v1=${expected}`);
-  const full = { ...fields, contentType: 'text/plain; charset=utf-8', callback: 'http://b/connections/x' };
-  const withAll = createHmac('sha256', SECRET)
-    .update(`v1\n${NOW}\nmessage\nconn-1\ntext/plain; charset=utf-8\nhttp://b/connections/x\n`)
+test('sign: t=<unix ms>,n=<nonce>,v2=<hex HMAC-SHA256 of "v2\\n<domain>\\n<t>\\n<nonce>\\n<action>\\n<subject>\\n<content type>\\n<callback>\\n" + body>', () => {
+  const header = sign(SECRET, fields, body, NOW, NONCE);
+  const expected = createHmac('sha256', SECRET)
+    .update(`v2\nevent\n${NOW}\n${NONCE}\nmessage\nconn-1\n\n\n`)
     .update(body)
     .digest('hex');
-  assert.equal(sign(SECRET, full, body, NOW), `t=${NOW},v1=${withAll}`);
-  assert.match(sign(SECRET, fields, body), /^t=\d{13},v1=[0-9a-f]{64}$/);
+  assert.equal(header, `t=${NOW},n=${NONCE},v2=${expected}`);
+  const full = { ...fields, contentType: 'text/plain; charset=utf-8', callback: 'http://b/connections/x' };
+  const withAll = createHmac('sha256', SECRET)
+    .update(`v2\nevent\n${NOW}\n${NONCE}\nmessage\nconn-1\ntext/plain; charset=utf-8\nhttp://b/connections/x\n`)
+    .update(body)
+    .digest('hex');
+  assert.equal(sign(SECRET, full, body, NOW, NONCE), `t=${NOW},n=${NONCE},v2=${withAll}`);
+  const callback = createHmac('sha256', SECRET)
+    .update(`v2\ncallback\n${NOW}\n${NONCE}\nPOST\ntoken\ntext/plain\n\n`)
+    .update(body)
+    .digest('hex');
+  assert.equal(
+    sign(SECRET, { domain: 'callback', action: 'POST', subject: 'token', contentType: 'text/plain' }, body, NOW, NONCE),
+    `t=${NOW},n=${NONCE},v2=${callback}`,
+  );
+  assert.match(sign(SECRET, fields, body), /^t=\d{13},n=[A-Za-z0-9_-]{21},v2=[0-9a-f]{64}$/);
   const stamp = Number(/^t=(\d+)/.exec(sign(SECRET, fields, body))![1]);
   assert.ok(Math.abs(stamp - Date.now()) < 1000, 'now by default');
+  assert.notEqual(parseSignature(sign(SECRET, fields, body))!.nonce, parseSignature(sign(SECRET, fields, body))!.nonce);
+  assert.deepEqual(parseSignature(header), { timestamp: NOW, nonce: NONCE });
+  assert.equal(parseSignature('t=1,v1=00'), undefined);
   // A Uint8Array secret is the same key as its string.
-  assert.equal(sign(new TextEncoder().encode(SECRET), fields, body, NOW), header);
+  assert.equal(sign(new TextEncoder().encode(SECRET), fields, body, NOW, NONCE), header);
   assert.equal(MIN_SECRET_BYTES, 32);
   assert.equal(SIGNATURE_HEADER, 'x-bridge-signature');
+  // An action outside its domain, or a bad nonce, is never signed.
+  assert.throws(() => sign(SECRET, { ...fields, action: 'POST' }, body), InvalidArgumentError);
+  assert.throws(
+    () => sign(SECRET, { domain: 'callback', action: 'message', subject: 't' }, body),
+    InvalidArgumentError,
+  );
+  assert.throws(() => sign(SECRET, fields, body, NOW, 'short'), InvalidArgumentError);
+  assert.throws(() => sign(SECRET, fields, body, NOW, `${NONCE},v2=`), InvalidArgumentError);
+});
+
+test('the domain is signed: an event never verifies as a callback, nor a callback as an event', () => {
+  const at = { now: NOW };
+  const callback = { domain: 'callback', action: 'POST', subject: 'token' } as const;
+  const signed = sign(SECRET, callback, body, NOW, NONCE);
+  assert.equal(verifySignature(SECRET, signed, callback, body, at), true);
+  assert.equal(verifySignature(SECRET, signed, { ...callback, domain: 'event' }, body, at), false);
+  const event = sign(SECRET, fields, body, NOW, NONCE);
+  assert.equal(verifySignature(SECRET, event, { ...fields, domain: 'callback' }, body, at), false);
+  // verifyEvent takes only the bridge's events.
+  const headers = { 'x-bridge-event': 'POST', 'x-bridge-connection': 'token', [SIGNATURE_HEADER]: signed };
+  assert.equal(verifyEvent(SECRET, headers, body, at), false);
+});
+
+test('verifySignature with seen: a nonce verifies once within the tolerance', () => {
+  const seen = new SeenSignatures(DEFAULT_SIGNATURE_TOLERANCE);
+  const header = sign(SECRET, fields, body, NOW, NONCE);
+  assert.equal(verifySignature(SECRET, header, fields, body, { now: NOW, seen }), true);
+  assert.equal(verifySignature(SECRET, header, fields, body, { now: NOW + 1, seen }), false, 'replayed');
+  // A bad signature is not remembered: it cannot use up a nonce.
+  const other = sign(SECRET, fields, body, NOW, 'other-nonce-0123456789');
+  const forged = other.replace(/v2=[0-9a-f]{4}/, 'v2=0000');
+  assert.equal(verifySignature(SECRET, forged, fields, body, { now: NOW, seen }), false);
+  assert.equal(verifySignature(SECRET, other, fields, body, { now: NOW, seen }), true);
+  assert.equal(seen.size, 2);
+  const headers = { 'x-bridge-event': 'message', 'x-bridge-connection': 'conn-1' };
+  const event = sign(SECRET, fields, body, NOW);
+  assert.equal(verifyEvent(SECRET, { ...headers, [SIGNATURE_HEADER]: event }, body, { now: NOW, seen }), true);
+  assert.equal(verifyEvent(SECRET, { ...headers, [SIGNATURE_HEADER]: event }, body, { now: NOW, seen }), false);
 });
 
 test('verifySignature: true for the same secret, fields and body within the tolerance', () => {
@@ -67,8 +124,13 @@ test('verifySignature: false for a changed body, action, subject, secret or a ti
   assert.equal(verifySignature(SECRET, header, fields, body, { now: NOW + 1001, tolerance: 1000 }), false);
   assert.equal(verifySignature(SECRET, header, fields, body, { now: NOW + 1000, tolerance: 1000 }), true);
   // A replayed signature with a fresh timestamp is not valid either: the timestamp is signed.
-  const [, mac] = header.split(',');
-  assert.equal(verifySignature(SECRET, `t=${NOW + 1},${mac}`, fields, body, at), false, 'timestamp changed');
+  const [, nonce, mac] = header.split(',');
+  assert.equal(verifySignature(SECRET, `t=${NOW + 1},${nonce},${mac}`, fields, body, at), false, 'timestamp changed');
+  assert.equal(
+    verifySignature(SECRET, `t=${NOW},n=${'A'.repeat(21)},${mac}`, fields, body, at),
+    false,
+    'nonce changed',
+  );
 });
 
 test('the content type and the callback URL are signed, and fields cannot shift between them', () => {
@@ -84,21 +146,26 @@ test('the content type and the callback URL are signed, and fields cannot shift 
 });
 
 test('verifySignature: false for a missing or malformed header', () => {
-  const header = sign(SECRET, fields, body, NOW);
-  const hex = header.split('v1=')[1]!;
+  const header = sign(SECRET, fields, body, NOW, NONCE);
+  const hex = header.split('v2=')[1]!;
+  const v1 = createHmac('sha256', SECRET).update(`v1\n${NOW}\nmessage\nconn-1\n\n\n`).update(body).digest('hex');
   for (const bad of [
     undefined,
     '',
     'nonsense',
-    `v1=${hex}`,
+    `v2=${hex}`,
     `t=${NOW}`,
-    `t=${NOW},v1=${hex.toUpperCase()}`,
-    `t=${NOW},v1=${hex.slice(2)}`,
-    `t=${NOW},v1=${hex}00`,
-    `t=${NOW},v1=${hex},v2=00`,
-    ` t=${NOW},v1=${hex}`,
-    `t=-${NOW},v1=${hex}`,
-    `t=${NOW}.5,v1=${hex}`,
+    `t=${NOW},v2=${hex}`,
+    `t=${NOW},v1=${v1}`,
+    `t=${NOW},n=${NONCE},v1=${hex}`,
+    `t=${NOW},n=${NONCE},v2=${hex.toUpperCase()}`,
+    `t=${NOW},n=${NONCE},v2=${hex.slice(2)}`,
+    `t=${NOW},n=${NONCE},v2=${hex}00`,
+    `t=${NOW},n=${NONCE},v2=${hex},v3=00`,
+    ` t=${NOW},n=${NONCE},v2=${hex}`,
+    `t=-${NOW},n=${NONCE},v2=${hex}`,
+    `t=${NOW}.5,n=${NONCE},v2=${hex}`,
+    `t=${NOW},n=${NONCE}!,v2=${hex}`,
   ]) {
     assert.equal(verifySignature(SECRET, bad, fields, body, { now: NOW }), false, String(bad));
   }
@@ -121,7 +188,13 @@ test('every event the bridge posts verifies; a changed body, event, id or secret
   );
   for (const req of backend.requests) {
     const header = req.headers[SIGNATURE_HEADER] as string;
-    const signed = { action: req.event, subject: req.connection, contentType: req.contentType, callback: req.callback };
+    const signed = {
+      domain: 'event' as const,
+      action: req.event,
+      subject: req.connection,
+      contentType: req.contentType,
+      callback: req.callback,
+    };
     assert.ok(verifySignature(SECRET, header, signed, req.body), `${req.event} verifies`);
     assert.ok(verifyEvent(SECRET, req.headers, req.body), `${req.event} verifies with verifyEvent`);
     // What the backend acts on is signed too: another callback URL or content type fails.
@@ -149,4 +222,52 @@ test('every event the bridge posts verifies; a changed body, event, id or secret
       'replayed later',
     );
   }
+});
+
+test('a callback signature never passes as an event, nor an event as a callback', async (t) => {
+  const backend = await startBackend(t);
+  const bridge = await startBridge(t, backend, { requireSignedCallbacks: true });
+  const { client, id } = await connected(t, backend, bridge);
+  client.ws.send('hello');
+  const [event] = await backend.waitFor((r) => r.event === 'message' && r.connection === id);
+  assert.equal(event!.verified, true);
+  const path = callbackPath(event!);
+  const token = path.slice('/connections/'.length);
+  // The backend signs a callback; a captured copy is replayed to the backend as an event, with
+  // the event headers made of the callback's method and token.
+  const bytes = Buffer.from('{"as":"callback"}');
+  for (const method of ['POST', 'DELETE'] as const) {
+    const signature = signCallback(
+      SECRET,
+      { method, url: `${bridge.base}connections/${token}`, contentType: 'application/json' },
+      bytes,
+    );
+    const before = backend.requests.length;
+    const replayed = await fetch(backend.url, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'x-bridge-event': method,
+        'x-bridge-connection': token,
+        [SIGNATURE_HEADER]: signature,
+      },
+      body: bytes,
+    });
+    await replayed.arrayBuffer();
+    // Recorded before it was answered.
+    assert.equal(backend.requests.length, before + 1);
+    assert.equal(backend.requests.at(-1)!.verified, false, `a ${method} callback does not verify as an event`);
+  }
+  // And the bridge's own message event, sent to the callback URL, is no callback.
+  const asCallback = await call(bridge.port, {
+    method: 'POST',
+    path,
+    headers: {
+      'content-type': event!.contentType,
+      [SIGNATURE_HEADER]: event!.headers[SIGNATURE_HEADER] as string,
+    },
+    body: event!.body,
+  });
+  assert.equal(asCallback.status, 401);
+  assert.equal(client.messages.length, 0);
 });

@@ -54,7 +54,7 @@ import { connectRedis, deletePrefix, redisUnreachable, uniquePrefix } from '../s
 
 describe('remembered cluster signatures', () => {
   it('a nonce is accepted once, and forgotten only when the clock skew refuses its signature anyway', () => {
-    const seen = new SeenSignatures();
+    const seen = new SeenSignatures(CLUSTER_CLOCK_SKEW);
     const now = 1_000_000;
     assert.equal(seen.add('a', now, now), true);
     assert.equal(seen.add('a', now, now), false, 'a replay');
@@ -67,7 +67,7 @@ describe('remembered cluster signatures', () => {
   });
 
   it('full: the oldest is forgotten and nothing up to its time passes again', () => {
-    const seen = new SeenSignatures(3);
+    const seen = new SeenSignatures(CLUSTER_CLOCK_SKEW, 3);
     const now = 1_000_000;
     for (const [nonce, time] of [
       ['a', now - 30],

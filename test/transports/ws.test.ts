@@ -189,6 +189,17 @@ test('a client sending more than 64 KiB before its upgrade is answered is cut of
   await until(() => fixture.upgrades[0]!.signal?.aborted === true, 'the signal aborted');
 });
 
+test("a header named __proto__ reaches the owner like any other (Node's req.headers loses it), repeats joined", async (t) => {
+  // (uWebSockets.js refuses a header name with `_` in its parser: the contract cannot ask it.)
+  const fixture = await serve(t, wsTransport({ host: '127.0.0.1', port: 0 }));
+  await rawWebSocket(t, fixture.port, '__proto__: y\r\n__Proto__: z\r\nConstructor: c\r\n');
+  await until(() => fixture.upgrades.length === 1, 'the upgrade asked about');
+  const { headers } = fixture.upgrades[0]!;
+  assert.deepEqual(Object.getOwnPropertyDescriptor(headers, '__proto__')?.value, 'y, z');
+  assert.equal(Object.getPrototypeOf(headers), null);
+  assert.equal(headers.constructor, 'c');
+});
+
 test('a client gone when the decision comes, its socket closing but not closed yet: the signal is aborted all the same', async (t) => {
   const http = createServer();
   await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));

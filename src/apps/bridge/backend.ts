@@ -35,8 +35,11 @@ export const PROTOCOL_HEADER = 'x-bridge-protocol';
 /** Why an event did not get an answer. */
 export class BackendError extends Error {
   override readonly name = 'BackendError';
-  /** `timeout`, `unreachable` (connection refused, DNS, reset), `too-large` (the answer) or `aborted` (the bridge stopped). */
-  readonly reason: 'timeout' | 'unreachable' | 'too-large' | 'aborted';
+  /**
+   * `timeout`, `unreachable` (connection refused, DNS, reset), `too-large` (the answer), `aborted`
+   * (the bridge stopped) or `left` (the client left before its `connect` was answered).
+   */
+  readonly reason: 'timeout' | 'unreachable' | 'too-large' | 'aborted' | 'left';
 
   constructor(reason: BackendError['reason'], message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -51,11 +54,15 @@ export interface BackendOptions {
   readonly maxBody: number;
 }
 
-/** Posts one event and reads the answer (any status). Rejects with BackendError. `stop` aborts it. */
+/**
+ * Posts one event and reads the answer (any status). Rejects with BackendError. `stop` (the
+ * bridge stops) and `left` (the client the event is for left) abort it.
+ */
 export async function postEvent(
   backend: BackendOptions,
   request: EventRequest,
   stop?: AbortSignal,
+  left?: AbortSignal,
 ): Promise<BackendAnswer> {
   const headers: Record<string, string> = {
     'content-type': request.contentType,
@@ -64,6 +71,7 @@ export async function postEvent(
     'x-bridge-signature': sign(
       backend.secret,
       {
+        domain: 'event',
         action: request.event,
         subject: request.connection,
         contentType: request.contentType,
@@ -85,9 +93,11 @@ export async function postEvent(
   timer.unref();
   const onStop = (): void => controller.abort();
   stop?.addEventListener('abort', onStop, { once: true });
-  if (stop?.aborted) controller.abort();
+  left?.addEventListener('abort', onStop, { once: true });
+  if (stop?.aborted || left?.aborted) controller.abort();
   const failure = (error: unknown, otherwise: BackendError): BackendError => {
     if (stop?.aborted) return new BackendError('aborted', 'the bridge stopped', { cause: error });
+    if (left?.aborted) return new BackendError('left', 'the client left', { cause: error });
     if (timedOut) return new BackendError('timeout', `no answer within ${backend.timeout} ms`, { cause: error });
     return otherwise;
   };
@@ -119,6 +129,7 @@ export async function postEvent(
   } finally {
     clearTimeout(timer);
     stop?.removeEventListener('abort', onStop);
+    left?.removeEventListener('abort', onStop);
   }
 }
 

@@ -26,7 +26,8 @@ import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKE
 import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
 import { type BackendAnswer, BackendError, type EventRequest, postEvent } from './backend.ts';
-import { MIN_SECRET_BYTES, SIGNATURE_HEADER, verifySignature } from './signature.ts';
+import { SeenSignatures } from '../shared/seen-signatures.ts';
+import { checkSignature, DEFAULT_SIGNATURE_TOLERANCE, MIN_SECRET_BYTES, SIGNATURE_HEADER } from './signature.ts';
 
 /** @default 10 s */
 export const DEFAULT_BACKEND_TIMEOUT = 10_000;
@@ -51,6 +52,11 @@ const TOKEN_LENGTH = 32; // nanoid: 6 bits per character, 192 bits
 const TOKEN_PATH = /^\/connections\/([A-Za-z0-9_-]{32})$/;
 const TEXT_TYPE = 'text/plain; charset=utf-8';
 const BINARY_TYPE = 'application/octet-stream';
+/**
+ * What a queued message counts for against `maxQueuedBytes` besides its bytes: about what holding
+ * one costs (its entry, its buffer's object), so that empty messages fill the byte limit too.
+ */
+export const QUEUED_MESSAGE_OVERHEAD = 128;
 /** How long an accepted upgrade may take to become a connection before it counts as gone. */
 const ACCEPT_GRACE = 5_000;
 /** Upgrade headers the backend has no use for (the handshake's own, and hop-by-hop ones). */
@@ -206,7 +212,7 @@ interface BridgeConnection {
   readonly socket: TransportSocket;
   readonly queue: Array<{ readonly data: Uint8Array; readonly binary: boolean }>;
   /** A POST of this connection is under way. */
-  /** Bytes of the messages in `queue`. */
+  /** Bytes of the messages in `queue`, each counted with QUEUED_MESSAGE_OVERHEAD. */
   queuedBytes: number;
   /** Its place in the heartbeat. */
   beat: HeartbeatTracking;
@@ -232,6 +238,8 @@ interface BridgeConnection {
 interface Accepted {
   readonly id: string;
   readonly timer: ReturnType<typeof setTimeout>;
+  /** Posts its close event when the client leaves before the connection opens (`request.signal`). */
+  readonly gone: () => void;
   /** The backend's answer to `connect`, when it had a body: the client's first message. */
   readonly welcome: { readonly body: Uint8Array; readonly contentType: string } | undefined;
 }
@@ -249,7 +257,7 @@ class BridgeMetrics {
     this.connections = new Gauge({ name: 'duplexwire_bridge_connections', help: 'Open client connections', registers });
     this.events = new Counter({
       name: 'duplexwire_bridge_events_total',
-      help: 'Events posted to the backend, by event and result (ok, refused, failed)',
+      help: 'Events posted to the backend, by event and result (ok, refused, failed, abandoned: the client left first)',
       labelNames: ['event', 'result'],
       registers,
     });
@@ -302,6 +310,12 @@ export class WsHttpBridge {
   private readonly stopping = new AbortController();
   private readonly endpoint: Endpoint;
   private readonly heartbeat: Heartbeat;
+  /**
+   * Nonces of the signed callbacks accepted within the tolerance: each is used once, so one
+   * captured on its way (a log, a proxy) cannot be sent again. Bounded (the oldest is forgotten,
+   * and nothing older passes after it).
+   */
+  private readonly seenCallbacks = new SeenSignatures(DEFAULT_SIGNATURE_TOLERANCE);
   private closing: Promise<void> | undefined;
 
   constructor(options: WsHttpBridgeOptions) {
@@ -381,8 +395,9 @@ export class WsHttpBridge {
       for (const conn of this.connections.values()) {
         if (conn.ended === undefined) this.closeClient(conn, 1001, 'bridge shutting down');
       }
-      for (const { id, timer } of this.accepted.values()) {
+      for (const [request, { id, timer, gone }] of this.accepted) {
         clearTimeout(timer);
+        request.signal?.removeEventListener('abort', gone);
         this.sendOrphanClose(id, 'the bridge is shutting down');
       }
       this.accepted.clear();
@@ -408,10 +423,13 @@ export class WsHttpBridge {
     }
   }
 
-  /** Posts an event to the backend, tracked (for `close()`) and aborted when the bridge stops. */
-  private post(request: EventRequest): Promise<BackendAnswer> {
-    const posting = this.turn().then(() =>
-      postEvent(this.options.backend, request, this.stopping.signal).finally(() => this.nextTurn()),
+  /**
+   * Posts an event to the backend, tracked (for `close()`) and aborted when the bridge stops, or
+   * when `left` aborts (the client of a `connect` left: the backend's answer would go nowhere).
+   */
+  private post(request: EventRequest, left?: AbortSignal): Promise<BackendAnswer> {
+    const posting = this.turn(left).then(() =>
+      postEvent(this.options.backend, request, this.stopping.signal, left).finally(() => this.nextTurn()),
     );
     this.inflight.add(posting);
     posting.then(
@@ -423,9 +441,11 @@ export class WsHttpBridge {
 
   /**
    * Resolves when this POST may be sent (`maxBackendRequests`); rejects with BackendError
-   * `timeout` after `backendTimeout` of waiting, or `aborted` when the bridge stops.
+   * `timeout` after `backendTimeout` of waiting, `aborted` when the bridge stops, or `left` when
+   * `left` aborts (it then never takes a turn).
    */
-  private turn(): Promise<void> {
+  private turn(left?: AbortSignal): Promise<void> {
+    if (left?.aborted) return Promise.reject(new BackendError('left', 'the client left'));
     if (this.sending < this.options.maxBackendRequests && this.turns.length === 0) {
       this.sending++;
       return Promise.resolve();
@@ -437,8 +457,10 @@ export class WsHttpBridge {
         if (index >= 0) this.turns.splice(index, 1);
         clearTimeout(timer);
         stop.removeEventListener('abort', onStop);
+        left?.removeEventListener('abort', onLeft);
         reject(error);
       };
+      const onLeft = (): void => leave(new BackendError('left', 'the client left'));
       const timer = setTimeout(
         () =>
           leave(new BackendError('timeout', `no turn to reach the backend within ${this.options.backend.timeout} ms`)),
@@ -449,6 +471,7 @@ export class WsHttpBridge {
       const go = (): void => {
         clearTimeout(timer);
         stop.removeEventListener('abort', onStop);
+        left?.removeEventListener('abort', onLeft);
         this.sending++;
         resolve();
       };
@@ -457,6 +480,7 @@ export class WsHttpBridge {
         return;
       }
       stop.addEventListener('abort', onStop, { once: true });
+      left?.addEventListener('abort', onLeft, { once: true });
       this.turns.push(go);
     });
   }
@@ -478,7 +502,9 @@ export class WsHttpBridge {
     const offered = parseProtocolOffer(request.headers['sec-websocket-protocol']);
     if (offered === undefined) return refuse(400, 'malformed Sec-WebSocket-Protocol');
     const id = nanoid();
-    const headers: Record<string, string> = {};
+    // Null prototype: the client names the headers, and one named `__proto__` would otherwise set
+    // the prototype (dropped from the JSON) instead of being passed on.
+    const headers: Record<string, string> = Object.create(null);
     for (const [name, value] of Object.entries(request.headers)) {
       if (value !== undefined && !DROPPED_HEADERS.has(name) && !name.startsWith('proxy-')) headers[name] = value;
     }
@@ -495,12 +521,17 @@ export class WsHttpBridge {
     let answer: BackendAnswer | BackendError;
     const started = performance.now();
     try {
-      answer = await this.post({
-        event: 'connect',
-        connection: id,
-        body,
-        contentType: 'application/json',
-      });
+      // A client that leaves meanwhile (`request.signal`) ends the wait for a turn, or the POST:
+      // its answer would go nowhere, and the backend may be spared the work.
+      answer = await this.post(
+        {
+          event: 'connect',
+          connection: id,
+          body,
+          contentType: 'application/json',
+        },
+        request.signal,
+      );
     } catch (error) {
       answer = error instanceof BackendError ? error : new BackendError('unreachable', String(error));
     } finally {
@@ -514,6 +545,12 @@ export class WsHttpBridge {
       this.metrics.events.inc({ event: 'connect', result: accepted ? 'ok' : 'failed' });
       if (accepted) this.sendOrphanClose(id, 'the bridge is shutting down');
       return refuse(503, 'the bridge is shutting down');
+    }
+    if (answer instanceof BackendError && answer.reason === 'left') {
+      // Never accepted: the backend gets no close event for it.
+      this.metrics.events.inc({ event: 'connect', result: 'abandoned' });
+      this.logger.debug('the client left before its connect was answered', { id });
+      return refuse(503, 'the client left');
     }
     if (answer instanceof BackendError) {
       this.metrics.events.inc({ event: 'connect', result: 'failed' });
@@ -535,14 +572,26 @@ export class WsHttpBridge {
       return refuse(502, 'the backend failed');
     }
     this.metrics.events.inc({ event: 'connect', result: 'ok' });
-    // The transport opens the connection right after this answer, or drops the upgrade quietly
-    // when the client left meanwhile: then the backend must still hear that it closed.
-    const timer = setTimeout(() => {
-      if (this.accepted.delete(request)) this.sendOrphanClose(id, 'the client left during the upgrade');
-    }, ACCEPT_GRACE);
+    // Accepted by the backend, so it must hear when the connection ends, even one that never
+    // opens: the client left after the answer (now, or before the transport opens the
+    // connection: `request.signal`), or the transport dropped the upgrade quietly (after a while).
+    if (request.signal?.aborted) {
+      this.sendOrphanClose(id, 'the client left during the upgrade');
+      return refuse(503, 'the client left');
+    }
+    const gone = (): void => {
+      const entry = this.accepted.get(request);
+      if (entry?.id !== id) return;
+      this.accepted.delete(request);
+      clearTimeout(entry.timer);
+      request.signal?.removeEventListener('abort', gone);
+      this.sendOrphanClose(id, 'the client left during the upgrade');
+    };
+    const timer = setTimeout(gone, ACCEPT_GRACE);
     timer.unref();
+    request.signal?.addEventListener('abort', gone, { once: true });
     const welcome = answer.body.length > 0 ? { body: answer.body, contentType: answer.contentType } : undefined;
-    this.accepted.set(request, { id, timer, welcome });
+    this.accepted.set(request, { id, timer, gone, welcome });
     // The subprotocol is the backend's to choose, among those the client offered; none unless it says.
     return { accept: true, protocol: answer.protocol };
   }
@@ -560,6 +609,7 @@ export class WsHttpBridge {
       return { onMessage() {}, onDrain() {}, onPing() {}, onClose() {} };
     }
     clearTimeout(accepted.timer);
+    request.signal?.removeEventListener('abort', accepted.gone);
     let finish!: () => void;
     const done = new Promise<void>((resolveDone) => {
       finish = resolveDone;
@@ -620,7 +670,7 @@ export class WsHttpBridge {
 
   private received(conn: BridgeConnection, data: Uint8Array, binary: boolean): void {
     if (conn.ended !== undefined) return;
-    const { maxQueuedMessages, maxQueuedBytes } = this.options;
+    const { maxQueuedMessages, maxQueuedBytes, maxMessageSize } = this.options;
     if (
       conn.failed ||
       // A client being closed is read on (its close frame must be read), so reading cannot pause:
@@ -631,8 +681,19 @@ export class WsHttpBridge {
       conn.dropped++;
       return;
     }
+    const cost = data.byteLength + QUEUED_MESSAGE_OVERHEAD;
+    // Pausing stops reading, but what the last read brought is still delivered (the ws transport
+    // hands on every message of a chunk: one 64 KiB read holds ~10,000 empty frames, uWS reads
+    // more at once). A client within its rights overshoots the pause by at most one message and
+    // one read's worth; one that sends far more than that in a single write is closed.
+    if (conn.queuedBytes + cost > 2 * maxQueuedBytes + maxMessageSize + QUEUED_MESSAGE_OVERHEAD) {
+      conn.dropped++;
+      this.logger.warn('a client overran its queue past the pause; closed', { id: conn.id });
+      this.closeClient(conn, 1008, 'too many messages');
+      return;
+    }
     conn.queue.push({ data, binary });
-    conn.queuedBytes += data.byteLength;
+    conn.queuedBytes += cost;
     // Bounded by count and by bytes: a client may send faster than the backend answers, but only
     // this much waits in the bridge (what is on its way stays in TCP, at the client).
     if (
@@ -655,7 +716,7 @@ export class WsHttpBridge {
       for (;;) {
         const next = conn.failed ? undefined : conn.queue.shift();
         if (next === undefined) break;
-        conn.queuedBytes -= next.data.byteLength;
+        conn.queuedBytes -= next.data.byteLength + QUEUED_MESSAGE_OVERHEAD;
         const { maxQueuedMessages, maxQueuedBytes } = this.options;
         if (
           conn.paused &&
@@ -818,16 +879,20 @@ export class WsHttpBridge {
       });
     }
     if (body === 'aborted') return;
-    if (
-      this.options.requireSignedCallbacks &&
-      !verifySignature(
+    if (this.options.requireSignedCallbacks) {
+      const verdict = checkSignature(
         this.options.backend.secret,
         headerValue(req.headers[SIGNATURE_HEADER]),
-        { action: method, subject: token, contentType: headerValue(req.headers['content-type']) },
+        { domain: 'callback', action: method, subject: token, contentType: headerValue(req.headers['content-type']) },
         body,
-      )
-    ) {
-      return answer(401, { code: 'BAD_SIGNATURE', message: 'the callback is not signed with the secret' });
+        { seen: this.seenCallbacks },
+      );
+      if (verdict === 'invalid') {
+        return answer(401, { code: 'BAD_SIGNATURE', message: 'the callback is not signed with the secret' });
+      }
+      if (verdict === 'replayed') {
+        return answer(401, { code: 'REPLAYED', message: 'this signature was used before; sign each callback anew' });
+      }
     }
     const conn = this.connections.get(token);
     if (conn === undefined || conn.ended !== undefined) {

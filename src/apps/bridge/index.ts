@@ -27,8 +27,11 @@ export {
 export {
   DEFAULT_SIGNATURE_TOLERANCE,
   MIN_SECRET_BYTES,
+  parseSignature,
   type RequestHeaders,
   SIGNATURE_HEADER,
+  type SignatureParts,
+  type SignedDomain,
   type SignedFields,
   sign,
   signCallback,
@@ -36,4 +39,5 @@ export {
   verifyEvent,
   verifySignature,
 } from './signature.ts';
+export { MAX_REMEMBERED_SIGNATURES, SeenSignatures } from '../shared/seen-signatures.ts';
 export { jsonLogger, type JsonLoggerOptions, type LogLevel } from '../shared/log.ts';

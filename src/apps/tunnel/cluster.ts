@@ -13,6 +13,7 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { InvalidArgumentError } from '../../index.ts';
+import { SeenSignatures } from '../shared/seen-signatures.ts';
 import type { RedisCommandClient } from './cluster-registry.ts';
 import { TunnelErrorCode } from './http-errors.ts';
 import { ResponseSink, SocketSink } from './sinks.ts';
@@ -55,9 +56,11 @@ export const CLUSTER_CLOCK_SKEW = 30_000;
  * Signatures a proxy remembers at most (about 85 bytes of heap each, 17 MB in all). Past that, the oldest is forgotten
  * and every signature not newer than it is refused from then on: a replay never passes, and only
  * a proxy receiving more than about this many forwarded requests per {@link CLUSTER_CLOCK_SKEW}
- * refuses some that arrive later than newer ones.
+ * refuses some that arrive later than newer ones. The cluster requests' body is not signed (it
+ * streams), so without this memory a captured request could be sent again, with another body,
+ * within the skew.
  */
-export const MAX_REMEMBERED_SIGNATURES = 200_000;
+export { MAX_REMEMBERED_SIGNATURES, SeenSignatures } from '../shared/seen-signatures.ts';
 
 /** What the signature of a cluster request covers, besides its time. */
 export interface ClusterRequestFacts {
@@ -134,47 +137,6 @@ function mac(key: Buffer, time: string, nonce: string, facts: ClusterRequestFact
     .digest();
 }
 
-/**
- * The nonces of the signatures a proxy accepted, until their time is past the clock skew (the
- * signature is refused as stale from then on anyway). The body of a cluster request is not
- * signed (it streams), so without this a captured request could be sent again, with another body,
- * within the skew.
- */
-export class SeenSignatures {
-  /** Nonce -> the signature's time; in the order accepted, which is about the order of time. */
-  private readonly seen = new Map<string, number>();
-  /** Signatures with a time up to this one are refused: the newest time ever forgotten early. */
-  private floor = Number.NEGATIVE_INFINITY;
-  private readonly max: number;
-
-  constructor(max = MAX_REMEMBERED_SIGNATURES) {
-    this.max = max;
-  }
-
-  get size(): number {
-    return this.seen.size;
-  }
-
-  /** Records the signature; false when it was seen (or may have been: older than one forgotten). */
-  add(nonce: string, time: number, now: number): boolean {
-    // Forget what the skew refuses anyway. Entries are about in time order: stop at the first
-    // still-valid one (an older one behind it is kept a little longer, which costs only memory).
-    for (const [old, oldTime] of this.seen) {
-      if (oldTime >= now - CLUSTER_CLOCK_SKEW) break;
-      this.seen.delete(old);
-    }
-    if (time <= this.floor || this.seen.has(nonce)) return false;
-    if (this.seen.size >= this.max) {
-      const [oldest, oldestTime] = this.seen.entries().next().value as [string, number];
-      this.seen.delete(oldest);
-      this.floor = Math.max(this.floor, oldestTime);
-      if (time <= this.floor) return false;
-    }
-    this.seen.set(nonce, time);
-    return true;
-  }
-}
-
 /** Validates the `cluster` option; the result is frozen. */
 export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
   if (options === null || typeof options !== 'object')
@@ -213,7 +175,7 @@ export function resolveCluster(options: TunnelClusterOptions): ResolvedCluster {
     throw new InvalidArgumentError('option cluster.tls.rejectUnauthorized must be a boolean');
   // The key is a digest of the secret: any length of secret makes a full-size HMAC key.
   const key = createHash('sha256').update(secret, 'utf8').digest();
-  const seen = new SeenSignatures();
+  const seen = new SeenSignatures(CLUSTER_CLOCK_SKEW);
   return Object.freeze({
     client,
     advertise: url.origin,
