@@ -8,9 +8,11 @@
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, test } from 'node:test';
+import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
+import { InvalidArgumentError } from '../../src/errors.ts';
 import { startNode, waitRegistered } from '../fixtures/tunnel-cluster-helpers.ts';
 import { ID, readBody, startAgent, startProxy, startTarget } from '../fixtures/tunnel-helpers.ts';
-import { delay, waitFor } from '../helpers.ts';
+import { delay, recordingLogger, waitFor } from '../helpers.ts';
 import { connectRedis, deletePrefix, redisUnreachable, uniquePrefix } from '../session/redis.ts';
 
 interface Parsed {
@@ -335,6 +337,15 @@ test('a body that arrived before the answer keeps the connection alive (no Conne
     assert.equal(reply.headers.get('connection'), 'keep-alive', `request ${i}`);
     assert.equal(closed, false, `request ${i}`);
   }
+});
+
+test('lingerTimeout takes a duration of at least 1 ms', () => {
+  const make = (lingerTimeout: number | string) =>
+    new TunnelProxy({ insecure: true, logger: recordingLogger(), processMetrics: false, lingerTimeout });
+  assert.throws(() => make(0), InvalidArgumentError);
+  assert.throws(() => make(2 ** 31), InvalidArgumentError);
+  assert.throws(() => make('soon'), RangeError);
+  make('250ms');
 });
 
 const connected = await connectRedis();
