@@ -293,9 +293,10 @@ export class ForwardExchange {
     }
     const switching = status === 101;
     // A 413 (the peer's limit, or its target's) while the user is still sending the body: as
-    // after this proxy's own 413, the rest is not read and the user's connection closes after the
-    // answer (kept open, it would read the rest only to drop it, or wait for a body that never
-    // ends). The peer's connection is dropped by undici, answered before the body went.
+    // after this proxy's own 413, no more of it goes to the peer, and the answer closes the user's
+    // connection, which then lingers (linger.ts). The sink closes after any answer that comes
+    // before the body arrived; said here for a body small enough that it would keep the
+    // connection. The peer's connection is dropped by undici, answered before the body went.
     const relay = this.relay;
     if (status === 413 && relay !== undefined && !(this.init.source as IncomingMessage).complete) {
       this.closeUser = true;
@@ -448,9 +449,8 @@ export class ForwardExchange {
     this.finished = true;
     clearTimeout(this.timer);
     this.relay?.destroy();
-    // What is left of the request body is read and dropped, as a single proxy does, so the
-    // user's connection stays usable (an upgraded socket is destroyed instead; after a 413 the
-    // connection closes instead).
+    // What is left of the request body is read and dropped (an upgraded socket is destroyed
+    // instead; after a 413 it stays paused until the answer's lingering close reads it).
     if (!this.init.upgrade && this.relay !== undefined && !this.closeUser) this.init.source.resume();
     if (this.counted) this.host.metrics.finished(this.label);
     this.host.ended(this);

@@ -32,6 +32,7 @@ export {
 } from './constants.ts';
 export { addForwarded, filterHeaders, redactHeaders, redactUrl } from './headers.ts';
 export { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
+export { DEFAULT_LINGER_TIMEOUT } from './linger.ts';
 export { jsonLogger, type JsonLoggerOptions, type LogLevel } from '../shared/log.ts';
 export { type AgentRefusal, TunnelMetrics } from './metrics.ts';
 export {

@@ -472,14 +472,11 @@ export class ProxyExchange {
       this.status = 413;
       this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000, this.init.fromPeer);
     }
-    // An unread body remains on the connection: the answer closes it. Not a peer's: body bytes
-    // still arriving at a closed socket get it reset, and the reset loses the 413 on its way to
-    // the forwarding proxy (which then answers 502). That one stops sending once it has the 413
-    // (undici drops a connection answered before its body went): until then the rest is read and
-    // dropped here.
-    const close = !this.init.fromPeer;
-    if (!close) this.init.source.resume();
-    this.init.sink.fail(TunnelErrorCode.BodyTooLarge, close);
+    // An unread body remains on the connection: the answer closes it, a peer's too. The
+    // connection lingers (linger.ts), reading and dropping the rest for a while: closed at once,
+    // the body still arriving would get it reset, and the reset lose the 413 (a forwarding proxy
+    // would answer 502 instead). undici stops sending once it has the 413.
+    this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
     this.finish();
   }
 

@@ -47,6 +47,7 @@ import {
 import { CreditWindow } from './flow.ts';
 import { addForwarded, filterHeaders, headerValues, singleHeader } from './headers.ts';
 import { errorBody, TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
+import { DEFAULT_LINGER_TIMEOUT, isClosing } from './linger.ts';
 import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
 import { TunnelMetrics } from './metrics.ts';
@@ -147,6 +148,12 @@ export interface TunnelProxyOptions {
   readonly publicOps?: 'all' | 'health' | 'none';
   /** How long `drain()` lets requests in flight finish. @default 30 s */
   readonly drainTimeout?: number | string;
+  /**
+   * After an answer that went out before the request body arrived (an early 200 or 401 of the
+   * target, a 413), which closes the connection: how long the proxy still reads and drops what
+   * the user sends, so that the answer is not lost to a reset, before it closes. @default 5 s
+   */
+  readonly lingerTimeout?: number | string;
   /** Structured logs. @default JSON lines on stderr, level info */
   readonly logger?: Logger;
   /** Also register prom-client's default process metrics. @default true */
@@ -268,6 +275,7 @@ export class TunnelProxy {
   private readonly ops: ResolvedOps;
   private readonly publicOps: 'all' | 'health' | 'none';
   private readonly drainTimeout: number;
+  private readonly lingerTimeout: number;
   private readonly connectionWindow: number;
   private readonly host: ExchangeHost;
   private readonly cluster: ResolvedCluster | undefined;
@@ -323,9 +331,11 @@ export class TunnelProxy {
     );
     this.agentTimeout = durationOption('agentTimeout', options.agentTimeout, DEFAULT_AGENT_TIMEOUT);
     this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
+    this.lingerTimeout = durationOption('lingerTimeout', options.lingerTimeout, DEFAULT_LINGER_TIMEOUT);
     for (const [name, v] of [
       ['requestTimeout', this.requestTimeout],
       ['maxRequestTimeout', this.maxRequestTimeout],
+      ['lingerTimeout', this.lingerTimeout],
     ] as const) {
       if (v < 1 || v > 2 ** 31 - 1) throw new InvalidArgumentError(`option ${name} must be between 1 ms and 24 days`);
     }
@@ -751,8 +761,14 @@ export class TunnelProxy {
    * Use it directly when the application decides which requests go to the tunnel.
    */
   handleRequest(req: IncomingMessage, res: ServerResponse): void {
+    // Pipelined behind an answer that closes the connection: never served (RFC 9112 §9.6), only
+    // read and dropped until the connection closes.
+    if (isClosing(req.socket)) {
+      req.resume();
+      return;
+    }
     const fromPeer = this.isClusterRequest(req);
-    const sink = fromPeer ? new PeerResponseSink(res) : new ResponseSink(res);
+    const sink = fromPeer ? new PeerResponseSink(res, this.lingerTimeout) : new ResponseSink(res, this.lingerTimeout);
     if (this.state !== 'serving') {
       sink.closeConnection = true;
       if (!fromPeer && this.servePublicOps(req, res)) return;
@@ -777,12 +793,10 @@ export class TunnelProxy {
     else if (length !== undefined && length > 0)
       bodyMode = length <= INLINE_BODY_LIMIT ? BodyMode.Inline : BodyMode.Stream;
     if (length !== undefined && length > this.maxRequestBody) {
-      // Refused before any byte of it is read or anything reaches an agent. A peer's connection
-      // stays open, its body read and dropped: closed, it would be reset by the body arriving,
-      // and the 413 lost on its way (see ProxyExchange.tooLarge).
+      // Refused before any byte of it is read or anything reaches an agent; the connection
+      // closes, lingering (linger.ts) so that the body still arriving does not reset it first.
       this.metrics.answered(this.metrics.label(prepared.id), 413, 0, fromPeer);
-      if (fromPeer) req.resume();
-      sink.fail(TunnelErrorCode.BodyTooLarge, !fromPeer);
+      sink.fail(TunnelErrorCode.BodyTooLarge, true);
       return;
     }
     if (bodyMode === BodyMode.None) req.resume();
@@ -795,6 +809,12 @@ export class TunnelProxy {
    */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => {});
+    // Pipelined behind an answer that closes the connection (see handleRequest): the socket is
+    // read and dropped until that answer's lingering close ends it.
+    if (isClosing(socket)) {
+      socket.resume();
+      return;
+    }
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);

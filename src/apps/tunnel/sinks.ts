@@ -7,7 +7,8 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { errorBody, TUNNEL_ERROR_STATUS, type TunnelErrorCode } from './http-errors.ts';
-import { headersAreSafe } from './headers.ts';
+import { connectionTokens, headersAreSafe } from './headers.ts';
+import { bodyArrived, DEFAULT_LINGER_TIMEOUT, lingerAfter } from './linger.ts';
 
 export interface Sink {
   readonly headSent: boolean;
@@ -52,16 +53,22 @@ export function jsonHeaders(body: string, close: boolean): string[] {
   return headers;
 }
 
-/** A ServerResponse as a sink. */
+/**
+ * A ServerResponse as a sink. A head that goes out before the request body arrived says
+ * `Connection: close`, and the connection lingers after it (see linger.ts): kept alive, it would
+ * have Node read the rest of the body for as long as the user sends it.
+ */
 export class ResponseSink implements Sink {
   private readonly res: ServerResponse;
+  private readonly lingerTimeout: number;
   private drainPromise: Promise<void> | undefined;
   private ended = false;
-  /** Adds `Connection: close` to the head (draining proxy, unread request body). */
+  /** Adds `Connection: close` to the head (draining proxy). */
   closeConnection = false;
 
-  constructor(res: ServerResponse) {
+  constructor(res: ServerResponse, lingerTimeout = DEFAULT_LINGER_TIMEOUT) {
     this.res = res;
+    this.lingerTimeout = lingerTimeout;
   }
 
   get headSent(): boolean {
@@ -74,8 +81,16 @@ export class ResponseSink implements Sink {
 
   head(status: number, headers: readonly string[]): void {
     if (status < 200 || status > 999 || !headersAreSafe(headers)) throw new RangeError('invalid response head');
-    const list = this.closeConnection ? [...headers, 'Connection', 'close'] : (headers as string[]);
-    this.res.writeHead(status, list);
+    // A caller's own `Connection: close` (a peer's 413 to a body still arriving) closes it too.
+    const asked = connectionTokens(headers).has('close');
+    const close = this.closes(asked);
+    this.res.writeHead(status, close && !asked ? [...headers, 'Connection', 'close'] : (headers as string[]));
+    if (close) lingerAfter(this.res, this.lingerTimeout);
+  }
+
+  /** Whether the head about to go out closes the connection. */
+  private closes(asked: boolean): boolean {
+    return asked || this.closeConnection || !bodyArrived(this.res.req);
   }
 
   write(data: Uint8Array): Promise<void> | undefined {
@@ -113,11 +128,10 @@ export class ResponseSink implements Sink {
       return;
     }
     const body = errorBody(code);
+    const close = this.closes(closeConnection);
     this.ended = true;
-    this.res.writeHead(TUNNEL_ERROR_STATUS[code], [
-      ...jsonHeaders(body, closeConnection || this.closeConnection),
-      ...this.errorHeaders(code),
-    ]);
+    this.res.writeHead(TUNNEL_ERROR_STATUS[code], [...jsonHeaders(body, close), ...this.errorHeaders(code)]);
+    if (close) lingerAfter(this.res, this.lingerTimeout);
     this.res.end(body);
   }
 
