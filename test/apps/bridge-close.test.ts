@@ -17,6 +17,7 @@ import {
   call,
   callbackPath,
   connected,
+  messageHoldingBackend,
   openClient,
   roundTrip,
   SECRET,
@@ -402,15 +403,7 @@ test('a client closed by the bridge while its reading was paused, that keeps sen
   // not read its own side does not see the close: what it sends meanwhile must not pile up.
   const SIZE = 64 * 1024;
   const AFTER = 128; // 8 MiB sent after the DELETE, with maxQueuedBytes 1 MiB
-  let release!: () => void;
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  t.after(() => release());
-  const backend = await startBackend(t, async (req) => {
-    if (req.event === 'message') await held;
-    return { status: 204 };
-  });
+  const { backend, release } = await messageHoldingBackend(t);
   const bridge = await startBridge(t, backend, { maxQueuedMessages: 4, maxMessageSize: SIZE, backendTimeout: 10_000 });
   const sockets: Socket[] = [];
   bridge.server.on('connection', (socket: Socket) => sockets.push(socket));

@@ -11,6 +11,7 @@ import { CALLBACK_PREFIX } from '../../src/apps/bridge/index.ts';
 import {
   type Answer,
   connected,
+  messageHoldingBackend,
   roundTrip,
   startBackend,
   startBridge,
@@ -211,15 +212,7 @@ test('one write of 10,000 empty messages: what is read past the pause is bounded
   // Pausing stops reading, but the ws transport still delivers every message of the chunk it
   // read: without a bound in bytes that counts each message's cost, all 10,000 would queue.
   const COUNT = 10_000;
-  let release!: () => void;
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  t.after(() => release());
-  const backend = await startBackend(t, async (req) => {
-    if (req.event === 'message') await held;
-    return { status: 204 };
-  });
+  const { backend, release } = await messageHoldingBackend(t);
   const limits = { maxQueuedMessages: 4, maxQueuedBytes: 4096, maxMessageSize: 1024 };
   const bridge = await startBridge(t, backend, { ...limits, backendTimeout: 20_000 });
   const { client, id } = await connected(t, backend, bridge);
@@ -335,15 +328,7 @@ test('many POSTs at once raise no "possible EventTarget memory leak" warning', a
   };
   process.on('warning', onWarning);
   t.after(() => process.off('warning', onWarning));
-  let release!: () => void;
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  t.after(() => release());
-  const backend = await startBackend(t, async (req) => {
-    if (req.event === 'message') await held;
-    return { status: 204 };
-  });
+  const { backend, release } = await messageHoldingBackend(t);
   // Half of them in flight, half waiting for a turn.
   const bridge = await startBridge(t, backend, { maxBackendRequests: COUNT / 2, backendTimeout: 5_000 });
   const clients = await Promise.all(Array.from({ length: COUNT }, () => connected(t, backend, bridge)));

@@ -154,6 +154,25 @@ function rawUpload(
 /** Body bytes sent by each user of the 413 test. */
 const SENT = 8 * 1024 * 1024;
 
+/**
+ * A user that sends its whole body (SENT bytes) before it reads, as many simple clients do: the
+ * 413 waits in its socket meanwhile, and a reset would lose it. It must arrive whole, closing.
+ */
+async function sendsWhole413(port: number, head: string, chunked: boolean, label: string): Promise<void> {
+  const result = await rawUpload(port, head, {
+    chunked,
+    maxBytes: SENT,
+    stopOnResponse: true,
+    deadline: 10_000,
+    readAfterSending: true,
+  });
+  assert.equal(result.errorBeforeResponse, false, `${label}: ${result.error} before the whole 413`);
+  assert.ok(result.response !== undefined, `${label}: no whole response`);
+  assert.equal(result.response.status, 413, label);
+  assert.equal(result.response.headers.get('connection'), 'close', label);
+  assert.equal((JSON.parse(result.response.body) as { code: string }).code, 'BODY_TOO_LARGE');
+}
+
 test('a 413 to a user still sending the body arrives whole, never lost to a reset (20 times)', async (t) => {
   const target = await startTarget(t, (req, res) => {
     readBody(req).then(
@@ -169,20 +188,7 @@ test('a 413 to a user still sending the body arrives whole, never lost to a rese
     const head =
       `POST /up HTTP/1.1\r\nHost: 127.0.0.1\r\nx-duplexwire-client-id: ${ID}\r\n` +
       (announced ? `Content-Length: ${SENT}\r\n\r\n` : 'Transfer-Encoding: chunked\r\n\r\n');
-    // A user that sends its whole body before it reads (as many simple clients do): the 413 waits
-    // in its socket meanwhile, and a reset would lose it.
-    const result = await rawUpload(proxy.port, head, {
-      chunked: !announced,
-      maxBytes: SENT,
-      stopOnResponse: true,
-      deadline: 10_000,
-      readAfterSending: true,
-    });
-    assert.equal(result.errorBeforeResponse, false, `exchange ${i}: ${result.error} before the whole 413`);
-    assert.ok(result.response !== undefined, `exchange ${i}: no whole response`);
-    assert.equal(result.response.status, 413, `exchange ${i}`);
-    assert.equal(result.response.headers.get('connection'), 'close', `exchange ${i}`);
-    assert.equal((JSON.parse(result.response.body) as { code: string }).code, 'BODY_TOO_LARGE');
+    await sendsWhole413(proxy.port, head, !announced, `exchange ${i}`);
   }
   await waitFor(() => proxy.proxy.inflight === 0, 3000, 'nothing in flight');
 });
@@ -371,18 +377,7 @@ if (connected instanceof Error) {
     await waitRegistered(redis, prefix, ID, [b.advertise]);
     for (let i = 0; i < 10; i++) {
       const head = `POST /up HTTP/1.1\r\nHost: 127.0.0.1\r\nx-duplexwire-client-id: ${ID}\r\nTransfer-Encoding: chunked\r\n\r\n`;
-      const result = await rawUpload(a.port, head, {
-        chunked: true,
-        maxBytes: SENT,
-        stopOnResponse: true,
-        deadline: 10_000,
-        readAfterSending: true,
-      });
-      assert.equal(result.errorBeforeResponse, false, `exchange ${i}: ${result.error} before the whole 413`);
-      assert.ok(result.response !== undefined, `exchange ${i}: no whole response`);
-      assert.equal(result.response.status, 413, `exchange ${i}`);
-      assert.equal(result.response.headers.get('connection'), 'close', `exchange ${i}`);
-      assert.equal((JSON.parse(result.response.body) as { code: string }).code, 'BODY_TOO_LARGE');
+      await sendsWhole413(a.port, head, true, `exchange ${i}`);
     }
     assert.equal(a.proxy.metrics.cluster.peerFailures, 0);
     await waitFor(() => a.proxy.inflight === 0 && b.proxy.inflight === 0, 3000, 'nothing in flight');
