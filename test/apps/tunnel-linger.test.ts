@@ -78,6 +78,8 @@ function rawUpload(
     pace?: number;
     /** Reads nothing until the whole body went, as clients that send before they read do. */
     readAfterSending?: boolean;
+    /** Bytes per raw block (not chunked). @default 64 KiB */
+    block?: number;
   },
 ): Promise<UploadResult> {
   return new Promise((resolve) => {
@@ -129,9 +131,11 @@ function rawUpload(
     const pump = (): void => {
       pacer = undefined;
       while (!stopped && !socket.destroyed && sent < options.maxBytes) {
-        const piece = options.chunked ? CHUNK : BLOCK;
-        sent += BLOCK.length;
-        if (response !== undefined) sentAfterResponse += BLOCK.length;
+        const piece = options.chunked ? CHUNK : BLOCK.subarray(0, options.block ?? BLOCK.length);
+        // Body bytes (a chunk's framing not counted).
+        const bytes = options.chunked ? BLOCK.length : piece.length;
+        sent += bytes;
+        if (response !== undefined) sentAfterResponse += bytes;
         const last = sent >= options.maxBytes;
         // Once the last byte was handed to the kernel: read the answer.
         const more = socket.write(piece, last && options.readAfterSending ? () => socket.resume() : undefined);
@@ -229,6 +233,36 @@ test('an early answer to an endless upload: whole, Connection: close, and the co
   assert.ok(result.sentAfterResponse > 0, 'the user was still sending when the proxy closed');
   assert.equal(reached, 1);
   await waitFor(() => proxy.proxy.inflight === 0, 3000, 'nothing in flight');
+});
+
+test('a refused WebSocket upgrade whose user never closes its side is closed within the linger', async (t) => {
+  // Node's server leaves an upgrade request's socket to its 'upgrade' listener: an answer that
+  // only ended it lived as long as the user kept its own half open.
+  const proxy = await startProxy(t, { lingerTimeout: 1000 });
+  const upgrade = (extra: string): string =>
+    'GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+    `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n${extra}\r\n`;
+  // No client id (400, refused before routing), and an id without an agent (503, once routed).
+  for (const [extra, status] of [
+    ['', 400],
+    [`x-duplexwire-client-id: ${ID}\r\n`, 503],
+  ] as const) {
+    // 1 KiB every 50 ms after the request (frames sent early, say), for ever: only the proxy can end this.
+    const result = await rawUpload(proxy.port, upgrade(extra), {
+      chunked: false,
+      maxBytes: Number.POSITIVE_INFINITY,
+      stopOnResponse: false,
+      deadline: 20_000,
+      pace: 50,
+      block: 1024,
+    });
+    assert.ok(result.response !== undefined, `${status}: no whole response (error: ${result.error})`);
+    assert.equal(result.response.status, status);
+    assert.equal(result.response.headers.get('connection'), 'close');
+    assert.ok(result.ended, `${status}: the proxy ends its side after the response`);
+    assert.ok(result.closedAfter !== undefined, `${status}: the connection is still open 20 s later`);
+    assert.ok(result.closedAfter < 10_000, `${status}: closed ${result.closedAfter} ms after the response`);
+  }
 });
 
 test('a request pipelined behind an answer that closes the connection is not served (RFC 9112 §9.6)', async (t) => {

@@ -101,3 +101,25 @@ function linger(socket: Duplex, req: IncomingMessage, timeout: number): void {
   if (socket.writableFinished) linger();
   else socket.once('finish', linger);
 }
+
+/**
+ * Ends a raw socket the same way: an upgrade request answered without a switch, which Node's
+ * server no longer manages once it emitted 'upgrade'. FIN after `data`, what still comes read and
+ * dropped, then destroyed: at the user's FIN (Node closes a socket whose two halves ended), or
+ * `timeout` ms after the answer left. Only ended, such a socket lived as long as its user kept
+ * its own half open: a user that never closes held it for good.
+ */
+export function lingerRaw(socket: Duplex, timeout: number, data?: Uint8Array | string): void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  socket.once('close', () => clearTimeout(timer));
+  // Read on: the user's FIN is seen, and unread bytes would make the close a reset.
+  socket.resume();
+  const lingering = (): void => {
+    if (socket.destroyed) return;
+    timer = setTimeout(() => socket.destroy(), timeout);
+    // Never what keeps a process alive: the socket itself does, while it is open.
+    timer.unref();
+  };
+  if (data === undefined) socket.end(lingering);
+  else socket.end(data, lingering);
+}

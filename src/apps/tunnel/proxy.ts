@@ -437,7 +437,7 @@ export class TunnelProxy {
     // CONNECT is not forwarded: answer rather than let Node drop the socket without a word.
     http.on('connect', (_req: IncomingMessage, socket: Duplex) => {
       socket.on('error', () => {});
-      writeRawError(socket, TunnelErrorCode.BadRequest);
+      writeRawError(socket, TunnelErrorCode.BadRequest, this.lingerTimeout);
     });
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject);
@@ -824,21 +824,25 @@ export class TunnelProxy {
     // must get the 503 from here, or its socket would wait for an answer that never comes.
     if (path === this.agentsPath && isWebSocket && !this.agentsStopped) return;
     if (this.state !== 'serving') {
-      writeRawError(socket, TunnelErrorCode.ShuttingDown);
+      writeRawError(socket, TunnelErrorCode.ShuttingDown, this.lingerTimeout);
       return;
     }
     if (!isWebSocket || !this.upgrades || path === this.agentsPath) {
-      writeRawError(socket, TunnelErrorCode.UpgradeNotSupported);
+      writeRawError(socket, TunnelErrorCode.UpgradeNotSupported, this.lingerTimeout);
       return;
     }
     const fromPeer = this.isClusterRequest(req);
     const prepared = this.prepare(req, true, fromPeer);
     if (prepared.kind !== 'routed') {
-      writeRawError(socket, prepared.kind === 'ops' ? TunnelErrorCode.MissingClientId : prepared.code);
+      writeRawError(
+        socket,
+        prepared.kind === 'ops' ? TunnelErrorCode.MissingClientId : prepared.code,
+        this.lingerTimeout,
+      );
       return;
     }
     if (head.length > 0) socket.unshift(head);
-    const sink = fromPeer ? new PeerSocketSink(socket) : new SocketSink(socket);
+    const sink = fromPeer ? new PeerSocketSink(socket, this.lingerTimeout) : new SocketSink(socket, this.lingerTimeout);
     this.start(prepared, socket, sink, BodyMode.Stream, 0, true, Number.POSITIVE_INFINITY);
   }
 

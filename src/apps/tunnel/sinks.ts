@@ -8,7 +8,7 @@ import { type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { errorBody, TUNNEL_ERROR_STATUS, type TunnelErrorCode } from './http-errors.ts';
 import { connectionTokens, headersAreSafe } from './headers.ts';
-import { bodyArrived, DEFAULT_LINGER_TIMEOUT, lingerAfter } from './linger.ts';
+import { bodyArrived, DEFAULT_LINGER_TIMEOUT, lingerAfter, lingerRaw } from './linger.ts';
 
 export interface Sink {
   readonly headSent: boolean;
@@ -147,12 +147,20 @@ export class ResponseSink implements Sink {
   }
 }
 
-/** Writes a whole HTTP/1.1 response on a raw socket and closes it once flushed. */
-export function writeRawError(socket: Duplex, code: TunnelErrorCode, extraHeaders: readonly string[] = []): void {
+/**
+ * Writes a whole HTTP/1.1 error response on a raw socket and closes it: at the user's FIN, or
+ * `lingerTimeout` ms after the answer left (`lingerRaw`).
+ */
+export function writeRawError(
+  socket: Duplex,
+  code: TunnelErrorCode,
+  lingerTimeout: number,
+  extraHeaders: readonly string[] = [],
+): void {
   const body = errorBody(code);
   const status = TUNNEL_ERROR_STATUS[code];
   writeRawHead(socket, status, [...jsonHeaders(body, true), ...extraHeaders]);
-  socket.end(body);
+  lingerRaw(socket, lingerTimeout, body);
 }
 
 function writeRawHead(socket: Duplex, status: number, headers: readonly string[]): void {
@@ -164,12 +172,17 @@ function writeRawHead(socket: Duplex, status: number, headers: readonly string[]
 /** The raw socket of an upgrade request as a sink: after a 101 the body is the other protocol's bytes. */
 export class SocketSink implements Sink {
   private readonly socket: Duplex;
+  private readonly lingerTimeout: number;
   private sent = false;
+  /** The head was a 101: the socket goes on in the other direction after this side ends. */
+  private switched = false;
   private ended = false;
   private drainPromise: Promise<void> | undefined;
 
-  constructor(socket: Duplex) {
+  /** `lingerTimeout`: how long a socket answered without a switch is read after the answer (`lingerRaw`). */
+  constructor(socket: Duplex, lingerTimeout: number) {
     this.socket = socket;
+    this.lingerTimeout = lingerTimeout;
   }
 
   get headSent(): boolean {
@@ -185,6 +198,7 @@ export class SocketSink implements Sink {
       throw new RangeError('invalid response head');
     }
     this.sent = true;
+    this.switched = status === 101;
     // Anything but a switch ends the connection after the body: it is delimited by the close.
     writeRawHead(this.socket, status, status === 101 ? headers : [...headers, 'Connection', 'close']);
   }
@@ -208,8 +222,11 @@ export class SocketSink implements Sink {
   end(data?: Uint8Array): void {
     if (this.done) return;
     this.ended = true;
-    if (data === undefined || data.length === 0) this.socket.end();
-    else this.socket.end(data);
+    const last = data === undefined || data.length === 0 ? undefined : data;
+    // After a switch the user's side goes on (the exchange reads it until the user ends it).
+    if (!this.switched) lingerRaw(this.socket, this.lingerTimeout, last);
+    else if (last === undefined) this.socket.end();
+    else this.socket.end(last);
   }
 
   destroy(): void {
@@ -225,7 +242,7 @@ export class SocketSink implements Sink {
     }
     this.sent = true;
     this.ended = true;
-    writeRawError(this.socket, code, this.errorHeaders(code));
+    writeRawError(this.socket, code, this.lingerTimeout, this.errorHeaders(code));
   }
 
   /** Extra headers of an error answer (none here; a peer's sink marks its misses). */
