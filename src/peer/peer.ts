@@ -224,6 +224,12 @@ export class Peer implements SocketHandlers {
 
   onPing(): void {
     this.lastReceivedAt = performance.now();
+    // The transport answers a ping with a pong itself (RFC 6455 §5.5.2), into the buffer our
+    // sends go to, without a send of ours seeing it: a peer that pings and never reads would grow
+    // that buffer past maxBufferedBytes (uWS keeps pongs up to its own maxBackpressure, 64 MiB).
+    if (this.#state === 'open' && this.socket.bufferedAmount > this.settings.maxBufferedBytes) {
+      this.close(CLOSE_POLICY_VIOLATION, 'send buffer limit exceeded');
+    }
   }
 
   /** Part of a message arrived: a large one over a slow link is no silence (read timeouts). */

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import type { SendResult, TransportSocket } from '../../transports/types.ts';
 import { DEFAULT_HIGH_WATER_MARK, type UwsServerTransportOptions, uwsTransport } from '../../transports/uws.ts';
 import { wsClientTransport } from '../../transports/ws.ts';
+import { collectGarbage } from '../helpers.ts';
 import { freePort } from '../transport-under-test.ts';
 import {
   acceptAll,
@@ -81,6 +82,45 @@ test('a peer that keeps sending while paused is closed with 1008 at maxPausedByt
   assert.deepEqual(rec.closes, [{ code: 1008, reason: 'read buffer limit exceeded' }]);
   assert.equal(remote.rec.messages.length, 0, 'a paused owner loses what waited');
 });
+
+test('maxPausedBytes bounds the memory held by tiny messages too: each counts what keeping it costs', async (t) => {
+  // A message kept while paused costs a record, a Uint8Array and an ArrayBuffer whatever its
+  // size: about 235 bytes of V8 heap on Node 20. Counted as 64, a peer sending 1-byte messages made
+  // the adapter hold several times maxPausedBytes before the limit was reached.
+  const limit = 4 * 1024 * 1024;
+  const server = await startServer(t, {
+    transport: { maxPausedBytes: limit },
+    onConnection: (socket) => socket.pause(),
+  });
+  const { socket, rec } = await connect(t, server.url);
+  await until(() => server.accepted.length === 1, 'connection');
+  const remote = server.accepted[0]!;
+  await collectGarbage();
+  const before = heldBytes();
+  // 40,000 one-byte messages: 2.6 MB as counted before, some 9 MB held.
+  const one = new Uint8Array(1);
+  for (let sent = 0; sent < 40_000 && rec.closes.length === 0; sent += 1_000) {
+    for (let i = 0; i < 1_000; i++) socket.send(one);
+    await until(() => socket.bufferedAmount === 0 || rec.closes.length > 0, 'the batch written', 5_000);
+  }
+  // Pings reach the owner while paused: once this one did, uWS has read every message before it.
+  socket.ping();
+  await until(() => remote.rec.pings === 1 || remote.rec.closes.length > 0, 'the ping behind the messages', 5_000);
+  if (remote.rec.closes.length === 0) {
+    await collectGarbage();
+    const held = heldBytes() - before;
+    t.diagnostic(`still open, ${held} bytes held`);
+    assert.ok(held <= 1.5 * limit, `${held} bytes held for the paused socket, maxPausedBytes ${limit}`);
+  } else {
+    assert.deepEqual(remote.rec.closes, [{ code: 1008, reason: 'read buffer limit exceeded' }]);
+  }
+});
+
+/** V8 heap and ArrayBuffer bytes in use (after a collection: what stays alive). */
+function heldBytes(): number {
+  const usage = process.memoryUsage();
+  return usage.heapUsed + usage.arrayBuffers;
+}
 
 // uWS v20.30 (WebSocketProtocol.h parseClosePayload) refuses codes above 1011 and below 4000,
 // though RFC 6455 §7.4.2 and the IANA registry allow them (ws does): pinned so that the difference

@@ -146,6 +146,44 @@ test('a slow consumer is closed with 1008 once maxBufferedBytes is exceeded; oth
   assert.equal(payloadText(await bystander.request('n', utf8(''))), 'ok');
 });
 
+test('a peer that floods pings and never reads: the pongs queued for it stay within maxBufferedBytes and it is closed', async (t) => {
+  // Every transport answers pings itself, into the buffer the core's sends go to. uWS queues those
+  // pongs up to its own maxBackpressure (64 MiB by default); ws gives up after 60 unsent pongs.
+  const limit = 64 * 1024;
+  const { url, server } = await startServer(t, { maxBufferedBytes: limit });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  const conn = await newestConnection(server);
+  pauseReading(peer);
+  const socket = (peer.ws as unknown as { _socket: Socket })._socket;
+  // 100 masked pings with the largest payload a control frame may carry (125 bytes).
+  const ping = Buffer.concat([Buffer.from([0x89, 0x80 | 125, 0, 0, 0, 0]), Buffer.alloc(125, 0x70)]);
+  const batch = Buffer.concat(Array.from({ length: 100 }, () => ping));
+  let maxBuffered = 0;
+  let batches = 0;
+  const deadline = Date.now() + 10_000;
+  // Bounded: 4,000 batches are 52 MB of pings, far more than loopback TCP buffers hold; the loop
+  // also stops once the server holds clearly more than the limit.
+  while (conn.isOpen && batches < 4_000 && Date.now() < deadline && maxBuffered <= 2 * limit) {
+    // The peer's own unsent bytes stay small: only what the server has read matters here.
+    if (socket.writableLength < 1024 * 1024) {
+      writeRaw(peer, batch);
+      batches++;
+    }
+    await delay(1);
+    maxBuffered = Math.max(maxBuffered, conn.bufferedAmount);
+  }
+  t.diagnostic(`${batches} batches of 100 pings sent; at most ${maxBuffered} bytes buffered`);
+  // One pong is 127 bytes; the close frame queued behind it adds at most 129.
+  assert.ok(maxBuffered <= limit + 127 + 129, `buffered ${maxBuffered} bytes, over the limit plus one pong`);
+  const info = await within(conn.closed, 2_800, 'conn.closed');
+  // ws cuts the connection itself (1006) at 60 unsent pongs, before the limit; otherwise the core
+  // closes it for the limit, as for any send.
+  if (info.code !== 1006) {
+    assert.deepEqual(info, { code: 1008, reason: 'send buffer limit exceeded' });
+  }
+});
+
 test('publish: a subscriber that stops reading is closed with 1008 and no longer counted; the others get every signal', async (t) => {
   const limit = 64 * 1024;
   const chunk = new Uint8Array(16 * 1024).fill(0x62);
