@@ -1,7 +1,8 @@
 /**
  * The agent against hostile users (whose requests reach it through the proxy) and a hostile or
  * buggy proxy (a scripted duplexwire server sending `tunnel.http` heads of its own): requests
- * never leave the target's origin or base path, and never reach the target ambiguous.
+ * never leave the target's origin or base path (nor a fetch handler's URL its path), and never
+ * reach the target ambiguous.
  */
 import assert from 'node:assert/strict';
 import { type AddressInfo, connect, createServer as createNetServer } from 'node:net';
@@ -83,9 +84,7 @@ async function rawTarget(t: TestContext): Promise<{ url: string; received: () =>
  * A scripted proxy: accepts one agent and sends it the heads a test writes. `perform` resolves
  * with the agent's reply, or the RequestError it answered with.
  */
-async function fakeProxy(
-  t: TestContext,
-): Promise<{
+async function fakeProxy(t: TestContext): Promise<{
   url: string;
   perform: (head: Omit<HttpHead, 'sid' | 'body'> & { body?: BodyMode }) => Promise<HttpReply | RequestError>;
 }> {
@@ -194,6 +193,26 @@ test('at a target without a base path, a dot segment goes on byte-exact (there i
   assert.match(answer, /"url":"\/x\/\.\.\/%2e%2e\/y"/);
 });
 
+test('a fetch handler’s URL has the request’s path whatever Host the user sends', async (t) => {
+  const proxy = await startProxy(t);
+  await startAgent(t, proxy, { handler: (request: Request) => new Response(`url=${request.url}`) });
+  for (const host of ['a/admin?', 'a/admin#', 'evil@a', 'a\\admin', 'a:80/x', '[::1']) {
+    const answer = await get(proxy.port, '/public', host);
+    assert.equal(statusOf(answer), 400, `${host}: ${answer}`);
+    assert.equal(JSON.parse(bodyOf(answer)).code, 'BAD_REQUEST', host);
+  }
+  for (const [host, url] of [
+    ['example.com:8080', 'http://example.com:8080/public'],
+    ['[::1]:3000', 'http://[::1]:3000/public'],
+    // RFC 9112 §3.2: an empty Host is an empty authority, not a path segment to take as the host.
+    ['', 'http://localhost/public'],
+  ] as const) {
+    const answer = await get(proxy.port, '/public', host);
+    assert.equal(statusOf(answer), 200, `${host}: ${answer}`);
+    assert.ok(answer.includes(`url=${url}`), `${host}: ${answer}`);
+  }
+});
+
 test('a proxy’s request target that is not a path, or a CONNECT, never reaches the target', async (t) => {
   for (const base of ['', '/api']) {
     const target = await rawTarget(t);
@@ -217,6 +236,30 @@ test('a proxy’s request target that is not a path, or a CONNECT, never reaches
     assert.equal(ok.status, 200);
     assert.match(target.received(), new RegExp(`^GET ${base}/x HTTP/1\\.1\r\n`));
   }
+});
+
+test('a fetch handler refuses a proxy’s request target that is not a path', async (t) => {
+  let calls = 0;
+  const proxy = await fakeProxy(t);
+  const agent = new TunnelAgent({
+    proxyUrl: proxy.url,
+    id: ID,
+    token: TOKEN,
+    handler: (_request: Request) => {
+      calls++;
+      return new Response('x');
+    },
+    logger: recordingLogger(),
+    reconnect: false,
+  });
+  t.after(() => agent.close(0));
+  await agent.start();
+  for (const url of ['@evil.example/x', 'evil.example/x']) {
+    const reply = await proxy.perform({ method: 'GET', url, headers: ['Host', 'a'] });
+    assert.ok(reply instanceof RequestError, url);
+    assert.equal(reply.code, 'BAD_MESSAGE');
+  }
+  assert.equal(calls, 0);
 });
 
 test('a proxy’s ambiguous heads reach the target as one clean request, or not at all', async (t) => {
