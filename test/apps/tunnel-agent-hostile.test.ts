@@ -1,12 +1,14 @@
 /**
  * The agent against hostile users (whose requests reach it through the proxy) and a hostile or
  * buggy proxy (a scripted duplexwire server sending `tunnel.http` heads of its own): requests
- * never leave the target's origin or base path (nor a fetch handler's URL its path), and never
- * reach the target ambiguous.
+ * never leave the target's origin or base path (nor a fetch handler's URL its path), never reach
+ * the target ambiguous, and the agent's logs and errors never show the credentials or query of
+ * its proxy URL.
  */
 import assert from 'node:assert/strict';
 import { type AddressInfo, connect, createServer as createNetServer } from 'node:net';
 import { test, type TestContext } from 'node:test';
+import { jsonLogger } from '../../src/apps/shared/log.ts';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import {
   BodyMode,
@@ -333,4 +335,53 @@ test('a proxy’s ambiguous heads reach the target as one clean request, or not 
   assert.deepEqual(names.sort(), ['connection', 'content-length', 'host']);
   assert.match(head, /\r\ncontent-length: 5(\r\n|$)/);
   assert.match(head, /\r\nconnection: keep-alive(\r\n|$)/);
+});
+
+test('the agent’s logs and errors never show the credentials or query of its proxy URL', async (t) => {
+  const proxy = await startProxy(t);
+  const target = await startTarget(t, echoHandler);
+  const lines: string[] = [];
+  const logger = jsonLogger({ level: 'debug', stream: { write: (line: string) => lines.push(line) } });
+  const secrets = ['PASS-SECRET', 'QUERY-SECRET'];
+  const agent = new TunnelAgent({
+    proxyUrl: `ws://user:PASS-SECRET@127.0.0.1:${proxy.port}${proxy.proxy.agentsPath}?k=QUERY-SECRET`,
+    id: ID,
+    token: TOKEN,
+    target: target.url,
+    logger,
+    reconnect: { initialDelay: 10, maxDelay: 50 },
+  });
+  t.after(() => agent.close(0));
+  await agent.start();
+  await waitFor(() => lines.some((line) => line.includes('connected to the proxy')));
+  const connected = JSON.parse(lines.find((line) => line.includes('connected to the proxy'))!);
+  assert.equal(connected.url, `ws://***@127.0.0.1:${proxy.port}${proxy.proxy.agentsPath}?…`);
+  // A refused attempt: the client's own lines and the error start() rejects with.
+  const closedPort = await new Promise<number>((resolve) => {
+    const server = createNetServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+  const refused = new TunnelAgent({
+    proxyUrl: `ws://user:PASS-SECRET@127.0.0.1:${closedPort}/_tunnel?k=QUERY-SECRET`,
+    id: ID,
+    token: TOKEN,
+    target: target.url,
+    logger,
+    reconnect: { maxAttempts: 1 },
+  });
+  t.after(() => refused.close(0));
+  const error = await refused.start().then(
+    () => assert.fail('connected to a closed port'),
+    (e: Error) => e,
+  );
+  assert.equal((error as { code?: unknown }).code, 'ERR_CONNECT');
+  assert.match(error.message, /ws:\/\/\*\*\*@127\.0\.0\.1:\d+\/_tunnel\?…/);
+  assert.ok(lines.some((line) => line.includes('connection to the proxy failed')));
+  for (const secret of secrets) {
+    assert.ok(!error.message.includes(secret) && !String(error.stack).includes(secret), `${secret} in the error`);
+    for (const line of lines) assert.ok(!line.includes(secret), `${secret} in ${line}`);
+  }
 });
