@@ -7,9 +7,18 @@
  * resolved), header names are lower case, and upgrades are refused (501).
  */
 import { type Logger, RequestError } from '../../index.ts';
-import { type ResponseSender, relayResponse } from './agent-relay.ts';
+import { errorReply, type ResponseSender, relayResponse } from './agent-relay.ts';
 import { filterHeaders, headerValues } from './headers.ts';
+import { TunnelErrorCode } from './http-errors.ts';
 import { AgentErrorCode, BodyMode, type HttpHead, type HttpReply } from './wire.ts';
+
+/**
+ * A Host the request's URL can be built from (RFC 9110 §7.2: uri-host [":" port]): an IP literal
+ * or a reg-name, which holds none of `/ ? # @ \`. Any of those would move the end of the URL's
+ * authority: `Host: a/admin?` with `GET /public` would be `http://a/admin?/public`, and the handler
+ * would serve /admin.
+ */
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?$/;
 
 /** A fetch-style handler (Deno, Bun, Hono, itty-router, ...). */
 export type FetchHandler = (request: Request) => Response | Promise<Response>;
@@ -58,6 +67,20 @@ export class FetchExchange {
         // A name or value the Fetch API refuses: not representable, left out.
       }
     }
+    if (head.url !== '*' && !head.url.startsWith('/'))
+      throw new RequestError(AgentErrorCode.BadMessage, 'the request target is not a path');
+    // No Host, or an empty one (RFC 9112 §3.2: the authority is empty): `http:///x` would make
+    // the path's first segment the host.
+    const host = headerValues(raw, 'host')[0] || 'localhost';
+    let url: URL;
+    try {
+      if (!HOST.test(host)) throw new TypeError('not a host');
+      // `*` (OPTIONS) has no path the Fetch API could hold: the root.
+      url = new URL(`http://${host}${head.url === '*' ? '/' : head.url}`);
+    } catch {
+      // RFC 9112 §3.2: a server answers an invalid Host with 400.
+      return errorReply(TunnelErrorCode.BadRequest);
+    }
     const hasBody = head.method !== 'GET' && head.method !== 'HEAD';
     let body: Uint8Array | ReadableStream<Uint8Array> | undefined;
     if (hasBody && head.body === BodyMode.Inline) body = head.data;
@@ -76,10 +99,9 @@ export class FetchExchange {
         { highWaterMark: 0 },
       );
     }
-    const host = headerValues(raw, 'host')[0] ?? 'localhost';
     let request: Request;
     try {
-      request = new Request(`http://${host}${head.url}`, {
+      request = new Request(url, {
         method: head.method,
         headers,
         signal,

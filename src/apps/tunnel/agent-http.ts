@@ -12,8 +12,10 @@
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { type AbortSignalLike, RequestError } from '../../index.ts';
-import { ResponseRelay, type ResponseSender, streamRest } from './agent-relay.ts';
+import { hasDotSegment } from '../shared/paths.ts';
+import { errorReply, ResponseRelay, type ResponseSender, streamRest } from './agent-relay.ts';
 import { filterHeaders, headerValues, latin1Pairs, setHeader } from './headers.ts';
+import { TunnelErrorCode } from './http-errors.ts';
 import { AgentErrorCode, BodyMode, type HttpHead, type HttpReply } from './wire.ts';
 
 /** Where an HTTP target is. */
@@ -44,6 +46,32 @@ interface Piece {
   readonly data: Uint8Array;
   readonly fin: boolean;
   readonly ack: () => void;
+}
+
+/**
+ * The path the target is asked for: the target URL's path, then the request's. Refused:
+ * - a request target that is not origin-form (`/p?q`) or `*`, and CONNECT: the proxy sends
+ *   neither (it turns absolute-form into origin-form and has no CONNECT), and undici would write
+ *   them as they are (`GET http://elsewhere/x`, `CONNECT host:443`) for the target to follow, or
+ *   glue them to the base path (`/base` + `x` is `/basex`, a sibling of the base);
+ * - below a base path, a `.` or `..` segment, as written or hidden (`%2e%2e`, `..%2f`, `..\`,
+ *   `..;x`): the user's error (400), or `/base/../admin` would climb out of the base path at any
+ *   target that resolves dot segments (most routers, static file servers, nginx). At the root
+ *   there is nothing to climb out of: those paths go on byte-exact.
+ */
+function targetPath(
+  head: HttpHead,
+  basePath: string,
+): string | { readonly refusal: 'user' | 'proxy'; readonly message: string } {
+  const { url } = head;
+  if (head.method === 'CONNECT') return { refusal: 'proxy', message: 'CONNECT is not forwarded' };
+  if (url === '*') return basePath || '*';
+  if (!url.startsWith('/')) return { refusal: 'proxy', message: 'the request target is not a path' };
+  if (basePath !== '') {
+    const q = url.indexOf('?');
+    if (hasDotSegment(q < 0 ? url : url.slice(0, q))) return { refusal: 'user', message: 'a dot segment' };
+  }
+  return basePath + url;
 }
 
 export class HttpExchange implements Dispatcher.DispatchHandlers {
@@ -93,6 +121,11 @@ export class HttpExchange implements Dispatcher.DispatchHandlers {
   run(): Promise<HttpReply> {
     const { head, target, signal } = this;
     if (signal.aborted) return Promise.reject(signal.reason);
+    const path = targetPath(head, target.basePath);
+    if (typeof path !== 'string') {
+      if (path.refusal === 'user') return Promise.resolve(errorReply(TunnelErrorCode.BadRequest));
+      return Promise.reject(new RequestError(AgentErrorCode.BadMessage, path.message));
+    }
     return new Promise<HttpReply>((resolve, reject) => {
       this.settle = { resolve, reject };
       signal.addEventListener('abort', this.onAbort, { once: true });
@@ -100,7 +133,6 @@ export class HttpExchange implements Dispatcher.DispatchHandlers {
       let body: Dispatcher.DispatchOptions['body'] = null;
       if (head.body === BodyMode.Inline) body = head.data ?? null;
       else if (head.body === BodyMode.Stream && upgrade === null) body = this.bodyStream() as never;
-      const path = head.url === '*' ? target.basePath || '*' : target.basePath + head.url;
       target.dispatcher.dispatch(
         {
           path,

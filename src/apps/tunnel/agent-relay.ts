@@ -6,7 +6,25 @@
  */
 import { type AbortSignalLike, binary, type Client } from '../../index.ts';
 import { acquireBoth, CreditWindow, messageCost, tryAcquireBoth } from './flow.ts';
+import { errorBody, TUNNEL_ERROR_STATUS, type TunnelErrorCode } from './http-errors.ts';
 import { chunkName, encodeResponseHead, type HttpReply, MSG_CHUNK, MSG_HEAD } from './wire.ts';
+
+/**
+ * The agent's own answer to a request it refuses to perform (the user's error, such as a path
+ * that would leave the target's base path): the proxy's JSON error body, as one inline reply.
+ */
+export function errorReply(code: TunnelErrorCode): HttpReply {
+  const data = new TextEncoder().encode(errorBody(code));
+  const headers = [
+    'Content-Type',
+    'application/json; charset=utf-8',
+    'Content-Length',
+    String(data.length),
+    'Cache-Control',
+    'no-store',
+  ];
+  return { kind: 'inline', status: TUNNEL_ERROR_STATUS[code], headers, data };
+}
 
 /** Responses up to this size (complete within one turn of the event loop) go inline. */
 export const INLINE_RESPONSE_LIMIT = 64 * 1024;

@@ -129,6 +129,74 @@ function httpTarget(url: URL, hostHeader: 'preserve' | 'rewrite', dispatcher: Po
 }
 
 /**
+ * The proxy URL as it may be logged: without the credentials of a `user:password@` (sent as Basic
+ * authentication to whatever stands in front of the proxy) nor its query (`?token=...`).
+ * Undefined when it has neither: then it is logged as it is.
+ */
+function loggableProxyUrl(url: string): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return undefined; // the client refuses it (InvalidArgumentError) before anything is logged
+  }
+  if (parsed.username === '' && parsed.password === '' && parsed.search === '') return undefined;
+  return `${parsed.protocol}//${parsed.username === '' && parsed.password === '' ? '' : '***@'}${parsed.host}${parsed.pathname}${parsed.search === '' ? '' : '?…'}`;
+}
+
+/** `text` with every `secret` in it replaced. */
+function withoutSecret(text: string, secret: string, replacement: string): string {
+  return text.includes(secret) ? text.split(secret).join(replacement) : text;
+}
+
+/**
+ * An error whose message names `secret` (the client's connect errors name the URL) as a copy
+ * without it: same class and fields (code, status, ...), its stack cleaned too, no cause (which
+ * may repeat it).
+ */
+function errorWithoutSecret(error: Error, secret: string, replacement: string): Error {
+  if (!error.message.includes(secret)) return error;
+  const copy = Object.assign(Object.create(Object.getPrototypeOf(error) as object) as Error, error);
+  Object.defineProperty(copy, 'message', {
+    value: withoutSecret(error.message, secret, replacement),
+    writable: true,
+    configurable: true,
+  });
+  Object.defineProperty(copy, 'stack', {
+    value: withoutSecret(error.stack ?? '', secret, replacement),
+    writable: true,
+    configurable: true,
+  });
+  return copy;
+}
+
+/**
+ * `logger` with the proxy URL replaced by its loggable form in every line, the client's own ones
+ * too (`url` of a failed attempt, the message of a ConnectError).
+ */
+function redactingLogger(logger: Logger, secret: string, replacement: string): Logger {
+  const clean = (value: unknown): unknown => {
+    if (typeof value === 'string') return withoutSecret(value, secret, replacement);
+    if (value instanceof Error) return errorWithoutSecret(value, secret, replacement);
+    return value;
+  };
+  const at =
+    (write: Logger['info']): Logger['info'] =>
+    (message, context) => {
+      if (context === undefined) return write(message);
+      const out: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(context)) out[key] = clean(value);
+      write(message, out);
+    };
+  return {
+    error: at(logger.error.bind(logger)),
+    warn: at(logger.warn.bind(logger)),
+    info: at(logger.info.bind(logger)),
+    debug: at(logger.debug.bind(logger)),
+  };
+}
+
+/**
  * The TunnelVersionError a refused upgrade means, or undefined: a 426, with the versions the
  * proxy speaks when its body is the tunnel's `TUNNEL_VERSION_UNSUPPORTED` answer.
  */
@@ -187,6 +255,8 @@ export class TunnelAgent {
   private idleWaiters: Array<() => void> = [];
   /** The target's health checks (`healthCheck`). */
   private readonly health: TargetHealth | undefined;
+  /** The proxy URL and what logs and errors say instead, when it holds credentials or a query. */
+  private readonly secretUrl: { readonly url: string; readonly replacement: string } | undefined;
 
   constructor(options: TunnelAgentOptions) {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options are required');
@@ -199,7 +269,10 @@ export class TunnelAgent {
       throw new InvalidArgumentError('give exactly one of target (a URL) and handler');
     }
     this.id = options.id;
-    this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-agent', id: options.id } });
+    const logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-agent', id: options.id } });
+    const replacement = typeof options.proxyUrl === 'string' ? loggableProxyUrl(options.proxyUrl) : undefined;
+    this.secretUrl = replacement === undefined ? undefined : { url: options.proxyUrl, replacement };
+    this.logger = replacement === undefined ? logger : redactingLogger(logger, options.proxyUrl, replacement);
     this.hostHeader = options.hostHeader ?? 'preserve';
     if (this.hostHeader !== 'preserve' && this.hostHeader !== 'rewrite') {
       throw new InvalidArgumentError("option hostHeader must be 'preserve' or 'rewrite'");
@@ -319,7 +392,12 @@ export class TunnelAgent {
       // The client gave up for good (refused, or closed): checking the target for a proxy that
       // will never hear of it would go on forever. A later start() checks again.
       this.health?.stop();
-      throw versionRefusal(error) ?? error;
+      const refusal = versionRefusal(error) ?? error;
+      const secret = this.secretUrl;
+      // Its message is printed (the command line does): without the URL's credentials.
+      throw secret !== undefined && refusal instanceof Error
+        ? errorWithoutSecret(refusal, secret.url, secret.replacement)
+        : refusal;
     }
   }
 

@@ -34,7 +34,7 @@ import {
 import { DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, type HeartbeatTracking, UNTRACKED } from '../shared/heartbeat.ts';
 import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
-import { hasDotSegment } from './handshake.ts';
+import { hasDotSegment } from '../shared/paths.ts';
 
 /** @default 10 s */
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10_000;

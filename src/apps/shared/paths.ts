@@ -1,7 +1,8 @@
 /**
- * What the proxy checks in a client's request target before it dials anything (an `upstream`
- * function may append it to a base URL). A request failing it is the client's error (400), never
- * an upstream failure. (The subprotocol offer is checked by `parseProtocolOffer`, shared/websocket.ts.)
+ * What the applications check in a request target's path before they append it to a base URL:
+ * the WebSocket proxy before it dials anything (an `upstream` function may append it), the tunnel
+ * agent before it adds it to its target URL's path. A request failing it is the client's error
+ * (400), never an upstream's or a target's failure.
  */
 
 /** Percent-encoded `.`, `/` and `\`, either case: what can hide a dot segment or a separator. */
@@ -16,8 +17,8 @@ const HIDING = /%(?:2e|2f|5c)/gi;
  * - behind `%2f` or `%5c` (`%2e%2e%2fx`): left alone by `new URL`, but servers that decode the
  *   path before resolving it (an old mistake, e.g. CVE-2007-0450) would climb anyway;
  * - with path parameters (`..;x`): Tomcat and Spring read that segment as `..`.
- * A dot segment in a WebSocket endpoint's path has no use but climbing out of a base path, so the
- * proxy refuses them all rather than resolve them.
+ * A dot segment in a path appended to a base has no use but climbing out of that base, so they
+ * are all refused rather than resolved.
  */
 export function hasDotSegment(path: string): boolean {
   const decoded = path.replace(HIDING, (encoded) => String.fromCharCode(Number.parseInt(encoded.slice(1), 16)));
