@@ -13,6 +13,12 @@ export interface ReconnectOptions {
   readonly jitter?: number;
   /** Attempts in a row before giving up (Infinity: never). @default Infinity */
   readonly maxAttempts?: number;
+  /**
+   * A connection that lasted less than this, in ms, does not start the backoff over: the next
+   * reconnect waits as after one more failed attempt, so a server that accepts and drops at once
+   * is not reconnected to every `initialDelay` for ever. @default 5000
+   */
+  readonly minUptime?: number;
   /** Replaces the computed delay: gets the attempt number (1, 2, ...) and returns milliseconds. */
   readonly delay?: (attempt: number) => number;
 }
@@ -23,10 +29,12 @@ export const DEFAULT_RECONNECT: Required<Omit<ReconnectOptions, 'delay'>> = Obje
   factor: 2,
   jitter: 0.5,
   maxAttempts: Infinity,
+  minUptime: 5_000,
 });
 
 export interface ReconnectPolicy {
   readonly maxAttempts: number;
+  readonly minUptime: number;
   delay(attempt: number): number;
 }
 
@@ -50,9 +58,16 @@ export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
   if (!(factor >= 1)) throw new InvalidArgumentError('option reconnect.factor must be >= 1');
   if (!(jitter >= 0 && jitter <= 1)) throw new InvalidArgumentError('option reconnect.jitter must be in 0..1');
   if (!(maxAttempts >= 1)) throw new InvalidArgumentError('option reconnect.maxAttempts must be >= 1');
+  const minUptime = checkInteger(
+    'reconnect.minUptime',
+    options.minUptime ?? DEFAULT_RECONNECT.minUptime,
+    0,
+    MAX_TIMER_DELAY,
+  );
   const custom = options.delay;
   return {
     maxAttempts,
+    minUptime,
     delay(attempt: number): number {
       // Clamped: Node runs a timer over 2^31 - 1 ms after 1 ms (a tight retry loop), and NaN as 1 ms.
       if (custom !== undefined) return Math.min(MAX_TIMER_DELAY, Math.max(0, custom(attempt) || 0));

@@ -233,7 +233,8 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 
 /** A 4xx refusal other than timeouts and rate limits will not change by retrying. */
 function isPermanent(error: unknown): boolean {
-  if (error instanceof IncompatibleServerError) return true;
+  // A configuration mistake (no transport, an option the transport refuses) never heals.
+  if (error instanceof IncompatibleServerError || error instanceof InvalidArgumentError) return true;
   const status = error instanceof ConnectError ? error.status : undefined;
   return status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
@@ -598,8 +599,8 @@ export class Client extends Emitter<ClientEvents> {
           await this.#pause(policy.delay(attempt), attempt);
           continue;
         }
-        attempt = 1;
         failures = 0;
+        const openedAt = performance.now();
         const info = await lost;
         this.emit('disconnect', info);
         if (this.#closedForGood()) break;
@@ -607,6 +608,9 @@ export class Client extends Emitter<ClientEvents> {
           this.#giveUp(new DisconnectedError(`the connection closed (${info.code})`, { closeCode: info.code }));
           break;
         }
+        // A connection that lasted starts the backoff over; one that did not (a server that
+        // accepts and drops at once) counts as one more attempt.
+        attempt = performance.now() - openedAt < policy.minUptime ? attempt + 1 : 1;
         this.#setState('reconnecting');
         await this.#pause(policy.delay(attempt), attempt);
       }

@@ -26,15 +26,16 @@ import { gzipSync } from 'node:zlib';
  * inline: 1. Shortening the property names private to the bundle, chosen with the TypeScript
  * checker, saved 136 bytes more and was left out: a build-time analysis, and short names a
  * user's own properties on our objects could collide with, for 1.2%; 11,373 with the browser
- * transport honouring the connect signal, so `close()` ends a connect in progress at once).
- * What is left is the
- * feature set, measured on this bundle: with every
+ * transport honouring the connect signal, so `close()` ends a connect in progress at once;
+ * 11,442 with the reconnect backoff's `minUptime`, against servers that accept and drop at once,
+ * and configuration errors not retried). What is left is the feature set, measured on this
+ * bundle: with every
  * message text deleted it is still ~9,560 bytes; without the client's sessions ~9,490, and
  * without sessions, reconnect and the request queue ~9,000 (~8,120 with no message text either).
  * So 8 KB means moving features out of the default bundle (a product decision, not a
- * minification one); until that is decided, this keeps the bundle from growing (11,373 + ~0.3%).
+ * minification one); until that is decided, this keeps the bundle from growing (11,442 + ~0.3%).
  */
-const BUDGET_BYTES = 11_410;
+const BUDGET_BYTES = 11_480;
 
 const bundleUrl = new URL('../../dist/browser/duplexwire-client.js', import.meta.url);
 const metaUrl = new URL('../../dist/browser/duplexwire-client.meta.json', import.meta.url);

@@ -3,10 +3,14 @@
  * custom delay functions and option validation.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { DEFAULT_RECONNECT, type ReconnectOptions, reconnectPolicy } from '../../src/client/backoff.ts';
 import { Client } from '../../src/client/client.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
+import { silentLogger } from '../../src/logger.ts';
+import { Server } from '../../src/server/server.ts';
+import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
+import { delay, waitFor } from '../helpers.ts';
 
 const delays = (options: ReconnectOptions, attempts: number) =>
   Array.from({ length: attempts }, (_, i) => reconnectPolicy(options).delay(i + 1));
@@ -30,6 +34,7 @@ test('defaults: 500 ms doubling up to 10 s, jitter 0.5, never giving up', () => 
     factor: 2,
     jitter: 0.5,
     maxAttempts: Number.POSITIVE_INFINITY,
+    minUptime: 5_000,
   });
   const policy = reconnectPolicy({});
   assert.equal(policy.maxAttempts, Number.POSITIVE_INFINITY);
@@ -101,6 +106,8 @@ test('invalid options throw InvalidArgumentError', () => {
     { jitter: Number.NaN },
     { maxAttempts: 0 },
     { maxAttempts: Number.NaN },
+    { minUptime: -1 },
+    { minUptime: Number.NaN },
   ];
   for (const options of invalid) {
     assert.throws(() => reconnectPolicy(options), InvalidArgumentError, JSON.stringify(options));
@@ -123,4 +130,59 @@ test('a custom delay is clamped to what setTimeout can wait (no 1 ms overflow, n
     assert.ok(Number.isFinite(d) && d >= 0 && d <= 2 ** 31 - 1, `${value} -> ${d}`);
   }
   assert.equal(reconnectPolicy({ delay: () => Number.POSITIVE_INFINITY }).delay(1), 2 ** 31 - 1);
+});
+
+/** The delays of the first `count` reconnects of a client to a server that drops every connection at once. */
+async function delaysAgainstADroppingServer(t: TestContext, reconnect: ReconnectOptions, count: number) {
+  const server = new Server({
+    transport: wsTransport({ host: '127.0.0.1', port: 0 }),
+    logger: silentLogger,
+    // Once the client is connected (its handshake done), a moment later: dropped.
+    onClientConnected: (conn) => {
+      setTimeout(() => void conn.close(1001, 'not now'), 30);
+    },
+  });
+  await server.listen();
+  t.after(() => server.shutdown({ timeout: 200 }));
+  const client = new Client(`ws://127.0.0.1:${server.address()!.port}/`, {
+    transport: wsClientTransport(),
+    reconnect,
+    logger: silentLogger,
+  });
+  client.on('error', () => {});
+  const delays: number[] = [];
+  let connects = 0;
+  client.on('connect', () => connects++);
+  client.on('reconnecting', ({ delay }) => delays.push(delay));
+  t.after(() => client.close());
+  await waitFor(() => delays.length >= count, 20_000, `${count} reconnects`);
+  assert.ok(connects >= count, `each attempt connected (and was dropped): ${connects} connects`);
+  return delays.slice(0, count);
+}
+
+test('a server that accepts and drops at once is reconnected to with a growing delay (minUptime)', async (t) => {
+  const grown = await delaysAgainstADroppingServer(t, { initialDelay: 40, maxDelay: 400, jitter: 0 }, 5);
+  assert.deepEqual(grown, [40, 80, 160, 320, 400]);
+  // minUptime 0: every connection counts as one that lasted, and the backoff starts over each time.
+  const flat = await delaysAgainstADroppingServer(t, { initialDelay: 40, jitter: 0, minUptime: 0 }, 3);
+  assert.deepEqual(flat, [40, 40, 40]);
+});
+
+test('a configuration error at connect (no transport) is not retried', async (t) => {
+  // The source entry point sets no default transport (the package's entry points do).
+  const client = new Client('ws://127.0.0.1:1/', { reconnect: { initialDelay: 10 }, logger: silentLogger });
+  t.after(() => client.close());
+  let reconnects = 0;
+  client.on('reconnecting', () => reconnects++);
+  client.on('error', () => {});
+  const outcome = await Promise.race([
+    client.connect().then(
+      () => 'connected',
+      (error: Error) => error.message,
+    ),
+    delay(3_000).then(() => 'still trying after 3 s'),
+  ]);
+  assert.match(outcome, /no default transport here/);
+  assert.equal(reconnects, 0);
+  assert.equal(client.state, 'disconnected');
 });
