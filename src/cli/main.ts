@@ -37,8 +37,16 @@ const USAGE = `usage:
 async function demo(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8080' } },
+    options: {
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '8080' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
+  if (values.help === true) {
+    process.stdout.write(USAGE);
+    return;
+  }
   const port = Number(values.port);
   const server = new Server({
     transport: wsTransport({ host: values.host, port }),
@@ -91,8 +99,16 @@ async function request(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { timeout: { type: 'string', default: '10000' }, 'egress-proxy': { type: 'string' } },
+    options: {
+      timeout: { type: 'string', default: '10000' },
+      'egress-proxy': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
+  if (values.help === true) {
+    process.stdout.write(USAGE);
+    return;
+  }
   const [url, name, text = ''] = positionals;
   if (url === undefined || name === undefined) {
     process.stderr.write(USAGE);

@@ -75,6 +75,14 @@ test('the commands answer --help with their usage, and a mistake on the command 
     const { stdout } = await cli(args);
     assert.match(stdout, /^usage:\n {2}duplexwire tunnel proxy/, args.join(' '));
   }
+  for (const args of [
+    ['demo', '--help'],
+    ['request', '-h'],
+    ['request', 'ws://127.0.0.1:1/', 'echo', '--help'],
+  ]) {
+    const { stdout } = await cli(args);
+    assert.match(stdout, /^usage:\n {2}duplexwire demo/, args.join(' '));
+  }
   for (const [args, message] of [
     [['tunnel', 'agent', '--bogus'], /^duplexwire: Unknown option '--bogus'/],
     [['tunnel', 'proxy', '--listen', 'nope', '--insecure'], /^duplexwire: --listen must be host:port, got "nope"/],
