@@ -29,15 +29,21 @@ import {
 import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
 import type { AbortSignalLike } from '../peer/cancellation.ts';
-import { type IncomingMessage, Peer, type ReplyValue, type RequestContext, type RequestOptions } from '../peer/peer.ts';
+import {
+  DEFAULT_REQUEST_TIMEOUT,
+  type IncomingMessage,
+  Peer,
+  type ReplyValue,
+  type RequestContext,
+  type RequestOptions,
+} from '../peer/peer.ts';
 import { Emitter } from '../util/emitter.ts';
 import { checkFunction, checkInteger, MAX_TIMER_DELAY, subProtocolBytes } from '../util/validate.ts';
 import { type ReconnectOptions, type ReconnectPolicy, reconnectPolicy } from './backoff.ts';
 import { defaultClientTransport, defaultSessionKeyStore } from './default-transport.ts';
 import type { SessionKeyStore } from './session-key-store.ts';
 
-/** @default 10 s */
-export const DEFAULT_REQUEST_TIMEOUT = 10_000;
+export { DEFAULT_REQUEST_TIMEOUT };
 /** @default 10 s */
 export const DEFAULT_CONNECT_TIMEOUT = 10_000;
 /** Requests that may wait for a connection while the client (re)connects. @default 1024 */

@@ -32,6 +32,9 @@ import { type OutgoingMessage, outgoingReply, outgoingRequest, outgoingSignal, s
 
 export type { OutgoingMessage } from './outgoing.ts';
 
+/** Default timeout of requests, on both ends (`requestTimeout` of the client and of the server). @default 10 s */
+export const DEFAULT_REQUEST_TIMEOUT = 10_000;
+
 /** A request or signal as handlers see it. `payload.data` is owned by the handler. */
 export interface IncomingMessage {
   /** The name (namespace); empty when the sender gave none. */

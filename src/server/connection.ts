@@ -317,14 +317,17 @@ export class Connection {
 
   /**
    * Sends a request to the client (protocol v2.1) and resolves with its reply. Rejects at once
-   * with PeerUnsupportedError on a v2.0 client, and with TimeoutError, CanceledError,
-   * RequestError, InternalError or DisconnectedError as the case may be.
+   * with PeerUnsupportedError on a v2.0 client, and with TimeoutError (after `options.timeout`,
+   * else the server's `requestTimeout`), CanceledError, RequestError, InternalError or
+   * DisconnectedError as the case may be.
    */
   request(name: string, payload: Payload, options: RequestOptions = {}): Promise<Payload> {
     if (!this.peer.v21 && this.peer.isOpen) {
       return Promise.reject(new PeerUnsupportedError('the client speaks protocol v2.0 and cannot receive requests'));
     }
-    return this.peer.request(name, (id) => this.peer.encodeRequest(id, name, payload), options);
+    const withTimeout =
+      options.timeout === undefined ? { ...options, timeout: this.context.options.requestTimeout } : options;
+    return this.peer.request(name, (id) => this.peer.encodeRequest(id, name, payload), withTimeout);
   }
 
   /**

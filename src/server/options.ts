@@ -3,7 +3,7 @@ import type { ServerTransport } from '../../transports/types.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import type { TopicBus } from '../cluster/bus.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
-import type { IncomingMessage, ReplyValue, RequestContext } from '../peer/peer.ts';
+import { DEFAULT_REQUEST_TIMEOUT, type IncomingMessage, type ReplyValue, type RequestContext } from '../peer/peer.ts';
 import { FileSessionManager } from '../session/file-store.ts';
 import { defaultKeyGenerator, type SessionKeyGenerator, type SessionManager } from '../session/session.ts';
 import { checkFunction, checkInteger, MAX_TIMER_DELAY, subProtocolBytes } from '../util/validate.ts';
@@ -139,6 +139,12 @@ export interface ServerOptions {
   readonly maxMessageSize?: number;
   /** A connection that sends nothing for this long is closed; announced in AcceptConf. @default 60000 */
   readonly readTimeout?: number;
+  /**
+   * Default timeout of `conn.request()` (server-to-client requests), in ms: a client that never
+   * replies cannot hold them, and what they keep, for as long as it stays connected. 0 waits
+   * for ever. @default 10000, as the client's
+   */
+  readonly requestTimeout?: number;
   /** Handlers running at once per connection; 1 handles messages strictly in order. @default 32 */
   readonly concurrency?: number;
   /** Requests received and not yet answered per connection; over it: close 1008. @default 4096 */
@@ -186,6 +192,7 @@ export interface ResolvedServerOptions {
   readonly maxConnections: number;
   readonly maxMessageSize: number;
   readonly readTimeout: number;
+  readonly requestTimeout: number;
   readonly concurrency: number;
   readonly maxInflightRequests: number;
   readonly maxBufferedBytes: number;
@@ -265,6 +272,12 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
     // A message must at least hold a request header; AcceptConf carries the size as uint32.
     maxMessageSize: checkInteger('maxMessageSize', options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE, 16, MAX_UINT32),
     readTimeout: checkInteger('readTimeout', options.readTimeout ?? DEFAULT_READ_TIMEOUT, 100, MAX_UINT32),
+    requestTimeout: checkInteger(
+      'requestTimeout',
+      options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT,
+      0,
+      MAX_TIMER_DELAY,
+    ),
     concurrency: checkInteger('concurrency', options.concurrency ?? DEFAULT_CONCURRENCY, 1, 1_000_000),
     maxInflightRequests: checkInteger(
       'maxInflightRequests',

@@ -136,6 +136,31 @@ test('conn.request() with a timeout: TimeoutError, and the client handler signal
   assert.ok(reason instanceof CanceledError, String(reason));
 });
 
+test("conn.request() without a timeout times out after the server's requestTimeout; 0 waits", async (t) => {
+  let release!: () => void;
+  const held = new Promise<string>((resolve) => {
+    release = () => resolve('late');
+  });
+  t.after(() => release());
+  const { conn } = await pair(t, { onRequest: () => held }, { requestTimeout: 150 });
+  const pending = conn.request('never', utf8('x'));
+  const result = await outcome(
+    Promise.race([
+      pending,
+      delay(3_000).then(() => {
+        throw new Error('still pending after 3 s');
+      }),
+    ]),
+  );
+  assert.ok(result.error instanceof TimeoutError, String(result.error));
+  assert.match(result.error.message, /within 150 ms/);
+  // An explicit timeout wins, 0 included (waits until the reply).
+  const waiting = conn.request('held', utf8('x'), { timeout: 0 });
+  await delay(300);
+  release();
+  assert.equal(payloadText(await waiting), 'late');
+});
+
 test('conn.request() with an AbortSignal: CanceledError, and the client handler signal fires', async (t) => {
   let reason: unknown;
   let started = false;
