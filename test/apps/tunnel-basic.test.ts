@@ -101,6 +101,42 @@ test('round trip: method, raw path and query, headers in order, body, status and
   );
 });
 
+test("forwarded: 'replace' drops what users claim, RFC 7239 Forwarded included; 'append' keeps it", async (t) => {
+  const target = await startTarget(t, echoHandler);
+  const claims = [
+    'X-Forwarded-For',
+    '6.6.6.6',
+    'X-Forwarded-Proto',
+    'https',
+    'X-Forwarded-Host',
+    'evil.example',
+    'Forwarded',
+    'for=6.6.6.6;proto=https;host=evil.example',
+  ];
+  const seenBy = async (forwarded: 'replace' | 'append'): Promise<Array<[string, string]>> => {
+    const proxy = await startProxy(t, { forwarded });
+    await startAgent(t, proxy, { target: target.url });
+    const reply = await send(proxy.port, {
+      headers: ['Host', 'public.example', 'x-duplexwire-client-id', ID, ...claims],
+    });
+    const { rawHeaders } = json(reply) as { rawHeaders: string[] };
+    const pairs: Array<[string, string]> = [];
+    for (let i = 0; i < rawHeaders.length; i += 2) pairs.push([rawHeaders[i]!, rawHeaders[i + 1]!]);
+    return pairs.filter(([n]) => n.toLowerCase().startsWith('x-forwarded') || n.toLowerCase() === 'forwarded');
+  };
+  assert.deepEqual(await seenBy('replace'), [
+    ['X-Forwarded-For', '127.0.0.1'],
+    ['X-Forwarded-Proto', 'http'],
+    ['X-Forwarded-Host', 'public.example'],
+  ]);
+  assert.deepEqual(await seenBy('append'), [
+    ['Forwarded', 'for=6.6.6.6;proto=https;host=evil.example'],
+    ['X-Forwarded-For', '6.6.6.6, 127.0.0.1'],
+    ['X-Forwarded-Proto', 'http'],
+    ['X-Forwarded-Host', 'public.example'],
+  ]);
+});
+
 test('host header rewrite and a target URL with a base path', async (t) => {
   const target = await startTarget(t, echoHandler);
   const proxy = await startProxy(t);

@@ -159,6 +159,7 @@ test('headers: the client’s own pass; X-Forwarded-* are the proxy’s; hop-by-
     'X-Forwarded-For: 10.0.0.2',
     'X-Forwarded-Proto: https',
     'X-Forwarded-Host: evil.example',
+    'Forwarded: for=6.6.6.6;proto=https;host=evil.example',
   ]);
   assert.equal(status, 101);
   const { headers, url } = await upstream.connection();
@@ -171,6 +172,7 @@ test('headers: the client’s own pass; X-Forwarded-* are the proxy’s; hop-by-
   assert.equal(headers['x-forwarded-for'], '10.0.0.1, 10.0.0.2, 127.0.0.1');
   assert.equal(headers['x-forwarded-proto'], 'http', 'the client’s own X-Forwarded-Proto is not trusted');
   assert.equal(headers['x-forwarded-host'], 'public.example:8443', 'the Host the client asked for');
+  assert.equal(headers.forwarded, undefined, 'the client’s own Forwarded (RFC 7239) is not trusted either');
   assert.equal(headers.host, `127.0.0.1:${upstream.port}`, 'Host names the upstream');
   for (const name of ['x-hop-secret', 'keep-alive', 'te', 'trailer', 'proxy-authorization', 'proxy-connection']) {
     assert.equal(headers[name], undefined, `${name} is not forwarded`);

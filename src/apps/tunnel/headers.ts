@@ -118,21 +118,26 @@ export interface ForwardedInfo {
   readonly host: string | undefined;
   /**
    * `append`: add the address to an X-Forwarded-For the user sent (behind a trusted load
-   * balancer); `replace`: the proxy is the edge and what users claim is dropped.
+   * balancer, whose RFC 7239 `Forwarded` is kept too); `replace`: the proxy is the edge and what
+   * users claim is dropped, `Forwarded` included.
    */
   readonly mode: 'replace' | 'append';
 }
 
 /**
- * Adds X-Forwarded-For, -Proto and -Host. Any the user sent are dropped first in `replace` mode;
- * in `append` mode X-Forwarded-For keeps the user's list and gets the address appended.
+ * Adds X-Forwarded-For, -Proto and -Host. Any the user sent are dropped first in `replace` mode,
+ * and so is `Forwarded` (RFC 7239), which carries the same claims (`for=`, `proto=`, `host=`) for
+ * targets that read it; in `append` mode X-Forwarded-For keeps the user's list and gets the
+ * address appended, and `Forwarded` is passed on as it came.
  */
 export function addForwarded(raw: readonly string[], info: ForwardedInfo): string[] {
-  const previous = info.mode === 'append' ? headerValues(raw, 'x-forwarded-for').join(', ') : '';
+  const replace = info.mode === 'replace';
+  const previous = replace ? '' : headerValues(raw, 'x-forwarded-for').join(', ');
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const lower = raw[i]!.toLowerCase();
     if (lower === 'x-forwarded-for' || lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
+    if (replace && lower === 'forwarded') continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
   const address = info.remoteAddress.startsWith('::ffff:') ? info.remoteAddress.slice(7) : info.remoteAddress;

@@ -85,6 +85,8 @@ const HOP_HEADERS = new Set([
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
+  // RFC 7239: the same claims (`proto=`, `host=`) as the X-Forwarded-* the proxy sets itself.
+  'forwarded',
 ]);
 
 /** What `upstream` may answer for one upgrade request. */
@@ -714,7 +716,8 @@ function passOn(code: number, reason: string, from: 'client' | 'upstream'): [num
 
 /**
  * The client's upgrade headers an upstream may see, with X-Forwarded-For (the client's address
- * appended to what came), -Proto and -Host (set by the proxy, never taken from the client).
+ * appended to what came), -Proto and -Host (set by the proxy, never taken from the client, nor
+ * is a `Forwarded` header, which would claim them too).
  */
 function forwardedHeaders(request: UpgradeRequest, tls: boolean): Record<string, string> {
   const out: Record<string, string> = {};
