@@ -78,11 +78,15 @@ export function redisTopicBus(options: RedisTopicBusOptions): TopicBus {
       listeners.set(channel, wrapper);
       return subscriber.subscribe(prefix + channel, wrapper, true);
     },
-    unsubscribe: (channel) => {
+    unsubscribe: async (channel) => {
       const wrapper = listeners.get(channel);
-      if (wrapper === undefined) return Promise.resolve();
-      listeners.delete(channel);
-      return subscriber.unsubscribe(prefix + channel, wrapper, true);
+      if (wrapper === undefined) return;
+      await subscriber.unsubscribe(prefix + channel, wrapper, true);
+      // Forgotten only once node-redis let go of it. An UNSUBSCRIBE that failed (the connection
+      // broke) leaves the listener in node-redis, which subscribes it again after reconnecting:
+      // the retry (BusSubscriptions) must hand it back, or the process stays subscribed, and a
+      // later subscribe adds a second listener that hears every message again.
+      if (listeners.get(channel) === wrapper) listeners.delete(channel);
     },
   };
 }

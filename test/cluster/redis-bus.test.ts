@@ -170,6 +170,52 @@ if (connected instanceof Error) {
       assert.deepEqual(onA.heard, ['said:after the outage']);
     });
 
+    it('an UNSUBSCRIBE lost with the Redis connection is made again: the server stops listening, and hears a topic joined again once', async (t) => {
+      // node-redis keeps the listener of an UNSUBSCRIBE that failed, and subscribes it again after
+      // reconnecting: the retry must hand node-redis that same listener, or the channel stays
+      // subscribed, and a later join adds a second listener (every message delivered twice).
+      const redisPort = Number(new URL(REDIS_URL).port || 6379);
+      const proxy = await FaultProxy.start({ targetPort: redisPort, targetHost: new URL(REDIS_URL).hostname });
+      t.after(() => proxy.close());
+      const firstLink = proxy.nextLink();
+      const subscriber = createClient({
+        url: `redis://127.0.0.1:${proxy.port}`,
+        socket: { connectTimeout: 2_000, reconnectStrategy: () => 20 },
+      });
+      subscriber.on('error', () => {});
+      await subscriber.connect();
+      t.after(() => subscriber.destroy());
+      const link = await firstLink;
+      const prefix = uniquePrefix();
+      const a = await node(t, prefix, redisTopicBus({ publisher, subscriber, prefix }));
+      const b = await node(t, prefix);
+      const onA = await member(t, a.url);
+      const onB = await member(t, b.url);
+      await onA.client.request('join', utf8('room'));
+      await untilListeners(`${prefix}room`, 1, 'A listening');
+
+      link.up.pause();
+      await onA.client.request('leave', utf8('room'));
+      await waitFor(() => link.up.held > 0, 2_000, 'the UNSUBSCRIBE held on its way to Redis');
+      link.reset();
+      await waitFor(
+        () => a.logger.entries.some((e) => e.message === 'unsubscribing on the bus failed'),
+        2_000,
+        'the failed UNSUBSCRIBE reported',
+      );
+      // node-redis reconnects (20 ms) and subscribes again to what it still has listeners for.
+      await waitFor(() => subscriber.isReady, 2_000, 'the subscriber reconnected');
+      await delay(BUS_RETRY_FIRST_DELAY * 5);
+      await untilListeners(`${prefix}room`, 0, 'A no longer listening after the reconnect', 5_000);
+
+      await onA.client.request('join', utf8('room'));
+      await untilListeners(`${prefix}room`, 1, 'A listening again');
+      await onB.client.request('say', utf8('room|once'));
+      await waitFor(() => onA.heard.length >= 1, 2_000, 'the publish from the other server');
+      await delay(100);
+      assert.deepEqual(onA.heard, ['said:once']);
+    });
+
     it('a server listens to a channel only while one of its connections subscribes to the topic', async (t) => {
       const prefix = uniquePrefix();
       const a = await node(t, prefix);
