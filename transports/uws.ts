@@ -868,7 +868,9 @@ const STOP_TIMEOUT_MS = 2000;
  *   so `onActivity` is never called: an owner's read timeout cannot tell a peer sending a large
  *   message over a slow link from a silent one.
  * - Frames a client sends before it got the 101 are dropped by uWS (RFC 6455 §4.1 tells clients
- *   to wait; browsers and `ws` do; uNetworking/uWebSockets#213).
+ *   to wait; browsers and `ws` do; uNetworking/uWebSockets#213). A frame that arrives in pieces
+ *   around that moment loses its start, and the rest is a protocol error that closes the
+ *   connection (`test/chaos/upgrade-fuzz.ts`).
  * - uWS's HTTP parser answers nothing to requests that Node answers 400 (or 431): a header name
  *   with `_` or a request of more than 48 headers are closed at once; HTTP/1.0, a target that is
  *   not a path (absolute-form, `*`), lines ended by a bare LF, a lower-case method and bytes that
