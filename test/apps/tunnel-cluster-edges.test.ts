@@ -4,13 +4,22 @@
  * counted and cleaned up on both proxies, and bodies and upgraded streams arriving whole.
  */
 import assert from 'node:assert/strict';
-import { Agent, request } from 'node:http';
+import { createHash, randomBytes } from 'node:crypto';
+import { Agent, createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, describe, it, type TestContext } from 'node:test';
+import { REPLAY_LIMIT } from '../../src/apps/tunnel/cluster-forward.ts';
 import { LOOKUP_TIMEOUT, REGISTRY_CLOSE_TIMEOUT } from '../../src/apps/tunnel/cluster-registry.ts';
 import type { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
-import { fakeField, type Node, startNode, waitRegistered } from '../fixtures/tunnel-cluster-helpers.ts';
+import {
+  closeServer,
+  fakeField,
+  listen,
+  type Node,
+  startNode,
+  waitRegistered,
+} from '../fixtures/tunnel-cluster-helpers.ts';
 import { ID, json, readBody, send, startAgent, startTarget, upload } from '../fixtures/tunnel-helpers.ts';
 import { WebSocket, WebSocketServer } from 'ws';
 import { waitFor } from '../helpers.ts';
@@ -24,6 +33,11 @@ function peerInflight(proxy: TunnelProxy): Map<string, number> {
 /** Answers per status class the proxy counted for its users (as in requests_total{source="user"}). */
 function userAnswers(proxy: TunnelProxy): Record<string, number> {
   return Object.fromEntries(proxy.metrics.stats.get(ID)?.statusClasses ?? []);
+}
+
+/** Length and SHA-256 of a body, to compare bodies byte for byte. */
+function digest(body: Buffer): string {
+  return `${body.length} ${createHash('sha256').update(body).digest('hex')}`;
 }
 
 /** The outcome of the last logged request. */
@@ -194,6 +208,162 @@ if (connected instanceof Error) {
       peerInflight(a.proxy).delete(b.advertise);
       await idle(a, b, c);
     });
+    /**
+     * A, B with the agent of a target answering the length and SHA-256 of each body it gets, and
+     * C, listed for the id, tried first: a proxy without an agent (it answers a miss), or `fake`.
+     */
+    async function missFirst(
+      t: TestContext,
+      fake?: (req: IncomingMessage, res: ServerResponse) => void,
+    ): Promise<{ a: Node; b: Node; bodies: string[] }> {
+      const p = fresh(t);
+      const bodies: string[] = [];
+      const target = await startTarget(t, (req, res) => {
+        readBody(req).then((body) => {
+          bodies.push(digest(body));
+          res.end(digest(body));
+        });
+      });
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      await startAgent(t, b, { target: target.url });
+      await waitRegistered(redis, p, ID, [b.advertise]);
+      let c: string;
+      if (fake === undefined) {
+        c = (await startNode(t, redis, p)).advertise;
+      } else {
+        const server = createServer(fake);
+        c = `http://127.0.0.1:${await listen(server)}`;
+        t.after(() => closeServer(server));
+      }
+      await fakeField(redis, p, ID, 'stale', c);
+      // B looks busier to A, so C is tried first.
+      peerInflight(a.proxy).set(b.advertise, 5);
+      return { a, b, bodies };
+    }
+
+    /** Sends `pieces` as one POST body, each after the last was answered by `between`. */
+    function post(
+      port: number,
+      pieces: Buffer[],
+      chunked: boolean,
+      between: () => Promise<void> = async () => {},
+    ): Promise<{ status: number; text: string }> {
+      const total = pieces.reduce((n, piece) => n + piece.length, 0);
+      const req = request({
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        headers: {
+          'x-duplexwire-client-id': ID,
+          'x-duplexwire-request-timeout': '5s',
+          ...(chunked ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(total) }),
+        },
+        agent: false,
+      });
+      const reply = new Promise<{ status: number; text: string }>((resolve, reject) => {
+        req.on('error', reject);
+        req.on('response', (res) => {
+          readBody(res).then((body) => resolve({ status: res.statusCode ?? 0, text: `${body}` }), reject);
+        });
+      });
+      void (async () => {
+        for (const [i, piece] of pieces.entries()) {
+          if (i > 0) await between();
+          req.write(piece);
+        }
+        req.end();
+      })().catch((error: Error) => req.destroy(error));
+      return reply;
+    }
+
+    it('a POST body (Content-Length, and chunked) goes on whole to the next peer after a miss', async (t) => {
+      const { a, b, bodies } = await missFirst(t);
+      const body = randomBytes(40 * 1024);
+      const whole = await post(a.port, [body], false);
+      assert.equal(whole.status, 200, whole.text);
+      assert.equal(whole.text, digest(body));
+
+      // Chunked, in three pieces: C answers its miss on the head (with the first piece), and the
+      // next ones are still to come from the user, to go to B after the first one again.
+      const pieces = [randomBytes(3000), randomBytes(20 * 1024), randomBytes(7)];
+      const misses = () => a.logger.entries.filter((e) => e.message.startsWith('peer proxy has no agent')).length;
+      const chunked = await post(a.port, pieces, true, () =>
+        waitFor(() => misses() === 2, 3000, 'C’s miss of the chunked body'),
+      );
+      assert.equal(chunked.status, 200, chunked.text);
+      assert.equal(chunked.text, digest(Buffer.concat(pieces)));
+      assert.deepEqual(bodies, [digest(body), digest(Buffer.concat(pieces))], 'each body reached the target once');
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 2);
+      assert.equal(a.proxy.metrics.stats.get(ID)?.bytesIn, body.length + 3000 + 20 * 1024 + 7, 'replays not counted');
+      peerInflight(a.proxy).delete(b.advertise);
+      await idle(a, b);
+    });
+
+    it('a POST body over the replay limit is not sent again after a miss: the miss is the answer', async (t) => {
+      // C reads the whole body before it misses, so that A has sent more than it keeps.
+      let taken = 0;
+      const { a, b, bodies } = await missFirst(t, (req, res) => {
+        readBody(req).then((body) => {
+          taken = body.length;
+          res.writeHead(503, { 'x-duplexwire-cluster-miss': 'NO_AGENT', 'content-type': 'application/json' });
+          res.end('{"code":"NO_AGENT","message":"no agent"}');
+        });
+      });
+      const over = randomBytes(REPLAY_LIMIT + 1);
+      const reply = await post(a.port, [over], true);
+      assert.equal(reply.status, 503, reply.text);
+      assert.equal(taken, over.length);
+      assert.deepEqual(bodies, [], 'B was not tried');
+      assert.equal(b.proxy.metrics.cluster.forwardedIn, 0);
+
+      // Within the limit, the same peer's miss is retried at B.
+      const within = randomBytes(REPLAY_LIMIT);
+      const retried = await post(a.port, [within], true);
+      assert.equal(retried.status, 200, retried.text);
+      assert.equal(retried.text, digest(within));
+      peerInflight(a.proxy).delete(b.advertise);
+      await idle(a, b);
+    });
+
+    it('the bytes kept for a replay are dropped when the response head comes', async (t) => {
+      const [a, b] = await pair(
+        t,
+        (
+          await startTarget(t, (req, res) => {
+            // The head (and a first piece: the agent sends a head with one) first, then the
+            // body's length once it all came.
+            res.write('started, ');
+            readBody(req).then((body) => res.end(`got ${body.length}`));
+          })
+        ).url,
+      );
+      const relays = (a.proxy as unknown as { active: Set<{ relay?: { kept?: Buffer[] } }> }).active;
+      let head = false;
+      const req = request({
+        host: '127.0.0.1',
+        port: a.port,
+        method: 'POST',
+        headers: { 'x-duplexwire-client-id': ID, 'transfer-encoding': 'chunked' },
+        agent: false,
+      });
+      const reply = new Promise<string>((resolve, reject) => {
+        req.on('error', reject);
+        req.on('response', (res) => {
+          head = true;
+          readBody(res).then((body) => resolve(`${body}`), reject);
+        });
+      });
+      req.write(Buffer.alloc(1024, 'k'));
+      await waitFor(() => head, 3000, 'the response head');
+      const [exchange] = [...relays];
+      assert.ok(exchange?.relay !== undefined, 'the forwarded exchange is in flight');
+      assert.equal(exchange.relay.kept, undefined, 'nothing kept after the head');
+      req.end(Buffer.alloc(1024, 'k'));
+      assert.equal(await reply, 'started, got 2048');
+      await idle(a, b);
+    });
+
     it('a peer that took the body and never answers: 504 at the deadline, not 502', async (t) => {
       const p = fresh(t);
       // Not a proxy: it reads the body and says nothing.

@@ -179,12 +179,36 @@ if (connected instanceof Error) {
       assert.equal(get.text, 'GET ');
       assert.equal(d.proxy.metrics.cluster.forwardedIn, 1, 'D, healthy as far as the registry says, was tried first');
 
-      // An empty chunked body, whose end the attempt at D took: still ended here. (A body with
-      // bytes cannot come back after a miss: undici sends the head with the first of them.)
+      // An empty chunked body, whose end the attempt at D took: still ended here.
       const empty = await send(a.port, { method: 'POST', body: '', chunked: true });
       assert.equal(empty.status, 200);
       assert.equal(empty.text, 'POST ');
       assert.equal(d.proxy.metrics.cluster.forwardedIn, 2);
+
+      // Bodies with bytes, which undici sent D with the head: those D took come here first (the
+      // whole of a Content-Length one, D read it before its miss), then the rest.
+      const whole = await send(a.port, { method: 'POST', body: 'hello world' });
+      assert.equal(whole.status, 200, whole.text);
+      assert.equal(whole.text, 'POST hello world');
+      assert.equal(d.proxy.metrics.cluster.forwardedIn, 3);
+      const req = request({
+        host: '127.0.0.1',
+        port: a.port,
+        method: 'POST',
+        headers: { 'x-duplexwire-client-id': ID, 'transfer-encoding': 'chunked' },
+        agent: false,
+      });
+      const reply = new Promise<{ status: number; text: string }>((resolve, reject) => {
+        req.on('error', reject);
+        req.on('response', (res) => {
+          readBody(res).then((body) => resolve({ status: res.statusCode ?? 0, text: `${body}` }), reject);
+        });
+      });
+      req.write('first, ');
+      await waitFor(() => a.proxy.agents(ID)[0]!.inflight === 1, 3000, 'D’s miss, and the agent here has the POST');
+      req.end('then the rest');
+      assert.deepEqual(await reply, { status: 200, text: 'POST first, then the rest' });
+      assert.equal(d.proxy.metrics.cluster.forwardedIn, 4);
     });
 
     it('a PUT whose peer was lost before any byte of its body came: served here, read from its first byte', async (t) => {

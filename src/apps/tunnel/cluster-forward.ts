@@ -11,7 +11,9 @@
  * peer's response is read only as fast as the user's socket takes it (`onData` returns false until
  * the sink drains). A peer that cannot be reached, or answers that it has no agent able to take
  * the request after all (CLUSTER_MISS_HEADER), is left for the next live one while no byte of the
- * body was sent; after that its answer, or a 502, is what the user gets.
+ * body was sent, or every byte sent is still kept (at most REPLAY_LIMIT, until a response head):
+ * a miss is certain, refused before any agent performed the request, so the next one gets the same
+ * bytes again, then the rest. After that its answer, or a 502, is what the user gets.
  */
 import type { IncomingMessage } from 'node:http';
 import { type Duplex, Readable } from 'node:stream';
@@ -66,9 +68,10 @@ export interface ForwardInit {
   readonly unhealthyHere: boolean;
   /**
    * No peer to try (or none took it, and nothing of the request reached one): serve (or refuse)
-   * the request as a single proxy would, with `timeout` ms left until the response head.
+   * the request as a single proxy would, with `timeout` ms left until the response head, and
+   * `replay` (the body bytes the peers that missed took from the user's request) read first.
    */
-  readonly local: (timeout: number) => void;
+  readonly local: (timeout: number, replay: readonly Buffer[]) => void;
 }
 
 type Outcome = 'ok' | 'timeout' | 'user-gone' | 'peer-error' | 'no-peer' | 'body-too-large' | 'drain-aborted';
@@ -85,6 +88,12 @@ const PEER_GRACE = 500;
  * once sent, is never sent to another peer: its agent may have performed it already.
  */
 const IDEMPOTENT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+/**
+ * Body bytes kept, per request, for the next peer after a miss: undici writes the head with the
+ * first of them (Expect: 100-continue is HTTP/2 only in undici 6), so a miss comes after some
+ * left the user's request. A body longer than this is not retried once a byte of it was sent.
+ */
+export const REPLAY_LIMIT = 64 * 1024;
 /** Header names undici writes itself for an upgrade, and refuses to be given. */
 const UPGRADE_HEADERS: ReadonlySet<string> = new Set(['upgrade', 'connection']);
 
@@ -168,10 +177,10 @@ export class ForwardExchange {
         if (result === 'done') return;
         if (result === 'unreachable') unreachable = true;
         else if (result === TunnelErrorCode.AgentsBusy) busy = true;
-        // A peer that missed or could not be reached: the next one, while no body byte was sent.
-        if (this.relay?.touched) break;
+        // A peer that missed or could not be reached: the next one, while the body sent is kept.
+        if (this.relay?.spent) break;
       }
-      if (unhealthyHere && !this.relay?.touched && !this.finished) {
+      if (unhealthyHere && !this.relay?.spent && !this.finished) {
         this.serveHere();
         return;
       }
@@ -198,14 +207,14 @@ export class ForwardExchange {
 
   /**
    * Hands the request to this proxy's own agents, as a single proxy would serve it: no peer was
-   * tried, or none took it and no byte of the body left the user's request.
+   * tried, or none took it and every byte of the body that left the user's request is kept.
    */
   private serveHere(): void {
     this.finished = true;
     clearTimeout(this.timer);
     this.relay?.destroy();
     if (this.counted) this.host.metrics.finished(this.label);
-    this.init.local(this.remaining);
+    this.init.local(this.remaining, this.relay?.kept ?? []);
     this.host.ended(this);
   }
 
@@ -232,7 +241,11 @@ export class ForwardExchange {
     this.sent = false;
     const inflight = host.peerInflight;
     inflight.set(url, (inflight.get(url) ?? 0) + 1);
-    const relay = init.hasBody && !init.upgrade ? new BodyRelay(init.source, (n) => this.countIn(n)) : undefined;
+    // After a miss, what the peer before took of the body comes first.
+    const relay =
+      init.hasBody && !init.upgrade
+        ? new BodyRelay(init.source, (n) => this.countIn(n), this.relay?.kept ?? [])
+        : undefined;
     this.relay = relay;
     const headers = filterHeaders(init.headers, init.upgrade ? { strip: UPGRADE_HEADERS } : {});
     const timeout = String(this.remaining);
@@ -286,11 +299,13 @@ export class ForwardExchange {
   head(status: number, headers: string[]): 'written' | 'miss' | 'failed' {
     if (this.finished) return 'failed';
     const miss = headerValues(headers, CLUSTER_MISS_HEADER)[0] as TunnelErrorCode | undefined;
-    if (miss !== undefined && !this.relay?.touched && !this.headDone) {
+    if (miss !== undefined && !this.relay?.spent && !this.headDone) {
       this.host.logger.debug('peer proxy has no agent able to take the request', { id: this.init.id, peer: this.peer });
       this.settled(miss in TUNNEL_ERROR_STATUS ? miss : TunnelErrorCode.NoAgent);
       return 'miss';
     }
+    // Any other answer is final: nothing more is sent again.
+    this.relay?.forget();
     const switching = status === 101;
     // A 413 (the peer's limit, or its target's) while the user is still sending the body: as
     // after this proxy's own 413, no more of it goes to the peer, and the answer closes the user's
@@ -547,10 +562,16 @@ class PeerHandler implements Dispatcher.DispatchHandlers {
 /**
  * The user's request body as undici reads it: the user's request is read only when undici asks
  * for more, and destroying the relay (a retry, an ending) leaves the user's request alone. `touched`
- * tells whether any byte left the user's request, after which no other peer can be tried.
+ * tells whether any byte of the body went to this attempt, `kept` holds every byte taken from the
+ * user's request so far (a peer before's too) while they fit in REPLAY_LIMIT and no response
+ * head came, and `spent` tells that some left the user's request and are not kept: no other peer
+ * can be tried.
  */
 class BodyRelay extends Readable {
   touched = false;
+  kept: Buffer[] | undefined;
+  private keptBytes = 0;
+  private readonly replay: readonly Buffer[];
   private readonly source: Readable;
   private readonly accept: (n: number) => boolean;
   private attached = false;
@@ -558,22 +579,46 @@ class BodyRelay extends Readable {
   private readonly onData = (chunk: Buffer): void => {
     this.touched = true;
     if (!this.accept(chunk.length)) return;
+    this.keep(chunk);
     if (!this.push(chunk)) this.source.pause();
   };
   private readonly onEnd = (): void => {
     this.push(null);
   };
 
-  constructor(source: Readable, take: (n: number) => boolean) {
+  /** `replay`: the bytes a peer before took, sent first (and not counted again). */
+  constructor(source: Readable, take: (n: number) => boolean, replay: readonly Buffer[]) {
     super({ highWaterMark: 64 * 1024 });
     this.source = source;
     this.accept = take;
+    this.replay = replay;
+    this.kept = [];
+    for (const chunk of replay) this.keep(chunk);
+  }
+
+  /** Bytes left the user's request that are not kept: no other attempt can send them again. */
+  get spent(): boolean {
+    return this.kept === undefined && this.touched;
+  }
+
+  /** Keeps nothing more (a response head came): the memory goes with the first answer. */
+  forget(): void {
+    this.kept = undefined;
+  }
+
+  private keep(chunk: Buffer): void {
+    if (this.kept === undefined) return;
+    this.keptBytes += chunk.length;
+    if (this.keptBytes > REPLAY_LIMIT) this.kept = undefined;
+    else this.kept.push(chunk);
   }
 
   override _read(): void {
     if (this.held) return;
     if (!this.attached) {
       this.attached = true;
+      if (this.replay.length > 0) this.touched = true;
+      for (const chunk of this.replay) this.push(chunk);
       // An empty body's end was taken by the relay to a peer that missed: 'end' comes only once.
       if (this.source.readableEnded) {
         this.push(null);

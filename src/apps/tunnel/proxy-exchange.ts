@@ -69,6 +69,11 @@ export interface ExchangeInit {
   readonly maxBody: number;
   /** Forwarded by a peer proxy of the cluster (counted as such in the metrics). */
   readonly fromPeer: boolean;
+  /**
+   * The first bytes of the body, which peers that missed took from `source` (and counted): read
+   * before the rest of it.
+   */
+  readonly replay?: readonly Buffer[];
 }
 
 type Outcome =
@@ -341,14 +346,16 @@ export class ProxyExchange {
 
   private readInline(): Promise<Uint8Array> {
     const { source } = this.init;
-    const chunks: Buffer[] = [];
+    const chunks: Buffer[] = [...(this.init.replay ?? [])];
     let size = 0;
+    for (const chunk of chunks) size += chunk.length;
+    const replayed = size;
     return new Promise((resolve) => {
       const done = (): void => {
         source.off('data', onData);
         source.off('end', done);
         source.off('close', done);
-        this.host.metrics.bytesIn(this.label, size);
+        this.host.metrics.bytesIn(this.label, size - replayed);
         this.bodyBytes = size;
         // Less than announced: the user went away mid-body.
         if (size < this.init.inlineLength) this.abandon('user-gone');
@@ -363,8 +370,10 @@ export class ProxyExchange {
       source.once('end', done);
       // The user went away: onGone abandons the exchange; resolve so run() can return.
       source.once('close', done);
-      // Paused by an attempt to forward it to a peer (which read none of it): read it here.
-      if (source.readableFlowing === false) source.resume();
+      // Paused by an attempt to forward it to a peer (the bytes it read are in the replay, and
+      // the end too, when the body fitted in them): read it here.
+      if (source.readableEnded) done();
+      else if (source.readableFlowing === false) source.resume();
     });
   }
 
@@ -374,6 +383,7 @@ export class ProxyExchange {
     this.window = new CreditWindow(this.host.streamWindow);
 
     const { source } = this.init;
+    for (const chunk of this.init.replay ?? []) this.onBodyData(chunk, false);
     const onData = (chunk: Buffer): void => this.onBodyData(chunk);
     const onEnd = (): void => {
       this.bodyQueue.push(FIN);
@@ -385,17 +395,18 @@ export class ProxyExchange {
       source.off('data', onData);
       source.off('end', onEnd);
     };
-    // A request an attempt to forward it to a peer paused (it read none of it, or only the end
-    // of an empty body, which comes once): read it here.
+    // A request an attempt to forward it to a peer paused (the bytes it read are in the replay,
+    // and the end too, which comes once, when the body fitted in them): read it here.
     if (source.readableEnded) onEnd();
     else if (source.readableFlowing === false) source.resume();
   }
 
-  private onBodyData(chunk: Buffer): void {
+  /** `fresh`: not a replayed one, which the forwarding attempt counted already. */
+  private onBodyData(chunk: Buffer, fresh = true): void {
     if (this.finished || this.bodyDead) return;
     this.bodyTouched = true;
     this.bodyBytes += chunk.length;
-    this.host.metrics.bytesIn(this.label, chunk.length);
+    if (fresh) this.host.metrics.bytesIn(this.label, chunk.length);
     if (this.bodyBytes > this.init.maxBody) {
       this.tooLarge();
       return;

@@ -966,7 +966,7 @@ export class TunnelProxy {
         source,
         hasBody: bodyMode !== BodyMode.None,
         unhealthyHere: here !== undefined,
-        local: (timeout) => this.startLocal({ ...init, timeout }),
+        local: (timeout, replay) => this.startLocal({ ...init, timeout, replay }),
       });
       this.active.add(forward);
       void forward.run();
