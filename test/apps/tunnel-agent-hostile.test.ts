@@ -6,7 +6,7 @@
  * its proxy URL.
  */
 import assert from 'node:assert/strict';
-import { type AddressInfo, connect, createServer as createNetServer } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { jsonLogger } from '../../src/apps/shared/log.ts';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
@@ -21,24 +21,8 @@ import {
 } from '../../src/apps/tunnel/wire.ts';
 import { type Connection, RequestError, Server, silentLogger } from '../../src/index.ts';
 import { wsTransport } from '../../transports/ws.ts';
-import { echoHandler, ID, startAgent, startProxy, startTarget, TOKEN } from '../fixtures/tunnel-helpers.ts';
+import { echoHandler, ID, raw, startAgent, startProxy, startTarget, TOKEN } from '../fixtures/tunnel-helpers.ts';
 import { recordingLogger, waitFor } from '../helpers.ts';
-
-/** Sends raw bytes to `port`, returns everything answered until the socket closed (or 3 s). */
-function raw(port: number, bytes: string): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    let out = '';
-    socket.setEncoding('latin1');
-    socket.on('data', (text: string) => {
-      out += text;
-    });
-    socket.on('error', () => {});
-    socket.on('close', () => resolve(out));
-    socket.write(Buffer.from(bytes, 'latin1'));
-    setTimeout(() => socket.destroy(), 3000).unref();
-  });
-}
 
 function statusOf(response: string): number {
   return Number(/^HTTP\/1\.1 (\d{3})/.exec(response)?.[1] ?? 0);

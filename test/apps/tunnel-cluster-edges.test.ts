@@ -108,6 +108,22 @@ if (connected instanceof Error) {
       return prefix;
     };
 
+    /** A without an agent, B and C with the agents of `targetB` and `targetC`, both registered. */
+    async function threeProxies(
+      t: TestContext,
+      p: string,
+      targetB: string,
+      targetC: string,
+    ): Promise<{ a: Node; b: Node; c: Node }> {
+      const a = await startNode(t, redis, p);
+      const b = await startNode(t, redis, p);
+      const c = await startNode(t, redis, p);
+      await startAgent(t, b, { target: targetB });
+      await startAgent(t, c, { target: targetC });
+      await waitRegistered(redis, p, ID, [b.advertise, c.advertise]);
+      return { a, b, c };
+    }
+
     /** A forwards to B, which has the agent of `target`. */
     async function pair(t: TestContext, target: string, aOptions = {}, bOptions = {}): Promise<[Node, Node]> {
       const p = fresh(t);
@@ -396,12 +412,9 @@ if (connected instanceof Error) {
         hits.c++;
         res.end('again');
       });
-      const a = await startNode(t, redis, p);
-      b = await startNode(t, redis, p);
-      const c = await startNode(t, redis, p);
-      await startAgent(t, b, { target: targetB.url });
-      await startAgent(t, c, { target: targetC.url });
-      await waitRegistered(redis, p, ID, [b.advertise, c.advertise]);
+      const nodes = await threeProxies(t, p, targetB.url, targetC.url);
+      const { a, c } = nodes;
+      b = nodes.b;
       // C looks busier to A, so B is tried first.
       peerInflight(a.proxy).set(c.advertise, 5);
       const reply = await send(a.port, { method: 'POST', path: '/charge', headers: { 'x-duplexwire-client-id': ID } });
@@ -420,12 +433,9 @@ if (connected instanceof Error) {
         setTimeout(() => b?.http.closeAllConnections(), 50);
       });
       const targetC = await startTarget(t, (_req, res) => res.end('from C'));
-      const a = await startNode(t, redis, p);
-      b = await startNode(t, redis, p);
-      const c = await startNode(t, redis, p);
-      await startAgent(t, b, { target: targetB.url });
-      await startAgent(t, c, { target: targetC.url });
-      await waitRegistered(redis, p, ID, [b.advertise, c.advertise]);
+      const nodes = await threeProxies(t, p, targetB.url, targetC.url);
+      const { a, c } = nodes;
+      b = nodes.b;
       peerInflight(a.proxy).set(c.advertise, 5);
       const reply = await send(a.port, { path: '/read' });
       peerInflight(a.proxy).delete(c.advertise);

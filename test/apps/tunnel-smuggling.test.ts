@@ -4,31 +4,14 @@
  * header, no header named by Connection, the tunnel's own headers gone, X-Forwarded-* ours).
  */
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
 import { test } from 'node:test';
-import { ID, readBody, startAgent, startProxy, startTarget } from '../fixtures/tunnel-helpers.ts';
+import { ID, raw, readBody, startAgent, startProxy, startTarget } from '../fixtures/tunnel-helpers.ts';
 
 interface Seen {
   readonly method: string;
   readonly url: string;
   readonly rawHeaders: string[];
   readonly body: string;
-}
-
-/** Sends raw bytes, returns everything the proxy answered until it closed (or 3 s). */
-function raw(port: number, bytes: string): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    let out = '';
-    socket.setEncoding('latin1');
-    socket.on('data', (text: string) => {
-      out += text;
-    });
-    socket.on('error', () => {});
-    socket.on('close', () => resolve(out));
-    socket.write(Buffer.from(bytes, 'latin1'));
-    setTimeout(() => socket.destroy(), 3000).unref();
-  });
 }
 
 function statuses(response: string): number[] {

@@ -123,6 +123,7 @@ import {
   TYPE_BYTES,
   utf16PayloadArb,
   validTextArb,
+  watchFaults,
 } from './fuzz-helpers.ts';
 
 /* ------------------------------------------------------------------------------------------- */
@@ -2180,21 +2181,7 @@ function checkSessions(run: Run): void {
 /* ------------------------------------------------------------------------------------------- */
 
 test(`client fuzz: a hostile server against a real Client (${RUNS} scenarios)`, async (t) => {
-  const faults: unknown[] = [];
-  const onFault = (error: unknown): void => {
-    faults.push(error);
-  };
-  const onWarning = (warning: Error): void => {
-    faults.push(warning);
-  };
-  process.on('uncaughtException', onFault);
-  process.on('unhandledRejection', onFault);
-  process.on('warning', onWarning);
-  t.after(() => {
-    process.off('uncaughtException', onFault);
-    process.off('unhandledRejection', onFault);
-    process.off('warning', onWarning);
-  });
+  const faults = watchFaults(t);
   const h = await startHarness(t);
   h.tracker.enable();
   const lag = monitorEventLoopDelay({ resolution: 10 });

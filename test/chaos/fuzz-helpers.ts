@@ -6,6 +6,7 @@
  * the run of the property itself (`checkFuzz`, shared with `upgrade-fuzz.ts`).
  */
 import assert from 'node:assert/strict';
+import type { TestContext } from 'node:test';
 import fc from 'fast-check';
 
 /** A non-negative integer from the environment (FUZZ_RUNS, FUZZ_SEED), or undefined when unset. */
@@ -210,4 +211,24 @@ export async function checkFuzz<T>(
       scenario === undefined ? '' : `scenario:\n${run.describe(scenario)}`,
     ].join('\n'),
   );
+}
+
+/**
+ * What escapes while a test runs: uncaught exceptions, unhandled rejections and process warnings
+ * (a listener leak, say), collected until the test ends, for it to assert there are none.
+ */
+export function watchFaults(t: TestContext): unknown[] {
+  const faults: unknown[] = [];
+  const onFault = (error: unknown): void => {
+    faults.push(error);
+  };
+  process.on('uncaughtException', onFault);
+  process.on('unhandledRejection', onFault);
+  process.on('warning', onFault);
+  t.after(() => {
+    process.off('uncaughtException', onFault);
+    process.off('unhandledRejection', onFault);
+    process.off('warning', onFault);
+  });
+  return faults;
 }

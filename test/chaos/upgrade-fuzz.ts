@@ -44,7 +44,7 @@ import type { ServerTransport, UpgradeRequest } from '../../transports/types.ts'
 import { DEFAULT_HANDSHAKE_TIMEOUT, wsClientTransport, wsTransport } from '../../transports/ws.ts';
 import { delay, hex, recordingLogger, waitFor } from '../helpers.ts';
 import type { TransportUnderTest } from '../transport-under-test.ts';
-import { checkFuzz, envInteger, Histogram, latin1, requestBytes } from './fuzz-helpers.ts';
+import { checkFuzz, envInteger, Histogram, latin1, requestBytes, watchFaults } from './fuzz-helpers.ts';
 
 const CI = process.env.CI === 'true';
 const DEFAULT_RUNS = CI ? 300 : 80;
@@ -662,22 +662,6 @@ async function runScenario(h: Harness, transport: TransportName, scenario: Scena
 /* ------------------------------------------------------------------------------------------- */
 /* Tests                                                                                       */
 /* ------------------------------------------------------------------------------------------- */
-
-function watchFaults(t: TestContext): unknown[] {
-  const faults: unknown[] = [];
-  const onFault = (error: unknown): void => {
-    faults.push(error);
-  };
-  process.on('uncaughtException', onFault);
-  process.on('unhandledRejection', onFault);
-  process.on('warning', onFault);
-  t.after(() => {
-    process.off('uncaughtException', onFault);
-    process.off('unhandledRejection', onFault);
-    process.off('warning', onFault);
-  });
-  return faults;
-}
 
 export function upgradeFuzz(under: TransportUnderTest): void {
   const transport = under.name as TransportName;

@@ -66,11 +66,7 @@ function scriptedBus() {
 
 test('a burst of leave and join ends in the state last wanted, one call at a time', async () => {
   const script = scriptedBus();
-  const subs = new BusSubscriptions(
-    script.bus,
-    () => {},
-    () => {},
-  );
+  const { subs } = failureRecording(script.bus);
   subs.want('t', true);
   subs.want('t', false);
   subs.want('t', true);
@@ -92,11 +88,7 @@ test('a burst of leave and join ends in the state last wanted, one call at a tim
 
 test('a change while a call is in flight is made after it', async () => {
   const script = scriptedBus();
-  const subs = new BusSubscriptions(
-    script.bus,
-    () => {},
-    () => {},
-  );
+  const { subs } = failureRecording(script.bus);
   subs.want('t', true);
   subs.want('t', false);
   await script.next();
@@ -154,11 +146,7 @@ test('a failed call is made again after a while, until it succeeds; stop() ends 
 
 test('a change while a retry is due is made at once; one no longer wanted is not retried', async () => {
   const script = scriptedBus();
-  const subs = new BusSubscriptions(
-    script.bus,
-    () => {},
-    () => {},
-  );
+  const { subs } = failureRecording(script.bus);
   subs.want('t', true);
   await script.next();
   subs.want('t', false);

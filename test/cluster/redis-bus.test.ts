@@ -87,6 +87,44 @@ if (connected instanceof Error) {
     return { client, heard };
   }
 
+  /**
+   * Server A on a bus whose subscriber reaches Redis through a fault proxy (reconnecting every 20
+   * ms), server B on a plain bus, and a member of each; `lose(action, doing)` runs `action` with
+   * the subscriber's commands held, then resets the link, and resolves once A reported `doing`
+   * failed.
+   */
+  async function faultedPair(t: TestContext) {
+    const redisPort = Number(new URL(REDIS_URL).port || 6379);
+    const proxy = await FaultProxy.start({ targetPort: redisPort, targetHost: new URL(REDIS_URL).hostname });
+    t.after(() => proxy.close());
+    const firstLink = proxy.nextLink();
+    const subscriber = createClient({
+      url: `redis://127.0.0.1:${proxy.port}`,
+      socket: { connectTimeout: 2_000, reconnectStrategy: () => 20 },
+    });
+    subscriber.on('error', () => {});
+    await subscriber.connect();
+    t.after(() => subscriber.destroy());
+    const link = await firstLink;
+    const prefix = uniquePrefix();
+    const a = await node(t, prefix, redisTopicBus({ publisher, subscriber, prefix }));
+    const b = await node(t, prefix);
+    const onA = await member(t, a.url);
+    const onB = await member(t, b.url);
+    const lose = async (action: () => Promise<unknown>, doing: 'subscribing' | 'unsubscribing'): Promise<void> => {
+      link.up.pause();
+      await action();
+      await waitFor(() => link.up.held > 0, 2_000, `the ${doing} held on its way to Redis`);
+      link.reset();
+      await waitFor(
+        () => a.logger.entries.some((e) => e.message === `${doing} on the bus failed`),
+        2_000,
+        `the failed ${doing} reported`,
+      );
+    };
+    return { subscriber, prefix, a, onA, onB, lose };
+  }
+
   describe('redisTopicBus', () => {
     it('a publish on one server reaches the subscribers of every server, once each', async (t) => {
       const prefix = uniquePrefix();
@@ -135,35 +173,11 @@ if (connected instanceof Error) {
     it('a SUBSCRIBE lost with the Redis connection is made again: the server does not stay deaf to the topic', async (t) => {
       // node-redis rejects a SUBSCRIBE still waiting for its reply when the connection breaks,
       // and after reconnecting subscribes again only to the channels Redis had confirmed.
-      const redisPort = Number(new URL(REDIS_URL).port || 6379);
-      const proxy = await FaultProxy.start({ targetPort: redisPort, targetHost: new URL(REDIS_URL).hostname });
-      t.after(() => proxy.close());
-      const firstLink = proxy.nextLink();
-      const subscriber = createClient({
-        url: `redis://127.0.0.1:${proxy.port}`,
-        socket: { connectTimeout: 2_000, reconnectStrategy: () => 20 },
-      });
-      subscriber.on('error', () => {});
-      await subscriber.connect();
-      t.after(() => subscriber.destroy());
-      const link = await firstLink;
-      const prefix = uniquePrefix();
-      const a = await node(t, prefix, redisTopicBus({ publisher, subscriber, prefix }));
-      const b = await node(t, prefix);
-      const onA = await member(t, a.url);
-      const onB = await member(t, b.url);
+      const { prefix, onA, onB, lose } = await faultedPair(t);
       await onB.client.request('join', utf8('other'));
       await untilListeners(`${prefix}other`, 1, 'B listening');
 
-      link.up.pause();
-      await onA.client.request('join', utf8('room'));
-      await waitFor(() => link.up.held > 0, 2_000, 'the SUBSCRIBE held on its way to Redis');
-      link.reset();
-      await waitFor(
-        () => a.logger.entries.some((e) => e.message === 'subscribing on the bus failed'),
-        2_000,
-        'the failed SUBSCRIBE reported',
-      );
+      await lose(() => onA.client.request('join', utf8('room')), 'subscribing');
       await untilListeners(`${prefix}room`, 1, 'A listening again after the reconnect', 5_000);
       await onB.client.request('say', utf8('room|after the outage'));
       await waitFor(() => onA.heard.length === 1, 2_000, 'the publish from the other server');
@@ -174,35 +188,11 @@ if (connected instanceof Error) {
       // node-redis keeps the listener of an UNSUBSCRIBE that failed, and subscribes it again after
       // reconnecting: the retry must hand node-redis that same listener, or the channel stays
       // subscribed, and a later join adds a second listener (every message delivered twice).
-      const redisPort = Number(new URL(REDIS_URL).port || 6379);
-      const proxy = await FaultProxy.start({ targetPort: redisPort, targetHost: new URL(REDIS_URL).hostname });
-      t.after(() => proxy.close());
-      const firstLink = proxy.nextLink();
-      const subscriber = createClient({
-        url: `redis://127.0.0.1:${proxy.port}`,
-        socket: { connectTimeout: 2_000, reconnectStrategy: () => 20 },
-      });
-      subscriber.on('error', () => {});
-      await subscriber.connect();
-      t.after(() => subscriber.destroy());
-      const link = await firstLink;
-      const prefix = uniquePrefix();
-      const a = await node(t, prefix, redisTopicBus({ publisher, subscriber, prefix }));
-      const b = await node(t, prefix);
-      const onA = await member(t, a.url);
-      const onB = await member(t, b.url);
+      const { subscriber, prefix, onA, onB, lose } = await faultedPair(t);
       await onA.client.request('join', utf8('room'));
       await untilListeners(`${prefix}room`, 1, 'A listening');
 
-      link.up.pause();
-      await onA.client.request('leave', utf8('room'));
-      await waitFor(() => link.up.held > 0, 2_000, 'the UNSUBSCRIBE held on its way to Redis');
-      link.reset();
-      await waitFor(
-        () => a.logger.entries.some((e) => e.message === 'unsubscribing on the bus failed'),
-        2_000,
-        'the failed UNSUBSCRIBE reported',
-      );
+      await lose(() => onA.client.request('leave', utf8('room')), 'unsubscribing');
       // node-redis reconnects (20 ms) and subscribes again to what it still has listeners for.
       await waitFor(() => subscriber.isReady, 2_000, 'the subscriber reconnected');
       await delay(BUS_RETRY_FIRST_DELAY * 5);
