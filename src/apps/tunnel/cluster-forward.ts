@@ -320,9 +320,11 @@ export class ForwardExchange {
     try {
       // A switch to a request that asked for none is as invalid as a malformed head.
       if (switching && !this.init.upgrade) throw new RangeError('101 without an upgrade');
-      const out = filterHeaders(withoutClusterHeaders(headers), { upgrade: switching });
-      if (this.closeUser) out.push('Connection', 'close');
-      this.init.sink.head(status, out);
+      this.init.sink.head(
+        status,
+        filterHeaders(withoutClusterHeaders(headers), { upgrade: switching }),
+        this.closeUser,
+      );
     } catch {
       this.host.logger.warn('invalid response head from a peer proxy', { id: this.init.id, peer: this.peer });
       this.answer(TunnelErrorCode.BadAgentResponse, 'peer-error');

@@ -215,8 +215,8 @@ export function isMiss(code: TunnelErrorCode): boolean {
  * an agent's response cannot carry a cluster header (a target must not fake a miss).
  */
 export class PeerResponseSink extends ResponseSink {
-  override head(status: number, headers: readonly string[]): void {
-    super.head(status, withoutClusterHeaders(headers));
+  override head(status: number, headers: readonly string[], closeConnection?: boolean): void {
+    super.head(status, withoutClusterHeaders(headers), closeConnection);
   }
 
   protected override errorHeaders(code: TunnelErrorCode): readonly string[] {
@@ -229,8 +229,8 @@ export class PeerResponseSink extends ResponseSink {
  * {@link PeerResponseSink} marks them, so that the forwarding proxy tries its next peer.
  */
 export class PeerSocketSink extends SocketSink {
-  override head(status: number, headers: readonly string[]): void {
-    super.head(status, withoutClusterHeaders(headers));
+  override head(status: number, headers: readonly string[], closeConnection?: boolean): void {
+    super.head(status, withoutClusterHeaders(headers), closeConnection);
   }
 
   protected override errorHeaders(code: TunnelErrorCode): readonly string[] {

@@ -7,15 +7,18 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { errorBody, TUNNEL_ERROR_STATUS, type TunnelErrorCode } from './http-errors.ts';
-import { connectionTokens, headersAreSafe } from './headers.ts';
+import { headersAreSafe } from './headers.ts';
 import { bodyArrived, DEFAULT_LINGER_TIMEOUT, lingerAfter, lingerRaw } from './linger.ts';
 
 export interface Sink {
   readonly headSent: boolean;
   /** The response was ended or destroyed. */
   readonly done: boolean;
-  /** Writes the status and headers. Throws when they are invalid (nothing is written then). */
-  head(status: number, headers: readonly string[]): void;
+  /**
+   * Writes the status and headers; `closeConnection` ends the connection after this response (a
+   * peer's 413 to a body still arriving). Throws when they are invalid (nothing is written then).
+   */
+  head(status: number, headers: readonly string[], closeConnection?: boolean): void;
   /** Writes body bytes; returns a promise when the user's socket is full (settles on drain or close). */
   write(data: Uint8Array): Promise<void> | undefined;
   /** Ends the response, after `data` when given (one write for a whole small body). */
@@ -79,12 +82,10 @@ export class ResponseSink implements Sink {
     return this.ended || this.res.destroyed;
   }
 
-  head(status: number, headers: readonly string[]): void {
+  head(status: number, headers: readonly string[], closeConnection = false): void {
     if (status < 200 || status > 999 || !headersAreSafe(headers)) throw new RangeError('invalid response head');
-    // A caller's own `Connection: close` (a peer's 413 to a body still arriving) closes it too.
-    const asked = connectionTokens(headers).has('close');
-    const close = this.closes(asked);
-    this.res.writeHead(status, close && !asked ? [...headers, 'Connection', 'close'] : (headers as string[]));
+    const close = this.closes(closeConnection);
+    this.res.writeHead(status, close ? [...headers, 'Connection', 'close'] : (headers as string[]));
     if (close) lingerAfter(this.res, this.lingerTimeout);
   }
 
@@ -193,7 +194,8 @@ export class SocketSink implements Sink {
     return this.ended || this.socket.destroyed;
   }
 
-  head(status: number, headers: readonly string[]): void {
+  /** Anything but a switch closes the connection after it, asked or not. */
+  head(status: number, headers: readonly string[], _closeConnection?: boolean): void {
     if (status < 101 || status > 999 || (status > 101 && status < 200) || !headersAreSafe(headers)) {
       throw new RangeError('invalid response head');
     }
