@@ -138,6 +138,15 @@ export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** A gate to hold something (a handler, a store call) on; `open()` releases every waiter at once. */
+export function gate(): { readonly wait: Promise<void>; open(): void } {
+  let open!: () => void;
+  const wait = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { wait, open };
+}
+
 /** How a child process ended, and what it printed. */
 export interface ChildRun {
   readonly code: number | null;

@@ -14,15 +14,7 @@ import type { Server } from '../../src/server/server.ts';
 import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import type { Session, SessionAttachResult, SessionManager } from '../../src/session/session.ts';
 import { login, sessionApp, whoami } from '../fixtures/session-helpers.ts';
-import { connectClient, delay, startServer, waitFor } from '../helpers.ts';
-
-function gate(): { wait: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const wait = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { wait, open };
-}
+import { connectClient, delay, gate, startServer, waitFor } from '../helpers.ts';
 
 /**
  * A store with only the three required hooks and `onSessionUpdate` (no cross-process counting,
