@@ -468,9 +468,10 @@ export class Connection {
    * connection detached again, since its client was never told of the session.
    */
   private async attaching(key: string): Promise<SessionAttachResult> {
-    // A restore made the session pending before its lookup (see `clientRestoreSession`): a close
-    // by key during the lookup must not be forgotten here.
-    if (this.pendingSession !== key) {
+    // A restore or a client's close made the session pending before (see `whilePending`): a close
+    // by key meanwhile must not be forgotten here, and it stays pending until they are done.
+    const owned = this.pendingSession !== key;
+    if (owned) {
       this.pendingSession = key;
       this.pendingDropped = false;
     }
@@ -482,7 +483,26 @@ export class Connection {
       }
       return result;
     } finally {
+      if (owned) this.pendingSession = null;
+    }
+  }
+
+  /**
+   * Runs `task` with the session `key` pending on this connection: it is in the session's audience
+   * meanwhile (see `SessionRegistry.expect`), so that an update (`sessionUpdated`) or a close by
+   * key (`dropSession`) landing before it holds the session is kept for when it takes it.
+   */
+  private async whilePending(key: string, task: () => Promise<void>): Promise<void> {
+    this.pendingSession = key;
+    this.pendingDropped = false;
+    this.pendingUpdate = null;
+    this.context.registry.expect(key, this);
+    try {
+      await task();
+    } finally {
+      this.context.registry.unexpect(key, this);
       this.pendingSession = null;
+      this.pendingUpdate = null;
     }
   }
 
@@ -545,8 +565,12 @@ export class Connection {
     // Closing: a store that counts across processes deletes it with the count (see onSessionDetach).
     const left = await this.context.registry.detach(session.key, this, true);
     if (left !== 0) return;
-    // Restores of it here that are still looking it up would attach a session being deleted.
-    for (const conn of this.context.registry.audience(session.key)) conn.dropSession(session.key);
+    // Restores of it here that are still looking it up would attach a session being deleted. Not
+    // this connection, pending while its client's close runs: it takes the session back only if
+    // the store fails to delete it.
+    for (const conn of this.context.registry.audience(session.key)) {
+      if (conn !== this) conn.dropSession(session.key);
+    }
     await this.context.sessions!.manager.onSessionClosed(session.key);
   }
 
@@ -559,14 +583,18 @@ export class Connection {
     }
     this.sessionBusy = true;
     try {
-      try {
-        await this.detachSession(session);
-      } catch (error) {
-        this.context.options.logger.error('session store failed to close a session', { error });
-        await this.clientCloseFailed(id, session);
-        return;
-      }
-      this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      // Pending from the start: should the store fail, the connection takes the session back, and
+      // an update or a close by key made meanwhile (while it holds nothing) must reach it then.
+      await this.whilePending(session.key, async () => {
+        try {
+          await this.detachSession(session);
+        } catch (error) {
+          this.context.options.logger.error('session store failed to close a session', { error });
+          await this.clientCloseFailed(id, session);
+          return;
+        }
+        this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      });
     } finally {
       this.sessionBusy = false;
     }
@@ -575,10 +603,12 @@ export class Connection {
   /**
    * The store failed while closing the session the client asked to close. The client is told the
    * close failed (internal-error: `InternalError`) and must end up holding the session exactly
-   * when this connection does, so the connection takes the session back (attaches it again):
+   * when this connection does, so the connection takes the session back, as a restore would
+   * (looks it up, then attaches it again):
    * - taken back: the store still has it; the client keeps it and can close it again;
    * - 'not-found': the store deleted it after all (the failure came after the delete, or only its
-   *   answer was lost), or it was closed by key meanwhile: the close succeeded, and is answered so;
+   *   answer was lost), or it was closed by key meanwhile (heard while pending: see
+   *   `clientCloseSession`): the close succeeded, and is answered so;
    * - refused ('limit': another connection took the slot) or failed again (the store is down):
    *   the connection holds nothing, so the client is told it lost the session (type 22) before
    *   the failure. The store may still have it until it expires.
@@ -586,15 +616,18 @@ export class Connection {
   private async clientCloseFailed(id: RequestId, session: Session): Promise<void> {
     let attached: SessionAttachResult | undefined;
     if (this.peer.isOpen) {
-      this.pendingUpdate = null;
       try {
-        attached = await this.attaching(session.key);
+        // Looked up first: a store without `onSessionAttach` (each server counting its own
+        // connections) would not say it no longer has the session, and the connection would
+        // hold one the store deleted.
+        const stored = await this.context.sessions!.manager.onSessionLookup(session.key);
+        attached = stored === null ? 'not-found' : await this.attaching(session.key);
       } catch (error) {
-        this.context.options.logger.error('session store failed to attach a connection to a session', { error });
+        this.context.options.logger.error('session store failed to give a connection its session back', { error });
       }
     }
     if (attached === 'attached') {
-      // An update heard while it was being taken back is newer than what the client holds.
+      // An update heard since the close began is newer than what the client holds.
       const update = this.takePendingUpdate();
       if (update !== null && !isStaleSession(update.session, session)) {
         this.currentSession = update.session;
@@ -605,7 +638,6 @@ export class Connection {
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
       return;
     }
-    this.pendingUpdate = null;
     if (attached === 'not-found') {
       this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
       return;
@@ -628,20 +660,13 @@ export class Connection {
       return;
     }
     this.sessionBusy = true;
-    // Pending from before the lookup: an update of the session landing between the lookup and
-    // the attach reaches this connection (see `sessionUpdated`) instead of being lost, and so
-    // does a close by key (see `dropSession`): the lookup may have read the session before the
-    // store deleted it.
-    this.pendingSession = key;
-    this.pendingDropped = false;
-    this.pendingUpdate = null;
-    this.context.registry.expect(key, this);
     try {
-      await this.restore(id, key, settings);
+      // Pending from before the lookup: an update of the session landing between the lookup and
+      // the attach reaches this connection (see `sessionUpdated`) instead of being lost, and so
+      // does a close by key (see `dropSession`): the lookup may have read the session before the
+      // store deleted it.
+      await this.whilePending(key, () => this.restore(id, key, settings));
     } finally {
-      this.context.registry.unexpect(key, this);
-      this.pendingSession = null;
-      this.pendingUpdate = null;
       this.sessionBusy = false;
     }
   }
