@@ -113,7 +113,10 @@ export class Connection {
   private versionPromise: Promise<boolean> | undefined;
   /** A session operation (create, restore, close) is under way: they never overlap on one connection. */
   private sessionBusy = false;
-  /** The key of a session being attached (created or restored) while the store answers. */
+  /**
+   * The key of a session this connection is about to take while the store answers: created,
+   * restored, or taken back after its client's close failed (see `whilePending`).
+   */
   private pendingSession: string | null = null;
   /** The pending session was closed by key meanwhile. */
   private pendingDropped = false;
@@ -376,31 +379,35 @@ export class Connection {
     const session: Session = { key, creation: now, lastLookup: now, info };
     const notification = encodeSessionCreated(sessionToJson(session));
     this.sessionBusy = true;
-    this.pendingUpdate = null;
-    let attached: SessionAttachResult;
+    let taken: Session | null;
     try {
-      // Stored first: a client is never told of a session the store does not have.
-      await settings.manager.onSessionCreated(session);
-      try {
-        attached = await this.attaching(key);
-      } catch (error) {
-        await this.deleteUnannounced(key);
-        throw error;
-      }
+      taken = await this.whilePending(key, async () => {
+        // Stored first: a client is never told of a session the store does not have.
+        await settings.manager.onSessionCreated(session);
+        let attached: SessionAttachResult;
+        try {
+          attached = this.attached(key, await this.context.registry.attach(key, this));
+        } catch (error) {
+          await this.deleteUnannounced(key);
+          throw error;
+        }
+        if (attached !== 'attached') return null;
+        // Updated by key while it was being attached: the client hears of the session as it is now.
+        const update = this.takePendingUpdate();
+        const current = update?.session ?? session;
+        this.currentSession = current;
+        this.peer.sendRaw(update === null ? notification : encodeSessionCreated(update.json));
+        return current;
+      });
     } finally {
       this.sessionBusy = false;
     }
-    if (attached !== 'attached') {
+    if (taken === null) {
       await this.deleteUnannounced(key);
       if (!this.peer.isOpen) throw new DisconnectedError('the connection closed while the session was created');
       throw new InvalidStateError('the session was closed while it was created');
     }
-    // Updated by key while it was being attached: the client hears of the session as it is now.
-    const update = this.takePendingUpdate();
-    const current = update?.session ?? session;
-    this.currentSession = current;
-    this.peer.sendRaw(update === null ? notification : encodeSessionCreated(update.json));
-    return current;
+    return taken;
   }
 
   /**
@@ -462,43 +469,17 @@ export class Connection {
   }
 
   /**
-   * Attaches this connection to the session `key` (locally, and in the store's count when it
-   * counts across processes). While the store answers, the session is pending: a close by key
-   * (`dropSession`) or the connection closing makes the attach end as `'not-found'`, with the
-   * connection detached again, since its client was never told of the session.
-   */
-  private async attaching(key: string): Promise<SessionAttachResult> {
-    // A restore or a client's close made the session pending before (see `whilePending`): a close
-    // by key meanwhile must not be forgotten here, and it stays pending until they are done.
-    const owned = this.pendingSession !== key;
-    if (owned) {
-      this.pendingSession = key;
-      this.pendingDropped = false;
-    }
-    try {
-      const result = await this.context.registry.attach(key, this);
-      if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
-        this.context.registry.release(key, this);
-        return 'not-found';
-      }
-      return result;
-    } finally {
-      if (owned) this.pendingSession = null;
-    }
-  }
-
-  /**
    * Runs `task` with the session `key` pending on this connection: it is in the session's audience
    * meanwhile (see `SessionRegistry.expect`), so that an update (`sessionUpdated`) or a close by
    * key (`dropSession`) landing before it holds the session is kept for when it takes it.
    */
-  private async whilePending(key: string, task: () => Promise<void>): Promise<void> {
+  private async whilePending<T>(key: string, task: () => Promise<T>): Promise<T> {
     this.pendingSession = key;
     this.pendingDropped = false;
     this.pendingUpdate = null;
     this.context.registry.expect(key, this);
     try {
-      await task();
+      return await task();
     } finally {
       this.context.registry.unexpect(key, this);
       this.pendingSession = null;
@@ -574,6 +555,23 @@ export class Connection {
     await this.context.sessions!.manager.onSessionClosed(session.key);
   }
 
+  /**
+   * The answer of `registry.attach(key, this)`, made inside `whilePending(key)`, as this connection
+   * may take it: `'not-found'`, with the connection detached again, when the session was closed by
+   * key meanwhile (`dropSession`) or the connection closed, since its client was never told of the
+   * session. To be called as the caller resumes from that attach, the session taken (or not) in
+   * the same synchronous step: a close by key landing later than this check, before the connection
+   * holds the session, would be neither honoured nor heard (found by sweeping where it lands, in
+   * test/session/attach-races.test.ts and close-failure.test.ts).
+   */
+  private attached(key: string, result: SessionAttachResult): SessionAttachResult {
+    if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
+      this.context.registry.release(key, this);
+      return 'not-found';
+    }
+    return result;
+  }
+
   /** Client asked to close its session (type 31): empty reply, no type 22. */
   private async clientCloseSession(id: RequestId): Promise<void> {
     const session = this.currentSession;
@@ -621,7 +619,10 @@ export class Connection {
         // connections) would not say it no longer has the session, and the connection would
         // hold one the store deleted.
         const stored = await this.context.sessions!.manager.onSessionLookup(session.key);
-        attached = stored === null ? 'not-found' : await this.attaching(session.key);
+        attached =
+          stored === null
+            ? 'not-found'
+            : this.attached(session.key, await this.context.registry.attach(session.key, this));
       } catch (error) {
         this.context.options.logger.error('session store failed to give a connection its session back', { error });
       }
@@ -699,7 +700,7 @@ export class Connection {
     // across processes then checks the limit across them, atomically on its side.
     let attached: SessionAttachResult;
     try {
-      attached = await this.attaching(key);
+      attached = this.attached(key, await this.context.registry.attach(key, this));
     } catch (error) {
       this.context.options.logger.error('session store failed to attach a connection to a session', { error });
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));

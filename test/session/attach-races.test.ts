@@ -133,6 +133,28 @@ test('an update right after a restore was answered (same read at the client): th
  */
 const SWEEP = 12;
 
+test('a close by key landing at any step of a restore taking the session: nothing holds the deleted session', async (t) => {
+  const store = new AfterAttach();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const owner = await connectClient(t, url);
+  const late = await connectClient(t, url);
+  for (let hops = 0; hops < SWEEP; hops++) {
+    const { key } = await login(owner, 'ada');
+    let closed: Promise<number> | undefined;
+    store.schedule = (run) => afterMicrotasks(hops, run);
+    store.after = () => {
+      closed = server.closeSession(key);
+    };
+    // Restored then closed (sessionClosed follows), or not found: either way, nothing held after.
+    await late.restoreSession(key).catch((error: unknown) => assert.ok(error instanceof SessionNotFoundError));
+    assert.ok(closed !== undefined, 'closed by key');
+    await closed;
+    assert.deepEqual(await whoami(late), null, `${hops} turns: the connection holds nothing`);
+    assert.equal(late.session, null, `${hops} turns: nor does the client`);
+  }
+  assert.equal(server.activeSessionCount, 0);
+});
+
 test('an update landing at any step of a restore taking the session: the client ends with it', async (t) => {
   const store = new AfterAttach();
   const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });

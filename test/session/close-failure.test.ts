@@ -204,6 +204,27 @@ describe('client closeSession when the store fails', () => {
     assert.equal(server.sessionConnections(key).length, 2);
   });
 
+  it('a close by key landing at any step of the take-back: nothing holds the deleted session', async (t) => {
+    const store = new CountingStore();
+    const { server, client } = await setup(t, store);
+    for (let hops = 0; hops < SWEEP; hops++) {
+      const { key } = client.session ?? (await login(client));
+      let closed: Promise<number> | undefined;
+      store.failDetaches = 1;
+      store.afterAttach = () =>
+        afterMicrotasks(hops, () => {
+          closed = server.closeSession(key);
+        });
+      // Closed by key before the connection took the session back (the close succeeded) or after
+      // (InternalError, then sessionClosed): either way, nothing held after.
+      await client.closeSession().catch((error: unknown) => assert.ok(error instanceof InternalError));
+      assert.ok(closed !== undefined, 'closed by key');
+      await closed;
+      assert.deepEqual(await bothSides(client), { client: null, server: null }, `${hops} turns`);
+    }
+    assert.equal(server.activeSessionCount, 0);
+  });
+
   it('an update landing at any step of the take-back: the client ends with it', async (t) => {
     const store = new CountingStore();
     const { client, key, server } = await setup(t, store);
