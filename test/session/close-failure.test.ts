@@ -50,6 +50,10 @@ class PlainStore implements SessionManager {
   onSessionUpdate(key: string, info: Readonly<Record<string, unknown>> | undefined): Promise<Session | null> {
     return this.inner.onSessionUpdate(key, info);
   }
+  /** Whether the store has the session, without a call the server would count. */
+  async stored(key: string): Promise<boolean> {
+    return (await this.inner.onSessionLookup(key)) !== null;
+  }
   async onSessionClosed(key: string): Promise<void> {
     if (this.failDeletes > 0) {
       this.failDeletes--;
@@ -102,7 +106,12 @@ class CountingStore extends MemorySessionManager {
     await this.holdDeletes;
     return super.onSessionClosed(key);
   }
+  async stored(key: string): Promise<boolean> {
+    return (await this.onSessionLookup(key)) !== null;
+  }
 }
+
+type FailingStore = PlainStore | CountingStore;
 
 /**
  * Microtask turns swept over by the tests below: well past the few between the store's answer to
@@ -126,35 +135,56 @@ async function bothSides(client: Client): Promise<{ client: string | null; serve
   return { client: client.session?.key ?? null, server: (await whoami(client))?.key ?? null };
 }
 
+/** The close succeeded: neither side holds the session nor does the store, and the client heard so. */
+async function assertClosed(
+  { server, client, key, events }: Awaited<ReturnType<typeof setup>>,
+  store: FailingStore,
+): Promise<void> {
+  assert.deepEqual(await bothSides(client), { client: null, server: null });
+  assert.equal(await store.stored(key), false, 'deleted');
+  assert.equal(server.activeSessionCount, 0);
+  assert.deepEqual(events, ['sessionClosed']);
+}
+
+/**
+ * The client's close, once its store call that fails (armed by the caller) has begun: it waits,
+ * the connection holding nothing, until `fail()`.
+ */
+async function closeHeld(client: Client, store: FailingStore): Promise<{ closing: Promise<void>; fail: () => void }> {
+  const held = gate();
+  store.faults.hold = held.wait;
+  const closing = client.closeSession();
+  await waitFor(() => store.faults.started === 1, 1_000, 'the failing store call');
+  return { closing, fail: held.open };
+}
+
 describe('client closeSession when the store fails', () => {
   it('a store that could not delete the session: InternalError, and both sides still hold it; a retry closes it', async (t) => {
     const store = new PlainStore();
-    const { server, client, key, events, logger } = await setup(t, store);
+    const ctx = await setup(t, store);
+    const { server, client, key, events, logger } = ctx;
     store.failDeletes = 1;
     await assert.rejects(client.closeSession(), InternalError);
     assert.deepEqual(await bothSides(client), { client: key, server: key });
     assert.equal(server.sessionConnections(key).length, 1);
-    assert.ok(await store.inner.onSessionLookup(key), 'still stored');
+    assert.ok(await store.stored(key), 'still stored');
     assert.deepEqual(events, []);
     assert.ok(logger.entries.some((e) => e.level === 'error' && e.message.includes('failed to close a session')));
 
     await client.closeSession();
-    assert.deepEqual(await bothSides(client), { client: null, server: null });
-    assert.equal(await store.inner.onSessionLookup(key), null);
-    assert.equal(server.activeSessionCount, 0);
-    assert.deepEqual(events, ['sessionClosed']);
+    await assertClosed(ctx, store);
   });
 
-  it('a store that deleted the session but answered with an error: the close succeeded', async (t) => {
-    const store = new CountingStore();
-    const { server, client, key, events } = await setup(t, store);
-    store.loseDetaches = 1;
-    await client.closeSession();
-    assert.deepEqual(await bothSides(client), { client: null, server: null });
-    assert.equal(await store.onSessionLookup(key), null);
-    assert.equal(server.activeSessionCount, 0);
-    assert.deepEqual(events, ['sessionClosed']);
-  });
+  for (const store of [new CountingStore(), new PlainStore()]) {
+    const counts = store instanceof CountingStore ? 'a store' : 'a store without counts';
+    it(`${counts} that deleted the session but answered with an error: the close succeeded`, async (t) => {
+      const ctx = await setup(t, store);
+      if (store instanceof CountingStore) store.loseDetaches = 1;
+      else store.loseDeletes = 1;
+      await ctx.client.closeSession();
+      await assertClosed(ctx, store);
+    });
+  }
 
   it('a store that is down (the connection cannot take the session back): InternalError, and neither side holds it', async (t) => {
     const store = new CountingStore();
@@ -166,19 +196,16 @@ describe('client closeSession when the store fails', () => {
     assert.equal(server.activeSessionCount, 0);
     assert.deepEqual(events, ['sessionClosed'], 'told it lost the session');
     // Still stored: a client that kept the key elsewhere could restore it.
-    assert.ok(await store.onSessionLookup(key));
+    assert.ok(await store.stored(key));
   });
 
   it('an update of the session while the failing delete runs: the client gets it with the session taken back', async (t) => {
     const store = new PlainStore();
     const { server, client, key, events } = await setup(t, store);
-    const held = gate();
-    store.faults.hold = held.wait;
     store.failDeletes = 1;
-    const closing = client.closeSession();
-    await waitFor(() => store.faults.started === 1, 1_000, 'the failing delete');
+    const { closing, fail } = await closeHeld(client, store);
     assert.equal(await server.updateSession(key, { user: 'grace' }), 0, 'no connection holds it meanwhile');
-    held.open();
+    fail();
     await assert.rejects(closing, InternalError);
     assert.deepEqual(client.session?.info, { user: 'grace' });
     assert.deepEqual(await whoami(client), { key, info: { user: 'grace' } });
@@ -190,13 +217,10 @@ describe('client closeSession when the store fails', () => {
     const { server, client, key, events, url } = await setup(t, store);
     const other = await connectClient(t, url);
     await other.restoreSession(key);
-    const held = gate();
-    store.faults.hold = held.wait;
     store.loseDetaches = 1;
-    const closing = client.closeSession();
-    await waitFor(() => store.faults.started === 1, 1_000, 'the failing detach');
+    const { closing, fail } = await closeHeld(client, store);
     assert.equal(payloadText(await other.request('rename', utf8('grace'))), 'ok');
-    held.open();
+    fail();
     await assert.rejects(closing, InternalError);
     assert.deepEqual(client.session?.info, { user: 'grace' });
     assert.deepEqual(await whoami(client), { key, info: { user: 'grace' } });
@@ -244,46 +268,26 @@ describe('client closeSession when the store fails', () => {
     }
   });
 
-  it('a store without counts that deleted the session but answered with an error: the close succeeded', async (t) => {
-    const store = new PlainStore();
-    const { server, client, key, events } = await setup(t, store);
-    store.loseDeletes = 1;
-    await client.closeSession();
-    assert.deepEqual(await bothSides(client), { client: null, server: null });
-    assert.equal(await store.inner.onSessionLookup(key), null);
-    assert.equal(server.activeSessionCount, 0);
-    assert.deepEqual(events, ['sessionClosed']);
-  });
-
   it('closed by key while the failing delete runs: the close succeeded, nothing holds the deleted session', async (t) => {
     const store = new PlainStore();
-    const { server, client, key, events } = await setup(t, store);
-    const held = gate();
-    store.faults.hold = held.wait;
+    const ctx = await setup(t, store);
     store.failDeletes = 1;
-    const closing = client.closeSession();
-    await waitFor(() => store.faults.started === 1, 1_000, 'the failing delete');
-    assert.equal(await server.closeSession(key), 0, 'no connection holds it meanwhile');
-    held.open();
+    const { closing, fail } = await closeHeld(ctx.client, store);
+    assert.equal(await ctx.server.closeSession(ctx.key), 0, 'no connection holds it meanwhile');
+    fail();
     await closing;
-    assert.deepEqual(await bothSides(client), { client: null, server: null });
-    assert.equal(await store.inner.onSessionLookup(key), null);
-    assert.equal(server.activeSessionCount, 0);
-    assert.deepEqual(events, ['sessionClosed']);
+    await assertClosed(ctx, store);
   });
 
   it('closed by key while the failing detach runs, its delete still under way when the session is taken back: the close succeeded', async (t) => {
     const store = new CountingStore();
-    const { server, client, key, events } = await setup(t, store);
-    const held = gate();
+    const ctx = await setup(t, store);
     const deleting = gate();
-    store.faults.hold = held.wait;
     store.failDetaches = 1;
     store.holdDeletes = deleting.wait;
-    const closing = client.closeSession();
-    await waitFor(() => store.faults.started === 1, 1_000, 'the failing detach');
-    const byKey = server.closeSession(key);
-    held.open();
+    const { closing, fail } = await closeHeld(ctx.client, store);
+    const byKey = ctx.server.closeSession(ctx.key);
+    fail();
     // The store still has the session (its delete waits): only the close by key can tell.
     const outcome = await closing.then(
       () => 'closed',
@@ -292,29 +296,21 @@ describe('client closeSession when the store fails', () => {
     deleting.open();
     assert.equal(await byKey, 0, 'no connection held it when it was closed');
     assert.equal(outcome, 'closed');
-    assert.deepEqual(await bothSides(client), { client: null, server: null });
-    assert.equal(await store.onSessionLookup(key), null);
-    assert.equal(server.activeSessionCount, 0);
-    assert.deepEqual(events, ['sessionClosed']);
+    await assertClosed(ctx, store);
   });
 
   it('another connection restores and closes the session while the failing delete runs: the close succeeded', async (t) => {
     const store = new PlainStore();
-    const { server, client, key, events, url } = await setup(t, store);
-    const held = gate();
-    store.faults.hold = held.wait;
+    const ctx = await setup(t, store);
     store.failDeletes = 1;
-    const closing = client.closeSession();
-    await waitFor(() => store.faults.started === 1, 1_000, 'the failing delete');
-    const other = await connectClient(t, url);
-    await other.restoreSession(key);
+    const { closing, fail } = await closeHeld(ctx.client, store);
+    const other = await connectClient(t, ctx.url);
+    await other.restoreSession(ctx.key);
     await other.closeSession();
-    assert.equal(await store.inner.onSessionLookup(key), null, 'deleted by the other connection');
-    held.open();
+    assert.equal(await store.stored(ctx.key), false, 'deleted by the other connection');
+    fail();
     await closing;
-    assert.deepEqual(await bothSides(client), { client: null, server: null });
-    assert.equal(server.activeSessionCount, 0);
-    assert.deepEqual(events, ['sessionClosed']);
+    await assertClosed(ctx, store);
   });
 });
 
