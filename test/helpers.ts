@@ -138,6 +138,25 @@ export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * Runs `run` after `hops` turns of the microtask queue. Swept over a range of `hops`, it lands at
+ * every step of what a promise chain started at the same moment does meanwhile.
+ */
+export function afterMicrotasks(hops: number, run: () => void): void {
+  let turn = Promise.resolve();
+  for (let i = 0; i < hops; i++) turn = turn.then(() => {});
+  void turn.then(run);
+}
+
+/** A gate to hold something (a handler, a store call) on; `open()` releases every waiter at once. */
+export function gate(): { readonly wait: Promise<void>; open(): void } {
+  let open!: () => void;
+  const wait = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { wait, open };
+}
+
 /** How a child process ended, and what it printed. */
 export interface ChildRun {
   readonly code: number | null;

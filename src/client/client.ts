@@ -385,9 +385,10 @@ export class Client extends Emitter<ClientEvents> {
    * Closes the session: the server deletes it when this was its last connection. Does nothing
    * without a session. Rejects with InternalError when the server's session store failed; the
    * client then holds the session exactly when its connection on the server still does: usually
-   * it does (`client.session` unchanged: call again to retry), and when the server could not take
-   * it back either (its store is down) `sessionClosed` is emitted before the rejection. Also
-   * rejects with DisconnectedError, TimeoutError, ShutdownError or SessionsDisabledError.
+   * it does (`client.session` unchanged, or updated with `sessionUpdated` when the session was
+   * updated meanwhile: call again to retry), and when the server could not take it back either
+   * (its store is down) `sessionClosed` is emitted before the rejection. Also rejects with
+   * DisconnectedError, TimeoutError, ShutdownError or SessionsDisabledError.
    */
   async closeSession(): Promise<void> {
     if (this.#currentSession === null) return;

@@ -113,7 +113,10 @@ export class Connection {
   private versionPromise: Promise<boolean> | undefined;
   /** A session operation (create, restore, close) is under way: they never overlap on one connection. */
   private sessionBusy = false;
-  /** The key of a session being attached (created or restored) while the store answers. */
+  /**
+   * The key of a session this connection is about to take while the store answers: created,
+   * restored, or taken back after its client's close failed (see `whilePending`).
+   */
   private pendingSession: string | null = null;
   /** The pending session was closed by key meanwhile. */
   private pendingDropped = false;
@@ -376,31 +379,35 @@ export class Connection {
     const session: Session = { key, creation: now, lastLookup: now, info };
     const notification = encodeSessionCreated(sessionToJson(session));
     this.sessionBusy = true;
-    this.pendingUpdate = null;
-    let attached: SessionAttachResult;
+    let taken: Session | null;
     try {
-      // Stored first: a client is never told of a session the store does not have.
-      await settings.manager.onSessionCreated(session);
-      try {
-        attached = await this.attaching(key);
-      } catch (error) {
-        await this.deleteUnannounced(key);
-        throw error;
-      }
+      taken = await this.whilePending(key, async () => {
+        // Stored first: a client is never told of a session the store does not have.
+        await settings.manager.onSessionCreated(session);
+        let attached: SessionAttachResult;
+        try {
+          attached = this.attached(key, await this.context.registry.attach(key, this));
+        } catch (error) {
+          await this.deleteUnannounced(key);
+          throw error;
+        }
+        if (attached !== 'attached') return null;
+        // Updated by key while it was being attached: the client hears of the session as it is now.
+        const update = this.takePendingUpdate();
+        const current = update?.session ?? session;
+        this.currentSession = current;
+        this.peer.sendRaw(update === null ? notification : encodeSessionCreated(update.json));
+        return current;
+      });
     } finally {
       this.sessionBusy = false;
     }
-    if (attached !== 'attached') {
+    if (taken === null) {
       await this.deleteUnannounced(key);
       if (!this.peer.isOpen) throw new DisconnectedError('the connection closed while the session was created');
       throw new InvalidStateError('the session was closed while it was created');
     }
-    // Updated by key while it was being attached: the client hears of the session as it is now.
-    const update = this.takePendingUpdate();
-    const current = update?.session ?? session;
-    this.currentSession = current;
-    this.peer.sendRaw(update === null ? notification : encodeSessionCreated(update.json));
-    return current;
+    return taken;
   }
 
   /**
@@ -462,27 +469,21 @@ export class Connection {
   }
 
   /**
-   * Attaches this connection to the session `key` (locally, and in the store's count when it
-   * counts across processes). While the store answers, the session is pending: a close by key
-   * (`dropSession`) or the connection closing makes the attach end as `'not-found'`, with the
-   * connection detached again, since its client was never told of the session.
+   * Runs `task` with the session `key` pending on this connection: it is in the session's audience
+   * meanwhile (see `SessionRegistry.expect`), so that an update (`sessionUpdated`) or a close by
+   * key (`dropSession`) landing before it holds the session is kept for when it takes it.
    */
-  private async attaching(key: string): Promise<SessionAttachResult> {
-    // A restore made the session pending before its lookup (see `clientRestoreSession`): a close
-    // by key during the lookup must not be forgotten here.
-    if (this.pendingSession !== key) {
-      this.pendingSession = key;
-      this.pendingDropped = false;
-    }
+  private async whilePending<T>(key: string, task: () => Promise<T>): Promise<T> {
+    this.pendingSession = key;
+    this.pendingDropped = false;
+    this.pendingUpdate = null;
+    this.context.registry.expect(key, this);
     try {
-      const result = await this.context.registry.attach(key, this);
-      if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
-        this.context.registry.release(key, this);
-        return 'not-found';
-      }
-      return result;
+      return await task();
     } finally {
+      this.context.registry.unexpect(key, this);
       this.pendingSession = null;
+      this.pendingUpdate = null;
     }
   }
 
@@ -545,9 +546,30 @@ export class Connection {
     // Closing: a store that counts across processes deletes it with the count (see onSessionDetach).
     const left = await this.context.registry.detach(session.key, this, true);
     if (left !== 0) return;
-    // Restores of it here that are still looking it up would attach a session being deleted.
-    for (const conn of this.context.registry.audience(session.key)) conn.dropSession(session.key);
+    // Restores of it here that are still looking it up would attach a session being deleted. Not
+    // this connection, pending while its client's close runs: it takes the session back only if
+    // the store fails to delete it.
+    for (const conn of this.context.registry.audience(session.key)) {
+      if (conn !== this) conn.dropSession(session.key);
+    }
     await this.context.sessions!.manager.onSessionClosed(session.key);
+  }
+
+  /**
+   * The answer of `registry.attach(key, this)`, made inside `whilePending(key)`, as this connection
+   * may take it: `'not-found'`, with the connection detached again, when the session was closed by
+   * key meanwhile (`dropSession`) or the connection closed, since its client was never told of the
+   * session. To be called as the caller resumes from that attach, the session taken (or not) in
+   * the same synchronous step: a close by key landing later than this check, before the connection
+   * holds the session, would be neither honoured nor heard (found by sweeping where it lands, in
+   * test/session/attach-races.test.ts and close-failure.test.ts).
+   */
+  private attached(key: string, result: SessionAttachResult): SessionAttachResult {
+    if (result === 'attached' && (this.pendingDropped || !this.peer.isOpen)) {
+      this.context.registry.release(key, this);
+      return 'not-found';
+    }
+    return result;
   }
 
   /** Client asked to close its session (type 31): empty reply, no type 22. */
@@ -559,14 +581,18 @@ export class Connection {
     }
     this.sessionBusy = true;
     try {
-      try {
-        await this.detachSession(session);
-      } catch (error) {
-        this.context.options.logger.error('session store failed to close a session', { error });
-        await this.clientCloseFailed(id, session);
-        return;
-      }
-      this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      // Pending from the start: should the store fail, the connection takes the session back, and
+      // an update or a close by key made meanwhile (while it holds nothing) must reach it then.
+      await this.whilePending(session.key, async () => {
+        try {
+          await this.detachSession(session);
+        } catch (error) {
+          this.context.options.logger.error('session store failed to close a session', { error });
+          await this.clientCloseFailed(id, session);
+          return;
+        }
+        this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
+      });
     } finally {
       this.sessionBusy = false;
     }
@@ -575,10 +601,12 @@ export class Connection {
   /**
    * The store failed while closing the session the client asked to close. The client is told the
    * close failed (internal-error: `InternalError`) and must end up holding the session exactly
-   * when this connection does, so the connection takes the session back (attaches it again):
+   * when this connection does, so the connection takes the session back, as a restore would
+   * (looks it up, then attaches it again):
    * - taken back: the store still has it; the client keeps it and can close it again;
    * - 'not-found': the store deleted it after all (the failure came after the delete, or only its
-   *   answer was lost), or it was closed by key meanwhile: the close succeeded, and is answered so;
+   *   answer was lost), or it was closed by key meanwhile (heard while pending: see
+   *   `clientCloseSession`): the close succeeded, and is answered so;
    * - refused ('limit': another connection took the slot) or failed again (the store is down):
    *   the connection holds nothing, so the client is told it lost the session (type 22) before
    *   the failure. The store may still have it until it expires.
@@ -586,15 +614,21 @@ export class Connection {
   private async clientCloseFailed(id: RequestId, session: Session): Promise<void> {
     let attached: SessionAttachResult | undefined;
     if (this.peer.isOpen) {
-      this.pendingUpdate = null;
       try {
-        attached = await this.attaching(session.key);
+        // Looked up first: a store without `onSessionAttach` (each server counting its own
+        // connections) would not say it no longer has the session, and the connection would
+        // hold one the store deleted.
+        const stored = await this.context.sessions!.manager.onSessionLookup(session.key);
+        attached =
+          stored === null
+            ? 'not-found'
+            : this.attached(session.key, await this.context.registry.attach(session.key, this));
       } catch (error) {
-        this.context.options.logger.error('session store failed to attach a connection to a session', { error });
+        this.context.options.logger.error('session store failed to give a connection its session back', { error });
       }
     }
     if (attached === 'attached') {
-      // An update heard while it was being taken back is newer than what the client holds.
+      // An update heard since the close began is newer than what the client holds.
       const update = this.takePendingUpdate();
       if (update !== null && !isStaleSession(update.session, session)) {
         this.currentSession = update.session;
@@ -605,7 +639,6 @@ export class Connection {
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));
       return;
     }
-    this.pendingUpdate = null;
     if (attached === 'not-found') {
       this.peer.sendRaw(encodeReply(id, EMPTY_PAYLOAD));
       return;
@@ -628,20 +661,13 @@ export class Connection {
       return;
     }
     this.sessionBusy = true;
-    // Pending from before the lookup: an update of the session landing between the lookup and
-    // the attach reaches this connection (see `sessionUpdated`) instead of being lost, and so
-    // does a close by key (see `dropSession`): the lookup may have read the session before the
-    // store deleted it.
-    this.pendingSession = key;
-    this.pendingDropped = false;
-    this.pendingUpdate = null;
-    this.context.registry.expect(key, this);
     try {
-      await this.restore(id, key, settings);
+      // Pending from before the lookup: an update of the session landing between the lookup and
+      // the attach reaches this connection (see `sessionUpdated`) instead of being lost, and so
+      // does a close by key (see `dropSession`): the lookup may have read the session before the
+      // store deleted it.
+      await this.whilePending(key, () => this.restore(id, key, settings));
     } finally {
-      this.context.registry.unexpect(key, this);
-      this.pendingSession = null;
-      this.pendingUpdate = null;
       this.sessionBusy = false;
     }
   }
@@ -674,7 +700,7 @@ export class Connection {
     // across processes then checks the limit across them, atomically on its side.
     let attached: SessionAttachResult;
     try {
-      attached = await this.attaching(key);
+      attached = this.attached(key, await this.context.registry.attach(key, this));
     } catch (error) {
       this.context.options.logger.error('session store failed to attach a connection to a session', { error });
       this.peer.sendRaw(encodeSpecialReply(id, 'internal-error'));

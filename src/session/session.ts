@@ -97,10 +97,11 @@ export interface SessionManager {
    * that number is 0: a restore elsewhere could otherwise attach it between the count and the
    * delete, and hold a session about to vanish. The server still calls `onSessionClosed` then
    * (so deleting twice must be harmless), for stores that do not. When it rejects while a client
-   * closes its session, the server attaches the connection again (`onSessionAttach`) to give the
-   * client back the session it still holds: a store must count so that a detach that failed (or
-   * whose answer was lost) followed by that attach leaves the count right, as `RedisSessionManager`
-   * does by writing each process's count whole rather than adding and subtracting.
+   * closes its session, the server looks the session up and attaches the connection again
+   * (`onSessionAttach`) to give the client back the session it still holds: a store must count
+   * so that a detach that failed (or whose answer was lost) followed by that attach leaves the
+   * count right, as `RedisSessionManager` does by writing each process's count whole rather than
+   * adding and subtracting.
    */
   onSessionDetach?(key: string, closing?: boolean): Promise<number>;
   /** Releases timers/handles. Optional. */

@@ -14,15 +14,7 @@ import type { Server } from '../../src/server/server.ts';
 import { MemorySessionManager } from '../../src/session/memory-store.ts';
 import type { Session, SessionAttachResult, SessionManager } from '../../src/session/session.ts';
 import { login, sessionApp, whoami } from '../fixtures/session-helpers.ts';
-import { connectClient, delay, startServer, waitFor } from '../helpers.ts';
-
-function gate(): { wait: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const wait = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { wait, open };
-}
+import { afterMicrotasks, connectClient, delay, gate, startServer, waitFor } from '../helpers.ts';
 
 /**
  * A store with only the three required hooks and `onSessionUpdate` (no cross-process counting,
@@ -81,16 +73,17 @@ test('server.closeSession(key) while a restore is looking the session up: the re
 
 /**
  * A memory store that, once `after` is set, runs it just after the next attach has been counted:
- * in the same turn of the event loop as the restore's reply, so that what it sends reaches the
- * client in the same read as that reply.
+ * by default in the next turn of the event loop, the same as the restore's reply, so that what it
+ * sends reaches the client in the same read as that reply; `schedule` chooses another moment.
  */
 class AfterAttach extends MemorySessionManager {
   after: ((key: string) => void) | undefined;
+  schedule: (run: () => void) => void = setImmediate;
   override async onSessionAttach(key: string, limit: number): Promise<SessionAttachResult> {
     const result = await super.onSessionAttach(key, limit);
     const after = this.after;
     this.after = undefined;
-    if (after !== undefined) setImmediate(() => after(key));
+    if (after !== undefined) this.schedule(() => after(key));
     return result;
   }
 }
@@ -132,6 +125,56 @@ test('an update right after a restore was answered (same read at the client): th
   assert.deepEqual(events, ['sessionRestored {"user":"ada"}', 'sessionUpdated {"user":"grace"}']);
   assert.deepEqual(late.session?.info, { user: 'grace' }, 'as the server');
   assert.deepEqual(await whoami(late), { key, info: { user: 'grace' } });
+});
+
+/**
+ * Microtask turns swept over by the tests below: well past the few between the store's answer to
+ * an attach and the connection taking the session.
+ */
+const SWEEP = 12;
+
+test('a close by key landing at any step of a restore taking the session: nothing holds the deleted session', async (t) => {
+  const store = new AfterAttach();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const owner = await connectClient(t, url);
+  const late = await connectClient(t, url);
+  for (let hops = 0; hops < SWEEP; hops++) {
+    const { key } = await login(owner, 'ada');
+    let closed: Promise<number> | undefined;
+    store.schedule = (run) => afterMicrotasks(hops, run);
+    store.after = () => {
+      closed = server.closeSession(key);
+    };
+    // Restored then closed (sessionClosed follows), or not found: either way, nothing held after.
+    await late.restoreSession(key).catch((error: unknown) => assert.ok(error instanceof SessionNotFoundError));
+    assert.ok(closed !== undefined, 'closed by key');
+    await closed;
+    assert.deepEqual(await whoami(late), null, `${hops} turns: the connection holds nothing`);
+    assert.equal(late.session, null, `${hops} turns: nor does the client`);
+  }
+  assert.equal(server.activeSessionCount, 0);
+});
+
+test('an update landing at any step of a restore taking the session: the client ends with it', async (t) => {
+  const store = new AfterAttach();
+  const { url, server } = await startServer(t, { sessionManager: store, onRequest: sessionApp });
+  const owner = await connectClient(t, url);
+  const { key } = await login(owner, 'ada');
+  const late = await connectClient(t, url);
+  for (let hops = 0; hops < SWEEP; hops++) {
+    const info = { user: `user ${hops}` };
+    let updated: Promise<number> | undefined;
+    store.schedule = (run) => afterMicrotasks(hops, run);
+    store.after = () => {
+      updated = server.updateSession(key, info);
+    };
+    await late.restoreSession(key);
+    assert.ok(updated !== undefined, 'updated');
+    await updated;
+    assert.deepEqual(await whoami(late), { key, info }, `${hops} turns: the connection has the update`);
+    assert.deepEqual(late.session?.info, info, `${hops} turns: and so does the client`);
+    await late.closeSession();
+  }
 });
 
 /** A memory store that, once `after` is set, runs it just after the next detach was counted (see AfterAttach). */

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
-import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
-import { bytes, gate, id, takeAcceptConf, within } from './wire.ts';
+import { connectClient, delay, gate, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
+import { bytes, id, takeAcceptConf, within } from './wire.ts';
 
 /** Counts handlers running at once; each waits on `door` before it returns. */
 function gatedHandler() {

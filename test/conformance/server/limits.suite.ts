@@ -7,9 +7,9 @@ import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { decode } from '../../../protocol/decode.ts';
 import { binary, type Payload, payloadText, utf8 } from '../../../protocol/payload.ts';
-import { connectClient, delay, type RawPeer, rawPeer, startServer, waitFor } from '../../helpers.ts';
+import { connectClient, delay, gate, type RawPeer, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import type { Connection } from '../../../src/server/connection.ts';
-import { bytes, gate, id, maskedFrames, newestConnection, takeAcceptConf, within, writeRaw } from './wire.ts';
+import { bytes, id, maskedFrames, newestConnection, takeAcceptConf, within, writeRaw } from './wire.ts';
 
 test('maxInflightRequests 4: four pending requests are fine, a fifth closes 1008', async (t) => {
   const door = gate();

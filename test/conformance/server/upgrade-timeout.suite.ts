@@ -12,9 +12,9 @@ import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { ConnectError, InvalidArgumentError } from '../../../src/errors.ts';
 import { DEFAULT_UPGRADE_TIMEOUT } from '../../../src/server/options.ts';
 import { Server } from '../../../src/server/server.ts';
-import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
+import { connectClient, delay, gate, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
-import { gate, within } from './wire.ts';
+import { within } from './wire.ts';
 
 const network = transportUnderTest().caps.network;
 const NEVER = (): Promise<never> => new Promise<never>(() => {});

@@ -35,15 +35,6 @@ export async function takeAcceptConf(peer: RawPeer): Promise<Uint8Array> {
   return first;
 }
 
-/** A gate handlers can wait on; `open()` releases every waiter at once. */
-export function gate(): { readonly wait: Promise<void>; open(): void } {
-  let open!: () => void;
-  const wait = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { wait, open };
-}
-
 /** The newest connection on `server`, once it has exactly `count` open. */
 export async function newestConnection(server: Server, count = 1): Promise<Connection> {
   await waitFor(() => server.connections.size === count, 2_000, `${count} server connection(s)`);

@@ -36,7 +36,7 @@ import {
   skipAcceptConf,
   whoami,
 } from '../../fixtures/session-helpers.ts';
-import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
+import { connectClient, delay, gate, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
 import { newestConnection, within } from '../server/wire.ts';
 
@@ -280,14 +280,6 @@ class Gated extends MemorySessionManager {
     await this.holdAttach;
     return super.onSessionAttach(key, limit);
   }
-}
-
-function gate(): { wait: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const wait = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { wait, open };
 }
 
 async function restoringWhileUpdated(t: TestContext, window: 'lookup' | 'attach'): Promise<void> {
