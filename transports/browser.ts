@@ -52,8 +52,17 @@ export const DEFAULT_MAX_PAUSED_BYTES = 8 * 1024 * 1024;
 /** How often `bufferedAmount` is checked while a drain is owed: about one animation frame, in ms. */
 export const DRAIN_POLL_INTERVAL = 16;
 
-/** Each message waiting during a pause counts this much beyond its bytes, so empty ones are bounded too. */
-const PAUSED_MESSAGE_OVERHEAD = 64;
+/**
+ * What keeping one message during a pause costs beyond its bytes, so that `maxPausedBytes` bounds
+ * the memory held and not only the payloads. A queued 1-byte message holds ~149 bytes of V8 heap
+ * (its entry, its Uint8Array and ArrayBuffer), 64 bytes of Blink's heap for the ArrayBuffer's DOM
+ * wrapper (~120 for a text message, encoded here), and its backing store with its bookkeeping
+ * outside both: the renderer's RSS grew ~650 bytes per queued 1-byte message (Chromium 156,
+ * 200,000 of them, measured after a GC). Counted as 64, a server sending tiny messages to a paused
+ * client made the page hold some ten times `maxPausedBytes`; at 512, as the uWebSockets.js adapter
+ * counts for about the same cost in Node, about 1.3 times.
+ */
+const PAUSED_MESSAGE_OVERHEAD = 512;
 
 /** Options of {@link browserTransport}. */
 export interface BrowserTransportOptions {
@@ -64,8 +73,9 @@ export interface BrowserTransportOptions {
   highWaterMark?: number;
   /**
    * A browser cannot stop reading a WebSocket, so `pause()` keeps what arrives meanwhile in the
-   * adapter. Once this many bytes wait (each message counted with 64 bytes of overhead), the next
-   * message closes the connection with 1008.
+   * adapter. Once this many bytes wait (each message counted with 512 bytes of overhead, about
+   * what keeping it costs in Chromium, as the uWebSockets.js adapter counts), the next message
+   * closes the connection with 1008.
    * @default DEFAULT_MAX_PAUSED_BYTES (8 MiB, as the uWebSockets.js adapter)
    */
   maxPausedBytes?: number;
@@ -139,7 +149,7 @@ export function browserTransport(options: BrowserTransportOptions = {}): ClientT
         let flushScheduled = false;
         // What arrived during a pause, oldest first, read from `queueHead` on: `shift()` would copy
         // the rest of the array each time once it is large (V8 does), and a paused socket can queue
-        // ~100k small messages (maxPausedBytes), which then took seconds to deliver.
+        // ~16k tiny messages (~130k when each counted 64 bytes, which then took seconds to deliver).
         let queue: Array<[data: Uint8Array, binary: boolean]> = [];
         let queueHead = 0;
         let queuedBytes = 0;

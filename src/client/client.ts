@@ -28,6 +28,7 @@ import {
 } from '../errors.ts';
 import { type Session, sessionFromJson } from '../session/session.ts';
 import { consoleLogger, type Logger } from '../logger.ts';
+import { AbortGroups } from '../peer/abort-groups.ts';
 import type { AbortSignalLike } from '../peer/cancellation.ts';
 import {
   DEFAULT_REQUEST_TIMEOUT,
@@ -266,6 +267,8 @@ export class Client extends Emitter<ClientEvents> {
   readonly #waiters = new Set<Waiter>();
   /** The requests among `waiters`. */
   #queued = 0;
+  /** The waiting requests' abort callbacks by their `signal`: one listener per signal, not per request. */
+  readonly #aborts = new AbortGroups<() => void>((abort) => abort());
   #loopRunning = false;
   #wakeLoop: (() => void) | undefined;
   #heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
@@ -884,7 +887,7 @@ export class Client extends Emitter<ClientEvents> {
         this.#waiters.delete(waiter);
         this.#queued--;
         clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
+        if (signal !== undefined) this.#aborts.delete(signal, onAbort);
       };
       const waiter: Waiter = {
         resolve: (connected) => {
@@ -904,7 +907,7 @@ export class Client extends Emitter<ClientEvents> {
           timeout,
         );
       }
-      signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal !== undefined) this.#aborts.add(signal, onAbort);
       this.#waiters.add(waiter);
       this.#queued++;
       if (state === 'idle' && !this.#loopRunning) this.connect().catch(() => {});

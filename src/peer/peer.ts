@@ -26,6 +26,7 @@ import {
 } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
+import { AbortGroups } from './abort-groups.ts';
 import { type AbortSignalLike, Cancellation } from './cancellation.ts';
 import { Deadlines } from './deadlines.ts';
 import { type OutgoingMessage, outgoingReply, outgoingRequest, outgoingSignal, sendOutgoing } from './outgoing.ts';
@@ -63,7 +64,8 @@ export interface RequestOptions {
   readonly timeout?: number;
   /**
    * Aborting it rejects the request with `CanceledError` and tells the peer to cancel. An
-   * `AbortSignal`, or any {@link AbortSignalLike} (a {@link Cancellation}).
+   * `AbortSignal`, or any {@link AbortSignalLike} (a {@link Cancellation}). Requests may share
+   * one: a connection adds one 'abort' listener to it however many of its requests use it.
    */
   readonly signal?: AbortSignalLike | undefined;
 }
@@ -100,8 +102,7 @@ interface PendingRequest {
   readonly name: string;
   /** Milliseconds allowed for the reply; 0 waits forever. */
   readonly timeout: number;
-  signal: AbortSignalLike | undefined;
-  onAbort: (() => void) | undefined;
+  readonly signal: AbortSignalLike | undefined;
 }
 
 /**
@@ -175,6 +176,8 @@ export class Peer implements SocketHandlers {
   #pending: Map<number, PendingRequest> | undefined;
   /** Made with the first request that has a timeout: most server connections never send one. */
   #deadlines: Deadlines | undefined;
+  /** The pending requests' ids by their `signal`: made with the first request that has one. */
+  #aborts: AbortGroups<number> | undefined;
   #running: Map<number | string, RunningRequest> | undefined;
   #active = 0;
   #inflightRequests = 0;
@@ -584,12 +587,11 @@ export class Peer implements SocketHandlers {
       return Promise.reject(error);
     }
     // `bytes` is sent from here, not from inside a closure: a variable any closure uses lives in
-    // the function's context, which the pending request keeps (its abort listener, its promise
-    // executor) until it settles, and with it the whole message, payload included, long after it
-    // was written.
+    // the function's context, which the pending request keeps (its promise executor) until it
+    // settles, and with it the whole message, payload included, long after it was written.
     let entry!: PendingRequest;
     const reply = new Promise<Payload>((resolve, reject) => {
-      entry = { resolve, onReply, reject, name, timeout, signal, onAbort: undefined };
+      entry = { resolve, onReply, reject, name, timeout, signal };
     });
     this.#pending ??= new Map();
     this.#pending.set(id, entry);
@@ -598,13 +600,8 @@ export class Peer implements SocketHandlers {
       this.#deadlines.add(id, timeout, performance.now());
     }
     if (signal !== undefined) {
-      const pending = entry;
-      pending.onAbort = () => {
-        if (this.#takePending(id) === undefined) return;
-        this.#sendCancel(id);
-        pending.reject(new CanceledError(`request ${quote(name)} was aborted`, { cause: signal.reason }));
-      };
-      signal.addEventListener('abort', pending.onAbort, { once: true });
+      this.#aborts ??= new AbortGroups((aborted, by) => this.#aborted(aborted, by));
+      this.#aborts.add(signal, id);
     }
     if (this.sendRaw(bytes) === 'dropped' && this.#takePending(id) !== undefined) {
       entry.reject(new DisconnectedError(`request ${quote(name)} not sent: the connection is closed`));
@@ -619,17 +616,24 @@ export class Peer implements SocketHandlers {
     entry.reject(new TimeoutError(`request ${quote(entry.name)} got no reply within ${entry.timeout} ms`));
   }
 
+  #aborted(id: number, signal: AbortSignalLike): void {
+    const entry = this.#takePending(id);
+    if (entry === undefined) return;
+    this.#sendCancel(id);
+    entry.reject(new CanceledError(`request ${quote(entry.name)} was aborted`, { cause: signal.reason }));
+  }
+
   #sendCancel(id: number): void {
     if (this.v21 && this.#state === 'open') this.sendRaw(encodeCancel(id));
   }
 
-  /** Removes a pending request and releases its deadline and abort listener. */
+  /** Removes a pending request and releases its deadline and its place under its signal. */
   #takePending(id: number): PendingRequest | undefined {
     const entry = this.#pending?.get(id);
     if (entry === undefined) return undefined;
     this.#pending!.delete(id);
     if (entry.timeout > 0) this.#deadlines?.delete(id, entry.timeout);
-    if (entry.onAbort !== undefined) entry.signal?.removeEventListener('abort', entry.onAbort);
+    if (entry.signal !== undefined) this.#aborts?.delete(entry.signal, id);
     return entry;
   }
 

@@ -407,11 +407,46 @@ test('past maxPausedBytes the connection closes with 1008', async (t) => {
   const server = await accepted;
   const serverClosed = closeOf(server);
   socket.pause();
-  // 3 x (400 + 64) = 1392: the third finds 928 queued (< 1000) and is kept, the fourth closes.
+  // 2 x (400 + 512) = 1824: the second finds 912 queued (< 1000) and is kept, the third closes.
   for (let i = 0; i < 5; i++) server.send(new Uint8Array(400));
   assert.deepEqual(await r.closed, [1008, 'read buffer limit exceeded']);
   assert.deepEqual(await serverClosed, [1000, '1008: read buffer limit exceeded']);
   assert.deepEqual(r.messages, [], 'a paused owner gets nothing');
+});
+
+test('tiny messages count what keeping them costs: a flood of 1-byte messages closes near maxPausedBytes of memory', async (t) => {
+  // A queued 1-byte message holds ~650 bytes in Chromium (measured on Chromium 156: ~149 bytes of
+  // V8 heap, 64 of Blink's for its ArrayBuffer, its backing store outside both), so the adapter
+  // counts 1 + 512 for it: 16 fit under 8 KiB (16 x 513 = 8208), the 17th closes. Counted as
+  // 1 + 64, 127 fitted, some ten times maxPausedBytes of memory.
+  let arrived = 0;
+  let closedAt: number | undefined;
+  // ws's WebSocket, counting the messages it hands the adapter until the adapter closes it.
+  class Counting extends WebSocket {
+    constructor(...args: ConstructorParameters<typeof WebSocket>) {
+      super(...args);
+      this.addEventListener('message', () => {
+        arrived++;
+      });
+    }
+    override close(...args: Parameters<WebSocket['close']>): void {
+      closedAt ??= arrived;
+      super.close(...args);
+    }
+  }
+  const { onConnection, accepted } = nextConnection();
+  const url = await rawServer(t, onConnection);
+  const r = recorder();
+  const socket = await browserTransport({
+    maxPausedBytes: 8192,
+    WebSocket: Counting as unknown as typeof globalThis.WebSocket,
+  }).connect(url, { maxMessageSize: 1024, connectTimeout: 2000 }, r);
+  t.after(() => socket.terminate());
+  const server = await accepted;
+  socket.pause();
+  for (let i = 0; i < 200; i++) server.send(new Uint8Array(1));
+  assert.deepEqual(await r.closed, [1008, 'read buffer limit exceeded']);
+  assert.equal(closedAt, 17, 'closed by the 17th message: 16 were kept');
 });
 
 test('send answers backpressure above highWaterMark, then onDrain once the buffer went down', async (t) => {
@@ -484,7 +519,11 @@ test('a long pause queue is delivered whole and in order, across pauses from the
   const count = 20_000;
   const seen: number[] = [];
   let socket: TransportSocket | undefined;
-  socket = await browserTransport({ WebSocket: FakeWebSocket as unknown as typeof globalThis.WebSocket }).connect(
+  socket = await browserTransport({
+    WebSocket: FakeWebSocket as unknown as typeof globalThis.WebSocket,
+    // 20,000 x (4 + 512) bytes counted: past the 8 MiB default.
+    maxPausedBytes: 16 << 20,
+  }).connect(
     'ws://127.0.0.1/',
     { maxMessageSize: 1024, connectTimeout: 2000 },
     {

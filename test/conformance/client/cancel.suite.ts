@@ -11,7 +11,7 @@ import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { CanceledError, TimeoutError } from '../../../src/errors.ts';
 import { Cancellation } from '../../../src/peer/cancellation.ts';
 import { connectClient, delay, hex, startServer, waitFor } from '../../helpers.ts';
-import { abortedWithin, acceptConf, outcome, rawServer } from './helpers.ts';
+import { abortedWithin, acceptConf, outcome, rawServer, sharedSignalBatches } from './helpers.ts';
 
 /** A server whose 'slow' handler waits for its signal and records what it saw. */
 async function slowServer(t: Parameters<typeof startServer>[0], protocolMinor: 0 | 1 = 1) {
@@ -77,6 +77,12 @@ test('a Cancellation works as the signal, and the handler can listen on its canc
   // An aborted Cancellation fails a request at once, as an aborted AbortSignal does.
   await assert.rejects(client.request('slow', utf8('x'), { signal: cancellation }), CanceledError);
   assert.equal(payloadText(await client.request('echo', utf8('still ok'))), 'still ok');
+});
+
+test('one AbortSignal shared by 50 requests: one listener on it, an abort rejects them all, none left after', async (t) => {
+  const { url } = await slowServer(t);
+  const client = await connectClient(t, url);
+  await sharedSignalBatches(t, (name, payload, signal) => client.request(name, payload, { timeout: 5_000, signal }));
 });
 
 test('an already aborted signal fails the request without sending it', async (t) => {

@@ -4,13 +4,17 @@
  * nothing listening, a child-process server, and small promise utilities.
  */
 import type { AbortSignalLike } from '../../../src/peer/cancellation.ts';
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { getEventListeners } from 'node:events';
 import { createServer } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket, WebSocketServer } from 'ws';
 import { encodeAcceptConf } from '../../../protocol/encode.ts';
-import { encodeUtf8 } from '../../../protocol/payload.ts';
+import { encodeUtf8, payloadText, utf8 } from '../../../protocol/payload.ts';
+import type { Payload } from '../../../protocol/types.ts';
+import { CanceledError } from '../../../src/errors.ts';
 import type { ServerOptions } from '../../../src/server/options.ts';
 import { Server } from '../../../src/server/server.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
@@ -74,6 +78,55 @@ export function outcome<T>(promise: Promise<T>, since = performance.now()): Prom
     (value) => ({ ok: true, value, error: undefined, ms: performance.now() - since }),
     (error: unknown) => ({ ok: false, value: undefined, error, ms: performance.now() - since }),
   );
+}
+
+/**
+ * Many requests sharing one AbortSignal, as fetch-style code passes one app-wide or per-page
+ * signal: `send` starts one request ('slow' ones, which the other end holds until canceled, then
+ * 'echo' ones). However many requests wait, the signal holds one listener of ours (one per
+ * request made Node warn past 10: MaxListenersExceededWarning); aborting it rejects them all with
+ * CanceledError; a second batch on another signal is answered, and once the requests settle
+ * neither signal holds any listener of ours. `beforeReplies` runs between sending the second batch
+ * and waiting for its replies (to start a server, for requests waiting for a connection).
+ */
+export async function sharedSignalBatches(
+  t: TestContext,
+  send: (name: 'slow' | 'echo', payload: Payload, signal: AbortSignal) => Promise<Payload>,
+  beforeReplies: () => Promise<unknown> = () => Promise.resolve(),
+  count = 50,
+): Promise<void> {
+  const warnings: string[] = [];
+  const onWarning = (warning: Error): void => {
+    if (warning.name === 'MaxListenersExceededWarning') warnings.push(warning.message);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  const listeners = (signal: AbortSignal): number => getEventListeners(signal, 'abort').length;
+
+  const first = new AbortController();
+  const canceled = Array.from({ length: count }, (_, i) => outcome(send('slow', utf8(String(i)), first.signal)));
+  assert.equal(listeners(first.signal), 1, `one listener for the ${count} requests`);
+  const reason = new Error('the page was left');
+  first.abort(reason);
+  for (const result of await Promise.all(canceled)) {
+    assert.ok(result.error instanceof CanceledError, String(result.error));
+    assert.equal(result.error.cause, reason);
+  }
+  assert.equal(listeners(first.signal), 0);
+
+  const second = new AbortController();
+  const answered = Array.from({ length: count }, (_, i) => send('echo', utf8(String(i)), second.signal));
+  assert.equal(listeners(second.signal), 1, `one listener for the ${count} requests`);
+  await beforeReplies();
+  const replies = await Promise.all(answered);
+  assert.deepEqual(
+    replies.map((reply) => payloadText(reply)),
+    Array.from({ length: count }, (_, i) => String(i)),
+  );
+  assert.equal(listeners(second.signal), 0, 'no listener left once the requests settled');
+  // process.emitWarning emits on the next tick.
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(warnings, []);
 }
 
 /** AcceptConf bytes as a (possibly odd) server would send them. */

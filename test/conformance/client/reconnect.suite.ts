@@ -11,7 +11,7 @@ import { ConnectError, DisconnectedError, QueueFullError, TimeoutError } from '.
 import type { Connection } from '../../../src/server/connection.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
 import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
-import { aborted, freePort, outcome, startServerOnPort } from './helpers.ts';
+import { aborted, freePort, outcome, sharedSignalBatches, startServerOnPort } from './helpers.ts';
 
 const echo = { onRequest: (_conn: Connection, msg: { payload: ReturnType<typeof utf8> }) => msg.payload };
 
@@ -105,6 +105,17 @@ test('a waiting request is aborted by its signal while no server is up', async (
   const result = await pending;
   assert.equal((result.error as Error)?.name, 'CanceledError', String(result.error));
   assert.ok(performance.now() - abortedAt < 50);
+});
+
+test('50 waiting requests sharing one AbortSignal: one listener on it while they wait, none once they settle', async (t) => {
+  const port = await freePort();
+  const client = looseClient(t, `ws://127.0.0.1:${port}/`, { reconnect: { initialDelay: 20, maxDelay: 50 } });
+  await sharedSignalBatches(
+    t,
+    (name, payload, signal) => client.request(name, payload, { timeout: 5_000, signal }),
+    // The second batch waits for this server, then moves to the connection with its signal.
+    () => startServerOnPort(t, port, echo),
+  );
 });
 
 test('pending requests reject with DisconnectedError at once when the server terminates the connection', async (t) => {

@@ -12,7 +12,7 @@ import { CanceledError, InternalError, PeerUnsupportedError, RequestError, Timeo
 import type { ServerOptions } from '../../../src/server/options.ts';
 import type { Connection } from '../../../src/server/connection.ts';
 import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
-import { abortedWithin, outcome } from './helpers.ts';
+import { abortedWithin, outcome, sharedSignalBatches } from './helpers.ts';
 
 /** A server and one client; resolves with the server side of that client's connection. */
 async function pair(
@@ -182,6 +182,17 @@ test('conn.request() with an AbortSignal: CanceledError, and the client handler 
   assert.ok(reason instanceof CanceledError, String(reason));
   // The connection carries on.
   assert.equal(payloadText(await conn.request('echo', utf8('ok'), { timeout: 1_000 })), 'ok');
+});
+
+test('conn.request() with one AbortSignal shared by 50 requests: one listener on it, none left after', async (t) => {
+  const { conn } = await pair(t, {
+    onRequest: async (msg, ctx) => {
+      if (msg.name !== 'slow') return msg.payload;
+      await abortedWithin(ctx.signal, 1_000);
+      return 'late';
+    },
+  });
+  await sharedSignalBatches(t, (name, payload, signal) => conn.request(name, payload, { timeout: 5_000, signal }));
 });
 
 test('toward a raw v2.0 peer (no ClientConf) conn.request() rejects at once and sends nothing', async (t) => {
