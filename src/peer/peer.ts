@@ -116,6 +116,12 @@ class RunningRequest implements RequestContext {
   #abortReason: Error | undefined;
   /** Set when the requester cancelled: the reply is then not sent. */
   canceled = false;
+  /**
+   * A request with the same id that was already running when this one came (ids are the peer's
+   * to choose, and nothing stops it from reusing one): the map of running requests holds the
+   * newest, each the one it shadows, so that a cancel, a close or a shutdown reaches them all.
+   */
+  shadowed: RunningRequest | undefined;
 
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -348,6 +354,7 @@ export class Peer implements SocketHandlers {
       const key = inboundKey(message.id);
       const entry = new RunningRequest();
       this.#running ??= new Map();
+      entry.shadowed = this.#running.get(key);
       this.#running.set(key, entry);
       // The reply needs the id and the name only. The id is a view into the received message,
       // so it is kept as its number (or copied when it has none); and the callbacks that wait
@@ -404,9 +411,23 @@ export class Peer implements SocketHandlers {
   }
 
   #release(key: number | string, entry: RunningRequest): void {
-    if (this.#running?.get(key) === entry) this.#running.delete(key);
+    this.#forgetRunning(key, entry);
     this.#inflightRequests--;
     this.#releaseSlot();
+  }
+
+  /** Takes a request whose handler settled out of the running ones (see `RunningRequest.shadowed`). */
+  #forgetRunning(key: number | string, entry: RunningRequest): void {
+    const newest = this.#running?.get(key);
+    if (newest === entry) {
+      if (entry.shadowed === undefined) this.#running!.delete(key);
+      else this.#running!.set(key, entry.shadowed);
+    } else {
+      let later = newest;
+      while (later !== undefined && later.shadowed !== entry) later = later.shadowed;
+      if (later !== undefined) later.shadowed = entry.shadowed;
+    }
+    entry.shadowed = undefined;
   }
 
   #releaseSlot(): void {
@@ -462,9 +483,12 @@ export class Peer implements SocketHandlers {
       this.#dropQueuedRequest(key);
       return;
     }
-    if (entry.canceled) return;
-    entry.canceled = true;
-    entry.abort(new CanceledError('canceled by the requester'));
+    // Every running request with this id: the requester cannot tell them apart either.
+    for (let running: RunningRequest | undefined = entry; running !== undefined; running = running.shadowed) {
+      if (running.canceled) continue;
+      running.canceled = true;
+      running.abort(new CanceledError('canceled by the requester'));
+    }
   }
 
   /** A request canceled before its handler started never runs. */
@@ -656,7 +680,9 @@ export class Peer implements SocketHandlers {
 
   /** Aborts the signals of every running handler (the connection closed, or shutdown timed out). */
   abortHandlers(reason: Error): void {
-    for (const entry of this.#running?.values() ?? []) entry.abort(reason);
+    for (const newest of this.#running?.values() ?? []) {
+      for (let entry: RunningRequest | undefined = newest; entry !== undefined; entry = entry.shadowed) entry.abort(reason);
+    }
   }
 
   /**
