@@ -12,6 +12,7 @@ import { toPayload } from '../../protocol/payload.ts';
 import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
 import type { Message, Payload, ReplyErrorMessage, RequestId, SpecialReplyMessage } from '../../protocol/types.ts';
 import type { RequestIdInput } from '../../protocol/encode.ts';
+import { assertSendableCloseCode } from '../../transports/close-frame.ts';
 import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
@@ -690,6 +691,9 @@ export class Peer implements SocketHandlers {
    * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped.
    */
   close(code: number, reason: string): void {
+    // Before any state changes: the transport refuses such a code, and an engine marked closing
+    // with its socket still open would never close (nor settle what waits for it).
+    assertSendableCloseCode(code);
     if (this.#state !== 'open') return;
     this.#state = 'closing';
     this.#closeCode = code;

@@ -8,6 +8,7 @@ import {
 import { ProtocolError } from '../../protocol/errors.ts';
 import { EMPTY_PAYLOAD, utf8 } from '../../protocol/payload.ts';
 import { CloseCode, type Message, type Payload, type RequestId } from '../../protocol/types.ts';
+import { assertSendableCloseCode } from '../../transports/close-frame.ts';
 import type { SocketHandlers, TransportSocket, UpgradeRequest } from '../../transports/types.ts';
 import {
   DisconnectedError,
@@ -335,9 +336,19 @@ export class Connection {
 
   /**
    * Closes gracefully: new requests get the shutdown reply, running handlers finish and their
-   * replies are delivered, then the connection closes with `code` (default 1000).
+   * replies are delivered, then the connection closes with `code` (default 1000). Rejects with
+   * RangeError, the connection left as it was, for a code that may not be sent (1000-1003,
+   * 1007-1014, 3000-4999 may).
    */
   close(code: number = CloseCode.Normal, reason = 'closed by the server'): Promise<void> {
+    if (this.closing === undefined) {
+      // Checked before draining: a valid close must still work after this one.
+      try {
+        assertSendableCloseCode(code);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
     this.closing ??= (async () => {
       this.peer.drain();
       await this.peer.whenIdle();
