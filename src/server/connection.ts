@@ -32,6 +32,7 @@ import {
 } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
+import { MAX_TIMER_DELAY } from '../util/validate.ts';
 import { checkTopic, type TopicRegistry } from './topics.ts';
 
 /** What the Server gives each connection. */
@@ -801,7 +802,11 @@ export class Connection {
     }
   }
 
-  /** One timer per connection, re-armed lazily from the time of the last message received. */
+  /**
+   * One timer per connection, re-armed lazily from the time of the last message received. A
+   * `readTimeout` longer than a timer can wait (it may be up to 2^32 - 1 ms, as AcceptConf carries
+   * it) is waited for in steps: Node would fire a longer timer after 1 ms.
+   */
   private armReadTimer(delay: number): void {
     this.readTimer = setTimeout(
       () => {
@@ -814,7 +819,7 @@ export class Connection {
           this.armReadTimer(readTimeout - silent);
         }
       },
-      Math.max(1, Math.ceil(delay)),
+      Math.min(MAX_TIMER_DELAY, Math.max(1, Math.ceil(delay))),
     );
   }
 
