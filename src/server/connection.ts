@@ -129,6 +129,11 @@ export class Connection {
   private pendingUpdate: { readonly session: Session; readonly json: string } | null = null;
   /** The topics this connection subscribes to; created on the first subscribe (most have none). */
   private subscribed: Set<string> | undefined;
+  /**
+   * The client's session requests (restore 32, close 31) being answered, which are requests as
+   * much as those handlers answer: a graceful close waits for them too. Made on the first one.
+   */
+  private sessionRequests: Set<Promise<void>> | undefined;
 
   /** @internal Created by the Server. */
   constructor(socket: TransportSocket, request: UpgradeRequest, context: ConnectionContext) {
@@ -336,8 +341,8 @@ export class Connection {
   }
 
   /**
-   * Closes gracefully: new requests get the shutdown reply, running handlers finish and their
-   * replies are delivered, then the connection closes with `code` (default 1000). Rejects with
+   * Closes gracefully: new requests get the shutdown reply, running handlers (and the client's
+   * session restore or close) finish and their replies are delivered, then the connection closes with `code` (default 1000). Rejects with
    * RangeError, the connection left as it was, for a code that may not be sent (1000-1003,
    * 1007-1014, 3000-4999 may).
    */
@@ -352,7 +357,7 @@ export class Connection {
     }
     this.closing ??= (async () => {
       this.peer.drain();
-      await this.peer.whenIdle();
+      await this.whenIdle();
       this.closeNow(code, reason);
       await this.closed;
     })();
@@ -732,6 +737,17 @@ export class Connection {
     this.peer.sendRaw(encodeReply(id, utf8(update?.json ?? json)));
   }
 
+  /** Counts a session request as in flight until it is answered (see `whenIdle`). */
+  private sessionRequest(answered: Promise<void>): void {
+    this.sessionRequests ??= new Set();
+    const requests = this.sessionRequests;
+    requests.add(answered);
+    const done = (): void => {
+      requests.delete(answered);
+    };
+    answered.then(done, done);
+  }
+
   /** Last resort for a session request that failed unexpectedly: logged, internal-error reply. */
   private sessionFailure(id: RequestId, error: unknown): void {
     this.context.options.logger.error('session request failed', { error });
@@ -743,9 +759,15 @@ export class Connection {
     this.peer.drain();
   }
 
-  /** @internal Shutdown, step 2: resolves when no handler runs or waits. */
+  /**
+   * @internal Shutdown, step 2: resolves when no handler runs or waits and every session request
+   * is answered (or the connection closed). Once draining, no new one starts.
+   */
   whenIdle(): Promise<void> {
-    return this.peer.whenIdle();
+    const handlers = this.peer.whenIdle();
+    const sessions = this.sessionRequests;
+    if (sessions === undefined || sessions.size === 0) return handlers;
+    return Promise.all([handlers, Promise.race([Promise.all(sessions), this.closed])]).then(() => {});
   }
 
   /** @internal Shutdown timed out: abort what still runs. */
@@ -787,12 +809,13 @@ export class Connection {
         } else if (this.context.sessions === null) {
           // Disabled: answered at once, and no store hook is called.
           this.peer.sendRaw(encodeSpecialReply(message.id, 'sessions-disabled'));
-        } else if (message.kind === 'close-session') {
-          this.clientCloseSession(message.id).catch((error: unknown) => this.sessionFailure(message.id, error));
         } else {
-          this.clientRestoreSession(message.id, message.key).catch((error: unknown) =>
-            this.sessionFailure(message.id, error),
-          );
+          const { id } = message;
+          const answer =
+            message.kind === 'close-session'
+              ? this.clientCloseSession(id)
+              : this.clientRestoreSession(id, message.key);
+          this.sessionRequest(answer.catch((error: unknown) => this.sessionFailure(id, error)));
         }
         return;
       default:

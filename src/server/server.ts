@@ -438,7 +438,8 @@ export class Server {
 
   /**
    * Shuts down gracefully: new connections get HTTP 503, new requests the shutdown reply, signals
-   * are dropped; requests in flight finish and their replies are delivered; then every
+   * are dropped; requests in flight (a client's session restore or close included) finish and
+   * their replies are delivered; then every
    * connection closes with 1001 and the transport stops. After `timeout` ms, handlers still
    * running are aborted (their AbortSignal fires) and connections close anyway.
    */
