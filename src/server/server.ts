@@ -130,9 +130,12 @@ export class Server {
         { maxMessageSize: this.options.maxMessageSize },
       );
     } catch (error) {
-      this.state = 'stopped';
+      if (this.state === 'starting') this.state = 'stopped';
       throw error;
     }
+    // shutdown() while the transport started: it stops the transport, and the server stays
+    // shutting down (then stopped), not listening again for a while.
+    if (this.state !== 'starting') return;
     this.state = 'listening';
     // Sessions closed or updated by key on other servers reach their connections here.
     if (this.options.sessions !== null) this.busSubscriptions?.want(SESSIONS_CHANNEL, true);

@@ -10,6 +10,7 @@ import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { Client } from '../../../src/client/client.ts';
 import { ConnectError, DisconnectedError, ShutdownError } from '../../../src/errors.ts';
 import type { Connection } from '../../../src/server/connection.ts';
+import { Server } from '../../../src/server/server.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
 import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { within } from '../server/wire.ts';
@@ -242,4 +243,15 @@ test('client.close() with a code that may not be sent rejects with RangeError an
   await client.close(4001, 'done');
   await waitFor(() => closedWith !== undefined, 1_000, 'the server to see the close');
   assert.equal(closedWith, 4001);
+});
+
+test('listen() and shutdown() called together: once listen() resolves the server is shutting down, and it ends stopped', async () => {
+  const server = new Server({ transport: transportUnderTest().server(), logger: recordingLogger() });
+  const listening = server.listen();
+  const stopping = server.shutdown({ timeout: 200 });
+  await listening;
+  assert.equal(server.isShuttingDown, true, 'listen() must not undo the shutdown begun meanwhile');
+  await stopping;
+  assert.equal(server.isShuttingDown, true);
+  assert.equal(server.address(), null);
 });
