@@ -12,7 +12,6 @@ import { toPayload } from '../../protocol/payload.ts';
 import { CLOSE_ABNORMAL, CLOSE_POLICY_VIOLATION } from '../../protocol/codes.ts';
 import type { Message, Payload, ReplyErrorMessage, RequestId, SpecialReplyMessage } from '../../protocol/types.ts';
 import type { RequestIdInput } from '../../protocol/encode.ts';
-import { assertSendableCloseCode } from '../../transports/close-frame.ts';
 import type { SendResult, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
@@ -412,23 +411,18 @@ export class Peer implements SocketHandlers {
   }
 
   #release(key: number | string, entry: RunningRequest): void {
-    this.#forgetRunning(key, entry);
-    this.#inflightRequests--;
-    this.#releaseSlot();
-  }
-
-  /** Takes a request whose handler settled out of the running ones (see `RunningRequest.shadowed`). */
-  #forgetRunning(key: number | string, entry: RunningRequest): void {
-    const newest = this.#running?.get(key);
-    if (newest === entry) {
-      if (entry.shadowed === undefined) this.#running!.delete(key);
-      else this.#running!.set(key, entry.shadowed);
+    // Out of the running requests, wherever it is among those with its id (see `shadowed`).
+    const running = this.#running!;
+    let later = running.get(key);
+    if (later === entry) {
+      if (entry.shadowed === undefined) running.delete(key);
+      else running.set(key, entry.shadowed);
     } else {
-      let later = newest;
       while (later !== undefined && later.shadowed !== entry) later = later.shadowed;
       if (later !== undefined) later.shadowed = entry.shadowed;
     }
-    entry.shadowed = undefined;
+    this.#inflightRequests--;
+    this.#releaseSlot();
   }
 
   #releaseSlot(): void {
@@ -479,16 +473,16 @@ export class Peer implements SocketHandlers {
 
   #cancelInbound(id: RequestId): void {
     const key = inboundKey(id);
-    const entry = this.#running?.get(key);
+    let entry = this.#running?.get(key);
     if (entry === undefined) {
       this.#dropQueuedRequest(key);
       return;
     }
     // Every running request with this id: the requester cannot tell them apart either.
-    for (let running: RunningRequest | undefined = entry; running !== undefined; running = running.shadowed) {
-      if (running.canceled) continue;
-      running.canceled = true;
-      running.abort(new CanceledError('canceled by the requester'));
+    for (; entry !== undefined; entry = entry.shadowed) {
+      if (entry.canceled) continue;
+      entry.canceled = true;
+      entry.abort(new CanceledError('canceled by the requester'));
     }
   }
 
@@ -682,18 +676,19 @@ export class Peer implements SocketHandlers {
   /** Aborts the signals of every running handler (the connection closed, or shutdown timed out). */
   abortHandlers(reason: Error): void {
     for (const newest of this.#running?.values() ?? []) {
-      for (let entry: RunningRequest | undefined = newest; entry !== undefined; entry = entry.shadowed) entry.abort(reason);
+      for (let entry: RunningRequest | undefined = newest; entry !== undefined; entry = entry.shadowed)
+        entry.abort(reason);
     }
   }
 
   /**
    * Starts the closing handshake. Pending requests are rejected once the socket reports the close;
-   * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped.
+   * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped. `code` must
+   * be one a close frame may carry: the owners check a code given by their caller first
+   * (`conn.close()`, `client.close()`), as the transport throws for another one only after the
+   * engine is marked closing, which would then never close.
    */
   close(code: number, reason: string): void {
-    // Before any state changes: the transport refuses such a code, and an engine marked closing
-    // with its socket still open would never close (nor settle what waits for it).
-    assertSendableCloseCode(code);
     if (this.#state !== 'open') return;
     this.#state = 'closing';
     this.#closeCode = code;

@@ -812,9 +812,7 @@ export class Connection {
         } else {
           const { id } = message;
           const answer =
-            message.kind === 'close-session'
-              ? this.clientCloseSession(id)
-              : this.clientRestoreSession(id, message.key);
+            message.kind === 'close-session' ? this.clientCloseSession(id) : this.clientRestoreSession(id, message.key);
           this.sessionRequest(answer.catch((error: unknown) => this.sessionFailure(id, error)));
         }
         return;
