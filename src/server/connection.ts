@@ -31,8 +31,8 @@ import {
   sessionToJson,
 } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
-import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 import { MAX_TIMER_DELAY } from '../util/validate.ts';
+import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 import { checkTopic, type TopicRegistry } from './topics.ts';
 
 /** What the Server gives each connection. */
@@ -342,9 +342,9 @@ export class Connection {
 
   /**
    * Closes gracefully: new requests get the shutdown reply, running handlers (and the client's
-   * session restore or close) finish and their replies are delivered, then the connection closes with `code` (default 1000). Rejects with
-   * RangeError, the connection left as it was, for a code that may not be sent (1000-1003,
-   * 1007-1014, 3000-4999 may).
+   * session restore or close) finish and their replies are delivered, then the connection closes
+   * with `code` (default 1000). Rejects with RangeError, the connection left as it was, for a code
+   * that may not be sent (1000-1003, 1007-1014, 3000-4999 may).
    */
   close(code: number = CloseCode.Normal, reason = 'closed by the server'): Promise<void> {
     if (this.closing === undefined) {

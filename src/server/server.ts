@@ -442,9 +442,9 @@ export class Server {
   /**
    * Shuts down gracefully: new connections get HTTP 503, new requests the shutdown reply, signals
    * are dropped; requests in flight (a client's session restore or close included) finish and
-   * their replies are delivered; then every
-   * connection closes with 1001 and the transport stops. After `timeout` ms, handlers still
-   * running are aborted (their AbortSignal fires) and connections close anyway.
+   * their replies are delivered; then every connection closes with 1001 and the transport stops.
+   * After `timeout` ms, handlers still running are aborted (their AbortSignal fires) and
+   * connections close anyway.
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
     const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, MAX_TIMER_DELAY);
