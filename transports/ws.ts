@@ -718,6 +718,13 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     /** Connections of an owned server still within their `handshakeTimeout`. */
     readonly handshaking: Map<Duplex, ReturnType<typeof setTimeout>>;
     readonly onConnection: (socket: Duplex) => void;
+    /**
+     * An owned HTTPS server's TCP connections, for `stop()`: one whose TLS handshake has not
+     * completed is no HTTP connection yet, so `closeAllConnections()` leaves it, and `close()`
+     * would wait for it until the TLS handshake timeout.
+     */
+    readonly tcp: Set<Duplex> | undefined;
+    readonly onTcpConnection: ((socket: Duplex) => void) | undefined;
     stopped: boolean;
   }
 
@@ -899,13 +906,33 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       socket.once('close', () => forgetHandshake(socket));
     };
 
-    const run: Run = { http, owned, onUpgrade, pending, live, handshaking, onConnection, stopped: false };
+    const tcp = owned && opts.tls !== undefined ? new Set<Duplex>() : undefined;
+    const onTcpConnection =
+      tcp === undefined
+        ? undefined
+        : (socket: Duplex): void => {
+            tcp.add(socket);
+            socket.once('close', () => tcp.delete(socket));
+          };
+    const run: Run = {
+      http,
+      owned,
+      onUpgrade,
+      pending,
+      live,
+      handshaking,
+      onConnection,
+      tcp,
+      onTcpConnection,
+      stopped: false,
+    };
     http.on('upgrade', onUpgrade);
     if (!owned) return { run, ready: Promise.resolve() };
 
     http.on('request', answerUpgradeRequired);
     // For HTTPS, the socket Node parses HTTP on (and hands to 'upgrade') is the TLS one.
     http.on(opts.tls === undefined ? 'connection' : 'secureConnection', onConnection);
+    if (onTcpConnection !== undefined) http.on('connection', onTcpConnection);
     const ready = new Promise<void>((resolve, reject) => {
       const onError = (err: Error): void => {
         http.off('listening', onListening);
@@ -948,10 +975,13 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       await new Promise<void>((resolve) => {
         run.http.close(() => resolve());
         run.http.closeAllConnections();
+        // What is left is still in its TLS handshake.
+        for (const socket of run.tcp ?? []) socket.destroy();
       });
     }
     run.http.off('request', answerUpgradeRequired);
     run.http.off(opts.tls === undefined ? 'connection' : 'secureConnection', run.onConnection);
+    if (run.onTcpConnection !== undefined) run.http.off('connection', run.onTcpConnection);
     run.http.off('error', noop);
   }
 

@@ -14,6 +14,7 @@ import { encodeUtf8, payloadText } from '../../protocol/payload.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR } from '../../protocol/codes.ts';
 import { type AcceptConfMessage, type Message, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
+import { assertSendableCloseCode } from '../../transports/close-frame.ts';
 import type { ClientTransport, ConnectFailure, SocketHandlers, TransportSocket } from '../../transports/types.ts';
 import {
   CanceledError,
@@ -545,9 +546,13 @@ export class Client extends Emitter<ClientEvents> {
 
   /**
    * Closes the client for good: no more reconnects; pending and waiting requests are rejected with
-   * DisconnectedError. Resolves when the connection is closed.
+   * DisconnectedError. Resolves when the connection is closed. Rejects with RangeError, the
+   * client left as it was, for a code that may not be sent (1000-1003, 1007-1014, 3000-4999 may).
    */
   async close(code: number = CLOSE_NORMAL, reason = 'client closed'): Promise<void> {
+    // Before the client is marked closed: its connection would stay open, and a valid close()
+    // would then do nothing.
+    assertSendableCloseCode(code);
     if (this.#currentState === 'closed') return;
     this.#setState('closed');
     this.#settleWaiters(new DisconnectedError('the client was closed'));

@@ -116,6 +116,12 @@ class RunningRequest implements RequestContext {
   #abortReason: Error | undefined;
   /** Set when the requester cancelled: the reply is then not sent. */
   canceled = false;
+  /**
+   * A request with the same id that was already running when this one came (ids are the peer's
+   * to choose, and nothing stops it from reusing one): the map of running requests holds the
+   * newest, each the one it shadows, so that a cancel, a close or a shutdown reaches them all.
+   */
+  shadowed: RunningRequest | undefined;
 
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -348,6 +354,7 @@ export class Peer implements SocketHandlers {
       const key = inboundKey(message.id);
       const entry = new RunningRequest();
       this.#running ??= new Map();
+      entry.shadowed = this.#running.get(key);
       this.#running.set(key, entry);
       // The reply needs the id and the name only. The id is a view into the received message,
       // so it is kept as its number (or copied when it has none); and the callbacks that wait
@@ -404,7 +411,16 @@ export class Peer implements SocketHandlers {
   }
 
   #release(key: number | string, entry: RunningRequest): void {
-    if (this.#running?.get(key) === entry) this.#running.delete(key);
+    // Out of the running requests, wherever it is among those with its id (see `shadowed`).
+    const running = this.#running!;
+    let later = running.get(key);
+    if (later === entry) {
+      if (entry.shadowed === undefined) running.delete(key);
+      else running.set(key, entry.shadowed);
+    } else {
+      while (later !== undefined && later.shadowed !== entry) later = later.shadowed;
+      if (later !== undefined) later.shadowed = entry.shadowed;
+    }
     this.#inflightRequests--;
     this.#releaseSlot();
   }
@@ -457,14 +473,17 @@ export class Peer implements SocketHandlers {
 
   #cancelInbound(id: RequestId): void {
     const key = inboundKey(id);
-    const entry = this.#running?.get(key);
+    let entry = this.#running?.get(key);
     if (entry === undefined) {
       this.#dropQueuedRequest(key);
       return;
     }
-    if (entry.canceled) return;
-    entry.canceled = true;
-    entry.abort(new CanceledError('canceled by the requester'));
+    // Every running request with this id: the requester cannot tell them apart either.
+    for (; entry !== undefined; entry = entry.shadowed) {
+      if (entry.canceled) continue;
+      entry.canceled = true;
+      entry.abort(new CanceledError('canceled by the requester'));
+    }
   }
 
   /** A request canceled before its handler started never runs. */
@@ -656,12 +675,18 @@ export class Peer implements SocketHandlers {
 
   /** Aborts the signals of every running handler (the connection closed, or shutdown timed out). */
   abortHandlers(reason: Error): void {
-    for (const entry of this.#running?.values() ?? []) entry.abort(reason);
+    for (const newest of this.#running?.values() ?? []) {
+      for (let entry: RunningRequest | undefined = newest; entry !== undefined; entry = entry.shadowed)
+        entry.abort(reason);
+    }
   }
 
   /**
    * Starts the closing handshake. Pending requests are rejected once the socket reports the close;
-   * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped.
+   * a peer that does not complete the handshake within `CLOSE_GRACE` ms is dropped. `code` must
+   * be one a close frame may carry: the owners check a code given by their caller first
+   * (`conn.close()`, `client.close()`), as the transport throws for another one only after the
+   * engine is marked closing, which would then never close.
    */
   close(code: number, reason: string): void {
     if (this.#state !== 'open') return;

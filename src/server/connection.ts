@@ -8,6 +8,7 @@ import {
 import { ProtocolError } from '../../protocol/errors.ts';
 import { EMPTY_PAYLOAD, utf8 } from '../../protocol/payload.ts';
 import { CloseCode, type Message, type Payload, type RequestId } from '../../protocol/types.ts';
+import { assertSendableCloseCode } from '../../transports/close-frame.ts';
 import type { SocketHandlers, TransportSocket, UpgradeRequest } from '../../transports/types.ts';
 import {
   DisconnectedError,
@@ -30,6 +31,7 @@ import {
   sessionToJson,
 } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
+import { MAX_TIMER_DELAY } from '../util/validate.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 import { checkTopic, type TopicRegistry } from './topics.ts';
 
@@ -127,6 +129,11 @@ export class Connection {
   private pendingUpdate: { readonly session: Session; readonly json: string } | null = null;
   /** The topics this connection subscribes to; created on the first subscribe (most have none). */
   private subscribed: Set<string> | undefined;
+  /**
+   * The client's session requests (restore 32, close 31) being answered, which are requests as
+   * much as those handlers answer: a graceful close waits for them too. Made on the first one.
+   */
+  private sessionRequests: Set<Promise<void>> | undefined;
 
   /** @internal Created by the Server. */
   constructor(socket: TransportSocket, request: UpgradeRequest, context: ConnectionContext) {
@@ -334,13 +341,23 @@ export class Connection {
   }
 
   /**
-   * Closes gracefully: new requests get the shutdown reply, running handlers finish and their
-   * replies are delivered, then the connection closes with `code` (default 1000).
+   * Closes gracefully: new requests get the shutdown reply, running handlers (and the client's
+   * session restore or close) finish and their replies are delivered, then the connection closes
+   * with `code` (default 1000). Rejects with RangeError, the connection left as it was, for a code
+   * that may not be sent (1000-1003, 1007-1014, 3000-4999 may).
    */
   close(code: number = CloseCode.Normal, reason = 'closed by the server'): Promise<void> {
+    if (this.closing === undefined) {
+      // Checked before draining: a valid close must still work after this one.
+      try {
+        assertSendableCloseCode(code);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
     this.closing ??= (async () => {
       this.peer.drain();
-      await this.peer.whenIdle();
+      await this.whenIdle();
       this.closeNow(code, reason);
       await this.closed;
     })();
@@ -720,6 +737,17 @@ export class Connection {
     this.peer.sendRaw(encodeReply(id, utf8(update?.json ?? json)));
   }
 
+  /** Counts a session request as in flight until it is answered (see `whenIdle`). */
+  private sessionRequest(answered: Promise<void>): void {
+    this.sessionRequests ??= new Set();
+    const requests = this.sessionRequests;
+    requests.add(answered);
+    const done = (): void => {
+      requests.delete(answered);
+    };
+    answered.then(done, done);
+  }
+
   /** Last resort for a session request that failed unexpectedly: logged, internal-error reply. */
   private sessionFailure(id: RequestId, error: unknown): void {
     this.context.options.logger.error('session request failed', { error });
@@ -731,9 +759,15 @@ export class Connection {
     this.peer.drain();
   }
 
-  /** @internal Shutdown, step 2: resolves when no handler runs or waits. */
+  /**
+   * @internal Shutdown, step 2: resolves when no handler runs or waits and every session request
+   * is answered (or the connection closed). Once draining, no new one starts.
+   */
   whenIdle(): Promise<void> {
-    return this.peer.whenIdle();
+    const handlers = this.peer.whenIdle();
+    const sessions = this.sessionRequests;
+    if (sessions === undefined || sessions.size === 0) return handlers;
+    return Promise.all([handlers, Promise.race([Promise.all(sessions), this.closed])]).then(() => {});
   }
 
   /** @internal Shutdown timed out: abort what still runs. */
@@ -775,12 +809,11 @@ export class Connection {
         } else if (this.context.sessions === null) {
           // Disabled: answered at once, and no store hook is called.
           this.peer.sendRaw(encodeSpecialReply(message.id, 'sessions-disabled'));
-        } else if (message.kind === 'close-session') {
-          this.clientCloseSession(message.id).catch((error: unknown) => this.sessionFailure(message.id, error));
         } else {
-          this.clientRestoreSession(message.id, message.key).catch((error: unknown) =>
-            this.sessionFailure(message.id, error),
-          );
+          const { id } = message;
+          const answer =
+            message.kind === 'close-session' ? this.clientCloseSession(id) : this.clientRestoreSession(id, message.key);
+          this.sessionRequest(answer.catch((error: unknown) => this.sessionFailure(id, error)));
         }
         return;
       default:
@@ -790,7 +823,11 @@ export class Connection {
     }
   }
 
-  /** One timer per connection, re-armed lazily from the time of the last message received. */
+  /**
+   * One timer per connection, re-armed lazily from the time of the last message received. A
+   * `readTimeout` longer than a timer can wait (it may be up to 2^32 - 1 ms, as AcceptConf carries
+   * it) is waited for in steps: Node would fire a longer timer after 1 ms.
+   */
   private armReadTimer(delay: number): void {
     this.readTimer = setTimeout(
       () => {
@@ -803,7 +840,7 @@ export class Connection {
           this.armReadTimer(readTimeout - silent);
         }
       },
-      Math.max(1, Math.ceil(delay)),
+      Math.min(MAX_TIMER_DELAY, Math.max(1, Math.ceil(delay))),
     );
   }
 

@@ -130,9 +130,12 @@ export class Server {
         { maxMessageSize: this.options.maxMessageSize },
       );
     } catch (error) {
-      this.state = 'stopped';
+      if (this.state === 'starting') this.state = 'stopped';
       throw error;
     }
+    // shutdown() while the transport started: it stops the transport, and the server stays
+    // shutting down (then stopped), not listening again for a while.
+    if (this.state !== 'starting') return;
     this.state = 'listening';
     // Sessions closed or updated by key on other servers reach their connections here.
     if (this.options.sessions !== null) this.busSubscriptions?.want(SESSIONS_CHANNEL, true);
@@ -438,9 +441,10 @@ export class Server {
 
   /**
    * Shuts down gracefully: new connections get HTTP 503, new requests the shutdown reply, signals
-   * are dropped; requests in flight finish and their replies are delivered; then every
-   * connection closes with 1001 and the transport stops. After `timeout` ms, handlers still
-   * running are aborted (their AbortSignal fires) and connections close anyway.
+   * are dropped; requests in flight (a client's session restore or close included) finish and
+   * their replies are delivered; then every connection closes with 1001 and the transport stops.
+   * After `timeout` ms, handlers still running are aborted (their AbortSignal fires) and
+   * connections close anyway.
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
     const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, MAX_TIMER_DELAY);

@@ -29,14 +29,16 @@ import { gzipSync } from 'node:zlib';
  * transport honouring the connect signal, so `close()` ends a connect in progress at once;
  * 11,442 with the reconnect backoff's `minUptime`, against servers that accept and drop at once,
  * and configuration errors not retried; 11,544 with one 'abort' listener per signal however many
- * requests share it, not one per request, which made Node warn past 10 with a page-wide signal).
- * What is left is the feature set, measured on this bundle: with every message text deleted it
+ * requests share it, not one per request, which made Node warn past 10 with a page-wide signal;
+ * 11,608 with every handler of a request id a server reused aborted on close and cancel, where
+ * the last one hid the others, and `close()` refusing a code that may not be sent before the
+ * client is marked closed). What is left is the feature set, measured on this bundle: with every message text deleted it
  * is still ~9,560 bytes; without the client's sessions ~9,490, and without sessions, reconnect
  * and the request queue ~9,000 (~8,120 with no message text either).
  * So 8 KB means moving features out of the default bundle (a product decision, not a
- * minification one); until that is decided, this keeps the bundle from growing (11,544 + ~0.3%).
+ * minification one); until that is decided, this keeps the bundle from growing (11,608 + ~0.3%).
  */
-const BUDGET_BYTES = 11_582;
+const BUDGET_BYTES = 11_643;
 
 const bundleUrl = new URL('../../dist/browser/duplexwire-client.js', import.meta.url);
 const metaUrl = new URL('../../dist/browser/duplexwire-client.meta.json', import.meta.url);

@@ -851,9 +851,10 @@ function wsLevelViolation(op: ServerOp): number | undefined {
 /**
  * What the client does with the server ops of an accepted connection: which op closes it, with
  * which code, and which session it holds at the end. Server requests count against the client's
- * maxInflightRequests only when its handler never answers ('hang'); a cancel releases one, but
- * only once its handler settled (a microtask later), so the 1008 close is "possible" from the
- * first request where no cancel counts and "certain" where even all cancels do not help.
+ * maxInflightRequests only when its handler never answers ('hang'); a cancel releases those of
+ * its id (every one, when the server reused the id), but only once their handlers settled (a
+ * microtask later), so the 1008 close is "possible" from the first request where no cancel counts
+ * and "certain" where even all cancels do not help.
  */
 function connectionModel(plan: Plan, setup: Setup, v21: boolean): ConnectionModel {
   const burst = burstLength(plan);
@@ -865,7 +866,8 @@ function connectionModel(plan: Plan, setup: Setup, v21: boolean): ConnectionMode
   // may ignore server requests (they are not part of v2.0): they count for max only.
   let min = 0;
   let max = 0;
-  const latest = new Map<string, { canceled: boolean }>();
+  /** Requests of each id not canceled yet: a cancel of the id releases them all. */
+  const uncanceled = new Map<string, number>();
   let session: Set<string | null> | undefined = new Set([null]);
   // An ending that does not wait for the client to read everything (client.close(), a destroy
   // that may discard what the client has not read yet): it may stop after any op.
@@ -901,7 +903,7 @@ function connectionModel(plan: Plan, setup: Setup, v21: boolean): ConnectionMode
     if (message.kind === 'request' && setup.handler === 'hang') {
       max++;
       if (v21) min++;
-      latest.set(hex(message.id), { canceled: false });
+      uncanceled.set(hex(message.id), (uncanceled.get(hex(message.id)) ?? 0) + 1);
       if (min > HANG_INFLIGHT) {
         certain = 1008;
         certainAt = at;
@@ -913,11 +915,9 @@ function connectionModel(plan: Plan, setup: Setup, v21: boolean): ConnectionMode
         ambiguous = true;
       }
     } else if (message.kind === 'cancel') {
-      const entry = latest.get(hex(message.id));
-      if (entry !== undefined && !entry.canceled) {
-        entry.canceled = true;
-        if (v21) min = Math.max(0, min - 1);
-      }
+      const released = uncanceled.get(hex(message.id)) ?? 0;
+      uncanceled.delete(hex(message.id));
+      if (v21) min = Math.max(0, min - released);
     } else if (message.kind === 'session-created' && session !== undefined) {
       const key = SESSION_JSON.get(message.session);
       if (key === undefined) session = undefined;

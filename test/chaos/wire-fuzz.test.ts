@@ -400,7 +400,8 @@ function expectOutcome(ops: readonly Op[], transport: TransportName): Expectatio
   const handled: string[] = [];
   const immediate: string[] = [];
   const requests: Array<{ readonly reply: string; canceled: boolean }> = [];
-  const running = new Map<string, number>();
+  /** The requests of each id, by index: a peer may reuse an id while its request runs. */
+  const running = new Map<string, number[]>();
   let clientConf = false;
   const close = (at: number, peerCode: number, serverCodes: readonly number[], why: string): Expectation => {
     return { closeAt: at, peerCodes: [peerCode], serverCodes, why, handled, immediate, replies: [] };
@@ -438,7 +439,9 @@ function expectOutcome(ops: readonly Op[], transport: TransportName): Expectatio
       case 'request': {
         if (requests.length + 1 > MAX_INFLIGHT) return close(at, 1008, [1008], 'too many requests in flight');
         handled.push(handledKey('request', message.name, message.payload));
-        running.set(hex(message.id), requests.length);
+        const sameId = running.get(hex(message.id));
+        if (sameId === undefined) running.set(hex(message.id), [requests.length]);
+        else sameId.push(requests.length);
         requests.push({ reply: expectedReply(message.id, message.name, message.payload), canceled: false });
         break;
       }
@@ -454,10 +457,9 @@ function expectOutcome(ops: readonly Op[], transport: TransportName): Expectatio
         immediate.push(hex(encodeSpecialReply(message.id, 'sessions-disabled')));
         break;
       case 'cancel': {
-        // The handler of the latest request with that id (still running: handlers wait on the
-        // gate) is told, and its reply is not sent.
-        const index = running.get(hex(message.id));
-        if (index !== undefined) requests[index]!.canceled = true;
+        // Every request with that id (still running: handlers wait on the gate) is told, and
+        // none of their replies is sent.
+        for (const index of running.get(hex(message.id)) ?? []) requests[index]!.canceled = true;
         break;
       }
       default:

@@ -14,7 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { createServer as createHttpServer, type IncomingMessage, request as httpRequest } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect as connectTcp, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebSocket } from 'ws';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
@@ -1085,6 +1085,36 @@ export function serverTransportContract(
       await until(() => rec.messages.length === 1, 'reply over TLS');
       assert.deepEqual(rec.messages[0]!.data, bytes(5));
     });
+
+    contractCase(
+      'wss: stop() does not wait for a connection whose TLS handshake never completes',
+      !caps.tls && NO_TLS,
+      async (t) => {
+        const certificate = testCertificate(t);
+        if (certificate === undefined) {
+          t.skip('openssl not available');
+          return;
+        }
+        const transport = await factory.server({
+          tls: { keyFile: certificate.keyFile, certFile: certificate.certFile },
+        });
+        t.after(() => transport.stop());
+        await transport.start(acceptAll(), { maxMessageSize: MAX });
+        // A TCP connection that starts a TLS record and sends nothing more (the handshake timeout
+        // of either transport is 10 s).
+        const raw = connectTcp({ host: '127.0.0.1', port: transport.address()!.port });
+        raw.on('error', () => {});
+        t.after(() => raw.destroy());
+        await new Promise((resolve) => raw.once('connect', resolve));
+        raw.write(Buffer.from([0x16]));
+        await delay(50);
+        let stopped = false;
+        void transport.stop().then(() => {
+          stopped = true;
+        });
+        await until(() => stopped, 'stop() to resolve', 5_000);
+      },
+    );
 
     contractCase("subprotocols: the first offered by default, the owner's choice, or none", network(), async (t) => {
       const choices: Array<string | undefined> = [undefined, 'chat.v2', ''];

@@ -10,8 +10,10 @@ import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { Client } from '../../../src/client/client.ts';
 import { ConnectError, DisconnectedError, ShutdownError } from '../../../src/errors.ts';
 import type { Connection } from '../../../src/server/connection.ts';
+import { Server } from '../../../src/server/server.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
 import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
+import { within } from '../server/wire.ts';
 import { aborted, deferred, outcome } from './helpers.ts';
 
 test('shutdown timeline: in-flight reply delivered, new requests refused, 503, signals dropped, 1001', async (t) => {
@@ -186,4 +188,70 @@ test('conn.close(): in-flight request finishes, new request gets ShutdownError, 
   assert.equal(server.isShuttingDown, false);
   const other = await connectClient(t, url);
   assert.equal(payloadText(await other.request('echo', utf8('still up'))), 'still up');
+});
+
+test('conn.close() with a code that may not be sent rejects with RangeError and changes nothing: the connection serves on, closes with a valid code, and shutdown completes', async (t) => {
+  let conn: Connection | undefined;
+  // Registered first, so it runs first: clients gone, a wedged connection cannot hang the
+  // server's shutdown in startServer's own hook.
+  const clients: Client[] = [];
+  t.after(() => Promise.all(clients.map((c) => c.close())));
+  const { server, url } = await startServer(t, {
+    onClientConnected: (c) => {
+      conn = c;
+    },
+    onRequest: (_c, msg) => msg.payload,
+  });
+  const client = await connectClient(t, url);
+  clients.push(client);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  await waitFor(() => conn !== undefined, 1_000, 'onClientConnected');
+  for (const code of [1006, 1005, 999, 5000]) await assert.rejects(conn!.close(code), RangeError);
+  assert.equal(conn!.isOpen, true);
+  assert.equal(payloadText(await client.request('echo', utf8('still served'))), 'still served');
+  await conn!.close(4000, 'bye');
+  await waitFor(() => codes.length === 1, 1_000, 'the disconnect event');
+  assert.deepEqual(codes, [4000]);
+  // A second client, closed with an invalid code before the shutdown: the shutdown still ends.
+  const other = await connectClient(t, url);
+  clients.push(other);
+  await waitFor(() => server.connections.size === 1, 1_000, 'the second connection');
+  await assert.rejects([...server.connections][0]!.close(1006), RangeError);
+  await within(server.shutdown({ timeout: 200 }), 5_000, 'the shutdown');
+  await waitFor(() => !other.isConnected, 2_000, 'the second client disconnected');
+});
+
+test('client.close() with a code that may not be sent rejects with RangeError and leaves the client connected; a valid close() then works', async (t) => {
+  let closedWith: number | undefined;
+  let conn: Connection | undefined;
+  // Registered first, so it runs first (see above): a client stuck open cannot hang the shutdown.
+  t.after(() => conn?.terminate());
+  const { url } = await startServer(t, {
+    onClientConnected: (c) => {
+      conn = c;
+    },
+    onRequest: (_c, msg) => msg.payload,
+    onClientDisconnected: (_c, info) => {
+      closedWith = info.code;
+    },
+  });
+  const client = await connectClient(t, url);
+  await assert.rejects(client.close(1006), RangeError);
+  assert.equal(client.isConnected, true);
+  assert.equal(payloadText(await client.request('echo', utf8('still up'))), 'still up');
+  await client.close(4001, 'done');
+  await waitFor(() => closedWith !== undefined, 1_000, 'the server to see the close');
+  assert.equal(closedWith, 4001);
+});
+
+test('listen() and shutdown() called together: once listen() resolves the server is shutting down, and it ends stopped', async () => {
+  const server = new Server({ transport: transportUnderTest().server(), logger: recordingLogger() });
+  const listening = server.listen();
+  const stopping = server.shutdown({ timeout: 200 });
+  await listening;
+  assert.equal(server.isShuttingDown, true, 'listen() must not undo the shutdown begun meanwhile');
+  await stopping;
+  assert.equal(server.isShuttingDown, true);
+  assert.equal(server.address(), null);
 });

@@ -187,3 +187,56 @@ test('nothing is dropped over a raw peer: one reply per id, even past the concur
   await delay(50);
   assert.equal(peer.messages.length, count + 1, 'no extra replies');
 });
+
+/**
+ * Handlers that run until their request's signal fires, counting the aborts, and one (`quick`)
+ * that answers at once. Ids are the peer's to choose: it may send another request with the id of
+ * one still running.
+ */
+function abortableHandlers() {
+  const stats = { started: 0, aborted: 0 };
+  const onRequest = (_conn: unknown, message: { name: string }, ctx: { signal: AbortSignal }) => {
+    if (message.name === 'quick') return 'done';
+    stats.started++;
+    return new Promise<undefined>((resolve) => {
+      ctx.signal.addEventListener('abort', () => {
+        stats.aborted++;
+        resolve(undefined);
+      });
+    });
+  };
+  return { stats, onRequest };
+}
+
+test('requests sharing an id: every one still running is aborted when the connection closes, whichever ended first', async (t) => {
+  const { stats, onRequest } = abortableHandlers();
+  const { url, server } = await startServer(t, { onRequest });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  peer.send(bytes(0x7f, id(1), 0x04, 'wait'));
+  peer.send(bytes(0x7f, id(1), 0x04, 'wait'));
+  await waitFor(() => stats.started === 2, 2_000, 'two handlers running');
+  // The newest with the id ends first: the others must still be found.
+  peer.send(bytes(0x7f, id(1), 0x05, 'quick'));
+  const reply = await peer.next();
+  assert.equal(hex(reply), `c0${hex(id(1))}646f6e65`);
+  peer.ws.close();
+  await waitFor(() => server.connections.size === 0, 2_000, 'the connection gone');
+  await waitFor(() => stats.aborted === 2, 2_000, 'both waiting handlers aborted');
+});
+
+test('requests sharing an id: a cancel of the id reaches every one running, and none is answered', async (t) => {
+  const { stats, onRequest } = abortableHandlers();
+  const { url } = await startServer(t, { onRequest });
+  const peer = await rawPeer(t, url);
+  await takeAcceptConf(peer);
+  peer.send(bytes(0x22, 0x01));
+  peer.send(bytes(0x7f, id(7), 0x04, 'wait'));
+  peer.send(bytes(0x7f, id(7), 0x04, 'wait'));
+  await waitFor(() => stats.started === 2, 2_000, 'two handlers running');
+  peer.send(bytes(0x23, id(7)));
+  await waitFor(() => stats.aborted === 2, 2_000, 'both handlers aborted');
+  // A later request's reply is the next message: the canceled ones sent nothing.
+  peer.send(bytes(0x7f, id(8), 0x05, 'quick'));
+  assert.equal(hex(await peer.next()), `c0${hex(id(8))}646f6e65`);
+});

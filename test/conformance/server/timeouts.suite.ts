@@ -37,6 +37,27 @@ test('readTimeout 300: a silent raw peer is closed with 1001 "read timeout" with
   assert.deepEqual(disconnects, [{ code: 1001, reason: 'read timeout' }]);
 });
 
+test('readTimeout above the largest timer delay (2^31 - 1 ms; AcceptConf carries up to 2^32 - 1): announced as is, the timer is not cut to 1 ms', async (t) => {
+  // Node runs a longer timer after 1 ms and warns: the read timer would fire, find the peer not
+  // silent long enough, and re-arm, every millisecond for as long as the connection lasts.
+  const overflows: string[] = [];
+  const onWarning = (warning: Error): void => {
+    if (warning.name === 'TimeoutOverflowWarning') overflows.push(warning.message);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  const readTimeout = 2 ** 32 - 1;
+  const { url } = await startServer(t, { readTimeout });
+  const peer = await rawPeer(t, url);
+  const conf = await takeAcceptConf(peer);
+  assert.equal(new DataView(conf.buffer, conf.byteOffset).getUint32(3, true), readTimeout);
+  await delay(100);
+  assert.deepEqual(overflows, []);
+  peer.send(bytes(0x21));
+  await delay(20);
+  assert.equal(peer.ws.readyState, peer.ws.OPEN);
+});
+
 test('a raw peer sending a heartbeat every 100 ms stays open for 1 s, then times out once it stops', async (t) => {
   const { url, server } = await startServer(t, { readTimeout: 300 });
   const peer = await rawPeer(t, url);

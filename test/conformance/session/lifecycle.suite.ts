@@ -29,11 +29,12 @@ import {
   sessionApp,
   sessionJsonOf,
   sessionServer,
+  SpyManager,
   skipAcceptConf,
   typeAndId,
   whoami,
 } from '../../fixtures/session-helpers.ts';
-import { connectClient, delay, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
+import { connectClient, delay, gate, hex, rawPeer, startServer, waitFor } from '../../helpers.ts';
 import { newestConnection } from '../server/wire.ts';
 
 test('type 21 arrives before the reply of the request that created the session, JSON k,c,l,i', async (t) => {
@@ -487,4 +488,57 @@ test('a server parseSessionInfo returning what JSON cannot hold: type 2, and the
   assert.equal(conn.session, null, 'the server side agrees with the client');
   assert.equal(server.sessionConnections(key).length, 1, 'only the owner');
   assert.deepEqual(await whoami(client), null);
+});
+
+/** A SpyManager whose lookups and deletes wait until their gate is opened. */
+class GatedSpy extends SpyManager {
+  readonly lookups = gate();
+  readonly deletes = gate();
+
+  override async onSessionLookup(key: string): Promise<Session | null> {
+    const session = super.onSessionLookup(key);
+    await this.lookups.wait;
+    return session;
+  }
+
+  override async onSessionClosed(key: string): Promise<void> {
+    const closed = super.onSessionClosed(key);
+    await this.deletes.wait;
+    await closed;
+  }
+}
+
+test('a restore (32) in flight when shutdown begins is answered before the connection closes 1001', async (t) => {
+  const spy = new GatedSpy();
+  const { url, server } = await startServer(t, { sessionManager: spy, onRequest: sessionApp });
+  const { key } = await rawLogin(t, url);
+  const peer = await rawPeer(t, url);
+  await skipAcceptConf(peer);
+  sendRestore(peer, 5, key);
+  await waitFor(() => spy.count('lookup') === 1, 2_000, 'the lookup');
+  const stopping = server.shutdown({ timeout: 5_000 });
+  // Draining: a new request is refused (type 1); the restore still waits for the store.
+  sendRequest(peer, 6, 'whoami');
+  assert.equal(hex(await peer.next()), typeAndId(0x01, 6));
+  spy.lookups.open();
+  assert.equal(sessionJsonOf(await peer.next(), 5).k, key);
+  assert.equal((await peer.closed).code, 1001);
+  await stopping;
+});
+
+test('a close-session (31) in flight when conn.close() begins is answered before the connection closes', async (t) => {
+  const spy = new GatedSpy();
+  const { url, server } = await startServer(t, { sessionManager: spy, onRequest: sessionApp });
+  const { peer, key } = await rawLogin(t, url);
+  const conn = await newestConnection(server);
+  sendClose(peer, 2);
+  await waitFor(() => spy.count('closed') === 1, 2_000, 'the delete');
+  const closing = conn.close();
+  sendRequest(peer, 3, 'whoami');
+  assert.equal(hex(await peer.next()), typeAndId(0x01, 3));
+  spy.deletes.open();
+  assert.equal(hex(await peer.next()), typeAndId(0xbf, 2));
+  assert.equal((await peer.closed).code, 1000);
+  await closing;
+  assert.equal(await spy.has(key), false);
 });
