@@ -36,7 +36,7 @@ export const TUNNEL_USAGE = `usage:
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
       --target http://127.0.0.1:3000 [--host-header preserve|rewrite] [--drain-timeout 30s]
       [--egress-proxy http://user:pass@egress:3128 | direct] [--insecure-tls] [--log-level info]
-      [--health-check /healthz [--health-interval 10s] [--health-timeout 2s]]
+      [--health-check /healthz [--health-interval 10s] [--health-timeout 2s]] [--max-inflight 1024]
       The private side: dials out to the proxy and performs its requests against the target.
       The token comes from --token-file or the DUPLEXWIRE_TUNNEL_TOKEN environment variable.
       --egress-proxy: an HTTP proxy to dial out through (CONNECT); without it HTTPS_PROXY
@@ -44,6 +44,8 @@ export const TUNNEL_USAGE = `usage:
       ignores them.
       --health-check: GET this path of the target every interval; after 3 failures in a row the
       proxy prefers the id's other agents until a check passes again.
+      --max-inflight: requests performed against the target at once (1..16384); the proxy is
+      told, and one more is refused unperformed (another agent of the id takes it, or 503).
   duplexwire tunnel token [--id 4711]
       Prints a new random token (256 bits) and the line for the proxy's token file.
 `;
@@ -248,6 +250,7 @@ async function agentCommand(args: string[]): Promise<void> {
       target: { type: 'string' },
       'host-header': { type: 'string' },
       'drain-timeout': { type: 'string' },
+      'max-inflight': { type: 'string' },
       'egress-proxy': { type: 'string' },
       'health-check': { type: 'string' },
       'health-interval': { type: 'string' },
@@ -285,6 +288,7 @@ async function agentCommand(args: string[]): Promise<void> {
     ...(egressProxy === undefined ? {} : { egressProxy }),
     ...healthCheckFlags(values['health-check'], values['health-interval'], values['health-timeout']),
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 30_000),
+    ...(values['max-inflight'] === undefined ? {} : { maxInflight: Number(values['max-inflight']) }),
     ...(values['insecure-tls'] ? { tls: { rejectUnauthorized: false }, targetTls: { rejectUnauthorized: false } } : {}),
     logger,
   });

@@ -34,11 +34,15 @@ import { errorBody, TunnelErrorCode } from './http-errors.ts';
 import { jsonLogger } from '../shared/log.ts';
 import {
   AGENT_ID_HEADER,
+  AGENT_MAX_INFLIGHT_HEADER,
+  DEFAULT_AGENT_MAX_INFLIGHT,
   DEFAULT_CHUNK_SIZE,
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_DRAIN_TIMEOUT,
   DEFAULT_STREAM_WINDOW,
+  MAX_INFLIGHT_LIMIT,
 } from './constants.ts';
+import { checkInteger } from '../../util/validate.ts';
 import { durationOption } from './timeout.ts';
 import { isValidClientId } from './tokens.ts';
 import {
@@ -97,6 +101,16 @@ export interface TunnelAgentOptions {
    * passing check makes it healthy again. Only with `target`. @default no checks
    */
   readonly healthCheck?: HealthCheckOptions;
+  /**
+   * Requests performed against the target at once, 1..16,384: the agent's own bound on the load
+   * it puts on its target, whatever the proxy sends. One more is refused unperformed (the proxy
+   * tries another agent of the id, or answers 503 `AGENTS_BUSY`), and the limit is announced to
+   * the proxy at connect, which then sends no more than it (nor more than its own
+   * `maxInflightPerAgent`). A WebSocket passed through counts as one for as long as it is open:
+   * it holds a connection to the target. Body chunks of a request are not counted again.
+   * @default 1024 (the proxy's default `maxInflightPerAgent`)
+   */
+  readonly maxInflight?: number;
   /** How long `close()` lets requests in flight finish. @default 30 s */
   readonly drainTimeout?: number | string;
   /** @default JSON lines on stderr, level info */
@@ -244,6 +258,8 @@ export class TunnelAgent {
   private readonly streamWindow: number;
   private readonly connectionWindow: number;
   private readonly drainTimeout: number;
+  /** Requests performed at once (`maxInflight`). */
+  readonly maxInflight: number;
   private readonly hostHeader: 'preserve' | 'rewrite';
   /** Connections to the target URL, or to the private socket of the Node handler. */
   private targetPool: Pool | undefined;
@@ -283,6 +299,12 @@ export class TunnelAgent {
     if (!(this.chunkSize >= 1 && this.chunkSize <= 512 * 1024))
       throw new InvalidArgumentError('option chunkSize must be 1..512 KiB');
     this.drainTimeout = durationOption('drainTimeout', options.drainTimeout, DEFAULT_DRAIN_TIMEOUT);
+    this.maxInflight = checkInteger(
+      'maxInflight',
+      options.maxInflight ?? DEFAULT_AGENT_MAX_INFLIGHT,
+      1,
+      MAX_INFLIGHT_LIMIT,
+    );
     this.window = new CreditWindow(this.connectionWindow);
     const url = options.target === undefined ? undefined : new URL(String(options.target));
     if (url !== undefined) {
@@ -334,7 +356,13 @@ export class TunnelAgent {
     }
     this.client = new Client(options.proxyUrl, {
       transport,
-      headers: { [AGENT_ID_HEADER]: options.id, authorization: `Bearer ${options.token}` },
+      headers: {
+        [AGENT_ID_HEADER]: options.id,
+        authorization: `Bearer ${options.token}`,
+        // The proxy sends no more than this at once; an older one ignores it, and onHttp refuses
+        // what goes past it.
+        [AGENT_MAX_INFLIGHT_HEADER]: String(this.maxInflight),
+      },
       // Every tunnel version this agent speaks: the proxy answers with the highest it speaks too,
       // or refuses the upgrade with 426 (wire.ts).
       protocols: TUNNEL_PROTOCOL_VERSIONS.map(tunnelProtocol),
@@ -346,6 +374,8 @@ export class TunnelAgent {
       serverTimeout: 30_000,
       autoConnect: false,
       // Every exchange and every body chunk runs at once: a slow target must never hold another.
+      // How many exchanges run is `maxInflight`'s business (onHttp), not these: body chunks are
+      // requests too, and must never be refused for the exchanges they belong to.
       concurrency: 65_536,
       maxInflightRequests: 65_536,
       logger: this.logger,
@@ -537,6 +567,16 @@ export class TunnelAgent {
 
   private onHttp(payload: Payload, context: RequestContext): Promise<Payload> {
     if (this.draining) throw new RequestError(AgentErrorCode.Draining, 'the agent is draining');
+    // Refused before anything of it is read or done: the proxy retries it elsewhere (or answers
+    // 503). A proxy that learned the limit gets here only in a race: it counts a request it
+    // canceled as over at once, while the exchange here may still be ending.
+    if (this.exchanges.size >= this.maxInflight) {
+      this.logger.debug('request refused: at maxInflight', { maxInflight: this.maxInflight });
+      throw new RequestError(
+        AgentErrorCode.Busy,
+        `the agent is at its limit of ${this.maxInflight} requests in flight`,
+      );
+    }
     const head = decodeHttpHead(payload);
     if (this.exchanges.has(head.sid)) throw new RequestError(AgentErrorCode.BadMessage, 'stream id in use');
     const window = this.window;

@@ -14,6 +14,11 @@ export interface AgentEntry {
   readonly connectedAt: number;
   /** Request-body bytes sent to this agent and not yet acked (all its streams together). */
   readonly window: CreditWindow;
+  /**
+   * Requests routed to this agent at once at most: the proxy's `maxInflightPerAgent`, or the
+   * lower limit the agent announced at its upgrade.
+   */
+  readonly maxInflight: number;
   /** Requests routed to this agent and not finished. */
   inflight: number;
   /** Requests finished by this agent. */
@@ -47,11 +52,11 @@ export class Balancer {
 
   /**
    * The agent for a new request to `id`, or undefined when none can take it. Agents in `exclude`
-   * (already tried), closing, draining or at `maxInflight` are skipped. An unhealthy agent is
+   * (already tried), closing, draining or at their `maxInflight` are skipped. An unhealthy agent is
    * picked only when no healthy one can take the request: its target may still answer it, which
    * a 503 from the proxy never would.
    */
-  pick(id: string, maxInflight: number, exclude?: ReadonlySet<AgentEntry>): AgentEntry | undefined {
+  pick(id: string, exclude?: ReadonlySet<AgentEntry>): AgentEntry | undefined {
     const list = this.byId.get(id);
     if (list === undefined) return undefined;
     const n = list.length;
@@ -60,7 +65,7 @@ export class Balancer {
     let fallback: AgentEntry | undefined;
     for (let k = 0; k < n; k++) {
       const entry = list[(start + k) % n]!;
-      if (entry.draining || !entry.conn.isOpen || entry.inflight >= maxInflight || exclude?.has(entry)) continue;
+      if (entry.draining || !entry.conn.isOpen || entry.inflight >= entry.maxInflight || exclude?.has(entry)) continue;
       if (!entry.healthy) {
         if (fallback === undefined || entry.inflight < fallback.inflight) fallback = entry;
       } else if (best === undefined || entry.inflight < best.inflight) {

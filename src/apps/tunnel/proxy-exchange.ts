@@ -44,7 +44,6 @@ export interface ExchangeHost {
   readonly logger: Logger;
   readonly chunkSize: number;
   readonly streamWindow: number;
-  readonly maxInflightPerAgent: number;
   /** Exchanges attached to an agent, by stream id: where agent messages are routed. */
   readonly streams: Map<string, ProxyExchange>;
   /** The exchange is over (answered, cut off or abandoned). */
@@ -164,29 +163,41 @@ export class ProxyExchange {
 
   private async dispatch(): Promise<void> {
     const tried = new Set<AgentEntry>();
-    const { balancer, maxInflightPerAgent } = this.host;
+    const { balancer } = this.host;
+    // An agent refused it at its own limit: when none takes it, they are busy rather than absent.
+    let refusedBusy = false;
     for (;;) {
       if (this.finished) return;
-      const entry = balancer.pick(this.init.id, maxInflightPerAgent, tried);
+      const entry = balancer.pick(this.init.id, tried);
       if (entry === undefined) {
-        const busy = balancer
-          .agents(this.init.id)
-          .some((a) => !tried.has(a) && !a.draining && a.conn.isOpen && a.inflight >= maxInflightPerAgent);
+        const busy =
+          refusedBusy ||
+          balancer
+            .agents(this.init.id)
+            .some((a) => !tried.has(a) && !a.draining && a.conn.isOpen && a.inflight >= a.maxInflight);
         this.answer(busy ? TunnelErrorCode.AgentsBusy : TunnelErrorCode.NoAgent, 'no-agent');
         return;
       }
       tried.add(entry);
-      if ((await this.attempt(entry)) === 'done') return;
+      const result = await this.attempt(entry);
+      if (result === 'done') return;
+      if (result === 'busy') refusedBusy = true;
       // Refused without being performed: another agent may take it, if no body byte was spent.
       if (this.bodyTouched) {
-        this.answer(TunnelErrorCode.NoAgent, 'no-agent');
+        this.answer(result === 'busy' ? TunnelErrorCode.AgentsBusy : TunnelErrorCode.NoAgent, 'no-agent');
         return;
       }
-      this.host.logger.debug('request refused by a draining agent; retrying on another', { id: this.init.id });
+      this.host.logger.debug(
+        result === 'busy'
+          ? 'request refused by an agent at its limit; retrying on another'
+          : 'request refused by a draining agent; retrying on another',
+        { id: this.init.id },
+      );
     }
   }
 
-  private async attempt(entry: AgentEntry): Promise<'done' | 'retry'> {
+  /** `retry`/`busy`: the agent refused it unperformed, draining or at its limit. */
+  private async attempt(entry: AgentEntry): Promise<'done' | 'retry' | 'busy'> {
     // Not an AbortController: an EventTarget per request costs a tenth of the proxy's work on
     // small ones, and every unacked body chunk listens to it.
     const controller = new Cancellation();
@@ -243,9 +254,12 @@ export class ProxyExchange {
     return 'done';
   }
 
-  private attemptFailed(error: unknown, controller: Cancellation): 'done' | 'retry' {
+  private attemptFailed(error: unknown, controller: Cancellation): 'done' | 'retry' | 'busy' {
     controller.abort();
     if (this.finished) return 'done';
+    // At its limit for now, not for good: unlike a draining agent it stays routable, and gets
+    // more as its requests end.
+    if (error instanceof RequestError && error.code === AgentErrorCode.Busy) return 'busy';
     if (
       error instanceof ShutdownError ||
       error instanceof PeerUnsupportedError ||

@@ -39,10 +39,12 @@ import { type ForwardHost, ForwardExchange } from './cluster-forward.ts';
 import { ClusterRegistry } from './cluster-registry.ts';
 import {
   AGENT_ID_HEADER,
+  AGENT_MAX_INFLIGHT_HEADER,
   DEFAULT_CHUNK_SIZE,
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_DRAIN_TIMEOUT,
   DEFAULT_STREAM_WINDOW,
+  MAX_INFLIGHT_LIMIT,
 } from './constants.ts';
 import { CreditWindow } from './flow.ts';
 import { addForwarded, filterHeaders, headerValues, singleHeader } from './headers.ts';
@@ -133,7 +135,11 @@ export interface TunnelProxyOptions {
   readonly maxRequestBody?: number;
   /** X-Forwarded-For: `replace` what users send (edge proxy) or `append` to it (behind a trusted LB). @default 'replace' */
   readonly forwarded?: 'replace' | 'append';
-  /** Requests in flight per agent; when every agent of an id is full: 503. @default 1024 */
+  /**
+   * Requests in flight per agent, 1..16,384; an agent that announces a lower limit of its own
+   * (its `maxInflight`) gets no more than that. When every agent of an id is full: 503
+   * `AGENTS_BUSY`. @default 1024
+   */
   readonly maxInflightPerAgent?: number;
   /** An agent that sends nothing (not even its heartbeat) this long is dropped. @default 20 s */
   readonly agentTimeout?: number | string;
@@ -277,6 +283,7 @@ export class TunnelProxy {
   private readonly drainTimeout: number;
   private readonly lingerTimeout: number;
   private readonly connectionWindow: number;
+  private readonly maxInflightPerAgent: number;
   private readonly host: ExchangeHost;
   private readonly cluster: ResolvedCluster | undefined;
   private readonly registry: ClusterRegistry | undefined;
@@ -318,6 +325,7 @@ export class TunnelProxy {
       ...this.router.headerNames,
       this.timeoutHeader,
       AGENT_ID_HEADER,
+      AGENT_MAX_INFLIGHT_HEADER,
       CLUSTER_AUTH_HEADER,
       CLUSTER_ID_HEADER,
       CLUSTER_TIMEOUT_HEADER,
@@ -362,11 +370,11 @@ export class TunnelProxy {
     for (const id of this.auth?.ids() ?? []) this.metrics.know(id);
     const chunkSize = positiveInteger('chunkSize', options.chunkSize, DEFAULT_CHUNK_SIZE, 512 * 1024);
     const streamWindow = positiveInteger('streamWindow', options.streamWindow, DEFAULT_STREAM_WINDOW);
-    const maxInflightPerAgent = positiveInteger(
+    this.maxInflightPerAgent = positiveInteger(
       'maxInflightPerAgent',
       options.maxInflightPerAgent,
       DEFAULT_MAX_INFLIGHT_PER_AGENT,
-      16_384,
+      MAX_INFLIGHT_LIMIT,
     );
     this.host = {
       balancer: this.balancer,
@@ -374,7 +382,6 @@ export class TunnelProxy {
       logger: this.logger,
       chunkSize,
       streamWindow,
-      maxInflightPerAgent,
       streams: this.streams,
       ended: (exchange) => this.ended(exchange),
     };
@@ -628,7 +635,26 @@ export class TunnelProxy {
       this.metrics.agentRefused('version');
       return versionRefusal;
     }
-    return { accept: true, protocol: tunnelProtocol(version), info: { id, version } };
+    return {
+      accept: true,
+      protocol: tunnelProtocol(version),
+      info: { id, version, maxInflight: this.agentMaxInflight(headers[AGENT_MAX_INFLIGHT_HEADER], id) },
+    };
+  }
+
+  /**
+   * The most requests in flight this proxy routes to an agent: its own `maxInflightPerAgent`, or
+   * the lower limit the agent announced. An agent without the header (an older one) takes the
+   * proxy's. A value that is not a positive decimal is ignored rather than refused, so that a
+   * later agent may say more in it; the agent refuses past its limit anyway (AGENT_BUSY).
+   */
+  private agentMaxInflight(announced: string | undefined, id: string): number {
+    if (announced === undefined) return this.maxInflightPerAgent;
+    if (!/^[1-9][0-9]{0,15}$/.test(announced)) {
+      this.logger.warn('agent announced an invalid limit of requests in flight; the proxy applies its own', { id });
+      return this.maxInflightPerAgent;
+    }
+    return Math.min(this.maxInflightPerAgent, Number(announced));
   }
 
   /**
@@ -672,7 +698,7 @@ export class TunnelProxy {
   }
 
   private async agentConnected(conn: Connection): Promise<void> {
-    const { id, version } = conn.info as { id: string; version: number };
+    const { id, version, maxInflight } = conn.info as { id: string; version: number; maxInflight: number };
     if (!(await conn.negotiated())) {
       this.logger.warn('agent refused: it does not speak duplexwire v2.1', { id, agent: conn.id });
       await conn.close(1008, 'agents must speak duplexwire v2.1');
@@ -685,6 +711,7 @@ export class TunnelProxy {
       version,
       connectedAt: Date.now(),
       window: new CreditWindow(this.connectionWindow),
+      maxInflight,
       inflight: 0,
       served: 0,
       draining: false,
@@ -694,7 +721,13 @@ export class TunnelProxy {
     this.balancer.add(entry);
     this.metrics.know(id);
     this.register(id);
-    this.logger.info('agent connected', { id, agent: conn.id, remoteAddress: conn.remoteAddress, version });
+    this.logger.info('agent connected', {
+      id,
+      agent: conn.id,
+      remoteAddress: conn.remoteAddress,
+      version,
+      maxInflight,
+    });
     // What it said before this point, applied (and logged) now, in the same turn: no request can
     // have been routed to it in between.
     const early = this.early.get(conn);
@@ -959,7 +992,7 @@ export class TunnelProxy {
     // healthy agent may take it (then this proxy's unhealthy one, then a peer's unhealthy one).
     // A request from a peer is never forwarded again, so none can go round in circles.
     const forwardHost = prepared.fromPeer ? undefined : this.forwardHost;
-    const here = forwardHost === undefined ? undefined : this.balancer.pick(prepared.id, this.host.maxInflightPerAgent);
+    const here = forwardHost === undefined ? undefined : this.balancer.pick(prepared.id);
     if (forwardHost !== undefined && (here === undefined || !here.healthy)) {
       const forward = new ForwardExchange(forwardHost, {
         ...init,

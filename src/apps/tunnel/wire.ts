@@ -23,6 +23,10 @@
  * RFC 6455 §1.9): the agent offers the versions it speaks, the proxy answers with the highest it
  * speaks too, or refuses the upgrade with 426 `TUNNEL_VERSION_UNSUPPORTED`. A change to anything
  * above that an older peer would misread is a new version.
+ *
+ * Besides, the agent's upgrade request announces its limit of requests in flight
+ * (`x-duplexwire-agent-max-inflight`, constants.ts): a header peers of any version may leave out
+ * or ignore, so no version of its own.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { binary, type Payload } from '../../index.ts';
@@ -120,6 +124,16 @@ export const AgentErrorCode = {
   HandlerFailed: 'HANDLER_FAILED',
   /** The agent is draining and did not start the exchange: the proxy may retry elsewhere. */
   Draining: 'AGENT_DRAINING',
+  /**
+   * The agent is at its `maxInflight` and did not start the exchange: the proxy may retry
+   * elsewhere (or answer 503 AGENTS_BUSY), and keeps routing to the agent as it frees up. A proxy
+   * that learned the limit (AGENT_MAX_INFLIGHT_HEADER) meets it only in a race (a request it
+   * canceled that the agent is still ending). Proxies older than this code answer it as any code
+   * they do not know: 502 BAD_AGENT_RESPONSE, the request still unperformed. Error codes are an
+   * open set, so this is no new version: nothing an older peer parses changed, and an agent must
+   * refuse past its limit whatever the proxy's version.
+   */
+  Busy: 'AGENT_BUSY',
   /** A malformed message. */
   BadMessage: 'BAD_MESSAGE',
   /** A chunk for a stream this end does not know (ended, canceled). */
