@@ -2,7 +2,7 @@
  * `duplexwire tunnel proxy|agent|token`: the HTTP tunnel from the command line. Logs are JSON
  * lines on stderr; SIGTERM and SIGINT drain gracefully (refuse new work, finish what runs, close).
  */
-import { createServer } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
@@ -86,14 +86,23 @@ async function connectRedis(url: string, logger: Logger): Promise<ClusterRedis> 
     lastError = error.message;
     logger.warn('cluster Redis connection failed', { error });
   });
+  let closed = false;
   client.on('ready', () => {
     lastError = '';
+    // node-redis (6.3) lets a connection being made when closed complete, and stay open: the
+    // process would never exit (a proxy failing to start just after connecting, say).
+    if (closed) client.destroy();
   });
   // Not awaited: a proxy serves its own agents without Redis, and node-redis keeps trying.
   client.connect().catch((error: unknown) => logger.error('cannot connect to the cluster Redis', { error }));
   return {
     sendCommand: (args) => client.sendCommand(args),
     close: async () => {
+      closed = true;
+      if (!client.isReady) {
+        client.destroy();
+        return;
+      }
       try {
         await client.close();
       } catch {
@@ -181,7 +190,10 @@ async function proxyCommand(args: string[]): Promise<void> {
   if (values.tokens === undefined && !values.insecure) {
     throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
   }
-  const cluster = await clusterOption(values, logger);
+  // What the command line says is checked before anything opens (a Redis connection, a listener).
+  const listen = hostPort(values.listen, '--listen');
+  const opsListen = values['no-ops'] || values['ops-listen'] === undefined ? undefined : values['ops-listen'];
+  const opsAt = opsListen === undefined ? undefined : hostPort(opsListen, '--ops-listen');
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
   const routes = (values.route ?? ['header']).map((r) =>
     parseRoute(r, values['client-id-header'], values['backstream-compat']),
@@ -189,54 +201,70 @@ async function proxyCommand(args: string[]): Promise<void> {
   if (values.forwarded !== undefined && values.forwarded !== 'replace' && values.forwarded !== 'append') {
     throw new RangeError('--forwarded must be replace or append');
   }
-  const opsListen = values['ops-listen'];
-  const proxy = new TunnelProxy({
-    ...(tokens === undefined ? {} : { tokens }),
-    insecure: values.insecure,
-    agentsPath: values['agents-path'],
-    routing: routes,
-    ...(values.timeout === undefined ? {} : { requestTimeout: values.timeout }),
-    ...(values['max-timeout'] === undefined ? {} : { maxRequestTimeout: values['max-timeout'] }),
-    ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
-    ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
-    ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
-    ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
-    // With a separate ops listener the public one keeps only the health checks.
-    publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
-    logger,
-    ...(cluster === undefined ? {} : { cluster: cluster.options }),
-  });
-  const listen = hostPort(values.listen, '--listen');
-  const address = await proxy.listen(listen);
-  // Whatever the log level, say where it is (on stdout: logs go to stderr).
-  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  process.stdout.write(
-    `tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`,
-  );
-  let opsServer: ReturnType<typeof createServer> | undefined;
-  if (opsListen !== undefined && !values['no-ops']) {
-    opsServer = createServer((req, res) => {
-      if (!proxy.serveOps(req, res)) {
-        res.writeHead(404, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'no such endpoint' }));
-      }
+  const cluster = await clusterOption(values, logger);
+  let proxy: TunnelProxy | undefined;
+  let opsServer: Server | undefined;
+  try {
+    proxy = new TunnelProxy({
+      ...(tokens === undefined ? {} : { tokens }),
+      insecure: values.insecure,
+      agentsPath: values['agents-path'],
+      routing: routes,
+      ...(values.timeout === undefined ? {} : { requestTimeout: values.timeout }),
+      ...(values['max-timeout'] === undefined ? {} : { maxRequestTimeout: values['max-timeout'] }),
+      ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
+      ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
+      ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
+      ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
+      // With a separate ops listener the public one keeps only the health checks.
+      publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
+      logger,
+      ...(cluster === undefined ? {} : { cluster: cluster.options }),
     });
-    const at = hostPort(opsListen, '--ops-listen');
-    await new Promise<void>((resolve, reject) => {
-      opsServer!.once('error', reject);
-      opsServer!.listen(at.port, at.host, () => resolve());
-    });
-    const address = opsServer.address();
-    logger.info(
-      'ops listening',
-      typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {},
+    const address = await proxy.listen(listen);
+    // Whatever the log level, say where it is (on stdout: logs go to stderr).
+    const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+    process.stdout.write(
+      `tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`,
     );
+    if (opsAt !== undefined) opsServer = await listenOps(proxy, opsAt, logger);
+  } catch (error) {
+    // Half started, the process would go on running (the Redis connection, the listener keep it
+    // alive) without its ops endpoints or its drain on SIGTERM: close what opened, fail.
+    await proxy?.close();
+    await cluster?.client.close();
+    throw error;
   }
+  const started = proxy;
   onSignals(async () => {
-    await proxy.drain();
+    await started.drain();
     await cluster?.client.close();
     await new Promise<void>((resolve) => (opsServer === undefined ? resolve() : opsServer.close(() => resolve())));
   });
+}
+
+/** The ops endpoints (`--ops-listen`) on a listener of their own; rejects when it cannot listen. */
+async function listenOps(proxy: TunnelProxy, at: { host: string; port: number }, logger: Logger): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (!proxy.serveOps(req, res)) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'no such endpoint' }));
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  server.on('error', (error) => logger.error('ops server error', { error }));
+  const address = server.address();
+  logger.info(
+    'ops listening',
+    typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {},
+  );
+  return server;
 }
 
 async function agentCommand(args: string[]): Promise<void> {

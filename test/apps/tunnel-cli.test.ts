@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -105,6 +105,45 @@ test('the commands answer --help with their usage, and a mistake on the command 
       return true;
     },
   );
+});
+
+test('a proxy that fails to start exits with the error: nothing it opened keeps it running', async (t) => {
+  // A port in use, for --listen and --ops-listen.
+  const taken = createNetServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => taken.close(() => resolve())));
+  const inUse = `127.0.0.1:${(taken.address() as AddressInfo).port}`;
+  const tokens = await tempFile(t, 'tokens.json', JSON.stringify({ [ID]: TOKEN }));
+  const secret = await tempFile(t, 'secret', 'the-cluster-secret-of-the-command-line-test');
+  // The cluster's Redis connection is open before the proxy is made and listens.
+  const cluster = [
+    '--cluster-redis',
+    'redis://127.0.0.1:6379',
+    '--cluster-advertise',
+    'http://127.0.0.1:1',
+    '--cluster-secret-file',
+    secret,
+    '--cluster-prefix',
+    `duplexwire:test:cli:${process.pid}:`,
+  ];
+  const proxy = ['tunnel', 'proxy', '--tokens', tokens];
+  for (const [args, code, message] of [
+    [[...proxy, '--listen', '127.0.0.1:0', '--ops-listen', inUse], 1, /EADDRINUSE/],
+    [[...proxy, '--listen', '127.0.0.1:0', '--ops-listen', 'nope'], 2, /--ops-listen must be host:port/],
+    [[...proxy, '--listen', inUse, ...cluster], 1, /EADDRINUSE/],
+    [[...proxy, '--listen', '127.0.0.1:0', '--timeout', 'soon', ...cluster], 2, /requestTimeout must be a duration/],
+  ] as const) {
+    await assert.rejects(cli([...args]), (error: { code: number | null; stderr: string; stdout: string }) => {
+      assert.equal(error.code, code, `${args.join(' ')}: ${error.stderr}`);
+      assert.match(error.stderr, message);
+      return true;
+    });
+  }
+  // A mistake on the command line is found before anything listens.
+  const refused = await cli([...proxy, '--listen', '127.0.0.1:0', '--ops-listen', 'nope']).catch(
+    (error: { stdout: string }) => error,
+  );
+  assert.doesNotMatch(refused.stdout, /listening/);
 });
 
 test('proxy and agent processes: a request through both; SIGTERM drains, finishing the request in flight', async (t) => {
