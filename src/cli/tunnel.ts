@@ -15,7 +15,14 @@ import type { Logger } from '../logger.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
-import { generateToken, loadTokenFile, tokenDigest } from '../apps/tunnel/tokens.ts';
+import {
+  generateToken,
+  isStrongToken,
+  isValidClientId,
+  loadTokenFile,
+  MIN_TOKEN_LENGTH,
+  tokenDigest,
+} from '../apps/tunnel/tokens.ts';
 
 export const TUNNEL_USAGE = `usage:
   duplexwire tunnel proxy [--listen 127.0.0.1:8080] [--agents-path /_tunnel] --tokens tokens.json
@@ -195,6 +202,11 @@ async function proxyCommand(args: string[]): Promise<void> {
   const opsListen = values['no-ops'] || values['ops-listen'] === undefined ? undefined : values['ops-listen'];
   const opsAt = opsListen === undefined ? undefined : hostPort(opsListen, '--ops-listen');
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
+  if (tokens !== undefined && tokens.ids().length === 0 && !values.insecure) {
+    throw new RangeError(
+      `token file ${values.tokens} has no entries: no agent could connect (duplexwire tunnel token --id <id> makes one)`,
+    );
+  }
   const routes = (values.route ?? ['header']).map((r) =>
     parseRoute(r, values['client-id-header'], values['backstream-compat']),
   );
@@ -294,10 +306,21 @@ async function agentCommand(args: string[]): Promise<void> {
   if (values.proxy === undefined || values.id === undefined || values.target === undefined) {
     throw new RangeError('tunnel agent needs --proxy, --id and --target');
   }
-  let token = process.env.DUPLEXWIRE_TUNNEL_TOKEN;
-  if (values['token-file'] !== undefined) token = (await readFile(values['token-file'], 'utf8')).trim();
+  const tokenFile = values['token-file'];
+  const token =
+    tokenFile === undefined ? process.env.DUPLEXWIRE_TUNNEL_TOKEN : (await readFile(tokenFile, 'utf8')).trim();
   if (token === undefined || token === '') {
-    throw new RangeError('tunnel agent needs --token-file <file> or DUPLEXWIRE_TUNNEL_TOKEN');
+    throw new RangeError(
+      tokenFile === undefined
+        ? 'tunnel agent needs --token-file <file> or DUPLEXWIRE_TUNNEL_TOKEN'
+        : `token file ${tokenFile} is empty`,
+    );
+  }
+  // What the proxy asks of the tokens in its file; a sha256: digest there may stand for any.
+  if (!isStrongToken(token)) {
+    throw new RangeError(
+      `the agent's token must have at least ${MIN_TOKEN_LENGTH} printable characters (128 bits): duplexwire tunnel token makes one`,
+    );
   }
   const hostHeader = values['host-header'] ?? 'preserve';
   if (hostHeader !== 'preserve' && hostHeader !== 'rewrite')
@@ -362,6 +385,9 @@ function tokenCommand(args: string[]): void {
   if (values.help) {
     process.stdout.write(TUNNEL_USAGE);
     return;
+  }
+  if (values.id !== '<id>' && !isValidClientId(values.id)) {
+    throw new RangeError(`invalid client id ${JSON.stringify(values.id)}: letters, digits, _ . - (up to 63)`);
   }
   const token = generateToken();
   process.stdout.write(`token: ${token}\ntoken file entry: ${JSON.stringify({ [values.id]: tokenDigest(token) })}\n`);

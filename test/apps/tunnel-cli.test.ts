@@ -107,6 +107,35 @@ test('the commands answer --help with their usage, and a mistake on the command 
   );
 });
 
+test('refused at startup with one line and exit code 2: a token file without ids, a weak or empty agent token, a bad target or id', async (t) => {
+  const noIds = await tempFile(t, 'tokens.json', '{}');
+  const weak = await tempFile(t, 'weak', 'password\n');
+  const empty = await tempFile(t, 'empty', '\n');
+  const good = await tempFile(t, 'token', `${TOKEN}\n`);
+  const agent = (token: string, target = 'http://127.0.0.1:1') => [
+    ...['tunnel', 'agent', '--proxy', 'ws://127.0.0.1:1/_tunnel', '--id', ID],
+    ...['--token-file', token, '--target', target],
+  ];
+  for (const [args, message] of [
+    [['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', noIds], /token file .* has no entries/],
+    [agent(weak), /at least 22 printable characters \(128 bits\)/],
+    [agent(empty), /token file .* is empty/],
+    [agent(good, 'nope'), /^duplexwire: ERR_INVALID_ARGUMENT: target must be an absolute http: or https: URL/],
+    [['tunnel', 'token', '--id', 'no spaces'], /invalid client id "no spaces"/],
+  ] as const) {
+    await assert.rejects(cli([...args]), (error: { code: number; stderr: string; stdout: string }) => {
+      assert.equal(error.code, 2, `${args.join(' ')}: ${error.stderr}`);
+      assert.match(error.stderr, message);
+      assert.doesNotMatch(error.stderr, /\n\s+at /, 'no stack trace');
+      assert.doesNotMatch(error.stdout, /listening|token file entry/);
+      return true;
+    });
+  }
+  // With --insecure, a token file without ids is what it says: any agent, none checked.
+  const insecure = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', noIds, '--insecure']);
+  await insecure.line((l) => l.msg === 'listening');
+});
+
 test('a proxy that fails to start exits with the error: nothing it opened keeps it running', async (t) => {
   // A port in use, for --listen and --ops-listen.
   const taken = createNetServer();
