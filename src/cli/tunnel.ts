@@ -345,16 +345,27 @@ async function agentCommand(args: string[]): Promise<void> {
   });
   if (egressProxy !== undefined)
     logger.info('dialing out through an HTTP proxy', { egressProxy: redactedUrl(egressProxy) });
-  onSignals(() => agent.close());
+  let stopping = false;
+  onSignals(() => {
+    stopping = true;
+    return agent.close();
+  });
   // The client gives up for good on a refusal that retrying cannot change (bad credentials, a
   // proxy of another tunnel version) or when reconnect attempts run out. The process would then
   // sit there connected to nothing: exit 1 instead, so that a supervisor sees it and says why.
   agent.client.on('state', (state) => {
     if (state !== 'disconnected') return;
+    stopping = true;
     logger.error('gave up connecting to the proxy; exiting');
     void agent.close(0).finally(() => process.exit(1));
   });
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (error) {
+    // Stopped while connecting: the reason is logged and the process exits by itself; what the
+    // close did to the first connection ("the client was closed") would be its misleading last line.
+    if (!stopping) throw error;
+  }
 }
 
 /** The agent's `healthCheck` from its flags (the intervals are checked by the agent). */

@@ -255,6 +255,15 @@ test('an agent process refused for good on a reconnect exits 1 and says why', as
   assert.ok(agent.logs.some((l) => l.msg === 'connection to the proxy failed' && JSON.stringify(l).includes('401')));
 });
 
+test('an agent process refused at its first connection exits 1, its last words the refusal', async (t) => {
+  const proxy = await startProxy(t, { tokens: { [OTHER_ID]: OTHER_TOKEN } });
+  const agent = await spawnAgent(t, proxy, 'http://127.0.0.1:1', { registered: false });
+  assert.equal(await agent.exited, 1);
+  assert.ok(agent.logs.some((l) => l.msg === 'connection to the proxy failed' && JSON.stringify(l).includes('401')));
+  // Not followed by what closing the agent did to its own start (a misleading "client was closed").
+  assert.equal(agent.logs.at(-1)?.msg, 'gave up connecting to the proxy; exiting', JSON.stringify(agent.logs));
+});
+
 test('mounted on an existing http.Server next to the application’s own routes', async (t) => {
   const target = await startTarget(t, (req, res) => res.end(`tunneled ${req.url}`));
   const proxy = new TunnelProxy({ tokens: { [ID]: TOKEN }, logger: recordingLogger(), processMetrics: false });
