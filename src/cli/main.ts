@@ -176,6 +176,14 @@ function isSystemError(error: unknown): error is Error {
   return error instanceof Error && typeof (error as { syscall?: unknown }).syscall === 'string';
 }
 
+/**
+ * A write to output nobody reads any more (a closed pipe: `| head`, a log shipper or journald
+ * restarting; a terminal gone) fails with EPIPE or EIO, reported as an 'error' event: without a
+ * listener that is an uncaught exception, and a proxy would stop serving over a lost log line.
+ * The line is lost instead, and so is what follows on that stream (Node destroys it).
+ */
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
+
 main(process.argv.slice(2)).catch((error: unknown) => {
   if (isUsageError(error)) {
     const code = error instanceof InvalidArgumentError ? `${error.code}: ` : '';

@@ -2,7 +2,7 @@
  * `duplexwire tunnel proxy|agent|token`: the HTTP tunnel from the command line. Logs are JSON
  * lines on stderr; SIGTERM and SIGINT drain gracefully (refuse new work, finish what runs, close).
  */
-import { createServer } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
@@ -15,7 +15,14 @@ import type { Logger } from '../logger.ts';
 import { TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
-import { generateToken, loadTokenFile, tokenDigest } from '../apps/tunnel/tokens.ts';
+import {
+  generateToken,
+  isStrongToken,
+  isValidClientId,
+  loadTokenFile,
+  MIN_TOKEN_LENGTH,
+  tokenDigest,
+} from '../apps/tunnel/tokens.ts';
 
 export const TUNNEL_USAGE = `usage:
   duplexwire tunnel proxy [--listen 127.0.0.1:8080] [--agents-path /_tunnel] --tokens tokens.json
@@ -86,14 +93,23 @@ async function connectRedis(url: string, logger: Logger): Promise<ClusterRedis> 
     lastError = error.message;
     logger.warn('cluster Redis connection failed', { error });
   });
+  let closed = false;
   client.on('ready', () => {
     lastError = '';
+    // node-redis (6.3) lets a connection being made when closed complete, and stay open: the
+    // process would never exit (a proxy failing to start just after connecting, say).
+    if (closed) client.destroy();
   });
   // Not awaited: a proxy serves its own agents without Redis, and node-redis keeps trying.
   client.connect().catch((error: unknown) => logger.error('cannot connect to the cluster Redis', { error }));
   return {
     sendCommand: (args) => client.sendCommand(args),
     close: async () => {
+      closed = true;
+      if (!client.isReady) {
+        client.destroy();
+        return;
+      }
       try {
         await client.close();
       } catch {
@@ -181,62 +197,86 @@ async function proxyCommand(args: string[]): Promise<void> {
   if (values.tokens === undefined && !values.insecure) {
     throw new RangeError('the proxy needs --tokens <file> (or --insecure for development, which accepts any agent)');
   }
-  const cluster = await clusterOption(values, logger);
+  // What the command line says is checked before anything opens (a Redis connection, a listener).
+  const listen = hostPort(values.listen, '--listen');
+  const opsListen = values['no-ops'] || values['ops-listen'] === undefined ? undefined : values['ops-listen'];
+  const opsAt = opsListen === undefined ? undefined : hostPort(opsListen, '--ops-listen');
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
+  if (tokens !== undefined && tokens.ids().length === 0 && !values.insecure) {
+    throw new RangeError(
+      `token file ${values.tokens} has no entries: no agent could connect (duplexwire tunnel token --id <id> makes one)`,
+    );
+  }
   const routes = (values.route ?? ['header']).map((r) =>
     parseRoute(r, values['client-id-header'], values['backstream-compat']),
   );
   if (values.forwarded !== undefined && values.forwarded !== 'replace' && values.forwarded !== 'append') {
     throw new RangeError('--forwarded must be replace or append');
   }
-  const opsListen = values['ops-listen'];
-  const proxy = new TunnelProxy({
-    ...(tokens === undefined ? {} : { tokens }),
-    insecure: values.insecure,
-    agentsPath: values['agents-path'],
-    routing: routes,
-    ...(values.timeout === undefined ? {} : { requestTimeout: values.timeout }),
-    ...(values['max-timeout'] === undefined ? {} : { maxRequestTimeout: values['max-timeout'] }),
-    ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
-    ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
-    ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
-    ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
-    // With a separate ops listener the public one keeps only the health checks.
-    publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
-    logger,
-    ...(cluster === undefined ? {} : { cluster: cluster.options }),
-  });
-  const listen = hostPort(values.listen, '--listen');
-  const address = await proxy.listen(listen);
-  // Whatever the log level, say where it is (on stdout: logs go to stderr).
-  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  process.stdout.write(
-    `tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`,
-  );
-  let opsServer: ReturnType<typeof createServer> | undefined;
-  if (opsListen !== undefined && !values['no-ops']) {
-    opsServer = createServer((req, res) => {
-      if (!proxy.serveOps(req, res)) {
-        res.writeHead(404, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'no such endpoint' }));
-      }
+  const cluster = await clusterOption(values, logger);
+  let proxy: TunnelProxy | undefined;
+  let opsServer: Server | undefined;
+  try {
+    proxy = new TunnelProxy({
+      ...(tokens === undefined ? {} : { tokens }),
+      insecure: values.insecure,
+      agentsPath: values['agents-path'],
+      routing: routes,
+      ...(values.timeout === undefined ? {} : { requestTimeout: values.timeout }),
+      ...(values['max-timeout'] === undefined ? {} : { maxRequestTimeout: values['max-timeout'] }),
+      ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
+      ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
+      ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
+      ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
+      // With a separate ops listener the public one keeps only the health checks.
+      publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
+      logger,
+      ...(cluster === undefined ? {} : { cluster: cluster.options }),
     });
-    const at = hostPort(opsListen, '--ops-listen');
-    await new Promise<void>((resolve, reject) => {
-      opsServer!.once('error', reject);
-      opsServer!.listen(at.port, at.host, () => resolve());
-    });
-    const address = opsServer.address();
-    logger.info(
-      'ops listening',
-      typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {},
+    const address = await proxy.listen(listen);
+    // Whatever the log level, say where it is (on stdout: logs go to stderr).
+    const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+    process.stdout.write(
+      `tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`,
     );
+    if (opsAt !== undefined) opsServer = await listenOps(proxy, opsAt, logger);
+  } catch (error) {
+    // Half started, the process would go on running (the Redis connection, the listener keep it
+    // alive) without its ops endpoints or its drain on SIGTERM: close what opened, fail.
+    await proxy?.close();
+    await cluster?.client.close();
+    throw error;
   }
+  const started = proxy;
   onSignals(async () => {
-    await proxy.drain();
+    await started.drain();
     await cluster?.client.close();
     await new Promise<void>((resolve) => (opsServer === undefined ? resolve() : opsServer.close(() => resolve())));
   });
+}
+
+/** The ops endpoints (`--ops-listen`) on a listener of their own; rejects when it cannot listen. */
+async function listenOps(proxy: TunnelProxy, at: { host: string; port: number }, logger: Logger): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (!proxy.serveOps(req, res)) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'no such endpoint' }));
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  server.on('error', (error) => logger.error('ops server error', { error }));
+  const address = server.address();
+  logger.info(
+    'ops listening',
+    typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : {},
+  );
+  return server;
 }
 
 async function agentCommand(args: string[]): Promise<void> {
@@ -266,10 +306,21 @@ async function agentCommand(args: string[]): Promise<void> {
   if (values.proxy === undefined || values.id === undefined || values.target === undefined) {
     throw new RangeError('tunnel agent needs --proxy, --id and --target');
   }
-  let token = process.env.DUPLEXWIRE_TUNNEL_TOKEN;
-  if (values['token-file'] !== undefined) token = (await readFile(values['token-file'], 'utf8')).trim();
+  const tokenFile = values['token-file'];
+  const token =
+    tokenFile === undefined ? process.env.DUPLEXWIRE_TUNNEL_TOKEN : (await readFile(tokenFile, 'utf8')).trim();
   if (token === undefined || token === '') {
-    throw new RangeError('tunnel agent needs --token-file <file> or DUPLEXWIRE_TUNNEL_TOKEN');
+    throw new RangeError(
+      tokenFile === undefined
+        ? 'tunnel agent needs --token-file <file> or DUPLEXWIRE_TUNNEL_TOKEN'
+        : `token file ${tokenFile} is empty`,
+    );
+  }
+  // What the proxy asks of the tokens in its file; a sha256: digest there may stand for any.
+  if (!isStrongToken(token)) {
+    throw new RangeError(
+      `the agent's token must have at least ${MIN_TOKEN_LENGTH} printable characters (128 bits): duplexwire tunnel token makes one`,
+    );
   }
   const hostHeader = values['host-header'] ?? 'preserve';
   if (hostHeader !== 'preserve' && hostHeader !== 'rewrite')
@@ -294,16 +345,27 @@ async function agentCommand(args: string[]): Promise<void> {
   });
   if (egressProxy !== undefined)
     logger.info('dialing out through an HTTP proxy', { egressProxy: redactedUrl(egressProxy) });
-  onSignals(() => agent.close());
+  let stopping = false;
+  onSignals(() => {
+    stopping = true;
+    return agent.close();
+  });
   // The client gives up for good on a refusal that retrying cannot change (bad credentials, a
   // proxy of another tunnel version) or when reconnect attempts run out. The process would then
   // sit there connected to nothing: exit 1 instead, so that a supervisor sees it and says why.
   agent.client.on('state', (state) => {
     if (state !== 'disconnected') return;
+    stopping = true;
     logger.error('gave up connecting to the proxy; exiting');
     void agent.close(0).finally(() => process.exit(1));
   });
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (error) {
+    // Stopped while connecting: the reason is logged and the process exits by itself; what the
+    // close did to the first connection ("the client was closed") would be its misleading last line.
+    if (!stopping) throw error;
+  }
 }
 
 /** The agent's `healthCheck` from its flags (the intervals are checked by the agent). */
@@ -334,6 +396,9 @@ function tokenCommand(args: string[]): void {
   if (values.help) {
     process.stdout.write(TUNNEL_USAGE);
     return;
+  }
+  if (values.id !== '<id>' && !isValidClientId(values.id)) {
+    throw new RangeError(`invalid client id ${JSON.stringify(values.id)}: letters, digits, _ . - (up to 63)`);
   }
   const token = generateToken();
   process.stdout.write(`token: ${token}\ntoken file entry: ${JSON.stringify({ [values.id]: tokenDigest(token) })}\n`);

@@ -234,3 +234,15 @@ test('logs never carry the callback token or URL, message bodies, cookies or aut
   assert.ok(bridge.logger.entries.some((e) => e.message === 'message event failed; closing the client'));
   assert.ok(bridge.logger.entries.some((e) => e.message === 'connect refused'));
 });
+
+test('the listening log line carries a URL that parses, an IPv6 address in brackets', async (t) => {
+  const backend = await startBackend(t);
+  const logger = recordingLogger();
+  const bridge = new WsHttpBridge({ backend: backend.url, secret: SECRET, path: '/ws', logger });
+  t.after(() => bridge.close());
+  const { port } = await bridge.listen({ host: '::1', port: 0 });
+  const url = String(logger.entries.find((e) => e.message === 'bridge listening')?.context?.url);
+  assert.equal(url, `http://[::1]:${port}/ws`);
+  const health = await fetch(new URL('/healthz', url));
+  assert.equal(health.status, 200);
+});

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -107,6 +107,74 @@ test('the commands answer --help with their usage, and a mistake on the command 
   );
 });
 
+test('refused at startup with one line and exit code 2: a token file without ids, a weak or empty agent token, a bad target or id', async (t) => {
+  const noIds = await tempFile(t, 'tokens.json', '{}');
+  const weak = await tempFile(t, 'weak', 'password\n');
+  const empty = await tempFile(t, 'empty', '\n');
+  const good = await tempFile(t, 'token', `${TOKEN}\n`);
+  const agent = (token: string, target = 'http://127.0.0.1:1') => [
+    ...['tunnel', 'agent', '--proxy', 'ws://127.0.0.1:1/_tunnel', '--id', ID],
+    ...['--token-file', token, '--target', target],
+  ];
+  for (const [args, message] of [
+    [['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', noIds], /token file .* has no entries/],
+    [agent(weak), /at least 22 printable characters \(128 bits\)/],
+    [agent(empty), /token file .* is empty/],
+    [agent(good, 'nope'), /^duplexwire: ERR_INVALID_ARGUMENT: target must be an absolute http: or https: URL/],
+    [['tunnel', 'token', '--id', 'no spaces'], /invalid client id "no spaces"/],
+  ] as const) {
+    await assert.rejects(cli([...args]), (error: { code: number; stderr: string; stdout: string }) => {
+      assert.equal(error.code, 2, `${args.join(' ')}: ${error.stderr}`);
+      assert.match(error.stderr, message);
+      assert.doesNotMatch(error.stderr, /\n\s+at /, 'no stack trace');
+      assert.doesNotMatch(error.stdout, /listening|token file entry/);
+      return true;
+    });
+  }
+  // With --insecure, a token file without ids is what it says: any agent, none checked.
+  const insecure = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', noIds, '--insecure']);
+  await insecure.line((l) => l.msg === 'listening');
+});
+
+test('a proxy that fails to start exits with the error: nothing it opened keeps it running', async (t) => {
+  // A port in use, for --listen and --ops-listen.
+  const taken = createNetServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => taken.close(() => resolve())));
+  const inUse = `127.0.0.1:${(taken.address() as AddressInfo).port}`;
+  const tokens = await tempFile(t, 'tokens.json', JSON.stringify({ [ID]: TOKEN }));
+  const secret = await tempFile(t, 'secret', 'the-cluster-secret-of-the-command-line-test');
+  // The cluster's Redis connection is open before the proxy is made and listens.
+  const cluster = [
+    '--cluster-redis',
+    'redis://127.0.0.1:6379',
+    '--cluster-advertise',
+    'http://127.0.0.1:1',
+    '--cluster-secret-file',
+    secret,
+    '--cluster-prefix',
+    `duplexwire:test:cli:${process.pid}:`,
+  ];
+  const proxy = ['tunnel', 'proxy', '--tokens', tokens];
+  for (const [args, code, message] of [
+    [[...proxy, '--listen', '127.0.0.1:0', '--ops-listen', inUse], 1, /EADDRINUSE/],
+    [[...proxy, '--listen', '127.0.0.1:0', '--ops-listen', 'nope'], 2, /--ops-listen must be host:port/],
+    [[...proxy, '--listen', inUse, ...cluster], 1, /EADDRINUSE/],
+    [[...proxy, '--listen', '127.0.0.1:0', '--timeout', 'soon', ...cluster], 2, /requestTimeout must be a duration/],
+  ] as const) {
+    await assert.rejects(cli([...args]), (error: { code: number | null; stderr: string; stdout: string }) => {
+      assert.equal(error.code, code, `${args.join(' ')}: ${error.stderr}`);
+      assert.match(error.stderr, message);
+      return true;
+    });
+  }
+  // A mistake on the command line is found before anything listens.
+  const refused = await cli([...proxy, '--listen', '127.0.0.1:0', '--ops-listen', 'nope']).catch(
+    (error: { stdout: string }) => error,
+  );
+  assert.doesNotMatch(refused.stdout, /listening/);
+});
+
 test('proxy and agent processes: a request through both; SIGTERM drains, finishing the request in flight', async (t) => {
   let release!: () => void;
   const held = new Promise<void>((resolve) => {
@@ -185,6 +253,15 @@ test('an agent process refused for good on a reconnect exits 1 and says why', as
   await agent.line((l) => l.msg === 'gave up connecting to the proxy; exiting');
   assert.equal(await agent.exited, 1);
   assert.ok(agent.logs.some((l) => l.msg === 'connection to the proxy failed' && JSON.stringify(l).includes('401')));
+});
+
+test('an agent process refused at its first connection exits 1, its last words the refusal', async (t) => {
+  const proxy = await startProxy(t, { tokens: { [OTHER_ID]: OTHER_TOKEN } });
+  const agent = await spawnAgent(t, proxy, 'http://127.0.0.1:1', { registered: false });
+  assert.equal(await agent.exited, 1);
+  assert.ok(agent.logs.some((l) => l.msg === 'connection to the proxy failed' && JSON.stringify(l).includes('401')));
+  // Not followed by what closing the agent did to its own start (a misleading "client was closed").
+  assert.equal(agent.logs.at(-1)?.msg, 'gave up connecting to the proxy; exiting', JSON.stringify(agent.logs));
 });
 
 test('mounted on an existing http.Server next to the application’s own routes', async (t) => {

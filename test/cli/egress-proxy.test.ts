@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { egressProxyFor, redactedUrl } from '../../src/cli/egress-proxy.ts';
 import { Server } from '../../src/server/server.ts';
@@ -88,13 +88,43 @@ test('NO_PROXY: a bare IPv6 address (::1) goes direct, as curl reads it', () => 
   });
 });
 
+test('NO_PROXY: address ranges and a domain with its subdomains go direct, as curl and Go read them', () => {
+  // What Kubernetes and OpenShift clusters put there.
+  withProxyEnv({ HTTP_PROXY: 'http://p:3128', NO_PROXY: '10.0.0.0/8,fd00::/8,svc.cluster.local,Example.COM' }, () => {
+    assert.equal(egressProxyFor('ws://10.1.2.3:8080/_t', undefined), undefined);
+    assert.equal(egressProxyFor('ws://11.1.2.3:8080/_t', undefined), 'http://p:3128');
+    assert.equal(egressProxyFor('ws://[fd00::5]/_t', undefined), undefined);
+    assert.equal(egressProxyFor('ws://[fe80::5]/_t', undefined), 'http://p:3128');
+    assert.equal(egressProxyFor('ws://svc.cluster.local/_t', undefined), undefined);
+    assert.equal(egressProxyFor('ws://tunnel.ns.svc.cluster.local:8080/_t', undefined), undefined);
+    assert.equal(egressProxyFor('ws://notsvc.cluster.local/_t', undefined), 'http://p:3128');
+    assert.equal(egressProxyFor('ws://edge.example.com/_t', undefined), undefined);
+  });
+  // Not ranges: proxied, as without the entry.
+  withProxyEnv({ HTTP_PROXY: 'http://p:3128', NO_PROXY: '10.0.0.0/33,10.0.0.0/,/8,example/8,10.0.0.0/8/8' }, () => {
+    assert.equal(egressProxyFor('ws://10.1.2.3/_t', undefined), 'http://p:3128');
+  });
+});
+
+test('duplexwire request goes direct to an address NO_PROXY lists as a range', async (t) => {
+  const { url, proxy, env } = await echoServerAndProxy(t);
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--import', 'tsx', 'src/cli/main.ts', 'request', url, 'x', 'hi'],
+    { cwd: ROOT, env: { ...env, HTTP_PROXY: proxy.url, NO_PROXY: 'localhost,127.0.0.0/8' }, timeout: 20_000 },
+  );
+  assert.equal(stdout.trim(), 'echo hi');
+  assert.deepEqual(proxy.requests, []);
+});
+
 test('logged without credentials', () => {
   assert.equal(redactedUrl('http://alice:secret@egress:3128'), 'http://***@egress:3128/');
   assert.equal(redactedUrl('http://egress:3128'), 'http://egress:3128/');
   assert.equal(redactedUrl('not a url'), '(not a URL)');
 });
 
-test('duplexwire request goes through the proxy the environment names', async (t) => {
+/** An echo server, a CONNECT proxy, and the environment without any proxy variable. */
+async function echoServerAndProxy(t: TestContext) {
   const server = new Server({
     transport: wsTransport({ port: 0, host: '127.0.0.1' }),
     logger: recordingLogger(),
@@ -103,12 +133,16 @@ test('duplexwire request goes through the proxy the environment names', async (t
   await server.listen();
   t.after(() => server.shutdown({ timeout: 200 }));
   const proxy = await startConnectProxy(t);
-  const url = `ws://127.0.0.1:${server.address()!.port}/`;
   const env: Record<string, string | undefined> = { ...process.env };
   for (const name of NAMES) {
     delete env[name];
     delete env[name.toUpperCase()];
   }
+  return { url: `ws://127.0.0.1:${server.address()!.port}/`, port: server.address()!.port, proxy, env };
+}
+
+test('duplexwire request goes through the proxy the environment names', async (t) => {
+  const { url, port, proxy, env } = await echoServerAndProxy(t);
   const { stdout } = await promisify(execFile)(
     process.execPath,
     ['--import', 'tsx', 'src/cli/main.ts', 'request', url, 'x', 'hi'],
@@ -117,6 +151,6 @@ test('duplexwire request goes through the proxy the environment names', async (t
   assert.equal(stdout.trim(), 'echo hi');
   assert.deepEqual(
     proxy.requests.map((r) => r.target),
-    [`127.0.0.1:${server.address()!.port}`],
+    [`127.0.0.1:${port}`],
   );
 });

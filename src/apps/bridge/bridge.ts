@@ -349,7 +349,9 @@ export class WsHttpBridge {
   /** Creates an HTTP server, serves WebSockets, callbacks and ops on it, and listens. */
   async listen(options: { host?: string; port?: number } = {}): Promise<{ host: string; port: number }> {
     const address = await this.endpoint.listen(options.host ?? '127.0.0.1', options.port ?? 8081);
-    this.logger.info('bridge listening', { url: `http://${address.host}:${address.port}${this.options.path}` });
+    const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+    const scheme = this.endpoint.tls ? 'https' : 'http';
+    this.logger.info('bridge listening', { url: `${scheme}://${host}:${address.port}${this.options.path}` });
     return address;
   }
 

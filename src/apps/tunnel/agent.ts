@@ -138,6 +138,16 @@ function targetPool(origin: string, options: Pool.Options = {}): Pool {
   return new Pool(origin, { headersTimeout: 0, bodyTimeout: 0, ...options });
 }
 
+function targetUrl(target: string | URL): URL {
+  try {
+    return new URL(String(target));
+  } catch {
+    throw new InvalidArgumentError(
+      `target must be an absolute http: or https: URL, got ${JSON.stringify(String(target))}`,
+    );
+  }
+}
+
 function httpTarget(url: URL, hostHeader: 'preserve' | 'rewrite', dispatcher: Pool): HttpTarget {
   return { basePath: url.pathname.replace(/\/+$/, ''), host: url.host, hostHeader, dispatcher };
 }
@@ -306,7 +316,7 @@ export class TunnelAgent {
       MAX_INFLIGHT_LIMIT,
     );
     this.window = new CreditWindow(this.connectionWindow);
-    const url = options.target === undefined ? undefined : new URL(String(options.target));
+    const url = options.target === undefined ? undefined : targetUrl(options.target);
     if (url !== undefined) {
       if (url.protocol !== 'http:' && url.protocol !== 'https:') {
         throw new InvalidArgumentError(`target must be an http: or https: URL, got ${url.protocol}`);

@@ -25,6 +25,11 @@ const MAX_TOKEN_LENGTH = 1024;
 const DIGEST = /^(?:sha256:)?([0-9a-fA-F]{64})$/;
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
+/** True when `token` may be a plaintext token: printable ASCII, at least 128 bits' worth of it. */
+export function isStrongToken(token: string): boolean {
+  return token.length >= MIN_TOKEN_LENGTH && TOKEN_CHARS.test(token);
+}
+
 /** A new random token: 32 bytes from the CSPRNG, base64url (43 characters, 256 bits). */
 export function generateToken(): string {
   return randomBytes(32).toString('base64url');
@@ -73,7 +78,7 @@ export function tokenAuthenticator(entries: TokenEntries): AgentAuthenticator {
       const digest = DIGEST.exec(item);
       if (digest !== null) {
         digests.push(Buffer.from(digest[1]!, 'hex'));
-      } else if (item.length >= MIN_TOKEN_LENGTH && TOKEN_CHARS.test(item)) {
+      } else if (isStrongToken(item)) {
         digests.push(digestBytes(item));
       } else {
         throw new RangeError(
