@@ -484,7 +484,11 @@ export class Server {
 
   private async decideUpgrade(request: UpgradeRequest): Promise<UpgradeDecision> {
     if (this.state !== 'listening') return refuse(503, 'server shutting down');
-    if (this.live.size >= this.options.maxConnections) return refuse(503, 'too many connections');
+    // Both bounds are checked before the hook runs: a refused upgrade costs no hook call. An
+    // upgrade being decided holds a socket as an open connection does, so it takes a place too.
+    const pending = this.pendingUpgrades.size;
+    if (this.live.size + pending >= this.options.maxConnections) return refuse(503, 'too many connections');
+    if (pending >= this.options.maxPendingUpgrades) return refuse(503, 'too many pending upgrades');
     const { beforeUpgrade } = this.options;
     if (beforeUpgrade === undefined) return { accept: true };
     let verdict: ReturnType<typeof beforeUpgrade>;
@@ -577,7 +581,9 @@ export class Server {
     const verdict = pendingVerdicts.get(request);
     pendingVerdicts.delete(request);
     if (this.live.size >= this.options.maxConnections) {
-      // Accepted while others were being decided, and the limit was reached meanwhile.
+      // Accepted while others were being decided, and the limit was reached meanwhile: only on a
+      // transport that opens a connection later than its decision, letting others be decided
+      // between the two (the in-memory pair). ws and uWS open it in the microtasks that follow.
       socket.close(CloseCode.TryAgainLater, 'too many connections');
       return IGNORE_SOCKET;
     }
