@@ -38,6 +38,7 @@ import type {
   SocketHandlers,
   TransportSocket,
   UpgradeDecision,
+  UpgradeRefusal,
   UpgradeRequest,
 } from './types.ts';
 
@@ -908,6 +909,8 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     /** Accepted connections whose close callback has not run. */
     readonly live: Set<UwsTransportSocket>;
     stopped: boolean;
+    /** Set by `refuseUpgrades`: the answer to every accept from then on. */
+    refusal: UpgradeRefusal | undefined;
     readonly app: UWS.TemplatedApp;
     readonly clock: PublishClock;
   }
@@ -942,6 +945,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       pending: new Set(),
       live: new Set(),
       stopped: false,
+      refusal: undefined,
       app,
       clock: new PublishClock(),
     };
@@ -1004,7 +1008,11 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         }
         // Owners write JavaScript too: anything but an explicit accept is a refusal, and a
         // malformed one becomes a bare 500.
-        if ((decision as Partial<UpgradeDecision> | null)?.accept === true) {
+        const accepted = (decision as Partial<UpgradeDecision> | null)?.accept === true;
+        // The owner may have begun shutting down since it decided (see `refuseUpgrades`).
+        if (accepted && run.refusal !== undefined) {
+          respond(res, refusalResponse(run.refusal.status, run.refusal.body, run.refusal.headers));
+        } else if (accepted) {
           const chosen = (decision as { protocol?: string }).protocol;
           const protocol = chooseProtocol(chosen, headers['sec-websocket-protocol']);
           if (protocol === undefined) respond(res, statusRefusal(500));
@@ -1174,6 +1182,11 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
   const transport: ServerTransport = {
     start: lifecycle.start,
     stop: lifecycle.stop,
+
+    refuseUpgrades(refusal) {
+      const run = lifecycle.current();
+      if (run !== undefined) run.refusal = refusal;
+    },
 
     address() {
       const run = lifecycle.current();

@@ -49,6 +49,7 @@ import type {
   SocketHandlers,
   TransportSocket,
   UpgradeDecision,
+  UpgradeRefusal,
   UpgradeRequest,
 } from './types.ts';
 
@@ -726,6 +727,8 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     readonly tcp: Set<Duplex> | undefined;
     readonly onTcpConnection: ((socket: Duplex) => void) | undefined;
     stopped: boolean;
+    /** Set by `refuseUpgrades`: the answer to every accept from then on. */
+    refusal: UpgradeRefusal | undefined;
   }
 
   function startRun(
@@ -785,15 +788,17 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         socket.destroy();
         return;
       }
-      if (decision.accept) {
-        const protocol = chooseProtocol(decision.protocol, request.headers['sec-websocket-protocol']);
+      // The owner may have begun shutting down since it decided (see `refuseUpgrades`).
+      const final = decision.accept ? (run.refusal ?? decision) : decision;
+      if (final.accept) {
+        const protocol = chooseProtocol(final.protocol, request.headers['sec-websocket-protocol']);
         if (protocol === undefined) {
           refuse(socket, 500, STATUS_CODES[500]);
           return;
         }
         chosenProtocols.set(req, protocol);
         accept(req, socket, head, request);
-      } else refuse(socket, decision.status, decision.body, decision.headers);
+      } else refuse(socket, final.status, final.body, final.headers);
     };
 
     const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -925,6 +930,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       tcp,
       onTcpConnection,
       stopped: false,
+      refusal: undefined,
     };
     http.on('upgrade', onUpgrade);
     if (!owned) return { run, ready: Promise.resolve() };
@@ -989,6 +995,11 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
   const transport: ServerTransport = {
     start: lifecycle.start,
     stop: lifecycle.stop,
+
+    refuseUpgrades(refusal) {
+      const run = lifecycle.current();
+      if (run !== undefined) run.refusal = refusal;
+    },
 
     address() {
       const run = lifecycle.current();

@@ -465,6 +465,43 @@ export function serverTransportContract(
     );
 
     contractCase(
+      'refuseUpgrades: an accept not acted on yet, and every later one, get the refusal; open connections stay; a restart accepts again',
+      false,
+      async (t) => {
+        const held: Array<(decision: UpgradeDecision) => void> = [];
+        const server = await startServer(t, {
+          upgrade: (request) =>
+            request.path === '/held'
+              ? new Promise<UpgradeDecision>((resolve) => {
+                  held.push(resolve);
+                })
+              : { accept: true },
+        });
+        const open = await connect(t, `${server.url}/open`);
+        await until(() => server.accepted.length === 1, 'connection');
+        const waiting = attempt(`${server.url}/held`);
+        waiting.catch(() => {});
+        await until(() => held.length === 1, 'upgrade pending');
+
+        const { refuseUpgrades } = server.transport;
+        assert.ok(refuseUpgrades, 'the transport has refuseUpgrades');
+        refuseUpgrades({ accept: false, status: 503, body: 'going away' });
+        // Decided by the owner before it called refuseUpgrades, acted on by the transport after.
+        held[0]!({ accept: true });
+        await assert.rejects(waiting, { status: 503, body: 'going away' });
+        await assert.rejects(attempt(`${server.url}/later`), { status: 503, body: 'going away' });
+        assert.equal(server.accepted.length, 1, 'connection() was not called for them');
+        assert.equal(open.socket.send(bytes(5)), 'ok');
+        await until(() => server.accepted[0]!.rec.messages.length === 1, 'a message on the open connection');
+
+        await server.transport.stop();
+        await server.transport.start(acceptAll(), { maxMessageSize: MAX });
+        const again = await connect(t, factory.url(server.transport));
+        assert.equal(again.socket.send(bytes(1)), 'ok');
+      },
+    );
+
+    contractCase(
       'only the configured path is upgraded (404); plain HTTP gets 426, other upgrades 400',
       network(),
       async (t) => {
