@@ -23,6 +23,7 @@ import {
   MAX_REFUSAL_BODY_BYTES,
   truncateUtf8,
 } from './close-frame.ts';
+import { ownerFailed } from './owner-fault.ts';
 import type {
   ClientConnectOptions,
   ClientTransport,
@@ -389,11 +390,8 @@ export function memoryTransport(options: MemoryTransportOptions = {}): MemoryTra
         serverEnd.handlers = current.handlers.connection(serverEnd, request);
       } catch (err) {
         // As over a real socket, the handshake already succeeded: the client sees its connection
-        // drop and the owner's bug surfaces as an uncaught exception, not as the client's error.
-        serverEnd.terminate();
-        queueMicrotask(() => {
-          throw err;
-        });
+        // close, and the owner's bug surfaces as an uncaught exception, not as the client's error.
+        serverEnd.handlers = ownerFailed(serverEnd, err);
       }
       return clientEnd;
     },

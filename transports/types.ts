@@ -175,7 +175,10 @@ export interface ServerTransportHandlers {
   upgrade(request: UpgradeRequest): UpgradeDecision | Promise<UpgradeDecision>;
   /**
    * A connection was accepted. Returns the socket's handlers; no message is delivered before this
-   * returns.
+   * returns. A throw is the owner's bug, reported the same way on every path (after a synchronous
+   * or an asynchronous decision) and by every adapter (`owner-fault.ts`): the connection is
+   * closed with 1011, its handlers are never called, and the error is thrown again from a
+   * microtask, where Node reports it as an uncaught exception (never as an unhandled rejection).
    */
   connection(socket: TransportSocket, request: UpgradeRequest): SocketHandlers;
 }

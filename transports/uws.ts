@@ -28,6 +28,7 @@ import {
   truncateUtf8,
 } from './close-frame.ts';
 import { chooseProtocol, type HandshakeFault, handshakeFault, isUpgradeRequest } from './handshake.ts';
+import { ownerFailed } from './owner-fault.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import { frameHeaderLength } from './ws-frame.ts';
 import type {
@@ -1038,15 +1039,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         .catch((): UpgradeDecision => ({ accept: false, status: 500 }))
         .then((decision) => {
           run.pending.delete(res);
-          try {
-            decide(decision);
-          } catch (err) {
-            // An owner's connection() threw: surface it as `ws.ts` does, as an uncaught exception
-            // rather than a rejection nobody handles.
-            process.nextTick(() => {
-              throw err;
-            });
-          }
+          decide(decision);
         });
     };
 
@@ -1071,8 +1064,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
           try {
             socketHandlers = handlers.connection(socket, socket.request);
           } catch (err) {
-            socket.terminate();
-            throw err;
+            socketHandlers = ownerFailed(socket, err);
           }
           socket.wire(socketHandlers);
         },

@@ -36,6 +36,7 @@ import {
   truncateUtf8,
 } from './close-frame.ts';
 import { chooseProtocol, handshakeFault } from './handshake.ts';
+import { ownerFailed } from './owner-fault.ts';
 import { clientFrame, releaseFrameBuffer, serverFrameStart } from './ws-frame.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
@@ -767,9 +768,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         try {
           socketHandlers = handlers.connection(adapter, request);
         } catch (err) {
-          live.delete(ws);
-          ws.terminate();
-          throw err;
+          socketHandlers = ownerFailed(adapter, err);
         }
         // ws reads the socket from the next tick on, so nothing is missed by wiring now.
         adapter.wire(socketHandlers);

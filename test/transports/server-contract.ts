@@ -32,6 +32,7 @@ import { freePort } from '../transport-under-test.ts';
 import {
   acceptAll,
   bytes,
+  catchFaults,
   type ConnectOptions,
   connectWith,
   delay,
@@ -498,6 +499,37 @@ export function serverTransportContract(
         await server.transport.start(acceptAll(), { maxMessageSize: MAX });
         const again = await connect(t, factory.url(server.transport));
         assert.equal(again.socket.send(bytes(1)), 'ok');
+      },
+    );
+
+    contractCase(
+      'an owner whose connection() throws: the connection closes with 1011 and the error is thrown again as an uncaught exception, after a synchronous or an asynchronous decision',
+      false,
+      async (t) => {
+        const faults = catchFaults(t);
+        const bugs: Error[] = [];
+        const server = await startServer(t, {
+          upgrade: (request) =>
+            request.path === '/async' ? delay(5).then(() => ({ accept: true })) : { accept: true },
+          onConnection: () => {
+            const bug = new Error(`owner bug ${bugs.length + 1}`);
+            bugs.push(bug);
+            throw bug;
+          },
+        });
+        for (const path of ['/sync', '/async']) {
+          const { rec } = await connect(t, `${server.url}${path}`);
+          await until(() => rec.closes.length === 1, `the close after ${path}`);
+          assert.deepEqual(rec.closes, [{ code: 1011, reason: '' }], path);
+          await until(() => faults.uncaught.length === bugs.length, `the uncaught exception after ${path}`);
+        }
+        // Reported once each, as thrown, and never as a rejection.
+        await delay(20);
+        assert.deepEqual(faults.uncaught, bugs);
+        assert.deepEqual(faults.unhandled, []);
+        // The transport serves on.
+        assert.equal(bugs.length, 2);
+        assert.equal(server.accepted.length, 2);
       },
     );
 
