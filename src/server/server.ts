@@ -451,6 +451,19 @@ export class Server {
    * their replies are delivered; then every connection closes with 1001 and the transport stops.
    * After `timeout` ms, handlers still running are aborted (their AbortSignal fires) and
    * connections close anyway.
+   *
+   * From inside a handler (`onRequest`, `onSignal`), call it without awaiting it and return: the
+   * shutdown waits for every running handler, the calling one included, so a handler that awaits
+   * it waits for itself until `timeout` aborts it, and its reply is lost. (Which handler calls
+   * cannot be told apart from one that is merely running, and its reply must go out before its
+   * connection closes: the shutdown cannot skip it.)
+   *
+   * @example
+   * onRequest: (conn, msg) => {
+   *   if (msg.name !== 'admin.stop') return msg.payload;
+   *   void server.shutdown(); // not awaited: this reply goes out, then the server stops
+   *   return 'stopping';
+   * },
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
     const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, MAX_TIMER_DELAY);

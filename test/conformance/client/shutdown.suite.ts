@@ -373,3 +373,48 @@ test('on a transport without refuseUpgrades, such an upgrade is closed as it ope
   }
   assert.ok(raced > 0, 'no round landed between the answer and the connection');
 });
+
+test('server.shutdown() from inside a handler, not awaited: the reply is delivered, and the shutdown completes once the handler returns', async (t) => {
+  let stopping: Promise<void> | undefined;
+  const { server, url, logger } = await startServer(t, {
+    // Far beyond the test's bound: a shutdown that waited for its timeout would fail it.
+    shutdownTimeout: 60_000,
+    onRequest: (_conn, msg) => {
+      if (msg.name !== 'stop') return msg.payload;
+      stopping = server.shutdown();
+      return 'bye';
+    },
+  });
+  const client = await connectClient(t, url);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  assert.equal(payloadText(await client.request('stop', utf8(''))), 'bye');
+  await within(stopping!, 10_000, 'the shutdown');
+  assert.equal(server.isShuttingDown, true);
+  assert.ok(
+    !logger.entries.some((e) => /shutdown timed out/.test(e.message)),
+    'the shutdown did not wait for its timeout',
+  );
+  await waitFor(() => codes.length === 1, 2_000, 'the disconnect');
+  assert.deepEqual(codes, [1001]);
+});
+
+test('await server.shutdown() inside a handler waits for that very handler: it ends only at shutdownTimeout, the handler aborted', async (t) => {
+  let handlerSignal: AbortSignal | undefined;
+  let shutdownSeen = false;
+  const { server, url, logger } = await startServer(t, {
+    shutdownTimeout: 200,
+    onRequest: async (_conn, _msg, ctx) => {
+      handlerSignal = ctx.signal;
+      await server.shutdown();
+      shutdownSeen = true;
+      return 'too late';
+    },
+  });
+  const client = await connectClient(t, url);
+  const result = await outcome(client.request('stop', utf8(''), { timeout: 10_000 }));
+  assert.ok(result.error instanceof DisconnectedError, String(result.error ?? 'a reply'));
+  await waitFor(() => shutdownSeen, 5_000, 'the shutdown the handler awaited');
+  assert.equal(handlerSignal?.aborted, true, 'the handler was aborted at the timeout');
+  assert.ok(logger.entries.some((e) => e.level === 'warn' && /shutdown timed out/.test(e.message)));
+});
