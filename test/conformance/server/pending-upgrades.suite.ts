@@ -8,29 +8,19 @@ import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 import { WebSocket } from 'ws';
 import type { Client } from '../../../src/client/client.ts';
-import { ConnectError, InvalidArgumentError } from '../../../src/errors.ts';
+import { type ConnectError, InvalidArgumentError } from '../../../src/errors.ts';
 import { DEFAULT_MAX_PENDING_UPGRADES } from '../../../src/server/options.ts';
 import { Server } from '../../../src/server/server.ts';
 import type { UpgradeRequest } from '../../../transports/types.ts';
 import { connectClient, gate, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
-import { within } from './wire.ts';
+import { refusedConnect, within } from './wire.ts';
 
 const network = transportUnderTest().caps.network;
 
 /** Starts a connect that must be refused; resolves with its ConnectError. */
 async function refused(t: TestContext, url: string): Promise<ConnectError> {
-  const client = await connectClient(t, url, { autoConnect: false });
-  const error = await within(
-    client.connect().then(
-      () => assert.fail('the upgrade was accepted'),
-      (err: unknown) => err,
-    ),
-    5_000,
-    'the refusal',
-  );
-  assert.ok(error instanceof ConnectError, String(error));
-  return error;
+  return (await refusedConnect(t, url)).error;
 }
 
 /** Starts connects whose upgrades the test holds; resolves once each is being decided. */
