@@ -78,6 +78,7 @@ export async function uwsUnderTest(): Promise<TransportUnderTest> {
         },
         // The native fan-out, so that Server.publish takes the uWS path in the suites.
         publish: (topic, data, skip) => inner?.publish?.(topic, data, skip),
+        refuseUpgrades: (refusal) => inner?.refuseUpgrades?.(refusal),
       };
     },
     client: () => wsClientTransport(),

@@ -23,6 +23,7 @@ import {
   MAX_REFUSAL_BODY_BYTES,
   truncateUtf8,
 } from './close-frame.ts';
+import { ownerFailed } from './owner-fault.ts';
 import type {
   ClientConnectOptions,
   ClientTransport,
@@ -33,6 +34,7 @@ import type {
   SocketHandlers,
   TransportSocket,
   UpgradeDecision,
+  UpgradeRefusal,
   UpgradeRequest,
 } from './types.ts';
 
@@ -282,6 +284,8 @@ interface Run {
   /** Connections until both ends reported their close. */
   readonly connections: Set<MemorySocket>;
   stopped: boolean;
+  /** Set by `refuseUpgrades`: the answer to every accept from then on. */
+  refusal: UpgradeRefusal | undefined;
 }
 
 /**
@@ -303,7 +307,17 @@ export function memoryTransport(options: MemoryTransportOptions = {}): MemoryTra
     async start(handlers, startOptions) {
       if (run !== undefined) return;
       checkMaxMessageSize(startOptions.maxMessageSize);
-      run = { handlers, maxMessageSize: startOptions.maxMessageSize, connections: new Set(), stopped: false };
+      run = {
+        handlers,
+        maxMessageSize: startOptions.maxMessageSize,
+        connections: new Set(),
+        stopped: false,
+        refusal: undefined,
+      };
+    },
+
+    refuseUpgrades(refusal) {
+      if (run !== undefined) run.refusal = refusal;
     },
 
     address() {
@@ -347,8 +361,10 @@ export function memoryTransport(options: MemoryTransportOptions = {}): MemoryTra
       const current = run;
       if (current === undefined) throw connectError(`connect ECONNREFUSED ${url}`, 'ECONNREFUSED');
 
-      const decision = await decide(current, request, connectOptions.connectTimeout);
+      let decision = await decide(current, request, connectOptions.connectTimeout);
       if (current.stopped) throw connectError('socket hang up', 'ECONNRESET');
+      // The owner may have begun shutting down since it decided (see `refuseUpgrades`).
+      if (decision.accept && current.refusal !== undefined) decision = current.refusal;
       if (!decision.accept) {
         const valid = Number.isInteger(decision.status) && decision.status >= 200 && decision.status <= 599;
         const status = valid ? decision.status : 500;
@@ -374,11 +390,8 @@ export function memoryTransport(options: MemoryTransportOptions = {}): MemoryTra
         serverEnd.handlers = current.handlers.connection(serverEnd, request);
       } catch (err) {
         // As over a real socket, the handshake already succeeded: the client sees its connection
-        // drop and the owner's bug surfaces as an uncaught exception, not as the client's error.
-        serverEnd.terminate();
-        queueMicrotask(() => {
-          throw err;
-        });
+        // close, and the owner's bug surfaces as an uncaught exception, not as the client's error.
+        serverEnd.handlers = ownerFailed(serverEnd, err);
       }
       return clientEnd;
     },

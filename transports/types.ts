@@ -163,6 +163,9 @@ export type UpgradeDecision =
       readonly headers?: Readonly<Record<string, string>>;
     };
 
+/** An upgrade decision that refuses. */
+export type UpgradeRefusal = Extract<UpgradeDecision, { readonly accept: false }>;
+
 /** Callbacks from a server transport to its owner (the duplexwire Server). */
 export interface ServerTransportHandlers {
   /**
@@ -172,7 +175,10 @@ export interface ServerTransportHandlers {
   upgrade(request: UpgradeRequest): UpgradeDecision | Promise<UpgradeDecision>;
   /**
    * A connection was accepted. Returns the socket's handlers; no message is delivered before this
-   * returns.
+   * returns. A throw is the owner's bug, reported the same way on every path (after a synchronous
+   * or an asynchronous decision) and by every adapter (`owner-fault.ts`): the connection is
+   * closed with 1011, its handlers are never called, and the error is thrown again from a
+   * microtask, where Node reports it as an uncaught exception (never as an unhandled rejection).
    */
   connection(socket: TransportSocket, request: UpgradeRequest): SocketHandlers;
 }
@@ -212,6 +218,18 @@ export interface ServerTransport {
    * caller must not modify `data` afterwards.
    */
   publish?(topic: string, data: Uint8Array, skip: readonly TransportSocket[]): void;
+  /**
+   * Optional: from now until `stop()`, the transport opens no more connections: every accept it
+   * has not acted on yet (written the 101), whether the owner decided it before this call or
+   * after, is answered with `refusal` instead, and `connection` is not called for it. Open
+   * connections are untouched. The owner calls it as its shutdown begins: an asynchronous accept
+   * reaches the transport a few microtasks after the owner decided it, and a shutdown that began
+   * in between must not be handed a connection that it can only close again, after the client
+   * was told it was accepted. (ws's own WebSocketServer does the same once closing: 503 at the
+   * moment it would write the 101, `lib/websocket-server.js` `completeUpgrade`.) A transport
+   * without it leaves that to the owner's `connection`.
+   */
+  refuseUpgrades?(refusal: UpgradeRefusal): void;
 }
 
 /** Options for one client connection attempt. */

@@ -28,6 +28,7 @@ import {
   truncateUtf8,
 } from './close-frame.ts';
 import { chooseProtocol, type HandshakeFault, handshakeFault, isUpgradeRequest } from './handshake.ts';
+import { ownerFailed } from './owner-fault.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import { frameHeaderLength } from './ws-frame.ts';
 import type {
@@ -38,6 +39,7 @@ import type {
   SocketHandlers,
   TransportSocket,
   UpgradeDecision,
+  UpgradeRefusal,
   UpgradeRequest,
 } from './types.ts';
 
@@ -908,6 +910,8 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
     /** Accepted connections whose close callback has not run. */
     readonly live: Set<UwsTransportSocket>;
     stopped: boolean;
+    /** Set by `refuseUpgrades`: the answer to every accept from then on. */
+    refusal: UpgradeRefusal | undefined;
     readonly app: UWS.TemplatedApp;
     readonly clock: PublishClock;
   }
@@ -942,6 +946,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
       pending: new Set(),
       live: new Set(),
       stopped: false,
+      refusal: undefined,
       app,
       clock: new PublishClock(),
     };
@@ -1004,7 +1009,11 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         }
         // Owners write JavaScript too: anything but an explicit accept is a refusal, and a
         // malformed one becomes a bare 500.
-        if ((decision as Partial<UpgradeDecision> | null)?.accept === true) {
+        const accepted = (decision as Partial<UpgradeDecision> | null)?.accept === true;
+        // The owner may have begun shutting down since it decided (see `refuseUpgrades`).
+        if (accepted && run.refusal !== undefined) {
+          respond(res, refusalResponse(run.refusal.status, run.refusal.body, run.refusal.headers));
+        } else if (accepted) {
           const chosen = (decision as { protocol?: string }).protocol;
           const protocol = chooseProtocol(chosen, headers['sec-websocket-protocol']);
           if (protocol === undefined) respond(res, statusRefusal(500));
@@ -1030,15 +1039,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
         .catch((): UpgradeDecision => ({ accept: false, status: 500 }))
         .then((decision) => {
           run.pending.delete(res);
-          try {
-            decide(decision);
-          } catch (err) {
-            // An owner's connection() threw: surface it as `ws.ts` does, as an uncaught exception
-            // rather than a rejection nobody handles.
-            process.nextTick(() => {
-              throw err;
-            });
-          }
+          decide(decision);
         });
     };
 
@@ -1063,8 +1064,7 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
           try {
             socketHandlers = handlers.connection(socket, socket.request);
           } catch (err) {
-            socket.terminate();
-            throw err;
+            socketHandlers = ownerFailed(socket, err);
           }
           socket.wire(socketHandlers);
         },
@@ -1174,6 +1174,11 @@ export function uwsTransport(options: UwsServerTransportOptions = {}): ServerTra
   const transport: ServerTransport = {
     start: lifecycle.start,
     stop: lifecycle.stop,
+
+    refuseUpgrades(refusal) {
+      const run = lifecycle.current();
+      if (run !== undefined) run.refusal = refusal;
+    },
 
     address() {
       const run = lifecycle.current();

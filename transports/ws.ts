@@ -36,6 +36,7 @@ import {
   truncateUtf8,
 } from './close-frame.ts';
 import { chooseProtocol, handshakeFault } from './handshake.ts';
+import { ownerFailed } from './owner-fault.ts';
 import { clientFrame, releaseFrameBuffer, serverFrameStart } from './ws-frame.ts';
 import { serverLifecycle } from './server-lifecycle.ts';
 import type {
@@ -49,6 +50,7 @@ import type {
   SocketHandlers,
   TransportSocket,
   UpgradeDecision,
+  UpgradeRefusal,
   UpgradeRequest,
 } from './types.ts';
 
@@ -726,6 +728,8 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
     readonly tcp: Set<Duplex> | undefined;
     readonly onTcpConnection: ((socket: Duplex) => void) | undefined;
     stopped: boolean;
+    /** Set by `refuseUpgrades`: the answer to every accept from then on. */
+    refusal: UpgradeRefusal | undefined;
   }
 
   function startRun(
@@ -764,9 +768,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         try {
           socketHandlers = handlers.connection(adapter, request);
         } catch (err) {
-          live.delete(ws);
-          ws.terminate();
-          throw err;
+          socketHandlers = ownerFailed(adapter, err);
         }
         // ws reads the socket from the next tick on, so nothing is missed by wiring now.
         adapter.wire(socketHandlers);
@@ -785,15 +787,17 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
         socket.destroy();
         return;
       }
-      if (decision.accept) {
-        const protocol = chooseProtocol(decision.protocol, request.headers['sec-websocket-protocol']);
+      // The owner may have begun shutting down since it decided (see `refuseUpgrades`).
+      const final = decision.accept ? (run.refusal ?? decision) : decision;
+      if (final.accept) {
+        const protocol = chooseProtocol(final.protocol, request.headers['sec-websocket-protocol']);
         if (protocol === undefined) {
           refuse(socket, 500, STATUS_CODES[500]);
           return;
         }
         chosenProtocols.set(req, protocol);
         accept(req, socket, head, request);
-      } else refuse(socket, decision.status, decision.body, decision.headers);
+      } else refuse(socket, final.status, final.body, final.headers);
     };
 
     const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -925,6 +929,7 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
       tcp,
       onTcpConnection,
       stopped: false,
+      refusal: undefined,
     };
     http.on('upgrade', onUpgrade);
     if (!owned) return { run, ready: Promise.resolve() };
@@ -989,6 +994,11 @@ export function wsTransport(options: WsServerTransportOptions = {}): ServerTrans
   const transport: ServerTransport = {
     start: lifecycle.start,
     stop: lifecycle.stop,
+
+    refuseUpgrades(refusal) {
+      const run = lifecycle.current();
+      if (run !== undefined) run.refusal = refusal;
+    },
 
     address() {
       const run = lifecycle.current();

@@ -26,6 +26,14 @@ export const DEFAULT_SHUTDOWN_TIMEOUT = 30_000;
 export const DEFAULT_MAX_TOPICS_PER_CONNECTION = 1024;
 /** Time `beforeUpgrade` has to decide before the upgrade is refused with 503. @default 10 s */
 export const DEFAULT_UPGRADE_TIMEOUT = 10_000;
+/**
+ * Upgrades an async `beforeUpgrade` may be deciding at once before one more is refused with 503.
+ * Room for a reconnect storm (with a 50 ms authentication call, ~20,000 upgrades a second; the
+ * clients refused retry with backoff), while what pending upgrades hold stays bounded: 1024
+ * sockets, as many calls to the authentication backend, and on the ws transport at most 64 MiB
+ * of bytes sent early. @default 1024
+ */
+export const DEFAULT_MAX_PENDING_UPGRADES = 1024;
 /** Where `sessions: true` keeps sessions (relative to the working directory). */
 export const DEFAULT_SESSION_DIR = '.duplexwire/sessions';
 
@@ -117,10 +125,27 @@ export interface ServerOptions {
    */
   readonly upgradeTimeout?: number;
   /**
-   * Most connections open at once (an integer in 1..1e9). An upgrade beyond it is refused with
-   * HTTP 503 `too many connections` before `beforeUpgrade` runs; one that got past that check
-   * while others were being decided is closed with 1013 (try again later) as soon as it opens, so
-   * the bound holds under any burst. Clients reconnect with backoff.
+   * Upgrades an async `beforeUpgrade` may be deciding at once (an integer in 1..1e9). Each holds
+   * the client's socket, what it sent early (up to 64 KiB on the ws transport), a timer and
+   * whatever the hook started (an authentication call) until the hook settles, the client leaves
+   * or `upgradeTimeout` ends: without a bound, a burst of upgrade requests while the hook is slow
+   * would run it once per request and hold every socket. One more is refused at once with HTTP
+   * 503 `too many pending upgrades`, before the hook runs (clients retry with backoff). With no
+   * hook, or one that decides synchronously, nothing is ever pending. Pending upgrades count
+   * against `maxConnections` too.
+   * @default DEFAULT_MAX_PENDING_UPGRADES (1024)
+   *
+   * @example
+   * // An authentication service that takes at most 100 calls at once.
+   * new Server({ transport, maxPendingUpgrades: 100, beforeUpgrade: (req) => auth.check(req.headers) });
+   */
+  readonly maxPendingUpgrades?: number;
+  /**
+   * Most connections at once (an integer in 1..1e9), counting those open and the upgrades being
+   * decided (`maxPendingUpgrades`), so the sockets the server holds for WebSocket clients stay
+   * within it, as Node's `server.maxConnections` counts sockets. An upgrade beyond it is refused
+   * with HTTP 503 `too many connections` before `beforeUpgrade` runs. Clients reconnect with
+   * backoff.
    * @default unlimited
    */
   readonly maxConnections?: number;
@@ -189,6 +214,7 @@ export interface ResolvedServerOptions {
   readonly onClientDisconnected: ServerOptions['onClientDisconnected'];
   readonly beforeUpgrade: ServerOptions['beforeUpgrade'];
   readonly upgradeTimeout: number;
+  readonly maxPendingUpgrades: number;
   readonly maxConnections: number;
   readonly maxMessageSize: number;
   readonly readTimeout: number;
@@ -264,6 +290,12 @@ export function resolveServerOptions(options: ServerOptions): ResolvedServerOpti
       options.upgradeTimeout ?? DEFAULT_UPGRADE_TIMEOUT,
       1,
       MAX_TIMER_DELAY,
+    ),
+    maxPendingUpgrades: checkInteger(
+      'maxPendingUpgrades',
+      options.maxPendingUpgrades ?? DEFAULT_MAX_PENDING_UPGRADES,
+      1,
+      1e9,
     ),
     maxConnections:
       options.maxConnections === undefined

@@ -3,7 +3,13 @@ import { nanoid } from 'nanoid';
 import { decode } from '../../protocol/decode.ts';
 import { encodeAcceptConf, encodeSessionCreated, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
-import type { SocketHandlers, TransportSocket, UpgradeDecision, UpgradeRequest } from '../../transports/types.ts';
+import type {
+  SocketHandlers,
+  TransportSocket,
+  UpgradeDecision,
+  UpgradeRefusal,
+  UpgradeRequest,
+} from '../../transports/types.ts';
 import { InvalidArgumentError, InvalidStateError, SessionNotFoundError, SessionsDisabledError } from '../errors.ts';
 import {
   BusSubscriptions,
@@ -445,6 +451,19 @@ export class Server {
    * their replies are delivered; then every connection closes with 1001 and the transport stops.
    * After `timeout` ms, handlers still running are aborted (their AbortSignal fires) and
    * connections close anyway.
+   *
+   * From inside a handler (`onRequest`, `onSignal`), call it without awaiting it and return: the
+   * shutdown waits for every running handler, the calling one included, so a handler that awaits
+   * it waits for itself until `timeout` aborts it, and its reply is lost. (Which handler calls
+   * cannot be told apart from one that is merely running, and its reply must go out before its
+   * connection closes: the shutdown cannot skip it.)
+   *
+   * @example
+   * onRequest: (conn, msg) => {
+   *   if (msg.name !== 'admin.stop') return msg.payload;
+   *   void server.shutdown(); // not awaited: this reply goes out, then the server stops
+   *   return 'stopping';
+   * },
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
     const timeout = checkInteger('timeout', options.timeout ?? this.options.shutdownTimeout, 0, MAX_TIMER_DELAY);
@@ -455,7 +474,10 @@ export class Server {
   private async runShutdown(timeout: number): Promise<void> {
     const wasListening = this.state === 'listening' || this.state === 'starting';
     this.state = 'shutting-down';
-    for (const finish of [...this.pendingUpgrades]) finish(() => refuse(503, 'server shutting down'));
+    // An upgrade accepted a moment ago may still be on its way to the transport (an async
+    // decision reaches it a few microtasks later): the transport refuses it as any other now.
+    if (wasListening) this.options.transport.refuseUpgrades?.(shuttingDown());
+    for (const finish of [...this.pendingUpgrades]) finish(shuttingDown);
     const connections = [...this.live];
     for (const conn of connections) conn.drain();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -470,7 +492,7 @@ export class Server {
       this.options.logger.warn('shutdown timed out; aborting handlers still running', { timeout });
       for (const conn of connections) conn.abortHandlers();
     }
-    for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, 'server shutting down');
+    for (const conn of this.live) conn.closeNow(CloseCode.GoingAway, SHUTTING_DOWN);
     await Promise.all([...this.live].map((conn) => conn.closed));
     if (wasListening) await this.options.transport.stop();
     // The closed connections' sessions are let go of in the store (see SessionRegistry.idle).
@@ -483,8 +505,12 @@ export class Server {
   }
 
   private async decideUpgrade(request: UpgradeRequest): Promise<UpgradeDecision> {
-    if (this.state !== 'listening') return refuse(503, 'server shutting down');
-    if (this.live.size >= this.options.maxConnections) return refuse(503, 'too many connections');
+    if (this.state !== 'listening') return shuttingDown();
+    // Both bounds are checked before the hook runs: a refused upgrade costs no hook call. An
+    // upgrade being decided holds a socket as an open connection does, so it takes a place too.
+    const pending = this.pendingUpgrades.size;
+    if (this.live.size + pending >= this.options.maxConnections) return refuse(503, 'too many connections');
+    if (pending >= this.options.maxPendingUpgrades) return refuse(503, 'too many pending upgrades');
     const { beforeUpgrade } = this.options;
     if (beforeUpgrade === undefined) return { accept: true };
     let verdict: ReturnType<typeof beforeUpgrade>;
@@ -553,7 +579,7 @@ export class Server {
   /** Turns the hook's verdict into the transport's decision. */
   private judge(request: UpgradeRequest, verdict: UpgradeVerdict): UpgradeDecision {
     // The server may have begun shutting down while the hook ran.
-    if (this.state !== 'listening') return refuse(503, 'server shutting down');
+    if (this.state !== 'listening') return shuttingDown();
     if (verdict === undefined || verdict === true) return { accept: true };
     if (verdict === false) return refuse(403);
     if (verdict.accept) {
@@ -576,8 +602,16 @@ export class Server {
   private accept(socket: TransportSocket, request: UpgradeRequest): SocketHandlers {
     const verdict = pendingVerdicts.get(request);
     pendingVerdicts.delete(request);
+    if (this.state !== 'listening') {
+      // Accepted before shutdown() began, opened after, on a transport without `refuseUpgrades`
+      // (ws, uWS and memory have it and answer 503): no AcceptConf, no onClientConnected.
+      socket.close(CloseCode.GoingAway, SHUTTING_DOWN);
+      return IGNORE_SOCKET;
+    }
     if (this.live.size >= this.options.maxConnections) {
-      // Accepted while others were being decided, and the limit was reached meanwhile.
+      // Accepted while others were being decided, and the limit was reached meanwhile: only on a
+      // transport that opens a connection later than its decision, letting others be decided
+      // between the two (the in-memory pair). ws and uWS open it in the microtasks that follow.
       socket.close(CloseCode.TryAgainLater, 'too many connections');
       return IGNORE_SOCKET;
     }
@@ -661,6 +695,13 @@ const IGNORE_SOCKET: SocketHandlers = {
 
 function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
   return typeof (value as { then?: unknown } | null)?.then === 'function';
+}
+
+const SHUTTING_DOWN = 'server shutting down';
+
+/** The answer to any upgrade once `shutdown()` began. */
+function shuttingDown(): UpgradeRefusal {
+  return { accept: false, status: 503, body: SHUTTING_DOWN };
 }
 
 function refuse(status: number, reason?: string, headers?: Readonly<Record<string, string>>): UpgradeDecision {

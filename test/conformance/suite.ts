@@ -25,6 +25,7 @@ const SUITES: readonly SuiteFile[] = [
   { file: 'server/upgrade', network: true },
   { file: 'server/upgrade-timeout' },
   { file: 'server/max-connections' },
+  { file: 'server/pending-upgrades' },
   { file: 'server/violations', network: true },
   { file: 'server/limits', network: true },
   { file: 'server/timeouts', network: true },

@@ -87,6 +87,41 @@ export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** What escaped while `catchFaults` held the process's fault handlers. */
+export interface Faults {
+  readonly uncaught: unknown[];
+  readonly unhandled: unknown[];
+}
+
+/**
+ * For a test that expects an uncaught exception: until the test ends, uncaught exceptions and
+ * unhandled rejections are collected here instead of failing the run (test/setup.ts) and the
+ * test (node:test's own handler). The test must wait for what it expects before it ends: one
+ * that comes later fails the run as usual.
+ */
+export function catchFaults(t: TestContext): Faults {
+  const faults: Faults = { uncaught: [], unhandled: [] };
+  const uncaught = process.listeners('uncaughtException');
+  const unhandled = process.listeners('unhandledRejection');
+  process.removeAllListeners('uncaughtException');
+  process.removeAllListeners('unhandledRejection');
+  const onUncaught = (error: unknown): void => {
+    faults.uncaught.push(error);
+  };
+  const onUnhandled = (reason: unknown): void => {
+    faults.unhandled.push(reason);
+  };
+  process.on('uncaughtException', onUncaught);
+  process.on('unhandledRejection', onUnhandled);
+  t.after(() => {
+    process.off('uncaughtException', onUncaught);
+    process.off('unhandledRejection', onUnhandled);
+    for (const listener of uncaught) process.on('uncaughtException', listener);
+    for (const listener of unhandled) process.on('unhandledRejection', listener);
+  });
+  return faults;
+}
+
 export const text = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
 export const bytes = (...values: number[]): Uint8Array => Uint8Array.from(values);
 

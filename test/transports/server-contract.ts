@@ -32,6 +32,7 @@ import { freePort } from '../transport-under-test.ts';
 import {
   acceptAll,
   bytes,
+  catchFaults,
   type ConnectOptions,
   connectWith,
   delay,
@@ -461,6 +462,74 @@ export function serverTransportContract(
         const { socket } = await connect(t, `${server.url}/ok`);
         assert.equal(socket.send(bytes(1)), 'ok');
         await until(() => server.accepted[0]?.rec.messages.length === 1, 'message');
+      },
+    );
+
+    contractCase(
+      'refuseUpgrades: an accept not acted on yet, and every later one, get the refusal; open connections stay; a restart accepts again',
+      false,
+      async (t) => {
+        const held: Array<(decision: UpgradeDecision) => void> = [];
+        const server = await startServer(t, {
+          upgrade: (request) =>
+            request.path === '/held'
+              ? new Promise<UpgradeDecision>((resolve) => {
+                  held.push(resolve);
+                })
+              : { accept: true },
+        });
+        const open = await connect(t, `${server.url}/open`);
+        await until(() => server.accepted.length === 1, 'connection');
+        const waiting = attempt(`${server.url}/held`);
+        waiting.catch(() => {});
+        await until(() => held.length === 1, 'upgrade pending');
+
+        const { refuseUpgrades } = server.transport;
+        assert.ok(refuseUpgrades, 'the transport has refuseUpgrades');
+        refuseUpgrades({ accept: false, status: 503, body: 'going away' });
+        // Decided by the owner before it called refuseUpgrades, acted on by the transport after.
+        held[0]!({ accept: true });
+        await assert.rejects(waiting, { status: 503, body: 'going away' });
+        await assert.rejects(attempt(`${server.url}/later`), { status: 503, body: 'going away' });
+        assert.equal(server.accepted.length, 1, 'connection() was not called for them');
+        assert.equal(open.socket.send(bytes(5)), 'ok');
+        await until(() => server.accepted[0]!.rec.messages.length === 1, 'a message on the open connection');
+
+        await server.transport.stop();
+        await server.transport.start(acceptAll(), { maxMessageSize: MAX });
+        const again = await connect(t, factory.url(server.transport));
+        assert.equal(again.socket.send(bytes(1)), 'ok');
+      },
+    );
+
+    contractCase(
+      'an owner whose connection() throws: the connection closes with 1011 and the error is thrown again as an uncaught exception, after a synchronous or an asynchronous decision',
+      false,
+      async (t) => {
+        const faults = catchFaults(t);
+        const bugs: Error[] = [];
+        const server = await startServer(t, {
+          upgrade: (request) =>
+            request.path === '/async' ? delay(5).then(() => ({ accept: true })) : { accept: true },
+          onConnection: () => {
+            const bug = new Error(`owner bug ${bugs.length + 1}`);
+            bugs.push(bug);
+            throw bug;
+          },
+        });
+        for (const path of ['/sync', '/async']) {
+          const { rec } = await connect(t, `${server.url}${path}`);
+          await until(() => rec.closes.length === 1, `the close after ${path}`);
+          assert.deepEqual(rec.closes, [{ code: 1011, reason: '' }], path);
+          await until(() => faults.uncaught.length === bugs.length, `the uncaught exception after ${path}`);
+        }
+        // Reported once each, as thrown, and never as a rejection.
+        await delay(20);
+        assert.deepEqual(faults.uncaught, bugs);
+        assert.deepEqual(faults.unhandled, []);
+        // The transport serves on.
+        assert.equal(bugs.length, 2);
+        assert.equal(server.accepted.length, 2);
       },
     );
 

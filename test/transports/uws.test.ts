@@ -316,7 +316,15 @@ test('wss: a TLS app whose key file is missing fails to start, saying so', async
 test('loading: a clear error without uWebSockets.js; importing duplexwire never loads it', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'duplexwire-uws-missing-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  for (const file of ['uws.ts', 'close-frame.ts', 'handshake.ts', 'server-lifecycle.ts', 'types.ts', 'ws-frame.ts'])
+  for (const file of [
+    'uws.ts',
+    'close-frame.ts',
+    'handshake.ts',
+    'owner-fault.ts',
+    'server-lifecycle.ts',
+    'types.ts',
+    'ws-frame.ts',
+  ])
     copyFileSync(join(ROOT, 'transports', file), join(dir, file));
   // Outside the package, so `uWebSockets.js` cannot be resolved.
   const missing = `

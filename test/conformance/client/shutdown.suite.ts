@@ -5,14 +5,15 @@
  * close with 1001 (shutdown) or 1000 (conn.close()).
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { Client } from '../../../src/client/client.ts';
 import { ConnectError, DisconnectedError, ShutdownError } from '../../../src/errors.ts';
 import type { Connection } from '../../../src/server/connection.ts';
 import { Server } from '../../../src/server/server.ts';
+import type { ServerTransport } from '../../../transports/types.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
-import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
+import { afterMicrotasks, connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { within } from '../server/wire.ts';
 import { aborted, deferred, outcome } from './helpers.ts';
 
@@ -254,4 +255,166 @@ test('listen() and shutdown() called together: once listen() resolves the server
   await stopping;
   assert.equal(server.isShuttingDown, true);
   assert.equal(server.address(), null);
+});
+
+/**
+ * One round of the race below: shutdown() called `hops` microtasks after beforeUpgrade's verdict,
+ * on `transport` or on it without `refuseUpgrades`. Resolves with the late client's HTTP status
+ * when refused (undefined when closed without one), and whether shutdown() landed after the
+ * server had answered the upgrade with an accept, before the connection opened.
+ */
+async function shutdownAfterVerdict(
+  t: TestContext,
+  hops: number,
+  refuseUpgrades: boolean,
+): Promise<{ readonly raced: boolean; readonly status?: number }> {
+  const held = deferred();
+  const slow = deferred();
+  let deciding = false;
+  let answered = false;
+  let handlerStarted = false;
+  const connected: string[] = [];
+  const { refuseUpgrades: refuse, ...inner } = transportUnderTest().server();
+  // Sees the server's answer to the transport as it comes, before the transport acts on it.
+  const transport: ServerTransport = {
+    ...inner,
+    ...(refuseUpgrades && refuse !== undefined ? { refuseUpgrades: refuse } : {}),
+    start: (handlers, options) =>
+      inner.start(
+        {
+          upgrade: (request) => {
+            const decision = handlers.upgrade(request);
+            void Promise.resolve(decision).then((d) => {
+              if (request.query === 'late' && d.accept) answered = true;
+            });
+            return decision;
+          },
+          connection: (socket, request) => handlers.connection(socket, request),
+        },
+        options,
+      ),
+  };
+  const server = new Server({
+    transport,
+    logger: recordingLogger(),
+    upgradeTimeout: 60_000,
+    beforeUpgrade: async (request) => {
+      if (request.query !== 'late') return true;
+      deciding = true;
+      await held.promise;
+      return true;
+    },
+    onClientConnected: (conn) => {
+      connected.push(conn.handshake.query);
+    },
+    onRequest: async () => {
+      handlerStarted = true;
+      await slow.promise;
+      return 'done';
+    },
+  });
+  await server.listen();
+  t.after(() => server.shutdown({ timeout: 200 }));
+  const url = `ws://127.0.0.1:${server.address()?.port ?? 0}/`;
+  // A request in flight keeps the shutdown (and so the transport) going while the upgrade is answered.
+  const busy = await connectClient(t, url);
+  const inFlight = outcome(busy.request('slow', utf8('')));
+  await waitFor(() => handlerStarted, 2_000, 'the slow handler');
+
+  const late = await connectClient(t, `${url}?late`, { autoConnect: false });
+  const attempt = outcome(late.connect());
+  await waitFor(() => deciding, 2_000, 'beforeUpgrade to run');
+  let openBeforeShutdown = false;
+  let raced = false;
+  let shutdown: Promise<void> | undefined;
+  held.resolve();
+  afterMicrotasks(hops, () => {
+    openBeforeShutdown = server.connections.size === 2;
+    raced = answered && !openBeforeShutdown;
+    shutdown = server.shutdown({ timeout: 5_000 });
+  });
+  const result = await within(attempt, 5_000, 'the late upgrade');
+  let status: number | undefined;
+  if (openBeforeShutdown) {
+    // Accepted before the shutdown: an ordinary connection, closed with 1001 once drained.
+    assert.equal(result.ok, true, `hops ${hops}: ${String(result.error)}`);
+  } else {
+    assert.ok(result.error instanceof ConnectError, `hops ${hops}: ${String(result.error ?? 'connected')}`);
+    assert.deepEqual(connected, [''], `hops ${hops}: onClientConnected ran for the refused upgrade`);
+    status = result.error.status;
+  }
+  slow.resolve();
+  assert.equal((await inFlight).ok, true);
+  await within(shutdown!, 5_000, 'shutdown');
+  return status === undefined ? { raced } : { raced, status };
+}
+
+/** Hops swept: every step between the verdict and the connection opening, and past it. */
+const HOPS = 16;
+
+test('an upgrade accepted by beforeUpgrade just before shutdown() began is refused with 503: no AcceptConf, no onClientConnected', async (t) => {
+  // Each round a fresh server, shutdown() landing one microtask later than the round before.
+  let raced = 0;
+  for (let hops = 0; hops <= HOPS; hops++) {
+    const round = await shutdownAfterVerdict(t, hops, true);
+    if (round.raced) raced++;
+    if (round.status !== undefined || round.raced) assert.equal(round.status, 503, `hops ${hops}`);
+  }
+  assert.ok(raced > 0, 'no round landed between the answer and the connection');
+});
+
+test('on a transport without refuseUpgrades, such an upgrade is closed as it opens: no AcceptConf, no onClientConnected', async (t) => {
+  let raced = 0;
+  for (let hops = 0; hops <= HOPS; hops++) {
+    const round = await shutdownAfterVerdict(t, hops, false);
+    if (!round.raced) continue;
+    raced++;
+    assert.equal(round.status, undefined, `hops ${hops}: closed after its 101, not refused`);
+  }
+  assert.ok(raced > 0, 'no round landed between the answer and the connection');
+});
+
+test('server.shutdown() from inside a handler, not awaited: the reply is delivered, and the shutdown completes once the handler returns', async (t) => {
+  let stopping: Promise<void> | undefined;
+  const { server, url, logger } = await startServer(t, {
+    // Far beyond the test's bound: a shutdown that waited for its timeout would fail it.
+    shutdownTimeout: 60_000,
+    onRequest: (_conn, msg) => {
+      if (msg.name !== 'stop') return msg.payload;
+      stopping = server.shutdown();
+      return 'bye';
+    },
+  });
+  const client = await connectClient(t, url);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  assert.equal(payloadText(await client.request('stop', utf8(''))), 'bye');
+  await within(stopping!, 10_000, 'the shutdown');
+  assert.equal(server.isShuttingDown, true);
+  assert.ok(
+    !logger.entries.some((e) => /shutdown timed out/.test(e.message)),
+    'the shutdown did not wait for its timeout',
+  );
+  await waitFor(() => codes.length === 1, 2_000, 'the disconnect');
+  assert.deepEqual(codes, [1001]);
+});
+
+test('await server.shutdown() inside a handler waits for that very handler: it ends only at shutdownTimeout, the handler aborted', async (t) => {
+  let handlerSignal: AbortSignal | undefined;
+  let shutdownSeen = false;
+  const { server, url, logger } = await startServer(t, {
+    shutdownTimeout: 200,
+    onRequest: async (_conn, _msg, ctx) => {
+      handlerSignal = ctx.signal;
+      await server.shutdown();
+      shutdownSeen = true;
+      return 'too late';
+    },
+  });
+  const client = await connectClient(t, url);
+  const result = await outcome(client.request('stop', utf8(''), { timeout: 10_000 }));
+  assert.ok(result.error instanceof DisconnectedError, String(result.error ?? 'a reply'));
+  await waitFor(() => shutdownSeen, 5_000, 'the shutdown the handler awaited');
+  assert.equal(handlerSignal?.aborted, true, 'the handler was aborted at the timeout');
+  assert.ok(logger.entries.some((e) => e.level === 'warn' && /shutdown timed out/.test(e.message)));
 });

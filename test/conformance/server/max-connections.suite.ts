@@ -1,7 +1,8 @@
 /**
  * maxConnections: the bound holds for sequential and simultaneous connects (a refusal with 503
- * before `beforeUpgrade`, or 1013 for one that got past the check while others were decided), a
- * closed connection frees its place, and the option is validated.
+ * before `beforeUpgrade`, upgrades being decided taking a place; or 1013 for one that got past the
+ * check on a transport that opens connections later than it decides), a closed connection frees
+ * its place, and the option is validated. Pending upgrades: pending-upgrades.suite.ts.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -42,7 +43,7 @@ test('maxConnections: one more is refused with 503 before beforeUpgrade runs; a 
 test('maxConnections holds under a burst of simultaneous connects, with a slow beforeUpgrade', async (t) => {
   const { url, server } = await startServer(t, {
     maxConnections: 3,
-    // Slow and async: every upgrade of the burst is being decided at once, past the first check.
+    // Slow and async: the upgrades of the burst are being decided at once.
     beforeUpgrade: () => delay(50).then(() => true),
   });
   let most = 0;

@@ -14,31 +14,11 @@ import { DEFAULT_UPGRADE_TIMEOUT } from '../../../src/server/options.ts';
 import { Server } from '../../../src/server/server.ts';
 import { connectClient, delay, gate, recordingLogger, startServer, waitFor } from '../../helpers.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
-import { within } from './wire.ts';
+import { refusedConnect, within } from './wire.ts';
 
 const network = transportUnderTest().caps.network;
 const NEVER = (): Promise<never> => new Promise<never>(() => {});
 const TIMEOUT_WARNING = /did not settle in time/;
-
-/** Connects a fresh Client that must be refused; resolves with its ConnectError and the time it took. */
-async function refusedConnect(
-  t: Parameters<typeof connectClient>[0],
-  url: string,
-  headers?: Record<string, string>,
-): Promise<{ error: ConnectError; elapsed: number }> {
-  const client = await connectClient(t, url, { autoConnect: false, ...(headers === undefined ? {} : { headers }) });
-  const started = performance.now();
-  const error = await within(
-    client.connect().then(
-      () => assert.fail('the upgrade was accepted'),
-      (err: unknown) => err,
-    ),
-    5_000,
-    'the refusal',
-  );
-  assert.ok(error instanceof ConnectError, String(error));
-  return { error, elapsed: performance.now() - started };
-}
 
 /** Opens a raw ws connection that must be refused; resolves with the HTTP status and body. */
 function rawRefusal(url: string): Promise<{ status: number; body: string }> {

@@ -1,10 +1,13 @@
 /**
- * Byte-building helpers for the server tests that script a raw peer. Not a test file itself.
+ * Byte-building helpers for the server tests that script a raw peer, and bounded waits for what
+ * the server does. Not a test file itself.
  */
 import assert from 'node:assert/strict';
+import type { TestContext } from 'node:test';
+import { ConnectError } from '../../../src/errors.ts';
 import type { Server } from '../../../src/server/server.ts';
 import type { Connection } from '../../../src/server/connection.ts';
-import { hex, type RawPeer, waitFor } from '../../helpers.ts';
+import { connectClient, hex, type RawPeer, waitFor } from '../../helpers.ts';
 
 /** Concatenates numbers (one byte each), byte arrays and ASCII strings. */
 export function bytes(...parts: Array<number | Uint8Array | string>): Uint8Array {
@@ -50,6 +53,26 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
       timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
     }),
   ]);
+}
+
+/** Connects a fresh Client that must be refused; resolves with its ConnectError and the time it took. */
+export async function refusedConnect(
+  t: TestContext,
+  url: string,
+  headers?: Record<string, string>,
+): Promise<{ error: ConnectError; elapsed: number }> {
+  const client = await connectClient(t, url, { autoConnect: false, ...(headers === undefined ? {} : { headers }) });
+  const started = performance.now();
+  const error = await within(
+    client.connect().then(
+      () => assert.fail('the upgrade was accepted'),
+      (err: unknown) => err,
+    ),
+    5_000,
+    'the refusal',
+  );
+  assert.ok(error instanceof ConnectError, String(error));
+  return { error, elapsed: performance.now() - started };
 }
 
 /**
