@@ -20,7 +20,7 @@ export * from './errors.ts';
 export { consoleLogger, type Logger, silentLogger } from './logger.ts';
 export type { IncomingMessage, ReplyValue, RequestContext, RequestOptions } from './peer/peer.ts';
 export { type AbortSignalLike, Cancellation } from './peer/cancellation.ts';
-export { Connection } from './server/connection.ts';
+export { type CloseOptions, Connection } from './server/connection.ts';
 export {
   DEFAULT_CONCURRENCY,
   DEFAULT_MAX_BUFFERED_BYTES,

@@ -31,7 +31,7 @@ import {
   sessionToJson,
 } from '../session/session.ts';
 import type { DisconnectInfo, ResolvedServerOptions } from './options.ts';
-import { MAX_TIMER_DELAY } from '../util/validate.ts';
+import { checkInteger, MAX_TIMER_DELAY } from '../util/validate.ts';
 import type { SessionRegistry, SessionSettings } from './session-registry.ts';
 import { checkTopic, type TopicRegistry } from './topics.ts';
 
@@ -49,6 +49,15 @@ export interface ConnectionContext {
   readonly topics: TopicRegistry<Connection>;
   /** `Server`'s update of the session `key` (store, this server's connections, the bus). */
   readonly updateSession: (key: string, info: SessionInfo) => Promise<SessionUpdate>;
+}
+
+/** Options of `conn.close()`. */
+export interface CloseOptions {
+  /**
+   * How long the close waits for running handlers before aborting them and closing anyway.
+   * @default the server's `shutdownTimeout` (30000)
+   */
+  readonly timeout?: number;
 }
 
 /** A session's info, as `createSession` and `updateSession` take it. */
@@ -343,21 +352,54 @@ export class Connection {
   /**
    * Closes gracefully: new requests get the shutdown reply, running handlers (and the client's
    * session restore or close) finish and their replies are delivered, then the connection closes
-   * with `code` (default 1000). Rejects with RangeError, the connection left as it was, for a code
-   * that may not be sent (1000-1003, 1007-1014, 3000-4999 may).
+   * with `code` (default 1000). After `options.timeout` ms (default: the server's
+   * `shutdownTimeout`), handlers still running are aborted (their AbortSignal fires with a
+   * ShutdownError) and the connection closes anyway, as `server.shutdown()` does. Rejects with
+   * RangeError for a code that may not be sent (1000-1003, 1007-1014, 3000-4999 may), and with
+   * InvalidArgumentError for a timeout out of range, the connection left as it was. A second call while closing joins the
+   * first (its arguments are ignored).
+   *
+   * From inside one of this connection's handlers, call it without awaiting it and return: the
+   * close waits for every running handler, the calling one included, so a handler that awaits it
+   * waits for itself until the timeout aborts it, and its reply is lost. (The calling handler
+   * cannot be told apart from one that is merely running, and its reply must go out before the
+   * connection closes, as with `server.shutdown()`.)
+   *
+   * @example
+   * onRequest: (conn, msg) => {
+   *   if (msg.name !== 'logout') return msg.payload;
+   *   void conn.close(4000, 'logged out'); // not awaited: this reply goes out, then 4000
+   *   return 'bye';
+   * },
    */
-  close(code: number = CloseCode.Normal, reason = 'closed by the server'): Promise<void> {
+  close(code: number = CloseCode.Normal, reason = 'closed by the server', options: CloseOptions = {}): Promise<void> {
+    let timeout = 0;
     if (this.closing === undefined) {
       // Checked before draining: a valid close must still work after this one.
       try {
         assertSendableCloseCode(code);
+        timeout = checkInteger('timeout', options.timeout ?? this.context.options.shutdownTimeout, 0, MAX_TIMER_DELAY);
       } catch (error) {
         return Promise.reject(error);
       }
     }
     this.closing ??= (async () => {
       this.peer.drain();
-      await this.whenIdle();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timedOut = await Promise.race([
+        this.whenIdle().then(() => false),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(true), timeout);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (timedOut && this.peer.isOpen) {
+        this.context.options.logger.warn('connection close timed out; aborting handlers still running', {
+          id: this.id,
+          timeout,
+        });
+        this.peer.abortHandlers(new ShutdownError('the connection is closing'));
+      }
       this.closeNow(code, reason);
       await this.closed;
     })();

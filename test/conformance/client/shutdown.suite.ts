@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { Client } from '../../../src/client/client.ts';
-import { ConnectError, DisconnectedError, ShutdownError } from '../../../src/errors.ts';
+import { ConnectError, DisconnectedError, InvalidArgumentError, ShutdownError } from '../../../src/errors.ts';
 import type { Connection } from '../../../src/server/connection.ts';
 import { Server } from '../../../src/server/server.ts';
 import type { ServerTransport } from '../../../transports/types.ts';
@@ -417,4 +417,97 @@ test('await server.shutdown() inside a handler waits for that very handler: it e
   await waitFor(() => shutdownSeen, 5_000, 'the shutdown the handler awaited');
   assert.equal(handlerSignal?.aborted, true, 'the handler was aborted at the timeout');
   assert.ok(logger.entries.some((e) => e.level === 'warn' && /shutdown timed out/.test(e.message)));
+});
+
+test('await conn.close() inside a handler of that connection waits for that very handler only until its bound (shutdownTimeout): the handler is aborted with ShutdownError and the client sees the close code', async (t) => {
+  let handlerSignal: AbortSignal | undefined;
+  let closeSeen = false;
+  const { server, url, logger } = await startServer(t, {
+    shutdownTimeout: 200,
+    onRequest: async (conn, msg, ctx) => {
+      if (msg.name !== 'leave') return msg.payload;
+      handlerSignal = ctx.signal;
+      await conn.close(4000, 'bye');
+      closeSeen = true;
+      return 'too late';
+    },
+  });
+  const client = await connectClient(t, url);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  const result = await within(
+    outcome(client.request('leave', utf8(''), { timeout: 30_000 })),
+    10_000,
+    'the request whose handler awaits conn.close()',
+  );
+  assert.ok(result.error instanceof DisconnectedError, String(result.error ?? 'a reply'));
+  assert.equal(result.error.closeCode, 4000);
+  await waitFor(() => closeSeen, 5_000, 'the close the handler awaited');
+  assert.equal(handlerSignal?.aborted, true, 'the handler was aborted at the bound');
+  assert.ok(handlerSignal?.reason instanceof ShutdownError, String(handlerSignal?.reason));
+  assert.ok(logger.entries.some((e) => e.level === 'warn' && /connection close timed out/.test(e.message)));
+  await waitFor(() => codes.length === 1, 2_000, 'the disconnect event');
+  assert.deepEqual(codes, [4000]);
+  // Only that connection closed: the server still serves others.
+  assert.equal(server.isShuttingDown, false);
+  const other = await connectClient(t, url);
+  assert.equal(payloadText(await other.request('echo', utf8('still up'))), 'still up');
+});
+
+test('conn.close(code, reason, { timeout }) overrides shutdownTimeout: a handler that ignores its signal is aborted and the connection closes with the code; a timeout out of range rejects and changes nothing', async (t) => {
+  let conn: Connection | undefined;
+  let handlerSignal: AbortSignal | undefined;
+  const { url } = await startServer(t, {
+    // Far beyond the test's bound: a close that waited for it would fail the test.
+    shutdownTimeout: 60_000,
+    onClientConnected: (c) => {
+      conn = c;
+    },
+    onRequest: (_c, msg, ctx) => {
+      if (msg.name !== 'forever') return msg.payload;
+      handlerSignal = ctx.signal;
+      // Ignores its signal on purpose: the close must not hang on it.
+      return new Promise<never>(() => {});
+    },
+  });
+  const client = await connectClient(t, url);
+  const codes: number[] = [];
+  client.on('disconnect', ({ code }) => codes.push(code));
+  await waitFor(() => conn !== undefined, 1_000, 'onClientConnected');
+  for (const timeout of [-1, 1.5, 2 ** 31]) {
+    await assert.rejects(conn!.close(4001, 'x', { timeout }), InvalidArgumentError);
+  }
+  assert.equal(conn!.isOpen, true);
+  assert.equal(payloadText(await client.request('echo', utf8('still served'))), 'still served');
+  const pending = outcome(client.request('forever', utf8('x'), { timeout: 30_000 }));
+  await waitFor(() => handlerSignal !== undefined, 1_000, 'the handler to start');
+  await within(conn!.close(4001, 'enough', { timeout: 150 }), 10_000, 'conn.close()');
+  assert.equal(handlerSignal!.aborted, true, 'the handler signal fired');
+  const result = await pending;
+  assert.ok(result.error instanceof DisconnectedError, String(result.error));
+  assert.equal(result.error.closeCode, 4001);
+  await waitFor(() => codes.length === 1, 2_000, 'the disconnect event');
+  assert.deepEqual(codes, [4001]);
+});
+
+test('conn.close() from inside a handler, not awaited: the reply is delivered, then the connection closes with the code, without waiting for the bound', async (t) => {
+  let closing: Promise<void> | undefined;
+  const { url, logger } = await startServer(t, {
+    // Far beyond the test's bound: a close that waited for it would fail the test.
+    shutdownTimeout: 60_000,
+    onRequest: (conn, msg) => {
+      if (msg.name !== 'leave') return msg.payload;
+      closing = conn.close(4002, 'logged out');
+      return 'bye';
+    },
+  });
+  const client = await connectClient(t, url);
+  const events: string[] = [];
+  client.on('disconnect', ({ code }) => events.push(`disconnect ${code}`));
+  const reply = await client.request('leave', utf8(''));
+  events.push(`reply ${payloadText(reply)}`);
+  await within(closing!, 10_000, 'conn.close()');
+  await waitFor(() => events.length === 2, 2_000, 'the disconnect event');
+  assert.deepEqual(events, ['reply bye', 'disconnect 4002']);
+  assert.ok(!logger.entries.some((e) => /close timed out/.test(e.message)), 'the close did not wait for its bound');
 });
