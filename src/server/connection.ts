@@ -356,8 +356,8 @@ export class Connection {
    * `shutdownTimeout`), handlers still running are aborted (their AbortSignal fires with a
    * ShutdownError) and the connection closes anyway, as `server.shutdown()` does. Rejects with
    * RangeError for a code that may not be sent (1000-1003, 1007-1014, 3000-4999 may), and with
-   * InvalidArgumentError for a timeout out of range, the connection left as it was. A second call while closing joins the
-   * first (its arguments are ignored).
+   * InvalidArgumentError for a timeout out of range, the connection left as it was. A second call
+   * while closing joins the first (its arguments are ignored).
    *
    * From inside one of this connection's handlers, call it without awaiting it and return: the
    * close waits for every running handler, the calling one included, so a handler that awaits it
