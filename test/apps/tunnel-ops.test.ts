@@ -49,7 +49,7 @@ test('a configurable routing header, and the backstream compatibility header', a
   assert.equal((await send(proxy.port, { headers: { 'x-duplexwire-client-id': ID } })).status, 400);
 });
 
-test('/healthz, /readyz, /metrics and /status', async (t) => {
+test("/healthz, /readyz, /metrics and /status (publicOps: 'all')", async (t) => {
   const target = await startTarget(t, (req, res) => {
     if (req.url === '/fail') res.writeHead(500).end('x');
     else {
@@ -57,7 +57,7 @@ test('/healthz, /readyz, /metrics and /status', async (t) => {
       req.on('end', () => res.end('hello'));
     }
   });
-  const proxy = await startProxy(t);
+  const proxy = await startProxy(t, { publicOps: 'all' });
   await startAgent(t, proxy, { target: target.url });
   assert.equal((await send(proxy.port, { method: 'POST', body: 'abcdef' })).status, 200);
   assert.equal((await send(proxy.port, { path: '/fail' })).status, 500);
@@ -97,12 +97,31 @@ test('/healthz, /readyz, /metrics and /status', async (t) => {
   assert.match(status.text, /up<\/td>/);
 });
 
-test('publicOps: health only on the public listener, the rest through serveOps', async (t) => {
-  const proxy = await startProxy(t, { publicOps: 'health' });
+test('by default the public listener serves the health checks only: /metrics and /status (agent addresses) through serveOps', async (t) => {
+  const target = await startTarget(t, echoHandler);
+  const proxy = await startProxy(t);
+  await startAgent(t, proxy, { target: target.url });
   assert.equal((await send(proxy.port, { path: '/healthz', headers: {} })).status, 200);
-  const metrics = await send(proxy.port, { path: '/metrics', headers: {} });
-  assert.equal(metrics.status, 400);
-  assert.equal(json(metrics).code, 'MISSING_CLIENT_ID');
+  assert.equal((await send(proxy.port, { path: '/readyz', headers: {} })).status, 200);
+  for (const path of ['/metrics', '/status']) {
+    const reply = await send(proxy.port, { path, headers: {} });
+    assert.equal(reply.status, 400, path);
+    assert.equal(json(reply).code, 'MISSING_CLIENT_ID');
+    assert.doesNotMatch(reply.text, /127\.0\.0\.1|4711/);
+  }
+  // A private listener of the application's own.
+  const ops = await startTarget(t, (req, res) => {
+    if (!proxy.proxy.serveOps(req, res)) res.writeHead(404).end();
+  });
+  assert.match((await send(ops.port, { path: '/metrics', headers: {} })).text, /duplexwire_tunnel_agents_connected/);
+  assert.match((await send(ops.port, { path: '/status', headers: {} })).text, new RegExp(`<td>${ID}</td>`));
+});
+
+test("publicOps: 'none' serves no ops endpoint on the public listener", async (t) => {
+  const proxy = await startProxy(t, { publicOps: 'none' });
+  for (const path of ['/healthz', '/readyz', '/metrics', '/status']) {
+    assert.equal((await send(proxy.port, { path, headers: {} })).status, 400, path);
+  }
 });
 
 test('graceful drain: new work refused, work in flight finished, agents closed', async (t) => {
