@@ -8,9 +8,10 @@ import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
 import type { HealthCheckOptions } from '../apps/tunnel/health.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
-import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
+import { hostPort, integerFlag, logLevel, onSignals, parseSize } from './common.ts';
 import { egressProxyFor, redactedUrl } from './egress-proxy.ts';
 import type { TunnelClusterOptions } from '../apps/tunnel/cluster.ts';
+import { MAX_INFLIGHT_LIMIT } from '../apps/tunnel/constants.ts';
 import type { Logger } from '../logger.ts';
 import { DEFAULT_PUBLIC_OPS, type PublicOps, TunnelProxy } from '../apps/tunnel/proxy.ts';
 import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
@@ -28,8 +29,9 @@ export const TUNNEL_USAGE = `usage:
   duplexwire tunnel proxy [--listen 127.0.0.1:8080] [--agents-path /_tunnel] --tokens tokens.json
       [--route header | --route host:<domain> | --route path[:/t]]... [--client-id-header name]
       [--backstream-compat] [--timeout 30s] [--max-timeout 5m] [--max-body 10MiB]
-      [--agent-timeout 20s] [--forwarded replace|append] [--ops-listen host:port]
-      [--public-ops health|all|none | --no-ops] [--drain-timeout 30s] [--insecure] [--log-level info]
+      [--agent-timeout 20s] [--forwarded replace|append] [--max-inflight-per-agent 1024]
+      [--ops-listen host:port] [--public-ops health|all|none | --no-ops] [--drain-timeout 30s]
+      [--insecure] [--log-level info]
       [--cluster-redis redis://127.0.0.1:6379 --cluster-advertise http://10.0.0.5:8080
        --cluster-secret-file secret [--cluster-prefix duplexwire:tunnel:] [--cluster-ttl 15s]
        [--cluster-ca ca.pem]]
@@ -43,6 +45,8 @@ export const TUNNEL_USAGE = `usage:
       --ops-listen serves /healthz, /readyz, /metrics and /status on a listener of their own;
       --public-ops says which of them the public listener serves: health (/healthz and /readyz,
       the default), all, or none. --no-ops: none of them anywhere.
+      --max-inflight-per-agent: requests in flight per agent (1..16384; an agent announcing a
+      lower --max-inflight gets no more than that); with every agent of an id full: 503.
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
       --target http://127.0.0.1:3000 [--host-header preserve|rewrite] [--drain-timeout 30s]
       [--egress-proxy http://user:pass@egress:3128 | direct] [--insecure-tls] [--log-level info]
@@ -180,6 +184,7 @@ async function proxyCommand(args: string[]): Promise<void> {
       'max-body': { type: 'string' },
       'agent-timeout': { type: 'string' },
       forwarded: { type: 'string' },
+      'max-inflight-per-agent': { type: 'string' },
       'ops-listen': { type: 'string' },
       'public-ops': { type: 'string' },
       'no-ops': { type: 'boolean', default: false },
@@ -205,6 +210,9 @@ async function proxyCommand(args: string[]): Promise<void> {
   const listen = hostPort(values.listen, '--listen');
   const opsAt = values['ops-listen'] === undefined ? undefined : hostPort(values['ops-listen'], '--ops-listen');
   const publicOps = publicOpsFlag(values['public-ops'], values['no-ops'], opsAt !== undefined);
+  const maxInflight = values['max-inflight-per-agent'];
+  const maxInflightPerAgent =
+    maxInflight === undefined ? undefined : integerFlag(maxInflight, '--max-inflight-per-agent', 1, MAX_INFLIGHT_LIMIT);
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
   if (tokens !== undefined && tokens.ids().length === 0 && !values.insecure) {
     throw new RangeError(
@@ -231,6 +239,7 @@ async function proxyCommand(args: string[]): Promise<void> {
       ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
       ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
       ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
+      ...(maxInflightPerAgent === undefined ? {} : { maxInflightPerAgent }),
       ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
       publicOps,
       logger,
@@ -367,7 +376,9 @@ async function agentCommand(args: string[]): Promise<void> {
     ...(egressProxy === undefined ? {} : { egressProxy }),
     ...healthCheckFlags(values['health-check'], values['health-interval'], values['health-timeout']),
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 30_000),
-    ...(values['max-inflight'] === undefined ? {} : { maxInflight: Number(values['max-inflight']) }),
+    ...(values['max-inflight'] === undefined
+      ? {}
+      : { maxInflight: integerFlag(values['max-inflight'], '--max-inflight', 1, MAX_INFLIGHT_LIMIT) }),
     ...(values['insecure-tls'] ? { tls: { rejectUnauthorized: false }, targetTls: { rejectUnauthorized: false } } : {}),
     logger,
   });

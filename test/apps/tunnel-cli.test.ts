@@ -9,6 +9,7 @@ import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
 import {
@@ -127,6 +128,13 @@ test('refused at startup with one line and exit code 2: a token file without ids
     [[...insecureProxy, '--public-ops', 'some'], /--public-ops must be health, all or none, got "some"/],
     [[...insecureProxy, '--no-ops', '--public-ops', 'all'], /--no-ops and --public-ops exclude each other/],
     [[...insecureProxy, '--no-ops', '--ops-listen', '127.0.0.1:0'], /--no-ops turns every ops endpoint off/],
+    ...['0', '16385', 'lots', '1e3'].map(
+      (value) =>
+        [
+          [...insecureProxy, '--max-inflight-per-agent', value],
+          new RegExp(`--max-inflight-per-agent must be an integer in 1\\.\\.16384, got "${value}"`),
+        ] as const,
+    ),
   ] as const) {
     await assert.rejects(cli([...args]), (error: { code: number; stderr: string; stdout: string }) => {
       assert.equal(error.code, 2, `${args.join(' ')}: ${error.stderr}`);
@@ -170,6 +178,29 @@ test('the proxy process serves /metrics and /status (agent addresses) publicly o
   assert.deepEqual(await served(await port(privateOnly)), none);
   assert.deepEqual(await served(await port(privateOnly, true)), every);
   assert.deepEqual(await served(await port(noOps)), none);
+});
+
+test('proxy --max-inflight-per-agent: the most requests in flight the proxy routes to each agent', async (t) => {
+  const proxy = spawnCli(t, [
+    'tunnel',
+    'proxy',
+    '--listen',
+    '127.0.0.1:0',
+    '--insecure',
+    '--max-inflight-per-agent',
+    '3',
+  ]);
+  const port = Number((await proxy.line((l) => l.msg === 'listening')).port);
+  const agent = new TunnelAgent({
+    proxyUrl: `ws://127.0.0.1:${port}/_tunnel`,
+    id: ID,
+    token: TOKEN,
+    target: 'http://127.0.0.1:1',
+    logger: recordingLogger(),
+  });
+  t.after(() => agent.close(0));
+  await agent.start();
+  assert.equal((await proxy.line((l) => l.msg === 'agent connected')).maxInflight, 3);
 });
 
 test('a proxy that fails to start exits with the error: nothing it opened keeps it running', async (t) => {
