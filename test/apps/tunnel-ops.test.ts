@@ -3,6 +3,7 @@
  * page, graceful drain, and logs that never carry bodies or secrets.
  */
 import assert from 'node:assert/strict';
+import { type IncomingMessage, request } from 'node:http';
 import { test } from 'node:test';
 import { BACKSTREAM_CLIENT_ID_HEADER } from '../../src/apps/tunnel/routing.ts';
 import {
@@ -150,6 +151,50 @@ test('graceful drain: new work refused, work in flight finished, agents closed',
   assert.equal(reply.text, 'finished');
   await drained;
   assert.equal(await disconnected, 1001);
+});
+
+test('a drain that times out: a user still waiting gets 503 DRAIN_TIMEOUT and Connection: close, one whose response began has it cut off', async (t) => {
+  const closed: string[] = [];
+  const target = await startTarget(t, (req, res) => {
+    req.resume();
+    res.on('close', () => closed.push(req.url ?? ''));
+    // Neither ever ends.
+    if (req.url === '/half') res.writeHead(200, { 'content-type': 'text/plain' }).write('partial');
+  });
+  const proxy = await startProxy(t);
+  await startAgent(t, proxy, { target: target.url });
+  const waiting = send(proxy.port, { path: '/never', method: 'POST', body: 'x' });
+  // The head of the other one is out, then the drain times out.
+  const half = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = request({
+      port: proxy.port,
+      host: '127.0.0.1',
+      path: '/half',
+      headers: { 'x-duplexwire-client-id': ID },
+    });
+    req.on('response', resolve).on('error', reject).end();
+  });
+  assert.equal(half.statusCode, 200);
+  const cut = new Promise<string>((resolve) => {
+    half.on('data', () => {});
+    half.on('end', () => resolve('ended'));
+    half.on('error', () => resolve('cut'));
+  });
+  await waitFor(() => proxy.proxy.inflight === 2, 2000, 'both in flight');
+  await proxy.proxy.drain(50);
+  const reply = await waiting;
+  assert.equal(reply.status, 503);
+  assert.equal(json(reply).code, 'DRAIN_TIMEOUT');
+  assert.equal(reply.headers.connection, 'close');
+  assert.equal(await cut, 'cut', 'never a short body that looks complete');
+  // The agent was told to cancel both: it aborted its requests to the target.
+  await waitFor(() => closed.length === 2, 2000, 'the target saw both go');
+  assert.deepEqual(Object.fromEntries(proxy.proxy.metrics.stats.get(ID)?.statusClasses ?? []), { '2xx': 1, '5xx': 1 });
+  const logged = proxy.logger.entries.filter((e) => e.message === 'request').map((e) => e.context);
+  assert.deepEqual(logged.map((c) => [c?.path, c?.status, c?.outcome]).sort(), [
+    ['/half', 200, 'drain-aborted'],
+    ['/never', 503, 'drain-aborted'],
+  ]);
 });
 
 test('logs are JSON-ready records without bodies, tokens, Authorization or Cookie values', async (t) => {
