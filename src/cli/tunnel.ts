@@ -14,7 +14,7 @@ import type { TunnelClusterOptions } from '../apps/tunnel/cluster.ts';
 import { MAX_INFLIGHT_LIMIT } from '../apps/tunnel/constants.ts';
 import type { Logger } from '../logger.ts';
 import { DEFAULT_PUBLIC_OPS, type PublicOps, TunnelProxy } from '../apps/tunnel/proxy.ts';
-import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
+import { isHeaderName, type RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
 import {
   generateToken,
@@ -65,6 +65,8 @@ export const TUNNEL_USAGE = `usage:
 `;
 
 function parseRoute(value: string, headerName: string | undefined, backstreamCompat: boolean): RoutingStrategy {
+  if (headerName !== undefined && !isHeaderName(headerName))
+    throw new RangeError(`--client-id-header must be a header name (an HTTP token), got ${JSON.stringify(headerName)}`);
   if (value === 'header') {
     return { by: 'header', ...(headerName === undefined ? {} : { name: headerName }), backstreamCompat };
   }

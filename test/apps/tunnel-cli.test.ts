@@ -128,6 +128,8 @@ test('refused at startup with one line and exit code 2: a token file without ids
     [[...insecureProxy, '--public-ops', 'some'], /--public-ops must be health, all or none, got "some"/],
     [[...insecureProxy, '--no-ops', '--public-ops', 'all'], /--no-ops and --public-ops exclude each other/],
     [[...insecureProxy, '--no-ops', '--ops-listen', '127.0.0.1:0'], /--no-ops turns every ops endpoint off/],
+    [[...insecureProxy, '--client-id-header', 'x tenant'], /--client-id-header must be a header name .*"x tenant"/],
+    [[...insecureProxy, '--client-id-header', ''], /--client-id-header must be a header name .*""/],
     ...['0', '16385', 'lots', '1e3'].map(
       (value) =>
         [

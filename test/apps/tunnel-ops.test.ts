@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { type IncomingMessage, request } from 'node:http';
 import { test } from 'node:test';
+import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { BACKSTREAM_CLIENT_ID_HEADER } from '../../src/apps/tunnel/routing.ts';
 import {
   echoHandler,
@@ -35,6 +36,19 @@ test('routing by host (<id>.<domain>) and by path prefix (/t/<id>/...), tried in
   assert.equal((json(rootByPath) as { url: string }).url, '/?x=1');
   assert.equal((await send(proxy.port, { headers: { host: 'a.b.tunnel.example.com' } })).status, 400);
   assert.equal((await send(proxy.port)).status, 200, 'the header strategy still applies');
+});
+
+test('a routing or timeout header name that is no HTTP token is refused when the proxy is made', () => {
+  for (const name of ['x tenant', '', 'x-tenant:', 'x\u00e9']) {
+    assert.throws(
+      () => new TunnelProxy({ insecure: true, routing: { by: 'header', name } }),
+      /routing header name must be an HTTP token/,
+    );
+    assert.throws(
+      () => new TunnelProxy({ insecure: true, timeoutHeader: name }),
+      /timeoutHeader must be an HTTP token/,
+    );
+  }
 });
 
 test('a configurable routing header, and the backstream compatibility header', async (t) => {

@@ -54,7 +54,7 @@ import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
 import { TunnelMetrics } from './metrics.ts';
 import { type ExchangeHost, type ExchangeInit, ProxyExchange } from './proxy-exchange.ts';
-import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';
+import { createRouter, isHeaderName, originForm, type Router, type RoutingStrategy } from './routing.ts';
 import { ResponseSink, type Sink, SocketSink, writeRawError } from './sinks.ts';
 import { type ClusterState, renderStatusPage } from './status-page.ts';
 import { chooseTimeout, durationOption } from './timeout.ts';
@@ -332,6 +332,10 @@ export class TunnelProxy {
     this.agentsPath = options.agentsPath ?? DEFAULT_AGENTS_PATH;
     if (!this.agentsPath.startsWith('/')) throw new InvalidArgumentError('option agentsPath must start with /');
     this.timeoutHeader = (options.timeoutHeader ?? DEFAULT_TIMEOUT_HEADER).toLowerCase();
+    if (!isHeaderName(this.timeoutHeader))
+      throw new InvalidArgumentError(
+        `option timeoutHeader must be an HTTP token, got ${JSON.stringify(this.timeoutHeader)}`,
+      );
     // The cluster's headers too, always: outside users must not be able to send them on.
     this.stripHeaders = new Set([
       ...this.router.headerNames,
