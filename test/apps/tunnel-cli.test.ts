@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
-import { tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
+import { loadTokenFile, tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
 import {
   type CliProcess,
   ID,
@@ -46,6 +46,16 @@ test('tunnel token prints a 256-bit token and its token-file entry, which the pr
   const auth = tokenAuthenticator(parsed);
   assert.ok(auth.verify('svc-1', token));
   assert.ok(!auth.verify('svc-2', token));
+});
+
+test('a tokens file that starts with a UTF-8 byte order mark (as Windows editors write it) is read', async (t) => {
+  const file = await tempFile(t, 'tokens.json', `\uFEFF${JSON.stringify({ [ID]: TOKEN })}\r\n`);
+  const auth = await loadTokenFile(file);
+  assert.deepEqual(auth.ids(), [ID]);
+  assert.ok(auth.verify(ID, TOKEN));
+  // And the command starts with it.
+  const proxy = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', file]);
+  await proxy.line((l) => l.msg === 'listening');
 });
 
 test('the proxy refuses to start without credentials unless --insecure; the agent without a token', async () => {
