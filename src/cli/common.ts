@@ -34,6 +34,17 @@ export function parseSize(value: string): number {
   return Math.floor(Number(match[1]) * unit);
 }
 
+/**
+ * A whole number in `min`..`max`, written in decimal digits (`Number()` would take `''`, `0x10`,
+ * `1e3` and ` 12 `, and the error would name the option instead of the flag).
+ */
+export function integerFlag(value: string, name: string, min: number, max: number): number {
+  const n = /^\d{1,16}$/.test(value) ? Number(value) : Number.NaN;
+  if (!(n >= min && n <= max))
+    throw new RangeError(`${name} must be an integer in ${min}..${max}, got ${JSON.stringify(value)}`);
+  return n;
+}
+
 export function logLevel(value: string | undefined): LogLevel {
   const level = value ?? 'info';
   if (level !== 'error' && level !== 'warn' && level !== 'info' && level !== 'debug') {

@@ -7,7 +7,9 @@
  *   duplexwire tunnel proxy|agent|token ...             the HTTP tunnel (src/cli/tunnel.ts)
  *   duplexwire bridge ...                               the WebSocket-to-HTTP bridge (src/cli/bridge.ts)
  *   duplexwire wsproxy ...                              the WebSocket proxy (src/cli/wsproxy.ts)
+ *   duplexwire --version                                the package's version
  */
+import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import { payloadText, utf8 } from '../../protocol/payload.ts';
 import { wsClientTransport, wsTransport } from '../../transports/ws.ts';
@@ -32,7 +34,18 @@ const USAGE = `usage:
       The WebSocket-to-HTTP bridge (duplexwire bridge --help for its options).
   duplexwire wsproxy --upstream <ws url> ...
       The WebSocket proxy (duplexwire wsproxy --help for its options).
+  duplexwire --version
+      Prints the version of the duplexwire package.
 `;
+
+/**
+ * The version in the package's own package.json, found by the package's name (a self-reference
+ * through its `exports`): the same from src/ under tsx, from dist/, and installed, where a path
+ * relative to this file would differ.
+ */
+function packageVersion(): string {
+  return (createRequire(import.meta.url)('duplexwire/package.json') as { version: string }).version;
+}
 
 async function demo(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -146,6 +159,11 @@ async function main(argv: string[]): Promise<void> {
       return (await import('./bridge.ts')).bridge(rest);
     case 'wsproxy':
       return (await import('./wsproxy.ts')).wsproxy(rest);
+    case '--version':
+    case '-v':
+    case 'version':
+      process.stdout.write(`${packageVersion()}\n`);
+      return;
     case undefined:
     case '-h':
     case '--help':

@@ -8,12 +8,13 @@ import { parseArgs } from 'node:util';
 import { TunnelAgent } from '../apps/tunnel/agent.ts';
 import type { HealthCheckOptions } from '../apps/tunnel/health.ts';
 import { jsonLogger } from '../apps/shared/log.ts';
-import { hostPort, logLevel, onSignals, parseSize } from './common.ts';
+import { hostPort, integerFlag, logLevel, onSignals, parseSize } from './common.ts';
 import { egressProxyFor, redactedUrl } from './egress-proxy.ts';
 import type { TunnelClusterOptions } from '../apps/tunnel/cluster.ts';
+import { MAX_INFLIGHT_LIMIT } from '../apps/tunnel/constants.ts';
 import type { Logger } from '../logger.ts';
-import { TunnelProxy } from '../apps/tunnel/proxy.ts';
-import type { RoutingStrategy } from '../apps/tunnel/routing.ts';
+import { DEFAULT_PUBLIC_OPS, type PublicOps, TunnelProxy } from '../apps/tunnel/proxy.ts';
+import { isHeaderName, type RoutingStrategy } from '../apps/tunnel/routing.ts';
 import { durationOption } from '../apps/tunnel/timeout.ts';
 import {
   generateToken,
@@ -28,8 +29,9 @@ export const TUNNEL_USAGE = `usage:
   duplexwire tunnel proxy [--listen 127.0.0.1:8080] [--agents-path /_tunnel] --tokens tokens.json
       [--route header | --route host:<domain> | --route path[:/t]]... [--client-id-header name]
       [--backstream-compat] [--timeout 30s] [--max-timeout 5m] [--max-body 10MiB]
-      [--agent-timeout 20s] [--forwarded replace|append] [--ops-listen host:port] [--no-ops]
-      [--drain-timeout 30s] [--insecure] [--log-level info]
+      [--agent-timeout 20s] [--forwarded replace|append] [--max-inflight-per-agent 1024]
+      [--ops-listen host:port] [--public-ops health|all|none | --no-ops] [--drain-timeout 30s]
+      [--insecure] [--log-level info]
       [--cluster-redis redis://127.0.0.1:6379 --cluster-advertise http://10.0.0.5:8080
        --cluster-secret-file secret [--cluster-prefix duplexwire:tunnel:] [--cluster-ttl 15s]
        [--cluster-ca ca.pem]]
@@ -40,6 +42,11 @@ export const TUNNEL_USAGE = `usage:
       private certificate authority for peers advertised at https: addresses.
       tokens.json: { "<id>": "sha256:<hex>" | "<token>" | [...] } (see "tunnel token").
       --insecure accepts agents without credentials (development only).
+      --ops-listen serves /healthz, /readyz, /metrics and /status on a listener of their own;
+      --public-ops says which of them the public listener serves: health (/healthz and /readyz,
+      the default), all, or none. --no-ops: none of them anywhere.
+      --max-inflight-per-agent: requests in flight per agent (1..16384; an agent announcing a
+      lower --max-inflight gets no more than that); with every agent of an id full: 503.
   duplexwire tunnel agent --proxy ws://127.0.0.1:8080/_tunnel --id 4711 --token-file t
       --target http://127.0.0.1:3000 [--host-header preserve|rewrite] [--drain-timeout 30s]
       [--egress-proxy http://user:pass@egress:3128 | direct] [--insecure-tls] [--log-level info]
@@ -58,6 +65,8 @@ export const TUNNEL_USAGE = `usage:
 `;
 
 function parseRoute(value: string, headerName: string | undefined, backstreamCompat: boolean): RoutingStrategy {
+  if (headerName !== undefined && !isHeaderName(headerName))
+    throw new RangeError(`--client-id-header must be a header name (an HTTP token), got ${JSON.stringify(headerName)}`);
   if (value === 'header') {
     return { by: 'header', ...(headerName === undefined ? {} : { name: headerName }), backstreamCompat };
   }
@@ -177,7 +186,9 @@ async function proxyCommand(args: string[]): Promise<void> {
       'max-body': { type: 'string' },
       'agent-timeout': { type: 'string' },
       forwarded: { type: 'string' },
+      'max-inflight-per-agent': { type: 'string' },
       'ops-listen': { type: 'string' },
+      'public-ops': { type: 'string' },
       'no-ops': { type: 'boolean', default: false },
       'drain-timeout': { type: 'string' },
       'log-level': { type: 'string' },
@@ -199,8 +210,11 @@ async function proxyCommand(args: string[]): Promise<void> {
   }
   // What the command line says is checked before anything opens (a Redis connection, a listener).
   const listen = hostPort(values.listen, '--listen');
-  const opsListen = values['no-ops'] || values['ops-listen'] === undefined ? undefined : values['ops-listen'];
-  const opsAt = opsListen === undefined ? undefined : hostPort(opsListen, '--ops-listen');
+  const opsAt = values['ops-listen'] === undefined ? undefined : hostPort(values['ops-listen'], '--ops-listen');
+  const publicOps = publicOpsFlag(values['public-ops'], values['no-ops'], opsAt !== undefined);
+  const maxInflight = values['max-inflight-per-agent'];
+  const maxInflightPerAgent =
+    maxInflight === undefined ? undefined : integerFlag(maxInflight, '--max-inflight-per-agent', 1, MAX_INFLIGHT_LIMIT);
   const tokens = values.tokens === undefined ? undefined : await loadTokenFile(values.tokens);
   if (tokens !== undefined && tokens.ids().length === 0 && !values.insecure) {
     throw new RangeError(
@@ -227,9 +241,9 @@ async function proxyCommand(args: string[]): Promise<void> {
       ...(values['max-body'] === undefined ? {} : { maxRequestBody: parseSize(values['max-body']) }),
       ...(values['agent-timeout'] === undefined ? {} : { agentTimeout: values['agent-timeout'] }),
       ...(values.forwarded === undefined ? {} : { forwarded: values.forwarded }),
+      ...(maxInflightPerAgent === undefined ? {} : { maxInflightPerAgent }),
       ...(values['drain-timeout'] === undefined ? {} : { drainTimeout: values['drain-timeout'] }),
-      // With a separate ops listener the public one keeps only the health checks.
-      publicOps: values['no-ops'] ? 'none' : opsListen !== undefined ? 'health' : 'all',
+      publicOps,
       logger,
       ...(cluster === undefined ? {} : { cluster: cluster.options }),
     });
@@ -240,6 +254,10 @@ async function proxyCommand(args: string[]): Promise<void> {
       `tunnel proxy listening on http://${host}:${address.port}/ (agents: ws://${host}:${address.port}${proxy.agentsPath})\n`,
     );
     if (opsAt !== undefined) opsServer = await listenOps(proxy, opsAt, logger);
+    else if (publicOps !== 'all' && !values['no-ops']) {
+      // Said once, for whoever scraped /metrics on the public port before it was private.
+      logger.info('metrics and status page not served: --ops-listen <host:port> serves them (or --public-ops all)');
+    }
   } catch (error) {
     // Half started, the process would go on running (the Redis connection, the listener keep it
     // alive) without its ops endpoints or its drain on SIGTERM: close what opened, fail.
@@ -253,6 +271,27 @@ async function proxyCommand(args: string[]): Promise<void> {
     await cluster?.client.close();
     await new Promise<void>((resolve) => (opsServer === undefined ? resolve() : opsServer.close(() => resolve())));
   });
+}
+
+/**
+ * `--public-ops`, or `--no-ops` (none of the ops endpoints anywhere). `--no-ops` with
+ * `--ops-listen` is refused: it used to turn that listener off without a word, and which of the
+ * two is meant cannot be told (`--public-ops none --ops-listen` keeps them private).
+ */
+function publicOpsFlag(value: string | undefined, noOps: boolean, opsListener: boolean): PublicOps {
+  if (noOps) {
+    if (value !== undefined) throw new RangeError('--no-ops and --public-ops exclude each other');
+    if (opsListener) {
+      throw new RangeError(
+        '--no-ops turns every ops endpoint off, --ops-listen serves them: for them on --ops-listen only, use --public-ops none',
+      );
+    }
+    return 'none';
+  }
+  if (value === undefined) return DEFAULT_PUBLIC_OPS;
+  if (value !== 'all' && value !== 'health' && value !== 'none')
+    throw new RangeError(`--public-ops must be health, all or none, got ${JSON.stringify(value)}`);
+  return value;
 }
 
 /** The ops endpoints (`--ops-listen`) on a listener of their own; rejects when it cannot listen. */
@@ -339,7 +378,9 @@ async function agentCommand(args: string[]): Promise<void> {
     ...(egressProxy === undefined ? {} : { egressProxy }),
     ...healthCheckFlags(values['health-check'], values['health-interval'], values['health-timeout']),
     drainTimeout: durationOption('--drain-timeout', values['drain-timeout'], 30_000),
-    ...(values['max-inflight'] === undefined ? {} : { maxInflight: Number(values['max-inflight']) }),
+    ...(values['max-inflight'] === undefined
+      ? {}
+      : { maxInflight: integerFlag(values['max-inflight'], '--max-inflight', 1, MAX_INFLIGHT_LIMIT) }),
     ...(values['insecure-tls'] ? { tls: { rejectUnauthorized: false }, targetTls: { rejectUnauthorized: false } } : {}),
     logger,
   });

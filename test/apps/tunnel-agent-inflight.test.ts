@@ -291,16 +291,20 @@ test('duplexwire tunnel agent --max-inflight: announced to the proxy; a bad valu
   const proxy = await startProxy(t);
   await spawnAgent(t, proxy, target.url, { args: ['--max-inflight', '3'] });
   assert.equal(proxy.proxy.agents(ID)[0]!.maxInflight, 3);
-  const bad = spawnCli(
-    t,
-    ['tunnel', 'agent', '--proxy', proxy.agentsUrl, '--id', ID, '--target', target.url, '--max-inflight', 'lots'],
-    { DUPLEXWIRE_TUNNEL_TOKEN: TOKEN },
-  );
-  assert.equal(await bad.exited, 2);
-  assert.ok(
-    bad.logs.some((l) => typeof l.raw === 'string' && /maxInflight must be an integer in 1\.\.16384/.test(l.raw)),
-    JSON.stringify(bad.logs),
-  );
+  // Decimal digits only: Number() would take 0x10 (16) and 1e3 (1000).
+  for (const value of ['lots', '0x10', '1e3']) {
+    const bad = spawnCli(
+      t,
+      ['tunnel', 'agent', '--proxy', proxy.agentsUrl, '--id', ID, '--target', target.url, '--max-inflight', value],
+      { DUPLEXWIRE_TUNNEL_TOKEN: TOKEN },
+    );
+    assert.equal(await bad.exited, 2, value);
+    const said = `--max-inflight must be an integer in 1..16384, got "${value}"`;
+    assert.ok(
+      bad.logs.some((l) => typeof l.raw === 'string' && l.raw.includes(said)),
+      JSON.stringify(bad.logs),
+    );
+  }
 });
 
 const connected = await connectRedis();

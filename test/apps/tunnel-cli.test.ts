@@ -9,9 +9,11 @@ import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { TunnelAgent } from '../../src/apps/tunnel/agent.ts';
 import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
-import { tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
+import { loadTokenFile, tokenAuthenticator } from '../../src/apps/tunnel/tokens.ts';
 import {
+  type CliProcess,
   ID,
   OTHER_ID,
   OTHER_TOKEN,
@@ -44,6 +46,16 @@ test('tunnel token prints a 256-bit token and its token-file entry, which the pr
   const auth = tokenAuthenticator(parsed);
   assert.ok(auth.verify('svc-1', token));
   assert.ok(!auth.verify('svc-2', token));
+});
+
+test('a tokens file that starts with a UTF-8 byte order mark (as Windows editors write it) is read', async (t) => {
+  const file = await tempFile(t, 'tokens.json', `\uFEFF${JSON.stringify({ [ID]: TOKEN })}\r\n`);
+  const auth = await loadTokenFile(file);
+  assert.deepEqual(auth.ids(), [ID]);
+  assert.ok(auth.verify(ID, TOKEN));
+  // And the command starts with it.
+  const proxy = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', file]);
+  await proxy.line((l) => l.msg === 'listening');
 });
 
 test('the proxy refuses to start without credentials unless --insecure; the agent without a token', async () => {
@@ -112,6 +124,7 @@ test('refused at startup with one line and exit code 2: a token file without ids
   const weak = await tempFile(t, 'weak', 'password\n');
   const empty = await tempFile(t, 'empty', '\n');
   const good = await tempFile(t, 'token', `${TOKEN}\n`);
+  const insecureProxy = ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--insecure'];
   const agent = (token: string, target = 'http://127.0.0.1:1') => [
     ...['tunnel', 'agent', '--proxy', 'ws://127.0.0.1:1/_tunnel', '--id', ID],
     ...['--token-file', token, '--target', target],
@@ -122,6 +135,18 @@ test('refused at startup with one line and exit code 2: a token file without ids
     [agent(empty), /token file .* is empty/],
     [agent(good, 'nope'), /^duplexwire: ERR_INVALID_ARGUMENT: target must be an absolute http: or https: URL/],
     [['tunnel', 'token', '--id', 'no spaces'], /invalid client id "no spaces"/],
+    [[...insecureProxy, '--public-ops', 'some'], /--public-ops must be health, all or none, got "some"/],
+    [[...insecureProxy, '--no-ops', '--public-ops', 'all'], /--no-ops and --public-ops exclude each other/],
+    [[...insecureProxy, '--no-ops', '--ops-listen', '127.0.0.1:0'], /--no-ops turns every ops endpoint off/],
+    [[...insecureProxy, '--client-id-header', 'x tenant'], /--client-id-header must be a header name .*"x tenant"/],
+    [[...insecureProxy, '--client-id-header', ''], /--client-id-header must be a header name .*""/],
+    ...['0', '16385', 'lots', '1e3'].map(
+      (value) =>
+        [
+          [...insecureProxy, '--max-inflight-per-agent', value],
+          new RegExp(`--max-inflight-per-agent must be an integer in 1\\.\\.16384, got "${value}"`),
+        ] as const,
+    ),
   ] as const) {
     await assert.rejects(cli([...args]), (error: { code: number; stderr: string; stdout: string }) => {
       assert.equal(error.code, 2, `${args.join(' ')}: ${error.stderr}`);
@@ -134,6 +159,60 @@ test('refused at startup with one line and exit code 2: a token file without ids
   // With --insecure, a token file without ids is what it says: any agent, none checked.
   const insecure = spawnCli(t, ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--tokens', noIds, '--insecure']);
   await insecure.line((l) => l.msg === 'listening');
+});
+
+test('the proxy process serves /metrics and /status (agent addresses) publicly only with --public-ops all; --ops-listen serves them privately', async (t) => {
+  const proxy = ['tunnel', 'proxy', '--listen', '127.0.0.1:0', '--insecure'];
+  const byDefault = spawnCli(t, proxy);
+  const opsListen = spawnCli(t, [...proxy, '--ops-listen', '127.0.0.1:0']);
+  const all = spawnCli(t, [...proxy, '--public-ops', 'all']);
+  const privateOnly = spawnCli(t, [...proxy, '--public-ops', 'none', '--ops-listen', '127.0.0.1:0']);
+  const noOps = spawnCli(t, [...proxy, '--no-ops']);
+  /** The port of the public listener, or with `ops` of the ops listener. */
+  const port = async (cli: CliProcess, ops = false) =>
+    Number((await cli.line((l) => l.msg === (ops ? 'ops listening' : 'listening'))).port);
+  const status = async (port: number, path: string) => (await send(port, { path, headers: {} })).status;
+  const served = async (port: number) => ({
+    healthz: await status(port, '/healthz'),
+    readyz: await status(port, '/readyz'),
+    metrics: await status(port, '/metrics'),
+    status: await status(port, '/status'),
+  });
+  const health = { healthz: 200, readyz: 200, metrics: 400, status: 400 };
+  const every = { healthz: 200, readyz: 200, metrics: 200, status: 200 };
+  const none = { healthz: 400, readyz: 400, metrics: 400, status: 400 };
+
+  assert.deepEqual(await served(await port(byDefault)), health);
+  assert.ok(byDefault.logs.some((l) => /metrics and status page not served: --ops-listen/.test(String(l.msg))));
+  assert.deepEqual(await served(await port(opsListen)), health);
+  assert.deepEqual(await served(await port(opsListen, true)), every);
+  assert.deepEqual(await served(await port(all)), every);
+  assert.deepEqual(await served(await port(privateOnly)), none);
+  assert.deepEqual(await served(await port(privateOnly, true)), every);
+  assert.deepEqual(await served(await port(noOps)), none);
+});
+
+test('proxy --max-inflight-per-agent: the most requests in flight the proxy routes to each agent', async (t) => {
+  const proxy = spawnCli(t, [
+    'tunnel',
+    'proxy',
+    '--listen',
+    '127.0.0.1:0',
+    '--insecure',
+    '--max-inflight-per-agent',
+    '3',
+  ]);
+  const port = Number((await proxy.line((l) => l.msg === 'listening')).port);
+  const agent = new TunnelAgent({
+    proxyUrl: `ws://127.0.0.1:${port}/_tunnel`,
+    id: ID,
+    token: TOKEN,
+    target: 'http://127.0.0.1:1',
+    logger: recordingLogger(),
+  });
+  t.after(() => agent.close(0));
+  await agent.start();
+  assert.equal((await proxy.line((l) => l.msg === 'agent connected')).maxInflight, 3);
 });
 
 test('a proxy that fails to start exits with the error: nothing it opened keeps it running', async (t) => {

@@ -129,8 +129,8 @@ if (connected instanceof Error) {
           res.end(out);
         });
       });
-      const a = await startNode(t, redis, p);
-      const b = await startNode(t, redis, p);
+      const a = await startNode(t, redis, p, { publicOps: 'all' });
+      const b = await startNode(t, redis, p, { publicOps: 'all' });
       await startAgent(t, b, { target: target.url });
       await waitRegistered(redis, p, ID, [b.advertise]);
       const reply = await send(a.port, {

@@ -24,7 +24,7 @@ import {
 import { recordingLogger, waitFor } from '../helpers.ts';
 
 test('an unhealthy target: its agent is avoided while another is healthy, and used again once it recovers', async (t) => {
-  const proxy = await startProxy(t);
+  const proxy = await startProxy(t, { publicOps: 'all' });
   const a = await checkedTarget(t, 'a');
   const b = await checkedTarget(t, 'b');
   const agentA = await startAgent(t, proxy, { target: a.url, healthCheck: FAST });

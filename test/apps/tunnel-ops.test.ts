@@ -3,7 +3,9 @@
  * page, graceful drain, and logs that never carry bodies or secrets.
  */
 import assert from 'node:assert/strict';
+import { type IncomingMessage, request } from 'node:http';
 import { test } from 'node:test';
+import { TunnelProxy } from '../../src/apps/tunnel/proxy.ts';
 import { BACKSTREAM_CLIENT_ID_HEADER } from '../../src/apps/tunnel/routing.ts';
 import {
   echoHandler,
@@ -36,6 +38,19 @@ test('routing by host (<id>.<domain>) and by path prefix (/t/<id>/...), tried in
   assert.equal((await send(proxy.port)).status, 200, 'the header strategy still applies');
 });
 
+test('a routing or timeout header name that is no HTTP token is refused when the proxy is made', () => {
+  for (const name of ['x tenant', '', 'x-tenant:', 'x\u00e9']) {
+    assert.throws(
+      () => new TunnelProxy({ insecure: true, routing: { by: 'header', name } }),
+      /routing header name must be an HTTP token/,
+    );
+    assert.throws(
+      () => new TunnelProxy({ insecure: true, timeoutHeader: name }),
+      /timeoutHeader must be an HTTP token/,
+    );
+  }
+});
+
 test('a configurable routing header, and the backstream compatibility header', async (t) => {
   const target = await startTarget(t, echoHandler);
   const proxy = await startProxy(t, { routing: { by: 'header', name: 'x-tenant', backstreamCompat: true } });
@@ -49,7 +64,7 @@ test('a configurable routing header, and the backstream compatibility header', a
   assert.equal((await send(proxy.port, { headers: { 'x-duplexwire-client-id': ID } })).status, 400);
 });
 
-test('/healthz, /readyz, /metrics and /status', async (t) => {
+test("/healthz, /readyz, /metrics and /status (publicOps: 'all')", async (t) => {
   const target = await startTarget(t, (req, res) => {
     if (req.url === '/fail') res.writeHead(500).end('x');
     else {
@@ -57,7 +72,7 @@ test('/healthz, /readyz, /metrics and /status', async (t) => {
       req.on('end', () => res.end('hello'));
     }
   });
-  const proxy = await startProxy(t);
+  const proxy = await startProxy(t, { publicOps: 'all' });
   await startAgent(t, proxy, { target: target.url });
   assert.equal((await send(proxy.port, { method: 'POST', body: 'abcdef' })).status, 200);
   assert.equal((await send(proxy.port, { path: '/fail' })).status, 500);
@@ -97,12 +112,31 @@ test('/healthz, /readyz, /metrics and /status', async (t) => {
   assert.match(status.text, /up<\/td>/);
 });
 
-test('publicOps: health only on the public listener, the rest through serveOps', async (t) => {
-  const proxy = await startProxy(t, { publicOps: 'health' });
+test('by default the public listener serves the health checks only: /metrics and /status (agent addresses) through serveOps', async (t) => {
+  const target = await startTarget(t, echoHandler);
+  const proxy = await startProxy(t);
+  await startAgent(t, proxy, { target: target.url });
   assert.equal((await send(proxy.port, { path: '/healthz', headers: {} })).status, 200);
-  const metrics = await send(proxy.port, { path: '/metrics', headers: {} });
-  assert.equal(metrics.status, 400);
-  assert.equal(json(metrics).code, 'MISSING_CLIENT_ID');
+  assert.equal((await send(proxy.port, { path: '/readyz', headers: {} })).status, 200);
+  for (const path of ['/metrics', '/status']) {
+    const reply = await send(proxy.port, { path, headers: {} });
+    assert.equal(reply.status, 400, path);
+    assert.equal(json(reply).code, 'MISSING_CLIENT_ID');
+    assert.doesNotMatch(reply.text, /127\.0\.0\.1|4711/);
+  }
+  // A private listener of the application's own.
+  const ops = await startTarget(t, (req, res) => {
+    if (!proxy.proxy.serveOps(req, res)) res.writeHead(404).end();
+  });
+  assert.match((await send(ops.port, { path: '/metrics', headers: {} })).text, /duplexwire_tunnel_agents_connected/);
+  assert.match((await send(ops.port, { path: '/status', headers: {} })).text, new RegExp(`<td>${ID}</td>`));
+});
+
+test("publicOps: 'none' serves no ops endpoint on the public listener", async (t) => {
+  const proxy = await startProxy(t, { publicOps: 'none' });
+  for (const path of ['/healthz', '/readyz', '/metrics', '/status']) {
+    assert.equal((await send(proxy.port, { path, headers: {} })).status, 400, path);
+  }
 });
 
 test('graceful drain: new work refused, work in flight finished, agents closed', async (t) => {
@@ -131,6 +165,50 @@ test('graceful drain: new work refused, work in flight finished, agents closed',
   assert.equal(reply.text, 'finished');
   await drained;
   assert.equal(await disconnected, 1001);
+});
+
+test('a drain that times out: a user still waiting gets 503 DRAIN_TIMEOUT and Connection: close, one whose response began has it cut off', async (t) => {
+  const closed: string[] = [];
+  const target = await startTarget(t, (req, res) => {
+    req.resume();
+    res.on('close', () => closed.push(req.url ?? ''));
+    // Neither ever ends.
+    if (req.url === '/half') res.writeHead(200, { 'content-type': 'text/plain' }).write('partial');
+  });
+  const proxy = await startProxy(t);
+  await startAgent(t, proxy, { target: target.url });
+  const waiting = send(proxy.port, { path: '/never', method: 'POST', body: 'x' });
+  // The head of the other one is out, then the drain times out.
+  const half = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = request({
+      port: proxy.port,
+      host: '127.0.0.1',
+      path: '/half',
+      headers: { 'x-duplexwire-client-id': ID },
+    });
+    req.on('response', resolve).on('error', reject).end();
+  });
+  assert.equal(half.statusCode, 200);
+  const cut = new Promise<string>((resolve) => {
+    half.on('data', () => {});
+    half.on('end', () => resolve('ended'));
+    half.on('error', () => resolve('cut'));
+  });
+  await waitFor(() => proxy.proxy.inflight === 2, 2000, 'both in flight');
+  await proxy.proxy.drain(50);
+  const reply = await waiting;
+  assert.equal(reply.status, 503);
+  assert.equal(json(reply).code, 'DRAIN_TIMEOUT');
+  assert.equal(reply.headers.connection, 'close');
+  assert.equal(await cut, 'cut', 'never a short body that looks complete');
+  // The agent was told to cancel both: it aborted its requests to the target.
+  await waitFor(() => closed.length === 2, 2000, 'the target saw both go');
+  assert.deepEqual(Object.fromEntries(proxy.proxy.metrics.stats.get(ID)?.statusClasses ?? []), { '2xx': 1, '5xx': 1 });
+  const logged = proxy.logger.entries.filter((e) => e.message === 'request').map((e) => e.context);
+  assert.deepEqual(logged.map((c) => [c?.path, c?.status, c?.outcome]).sort(), [
+    ['/half', 200, 'drain-aborted'],
+    ['/never', 503, 'drain-aborted'],
+  ]);
 });
 
 test('logs are JSON-ready records without bodies, tokens, Authorization or Cookie values', async (t) => {

@@ -124,7 +124,7 @@ test('version names: one spelling per version; the proxy picks the highest both 
 
 test('the agent offers its version and the proxy settles on it: agent.version, the agent entry, conn.protocol, /status', async (t) => {
   const target = await startTarget(t, echoHandler);
-  const proxy = await startProxy(t);
+  const proxy = await startProxy(t, { publicOps: 'all' });
   const agent = await startAgent(t, proxy, { target: target.url });
   assert.equal(agent.version, TUNNEL_PROTOCOL_VERSION);
   const [entry] = proxy.proxy.agents(ID);

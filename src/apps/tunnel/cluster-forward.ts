@@ -196,11 +196,15 @@ export class ForwardExchange {
     }
   }
 
-  /** Abandons the exchange from outside: drain timed out. */
+  /**
+   * Ends the exchange from outside: the drain timed out. A user still waiting for the response
+   * head gets 503 DRAIN_TIMEOUT and the connection closes; after the head the response is cut off.
+   */
   abort(): void {
     if (this.finished) return;
     this.outcome = 'drain-aborted';
-    this.init.sink.destroy();
+    this.begin();
+    this.failClosing(TunnelErrorCode.DrainTimeout);
     this.finish();
     this.stopAttempt();
   }
@@ -408,11 +412,7 @@ export class ForwardExchange {
     this.host.metrics.bytesIn(this.label, n);
     if (this.bytesIn <= this.init.maxBody) return true;
     this.outcome = 'body-too-large';
-    if (!this.init.sink.headSent) {
-      this.status = 413;
-      this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000);
-    }
-    this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
+    this.failClosing(TunnelErrorCode.BodyTooLarge);
     this.finish();
     this.stopAttempt();
     return false;
@@ -449,6 +449,15 @@ export class ForwardExchange {
   private stopAttempt(): void {
     this.abortAttempt?.();
     this.settled('done');
+  }
+
+  /** An error answer (counted) that closes the connection; a cut-off response after the head. */
+  private failClosing(code: TunnelErrorCode): void {
+    if (!this.init.sink.headSent) {
+      this.status = TUNNEL_ERROR_STATUS[code];
+      this.host.metrics.answered(this.label, this.status, (performance.now() - this.startedAt) / 1000);
+    }
+    this.init.sink.fail(code, true);
   }
 
   /** An error answer, or a cut-off response when the head is already out. */

@@ -13,6 +13,11 @@ export const TunnelErrorCode = {
   NoAgent: 'NO_AGENT',
   AgentsBusy: 'AGENTS_BUSY',
   ShuttingDown: 'SHUTTING_DOWN',
+  /**
+   * The drain timed out before the response head: the request may have been performed (unlike
+   * SHUTTING_DOWN, which nothing reached), so no proxy retries it.
+   */
+  DrainTimeout: 'DRAIN_TIMEOUT',
   AgentTimeout: 'AGENT_TIMEOUT',
   AgentLost: 'AGENT_LOST',
   TargetUnreachable: 'TARGET_UNREACHABLE',
@@ -39,6 +44,7 @@ export const TUNNEL_ERROR_STATUS: Readonly<Record<TunnelErrorCode, number>> = {
   NO_AGENT: 503,
   AGENTS_BUSY: 503,
   SHUTTING_DOWN: 503,
+  DRAIN_TIMEOUT: 503,
   AGENT_TIMEOUT: 504,
   AGENT_LOST: 502,
   TARGET_UNREACHABLE: 502,
@@ -63,6 +69,7 @@ const MESSAGES: Readonly<Record<TunnelErrorCode, string>> = {
   NO_AGENT: 'no agent is connected for this client id',
   AGENTS_BUSY: 'every agent for this client id is at its limit of requests in flight',
   SHUTTING_DOWN: 'the proxy is shutting down',
+  DRAIN_TIMEOUT: 'the proxy shut down before the response came; the request may have been performed',
   AGENT_TIMEOUT: 'the agent did not answer in time',
   AGENT_LOST: 'the agent was lost during the request',
   TARGET_UNREACHABLE: 'the agent could not reach its target',

@@ -41,10 +41,12 @@ export {
   DEFAULT_MAX_INFLIGHT_PER_AGENT,
   DEFAULT_MAX_REQUEST_BODY,
   DEFAULT_MAX_REQUEST_TIMEOUT,
+  DEFAULT_PUBLIC_OPS,
   DEFAULT_REQUEST_TIMEOUT,
   DEFAULT_TIMEOUT_HEADER,
   INLINE_BODY_LIMIT,
   type OpsPaths,
+  type PublicOps,
   TunnelProxy,
   type TunnelProxyOptions,
 } from './proxy.ts';

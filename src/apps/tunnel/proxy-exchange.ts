@@ -21,7 +21,7 @@ import {
 import type { AgentEntry, Balancer } from './balancer.ts';
 import { acquireBoth, CreditWindow, messageCost, tryAcquireBoth } from './flow.ts';
 import { filterHeaders, redactUrl } from './headers.ts';
-import { TunnelErrorCode } from './http-errors.ts';
+import { TUNNEL_ERROR_STATUS, TunnelErrorCode } from './http-errors.ts';
 import type { TunnelMetrics } from './metrics.ts';
 import { answerOrCut, type Sink } from './sinks.ts';
 import {
@@ -150,12 +150,15 @@ export class ProxyExchange {
     }
   }
 
-  /** Abandons the exchange from outside: drain timed out. */
+  /**
+   * Ends the exchange from outside: the drain timed out. A user still waiting for the response
+   * head gets 503 DRAIN_TIMEOUT and the connection closes; after the head the response is cut off.
+   */
   abort(): void {
     if (this.finished) return;
     this.controller?.abort();
-    this.init.sink.destroy();
     this.outcome = 'drain-aborted';
+    this.failClosing(TunnelErrorCode.DrainTimeout);
     this.finish();
   }
 
@@ -493,16 +496,22 @@ export class ProxyExchange {
     this.controller?.abort();
     this.outcome = 'body-too-large';
     this.stopReading();
-    if (!this.init.sink.headSent) {
-      this.status = 413;
-      this.host.metrics.answered(this.label, 413, (performance.now() - this.startedAt) / 1000, this.init.fromPeer);
-    }
     // An unread body remains on the connection: the answer closes it, a peer's too. The
     // connection lingers (linger.ts), reading and dropping the rest for a while: closed at once,
     // the body still arriving would get it reset, and the reset lose the 413 (a forwarding proxy
     // would answer 502 instead). undici stops sending once it has the 413.
-    this.init.sink.fail(TunnelErrorCode.BodyTooLarge, true);
+    this.failClosing(TunnelErrorCode.BodyTooLarge);
     this.finish();
+  }
+
+  /** An error answer (counted) that closes the connection; a cut-off response after the head. */
+  private failClosing(code: TunnelErrorCode): void {
+    if (!this.init.sink.headSent) {
+      this.status = TUNNEL_ERROR_STATUS[code];
+      const seconds = (performance.now() - this.startedAt) / 1000;
+      this.host.metrics.answered(this.label, this.status, seconds, this.init.fromPeer);
+    }
+    this.init.sink.fail(code, true);
   }
 
   private stopReading(): void {

@@ -54,7 +54,7 @@ import { jsonLogger } from '../shared/log.ts';
 import { parseProtocolOffer } from '../shared/websocket.ts';
 import { TunnelMetrics } from './metrics.ts';
 import { type ExchangeHost, type ExchangeInit, ProxyExchange } from './proxy-exchange.ts';
-import { createRouter, originForm, type Router, type RoutingStrategy } from './routing.ts';
+import { createRouter, isHeaderName, originForm, type Router, type RoutingStrategy } from './routing.ts';
 import { ResponseSink, type Sink, SocketSink, writeRawError } from './sinks.ts';
 import { type ClusterState, renderStatusPage } from './status-page.ts';
 import { chooseTimeout, durationOption } from './timeout.ts';
@@ -97,6 +97,18 @@ export const DEFAULT_AGENT_TIMEOUT = 20_000;
 export const DEFAULT_MAX_INFLIGHT_PER_AGENT = 1024;
 /** Request bodies up to this size (with a Content-Length) travel inside the head message. */
 export const INLINE_BODY_LIMIT = 64 * 1024;
+
+/**
+ * Which operational endpoints the users' listener serves: `all`; `health` (`/healthz` and
+ * `/readyz` only); `none`.
+ */
+export type PublicOps = 'all' | 'health' | 'none';
+/**
+ * @default only the health checks on the users' listener: the status page lists agent ids and
+ * their addresses, the metrics every client id, which are nobody's business on the internet (as
+ * frp's dashboard and cloudflared's metrics are off the public port by default).
+ */
+export const DEFAULT_PUBLIC_OPS: PublicOps = 'health';
 
 /** Paths of the operational endpoints (served only to requests that route to no client id). */
 export interface OpsPaths {
@@ -148,10 +160,10 @@ export interface TunnelProxyOptions {
   /** Paths of the operational endpoints. @default /healthz, /readyz, /metrics, /status */
   readonly ops?: OpsPaths;
   /**
-   * Which of them the users' listener serves: `all`, `health` (healthz and readyz only: serve
-   * the rest on a private listener with `serveOps`), or `none`. @default 'all'
+   * Which of them the users' listener serves: `all`, `health` (healthz and readyz only), or
+   * `none`. `serveOps` serves them all on a private listener of yours. @default 'health'
    */
-  readonly publicOps?: 'all' | 'health' | 'none';
+  readonly publicOps?: PublicOps;
   /** How long `drain()` lets requests in flight finish. @default 30 s */
   readonly drainTimeout?: number | string;
   /**
@@ -279,7 +291,7 @@ export class TunnelProxy {
   private readonly agentTimeout: number;
   private readonly upgrades: boolean;
   private readonly ops: ResolvedOps;
-  private readonly publicOps: 'all' | 'health' | 'none';
+  private readonly publicOps: PublicOps;
   private readonly drainTimeout: number;
   private readonly lingerTimeout: number;
   private readonly connectionWindow: number;
@@ -320,6 +332,10 @@ export class TunnelProxy {
     this.agentsPath = options.agentsPath ?? DEFAULT_AGENTS_PATH;
     if (!this.agentsPath.startsWith('/')) throw new InvalidArgumentError('option agentsPath must start with /');
     this.timeoutHeader = (options.timeoutHeader ?? DEFAULT_TIMEOUT_HEADER).toLowerCase();
+    if (!isHeaderName(this.timeoutHeader))
+      throw new InvalidArgumentError(
+        `option timeoutHeader must be an HTTP token, got ${JSON.stringify(this.timeoutHeader)}`,
+      );
     // The cluster's headers too, always: outside users must not be able to send them on.
     this.stripHeaders = new Set([
       ...this.router.headerNames,
@@ -357,7 +373,7 @@ export class TunnelProxy {
       metrics: opsPath(options.ops?.metrics, '/metrics'),
       status: opsPath(options.ops?.status, '/status'),
     };
-    this.publicOps = options.publicOps ?? 'all';
+    this.publicOps = options.publicOps ?? DEFAULT_PUBLIC_OPS;
     if (!['all', 'health', 'none'].includes(this.publicOps))
       throw new InvalidArgumentError("option publicOps must be 'all', 'health' or 'none'");
     this.logger = options.logger ?? jsonLogger({ fields: { component: 'tunnel-proxy' } });

@@ -3,6 +3,7 @@
  * (`<id>.<domain>`) or from a path prefix (`/t/<id>/...`). Strategies are tried in the order
  * configured; the first that finds an id decides.
  */
+import { validateHeaderName } from 'node:http';
 import { headerValues } from './headers.ts';
 import { isValidClientId } from './tokens.ts';
 
@@ -46,6 +47,16 @@ export interface Router {
   readonly headerNames: ReadonlySet<string>;
 }
 
+/** True for what may be a header's name: an RFC 9110 token (§5.1, §5.6.2), as Node checks it. */
+export function isHeaderName(name: string): boolean {
+  try {
+    validateHeaderName(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function createRouter(strategies: readonly RoutingStrategy[]): Router {
   if (strategies.length === 0) throw new RangeError('routing needs at least one strategy');
   const headerNames = new Set<string>();
@@ -53,7 +64,11 @@ export function createRouter(strategies: readonly RoutingStrategy[]): Router {
   for (const strategy of strategies) {
     switch (strategy.by) {
       case 'header': {
-        const names = [(strategy.name ?? DEFAULT_CLIENT_ID_HEADER).toLowerCase()];
+        const name = strategy.name ?? DEFAULT_CLIENT_ID_HEADER;
+        // Any other name would never be found in a request: every request would get 400.
+        if (!isHeaderName(name))
+          throw new RangeError(`routing header name must be an HTTP token, got ${JSON.stringify(name)}`);
+        const names = [name.toLowerCase()];
         if (strategy.backstreamCompat) names.push(BACKSTREAM_CLIENT_ID_HEADER);
         for (const name of names) headerNames.add(name);
         steps.push((url, raw) => {

@@ -113,7 +113,8 @@ export async function loadTokenFile(path: string): Promise<AgentAuthenticator> {
   const text = await readFile(path, 'utf8');
   let parsed: unknown;
   try {
-    parsed = JSON.parse(text);
+    // A byte order mark, which Windows editors write (JSON.parse takes it for a stray character).
+    parsed = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
   } catch {
     throw new RangeError(`token file ${path} is not valid JSON`);
   }
