@@ -39,8 +39,8 @@ export function deferred<T = void>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** Resolves when `signal` aborts (at once if it already did). */
-export function aborted(signal: AbortSignal): Promise<unknown> {
+/** Resolves with the abort reason when `signal` aborts (at once if it already did). */
+export function aborted(signal: AbortSignalLike): Promise<unknown> {
   if (signal.aborted) return Promise.resolve(signal.reason);
   return new Promise((resolve) => signal.addEventListener('abort', () => resolve(signal.reason), { once: true }));
 }
