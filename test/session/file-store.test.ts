@@ -427,8 +427,9 @@ describe('FileSessionManager: SIGKILL during 1,000 concurrent creations', () => 
   ];
 
   function runWriter(t: TestContext, dir: string, plan: KillPlan): Promise<{ interrupted: boolean; lines: string[] }> {
+    // stdin a pipe: the writer exits when it ends (fixtures/lifeline.ts).
     const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', WRITER, dir], {
-      stdio: ['ignore', 'pipe', 'inherit'],
+      stdio: ['pipe', 'pipe', 'inherit'],
     });
     t.after(() => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
