@@ -425,6 +425,13 @@ describe('FileSessionManager: SIGKILL during 1,000 concurrent creations', () => 
     { label: '40 ms after started', after: 'started', delay: 40 },
     { label: 'mid-way, at progress 300', after: 'progress 300', delay: 0 },
   ];
+  /**
+   * How long a writer may take to print the line it is killed after: a bound for a writer that
+   * hangs, not a wait. It was 15 s, with 60 s for the whole test; but a writer spends over a second
+   * of CPU just starting (node, tsx, the sources) before its 1,000 writes, and a CPU second takes
+   * five to seven on a loaded CI machine (two cores, a load of 10 to 13).
+   */
+  const WRITER_LIMIT = 60_000;
 
   function runWriter(t: TestContext, dir: string, plan: KillPlan): Promise<{ interrupted: boolean; lines: string[] }> {
     // stdin a pipe: the writer exits when it ends (fixtures/lifeline.ts).
@@ -439,8 +446,8 @@ describe('FileSessionManager: SIGKILL during 1,000 concurrent creations', () => 
     return new Promise((resolve, reject) => {
       const guard = setTimeout(() => {
         child.kill('SIGKILL');
-        reject(new Error(`writer did not reach "${plan.after}" within 15 s: ${lines.join(', ')}`));
-      }, 15_000);
+        reject(new Error(`writer did not reach "${plan.after}" within ${WRITER_LIMIT} ms: ${lines.join(', ')}`));
+      }, WRITER_LIMIT);
       let buffered = '';
       child.stdout!.setEncoding('utf8');
       child.stdout!.on('data', (chunk: string) => {
@@ -466,7 +473,9 @@ describe('FileSessionManager: SIGKILL during 1,000 concurrent creations', () => 
     });
   }
 
-  it('leaves every session file parseable (or absent), bounded', { timeout: 60_000 }, async (t) => {
+  it('leaves every session file parseable (or absent), bounded', {
+    timeout: plans.length * WRITER_LIMIT,
+  }, async (t) => {
     const parent = await tempParent(t);
     let interruptedRuns = 0;
     for (const [i, plan] of plans.entries()) {
