@@ -305,7 +305,9 @@ test('nothing keeps the process alive after close()', async () => {
     execFile(
       process.execPath,
       ['--import', 'tsx', '--input-type=module', '-e', script],
-      { cwd: root, timeout: 10_000, encoding: 'utf8' },
+      // A bound for a child that hangs, and for one kept alive: it was 10 s, most of which a loaded
+      // machine spent starting node and tsx (about 1.5 s of CPU) before the script ran.
+      { cwd: root, timeout: 60_000, encoding: 'utf8' },
       (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout)),
     );
   });

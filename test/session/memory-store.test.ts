@@ -89,8 +89,8 @@ describe('MemorySessionManager: maxAge', () => {
     assert.equal(manager.size, 1, 'the 50 expired ones at the front went');
   });
 
-  it('slides: each lookup restarts maxAge (real time, bounded)', async () => {
-    await assertSlidingExpiry(new MemorySessionManager({ maxAge: 600 }));
+  it('slides: each lookup restarts maxAge (mocked clock)', async (t) => {
+    await assertSlidingExpiry(t, new MemorySessionManager({ maxAge: 600 }));
   });
 });
 

@@ -39,8 +39,8 @@ export function deferred<T = void>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** Resolves when `signal` aborts (at once if it already did). */
-export function aborted(signal: AbortSignal): Promise<unknown> {
+/** Resolves with the abort reason when `signal` aborts (at once if it already did). */
+export function aborted(signal: AbortSignalLike): Promise<unknown> {
   if (signal.aborted) return Promise.resolve(signal.reason);
   return new Promise((resolve) => signal.addEventListener('abort', () => resolve(signal.reason), { once: true }));
 }
@@ -302,16 +302,27 @@ export interface ChildServer {
   readonly lines: string[];
   /** Resolves when the child exited. */
   readonly exited: Promise<void>;
+  /** What the child printed on stderr so far. */
+  stderr(): string;
 }
 
 /**
- * Spawns `node --import tsx test/fixtures/<name>` that prints its port as the first line of
- * stdout. Killed (SIGKILL) after the test.
+ * How long a child may take to print its port: a bound for a child that hangs, not a wait. It
+ * was 5 s (8 s in the restart tests), and failed on loaded CI machines: a child spends about 2 s
+ * of CPU starting (node, tsx, the sources), which took 11 to 14 s at a load of 9 to 13 on two
+ * cores. A child that fails exits, and that ends the wait at once.
  */
-export async function spawnServer(t: TestContext, name: string): Promise<ChildServer> {
-  const child = spawn(process.execPath, ['--import', 'tsx', `test/fixtures/${name}`], {
+const CHILD_STARTUP_LIMIT = 60_000;
+
+/**
+ * Spawns `node --import tsx test/fixtures/<name> [...args]` that prints its port as the first line
+ * of stdout; resolves once it did. Killed (SIGKILL) after the test. Its stdin is a pipe, which
+ * ends when this process does: the fixture exits then (fixtures/lifeline.ts).
+ */
+export async function spawnServer(t: TestContext, name: string, args: readonly string[] = []): Promise<ChildServer> {
+  const child = spawn(process.execPath, ['--import', 'tsx', `test/fixtures/${name}`, ...args], {
     cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   t.after(async () => {
@@ -325,10 +336,13 @@ export async function spawnServer(t: TestContext, name: string): Promise<ChildSe
   });
   let buffer = '';
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} printed no port within 5 s: ${stderr}`)), 5_000);
-    child.once('exit', (code) => {
+    const timer = setTimeout(
+      () => reject(new Error(`${name} printed no port within ${CHILD_STARTUP_LIMIT} ms: ${stderr}`)),
+      CHILD_STARTUP_LIMIT,
+    );
+    child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      reject(new Error(`${name} exited (${code}) before printing its port: ${stderr}`));
+      reject(new Error(`${name} exited (${code ?? signal}) before printing its port: ${stderr}`));
     });
     let gotPort = false;
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -348,5 +362,5 @@ export async function spawnServer(t: TestContext, name: string): Promise<ChildSe
       }
     });
   });
-  return { child, port, lines, exited };
+  return { child, port, lines, exited, stderr: () => stderr };
 }
