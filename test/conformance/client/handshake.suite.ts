@@ -188,11 +188,18 @@ test('serverTimeout: a server that goes silent (no pongs, nothing sent) is dropp
 });
 
 test('serverTimeout: a quiet server that answers pings keeps the connection', async (t) => {
-  const server = await rawServer(t, (conn) => conn.send(acceptConf({ minor: 0 })));
-  const client = await connectClient(t, server.url, { serverTimeout: 300 });
+  // Counted by the pings the server answers, not by a fixed wait: the client pings every third of
+  // serverTimeout, so four answered pings span more than a whole serverTimeout of a server that
+  // sends nothing else. Not 300 ms: on a loaded machine a pong can take that long (seen in CI).
+  let pings = 0;
+  const server = await rawServer(t, (conn) => {
+    conn.ws.on('ping', () => pings++);
+    conn.send(acceptConf({ minor: 0 }));
+  });
+  const client = await connectClient(t, server.url, { serverTimeout: 3_000 });
   const drops: number[] = [];
   client.on('disconnect', ({ code }) => drops.push(code));
-  await delay(1_000);
+  await waitFor(() => pings >= 4, 30_000, 'four pings answered');
   assert.deepEqual(drops, []);
   assert.equal(client.isConnected, true);
 });
