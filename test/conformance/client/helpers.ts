@@ -18,7 +18,7 @@ import { CanceledError } from '../../../src/errors.ts';
 import type { ServerOptions } from '../../../src/server/options.ts';
 import { Server } from '../../../src/server/server.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
-import { recordingLogger } from '../../helpers.ts';
+import { NEXT_MESSAGE_LIMIT, recordingLogger } from '../../helpers.ts';
 
 /** The package root, as the working directory of child processes. */
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -171,7 +171,7 @@ class Inbox {
     this.wake?.();
   }
 
-  async next(timeout = 2_000): Promise<Uint8Array> {
+  async next(timeout = NEXT_MESSAGE_LIMIT): Promise<Uint8Array> {
     const deadline = Date.now() + timeout;
     while (this.taken >= this.all.length) {
       if (this.ended) throw new Error('the connection closed');
