@@ -71,10 +71,20 @@ export async function connectClient(t: TestContext, url: string, options: Client
 }
 
 /** A WebSocket peer driven byte by byte: what a v2.0 client or a hostile one would do. */
+/**
+ * How long `next()` waits for a message by default: a bound for a peer that never sends, not a
+ * wait (it returns as soon as the message is there, and fails at once if the connection closed).
+ * It was 2 s, and a loaded CI machine stalls a test process for up to a second at a time.
+ */
+export const NEXT_MESSAGE_LIMIT = 10_000;
+
 export interface RawPeer {
   readonly ws: WebSocket;
   readonly messages: Uint8Array[];
-  /** The next binary message not yet taken (waits up to `timeout` ms). */
+  /**
+   * The next binary message not yet taken; waits up to `timeout` ms, and fails at once once the
+   * connection closed with none left.
+   */
   next(timeout?: number): Promise<Uint8Array>;
   send(bytes: Uint8Array | string): void;
   /** Resolves with the close code and reason. */
@@ -86,13 +96,18 @@ export async function rawPeer(t: TestContext, url: string, headers: Record<strin
   const messages: Uint8Array[] = [];
   let taken = 0;
   let wake: (() => void) | undefined;
+  let ended = false;
   ws.on('message', (data: Buffer) => {
     messages.push(new Uint8Array(data));
     wake?.();
   });
   ws.on('error', () => {});
   const closed = new Promise<{ code: number; reason: string }>((resolve) => {
-    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+    ws.on('close', (code, reason) => {
+      ended = true;
+      wake?.();
+      resolve({ code, reason: reason.toString() });
+    });
   });
   t.after(() => ws.terminate());
   await new Promise<void>((resolve, reject) => {
@@ -103,9 +118,10 @@ export async function rawPeer(t: TestContext, url: string, headers: Record<strin
     ws,
     messages,
     closed,
-    async next(timeout = 2_000) {
+    async next(timeout = NEXT_MESSAGE_LIMIT) {
       const deadline = Date.now() + timeout;
       while (taken >= messages.length) {
+        if (ended) throw new Error('the connection closed');
         if (Date.now() >= deadline) throw new Error(`no message within ${timeout} ms`);
         await new Promise<void>((resolve) => {
           wake = resolve;

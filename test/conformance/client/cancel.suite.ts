@@ -11,7 +11,7 @@ import { payloadText, utf8 } from '../../../protocol/payload.ts';
 import { CanceledError, TimeoutError } from '../../../src/errors.ts';
 import { Cancellation } from '../../../src/peer/cancellation.ts';
 import { connectClient, delay, gate, hex, startServer, waitFor } from '../../helpers.ts';
-import { aborted, acceptConf, type Outcome, outcome, rawServer, sharedSignalBatches } from './helpers.ts';
+import { aborted, acceptConf, outcome, rawServer, settledAtOnce, sharedSignalBatches } from './helpers.ts';
 
 /**
  * A server whose 'slow' handler runs until its signal fires or the test calls `release()`, and
@@ -38,16 +38,6 @@ async function slowServer(t: Parameters<typeof startServer>[0], protocolMinor: 0
     },
   });
   return { url, seen, logger, release: released.open };
-}
-
-/**
- * Whether `settled` settles before any timer or I/O callback can run: it was settled
- * synchronously, with nothing but promise reactions after it. (A time bound, "within 20 ms",
- * failed when the loaded machine preempted the process in between.)
- */
-async function settledAtOnce<T>(settled: Promise<Outcome<T>>): Promise<Outcome<T> | undefined> {
-  const later = new Promise<undefined>((resolve) => setImmediate(() => resolve(undefined)));
-  return Promise.race([settled, later]);
 }
 
 test('aborting a request rejects it with CanceledError at once and fires the handler signal', async (t) => {

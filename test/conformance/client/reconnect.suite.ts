@@ -11,7 +11,7 @@ import { ConnectError, DisconnectedError, QueueFullError, TimeoutError } from '.
 import type { Connection } from '../../../src/server/connection.ts';
 import { transportUnderTest } from '../../transport-under-test.ts';
 import { connectClient, delay, recordingLogger, startServer, waitFor } from '../../helpers.ts';
-import { aborted, freePort, outcome, sharedSignalBatches, startServerOnPort } from './helpers.ts';
+import { aborted, freePort, outcome, settledAtOnce, sharedSignalBatches, startServerOnPort } from './helpers.ts';
 
 const echo = { onRequest: (_conn: Connection, msg: { payload: ReturnType<typeof utf8> }) => msg.payload };
 
@@ -60,9 +60,9 @@ test('reconnect: false — a request while disconnected fails at once with Disco
   assert.equal(await disconnected, 1001);
   await waitFor(() => client.state === 'disconnected', 1_000, "state 'disconnected'");
 
-  const result = await outcome(client.request('echo', utf8('x'), { timeout: 5_000 }));
+  const result = await settledAtOnce(outcome(client.request('echo', utf8('x'), { timeout: 5_000 })));
+  assert.ok(result !== undefined, 'rejected at once');
   assert.ok(result.error instanceof DisconnectedError, String(result.error));
-  assert.ok(result.ms < 50, `rejected after ${Math.round(result.ms)} ms`);
   assert.equal(client.signal('s', utf8('x')), false, 'a signal is not sent either');
 });
 
@@ -74,9 +74,9 @@ test('maxQueuedRequests: 2 — the third waiting request gets QueueFullError', a
   });
   const one = outcome(client.request('a', utf8('1'), { timeout: 0 }));
   const two = outcome(client.request('b', utf8('2'), { timeout: 0 }));
-  const three = await outcome(client.request('c', utf8('3'), { timeout: 0 }));
+  const three = await settledAtOnce(outcome(client.request('c', utf8('3'), { timeout: 0 })));
+  assert.ok(three !== undefined, 'rejected at once');
   assert.ok(three.error instanceof QueueFullError, String(three.error));
-  assert.ok(three.ms < 50);
 
   // The two waiting requests are settled by close(), with DisconnectedError.
   await client.close();
@@ -89,9 +89,13 @@ test('maxQueuedRequests: 2 — the third waiting request gets QueueFullError', a
 test('a waiting request with timeout 100 and no server gets TimeoutError', async (t) => {
   const port = await freePort();
   const client = looseClient(t, `ws://127.0.0.1:${port}/`, { reconnect: { initialDelay: 20, maxDelay: 50 } });
-  const result = await outcome(client.request('x', utf8('x'), { timeout: 100 }));
+  const since = performance.now();
+  const result = await outcome(client.request('x', utf8('x'), { timeout: 100 }), since);
   assert.ok(result.error instanceof TimeoutError, String(result.error));
-  assert.ok(result.ms >= 95 && result.ms < 600, `timed out after ${Math.round(result.ms)} ms`);
+  // Never early; how late is the loaded machine's business (it was "< 600 ms"). The message names
+  // the timeout that fired.
+  assert.ok(result.ms >= 99, `timed out after ${result.ms} ms`);
+  assert.match(result.error.message, /within 100 ms/);
 });
 
 test('a waiting request is aborted by its signal while no server is up', async (t) => {
@@ -100,11 +104,10 @@ test('a waiting request is aborted by its signal while no server is up', async (
   const controller = new AbortController();
   const pending = outcome(client.request('x', utf8('x'), { timeout: 0, signal: controller.signal }));
   await delay(30);
-  const abortedAt = performance.now();
   controller.abort();
-  const result = await pending;
+  const result = await settledAtOnce(pending);
+  assert.ok(result !== undefined, 'rejected at once with the abort');
   assert.equal((result.error as Error)?.name, 'CanceledError', String(result.error));
-  assert.ok(performance.now() - abortedAt < 50);
 });
 
 test('50 waiting requests sharing one AbortSignal: one listener on it while they wait, none once they settle', async (t) => {
@@ -136,19 +139,17 @@ test('pending requests reject with DisconnectedError at once when the server ter
     conn = undefined;
     const client = await connectClient(t, url, { reconnect });
     await waitFor(() => conn !== undefined, 1_000, 'onClientConnected');
-    const pending = Array.from({ length: 5 }, (_, i) => client.request(`r${i}`, utf8('x'), { timeout: 5_000 }));
+    const pending = Array.from({ length: 5 }, (_, i) => client.request(`r${i}`, utf8('x'), { timeout: 60_000 }));
     await waitFor(
       () => handlerStarts === pending.length * (reconnect === false ? 1 : 2),
       1_000,
       'the handlers to start',
     );
-    const droppedAt = performance.now();
     conn!.terminate();
-    const results = await Promise.all(pending.map((p) => outcome(p, droppedAt)));
-    for (const result of results) {
-      assert.ok(result.error instanceof DisconnectedError, String(result.error));
-      assert.ok(result.ms < 500, `rejected after ${Math.round(result.ms)} ms, not at the 5 s deadline`);
-    }
+    const results = await Promise.all(pending.map((p) => outcome(p)));
+    // Not at the 60 s deadline (that would be TimeoutError); checked by the error, not by a clock
+    // (it was "< 500 ms", which a loaded machine can stall the process for).
+    for (const result of results) assert.ok(result.error instanceof DisconnectedError, String(result.error));
     await client.close();
   }
   await waitFor(() => handlerAborts === 10, 1_000, 'the server to abort every handler of the dropped connections');
