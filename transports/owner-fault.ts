@@ -1,7 +1,10 @@
 import type { SocketHandlers, TransportSocket } from './types.ts';
 
-/** The handlers of a socket whose owner failed to take it: nothing it says goes anywhere. */
-const IGNORED: SocketHandlers = {
+/**
+ * The handlers of a socket its owner closed as soon as it opened, or failed to take: nothing it
+ * says goes anywhere.
+ */
+export const IGNORED_SOCKET: SocketHandlers = {
   onMessage: () => {},
   onDrain: () => {},
   onPing: () => {},
@@ -23,5 +26,5 @@ export function ownerFailed(socket: TransportSocket, error: unknown): SocketHand
   queueMicrotask(() => {
     throw error;
   });
-  return IGNORED;
+  return IGNORED_SOCKET;
 }

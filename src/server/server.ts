@@ -3,6 +3,7 @@ import { nanoid } from 'nanoid';
 import { decode } from '../../protocol/decode.ts';
 import { encodeAcceptConf, encodeSessionCreated, encodeSignal } from '../../protocol/encode.ts';
 import { CloseCode, PROTOCOL_MAJOR, type Payload } from '../../protocol/types.ts';
+import { IGNORED_SOCKET } from '../../transports/owner-fault.ts';
 import type {
   SocketHandlers,
   TransportSocket,
@@ -606,14 +607,14 @@ export class Server {
       // Accepted before shutdown() began, opened after, on a transport without `refuseUpgrades`
       // (ws, uWS and memory have it and answer 503): no AcceptConf, no onClientConnected.
       socket.close(CloseCode.GoingAway, SHUTTING_DOWN);
-      return IGNORE_SOCKET;
+      return IGNORED_SOCKET;
     }
     if (this.live.size >= this.options.maxConnections) {
       // Accepted while others were being decided, and the limit was reached meanwhile: only on a
       // transport that opens a connection later than its decision, letting others be decided
       // between the two (the in-memory pair). ws and uWS open it in the microtasks that follow.
       socket.close(CloseCode.TryAgainLater, 'too many connections');
-      return IGNORE_SOCKET;
+      return IGNORED_SOCKET;
     }
     let concurrency = this.options.concurrency;
     if (verdict?.concurrency !== undefined) {
@@ -684,14 +685,6 @@ function connectionId(): string {
  * object the transport hands to both calls.
  */
 const pendingVerdicts = new WeakMap<UpgradeRequest, { readonly concurrency?: number; readonly info?: unknown }>();
-
-/** The handlers of a socket closed as soon as it opened: nothing it says matters any more. */
-const IGNORE_SOCKET: SocketHandlers = {
-  onMessage: () => {},
-  onClose: () => {},
-  onDrain: () => {},
-  onPing: () => {},
-};
 
 function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
   return typeof (value as { then?: unknown } | null)?.then === 'function';
